@@ -1,0 +1,358 @@
+"""The inventory: one YAML file that describes the whole topology.
+
+It is validated in two passes: the JSON schema (types, required fields,
+patterns) and the cross-field rules a schema cannot express (references
+between sections, unique names and ports, Patroni's timing rule). Every
+problem is reported as ``<field path>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+INCLUDE_DIR = Path(__file__).resolve().parents[2] / "include"
+SCHEMA_PATH = INCLUDE_DIR / "inventory.schema.json"
+DEFAULT_INVENTORY = INCLUDE_DIR / "inventory.yml"
+
+
+class InventoryError(ValueError):
+    """Raised with every problem found, one ``field: problem`` per line."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid inventory {source}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Install:
+    method: str = "package"
+    version: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    venv: str | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    ssh_conn_id: str
+    os_family: str | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str = "airflow-cluster"
+    namespace: str = "/airflow/"
+    network: str = "192.168.83.0/24"
+
+
+@dataclass(frozen=True)
+class Ssh:
+    allow_unverified_host_keys: bool = False
+    command_timeout: int = 600
+
+
+@dataclass(frozen=True)
+class Source:
+    host: str
+    conn_id: str = "pgha_source_db"
+    major: int = 13
+
+
+@dataclass(frozen=True)
+class Postgres:
+    major: int = 15
+    port: int = 5432
+    database: str = "airflow_db"
+    owner: str = "airflow_user"
+    data_dir: str | None = None
+    superuser_conn_id: str = "pgha_pg_superuser"
+    replication_conn_id: str = "pgha_pg_replication"
+    app_conn_id: str = "pgha_airflow_db"
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Etcd:
+    client_port: int = 2379
+    peer_port: int = 2380
+    token: str = "etcd-cluster-airflow"
+    data_dir: str = "/var/lib/etcd"
+    install: Install = field(default_factory=Install)
+
+
+@dataclass(frozen=True)
+class Patroni:
+    rest_port: int = 8008
+    rest_conn_id: str = "pgha_patroni_api"
+    ttl: int = 30
+    loop_wait: int = 10
+    retry_timeout: int = 10
+    maximum_lag_on_failover: int = 1048576
+    primary_start_timeout: int = 300
+    synchronous_mode: str = "true"
+    synchronous_mode_strict: bool = False
+    install: Install = field(default_factory=lambda: Install(method="pip", version="4.1.5", venv="/opt/patroni"))
+
+
+@dataclass(frozen=True)
+class HAProxy:
+    host: str
+    write_port: int = 5433
+    read_port: int = 5434
+    stats_port: int = 7000
+    stats_socket: str = "/run/haproxy/admin.sock"
+    inter: str = "3s"
+    fall: int = 3
+    rise: int = 2
+    install: Install = field(default_factory=Install)
+
+
+@dataclass(frozen=True)
+class AirflowHost:
+    host: str
+    config: str
+    units: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Packages:
+    apt_proxy: str | None = None
+    pip_index_url: str | None = None
+    pip_find_links: str | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: tuple[Host, ...]
+    database_nodes: tuple[str, ...]
+    source: Source
+    haproxy: HAProxy
+    airflow_hosts: tuple[AirflowHost, ...]
+    cluster: Cluster = field(default_factory=Cluster)
+    ssh: Ssh = field(default_factory=Ssh)
+    postgres: Postgres = field(default_factory=Postgres)
+    etcd: Etcd = field(default_factory=Etcd)
+    patroni: Patroni = field(default_factory=Patroni)
+    packages: Packages = field(default_factory=Packages)
+    path: str = ""
+
+    def host(self, name: str) -> Host:
+        """The host called ``name``."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(f"host {name!r} is not in the inventory {self.path}")
+
+    @property
+    def db_hosts(self) -> list[Host]:
+        return [self.host(name) for name in self.database_nodes]
+
+    @property
+    def managed_host_names(self) -> list[str]:
+        """Every host the migration touches, in inventory order."""
+        used = set(self.database_nodes) | {self.haproxy.host, self.source.host}
+        used |= {a.host for a in self.airflow_hosts}
+        return [h.name for h in self.hosts if h.name in used]
+
+    def airflow_host(self, name: str) -> AirflowHost:
+        for airflow_host in self.airflow_hosts:
+            if airflow_host.host == name:
+                return airflow_host
+        raise KeyError(f"{name!r} is not an Airflow host in the inventory {self.path}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _schema_validator() -> Draft202012Validator:
+    return Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def _field_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    """A jsonschema error as ``field: problem`` in an operator's words."""
+    where = _field_path(error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return f"{_field_path([*error.absolute_path, missing])}: is required"
+    if error.validator == "additionalProperties":
+        return f"{where}: unknown field(s) {error.message.split('(')[-1].rstrip(')')}"
+    if error.validator == "pattern":
+        return f"{where}: {error.instance!r} has the wrong format (expected {error.validator_value})"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "type":
+        return f"{where}: {error.instance!r} is not of type {error.validator_value}"
+    return f"{where}: {error.message}"
+
+
+def _check_references(raw: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    names = [h["name"] for h in raw["hosts"]]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            problems.append(f"hosts[{i}].name: duplicate host name {name!r}")
+    addresses = [h["address"] for h in raw["hosts"]]
+    for i, address in enumerate(addresses):
+        if addresses.index(address) != i:
+            problems.append(f"hosts[{i}].address: {address!r} is already used by {names[addresses.index(address)]!r}")
+    known = set(names)
+    for i, node in enumerate(raw["database_nodes"]):
+        if node not in known:
+            problems.append(f"database_nodes[{i}]: {node!r} is not a host in 'hosts'")
+    if len(raw["database_nodes"]) % 2 == 0:
+        problems.append(f"database_nodes: etcd needs an odd number of members, got {len(raw['database_nodes'])}")
+    for section in ("source", "haproxy"):
+        if raw[section]["host"] not in known:
+            problems.append(f"{section}.host: {raw[section]['host']!r} is not a host in 'hosts'")
+    for i, airflow_host in enumerate(raw["airflow"]["hosts"]):
+        if airflow_host["host"] not in known:
+            problems.append(f"airflow.hosts[{i}].host: {airflow_host['host']!r} is not a host in 'hosts'")
+    return problems
+
+
+def _check_ports(inv: Inventory) -> list[str]:
+    db_ports = {
+        "postgres.port": inv.postgres.port,
+        "patroni.rest_port": inv.patroni.rest_port,
+        "etcd.client_port": inv.etcd.client_port,
+        "etcd.peer_port": inv.etcd.peer_port,
+    }
+    lb_ports = {
+        "haproxy.write_port": inv.haproxy.write_port,
+        "haproxy.read_port": inv.haproxy.read_port,
+        "haproxy.stats_port": inv.haproxy.stats_port,
+    }
+    if inv.haproxy.host in inv.database_nodes:
+        lb_ports.update(db_ports)
+    problems = []
+    for ports in (db_ports, lb_ports):
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen and seen[port] != name:
+                problems.append(f"{name}: port {port} is already used by {seen[port]}")
+            seen.setdefault(port, name)
+    return sorted(set(problems))
+
+
+def _check_semantics(inv: Inventory) -> list[str]:
+    problems = _check_ports(inv)
+    p = inv.patroni
+    if p.loop_wait + 2 * p.retry_timeout > p.ttl:
+        problems.append(
+            f"patroni.retry_timeout: loop_wait + 2 * retry_timeout = {p.loop_wait + 2 * p.retry_timeout} "
+            f"exceeds ttl = {p.ttl} (Patroni would silently lower them)"
+        )
+    if inv.source.major > inv.postgres.major:
+        problems.append(
+            f"postgres.major: target {inv.postgres.major} is older than source.major {inv.source.major}; "
+            "pg_dump/restore and logical replication only move data to the same or a newer major"
+        )
+    if p.install.method == "tarball":
+        problems.append("patroni.install.method: 'tarball' is not supported for Patroni (use pip or package)")
+    if inv.haproxy.install.method != "package":
+        problems.append(f"haproxy.install.method: {inv.haproxy.install.method!r} is not supported (use package)")
+    if inv.etcd.install.method == "pip":
+        problems.append("etcd.install.method: 'pip' is not supported for etcd (use package or tarball)")
+    try:
+        ipaddress.ip_network(inv.cluster.network, strict=False)
+    except ValueError as exc:
+        problems.append(f"cluster.network: {exc}")
+    for key in inv.postgres.parameters:
+        if key in {"wal_keep_segments", "synchronous_standby_names"}:
+            why = "removed in PostgreSQL 13, use wal_keep_size" if key == "wal_keep_segments" else "owned by Patroni"
+            problems.append(f"postgres.parameters.{key}: not allowed ({why})")
+    return problems
+
+
+def _install(raw: dict[str, Any] | None, default: Install) -> Install:
+    return Install(**raw) if raw else default
+
+
+def _build(raw: dict[str, Any], source: str) -> Inventory:
+    def section(cls: type, key: str, **extra: Any) -> Any:
+        values = dict(raw.get(key) or {})
+        if "install" in values:
+            values["install"] = _install(values["install"], cls().install if key != "haproxy" else Install())
+        values.update(extra)
+        return cls(**values)
+
+    haproxy_raw = dict(raw["haproxy"])
+    if "install" in haproxy_raw:
+        haproxy_raw["install"] = Install(**haproxy_raw["install"])
+    return Inventory(
+        hosts=tuple(Host(**h) for h in raw["hosts"]),
+        database_nodes=tuple(raw["database_nodes"]),
+        source=Source(**raw["source"]),
+        haproxy=HAProxy(**haproxy_raw),
+        airflow_hosts=tuple(
+            AirflowHost(host=a["host"], config=a["config"], units=tuple(a["units"])) for a in raw["airflow"]["hosts"]
+        ),
+        cluster=section(Cluster, "cluster"),
+        ssh=section(Ssh, "ssh"),
+        postgres=section(Postgres, "postgres"),
+        etcd=section(Etcd, "etcd"),
+        patroni=section(Patroni, "patroni"),
+        packages=section(Packages, "packages"),
+        path=source,
+    )
+
+
+def parse_inventory(raw: Any, source: str = "<inline>") -> Inventory:
+    """Validate an already-parsed YAML document and build the model."""
+    if not isinstance(raw, dict):
+        raise InventoryError(source, [f"(top level): expected a mapping, got {type(raw).__name__}"])
+    errors = sorted(_schema_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise InventoryError(source, [_describe(e) for e in errors])
+    problems = _check_references(raw)
+    if problems:
+        raise InventoryError(source, problems)
+    inventory = _build(raw, source)
+    problems = _check_semantics(inventory)
+    if problems:
+        raise InventoryError(source, problems)
+    return inventory
+
+
+def inventory_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The inventory to use: the argument, else $PGHA_INVENTORY, else the shipped default."""
+    chosen = path or os.environ.get("PGHA_INVENTORY") or DEFAULT_INVENTORY
+    chosen = Path(chosen)
+    if not chosen.is_absolute():
+        chosen = INCLUDE_DIR.parent / chosen
+    return chosen
+
+
+def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
+    """Read, validate and return the inventory; raises InventoryError naming every problem."""
+    resolved = inventory_path(path)
+    try:
+        text = resolved.read_text()
+    except OSError as exc:
+        raise InventoryError(str(resolved), [f"(file): cannot read: {exc.strerror}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise InventoryError(str(resolved), [f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    return parse_inventory(raw, str(resolved))
