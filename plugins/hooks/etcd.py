@@ -1,0 +1,91 @@
+"""etcd v3 API (JSON gateway): health, members and leader of the cluster.
+
+ERRATA 1: Patroni must talk v3 (``etcd3:``); so does this hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from airflow.sdk import BaseHook
+
+
+@dataclass
+class EtcdReport:
+    """What every endpoint said about the cluster."""
+
+    healthy: dict[str, bool] = field(default_factory=dict)  # endpoint -> /health
+    leaders: dict[str, str] = field(default_factory=dict)  # endpoint -> leader member id
+    members: dict[str, str] = field(default_factory=dict)  # member id -> name
+    versions: dict[str, str] = field(default_factory=dict)  # endpoint -> server version
+    errors: dict[str, str] = field(default_factory=dict)  # endpoint -> error text
+
+    def problems(self, expected_members: list[str]) -> list[str]:
+        """Every reason the cluster is not healthy, or [] when it is."""
+        out = [f"{ep}: unreachable ({err})" for ep, err in self.errors.items()]
+        out += [f"{ep}: /health is not true" for ep, ok in self.healthy.items() if not ok]
+        leader_ids = set(self.leaders.values())
+        if len(leader_ids) != 1 or "0" in leader_ids:
+            out.append(f"expected exactly one leader, endpoints report {sorted(leader_ids) or 'none'}")
+        names = sorted(self.members.values())
+        if names != sorted(expected_members):
+            out.append(f"members {names} differ from the inventory {sorted(expected_members)}")
+        return out
+
+    @property
+    def leader_name(self) -> str | None:
+        ids = set(self.leaders.values())
+        return self.members.get(ids.pop()) if len(ids) == 1 else None
+
+
+class EtcdHook(BaseHook):
+    """
+    Talks to etcd members over their client URLs (v3 JSON gateway).
+
+    :param endpoints: client URLs, e.g. ``http://10.0.0.1:2379``.
+    :param timeout: seconds per HTTP request.
+    """
+
+    hook_name = "etcd v3"
+
+    def __init__(self, endpoints: list[str], timeout: float = 3.0) -> None:
+        super().__init__()
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+
+    def get_conn(self) -> requests.Session:
+        return requests.Session()
+
+    def _post(self, endpoint: str, path: str) -> dict[str, Any]:
+        response = requests.post(f"{endpoint}{path}", json={}, timeout=self.timeout)
+        response.raise_for_status()
+        return response.json()
+
+    def health(self, endpoint: str) -> bool:
+        response = requests.get(f"{endpoint}/health", timeout=self.timeout)
+        return response.ok and str(response.json().get("health")).lower() == "true"
+
+    def status(self, endpoint: str) -> dict[str, Any]:
+        """/v3/maintenance/status: the member's id, the leader's id, the version."""
+        return self._post(endpoint, "/v3/maintenance/status")
+
+    def members(self, endpoint: str) -> list[dict[str, Any]]:
+        """/v3/cluster/member/list: id, name, peer and client URLs of every member."""
+        return self._post(endpoint, "/v3/cluster/member/list").get("members", [])
+
+    def report(self) -> EtcdReport:
+        """Ask every endpoint; never raises for an unreachable one (it is in ``errors``)."""
+        report = EtcdReport()
+        for endpoint in self.endpoints:
+            try:
+                report.healthy[endpoint] = self.health(endpoint)
+                status = self.status(endpoint)
+                report.leaders[endpoint] = str(status.get("leader", "0"))
+                report.versions[endpoint] = str(status.get("version", "?"))
+                for member in self.members(endpoint):
+                    report.members[str(member.get("ID"))] = member.get("name") or f"(unstarted {member.get('ID')})"
+            except (requests.RequestException, ValueError) as exc:
+                report.errors[endpoint] = f"{type(exc).__name__}: {exc}"
+        return report

@@ -1,0 +1,116 @@
+"""Patroni REST API: cluster state, leader, role checks and switchover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
+
+REPLICA_ROLES = {"replica", "sync_standby", "quorum_standby"}
+SYNC_ROLES = {"sync_standby", "quorum_standby"}
+
+
+@dataclass
+class PatroniCluster:
+    """The answer of GET /cluster, reduced to what the checks need."""
+
+    members: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def leaders(self) -> list[str]:
+        return [m["name"] for m in self.members if m.get("role") in {"leader", "primary", "standby_leader"}]
+
+    @property
+    def streaming_replicas(self) -> list[str]:
+        return [m["name"] for m in self.members if m.get("role") in REPLICA_ROLES and m.get("state") == "streaming"]
+
+    @property
+    def sync_standbys(self) -> list[str]:
+        return [m["name"] for m in self.members if m.get("role") in SYNC_ROLES and m.get("state") == "streaming"]
+
+    def lag_bytes(self, name: str) -> int | None:
+        for member in self.members:
+            if member["name"] == name:
+                lag = member.get("lag")
+                return lag if isinstance(lag, int) else None
+        return None
+
+    def summary(self) -> str:
+        return ", ".join(f"{m['name']}={m.get('role')}/{m.get('state')} lag={m.get('lag', '-')}" for m in self.members)
+
+
+class PatroniHook(BaseHook):
+    """
+    Talks to the Patroni REST API of the cluster members.
+
+    :param api_urls: every member's REST URL, e.g. ``http://10.0.0.1:8008``.
+    :param conn_id: Airflow connection with login/password of ``restapi.authentication``
+        (only needed for switchover and other unsafe calls).
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "pgha_patroni_api"
+    conn_type = "http"
+    hook_name = "Patroni REST API"
+
+    def __init__(self, api_urls: list[str], conn_id: str | None = None, timeout: float = 3.0) -> None:
+        super().__init__()
+        self.api_urls = [u.rstrip("/") for u in api_urls]
+        self.conn_id = conn_id
+        self.timeout = timeout
+
+    def get_conn(self) -> tuple[str, str]:
+        """The (login, password) for unsafe endpoints, from the Airflow connection."""
+        if not self.conn_id:
+            raise AirflowException("PatroniHook needs conn_id for authenticated calls")
+        conn = self.get_connection(self.conn_id)
+        if not conn.login or not conn.password:
+            raise AirflowException(f"connection {self.conn_id!r} must have login and password (Patroni REST auth)")
+        return conn.login, conn.password
+
+    def status_code(self, api_url: str, path: str) -> int | None:
+        """HTTP status of GET ``path`` (e.g. /primary, /replica), or None if unreachable."""
+        try:
+            return requests.get(f"{api_url}{path}", timeout=self.timeout).status_code
+        except requests.RequestException:
+            return None
+
+    def is_primary(self, api_url: str) -> bool:
+        return self.status_code(api_url, "/primary") == 200
+
+    def is_replica(self, api_url: str) -> bool:
+        return self.status_code(api_url, "/replica") == 200
+
+    def cluster(self) -> PatroniCluster:
+        """GET /cluster from the first member that answers."""
+        errors = []
+        for api_url in self.api_urls:
+            try:
+                response = requests.get(f"{api_url}/cluster", timeout=self.timeout)
+                response.raise_for_status()
+                return PatroniCluster(members=response.json().get("members", []), source=api_url)
+            except (requests.RequestException, ValueError) as exc:
+                errors.append(f"{api_url}: {exc}")
+        raise AirflowException("no Patroni member answered GET /cluster: " + "; ".join(errors))
+
+    def leader(self) -> str | None:
+        leaders = self.cluster().leaders
+        return leaders[0] if len(leaders) == 1 else None
+
+    def switchover(self, leader: str, candidate: str | None = None) -> requests.Response:
+        """POST /switchover (planned; never /failover, which may promote an async node)."""
+        body: dict[str, Any] = {"leader": leader}
+        if candidate:
+            body["candidate"] = candidate
+        auth = self.get_conn()
+        errors = []
+        for api_url in self.api_urls:
+            try:
+                return requests.post(f"{api_url}/switchover", json=body, auth=auth, timeout=30)
+            except requests.RequestException as exc:
+                errors.append(f"{api_url}: {exc}")
+        raise AirflowException("no Patroni member accepted POST /switchover: " + "; ".join(errors))

@@ -1,0 +1,298 @@
+"""Run commands and place files on a remote host, leaving an audit trail.
+
+Built on the SSH provider's ``SSHHook``, which owns the connection. Every call
+logs the host, the command (secrets masked), the exit code and the duration.
+Secrets travel over stdin or into 0600 files, never on a command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from airflow.providers.ssh.hooks.ssh import SSHHook
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
+
+if TYPE_CHECKING:
+    import paramiko
+
+MASK = "***"
+
+# Writes stdin to a temp file next to the target, then renames it over the
+# target only when the checksum, owner or mode differ. Prints one status word.
+_PUT_SCRIPT = r"""
+set -eu
+dst=$1 want_sum=$2 owner=$3 group=$4 mode=$5
+dir=$(dirname "$dst")
+mkdir -p "$dir"
+tmp=$(mktemp "$dir/.pgha-put.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+got_sum=$(sha256sum "$tmp" | cut -d' ' -f1)
+[ "$got_sum" = "$want_sum" ] || { echo "checksum mismatch after upload: $got_sum" >&2; exit 3; }
+chown "$owner:$group" "$tmp"
+chmod "$mode" "$tmp"
+if [ -f "$dst" ] && [ "$(sha256sum "$dst" | cut -d' ' -f1)" = "$want_sum" ] \
+   && [ "$(stat -c '%U:%G:%a' "$dst")" = "$owner:$group:$(printf '%o' "0$mode")" ]; then
+  echo unchanged
+  exit 0
+fi
+old_sum=absent
+[ -f "$dst" ] && old_sum=$(sha256sum "$dst" | cut -d' ' -f1)
+mv -f "$tmp" "$dst"
+trap - EXIT
+echo "changed $old_sum"
+"""
+
+
+class CommandFailed(AirflowException):
+    """A remote command exited non-zero; carries the result for the caller."""
+
+    def __init__(self, result: CommandResult) -> None:
+        self.result = result
+        detail = (result.stderr or result.stdout).strip()[-2000:]
+        super().__init__(
+            f"[{result.host}] command failed with exit code {result.exit_code} "
+            f"after {result.duration:.2f}s: {result.command}\n{detail}"
+        )
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    host: str
+    command: str  # as logged: secrets masked
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class FileChange:
+    host: str
+    path: str
+    changed: bool
+    old_sha256: str | None
+    new_sha256: str
+
+
+class RemoteHook(BaseHook):
+    """
+    Remote execution on one host over SSH.
+
+    :param ssh_conn_id: Airflow SSH connection of the host.
+    :param host_name: the inventory name, used in every log line.
+    :param allow_unverified_host_keys: accept a connection that skips host key
+        verification (off by default: a connection must carry ``host_key`` or
+        the host must be in known_hosts).
+    :param command_timeout: default seconds a command may run.
+    """
+
+    conn_name_attr = "ssh_conn_id"
+    default_conn_name = "ssh_default"
+    conn_type = "ssh"
+    hook_name = "pgha remote host"
+
+    def __init__(
+        self,
+        ssh_conn_id: str,
+        host_name: str | None = None,
+        allow_unverified_host_keys: bool = False,
+        command_timeout: int = 600,
+    ) -> None:
+        super().__init__()
+        self.ssh_conn_id = ssh_conn_id
+        self.host_name = host_name or ssh_conn_id
+        self.allow_unverified_host_keys = allow_unverified_host_keys
+        self.command_timeout = command_timeout
+        self._secrets: set[str] = set()
+
+    @cached_property
+    def ssh_hook(self) -> SSHHook:
+        hook = SSHHook(ssh_conn_id=self.ssh_conn_id, conn_retry_attempts=2)
+        if hook.no_host_key_check and not self.allow_unverified_host_keys:
+            raise AirflowException(
+                f"[{self.host_name}] connection {self.ssh_conn_id!r} disables host key verification "
+                "(no_host_key_check). Put the host's public key in the connection extra 'host_key' "
+                "or in known_hosts, or set ssh.allow_unverified_host_keys in the inventory."
+            )
+        return hook
+
+    @property
+    def login(self) -> str:
+        return self.ssh_hook.username or "root"
+
+    def get_conn(self) -> paramiko.SSHClient:
+        try:
+            return self.ssh_hook.get_conn()
+        except (OSError, socket.timeout) as exc:
+            raise AirflowException(
+                f"[{self.host_name}] cannot reach {self.ssh_hook.remote_host}:{self.ssh_hook.port} "
+                f"over SSH (connection {self.ssh_conn_id!r}): {exc}"
+            ) from exc
+        except Exception as exc:  # paramiko's auth and host key errors
+            raise AirflowException(
+                f"[{self.host_name}] SSH to {self.ssh_hook.remote_host}:{self.ssh_hook.port} "
+                f"(connection {self.ssh_conn_id!r}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        if "ssh_hook" in self.__dict__ and self.ssh_hook.client:
+            self.ssh_hook.client.close()
+            self.ssh_hook.client = None
+
+    def add_secret(self, *secrets: str | None) -> None:
+        """Values that must never appear in a log line (masked as ***)."""
+        for secret in secrets:
+            if secret:
+                self._secrets.add(secret)
+                try:
+                    from airflow.sdk.log import mask_secret
+
+                    mask_secret(secret)
+                except Exception:  # outside a task there is no masker to tell
+                    pass
+
+    def mask(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        return text
+
+    def wrap(self, command: str, sudo: bool = True) -> str:
+        """The command as sent: bash with pipefail, under ``sudo -n`` unless logged in as root."""
+        body = f"bash -o pipefail -c {shlex.quote(command)}"
+        if sudo and self.login != "root":
+            return f"sudo -n -- {body}"
+        return body
+
+    def run(
+        self,
+        command: str,
+        *,
+        sudo: bool = True,
+        stdin: str | bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        log_as: str | None = None,
+        quiet: bool = False,
+    ) -> CommandResult:
+        """
+        Run ``command`` on the host and return its result.
+
+        :param stdin: data fed to the command's stdin (the way to pass secrets).
+        :param check: raise CommandFailed on a non-zero exit code.
+        :param log_as: what to log instead of the command (long scripts).
+        :param quiet: log the command at debug level (polling loops).
+        """
+        shown = self.mask(log_as or command)
+        timeout = timeout or self.command_timeout
+        client = self.get_conn()
+        started = time.monotonic()
+        exit_code, out, err = self._exec(client, self.wrap(command, sudo), stdin, timeout)
+        result = CommandResult(
+            host=self.host_name,
+            command=shown,
+            exit_code=exit_code,
+            stdout=out,
+            stderr=err,
+            duration=time.monotonic() - started,
+        )
+        self._log_result(result, quiet)
+        if check and not result.ok:
+            raise CommandFailed(result)
+        return result
+
+    def _exec(
+        self, client: paramiko.SSHClient, command: str, stdin: str | bytes | None, timeout: float
+    ) -> tuple[int, str, str]:
+        channel = client.get_transport().open_session()  # type: ignore[union-attr]
+        channel.settimeout(timeout)
+        try:
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
+            channel.shutdown_write()
+            out, err = self._collect(channel, timeout)
+            return channel.recv_exit_status(), self.mask(out), self.mask(err)
+        except socket.timeout as exc:
+            raise AirflowException(f"[{self.host_name}] command timed out after {timeout:.0f}s") from exc
+        finally:
+            channel.close()
+
+    @staticmethod
+    def _collect(channel: paramiko.Channel, timeout: float) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        while True:
+            while channel.recv_ready():
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                raise socket.timeout()
+            time.sleep(0.01)
+        return out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _log_result(self, result: CommandResult, quiet: bool) -> None:
+        log = self.log.debug if quiet and result.ok else self.log.info
+        log("[%s] $ %s", result.host, result.command)
+        log("[%s] exit=%d duration=%.2fs", result.host, result.exit_code, result.duration)
+        if not result.ok:
+            for stream in (result.stdout, result.stderr):
+                if stream.strip():
+                    self.log.warning("[%s] %s", result.host, stream.strip()[-4000:])
+
+    def read_file(self, path: str) -> str | None:
+        """The file's text, or None when it does not exist."""
+        result = self.run(f"cat {shlex.quote(path)}", check=False, quiet=True)
+        return result.stdout if result.ok else None
+
+    def put_file(
+        self,
+        path: str,
+        content: str,
+        *,
+        owner: str = "root",
+        group: str | None = None,
+        mode: str = "0644",
+        secret: bool = False,
+    ) -> FileChange:
+        """
+        Install ``content`` at ``path`` atomically; do nothing if it is already there.
+
+        The content goes over stdin into a temp file in the same directory, is
+        checksummed, given owner and mode, and renamed over the target only if
+        something differs. A non-secret file's diff is logged.
+        """
+        group = group or owner
+        new_sum = hashlib.sha256(content.encode()).hexdigest()
+        old_text = None if secret else self.read_file(path)
+        args = " ".join(shlex.quote(a) for a in ("pgha-put", path, new_sum, owner, group, mode.lstrip("0") or "0"))
+        result = self.run(
+            f"sh -c {shlex.quote(_PUT_SCRIPT)} {args}",
+            stdin=content,
+            log_as=f"put_file {path} (sha256 {new_sum[:12]}, {owner}:{group} {mode})",
+        )
+        words = result.stdout.split()
+        changed = bool(words) and words[0] == "changed"
+        old_sum = words[1] if changed and len(words) > 1 and words[1] != "absent" else None
+        self.log.info("[%s] %s: %s", self.host_name, path, "changed" if changed else "unchanged")
+        if changed and old_text is not None and not secret:
+            diff = difflib.unified_diff(
+                old_text.splitlines(), content.splitlines(), f"{path} (before)", f"{path} (after)", lineterm=""
+            )
+            self.log.info("[%s] diff:\n%s", self.host_name, self.mask("\n".join(diff)))
+        return FileChange(self.host_name, path, changed, old_sum, new_sum)

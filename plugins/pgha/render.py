@@ -1,0 +1,75 @@
+"""Render include/templates with a context built from the inventory.
+
+Templates never hold secrets; credentials are passed in at render time from
+Airflow Connections and the result is installed 0600.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import jinja2
+
+from pgha.inventory import INCLUDE_DIR, Host, Inventory
+from pgha.osfamily import OsFamily
+
+TEMPLATE_DIR = INCLUDE_DIR / "templates"
+SOCKET_DIR = "/var/run/postgresql"
+HAPROXY_STATE_FILE = "/var/lib/haproxy/server-state"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+def render(template: str, **context: Any) -> str:
+    """Render ``include/templates/<template>`` (StrictUndefined: a missing value is an error)."""
+    return _env.get_template(template).render(**context)
+
+
+def base_context(inventory: Inventory) -> dict[str, Any]:
+    """Values every template may use."""
+    return {
+        "cluster": asdict(inventory.cluster),
+        "hosts": [asdict(h) for h in inventory.hosts],
+        "members": [asdict(h) for h in inventory.db_hosts],
+        "etcd": asdict(inventory.etcd),
+        "patroni": asdict(inventory.patroni),
+        "postgres": asdict(inventory.postgres),
+        "haproxy": asdict(inventory.haproxy),
+        "packages": asdict(inventory.packages),
+    }
+
+
+def patroni_bin(inventory: Inventory) -> str:
+    install = inventory.patroni.install
+    return f"{install.venv}/bin/patroni" if install.method == "pip" else "/usr/bin/patroni"
+
+
+def node_context(inventory: Inventory, node: Host, family: OsFamily) -> dict[str, Any]:
+    """The context for one database node."""
+    major = inventory.postgres.major
+    return {
+        **base_context(inventory),
+        "node": asdict(node),
+        "os": asdict(family),
+        "data_dir": inventory.postgres.data_dir or family.postgres_data(major),
+        "bin_dir": family.postgres_bin(major),
+        "pgpass": "/var/lib/pgsql/.pgpass_patroni" if family.name == "rhel" else "/var/lib/postgresql/.pgpass_patroni",
+        "socket_dir": SOCKET_DIR,
+        "patroni_bin": patroni_bin(inventory),
+    }
+
+
+def haproxy_context(inventory: Inventory) -> dict[str, Any]:
+    return {
+        **base_context(inventory),
+        "haproxy_address": inventory.host(inventory.haproxy.host).address,
+        "state_file": HAPROXY_STATE_FILE,
+    }

@@ -1,0 +1,134 @@
+"""Shared pytest setup for pgha: import paths, Airflow test env, real loopback services.
+
+The service fixtures are lazy: nothing starts unless a test asks for the fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Airflow puts its plugins and dags folders on sys.path; do the same for the tests.
+for _path in (TESTS_DIR, REPO_ROOT / "dags", REPO_ROOT / "plugins"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+# Must happen before anything imports airflow.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="pgha-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
+
+import pytest  # noqa: E402
+
+from services import (  # noqa: E402
+    EtcdCluster,
+    HAProxyService,
+    PatroniService,
+    PostgresService,
+    SshdService,
+    start_etcd_cluster,
+    start_haproxy,
+    start_patroni,
+    start_postgres,
+    start_sshd,
+)
+
+# Test-only credentials (never used outside these throw-away loopback services).
+POSTGRES_PASSWORD = "pgha-test-pw-1"
+PATRONI_REST_USER = "pgha-rest"
+PATRONI_REST_PASSWORD = "pgha-test-rest-pw"
+PATRONI_SUPERUSER_PASSWORD = "pgha-test-super-pw"
+PATRONI_REPLICATION_PASSWORD = "pgha-test-repl-pw"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the throw-away AIRFLOW_HOME."""
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdService]:
+    """Real sshd on 127.0.0.1 accepting ``key_file`` for root; verify with ``host_key``."""
+    svc = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Real 3-member etcd 3.4 cluster on loopback."""
+    cluster = start_etcd_cluster(tmp_path_factory.mktemp("etcd"), size=3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    """Real standalone PostgreSQL 15 (superuser ``postgres`` / POSTGRES_PASSWORD, scram)."""
+    svc = start_postgres(tmp_path_factory.mktemp("postgres"), password=POSTGRES_PASSWORD)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="session")
+def patroni_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Dedicated 1-member etcd for the ``patroni`` fixture (kept apart from ``etcd_cluster``)."""
+    cluster = start_etcd_cluster(tmp_path_factory.mktemp("patroni-etcd"), size=1)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def patroni(tmp_path_factory: pytest.TempPathFactory,
+            patroni_etcd: EtcdCluster) -> Iterator[PatroniService]:
+    """Real single-node Patroni 4.1.5 cluster (leader) with REST basic auth."""
+    svc = start_patroni(
+        tmp_path_factory.mktemp("patroni"), patroni_etcd,
+        rest_user=PATRONI_REST_USER, rest_password=PATRONI_REST_PASSWORD,
+        superuser_password=PATRONI_SUPERUSER_PASSWORD,
+        replication_password=PATRONI_REPLICATION_PASSWORD,
+    )
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def haproxy_factory(tmp_path: Path) -> Iterator[Callable[[str | os.PathLike[str]], HAProxyService]]:
+    """Start HAProxy from config text (``str``) or a config file path; all stopped at teardown."""
+    started: list[HAProxyService] = []
+
+    def factory(config: str | os.PathLike[str]) -> HAProxyService:
+        if isinstance(config, str):
+            path = tmp_path / f"haproxy-{len(started) + 1}.cfg"
+            path.write_text(config)
+        else:
+            path = Path(config)
+        svc = start_haproxy(path, tmp_path)
+        started.append(svc)
+        return svc
+
+    try:
+        yield factory
+    finally:
+        for svc in reversed(started):
+            svc.stop()
