@@ -39,6 +39,22 @@ class PatroniCluster:
                 return lag if isinstance(lag, int) else None
         return None
 
+    def problems(self, expected_replicas: int, require_sync: bool = False, max_lag_bytes: int | None = None) -> list[str]:
+        """Every reason the cluster is not yet as expected, or [] when it is."""
+        out = []
+        if len(self.leaders) != 1:
+            out.append(f"expected exactly one leader, found {self.leaders or 'none'}")
+        if len(self.streaming_replicas) < expected_replicas:
+            out.append(f"expected {expected_replicas} streaming replicas, found {self.streaming_replicas}")
+        if require_sync and not self.sync_standbys:
+            out.append("no synchronous standby is streaming yet")
+        if max_lag_bytes is not None:
+            for name in self.streaming_replicas:
+                lag = self.lag_bytes(name)
+                if lag is None or lag > max_lag_bytes:
+                    out.append(f"{name} lags {lag if lag is not None else 'unknown'} bytes (bound {max_lag_bytes})")
+        return out
+
     def summary(self) -> str:
         return ", ".join(f"{m['name']}={m.get('role')}/{m.get('state')} lag={m.get('lag', '-')}" for m in self.members)
 

@@ -1,0 +1,87 @@
+"""What every pgha task needs at run time: the inventory, hosts and secrets.
+
+Operators and sensors mix this in. Nothing here runs at DAG parse time, so a
+broken inventory or a missing connection fails a task with a clear message
+instead of breaking the DAG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
+
+from hooks.remote import RemoteHook
+from pgha.inventory import Host, Inventory, load_inventory
+from pgha.osfamily import FAMILIES, OsFamily, detect_family
+
+
+@dataclass(frozen=True)
+class Credentials:
+    login: str
+    password: str
+
+
+def credentials(conn_id: str, purpose: str) -> Credentials:
+    """Login and password of an Airflow connection; the error says what it is for."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as exc:
+        raise AirflowException(
+            f"Airflow connection {conn_id!r} ({purpose}) is missing: create it (login + password) "
+            "in Admin > Connections or the secrets backend"
+        ) from exc
+    if not conn.login or not conn.password:
+        raise AirflowException(f"Airflow connection {conn_id!r} ({purpose}) needs both login and password")
+    return Credentials(conn.login, conn.password)
+
+
+class InventoryMixin:
+    """Gives a task ``self.inventory``, ``self.remote(host)`` and ``self.os_family(host)``."""
+
+    inventory_path: str | None
+
+    @cached_property
+    def inventory(self) -> Inventory:
+        return load_inventory(self.inventory_path)
+
+    @cached_property
+    def _remotes(self) -> dict[str, RemoteHook]:
+        return {}
+
+    def remote(self, host: str | Host) -> RemoteHook:
+        """A RemoteHook for an inventory host, created on first use."""
+        name = host if isinstance(host, str) else host.name
+        if name not in self._remotes:
+            entry = self.inventory.host(name)
+            self._remotes[name] = RemoteHook(
+                ssh_conn_id=entry.ssh_conn_id,
+                host_name=name,
+                allow_unverified_host_keys=self.inventory.ssh.allow_unverified_host_keys,
+                command_timeout=self.inventory.ssh.command_timeout,
+            )
+        return self._remotes[name]
+
+    def os_family(self, host: str) -> OsFamily:
+        entry = self.inventory.host(host)
+        if entry.os_family:
+            return FAMILIES[entry.os_family]
+        text = self.remote(host).run("cat /etc/os-release", quiet=True).stdout
+        try:
+            return detect_family(text)
+        except ValueError as exc:
+            raise AirflowException(f"[{host}] {exc}") from exc
+
+    def close_remotes(self) -> None:
+        for remote in self._remotes.values():
+            remote.close()
+
+    def patroni_api_urls(self) -> list[str]:
+        port = self.inventory.patroni.rest_port
+        return [f"http://{h.address}:{port}" for h in self.inventory.db_hosts]
+
+    def etcd_endpoints(self) -> list[str]:
+        port = self.inventory.etcd.client_port
+        return [f"http://{h.address}:{port}" for h in self.inventory.db_hosts]

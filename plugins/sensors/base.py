@@ -1,0 +1,72 @@
+"""Sensors whose check is their trigger's check: poke, reschedule or defer."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowException
+
+from pgha.runtime import InventoryMixin
+from triggers.base import PollingTrigger
+
+DEFAULT_TIMEOUT = 600  # ERRATA 25: never the 7-day default
+
+
+class CheckSensor(InventoryMixin, BaseSensorOperator):
+    """
+    Base for pgha sensors. The same check runs in ``poke``/``reschedule`` mode
+    and, with ``deferrable=True``, in the triggerer.
+
+    :param inventory_path: inventory file (templated; default: $PGHA_INVENTORY or the shipped one).
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    """
+
+    template_fields = ("inventory_path",)
+
+    def __init__(
+        self,
+        *,
+        inventory_path: str | None = None,
+        deferrable: bool = False,
+        poke_interval: float = 5,
+        timeout: float = DEFAULT_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.inventory_path = inventory_path
+        self.deferrable = deferrable
+
+    @abstractmethod
+    def make_trigger(self) -> PollingTrigger:
+        """The trigger (and so the check) for this sensor."""
+
+    def poke(self, context: Any) -> PokeReturnValue:
+        problems, value = self.make_trigger().check()
+        if problems:
+            self.log.info("not yet: %s", "; ".join(problems))
+            return PokeReturnValue(is_done=False)
+        self.log.info("condition met: %s", value)
+        return PokeReturnValue(is_done=True, xcom_value=value)
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        first = self.poke(context)
+        if first.is_done:
+            return first.xcom_value
+        self.defer(
+            trigger=self.make_trigger(),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout + 60),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if event.get("status") != "success":
+            raise AirflowException(
+                f"{self.task_id} timed out after {self.timeout:.0f}s: " + "; ".join(event.get("problems", []))
+            )
+        self.log.info("condition met: %s", event.get("value"))
+        return event.get("value")

@@ -1,0 +1,27 @@
+"""Deferrable wait for a healthy etcd cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooks.etcd import EtcdHook
+from triggers.base import PollingTrigger
+
+
+class EtcdHealthTrigger(PollingTrigger):
+    """Fires when every endpoint is healthy, there is one leader and the members match."""
+
+    def __init__(self, endpoints: list[str], expected_members: list[str], poll_interval: float, timeout: float) -> None:
+        super().__init__(poll_interval, timeout)
+        self.endpoints = endpoints
+        self.expected_members = expected_members
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "triggers.etcd.EtcdHealthTrigger",
+            {"endpoints": self.endpoints, "expected_members": self.expected_members, **self.common_kwargs()},
+        )
+
+    def check(self) -> tuple[list[str], Any]:
+        report = EtcdHook(self.endpoints).report()
+        return report.problems(self.expected_members), report.leader_name

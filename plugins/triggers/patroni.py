@@ -1,0 +1,44 @@
+"""Deferrable wait for a Patroni cluster with one leader and streaming replicas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooks.patroni import PatroniHook
+from triggers.base import PollingTrigger
+
+
+class PatroniLeaderTrigger(PollingTrigger):
+    """Fires with the leader's name once the cluster is as expected."""
+
+    def __init__(
+        self,
+        api_urls: list[str],
+        expected_replicas: int,
+        require_sync: bool,
+        max_lag_bytes: int | None,
+        poll_interval: float,
+        timeout: float,
+    ) -> None:
+        super().__init__(poll_interval, timeout)
+        self.api_urls = api_urls
+        self.expected_replicas = expected_replicas
+        self.require_sync = require_sync
+        self.max_lag_bytes = max_lag_bytes
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "triggers.patroni.PatroniLeaderTrigger",
+            {
+                "api_urls": self.api_urls,
+                "expected_replicas": self.expected_replicas,
+                "require_sync": self.require_sync,
+                "max_lag_bytes": self.max_lag_bytes,
+                **self.common_kwargs(),
+            },
+        )
+
+    def check(self) -> tuple[list[str], Any]:
+        cluster = PatroniHook(self.api_urls).cluster()
+        problems = cluster.problems(self.expected_replicas, self.require_sync, self.max_lag_bytes)
+        return problems, (cluster.leaders[0] if len(cluster.leaders) == 1 else None)
