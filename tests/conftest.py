@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -49,6 +50,16 @@ PATRONI_REST_USER = "pgha-rest"
 PATRONI_REST_PASSWORD = "pgha-test-rest-pw"
 PATRONI_SUPERUSER_PASSWORD = "pgha-test-super-pw"
 PATRONI_REPLICATION_PASSWORD = "pgha-test-repl-pw"
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so fixture teardown still stops the services."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

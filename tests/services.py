@@ -63,17 +63,30 @@ _ports_lock = threading.Lock()
 _ports_handed_out: set[int] = set()
 
 
+# Below Linux's ephemeral range (32768-60999), so an outgoing connection's source port can
+# never take a port between our check and the service's bind.
+PORT_RANGE = (20000, 32767)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """Return a currently free TCP port on ``host``, never the same one twice per process."""
+    """Return a free TCP port on ``host`` (outside the ephemeral range), never twice per process."""
+    rng = secrets.SystemRandom()
     with _ports_lock:
-        for _ in range(200):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
-            if port not in _ports_handed_out:
+        for _ in range(500):
+            port = rng.randint(*PORT_RANGE)
+            if port not in _ports_handed_out and _port_free(host, port):
                 _ports_handed_out.add(port)
                 return port
-    raise ServiceError("could not find a free port")
+    raise ServiceError(f"could not find a free port in {PORT_RANGE}")
 
 
 def require_binary(path: Path | str, apt_package: str) -> Path:
@@ -860,6 +873,7 @@ def haproxy_command(socket_path: Path | str, command: str, timeout: float = 5.0)
         sock.settimeout(timeout)
         sock.connect(str(socket_path))
         sock.sendall(command.rstrip("\n").encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)  # the master CLI answers only after end of input
         chunks = []
         while True:
             chunk = sock.recv(65536)
@@ -894,7 +908,7 @@ def _parse_show_proc(text: str) -> dict[str, Any]:
 
 def haproxy_check_config(config_path: Path | str) -> None:
     """Validate a config with ``haproxy -c``; raise ServiceError with HAProxy's message."""
-    run_checked([str(HAPROXY_BIN), "-c", "-q", "-f", str(config_path)])
+    run_checked([str(HAPROXY_BIN), "-c", "-f", str(config_path)])
 
 
 def start_haproxy(config_path: Path | str, workdir: Path | str,

@@ -34,9 +34,13 @@ def _ssh_client(sshd: SshdService, host_key: str) -> paramiko.SSHClient:
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.get_host_keys().add(f"[{sshd.host}]:{sshd.port}", key_type,
                                paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64)))
-    client.connect(sshd.host, port=sshd.port, username=sshd.username,
-                   key_filename=str(sshd.key_file), look_for_keys=False, allow_agent=False,
-                   timeout=10)
+    try:
+        client.connect(sshd.host, port=sshd.port, username=sshd.username,
+                       key_filename=str(sshd.key_file), look_for_keys=False, allow_agent=False,
+                       timeout=10)
+    except BaseException:
+        client.close()
+        raise
     return client
 
 

@@ -88,7 +88,7 @@ class Etcd:
     client_port: int = 2379
     peer_port: int = 2380
     token: str = "etcd-cluster-airflow"
-    data_dir: str = "/var/lib/etcd"
+    data_dir: str = "/var/lib/etcd/pgha"  # not the package's own /var/lib/etcd/default
     install: Install = field(default_factory=Install)
 
 

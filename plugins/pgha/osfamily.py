@@ -15,11 +15,13 @@ from dataclasses import dataclass
 class OsFamily:
     name: str
     install_cmd: str  # takes the package list appended
-    installed_query: str  # exits 0 when every package is installed
+    installed_query: str  # exits 0 when every package in {packages} is installed
     postgres_packages: tuple[str, ...]
     postgres_bin_dir: str
     postgres_data_dir: str
     postgres_service: str  # the distribution's own unit, disabled: Patroni runs PostgreSQL
+    postgres_prepare: str  # runs before the install (no auto-created cluster / module stream)
+    refresh_cmd: str  # refreshes package lists before an install
     etcd_packages: tuple[str, ...]
     etcd_binary: str
     etcdctl_binary: str
@@ -38,21 +40,29 @@ class OsFamily:
         names = getattr(self, f"{component}_packages")
         return [name.format(major=major) for name in names]
 
+    def prepare_postgres(self, major: int) -> str:
+        return self.postgres_prepare.format(major=major)
+
     def install_command(self, packages: list[str]) -> str:
         return f"{self.install_cmd} {' '.join(shlex.quote(p) for p in packages)}"
 
     def installed_command(self, packages: list[str]) -> str:
-        return f"{self.installed_query} {' '.join(shlex.quote(p) for p in packages)}"
+        return self.installed_query.format(packages=" ".join(shlex.quote(p) for p in packages))
 
 
 DEBIAN = OsFamily(
     name="debian",
     install_cmd="DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends",
-    installed_query="dpkg-query -W -f='${Status}\\n'",
+    installed_query="for p in {packages}; do dpkg-query -W -f='${{Status}}' \"$p\" 2>/dev/null | grep -q 'install ok installed' || exit 1; done",
     postgres_packages=("postgresql-{major}", "postgresql-client-{major}"),
     postgres_bin_dir="/usr/lib/postgresql/{major}/bin",
     postgres_data_dir="/var/lib/postgresql/{major}/main",
     postgres_service="postgresql",
+    postgres_prepare=(
+        "mkdir -p /etc/postgresql-common/createcluster.d && "
+        "echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/50-pgha.conf"
+    ),
+    refresh_cmd="apt-get update -q",
     etcd_packages=("etcd-server", "etcd-client"),
     etcd_binary="/usr/bin/etcd",
     etcdctl_binary="/usr/bin/etcdctl",
@@ -65,11 +75,13 @@ DEBIAN = OsFamily(
 RHEL = OsFamily(
     name="rhel",
     install_cmd="dnf install -y -q",
-    installed_query="rpm -q",
+    installed_query="rpm -q {packages}",
     postgres_packages=("postgresql-server", "postgresql-contrib"),
     postgres_bin_dir="/usr/bin",
     postgres_data_dir="/var/lib/pgsql/{major}/data",
     postgres_service="postgresql",
+    postgres_prepare="dnf -qy module enable postgresql:{major}",
+    refresh_cmd="dnf makecache -q",
     etcd_packages=("etcd",),
     etcd_binary="/usr/local/bin/etcd",
     etcdctl_binary="/usr/local/bin/etcdctl",

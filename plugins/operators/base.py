@@ -1,0 +1,98 @@
+"""Base class of every pgha operator: inventory access and an audit summary."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from pgha.osfamily import OsFamily
+from pgha.runtime import InventoryMixin
+
+
+class PghaOperator(InventoryMixin, BaseOperator):
+    """
+    Runs ``run(context)`` and logs one summary block an auditor can read:
+    what changed and what was already in place. Returns that summary (XCom).
+
+    :param inventory_path: inventory file (templated; default: $PGHA_INVENTORY or the shipped one).
+    """
+
+    template_fields: tuple[str, ...] = ("inventory_path",)
+    ui_color = "#dbe9f6"
+
+    def __init__(self, *, inventory_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inventory_path = inventory_path
+        self._changes: list[str] = []
+        self._unchanged: list[str] = []
+
+    def changed(self, what: str) -> None:
+        self._changes.append(what)
+
+    def unchanged(self, what: str) -> None:
+        self._unchanged.append(what)
+
+    def note(self, what: str, changed: bool) -> None:
+        (self.changed if changed else self.unchanged)(what)
+
+    def ensure_packages(self, host: str, family: OsFamily, packages: list[str]) -> bool:
+        """Install ``packages`` unless all are already installed; True if it installed."""
+        remote = self.remote(host)
+        if remote.run(family.installed_command(packages), check=False, quiet=True).ok:
+            self.unchanged(f"packages {' '.join(packages)} already installed")
+            return False
+        remote.run(family.refresh_cmd, timeout=900)
+        remote.run(family.install_command(packages), timeout=1800)
+        self.changed(f"installed {' '.join(packages)}")
+        return True
+
+    def install_unit(self, host: str, name: str, content: str) -> bool:
+        """Put a systemd unit file and reload systemd if it changed."""
+        remote = self.remote(host)
+        changed = remote.put_file(f"/etc/systemd/system/{name}", content).changed
+        if changed:
+            remote.run("systemctl daemon-reload")
+        self.note(f"unit {name}", changed)
+        return changed
+
+    def run(self, context: Any) -> Any:
+        raise NotImplementedError
+
+    def execute(self, context: Any) -> Any:
+        started = time.monotonic()
+        try:
+            value = self.run(context)
+        finally:
+            self.close_remotes()
+        summary = {
+            "changed": bool(self._changes),
+            "changes": self._changes,
+            "unchanged": self._unchanged,
+            "duration_s": round(time.monotonic() - started, 2),
+        }
+        lines = [f"  changed:   {c}" for c in self._changes] + [f"  unchanged: {u}" for u in self._unchanged]
+        self.log.info(
+            "SUMMARY %s: %s in %.1fs\n%s",
+            self.task_id,
+            "CHANGED" if self._changes else "NO CHANGE",
+            summary["duration_s"],
+            "\n".join(lines) or "  (nothing to do)",
+        )
+        if value is not None:
+            summary["result"] = value
+        return summary
+
+
+class HostOperator(PghaOperator):
+    """A PghaOperator that works on one inventory host (usually mapped over hosts).
+
+    :param host: inventory host name.
+    """
+
+    template_fields = (*PghaOperator.template_fields, "host")
+
+    def __init__(self, *, host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host = host

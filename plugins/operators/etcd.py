@@ -1,0 +1,82 @@
+"""Phase 3: the etcd cluster (install, configure, start one member per node)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException
+
+from operators.base import HostOperator, PghaOperator
+from pgha.render import node_context, render
+
+
+class InstallEtcdOperator(HostOperator):
+    """
+    Installs etcd on one node: the OS package, or the release tarball
+    verified against the inventory's sha256.
+
+    :param host: database node (mapped).
+    """
+
+    def run(self, context: Any) -> Any:
+        install = self.inventory.etcd.install
+        family = self.os_family(self.host)
+        remote = self.remote(self.host)
+        if install.method == "package":
+            # The package starts a single-node etcd of its own; ours replaces that unit.
+            self.ensure_packages(self.host, family, family.packages_for("etcd", 0))
+        else:
+            self._install_tarball(family.etcd_binary)
+        remote.run("id etcd >/dev/null 2>&1 || useradd --system --home-dir /var/lib/etcd --shell /usr/sbin/nologin etcd")
+        version = remote.run(f"{family.etcd_binary} --version | head -1").stdout.strip()
+        if install.version and install.version not in version:
+            raise AirflowException(f"[{self.host}] version mismatch: expected etcd {install.version}, got {version!r}")
+        return {"version": version}
+
+    def _install_tarball(self, etcd_binary: str) -> None:
+        install = self.inventory.etcd.install
+        remote = self.remote(self.host)
+        if remote.run(f"{etcd_binary} --version 2>/dev/null | grep -q 'etcd Version: {install.version}$'",
+                      check=False, quiet=True).ok:
+            self.unchanged(f"etcd {install.version} already installed")
+            return
+        proxy = self.inventory.packages.apt_proxy
+        curl = "curl -fsSL" + (f" --proxy {shlex.quote(proxy)}" if proxy else "")
+        target_dir = shlex.quote(etcd_binary.rsplit("/", 1)[0])
+        remote.run(
+            "set -e; tmp=$(mktemp -d); trap 'rm -rf $tmp' EXIT; "
+            f"{curl} -o $tmp/etcd.tgz {shlex.quote(install.url or '')}; "
+            f"echo '{install.sha256}  '$tmp/etcd.tgz | sha256sum -c --quiet; "
+            f"tar -xzf $tmp/etcd.tgz -C $tmp --strip-components=1; "
+            f"install -m 0755 $tmp/etcd $tmp/etcdctl {target_dir}/",
+            timeout=900,
+        )
+        self.changed(f"etcd {install.version} from {install.url} (sha256 verified)")
+
+
+class ConfigureEtcdOperator(HostOperator):
+    """
+    Writes one member's unit (ERRATA: no v2, explicit URLs) and starts it
+    without blocking: a new member only reports ready once a quorum is up,
+    so all members start in parallel and EtcdHealthSensor waits.
+
+    :param host: database node (mapped).
+    """
+
+    def run(self, context: Any) -> Any:
+        inv = self.inventory
+        family = self.os_family(self.host)
+        remote = self.remote(self.host)
+        data_dir = shlex.quote(inv.etcd.data_dir)
+        remote.run(f"install -d -o etcd -g etcd -m 0700 {data_dir}")
+        unit = render("etcd.service.j2", **node_context(inv, inv.host(self.host), family))
+        changed = self.install_unit(self.host, "etcd.service", unit)
+        remote.run("systemctl enable --quiet etcd.service")
+        active = remote.run("systemctl is-active --quiet etcd.service", check=False).ok
+        if changed or not active:
+            remote.run("systemctl restart --no-block etcd.service")
+            self.changed("etcd.service (re)started")
+        else:
+            self.unchanged("etcd.service running with this unit")
+        return {"restarted": changed or not active}
