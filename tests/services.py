@@ -14,7 +14,6 @@ import atexit
 import base64
 import contextlib
 import fcntl
-import grp
 import json
 import os
 import pwd
@@ -311,7 +310,7 @@ def _is_postmaster(pid: int, data_dir: Path) -> bool:
 
 
 def stop_postmaster(data_dir: Path, known_pid: int | None = None, timeout: float = 30.0) -> None:
-    """Fast-shutdown the postmaster of ``data_dir`` by the pid in postmaster.pid (and ``known_pid``)."""
+    """Fast-shutdown the postmaster of ``data_dir`` (pid from postmaster.pid and ``known_pid``)."""
     pids = {p for p in (_read_postmaster_pid(data_dir), known_pid) if p}
     for pid in pids:
         if not _is_postmaster(pid, data_dir):
@@ -372,7 +371,8 @@ class SshdService:
 
 
 def _keygen(path: Path, comment: str) -> str:
-    run_checked([str(SSH_KEYGEN_BIN), "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    run_checked([str(SSH_KEYGEN_BIN), "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                 "-f", str(path)])
     return path.with_suffix(".pub").read_text().strip()
 
 
@@ -432,7 +432,8 @@ def start_sshd(workdir: Path | str, timeout: float = 15.0) -> SshdService:
             raise ServiceError(f"sshd exited with {proc.returncode}:\n{log_tail(log_file)}")
 
     try:
-        wait_until(lambda: _ssh_banner(LOOPBACK, port), timeout, f"sshd on port {port}", check=check)
+        wait_until(lambda: _ssh_banner(LOOPBACK, port), timeout, f"sshd on port {port}",
+                   check=check)
     except BaseException:
         svc.stop()
         raise
@@ -489,7 +490,7 @@ class EtcdCluster:
 
 def start_etcd_cluster(workdir: Path | str, size: int = 3, timeout: float = 30.0, *,
                        heartbeat_ms: int = 100, election_ms: int = 1000) -> EtcdCluster:
-    """Start a ``size``-member etcd cluster (members launched concurrently) and wait until healthy."""
+    """Start a ``size``-member etcd cluster (members started concurrently); wait until healthy."""
     require_binary(ETCD_BIN, "etcd-server")
     if size < 1:
         raise ValueError("size must be >= 1")
@@ -642,8 +643,9 @@ def _patroni_venv_ok(venv: Path) -> bool:
     site = list((venv / "lib").glob("python3*/site-packages"))
     if not site or not (venv / "bin" / "patroni").is_file():
         return False
-    return all(any(s.glob(pattern) for s in site) for pattern in (
-        f"patroni-{PATRONI_VERSION}.dist-info", "psycopg2_binary-*.dist-info", "python_etcd-*.dist-info"))
+    wanted = (f"patroni-{PATRONI_VERSION}.dist-info", "psycopg2_binary-*.dist-info",
+              "python_etcd-*.dist-info")
+    return all(any(s.glob(pattern) for s in site) for pattern in wanted)
 
 
 @contextlib.contextmanager
@@ -658,7 +660,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_patroni_venv(venv: Path | str = PATRONI_VENV) -> Path:
-    """Create (if missing) a world-readable Patroni venv from /usr/bin/python3; return bin/patroni."""
+    """Create (if missing) a world-readable Patroni venv (Debian python3); return bin/patroni."""
     venv = Path(venv)
     exe = venv / "bin" / "patroni"
     if _patroni_venv_ok(venv):
@@ -958,7 +960,8 @@ def haproxy_reload(service: HAProxyService, timeout: float = 15.0) -> list[int]:
 
     def check() -> None:
         if service.proc is not None and service.proc.poll() is not None:
-            raise ServiceError(f"haproxy master exited during reload:\n{log_tail(service.log_file)}")
+            raise ServiceError("haproxy master exited during reload:\n"
+                               + log_tail(service.log_file))
         if state.get("failed", before["failed"]) > before["failed"]:
             raise ServiceError(f"haproxy reload failed:\n{log_tail(service.log_file)}")
 

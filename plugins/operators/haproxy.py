@@ -1,0 +1,141 @@
+"""Phase 7: HAProxy in front of the cluster, switched only when it routes correctly."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException
+
+from hooks.haproxy import HAProxyHook
+from hooks.patroni import PatroniHook
+from hooks.postgres import NodePostgresHook
+from operators.base import HostOperator, PghaOperator
+from pgha.render import HAPROXY_STATE_FILE, haproxy_context, render
+
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+WRITE_BACKEND = "postgres_write"
+READ_BACKEND = "postgres_read"
+
+
+class InstallHAProxyOperator(HostOperator):
+    """Installs HAProxy (and socat for its runtime socket) on the HAProxy host."""
+
+    def run(self, context: Any) -> Any:
+        family = self.os_family(self.host)
+        self.ensure_packages(self.host, family, family.packages_for("haproxy", 0))
+        version = self.remote(self.host).run("haproxy -v | head -1").stdout.strip()
+        return {"version": version}
+
+
+def routing_problems(write_up: list[str], read_up: list[str], leader: str | None, replicas: list[str]) -> list[str]:
+    """Why HAProxy's routing differs from Patroni's view, or [] when it matches."""
+    problems = []
+    if not leader:
+        problems.append("Patroni has no single leader")
+    elif write_up != [leader]:
+        problems.append(f"{WRITE_BACKEND} has UP {write_up}, expected exactly the leader [{leader}]")
+    if sorted(read_up) != sorted(replicas):
+        problems.append(f"{READ_BACKEND} has UP {read_up}, expected the streaming replicas {sorted(replicas)}")
+    return problems
+
+
+class HAProxySwitchOperator(PghaOperator):
+    """
+    Renders haproxy.cfg, validates it with ``haproxy -c`` on the target before
+    installing it, installs it atomically (previous config kept as a dated
+    backup), reloads seamlessly (server state kept across the reload, ERRATA
+    14b), then waits until the write backend has exactly one UP server, the
+    Patroni leader, and the read backend exactly the streaming replicas.
+
+    :param routing_timeout: seconds to wait for the routing to match Patroni.
+    """
+
+    def __init__(self, *, routing_timeout: int = 120, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.routing_timeout = routing_timeout
+
+    def run(self, context: Any) -> Any:
+        inv = self.inventory
+        remote = self.remote(inv.haproxy.host)
+        staged = f"{HAPROXY_CFG}.pgha-new"
+        remote.put_file(staged, render("haproxy.cfg.j2", **haproxy_context(inv)))
+        check = remote.run(f"haproxy -c -f {staged}", check=False)
+        if not check.ok:
+            remote.run(f"rm -f {staged}")
+            raise AirflowException(
+                f"[{inv.haproxy.host}] the rendered haproxy.cfg is invalid, nothing was installed:\n"
+                f"{check.stdout}{check.stderr}"
+            )
+        differs = not remote.run(f"cmp -s {staged} {HAPROXY_CFG}", check=False).ok
+        running = remote.run("systemctl is-active --quiet haproxy", check=False).ok
+        if differs:
+            self._install(staged, running)
+        else:
+            remote.run(f"rm -f {staged}")
+            self.unchanged(f"{HAPROXY_CFG} already current")
+        remote.run("systemctl enable --quiet haproxy")
+        if not running:
+            remote.run("systemctl start haproxy")
+            self.changed("haproxy started")
+        return self.wait_for_routing()
+
+    def _install(self, staged: str, running: bool) -> None:
+        remote = self.remote(self.inventory.haproxy.host)
+        socket = shlex.quote(f"UNIX-CONNECT:{self.inventory.haproxy.stats_socket}")
+        if running:
+            remote.run(
+                f"echo 'show servers state' | socat -t 5 stdio {socket} > {HAPROXY_STATE_FILE} || true"
+            )
+        remote.run(
+            f"if [ -f {HAPROXY_CFG} ]; then cp -p {HAPROXY_CFG} {HAPROXY_CFG}.pgha-bak-$(date +%Y%m%dT%H%M%S); fi; "
+            f"mv -f {staged} {HAPROXY_CFG}"
+        )
+        self.changed(f"{HAPROXY_CFG} installed (validated with haproxy -c; previous kept as .pgha-bak-*)")
+        if running:
+            remote.run("systemctl reload haproxy")
+            self.changed("haproxy reloaded (master-worker: live connections kept)")
+
+    def wait_for_routing(self) -> dict[str, Any]:
+        inv = self.inventory
+        haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
+        patroni = PatroniHook(self.patroni_api_urls())
+        deadline = time.monotonic() + self.routing_timeout
+        problems: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                cluster = patroni.cluster()
+                leader = cluster.leaders[0] if len(cluster.leaders) == 1 else None
+                write_up, read_up = haproxy.up_servers(WRITE_BACKEND), haproxy.up_servers(READ_BACKEND)
+                problems = routing_problems(write_up, read_up, leader, cluster.streaming_replicas)
+            except AirflowException as exc:
+                problems = [str(exc)]
+            if not problems:
+                self.log.info("routing ok: writes -> %s, reads -> %s", write_up, read_up)
+                return {"write": write_up, "read": read_up}
+            self.log.info("routing not ready: %s", "; ".join(problems))
+            time.sleep(1)
+        raise AirflowException(f"HAProxy routing did not match Patroni within {self.routing_timeout}s: "
+                               + "; ".join(problems))
+
+
+class ClusterRoutingCheckOperator(HAProxySwitchOperator):
+    """
+    Phase 9a: HAProxy's routing matches Patroni, and a client logging in as
+    the application user through the write port reaches the leader and
+    through the read port a replica (``SELECT pg_is_in_recovery()``).
+    """
+
+    def run(self, context: Any) -> Any:
+        inv = self.inventory
+        routing = self.wait_for_routing()
+        address = inv.host(inv.haproxy.host).address
+        recovery = {}
+        for port, expected in ((inv.haproxy.write_port, False), (inv.haproxy.read_port, True)):
+            hook = NodePostgresHook(inv.postgres.app_conn_id, host=address, port=port, database=inv.postgres.database)
+            recovery[port] = hook.scalar("SELECT pg_is_in_recovery()")
+            if recovery[port] is not expected:
+                raise AirflowException(f"HAProxy :{port}: pg_is_in_recovery() = {recovery[port]}, expected {expected}")
+        self.log.info("through HAProxy: :%d -> leader, :%d -> replica", inv.haproxy.write_port, inv.haproxy.read_port)
+        return {**routing, "pg_is_in_recovery": recovery}

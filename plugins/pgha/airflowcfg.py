@@ -1,0 +1,67 @@
+"""Edit airflow.cfg in place: only the keys pgha owns, everything else kept.
+
+ERRATA 18: sql_alchemy_conn lives in [database], result_backend in [celery].
+ERRATA 22: fernet_key and the API/JWT secrets are never touched.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+
+
+def _key_pattern(key: str) -> re.Pattern[str]:
+    return re.compile(rf"^\s*{re.escape(key)}\s*=")
+
+
+def get_option(text: str, section: str, key: str) -> str | None:
+    """The value of ``key`` in ``[section]``, or None."""
+    current = None
+    for line in text.splitlines():
+        header = _SECTION.match(line)
+        if header:
+            current = header.group(1).strip()
+        elif current == section and _key_pattern(key).match(line):
+            return line.split("=", 1)[1].strip()
+    return None
+
+
+def set_option(text: str, section: str, key: str, value: str) -> str:
+    """``text`` with ``key = value`` in ``[section]`` (replaced, or added; section created if absent)."""
+    lines = text.splitlines()
+    current, section_end = None, None
+    for i, line in enumerate(lines):
+        header = _SECTION.match(line)
+        if header:
+            if current == section and section_end is None:
+                section_end = i
+            current = header.group(1).strip()
+        elif current == section and _key_pattern(key).match(line):
+            lines[i] = f"{key} = {value}"
+            return "\n".join(lines) + "\n"
+    if current == section and section_end is None:
+        section_end = len(lines)
+    if section_end is None:
+        lines += ["", f"[{section}]", f"{key} = {value}"]
+    else:
+        insert_at = section_end
+        while insert_at > 0 and not lines[insert_at - 1].strip():
+            insert_at -= 1
+        lines.insert(insert_at, f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def database_url(login: str, password: str, host: str, port: int, database: str, scheme: str = "postgresql") -> str:
+    """A SQLAlchemy URL with the credentials percent-encoded."""
+    return f"{scheme}://{quote(login, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
+
+
+def repoint(text: str, sql_alchemy_conn: str, result_backend: str | None) -> str:
+    """airflow.cfg text pointing at the new database; result_backend only where Celery uses one."""
+    text = set_option(text, "database", "sql_alchemy_conn", sql_alchemy_conn)
+    uses_celery = "celery" in (get_option(text, "core", "executor") or "").lower()
+    if result_backend and (uses_celery or get_option(text, "celery", "result_backend") is not None):
+        text = set_option(text, "celery", "result_backend", result_backend)
+    return text
