@@ -305,8 +305,14 @@ def _read_postmaster_pid(data_dir: Path) -> int | None:
 
 
 def _is_postmaster(pid: int, data_dir: Path) -> bool:
+    """Guard against pid reuse: a live postgres process whose cwd is ``data_dir``."""
     argv = _cmdline(pid)
-    return bool(argv) and Path(argv[0]).name in ("postgres", "postmaster") and pid_alive(pid)
+    if not argv or Path(argv[0]).name not in ("postgres", "postmaster") or not pid_alive(pid):
+        return False
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == data_dir.resolve()
+    except OSError:
+        return True
 
 
 def stop_postmaster(data_dir: Path, known_pid: int | None = None, timeout: float = 30.0) -> None:

@@ -17,14 +17,17 @@ class PghaOperator(InventoryMixin, BaseOperator):
     what changed and what was already in place. Returns that summary (XCom).
 
     :param inventory_path: inventory file (templated; default: $PGHA_INVENTORY or the shipped one).
+    :param phase: the runbook phase this task belongs to; the task skips itself
+        when the run's ``phases`` param does not select it.
     """
 
     template_fields: tuple[str, ...] = ("inventory_path",)
     ui_color = "#dbe9f6"
 
-    def __init__(self, *, inventory_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, inventory_path: str | None = None, phase: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.inventory_path = inventory_path
+        self.phase = phase
         self._changes: list[str] = []
         self._unchanged: list[str] = []
 
@@ -61,6 +64,7 @@ class PghaOperator(InventoryMixin, BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Any) -> Any:
+        self.skip_unless_selected(context)
         started = time.monotonic()
         try:
             value = self.run(context)

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowException
 from hooks.haproxy import HAProxyHook
 from hooks.patroni import PatroniHook
 from hooks.postgres import NodePostgresHook
-from operators.base import HostOperator, PghaOperator
+from operators.base import PghaOperator
 from pgha.render import HAPROXY_STATE_FILE, haproxy_context, render
 
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
@@ -19,13 +19,14 @@ WRITE_BACKEND = "postgres_write"
 READ_BACKEND = "postgres_read"
 
 
-class InstallHAProxyOperator(HostOperator):
-    """Installs HAProxy (and socat for its runtime socket) on the HAProxy host."""
+class InstallHAProxyOperator(PghaOperator):
+    """Installs HAProxy (and socat for its runtime socket) on the inventory's HAProxy host."""
 
     def run(self, context: Any) -> Any:
-        family = self.os_family(self.host)
-        self.ensure_packages(self.host, family, family.packages_for("haproxy", 0))
-        version = self.remote(self.host).run("haproxy -v | head -1").stdout.strip()
+        host = self.inventory.haproxy.host
+        family = self.os_family(host)
+        self.ensure_packages(host, family, family.packages_for("haproxy", 0))
+        version = self.remote(host).run("haproxy -v | head -1").stdout.strip()
         return {"version": version}
 
 

@@ -6,11 +6,12 @@ import shlex
 import time
 from typing import Any
 
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from operators.base import HostOperator, PghaOperator
 from pgha.render import render
+from pgha.runtime import InventoryMixin
 
 HOSTS_BEGIN = "# BEGIN pgha managed hosts"
 HOSTS_END = "# END pgha managed hosts"
@@ -33,9 +34,7 @@ def replace_block(text: str, block: str, begin: str = HOSTS_BEGIN, end: str = HO
 class ValidateInventoryOperator(PghaOperator):
     """
     The first task: validates the inventory and that every connection it
-    names exists, before any host is touched. Pushes the host lists the
-    mapped tasks expand over (XCom keys ``db_nodes``, ``managed_hosts``,
-    ``airflow_hosts``, ``first_node``).
+    names exists, before any host is touched.
     """
 
     ui_color = "#f6e3db"
@@ -61,13 +60,36 @@ class ValidateInventoryOperator(PghaOperator):
                 missing.append(f"{conn_id} ({purpose})")
         if missing:
             raise AirflowException("missing Airflow connections: " + ", ".join(missing))
-        ti = context["ti"]
-        ti.xcom_push(key="db_nodes", value=list(inv.database_nodes))
-        ti.xcom_push(key="first_node", value=[inv.database_nodes[0]])
-        ti.xcom_push(key="other_nodes", value=list(inv.database_nodes[1:]))
-        ti.xcom_push(key="managed_hosts", value=inv.managed_host_names)
-        ti.xcom_push(key="airflow_hosts", value=[a.host for a in inv.airflow_hosts])
         return {"hosts": inv.managed_host_names, "database_nodes": list(inv.database_nodes)}
+
+
+class InventoryHostsOperator(InventoryMixin, BaseOperator):
+    """
+    Returns the host names of one role, the list mapped tasks expand over.
+
+    :param role: ``database`` (the Patroni/etcd nodes), ``managed`` (every
+        host the migration touches) or ``airflow`` (hosts running Airflow units).
+    """
+
+    template_fields = ("inventory_path",)
+    ROLES = ("database", "managed", "airflow")
+
+    def __init__(self, *, role: str, inventory_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if role not in self.ROLES:
+            raise ValueError(f"role must be one of {self.ROLES}, got {role!r}")
+        self.role = role
+        self.inventory_path = inventory_path
+
+    def execute(self, context: Any) -> list[str]:
+        inv = self.inventory
+        names = {
+            "database": list(inv.database_nodes),
+            "managed": inv.managed_host_names,
+            "airflow": [a.host for a in inv.airflow_hosts],
+        }[self.role]
+        self.log.info("%s hosts: %s", self.role, names)
+        return names
 
 
 class HostPreflightOperator(HostOperator):

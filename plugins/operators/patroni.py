@@ -6,7 +6,7 @@ import shlex
 import time
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from hooks.patroni import PatroniHook
 from operators.base import HostOperator, PghaOperator
@@ -115,6 +115,8 @@ class SwitchoverTestOperator(PghaOperator):
         self.wait_timeout = wait_timeout
 
     def run(self, context: Any) -> Any:
+        if not context["params"].get("run_failover_test", True):
+            raise AirflowSkipException("run_failover_test is off for this run")
         hook = PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)
         cluster = hook.cluster()
         problems = cluster.problems(len(self.inventory.database_nodes) - 1, require_sync=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from hooks.remote import RemoteHook
 from pgha.inventory import Host, Inventory, load_inventory
@@ -42,6 +43,13 @@ class InventoryMixin:
     """Gives a task ``self.inventory``, ``self.remote(host)`` and ``self.os_family(host)``."""
 
     inventory_path: str | None
+    phase: str | None = None
+
+    def skip_unless_selected(self, context: Any) -> None:
+        """Skip this task when the run's ``phases`` param leaves its phase out."""
+        selected = (context.get("params") or {}).get("phases")
+        if self.phase and selected is not None and self.phase not in selected:
+            raise AirflowSkipException(f"phase {self.phase!r} is not selected in this run's 'phases' param")
 
     @cached_property
     def inventory(self) -> Inventory:

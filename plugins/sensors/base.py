@@ -30,6 +30,7 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
         self,
         *,
         inventory_path: str | None = None,
+        phase: str | None = None,
         deferrable: bool = False,
         poke_interval: float = 5,
         timeout: float = DEFAULT_TIMEOUT,
@@ -37,6 +38,7 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.inventory_path = inventory_path
+        self.phase = phase
         self.deferrable = deferrable
 
     @abstractmethod
@@ -52,6 +54,7 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=value)
 
     def execute(self, context: Any) -> Any:
+        self.skip_unless_selected(context)
         if not self.deferrable:
             return super().execute(context)
         first = self.poke(context)

@@ -1,0 +1,185 @@
+"""
+pg_ha_migration: Airflow's single PostgreSQL becomes a 3-node Patroni + etcd + HAProxy cluster.
+
+Follows the runbook (shared/seed/000_*.txt) as corrected by shared/ERRATA.md:
+preflight, then the nine phases in order, then the cutover. Per-node work is
+mapped over the inventory; every task is safe to clear and run again.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, TaskGroup, chain
+
+from operators.airflow import CutoverOperator, StageAirflowConfigOperator
+from operators.etcd import ConfigureEtcdOperator, InstallEtcdOperator
+from operators.haproxy import ClusterRoutingCheckOperator, HAProxySwitchOperator, InstallHAProxyOperator
+from operators.host import (
+    HostPreflightOperator,
+    InventoryHostsOperator,
+    PrepareHostOperator,
+    ValidateInventoryOperator,
+)
+from operators.patroni import (
+    ConfigurePatroniOperator,
+    InstallPatroniOperator,
+    StartPatroniOperator,
+    SwitchoverTestOperator,
+)
+from operators.postgres import CreateDatabaseOperator, InstallPostgresOperator, MigrateDataOperator, SourcePreflightOperator
+from sensors.etcd import EtcdHealthSensor
+from sensors.patroni import PatroniLeaderSensor
+
+PHASES = [
+    "1_prepare_hosts",
+    "2_install_postgres",
+    "3_etcd_cluster",
+    "4_patroni",
+    "5_bootstrap",
+    "6_data_migration",
+    "7_haproxy",
+    "8_repoint_airflow",
+    "9_validate",
+]
+
+params = {
+    "inventory_path": Param(
+        os.environ.get("PGHA_INVENTORY", "include/inventory.yml"),
+        type="string",
+        title="Inventory",
+        description="Topology file (hosts, versions, ports, connection ids). Relative paths are under the project.",
+        section="Topology",
+    ),
+    "phases": Param(
+        PHASES,
+        type="array",
+        items={"type": "string", "enum": PHASES},
+        title="Phases to run",
+        description="Unselected phases skip; preflight always runs; the cutover runs with phase 8.",
+        section="Scope",
+    ),
+    "migration_method": Param(
+        "dump_restore",
+        enum=["dump_restore"],
+        title="Data migration method",
+        description="dump_restore: pg_dump | pg_restore from an exported snapshot, verified per table.",
+        section="Data",
+    ),
+    "run_failover_test": Param(
+        True,
+        type="boolean",
+        title="Run the switchover test",
+        description="Phase 9: move the leader to the synchronous standby and check HAProxy follows.",
+        section="Validation",
+    ),
+}
+
+INVENTORY = "{{ params.inventory_path }}"
+FIRST_NODE = "{{ ti.xcom_pull(task_ids='preflight.database_nodes')[0] }}"  # the runbook starts psg1 first
+SENSOR_TIMEOUT = 900
+
+with DAG(
+    dag_id="pg_ha_migration",
+    description="Move Airflow's metadata DB to a Patroni + etcd + HAProxy cluster",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=params,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "inventory_path": INVENTORY,
+        "trigger_rule": "none_failed",
+    },
+    tags=["pgha", "postgres", "ha"],
+    doc_md=__doc__,
+) as dag:
+    with TaskGroup("preflight") as preflight:
+        inventory = ValidateInventoryOperator(task_id="validate_inventory", retries=0)
+        managed_hosts = InventoryHostsOperator(task_id="managed_hosts", role="managed")
+        db_nodes = InventoryHostsOperator(task_id="database_nodes", role="database")
+        airflow_hosts = InventoryHostsOperator(task_id="airflow_hosts", role="airflow")
+        hosts_ok = HostPreflightOperator.partial(task_id="check_host").expand(host=managed_hosts.output)
+        source_ok = SourcePreflightOperator(task_id="check_source_db")
+        chain(inventory, [managed_hosts, db_nodes, airflow_hosts], hosts_ok, source_ok)
+
+    with TaskGroup("phase1_prepare_hosts") as phase1:
+        PrepareHostOperator.partial(task_id="prepare_host", phase=PHASES[0]).expand(
+            host=managed_hosts.output
+        )
+
+    with TaskGroup("phase2_install_postgres") as phase2:
+        InstallPostgresOperator.partial(task_id="install_postgres", phase=PHASES[1]).expand(
+            host=db_nodes.output
+        )
+
+    with TaskGroup("phase3_etcd_cluster") as phase3:
+        chain(
+            InstallEtcdOperator.partial(task_id="install_etcd", phase=PHASES[2]).expand(
+                host=db_nodes.output
+            ),
+            ConfigureEtcdOperator.partial(task_id="configure_etcd", phase=PHASES[2]).expand(
+                host=db_nodes.output
+            ),
+            EtcdHealthSensor(task_id="etcd_healthy", phase=PHASES[2], mode="reschedule", timeout=SENSOR_TIMEOUT),
+        )
+
+    with TaskGroup("phase4_patroni") as phase4:
+        chain(
+            InstallPatroniOperator.partial(task_id="install_patroni", phase=PHASES[3]).expand(
+                host=db_nodes.output
+            ),
+            ConfigurePatroniOperator.partial(task_id="configure_patroni", phase=PHASES[3]).expand(
+                host=db_nodes.output
+            ),
+        )
+
+    with TaskGroup("phase5_bootstrap") as phase5:
+        chain(
+            StartPatroniOperator(task_id="start_first_node", phase=PHASES[4], host=FIRST_NODE),
+            PatroniLeaderSensor(
+                task_id="leader_elected", phase=PHASES[4], expected_replicas=0, mode="reschedule",
+                timeout=SENSOR_TIMEOUT,
+            ),
+            StartPatroniOperator.partial(task_id="start_all_nodes", phase=PHASES[4]).expand(host=db_nodes.output),
+            PatroniLeaderSensor(
+                task_id="replicas_streaming", phase=PHASES[4], require_sync=True, mode="reschedule",
+                timeout=SENSOR_TIMEOUT,
+            ),
+        )
+
+    with TaskGroup("phase6_data_migration") as phase6:
+        chain(
+            CreateDatabaseOperator(task_id="create_role_and_database", phase=PHASES[5]),
+            MigrateDataOperator(task_id="copy_data", phase=PHASES[5], execution_timeout=timedelta(hours=6)),
+        )
+
+    with TaskGroup("phase7_haproxy") as phase7:
+        chain(
+            InstallHAProxyOperator(task_id="install_haproxy", phase=PHASES[6]),
+            HAProxySwitchOperator(task_id="switch_haproxy", phase=PHASES[6]),
+        )
+
+    with TaskGroup("phase8_repoint_airflow") as phase8:
+        StageAirflowConfigOperator.partial(task_id="stage_airflow_config", phase=PHASES[7]).expand(
+            host=airflow_hosts.output
+        )
+
+    with TaskGroup("phase9_validate") as phase9:
+        chain(
+            PatroniLeaderSensor(
+                task_id="cluster_healthy", phase=PHASES[8], require_sync=True, max_lag_bytes=16 * 1024 * 1024,
+                mode="reschedule", timeout=SENSOR_TIMEOUT,
+            ),
+            EtcdHealthSensor(task_id="etcd_healthy", phase=PHASES[8], mode="reschedule", timeout=SENSOR_TIMEOUT),
+            ClusterRoutingCheckOperator(task_id="routing_through_haproxy", phase=PHASES[8]),
+            SwitchoverTestOperator(task_id="switchover_test", phase=PHASES[8]),
+            ClusterRoutingCheckOperator(task_id="routing_after_switchover", phase=PHASES[8]),
+        )
+
+    cutover = CutoverOperator.partial(task_id="cutover", phase=PHASES[7]).expand(host=airflow_hosts.output)
+
+    chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover)
