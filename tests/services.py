@@ -387,7 +387,7 @@ def _ssh_banner(host: str, port: int) -> bool:
         return sock.recv(64).startswith(b"SSH-")
 
 
-def start_sshd(workdir: Path | str, timeout: float = 15.0) -> SshdService:
+def start_sshd(workdir: Path | str, timeout: float = 15.0, extra_config: list[str] | None = None) -> SshdService:
     """Start sshd on a free 127.0.0.1 port with fresh host and client ed25519 keys."""
     require_binary(SSHD_BIN, "openssh-server")
     require_binary(SSH_KEYGEN_BIN, "openssh-client")
@@ -422,6 +422,7 @@ def start_sshd(workdir: Path | str, timeout: float = 15.0) -> SshdService:
         "AcceptEnv LANG LC_*",
         "LogLevel INFO",
         "Subsystem sftp internal-sftp",
+        *(extra_config or []),
         "",
     ]))
     run_checked([str(SSHD_BIN), "-t", "-f", str(config)])

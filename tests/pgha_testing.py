@@ -1,0 +1,68 @@
+"""Helpers for pgha tests: Airflow connections from env vars, loopback inventories."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services import SshdService
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def conn_env_name(conn_id: str) -> str:
+    return "AIRFLOW_CONN_" + conn_id.upper()
+
+
+def set_connection(monkeypatch: Any, conn_id: str, **fields: Any) -> None:
+    """Define an Airflow connection for this test (the env-var secrets backend)."""
+    monkeypatch.setenv(conn_env_name(conn_id), json.dumps(fields))
+
+
+def ssh_connection(sshd: SshdService, **extra: Any) -> dict[str, Any]:
+    """Connection fields reaching the test sshd with a verified host key."""
+    return {
+        "conn_type": "ssh",
+        "host": sshd.host,
+        "port": sshd.port,
+        "login": sshd.username,
+        "extra": {"key_file": str(sshd.key_file), "host_key": sshd.host_key, **extra},
+    }
+
+
+def shipped_inventory() -> dict[str, Any]:
+    """The shipped include/inventory.yml as a dict (a valid starting point to break)."""
+    return yaml.safe_load((REPO_ROOT / "include" / "inventory.yml").read_text())
+
+
+def loopback_inventory(nodes: list[tuple[str, str]], lb_host: str = "lb", **sections: Any) -> dict[str, Any]:
+    """A valid inventory whose database nodes are (name, address) pairs on loopback."""
+    raw = {
+        "cluster": {"name": "pgha-test", "namespace": "/pgha-test/", "network": "127.0.0.0/8"},
+        "hosts": [{"name": lb_host, "address": "127.0.0.1", "ssh_conn_id": "ssh_lb"}]
+        + [{"name": n, "address": a, "ssh_conn_id": f"ssh_{n.replace('-', '_')}"} for n, a in nodes],
+        "database_nodes": [n for n, _ in nodes],
+        "source": {"host": lb_host, "major": 15},
+        "haproxy": {"host": lb_host},
+        "airflow": {"hosts": [{"host": lb_host, "config": "/tmp/airflow.cfg", "units": ["airflow-scheduler"]}]},
+    }
+    for key, value in sections.items():
+        merged = copy.deepcopy(raw.get(key, {}))
+        merged.update(value)
+        raw[key] = merged
+    return raw
+
+
+def write_inventory(tmp_path: Path, raw: dict[str, Any]) -> str:
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def env_has(conn_id: str) -> bool:
+    return conn_env_name(conn_id) in os.environ

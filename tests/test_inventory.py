@@ -1,0 +1,96 @@
+"""Inventory validation: the shipped file is valid; malformed ones are rejected by field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pgha.inventory import InventoryError, load_inventory, parse_inventory
+from pgha_testing import shipped_inventory
+
+
+def test_shipped_inventory_reproduces_the_runbook_topology() -> None:
+    inv = load_inventory()
+    assert inv.database_nodes == ("psg1", "psg2", "psg3")
+    assert inv.haproxy.host == "vm1" and inv.haproxy.write_port == 5433 and inv.haproxy.read_port == 5434
+    assert inv.source.host == "vm1"
+    assert [h.name for h in inv.hosts] == ["vm1", "psg1", "psg2", "psg3"]
+    assert inv.airflow_hosts[0].units == (
+        "airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer",
+    )
+    assert inv.patroni.loop_wait + 2 * inv.patroni.retry_timeout <= inv.patroni.ttl
+    assert inv.postgres.major >= inv.source.major
+    assert inv.patroni.install.method == "pip" and inv.patroni.install.venv == "/opt/patroni"
+
+
+def _mutate(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    raw = copy.deepcopy(shipped_inventory())
+    fn(raw)
+    return raw
+
+
+MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("missing hosts", lambda r: r.pop("hosts"), "hosts: is required"),
+    ("host without address", lambda r: r["hosts"][1].pop("address"), "hosts[1].address: is required"),
+    ("bad host name", lambda r: r["hosts"][0].update(name="VM_1"), "hosts[0].name"),
+    ("duplicate host", lambda r: r["hosts"].append(dict(r["hosts"][1], address="10.9.9.9")),
+     "hosts[4].name: duplicate host name 'psg1'"),
+    ("duplicate address", lambda r: r["hosts"][2].update(address=r["hosts"][1]["address"]), "hosts[2].address"),
+    ("unknown database node", lambda r: r["database_nodes"].__setitem__(2, "psg9"),
+     "database_nodes[2]: 'psg9' is not a host"),
+    ("two database nodes", lambda r: r.update(database_nodes=["psg1", "psg2"]), "database_nodes"),
+    ("even number of nodes", lambda r: (r["hosts"].append({"name": "psg4", "address": "10.9.9.4", "ssh_conn_id": "s"}),
+                                        r["database_nodes"].append("psg4")), "database_nodes: etcd needs an odd"),
+    ("port out of range", lambda r: r["postgres"].update(port=70000), "postgres.port"),
+    ("port as string", lambda r: r["haproxy"].update(write_port="5433"), "haproxy.write_port"),
+    ("clashing ports", lambda r: r["haproxy"].update(read_port=5433), "haproxy.read_port: port 5433 is already used"),
+    ("tarball without sha256", lambda r: r["etcd"].update(install={"method": "tarball", "version": "3.5.9",
+                                                                    "url": "https://example.org/etcd.tgz"}),
+     "etcd.install.sha256: is required"),
+    ("unknown install method", lambda r: r["etcd"].update(install={"method": "curl-bash"}), "etcd.install.method"),
+    ("patroni timing rule", lambda r: r["patroni"].update(retry_timeout=30), "patroni.retry_timeout"),
+    ("ttl under 20", lambda r: r["patroni"].update(ttl=10), "patroni.ttl"),
+    ("typo in a section", lambda r: r["haproxy"].update(wirte_port=1), "haproxy: unknown field(s)"),
+    ("target older than source", lambda r: r["source"].update(major=16), "postgres.major: target 15 is older"),
+    ("removed parameter", lambda r: r["postgres"]["parameters"].update(wal_keep_segments=100),
+     "postgres.parameters.wal_keep_segments"),
+    ("haproxy host unknown", lambda r: r["haproxy"].update(host="lb9"), "haproxy.host: 'lb9' is not a host"),
+    ("relative airflow config", lambda r: r["airflow"]["hosts"][0].update(config="airflow.cfg"),
+     "airflow.hosts[0].config"),
+    ("proxy not a URL", lambda r: r["packages"].update(apt_proxy="proxy:3142"), "packages.apt_proxy"),
+    ("synchronous_mode typo", lambda r: r["patroni"].update(synchronous_mode="yes"), "patroni.synchronous_mode"),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "expected"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_inventory_names_the_field(case: str, mutate: Callable[[dict[str, Any]], None], expected: str) -> None:
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(_mutate(mutate), "test.yml")
+    assert expected in str(caught.value), str(caught.value)
+
+
+def test_not_yaml_reports_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text("hosts:\n  - {name: vm1, address: [unclosed\n")
+    with pytest.raises(InventoryError, match=r"line \d+, column \d+: not valid YAML"):
+        load_inventory(path)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="cannot read"):
+        load_inventory(tmp_path / "nope.yml")
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    with pytest.raises(InventoryError, match="expected a mapping"):
+        parse_inventory(["hosts"])
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = _mutate(lambda r: (r["postgres"].update(port=0), r["haproxy"].update(fall=0)))
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(raw)
+    assert len(caught.value.problems) == 2
