@@ -1,0 +1,88 @@
+"""EtcdHook, EtcdHealthSensor and its trigger against a real 3-member etcd."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+from hooks.etcd import EtcdHook
+from sensors.etcd import EtcdHealthSensor
+from services import EtcdCluster, free_port, start_etcd_cluster
+from triggers.etcd import EtcdHealthTrigger
+
+
+def names(cluster: EtcdCluster) -> list[str]:
+    return [m.name for m in cluster.members]
+
+
+def test_report_of_a_healthy_cluster(etcd_cluster: EtcdCluster) -> None:
+    report = EtcdHook(etcd_cluster.endpoints).report()
+    assert report.problems(names(etcd_cluster)) == []
+    assert sorted(report.members.values()) == sorted(names(etcd_cluster))
+    assert report.leader_name in names(etcd_cluster)
+    assert all(v.startswith("3.") for v in report.versions.values())
+
+
+def test_membership_must_equal_the_inventory(etcd_cluster: EtcdCluster) -> None:
+    problems = EtcdHook(etcd_cluster.endpoints).report().problems([*names(etcd_cluster)[:2], "psg9"])
+    assert any("differ from the inventory" in p for p in problems)
+
+
+def test_sensor_pokes_true_and_returns_the_leader(etcd_cluster: EtcdCluster) -> None:
+    sensor = EtcdHealthSensor(task_id="etcd", endpoints=etcd_cluster.endpoints,
+                              expected_members=names(etcd_cluster), timeout=30)
+    result = sensor.poke({})
+    assert result.is_done and result.xcom_value in names(etcd_cluster)
+
+
+def test_unreachable_member_is_reported_by_endpoint(etcd_cluster: EtcdCluster) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    sensor = EtcdHealthSensor(task_id="etcd", endpoints=[*etcd_cluster.endpoints, dead],
+                              expected_members=names(etcd_cluster), timeout=30)
+    assert not sensor.poke({}).is_done
+    problems, _ = sensor.make_trigger().check()
+    assert any(p.startswith(f"{dead}: unreachable") for p in problems)
+
+
+def test_deferrable_sensor_defers_then_trigger_fires(etcd_cluster: EtcdCluster) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    sensor = EtcdHealthSensor(task_id="etcd", endpoints=[dead], expected_members=["x"], deferrable=True,
+                              timeout=5, poke_interval=1)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, EtcdHealthTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "triggers.etcd.EtcdHealthTrigger"
+    timed_out = asyncio.run(_first_event(EtcdHealthTrigger(**{**kwargs, "timeout": 2})))
+    assert timed_out["status"] == "timeout" and timed_out["problems"]
+    with pytest.raises(AirflowException, match="timed out"):
+        sensor.execute_complete({}, timed_out)
+    healthy = EtcdHealthTrigger(endpoints=etcd_cluster.endpoints, expected_members=names(etcd_cluster),
+                                poll_interval=1, timeout=20)
+    event = asyncio.run(_first_event(healthy))
+    assert event["status"] == "success"
+    assert sensor.execute_complete({}, event) in names(etcd_cluster)
+
+
+def test_losing_quorum_then_recovering(tmp_path: Path) -> None:
+    cluster = start_etcd_cluster(tmp_path, size=3)
+    try:
+        hook = EtcdHook(cluster.endpoints, timeout=1)
+        cluster.members[2].stop()
+        problems = hook.report().problems(names(cluster))
+        assert any(cluster.members[2].client_url in p for p in problems)
+        cluster.members[1].stop()
+        problems = hook.report().problems(names(cluster))
+        assert any("exactly one leader" in p or "is not true" in p for p in problems)
+    finally:
+        cluster.stop()
+
+
+async def _first_event(trigger: EtcdHealthTrigger) -> dict:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("trigger ended without an event")

@@ -1,0 +1,87 @@
+"""PatroniHook, PatroniLeaderSensor and its trigger against a real single-node Patroni."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+from conftest import PATRONI_REST_PASSWORD, PATRONI_REST_USER
+from hooks.patroni import PatroniCluster, PatroniHook
+from pgha_testing import set_connection
+from sensors.patroni import PatroniLeaderSensor
+from services import PatroniService, free_port
+from triggers.patroni import PatroniLeaderTrigger
+
+
+def test_cluster_shows_one_leader(patroni: PatroniService) -> None:
+    hook = PatroniHook([patroni.rest_url])
+    cluster = hook.cluster()
+    assert cluster.leaders == [patroni.name]
+    assert hook.leader() == patroni.name
+    assert hook.is_primary(patroni.rest_url) and not hook.is_replica(patroni.rest_url)
+    assert cluster.problems(expected_replicas=0) == []
+
+
+def test_cluster_asks_the_next_member_when_one_is_down(patroni: PatroniService) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert PatroniHook([dead, patroni.rest_url]).leader() == patroni.name
+    with pytest.raises(AirflowException, match="no Patroni member answered"):
+        PatroniHook([dead]).cluster()
+
+
+def test_sensor_returns_the_leader_and_waits_for_missing_replicas(patroni: PatroniService) -> None:
+    done = PatroniLeaderSensor(task_id="p", api_urls=[patroni.rest_url], expected_replicas=0, timeout=30).poke({})
+    assert done.is_done and done.xcom_value == patroni.name
+    for kwargs in ({"expected_replicas": 2}, {"expected_replicas": 0, "require_sync": True}):
+        sensor = PatroniLeaderSensor(task_id="p", api_urls=[patroni.rest_url], timeout=30, **kwargs)
+        assert not sensor.poke({}).is_done
+    problems, _ = PatroniLeaderSensor(task_id="p", api_urls=[patroni.rest_url], expected_replicas=2,
+                                      require_sync=True, timeout=30).make_trigger().check()
+    assert problems == ["expected 2 streaming replicas, found []", "no synchronous standby is streaming yet"]
+
+
+def test_lag_bound_and_roles_from_a_cluster_document() -> None:
+    cluster = PatroniCluster(members=[
+        {"name": "a", "role": "leader", "state": "running"},
+        {"name": "b", "role": "sync_standby", "state": "streaming", "lag": 0},
+        {"name": "c", "role": "replica", "state": "streaming", "lag": 50_000_000},
+    ])
+    assert cluster.sync_standbys == ["b"] and cluster.streaming_replicas == ["b", "c"]
+    assert cluster.problems(2, require_sync=True) == []
+    assert cluster.problems(2, max_lag_bytes=1024) == ["c lags 50000000 bytes (bound 1024)"]
+
+
+def test_deferrable_sensor_trigger_fires_with_the_leader(patroni: PatroniService) -> None:
+    sensor = PatroniLeaderSensor(task_id="p", api_urls=[patroni.rest_url], expected_replicas=1, deferrable=True,
+                                 timeout=30, poke_interval=1)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    classpath, kwargs = deferred.value.trigger.serialize()
+    assert classpath == "triggers.patroni.PatroniLeaderTrigger"
+    timeout_event = asyncio.run(_first_event(PatroniLeaderTrigger(**{**kwargs, "timeout": 2})))
+    assert timeout_event["status"] == "timeout"
+    with pytest.raises(AirflowException, match="expected 1 streaming replicas"):
+        sensor.execute_complete({}, timeout_event)
+    ok = asyncio.run(_first_event(PatroniLeaderTrigger(**{**kwargs, "expected_replicas": 0})))
+    assert ok == {"status": "success", "value": patroni.name}
+
+
+def test_switchover_is_authenticated(patroni: PatroniService, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "rest_ok", conn_type="http", login=PATRONI_REST_USER, password=PATRONI_REST_PASSWORD)
+    set_connection(monkeypatch, "rest_bad", conn_type="http", login=PATRONI_REST_USER, password="wrong")
+    # A single node has no candidate: Patroni refuses, but only after accepting the credentials.
+    accepted = PatroniHook([patroni.rest_url], conn_id="rest_ok").switchover(patroni.name)
+    assert accepted.status_code != 401 and accepted.status_code >= 400
+    rejected = PatroniHook([patroni.rest_url], conn_id="rest_bad").switchover(patroni.name)
+    assert rejected.status_code == 401
+    assert PatroniHook([patroni.rest_url]).leader() == patroni.name
+    with pytest.raises(AirflowException, match="'missing_conn' .*is missing|isn't defined"):
+        PatroniHook([patroni.rest_url], conn_id="missing_conn").switchover(patroni.name)
+
+
+async def _first_event(trigger: PatroniLeaderTrigger) -> dict:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("trigger ended without an event")
