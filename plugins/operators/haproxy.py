@@ -12,9 +12,8 @@ from hooks.haproxy import HAProxyHook
 from hooks.patroni import PatroniHook
 from hooks.postgres import NodePostgresHook
 from operators.base import PghaOperator
-from pgha.render import HAPROXY_STATE_FILE, haproxy_context, render
+from pgha.render import haproxy_context, render
 
-HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 WRITE_BACKEND = "postgres_write"
 READ_BACKEND = "postgres_read"
 
@@ -60,7 +59,8 @@ class HAProxySwitchOperator(PghaOperator):
     def run(self, context: Any) -> Any:
         inv = self.inventory
         remote = self.remote(inv.haproxy.host)
-        staged = f"{HAPROXY_CFG}.pgha-new"
+        config = shlex.quote(inv.haproxy.config)
+        staged = f"{config}.pgha-new"
         remote.put_file(staged, render("haproxy.cfg.j2", **haproxy_context(inv)))
         check = remote.run(f"haproxy -c -f {staged}", check=False)
         if not check.ok:
@@ -69,13 +69,13 @@ class HAProxySwitchOperator(PghaOperator):
                 f"[{inv.haproxy.host}] the rendered haproxy.cfg is invalid, nothing was installed:\n"
                 f"{check.stdout}{check.stderr}"
             )
-        differs = not remote.run(f"cmp -s {staged} {HAPROXY_CFG}", check=False).ok
+        differs = not remote.run(f"cmp -s {staged} {config}", check=False).ok
         running = remote.run("systemctl is-active --quiet haproxy", check=False).ok
         if differs:
             self._install(staged, running)
         else:
             remote.run(f"rm -f {staged}")
-            self.unchanged(f"{HAPROXY_CFG} already current")
+            self.unchanged(f"{inv.haproxy.config} already current")
         remote.run("systemctl enable --quiet haproxy")
         if not running:
             remote.run("systemctl start haproxy")
@@ -83,17 +83,17 @@ class HAProxySwitchOperator(PghaOperator):
         return self.wait_for_routing()
 
     def _install(self, staged: str, running: bool) -> None:
-        remote = self.remote(self.inventory.haproxy.host)
-        socket = shlex.quote(f"UNIX-CONNECT:{self.inventory.haproxy.stats_socket}")
+        haproxy = self.inventory.haproxy
+        remote = self.remote(haproxy.host)
+        config = shlex.quote(haproxy.config)
         if running:
-            remote.run(
-                f"echo 'show servers state' | socat -t 5 stdio {socket} > {HAPROXY_STATE_FILE} || true"
-            )
+            state = HAProxyHook(remote, haproxy.stats_socket).command("show servers state")
+            remote.put_file(haproxy.state_file, state)
         remote.run(
-            f"if [ -f {HAPROXY_CFG} ]; then cp -p {HAPROXY_CFG} {HAPROXY_CFG}.pgha-bak-$(date +%Y%m%dT%H%M%S); fi; "
-            f"mv -f {staged} {HAPROXY_CFG}"
+            f"if [ -f {config} ]; then cp -p {config} {config}.pgha-bak-$(date +%Y%m%dT%H%M%S); fi; "
+            f"mv -f {staged} {config}"
         )
-        self.changed(f"{HAPROXY_CFG} installed (validated with haproxy -c; previous kept as .pgha-bak-*)")
+        self.changed(f"{haproxy.config} installed (validated with haproxy -c; previous kept as .pgha-bak-*)")
         if running:
             remote.run("systemctl reload haproxy")
             self.changed("haproxy reloaded (master-worker: live connections kept)")

@@ -113,6 +113,8 @@ class HAProxy:
     read_port: int = 5434
     stats_port: int = 7000
     stats_socket: str = "/run/haproxy/admin.sock"
+    config: str = "/etc/haproxy/haproxy.cfg"
+    state_file: str = "/var/lib/haproxy/server-state"
     inter: str = "3s"
     fall: int = 3
     rise: int = 2

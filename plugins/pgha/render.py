@@ -16,7 +16,6 @@ from pgha.osfamily import OsFamily
 
 TEMPLATE_DIR = INCLUDE_DIR / "templates"
 SOCKET_DIR = "/var/run/postgresql"
-HAPROXY_STATE_FILE = "/var/lib/haproxy/server-state"
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
@@ -71,5 +70,5 @@ def haproxy_context(inventory: Inventory) -> dict[str, Any]:
     return {
         **base_context(inventory),
         "haproxy_address": inventory.host(inventory.haproxy.host).address,
-        "state_file": HAPROXY_STATE_FILE,
+        "state_file": inventory.haproxy.state_file,
     }
