@@ -100,3 +100,31 @@ def test_params_form_has_no_password(dag) -> None:  # type: ignore[no-untyped-de
 def test_switchover_and_haproxy_use_our_components(dag) -> None:  # type: ignore[no-untyped-def]
     kinds = {type(t).__name__ for t in dag.tasks}
     assert {"HAProxySwitchOperator", "EtcdHealthSensor", "PatroniLeaderSensor"} <= kinds
+
+
+def test_bad_inventory_does_not_break_parsing_and_fails_the_first_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from operators.host import ValidateInventoryOperator
+    from pgha.inventory import InventoryError
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("hosts: 3\n")
+    monkeypatch.setenv("PGHA_INVENTORY", str(bad))
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert bag.dags["pg_ha_migration"].params["inventory_path"] == str(bad)
+    with pytest.raises(InventoryError, match="hosts: 3 is not of type array"):
+        ValidateInventoryOperator(task_id="validate_inventory", inventory_path=str(bad)).execute({"params": {}})
+
+
+def test_missing_connections_are_named_before_any_host_is_touched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import AirflowException
+
+    from operators.host import ValidateInventoryOperator
+
+    for conn_id in ("ssh_vm1", "ssh_psg1", "ssh_psg2", "pgha_source_db", "pgha_pg_superuser", "pgha_pg_replication",
+                    "pgha_airflow_db", "pgha_patroni_api"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", '{"conn_type": "generic", "host": "x"}')
+    with pytest.raises(AirflowException, match=r"missing Airflow connections: ssh_psg3 \(SSH to psg3\)$"):
+        ValidateInventoryOperator(task_id="validate_inventory").execute({"params": {}})
