@@ -10,7 +10,7 @@ from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from operators.base import HostOperator, PghaOperator
-from pgha.render import render
+from pgha.render import plain_http_hosts, render
 from pgha.runtime import InventoryMixin
 
 HOSTS_BEGIN = "# BEGIN pgha managed hosts"
@@ -192,7 +192,7 @@ class PrepareHostOperator(HostOperator):
             )
             self.note("dnf proxy", "added" in result.stdout)
         if packages.pip_index_url or packages.pip_find_links:
-            content = render("pip.conf.j2", packages=packages)
+            content = render("pip.conf.j2", packages=packages, plain_http_hosts=plain_http_hosts(packages))
             self.note("pip index", remote.put_file("/etc/pip.conf", content).changed)
 
     def _open_firewalld(self) -> None:

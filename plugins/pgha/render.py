@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 
-from pgha.inventory import INCLUDE_DIR, Host, Inventory
+from pgha.inventory import INCLUDE_DIR, Host, Inventory, Packages
 from pgha.osfamily import OsFamily
 
 TEMPLATE_DIR = INCLUDE_DIR / "templates"
@@ -44,6 +45,12 @@ def base_context(inventory: Inventory) -> dict[str, Any]:
         "haproxy": asdict(inventory.haproxy),
         "packages": asdict(inventory.packages),
     }
+
+
+def plain_http_hosts(packages: Packages) -> list[str]:
+    """Hosts of the pip index/find-links served over plain http (pip must be told to trust them)."""
+    urls = [packages.pip_index_url, packages.pip_find_links]
+    return sorted({urlsplit(u).hostname for u in urls if u and u.startswith("http://") and urlsplit(u).hostname})
 
 
 def patroni_bin(inventory: Inventory) -> str:
