@@ -180,6 +180,6 @@ with DAG(
             ClusterRoutingCheckOperator(task_id="routing_after_switchover", phase=PHASES[8]),
         )
 
-    cutover = CutoverOperator.partial(task_id="cutover", phase=PHASES[7]).expand(host=airflow_hosts.output)
+    cutover = CutoverOperator(task_id="cutover", phase=PHASES[7])
 
     chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover)

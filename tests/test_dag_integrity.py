@@ -56,8 +56,7 @@ def test_preflight_then_nine_phases_in_runbook_order(dag) -> None:  # type: igno
                 assert order[a] <= order[b], f"{upstream.task_id} -> {task.task_id} goes backwards"
     last = dag.get_task("cutover")
     assert not last.downstream_list
-    # after phase 9; preflight only feeds it the list of Airflow hosts to map over
-    assert {_group(t.task_id) for t in last.upstream_list} == {"phase9_validate", "preflight"}
+    assert {_group(t.task_id) for t in last.upstream_list} == {"phase9_validate"}
 
 
 def test_first_task_validates_the_inventory(dag) -> None:  # type: ignore[no-untyped-def]

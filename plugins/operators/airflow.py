@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
+import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 
-from hooks.postgres import NodePostgresHook
-from operators.base import HostOperator
+from hooks.postgres import NodePostgresHook, load_sql
+from operators.base import HostOperator, PghaOperator
+from operators.postgres import LIVE_MARK
 from pgha import airflowcfg
+from pgha.inventory import INCLUDE_DIR
 from pgha.runtime import credentials
 
 STAGED_SUFFIX = ".pgha-new"
@@ -55,41 +60,96 @@ class StageAirflowConfigOperator(HostOperator):
         return self.inventory.airflow_host(self.host).config
 
 
-class CutoverOperator(HostOperator):
+class CutoverOperator(PghaOperator):
     """
-    The final task on one Airflow host: installs the staged config (the old
-    one kept as a dated backup) and arms a detached restart of the host's
-    Airflow units. ERRATA 20: with LocalExecutor this task is a child of the
-    scheduler, so the restart runs in a transient systemd unit that starts
-    only after this task has reported success.
+    The final task: arms the cutover agent (include/cutover/pgha_cutover.py)
+    on the source host as a transient systemd unit that starts after this
+    task has reported success (ERRATA 20: with LocalExecutor this task is a
+    child of the scheduler the agent stops). The agent stops Airflow, waits
+    until no Airflow session is left on the source, takes the final copy
+    (ERRATA 21), verifies every table, swaps in the staged airflow.cfg, runs
+    ``airflow db check``, starts Airflow, waits for a scheduler heartbeat in
+    the new database, and rolls everything back if any step fails.
 
-    TODO(issue 4): stop writers, take the final copy inside the stopped
-    window, roll back automatically.
-
-    :param restart_delay: seconds between arming and restarting.
+    :param delay: seconds between this task's success and the agent's start.
     """
 
-    def __init__(self, *, restart_delay: int = 20, **kwargs: Any) -> None:
+    AGENT = "/usr/local/lib/pgha/pgha_cutover.py"
+    SETTINGS = "/etc/pgha/cutover.json"
+    PGPASS = "/etc/pgha/cutover.pgpass"
+    LOG_DIR = "/var/log/pgha"
+
+    def __init__(self, *, delay: int = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.restart_delay = restart_delay
+        self.delay = delay
 
     def run(self, context: Any) -> Any:
-        airflow_host = self.inventory.airflow_host(self.host)
-        remote = self.remote(self.host)
-        cfg = shlex.quote(airflow_host.config)
-        staged = shlex.quote(airflow_host.config + STAGED_SUFFIX)
-        if not remote.run(f"test -f {staged}", check=False).ok:
-            raise AirflowException(f"[{self.host}] no staged config {staged}: run phase 8 first")
-        if remote.run(f"cmp -s {staged} {cfg}", check=False).ok:
-            remote.run(f"rm -f {staged}")
-            self.unchanged(f"{airflow_host.config} already points at the cluster")
-            return {"restart": False}
-        remote.run(f"cp -p {cfg} {cfg}.pgha-bak-$(date +%Y%m%dT%H%M%S) && mv -f {staged} {cfg}")
-        self.changed(f"{airflow_host.config} now points at HAProxy (previous kept as .pgha-bak-*)")
-        units = " ".join(shlex.quote(u) for u in airflow_host.units)
+        inv = self.inventory
+        host = inv.source.host
+        others = [a.host for a in inv.airflow_hosts if a.host != host]
+        if others:  # TODO(issue 4): follower agents on remote Airflow hosts (vm4)
+            raise AirflowException(f"cutover of Airflow hosts other than the source host is not supported yet: {others}")
+        airflow_host = inv.airflow_host(host)
+        remote = self.remote(host)
+        staged = airflow_host.config + STAGED_SUFFIX
+        if not remote.run(f"test -f {shlex.quote(staged)}", check=False).ok:
+            live = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                    port=inv.haproxy.write_port, database="postgres").scalar(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                (inv.postgres.database,))
+            if live and live.startswith(LIVE_MARK):
+                self.unchanged(f"Airflow already runs on the cluster ({live})")
+                return {"armed": False}
+            raise AirflowException(f"[{host}] no staged config {staged}: run phase 8 first")
+        if remote.run("systemctl list-units --all --plain --no-legend 'pgha-cutover-*' | grep -q .", check=False).ok:
+            self.unchanged("a cutover agent is already armed or running")
+            return {"armed": False}
+        unit = f"pgha-cutover-{int(time.time())}"
+        self._install_agent(context, unit)
         remote.run(
-            f"systemd-run --quiet --collect --unit=pgha-restart-airflow-$(date +%s) "
-            f"--on-active={self.restart_delay} /bin/systemctl restart {units}"
+            f"systemd-run --quiet --collect --unit={unit} --on-active={self.delay} "
+            f"/usr/bin/python3 {self.AGENT} {self.SETTINGS}"
         )
-        self.changed(f"restart of {airflow_host.units} armed in {self.restart_delay}s (transient unit)")
-        return {"restart": True}
+        self.changed(f"cutover agent {unit} armed on {host}: starts in {self.delay}s, "
+                     f"log {self.LOG_DIR}/cutover-{unit}.log, record in table pgha_cutover_log")
+        return {"armed": True, "unit": unit, "host": host}
+
+    def _install_agent(self, context: Any, unit: str) -> None:
+        inv = self.inventory
+        host = inv.source.host
+        remote = self.remote(host)
+        airflow_host = inv.airflow_host(host)
+        superuser = credentials(inv.postgres.superuser_conn_id, "cluster superuser")
+        remote.add_secret(superuser.password)
+        cluster_host = "127.0.0.1" if inv.haproxy.host == host else inv.host(inv.haproxy.host).address
+        owner = remote.run(f"stat -c %U {shlex.quote(airflow_host.config)}", quiet=True).stdout.strip()
+        settings = {
+            "run_id": unit,
+            "units": list(airflow_host.units),
+            "config": airflow_host.config,
+            "staged": airflow_host.config + STAGED_SUFFIX,
+            "airflow_user": owner,
+            "airflow_bin": self._airflow_bin(airflow_host.units[0]),
+            "database": inv.postgres.database,
+            "owner": inv.postgres.owner,
+            "bin_dir": self.os_family(host).postgres_bin(inv.source.major),
+            "source_port": NodePostgresHook(inv.source.conn_id).connection.port or 5432,
+            "cluster": {"host": cluster_host, "port": inv.haproxy.write_port, "superuser": superuser.login},
+            "pgpass": self.PGPASS,
+            "log_dir": self.LOG_DIR,
+            "sql": {"list_tables": load_sql("list_tables.sql"), "table_fingerprint": load_sql("table_fingerprint.sql")},
+        }
+        remote.run("install -d -m 0755 /usr/local/lib/pgha && install -d -m 0700 /etc/pgha")
+        remote.put_file(self.AGENT, (INCLUDE_DIR / "cutover" / "pgha_cutover.py").read_text(), mode="0755")
+        remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
+        pgpass = f"{cluster_host}:{inv.haproxy.write_port}:*:{superuser.login}:{superuser.password}\n"
+        remote.put_file(self.PGPASS, pgpass, owner="postgres", mode="0600", secret=True)
+        remote.run("chmod 0711 /etc/pgha")
+
+    def _airflow_bin(self, unit: str) -> str:
+        """The airflow executable the units run (from the unit's ExecStart)."""
+        shown = self.remote(self.inventory.source.host).run(f"systemctl show -P ExecStart {shlex.quote(unit)}").stdout
+        match = re.search(r"path=(\S+)", shown)
+        if not match:
+            raise AirflowException(f"cannot find the airflow executable in {unit}'s ExecStart: {shown.strip()!r}")
+        return match.group(1)

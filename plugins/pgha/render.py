@@ -28,6 +28,33 @@ _env = jinja2.Environment(
 )
 
 
+def yaml_quote(value: Any) -> str:
+    """``value`` as a YAML double-quoted scalar that ``yaml.safe_load`` returns unchanged.
+
+    ``tojson`` is not enough: it writes characters outside the BMP as a JSON
+    surrogate pair (``\\ud83d\\ude00``), which PyYAML (and so Patroni) decodes
+    into two lone surrogates. Here everything but printable ASCII becomes a
+    YAML escape (``\\xXX``, ``\\uXXXX``, ``\\UXXXXXXXX``).
+    """
+    out: list[str] = []
+    for char in str(value):
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
+_env.filters["yaml_quote"] = yaml_quote
+
+
 def render(template: str, **context: Any) -> str:
     """Render ``include/templates/<template>`` (StrictUndefined: a missing value is an error)."""
     return _env.get_template(template).render(**context)
