@@ -43,10 +43,14 @@ class StageAirflowConfigOperator(HostOperator):
         url = airflowcfg.database_url(app.login, app.password, haproxy_address, inv.haproxy.write_port,
                                       inv.postgres.database)
         new = airflowcfg.repoint(current, url, "db+" + url)
-        owner = remote.run(f"stat -c '%U %G %a' {shlex.quote(self.config_path)}", quiet=True).stdout.split()
-        staged = remote.put_file(self.config_path + STAGED_SUFFIX, new, owner=owner[0], group=owner[1],
-                                 mode="0600", secret=True)
-        self.note(f"{self.config_path}{STAGED_SUFFIX} staged", staged.changed)
+        staged_path = self.config_path + STAGED_SUFFIX
+        if new == current:
+            remote.run(f"rm -f {shlex.quote(staged_path)}")
+            self.unchanged(f"{self.config_path} already points at HAProxy")
+        else:
+            owner = remote.run(f"stat -c '%U %G' {shlex.quote(self.config_path)}", quiet=True).stdout.split()
+            staged = remote.put_file(staged_path, new, owner=owner[0], group=owner[1], mode="0600", secret=True)
+            self.note(f"{staged_path} staged", staged.changed)
         in_recovery = NodePostgresHook(
             inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address, port=inv.haproxy.write_port,
             database=inv.postgres.database,

@@ -1,0 +1,550 @@
+"""Every template in include/templates, rendered for both OS families and accepted by the real tool.
+
+haproxy -c and a live HAProxy in front of a real Patroni, patroni --validate-config, a
+real 3-member etcd started from the rendered unit's ExecStart, systemd-analyze verify,
+apt-config, pip and glibc's /etc/hosts lookup.
+"""
+
+from __future__ import annotations
+
+import configparser
+import csv
+import io
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import yaml
+
+from pgha.inventory import Inventory, parse_inventory
+from pgha.osfamily import DEBIAN, RHEL, OsFamily
+from pgha.render import haproxy_context, node_context, render
+from pgha_testing import loopback_inventory, shipped_inventory
+from services import (
+    ETCD_BIN,
+    HAPROXY_BIN,
+    PG_BIN_DIR,
+    HAProxyService,
+    PatroniService,
+    ensure_patroni_venv,
+    free_port,
+    haproxy_command,
+    http_request,
+    log_tail,
+    spawn,
+    terminate,
+    wait_until,
+)
+
+FAMILIES = [pytest.param(DEBIAN, id="debian"), pytest.param(RHEL, id="rhel")]
+DB_LOOPBACK = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
+
+# Test-only credentials. The passwords hold what breaks naive YAML: quotes, ": ", " #",
+# backslashes, Jinja syntax, non-ASCII and a character outside the BMP.
+SECRETS = {
+    "rest_user": "pgha-rest",
+    "rest_password": 'rest "pw": #1 with spaces',
+    "superuser": "postgres",
+    "superuser_password": "s'uper: #pw \\ {{ x }} %s caf\u00e9 \U0001F418",
+    "replication_user": "replicator",
+    "replication_password": 'r"e: p # l ',
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def shipped() -> Inventory:
+    """The shipped include/inventory.yml (the product's own topology)."""
+    return parse_inventory(shipped_inventory(), "include/inventory.yml")
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion, capturing its output as text."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def output(res: subprocess.CompletedProcess[str]) -> str:
+    return res.stdout + res.stderr
+
+
+def short_tmp_dir() -> Path:
+    """A short /tmp directory (unix socket paths are limited to 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="pgha-test-tpl-"))
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    path = short_tmp_dir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_state_file(path: Path) -> Path:
+    """A server-state file as `show servers state` writes it with no servers (version line + header)."""
+    path.write_text("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n")
+    return path
+
+
+def haproxy_stats(socket_path: Path) -> list[dict[str, str]]:
+    """`show stat` from the stats socket, one dict per CSV row."""
+    text = haproxy_command(socket_path, "show stat").lstrip("# ")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def server_status(socket_path: Path, backend: str) -> dict[str, str]:
+    """{server name: status} for one proxy, read through the stats socket."""
+    return {row["svname"]: row["status"] for row in haproxy_stats(socket_path)
+            if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+
+def unit_exec_start(unit: str) -> list[str]:
+    """ExecStart of a rendered unit as argv (backslash-newline continuations joined, as systemd does)."""
+    joined = re.sub(r"\\\n", " ", unit)
+    lines = [line for line in joined.splitlines() if line.startswith("ExecStart=")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].removeprefix("ExecStart="))
+
+
+def flag_values(argv: list[str]) -> dict[str, str]:
+    """``--flag value`` pairs of an argv (every etcd flag in the unit takes a value)."""
+    flags = argv[1:]
+    assert len(flags) % 2 == 0 and all(f.startswith("--") for f in flags[::2]), flags
+    return dict(zip(flags[::2], flags[1::2]))
+
+
+def port_free_everywhere(addresses: list[str]) -> int:
+    """A port that is free on every address (the inventory has one port for all members)."""
+    for _ in range(50):
+        port = free_port()
+        ok = True
+        for address in addresses:
+            with socket.socket() as sock:
+                try:
+                    sock.bind((address, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise RuntimeError(f"no port free on all of {addresses}")
+
+
+# --------------------------------------------------------------------------- haproxy.cfg
+
+def test_haproxy_cfg_passes_haproxy_check_and_follows_errata(tmp_path: Path) -> None:
+    """`haproxy -c` accepts the shipped inventory's config; the ERRATA 12-14b points are in it.
+
+    haproxy.cfg has no OS-family input (haproxy_context takes none): Debian and RHEL get the
+    same file, so there is one rendering to check, not two.
+    """
+    inv = shipped()
+    text = render("haproxy.cfg.j2", **haproxy_context(inv))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
+    assert res.returncode == 0, output(res)
+    assert "Configuration file is valid" in output(res)
+    # The only warning allowed: the state file does not exist yet (first start, before any reload).
+    warnings = [line for line in output(res).splitlines() if "[WARNING]" in line]
+    assert all("server state file" in w and inv.haproxy.state_file in w for w in warnings), warnings
+
+    lines = [line.strip() for line in text.splitlines()]
+    assert not any(line.startswith("http-check port") for line in lines)  # ERRATA 12
+    servers = [line for line in lines if line.startswith("server ")]
+    assert len(servers) == 2 * len(inv.database_nodes)
+    assert all(line.endswith(f"check port {inv.patroni.rest_port}") for line in servers)  # ERRATA 12
+    defaults = [line for line in lines if line.startswith("default-server ")]
+    assert len(defaults) == 2 and all("on-marked-down shutdown-sessions" in d for d in defaults)  # ERRATA 13
+    assert any(re.fullmatch(rf"stats socket {re.escape(inv.haproxy.stats_socket)} .*level admin.*", line)
+               for line in lines)  # ERRATA 14
+    assert "http-check send meth GET uri /primary" in lines
+    assert "http-check send meth GET uri /replica" in lines
+    assert f"server-state-file {inv.haproxy.state_file}" in lines  # ERRATA 14b
+    assert "load-server-state-from-file global" in lines
+
+
+def test_haproxy_cfg_has_no_warning_once_the_state_file_exists(tmp_path: Path) -> None:
+    """With the state file present (as after the first reload) `haproxy -c` prints no warning at all."""
+    raw = shipped_inventory()
+    raw["haproxy"]["state_file"] = str(write_state_file(tmp_path / "server-state"))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
+    assert res.returncode == 0 and "WARNING" not in output(res) and "ALERT" not in output(res), output(res)
+
+
+def test_haproxy_routes_writes_to_the_patroni_leader(
+    patroni: PatroniService, haproxy_factory: Any, short_tmp: Path
+) -> None:
+    """A live HAProxy from the template: leader UP and the two absent members DOWN in postgres_write."""
+    rest_port = int(patroni.rest_url.rsplit(":", 1)[1])
+    write_port, read_port, stats_port = (free_port("0.0.0.0") for _ in range(3))
+    # node1 is the real single-node Patroni on 127.0.0.1; nothing listens on node2/node3.
+    raw = loopback_inventory(
+        [("node1", patroni.pg_host), ("node2", "127.0.0.12"), ("node3", "127.0.0.13")],
+        postgres={"port": patroni.pg_port},
+        patroni={"rest_port": rest_port},
+        haproxy={"write_port": write_port, "read_port": read_port, "stats_port": stats_port,
+                 "stats_socket": str(short_tmp / "admin.sock"),
+                 "state_file": str(write_state_file(short_tmp / "server-state")),
+                 "inter": "200ms"},
+    )
+    raw["hosts"][0]["address"] = "127.0.0.10"  # the HAProxy host must differ from node1's 127.0.0.1
+    inv = parse_inventory(raw)
+    svc: HAProxyService = haproxy_factory(render("haproxy.cfg.j2", **haproxy_context(inv)))
+    socket_path = Path(inv.haproxy.stats_socket)
+    wanted = {"node1": "UP", "node2": "DOWN", "node3": "DOWN"}
+    seen: dict[str, dict[str, str]] = {}
+
+    def settled() -> bool:
+        seen["write"] = server_status(socket_path, "postgres_write")
+        seen["read"] = server_status(socket_path, "postgres_read")
+        # The leader answers 503 on /replica, so the read proxy has no server UP.
+        return seen["write"] == wanted and set(seen["read"].values()) == {"DOWN"}
+
+    try:
+        wait_until(settled, 15, "HAProxy checks to settle")
+    except Exception as exc:
+        raise AssertionError(f"{seen}\n{log_tail(svc.log_file)}") from exc
+    assert seen["write"] == wanted
+    # And a client on the write port reaches the primary.
+    conn = psycopg2.connect(host="127.0.0.1", port=write_port, user="postgres",
+                            password=patroni.superuser_password, dbname="postgres", connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select pg_is_in_recovery()")
+            assert cur.fetchone() == (False,)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- patroni.yml
+
+def patroni_yml(inv: Inventory, family: OsFamily, secrets: dict[str, str] = SECRETS,
+                bin_dir: str | None = None) -> str:
+    """patroni.yml for the first database node; ``bin_dir`` overrides only that one value."""
+    ctx = node_context(inv, inv.db_hosts[0], family)
+    if bin_dir is not None:
+        ctx["bin_dir"] = bin_dir
+    return render("patroni.yml.j2", secrets=secrets, **ctx)
+
+
+def validate_patroni(path: Path) -> subprocess.CompletedProcess[str]:
+    return run([str(ensure_patroni_venv()), "--validate-config", "--ignore-listen-port", str(path)])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patroni_yml_passes_validate_config(family: OsFamily, tmp_path: Path) -> None:
+    """`patroni --validate-config` (Patroni 4.1.5) accepts the shipped inventory's patroni.yml."""
+    inv = shipped()
+    bin_dir = None
+    if family.postgres_bin(inv.postgres.major) != str(PG_BIN_DIR):
+        # RHEL keeps PostgreSQL in /usr/bin, which has no postgres on this Debian test
+        # machine and validate-config checks bin_dir's content. Test-only override of
+        # bin_dir (and nothing else): a directory of symlinks to the real PostgreSQL 15.
+        links = tmp_path / "usr-bin"
+        links.mkdir()
+        for tool in PG_BIN_DIR.iterdir():
+            (links / tool.name).symlink_to(tool)
+        bin_dir = str(links)
+        if not Path(family.postgres_bin(inv.postgres.major), "postgres").exists():
+            unchanged = tmp_path / "unchanged.yml"
+            unchanged.write_text(patroni_yml(inv, family))
+            res = validate_patroni(unchanged)
+            assert res.returncode != 0 and "does not contain 'postgres'" in output(res), output(res)
+    path = tmp_path / "patroni.yml"
+    path.write_text(patroni_yml(inv, family, bin_dir=bin_dir))
+    res = validate_patroni(path)
+    assert res.returncode == 0 and output(res).strip() == "", output(res)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patroni_yml_follows_errata(family: OsFamily) -> None:
+    """etcd3, scram, a local pg_hba line, wal_keep_size, no bootstrap.users/pg_hba, the ttl rule, REST auth."""
+    inv = shipped()
+    text = patroni_yml(inv, family)
+    cfg = yaml.safe_load(text)
+    assert "etcd3" in cfg and "etcd" not in cfg  # ERRATA 1
+    assert cfg["etcd3"]["hosts"] == [f"{h.address}:{inv.etcd.client_port}" for h in inv.db_hosts]
+    assert "md5" not in text  # ERRATA 4
+    assert cfg["postgresql"]["parameters"]["password_encryption"] == "scram-sha-256"
+    hba = cfg["postgresql"]["pg_hba"]
+    assert any(rule.split()[0] == "local" for rule in hba)
+    assert all(rule.split()[-1] in ("scram-sha-256", "peer") for rule in hba)
+    dcs = cfg["bootstrap"]["dcs"]
+    params = dcs["postgresql"]["parameters"]
+    assert "wal_keep_segments" not in text and params["wal_keep_size"] == "1600MB"  # ERRATA 5
+    assert "synchronous_standby_names" not in text  # ERRATA 6
+    assert "users" not in cfg["bootstrap"] and "pg_hba" not in cfg["bootstrap"]  # ERRATA 3, 4
+    assert "pg_hba" not in dcs["postgresql"]
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]  # ERRATA 7
+    assert dcs["ttl"] >= 20
+    assert cfg["restapi"]["authentication"] == {"username": SECRETS["rest_user"],
+                                                "password": SECRETS["rest_password"]}
+    assert cfg["postgresql"]["bin_dir"] == family.postgres_bin(inv.postgres.major)
+    assert cfg["postgresql"]["data_dir"] == family.postgres_data(inv.postgres.major)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("password", [
+    'a "quoted": #not-a-comment  two  spaces ',
+    "'single' \\backslash\\ {{ jinja }} {% raw %} %s",
+    "- leading dash", "*alias", "&anchor", "!tag", "? q", "|", ">", "@at", "`tick`",
+    "null", "~", "true", "no", "0x1F", "1e3", "", " ", "\ttab\nnewline\r",
+    "caf\u00e9 \u2028sep\u0085nel \x7f del", "\U0001F418 outside the BMP",
+])
+def test_secrets_survive_the_yaml_round_trip(family: OsFamily, password: str) -> None:
+    """Whatever the Connection holds, parsing the rendered YAML gives back exactly the secrets."""
+    secrets = {key: password if key.endswith("password") else value for key, value in SECRETS.items()}
+    cfg = yaml.safe_load(patroni_yml(shipped(), family, secrets=secrets))
+    auth = cfg["postgresql"]["authentication"]
+    assert cfg["restapi"]["authentication"] == {"username": secrets["rest_user"], "password": password}
+    assert auth["superuser"] == {"username": secrets["superuser"], "password": password}
+    assert auth["replication"] == {"username": secrets["replication_user"], "password": password}
+    assert auth["rewind"] == auth["superuser"]
+
+
+def test_shipped_secrets_survive_the_yaml_round_trip() -> None:
+    """The mixed SECRETS used by the validate-config test come back exactly too."""
+    cfg = yaml.safe_load(patroni_yml(shipped(), DEBIAN))
+    auth = cfg["postgresql"]["authentication"]
+    got = {
+        "rest_user": cfg["restapi"]["authentication"]["username"],
+        "rest_password": cfg["restapi"]["authentication"]["password"],
+        "superuser": auth["superuser"]["username"],
+        "superuser_password": auth["superuser"]["password"],
+        "replication_user": auth["replication"]["username"],
+        "replication_password": auth["replication"]["password"],
+    }
+    assert got == SECRETS
+
+
+# --------------------------------------------------------------------------- etcd.service
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_etcd_unit_exec_start_forms_a_three_member_cluster(family: OsFamily, tmp_path: Path) -> None:
+    """Run the real etcd with the flags of the rendered units for 127.0.0.11-13; the cluster forms.
+
+    Each member's unit is rendered from the same loopback inventory except etcd.data_dir
+    (one directory per member, set through the inventory), because the three members share
+    this one machine. The binary is this machine's /usr/bin/etcd (RHEL's unit names
+    /usr/local/bin/etcd, which is asserted, not run).
+
+    One deviation, forced by the shared loopback: the unit adds ``http://127.0.0.1:<client>``
+    to --listen-client-urls so local tools reach the member; only one process per host can
+    bind that, so members 2 and 3 run without that one extra URL. Member 1 runs with every
+    flag exactly as rendered, and its 127.0.0.1 listener is checked.
+    """
+    client_port = port_free_everywhere(["127.0.0.1", *DB_LOOPBACK])
+    peer_port = port_free_everywhere(["127.0.0.1", *DB_LOOPBACK])
+    names = ["node1", "node2", "node3"]
+    argvs: list[list[str]] = []
+    for name in names:
+        raw = loopback_inventory(list(zip(names, DB_LOOPBACK)),
+                                 etcd={"client_port": client_port, "peer_port": peer_port,
+                                       "token": "pgha-test-tpl", "data_dir": str(tmp_path / f"data-{name}")})
+        inv = parse_inventory(raw)
+        argv = unit_exec_start(render("etcd.service.j2", **node_context(inv, inv.host(name), family)))
+        assert argv[0] == family.etcd_binary
+        argvs.append(argv)
+    local_url = f"http://127.0.0.1:{client_port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for index, (name, argv) in enumerate(zip(names, argvs)):
+            flags = flag_values(argv)
+            assert flags["--name"] == name and flags["--data-dir"] == str(tmp_path / f"data-{name}")
+            assert flags["--listen-client-urls"].split(",")[-1] == local_url
+            if index > 0:
+                urls = flags["--listen-client-urls"].split(",")
+                argv = [*argv]
+                argv[argv.index("--listen-client-urls") + 1] = ",".join(u for u in urls if u != local_url)
+            procs.append(spawn([str(ETCD_BIN), *argv[1:]], tmp_path / f"{name}.log", cwd=tmp_path))
+
+        def check() -> None:
+            for name, proc in zip(names, procs):
+                if proc.poll() is not None:
+                    raise AssertionError(f"etcd {name} exited {proc.returncode}:\n"
+                                         f"{log_tail(tmp_path / f'{name}.log')}")
+
+        client_urls = [flag_values(argv)["--advertise-client-urls"] for argv in argvs]
+
+        def healthy() -> bool:
+            for url in [*client_urls, local_url]:
+                status, body = http_request(f"{url}/health", timeout=1.0)
+                if status != 200 or not isinstance(body, dict) or body.get("health") != "true":
+                    return False
+            return True
+
+        wait_until(healthy, 20, "the rendered etcd members to be healthy", check=check)
+        for url in client_urls:
+            status, body = http_request(f"{url}/v3/cluster/member/list", "POST", {})
+            assert status == 200, body
+            assert sorted(m["name"] for m in body["members"]) == names
+            assert sorted(u for m in body["members"] for u in m["clientURLs"]) == sorted(client_urls)
+    finally:
+        for proc in procs:
+            terminate(proc.pid, proc)
+
+
+# --------------------------------------------------------------------------- systemd units
+
+def verify_root(tmp_path: Path, family: OsFamily, inv: Inventory, *, with_binaries: bool = True) -> Path:
+    """A root for `systemd-analyze verify --root`: this machine's unit search path, the rendered
+    units in etc/systemd/system, and (copies of) the real binaries at the paths the units name."""
+    root = tmp_path / "root"
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "bin").symlink_to("usr/bin")  # merged /usr, as on Debian 12 and Rocky 9
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    ctx = node_context(inv, inv.db_hosts[0], family)
+    for name in ("etcd.service", "patroni.service"):
+        (units / name).write_text(render(f"{name}.j2", **ctx))
+    if with_binaries:
+        # Absolute symlinks would resolve inside the root, so copy the real executables.
+        for unit_path, real in ((family.etcd_binary, ETCD_BIN), (ctx["patroni_bin"], ensure_patroni_venv()),
+                                ("/usr/bin/kill", Path("/usr/bin/kill"))):
+            target = root / unit_path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(real, target)
+    return root
+
+
+def systemd_verify(root: Path) -> subprocess.CompletedProcess[str]:
+    return run([SYSTEMD_ANALYZE, "verify", f"--root={root}",
+                "/etc/systemd/system/etcd.service", "/etc/systemd/system/patroni.service"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_systemd_units_pass_systemd_analyze_verify(family: OsFamily, tmp_path: Path) -> None:
+    """`systemd-analyze verify --root` accepts etcd.service and patroni.service with no message at all.
+
+    verify exits 0 even for unknown keys or bad values (it only logs them), so the test
+    requires empty output as well.
+    """
+    inv = shipped()
+    res = systemd_verify(verify_root(tmp_path, family, inv))
+    assert res.returncode == 0 and output(res) == "", output(res)
+
+
+def test_systemd_verify_root_really_checks_the_units(tmp_path: Path) -> None:
+    """Control: the same root without the binaries makes verify fail on every ExecStart/ExecReload."""
+    inv = shipped()
+    res = systemd_verify(verify_root(tmp_path, RHEL, inv, with_binaries=False))
+    assert res.returncode != 0
+    for command in (RHEL.etcd_binary, inv.patroni.install.venv + "/bin/patroni", "/bin/kill"):
+        assert f"Command {command} is not executable" in output(res), output(res)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unit_files_follow_errata(family: OsFamily) -> None:
+    """patroni.service: Type=simple, KillMode=process, TimeoutSec=30, Wants= (no Requires=) etcd."""
+    inv = shipped()
+    ctx = node_context(inv, inv.db_hosts[0], family)
+    patroni_unit = render("patroni.service.j2", **ctx).splitlines()
+    assert "Type=simple" in patroni_unit and "KillMode=process" in patroni_unit  # ERRATA 8, 10
+    assert "TimeoutSec=30" in patroni_unit
+    assert not any(line.startswith("Requires=") for line in patroni_unit)  # ERRATA 9
+    assert any(line.startswith("Wants=") and "etcd.service" in line for line in patroni_unit)
+    assert f"ExecStart={inv.patroni.install.venv}/bin/patroni /etc/patroni/patroni.yml" in patroni_unit
+    etcd_argv = unit_exec_start(render("etcd.service.j2", **ctx))
+    assert etcd_argv[0] == family.etcd_binary
+    assert flag_values(etcd_argv)["--data-dir"] == inv.etcd.data_dir
+
+
+# --------------------------------------------------------------------------- apt, pip, hosts
+
+def with_packages(family: OsFamily, **packages: str | None) -> dict[str, Any]:
+    """node_context for the shipped inventory with the ``packages`` section replaced."""
+    inv = shipped()
+    inv = replace(inv, packages=replace(inv.packages, **packages))
+    return node_context(inv, inv.db_hosts[0], family)
+
+
+def apt_config_added(path: Path) -> list[str]:
+    """The lines `apt-config dump -c <path>` shows beyond this machine's own apt configuration."""
+    base = run(["apt-config", "dump"])
+    with_file = run(["apt-config", "dump", "-c", str(path)])
+    assert base.returncode == 0 and with_file.returncode == 0, output(with_file)
+    before = set(base.stdout.splitlines())
+    return [line for line in with_file.stdout.splitlines() if line not in before]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_apt_proxy_conf_is_read_by_apt_config(family: OsFamily, tmp_path: Path) -> None:
+    """With a proxy apt gets exactly it (https direct); without one apt gets no proxy setting."""
+    path = tmp_path / "90pgha-proxy"
+    path.write_text(render("apt-proxy.conf.j2", **with_packages(family, apt_proxy="http://proxy.example:3142")))
+    assert apt_config_added(path) == ['Acquire::http::Proxy "http://proxy.example:3142";',
+                                      'Acquire::https::Proxy "DIRECT";']
+    path.write_text(render("apt-proxy.conf.j2", **with_packages(family, apt_proxy=None)))
+    assert "None" not in path.read_text()
+    assert apt_config_added(path) == []
+
+
+def pip_sees(path: Path) -> dict[str, str]:
+    """What pip itself reads from ``path`` (`pip config debug`, the PIP_CONFIG_FILE section)."""
+    pip = Path(__file__).resolve().parent.parent / ".venv/bin/pip"
+    res = run([str(pip), "config", "debug"],
+              env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent), "PIP_CONFIG_FILE": str(path)})
+    assert res.returncode == 0, output(res)
+    section = res.stdout.split(f"  {path}, exists: True\n", 1)[1]
+    values = {}
+    for line in section.splitlines():
+        if not line.startswith("    "):
+            break
+        key, _, value = line.strip().partition(": ")
+        values[key] = value
+    return values
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("index", "links", "expected"), [
+    ("https://pypi.example/simple", None, {"global.index-url": "https://pypi.example/simple"}),
+    (None, "http://wheels.example/", {"global.no-index": "true", "global.find-links": "http://wheels.example/"}),
+    ("https://pypi.example/simple", "http://wheels.example/",
+     {"global.index-url": "https://pypi.example/simple", "global.find-links": "http://wheels.example/"}),
+], ids=["index", "wheelhouse", "both"])
+def test_pip_conf_is_read_by_configparser_and_pip(
+    family: OsFamily, index: str | None, links: str | None, expected: dict[str, str], tmp_path: Path
+) -> None:
+    """pip.conf parses with configparser and pip reads exactly the index/wheelhouse settings."""
+    text = render("pip.conf.j2", **with_packages(family, pip_index_url=index, pip_find_links=links))
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    assert {f"{s}.{k}": v for s in parser.sections() for k, v in parser[s].items()} == expected
+    path = tmp_path / "pip.conf"
+    path.write_text(text)
+    assert pip_sees(path) == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hosts_block_resolves_through_glibc(family: OsFamily, tmp_path: Path) -> None:
+    """Every inventory host resolves to its address via getent with the rendered block as /etc/hosts."""
+    inv = shipped()
+    text = render("hosts.j2", **node_context(inv, inv.db_hosts[0], family))
+    assert text.splitlines() == [f"{h.address} {h.name}" for h in inv.hosts]
+    # The operator's own call passes only the hosts.
+    assert render("hosts.j2", hosts=[{"name": h.name, "address": h.address} for h in inv.hosts]) == text
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text(text)
+    names = [h.name for h in inv.hosts]
+    # A private mount namespace: /etc/hosts is replaced for getent only, never on the machine.
+    res = run(["unshare", "--mount", "sh", "-c", 'f=$1; shift; mount --bind "$f" /etc/hosts && exec getent hosts "$@"',
+               "sh", str(hosts_file), *names])
+    if res.returncode != 0 and "mount" in output(res):
+        pytest.skip(f"no private mount namespace here: {output(res).strip()}")
+    assert res.returncode == 0, output(res)
+    assert [line.split() for line in res.stdout.splitlines()] == [[h.address, h.name] for h in inv.hosts]
