@@ -143,3 +143,5 @@ def haproxy_factory(tmp_path: Path) -> Iterator[Callable[[str | os.PathLike[str]
     finally:
         for svc in reversed(started):
             svc.stop()
+
+

@@ -148,7 +148,7 @@ class Agent:
                 f"{t} (source {source.get(t)}, cluster {cluster.get(t)})" for t in bad[:10]))
         rows = sum(int(v.split("|")[0]) for v in source.values())
         self.log(f"verified {len(source)} tables, {rows} rows: identical")
-        return {"tables": len(source), "rows": rows}
+        return {"tables": len(source), "rows": rows, "fingerprints": cluster}
 
     def repoint(self) -> None:
         config, staged = Path(self.s["config"]), Path(self.s["staged"])
@@ -189,10 +189,10 @@ class Agent:
         raise RuntimeError("no scheduler heartbeat in the new database after the restart")
 
     # ------------------------------------------------------------------ outcome
-    def record(self, outcome: str, detail: str) -> None:
+    def record(self, outcome: str, detail: str, result: dict[str, Any] | None = None) -> None:
         record = {"run_id": self.s["run_id"], "host": os.uname().nodename, "outcome": outcome, "detail": detail,
-                  "seconds": round(time.time() - self.started, 2), "steps": self.steps}
-        self.log("RECORD " + json.dumps(record))
+                  "seconds": round(time.time() - self.started, 2), "steps": self.steps, "result": result or {}}
+        self.log("RECORD " + json.dumps({k: v for k, v in record.items() if k != "result"}))
         payload = json.dumps(record).replace("'", "''")
         try:
             self.psql("cluster", "postgres",
@@ -233,7 +233,7 @@ class Agent:
             finally:
                 self.record("rolled_back", str(exc))
             return 1
-        self.record("success", json.dumps(result))
+        self.record("success", f"{result['tables']} tables, {result['rows']} rows verified", result)
         self.log(f"cutover done in {time.time() - self.started:.1f}s")
         return 0
 

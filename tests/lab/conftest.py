@@ -1,0 +1,32 @@
+"""Lab tests: the lab boots once per session and is torn down at the end."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from lab_fixtures import Lab
+from lab_fixtures import lab as run_lab
+
+
+@pytest.fixture(scope="session")
+def lab_session() -> Iterator[None]:
+    run_lab("up")
+    run_lab("provision")
+    try:
+        yield
+    finally:
+        if os.environ.get("PGHA_LAB_KEEP") != "1":
+            run_lab("down")
+
+
+@pytest.fixture(scope="session")
+def lab_hosts(lab_session: None) -> Lab:
+    return Lab()
+
+
+@pytest.fixture(scope="module")
+def lab(lab_hosts: Lab) -> Lab:
+    return lab_hosts

@@ -1,0 +1,106 @@
+"""The lab as a pytest resource: boot once per session, reset between modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import psycopg2
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAB = REPO_ROOT / "lab" / "lab"
+STATE = REPO_ROOT / "lab" / ".state"
+sys.path.insert(0, str(REPO_ROOT / "lab"))
+
+from airflow_api import AirflowAPI  # noqa: E402
+
+SNAPSHOT = "provisioned"
+TABLE_FINGERPRINT = (REPO_ROOT / "include" / "sql" / "table_fingerprint.sql").read_text()
+LIST_TABLES = (REPO_ROOT / "include" / "sql" / "list_tables.sql").read_text()
+
+
+def lab(*args: str, timeout: float = 3600) -> str:
+    """Run lab/lab and return its stdout (its log goes to stderr, shown by pytest on failure)."""
+    proc = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout)
+    sys.stderr.write(proc.stderr[-5000:])
+    if proc.returncode:
+        raise RuntimeError(f"lab/lab {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+class Lab:
+    def __init__(self) -> None:
+        self.secrets = json.loads((STATE / "secrets.json").read_text())
+        self.api = AirflowAPI("http://10.83.0.129:8080", "admin", self.secrets["admin_password"])
+
+    def up(self) -> None:
+        lab("up")
+        lab("provision")
+
+    def reset_to_provisioned(self) -> None:
+        lab("reset", "psg1", "psg2", "psg3")
+        lab("provision")  # restores vm1 from its snapshot when it was changed, deploys the code
+
+    def ssh(self, node: str, command: str, timeout: float = 300) -> str:
+        return lab("ssh", node, command, timeout=timeout)
+
+    @contextmanager
+    def connect(self, host: str, port: int, database: str = "airflow_db") -> Iterator[Any]:
+        conn = psycopg2.connect(host=host, port=port, dbname=database, user="airflow_user",
+                                password=self.secrets["airflow_db_password"], connect_timeout=10)
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def cutover_record(self) -> dict[str, Any]:
+        conn = psycopg2.connect(host="10.83.0.129", port=5433, dbname="postgres", user="postgres",
+                                password=self.secrets["pg_superuser_password"], connect_timeout=10)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT record FROM pgha_cutover_log ORDER BY id DESC LIMIT 1")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    def source_fingerprints(self) -> dict[str, str]:
+        """Per table 'count|md5' on vm1's old database, computed like the cutover agent does."""
+        psql = "runuser -u postgres -- psql -X -q -At -d airflow_db -c"
+        tables = self.ssh("vm1", f"{psql} {json.dumps(LIST_TABLES)}").split()
+        out = {}
+        for row in tables:
+            schema, table = row.split("|")
+            query = ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; "
+                     + TABLE_FINGERPRINT.replace("{table}", f'"{schema}"."{table}"'))
+            out[f"{schema}.{table}"] = self.ssh("vm1", f"{psql} {json.dumps(query)}").strip().splitlines()[-1]
+        return out
+
+    def changed_tasks(self, dag_id: str, run_id: str, prefix: str = "") -> dict[str, list[str]]:
+        """Tasks whose summary says they changed something (the switchover test is a change by design)."""
+        changed = {}
+        for ti in self.api.task_instances(dag_id, run_id):
+            if not ti["task_id"].startswith(prefix) or ti["state"] != "success":
+                continue
+            value = self.api.xcom(dag_id, run_id, ti["task_id"], ti["map_index"])
+            if isinstance(value, dict) and value.get("changed"):
+                changed[f"{ti['task_id']}[{ti['map_index']}]"] = value.get("changes", [])
+        return changed
+
+    def failure_report(self, dag_id: str, run_id: str) -> str:
+        tis = self.api.task_instances(dag_id, run_id)
+        bad = [f"{t['task_id']}[{t['map_index']}]={t['state']}" for t in tis if t["state"] != "success"]
+        return "not successful: " + ", ".join(bad)
+
+    def progress(self, dag_id: str, run_id: str) -> Callable[[str], None]:
+        started = time.monotonic()
+
+        def show(state: str) -> None:
+            print(f"[{time.monotonic() - started:6.0f}s] {dag_id} {run_id}: {state}", flush=True)
+
+        return show

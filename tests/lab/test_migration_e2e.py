@@ -1,0 +1,118 @@
+"""pg_ha_migration end to end on the lab's real hosts, triggered as an operator would.
+
+The lab (lab/lab) boots once per session; vm1 is restored to its provisioned
+snapshot (a real Airflow 3 on a single PostgreSQL with history) and the
+database hosts to the empty base. Tests in this module build on each other
+in order: the migration, then a second run, then cleared phases.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg2
+import pytest
+import requests
+
+from lab_fixtures import Lab
+
+pytestmark = pytest.mark.lab
+
+DAG = "pg_ha_migration"
+NODES = {"psg1": "10.83.0.140", "psg2": "10.83.0.144", "psg3": "10.83.0.145"}
+VM1 = "10.83.0.129"
+
+
+@pytest.fixture(scope="module")
+def migrated(lab: Lab) -> dict[str, Any]:
+    """Trigger the migration through the REST API and wait for it (survives the cutover restart)."""
+    lab.reset_to_provisioned()
+    lab.api.unpause(DAG)
+    run_id = lab.api.trigger(DAG)
+    state = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
+    return {"run_id": run_id, "state": state}
+
+
+def states(lab: Lab, run_id: str) -> dict[str, str]:
+    return {f"{t['task_id']}[{t['map_index']}]": t["state"] for t in lab.api.task_instances(DAG, run_id)}
+
+
+def test_every_task_succeeded(lab: Lab, migrated: dict[str, Any]) -> None:
+    found = states(lab, migrated["run_id"])
+    assert migrated["state"] == "success", lab.failure_report(DAG, migrated["run_id"])
+    assert found and all(s == "success" for s in found.values()), found
+
+
+def test_patroni_one_leader_two_streaming_one_sync(lab: Lab, migrated: dict[str, Any]) -> None:
+    members = requests.get(f"http://{NODES['psg1']}:8008/cluster", timeout=5).json()["members"]
+    roles = sorted(m["role"] for m in members)
+    assert roles.count("leader") == 1
+    replicas = [m for m in members if m["role"] != "leader"]
+    assert len(replicas) == 2 and all(m["state"] == "streaming" for m in replicas), members
+    assert any(m["role"] == "sync_standby" for m in replicas), members
+
+
+def test_etcd_healthy_with_exactly_three_members(lab: Lab, migrated: dict[str, Any]) -> None:
+    for address in NODES.values():
+        assert requests.get(f"http://{address}:2379/health", timeout=5).json()["health"] == "true"
+    members = requests.post(f"http://{NODES['psg1']}:2379/v3/cluster/member/list", json={}, timeout=5).json()
+    assert sorted(m["name"] for m in members["members"]) == sorted(NODES)
+
+
+def test_haproxy_write_port_reaches_leader_and_read_port_a_replica(lab: Lab, migrated: dict[str, Any]) -> None:
+    for port, expected in ((5433, False), (5434, True)):
+        with lab.connect(host=VM1, port=port) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_is_in_recovery()")
+            assert cur.fetchone()[0] is expected, port
+
+
+def test_cluster_tables_match_the_source_at_the_switch(lab: Lab, migrated: dict[str, Any]) -> None:
+    record = lab.cutover_record()
+    assert record["outcome"] == "success", record
+    at_switch = record["result"]["fingerprints"]
+    assert len(at_switch) > 20 and record["result"]["rows"] > 1000, record["result"]["rows"]
+    # Nothing writes to the source after the switch, so today's source is the source at the switch.
+    source_now = lab.source_fingerprints()
+    assert source_now == at_switch
+
+
+def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[str, Any]) -> None:
+    config = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg").split("@", 1)[1]
+    assert config.startswith("127.0.0.1:5433/airflow_db"), config
+    dags = lab.ssh("vm1", "runuser -u airflow -- bash -c 'set -a; . /etc/pgha/airflow.env; "
+                          "/opt/airflow/venv/bin/airflow dags list -o json'")
+    assert DAG in {d["dag_id"] for d in json.loads(dags[dags.index("["):])}
+    run_id = lab.api.trigger("lab_smoke")
+    assert lab.api.wait("lab_smoke", run_id, timeout=600) == "success"
+    with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
+        cur.execute("SELECT state FROM dag_run WHERE run_id = %s", (run_id,))
+        assert cur.fetchone() == ("success",)
+        cur.execute("SELECT state FROM dag_run WHERE run_id = %s", (migrated["run_id"],))
+        assert cur.fetchone() == ("success",), "the migration run is recorded as successful on the cluster"
+
+
+def test_second_run_succeeds_and_changes_nothing(lab: Lab, migrated: dict[str, Any]) -> None:
+    run_id = lab.api.trigger(DAG, {"run_failover_test": False})
+    assert lab.api.wait(DAG, run_id, timeout=1800) == "success", lab.failure_report(DAG, run_id)
+    changed = lab.changed_tasks(DAG, run_id)
+    assert changed == {}, changed
+
+
+@pytest.mark.parametrize("group", ["phase3_etcd_cluster", "phase5_bootstrap", "phase7_haproxy", "phase1_prepare_hosts"])
+def test_clearing_a_phase_reruns_it_cleanly(lab: Lab, migrated: dict[str, Any], group: str) -> None:
+    run_id = migrated["run_id"]
+    task_ids = sorted({t["task_id"] for t in lab.api.task_instances(DAG, run_id) if t["task_id"].startswith(group)})
+    assert task_ids
+    lab.api.clear(DAG, run_id, task_ids)
+    assert lab.api.wait(DAG, run_id, timeout=1200) == "success", lab.failure_report(DAG, run_id)
+    after = {k: v for k, v in states(lab, run_id).items() if k.startswith(group)}
+    assert after and all(v == "success" for v in after.values()), after
+    assert lab.changed_tasks(DAG, run_id, prefix=group) == {}
+
+
+def test_psql_through_haproxy_as_airflow(lab: Lab, migrated: dict[str, Any]) -> None:
+    with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM task_instance")
+        assert cur.fetchone()[0] > 1000
+    assert isinstance(psycopg2.__version__, str)
