@@ -15,9 +15,22 @@ venv: $(VENV)/.installed
 deps:
 	bash .ci/install-deps
 
-## Run every test: unit tests, real services on loopback (and the lab end-to-end tests).
+## The main job: the lab (4 real hosts) plus a full migration; prints the Airflow UI address and login.
+demo: deps venv
+	$(PY) lab/demo
+
+## Run every test: unit tests, real services on loopback, and the lab end-to-end tests.
 test: deps venv
 	$(VENV)/bin/pytest -q tests
+
+unit: deps venv
+	$(VENV)/bin/pytest -q -m "not lab" tests
+
+lab-up:
+	lab/lab up
+
+lab-down:
+	lab/lab down
 
 clean:
 	rm -rf $(VENV) .pytest_cache
