@@ -27,7 +27,7 @@ import yaml
 
 from pgha.inventory import Inventory, parse_inventory
 from pgha.osfamily import DEBIAN, RHEL, OsFamily
-from pgha.render import haproxy_context, node_context, render
+from pgha.render import haproxy_context, node_context, plain_http_hosts, render
 from pgha_testing import loopback_inventory, shipped_inventory
 from services import (
     ETCD_BIN,
@@ -466,11 +466,16 @@ def test_unit_files_follow_errata(family: OsFamily) -> None:
 
 # --------------------------------------------------------------------------- apt, pip, hosts
 
-def with_packages(family: OsFamily, **packages: str | None) -> dict[str, Any]:
-    """node_context for the shipped inventory with the ``packages`` section replaced."""
+def packages_render(template: str, family: OsFamily, **packages: str | None) -> str:
+    """Render ``template`` as HostPrepareOperator does (packages only, plus plain_http_hosts for
+    pip.conf) and check the full node context of ``family`` gives the very same text: these
+    templates have no OS-family input."""
     inv = shipped()
     inv = replace(inv, packages=replace(inv.packages, **packages))
-    return node_context(inv, inv.db_hosts[0], family)
+    extra = {"plain_http_hosts": plain_http_hosts(inv.packages)} if template == "pip.conf.j2" else {}
+    text = render(template, packages=inv.packages, **extra)
+    assert render(template, **node_context(inv, inv.db_hosts[0], family), **extra) == text
+    return text
 
 
 def apt_config_added(path: Path) -> list[str]:
@@ -486,12 +491,15 @@ def apt_config_added(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_apt_proxy_conf_is_read_by_apt_config(family: OsFamily, tmp_path: Path) -> None:
-    """With a proxy apt gets exactly it (https direct); without one apt gets no proxy setting."""
+    """With a proxy apt gets exactly it (https direct); without one apt gets no proxy setting.
+
+    (The operator installs this file on Debian only; RHEL gets a dnf.conf proxy= line.)
+    """
     path = tmp_path / "90pgha-proxy"
-    path.write_text(render("apt-proxy.conf.j2", **with_packages(family, apt_proxy="http://proxy.example:3142")))
+    path.write_text(packages_render("apt-proxy.conf.j2", family, apt_proxy="http://proxy.example:3142"))
     assert apt_config_added(path) == ['Acquire::http::Proxy "http://proxy.example:3142";',
                                       'Acquire::https::Proxy "DIRECT";']
-    path.write_text(render("apt-proxy.conf.j2", **with_packages(family, apt_proxy=None)))
+    path.write_text(packages_render("apt-proxy.conf.j2", family, apt_proxy=None))
     assert "None" not in path.read_text()
     assert apt_config_added(path) == []
 
@@ -503,7 +511,7 @@ def pip_sees(path: Path) -> dict[str, str]:
               env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent), "PIP_CONFIG_FILE": str(path)})
     assert res.returncode == 0, output(res)
     section = res.stdout.split(f"  {path}, exists: True\n", 1)[1]
-    values = {}
+    values: dict[str, str] = {}
     for line in section.splitlines():
         if not line.startswith("    "):
             break
@@ -512,18 +520,26 @@ def pip_sees(path: Path) -> dict[str, str]:
     return values
 
 
+INDEX = "https://pypi.example/simple"
+WHEELS = "http://wheels.example:8080/wheels/"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(("index", "links", "expected"), [
-    ("https://pypi.example/simple", None, {"global.index-url": "https://pypi.example/simple"}),
-    (None, "http://wheels.example/", {"global.no-index": "true", "global.find-links": "http://wheels.example/"}),
-    ("https://pypi.example/simple", "http://wheels.example/",
-     {"global.index-url": "https://pypi.example/simple", "global.find-links": "http://wheels.example/"}),
-], ids=["index", "wheelhouse", "both"])
+    (INDEX, None, {"global.index-url": INDEX}),
+    (None, WHEELS, {"global.no-index": "true", "global.find-links": WHEELS,
+                    "global.trusted-host": "wheels.example"}),
+    (INDEX, WHEELS, {"global.index-url": INDEX, "global.find-links": WHEELS,
+                     "global.trusted-host": "wheels.example"}),
+    ("http://mirror.example/simple", WHEELS,
+     {"global.index-url": "http://mirror.example/simple", "global.find-links": WHEELS,
+      "global.trusted-host": "mirror.example wheels.example"}),
+], ids=["index", "wheelhouse", "both", "both-plain-http"])
 def test_pip_conf_is_read_by_configparser_and_pip(
     family: OsFamily, index: str | None, links: str | None, expected: dict[str, str], tmp_path: Path
 ) -> None:
     """pip.conf parses with configparser and pip reads exactly the index/wheelhouse settings."""
-    text = render("pip.conf.j2", **with_packages(family, pip_index_url=index, pip_find_links=links))
+    text = packages_render("pip.conf.j2", family, pip_index_url=index, pip_find_links=links)
     parser = configparser.ConfigParser()
     parser.read_string(text)
     assert {f"{s}.{k}": v for s in parser.sections() for k, v in parser[s].items()} == expected
