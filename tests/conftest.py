@@ -44,12 +44,13 @@ from services import (  # noqa: E402
     start_sshd,
 )
 
-# Test-only credentials (never used outside these throw-away loopback services).
-POSTGRES_PASSWORD = "pgha-test-pw-1"
-PATRONI_REST_USER = "pgha-rest"
-PATRONI_REST_PASSWORD = "pgha-test-rest-pw"
-PATRONI_SUPERUSER_PASSWORD = "pgha-test-super-pw"
-PATRONI_REPLICATION_PASSWORD = "pgha-test-repl-pw"
+from fixture_secrets import (  # noqa: E402
+    PATRONI_REPLICATION_PASSWORD,
+    PATRONI_REST_PASSWORD,
+    PATRONI_REST_USER,
+    PATRONI_SUPERUSER_PASSWORD,
+    POSTGRES_PASSWORD,
+)
 
 
 def _sigterm_to_interrupt(signum: int, frame: object) -> None:

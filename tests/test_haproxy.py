@@ -21,7 +21,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException
 
 import operators.haproxy as haproxy_ops
-from conftest import PATRONI_SUPERUSER_PASSWORD
+from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
 from hooks.haproxy import HAProxyHook, parse_stat_csv
 from hooks.remote import RemoteHook
 from operators.haproxy import HAProxySwitchOperator, routing_problems
