@@ -12,10 +12,13 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TaskGroup, chain
-
 from operators.airflow import CutoverOperator, StageAirflowConfigOperator
 from operators.etcd import ConfigureEtcdOperator, InstallEtcdOperator
-from operators.haproxy import ClusterRoutingCheckOperator, HAProxySwitchOperator, InstallHAProxyOperator
+from operators.haproxy import (
+    ClusterRoutingCheckOperator,
+    HAProxySwitchOperator,
+    InstallHAProxyOperator,
+)
 from operators.host import (
     HostPreflightOperator,
     InventoryHostsOperator,
@@ -28,7 +31,12 @@ from operators.patroni import (
     StartPatroniOperator,
     SwitchoverTestOperator,
 )
-from operators.postgres import CreateDatabaseOperator, InstallPostgresOperator, MigrateDataOperator, SourcePreflightOperator
+from operators.postgres import (
+    CreateDatabaseOperator,
+    InstallPostgresOperator,
+    MigrateDataOperator,
+    SourcePreflightOperator,
+)
 from sensors.etcd import EtcdHealthSensor
 from sensors.patroni import PatroniLeaderSensor
 

@@ -30,7 +30,13 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 
 import pytest  # noqa: E402
-
+from fixture_secrets import (  # noqa: E402
+    PATRONI_REPLICATION_PASSWORD,
+    PATRONI_REST_PASSWORD,
+    PATRONI_REST_USER,
+    PATRONI_SUPERUSER_PASSWORD,
+    POSTGRES_PASSWORD,
+)
 from services import (  # noqa: E402
     EtcdCluster,
     HAProxyService,
@@ -42,14 +48,6 @@ from services import (  # noqa: E402
     start_patroni,
     start_postgres,
     start_sshd,
-)
-
-from fixture_secrets import (  # noqa: E402
-    PATRONI_REPLICATION_PASSWORD,
-    PATRONI_REST_PASSWORD,
-    PATRONI_REST_USER,
-    PATRONI_SUPERUSER_PASSWORD,
-    POSTGRES_PASSWORD,
 )
 
 

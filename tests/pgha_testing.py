@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from services import SshdService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

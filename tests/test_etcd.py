@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
-
 from hooks.etcd import EtcdHook
 from sensors.etcd import EtcdHealthSensor
 from services import EtcdCluster, free_port, start_etcd_cluster

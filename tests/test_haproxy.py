@@ -16,17 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import operators.haproxy as haproxy_ops
 import psycopg2
 import pytest
 from airflow.sdk.exceptions import AirflowException
-
-import operators.haproxy as haproxy_ops
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
 from hooks.haproxy import HAProxyHook, parse_stat_csv
 from hooks.remote import RemoteHook
 from operators.haproxy import HAProxySwitchOperator, routing_problems
-from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
-from services import PatroniService, SshdService, free_port, pid_alive, start_sshd
+from pgha_testing import (
+    loopback_inventory,
+    set_connection,
+    ssh_connection,
+    write_inventory,
+)
+from services import PatroniService, free_port, pid_alive, start_sshd
 
 SYSTEMCTL_SHIM = """\
 #!/bin/bash

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
 from pgha.inventory import InventoryError, load_inventory, parse_inventory
 from pgha_testing import shipped_inventory
 

@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
-
 from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER
 from hooks.patroni import PatroniCluster, PatroniHook
 from pgha_testing import set_connection

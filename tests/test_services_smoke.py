@@ -13,7 +13,6 @@ from pathlib import Path
 import paramiko
 import psycopg2
 import pytest
-
 from services import (
     EtcdCluster,
     HAProxyService,

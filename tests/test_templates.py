@@ -24,7 +24,6 @@ from typing import Any
 import psycopg2
 import pytest
 import yaml
-
 from pgha.inventory import Inventory, parse_inventory
 from pgha.osfamily import DEBIAN, RHEL, OsFamily
 from pgha.render import haproxy_context, node_context, plain_http_hosts, render

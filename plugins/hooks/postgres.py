@@ -10,9 +10,8 @@ from typing import Any
 
 import attrs
 from airflow.providers.postgres.hooks.postgres import PostgresHook
-from psycopg2 import sql
-
 from pgha.inventory import INCLUDE_DIR
+from psycopg2 import sql
 
 SQL_DIR = INCLUDE_DIR / "sql"
 

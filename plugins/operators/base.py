@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from airflow.sdk import BaseOperator
-
 from pgha.osfamily import OsFamily
 from pgha.runtime import InventoryMixin
 

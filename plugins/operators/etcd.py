@@ -6,9 +6,9 @@ import shlex
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-
-from operators.base import HostOperator, PghaOperator
 from pgha.render import node_context, render
+
+from operators.base import HostOperator
 
 
 class InstallEtcdOperator(HostOperator):

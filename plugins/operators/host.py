@@ -8,10 +8,10 @@ from typing import Any
 
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException
-
-from operators.base import HostOperator, PghaOperator
 from pgha.render import plain_http_hosts, render
 from pgha.runtime import InventoryMixin
+
+from operators.base import HostOperator, PghaOperator
 
 HOSTS_BEGIN = "# BEGIN pgha managed hosts"
 HOSTS_END = "# END pgha managed hosts"

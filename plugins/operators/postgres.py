@@ -7,13 +7,13 @@ import shlex
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
+from hooks.patroni import PatroniHook
+from hooks.postgres import NodePostgresHook, load_sql
+from pgha.runtime import credentials
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from hooks.patroni import PatroniHook
-from hooks.postgres import NodePostgresHook, load_sql
 from operators.base import HostOperator, PghaOperator
-from pgha.runtime import credentials
 
 LIVE_MARK = "pgha: live"
 RESTORED_MARK = "pgha: restored"

@@ -8,7 +8,6 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
-
 from pgha.runtime import InventoryMixin
 from triggers.base import PollingTrigger
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensors.base import CheckSensor
 from triggers.etcd import EtcdHealthTrigger
+
+from sensors.base import CheckSensor
 
 
 class EtcdHealthSensor(CheckSensor):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensors.base import CheckSensor
 from triggers.patroni import PatroniLeaderTrigger
+
+from sensors.base import CheckSensor
 
 
 class PatroniLeaderSensor(CheckSensor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hooks.patroni import PatroniHook
+
 from triggers.base import PollingTrigger
 
 

@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from lab_fixtures import Lab
 from lab_fixtures import lab as run_lab
 

@@ -14,7 +14,6 @@ from typing import Any
 import psycopg2
 import pytest
 import requests
-
 from lab_fixtures import Lab
 
 pytestmark = pytest.mark.lab
