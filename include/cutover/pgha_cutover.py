@@ -87,6 +87,8 @@ class Agent:
 
     def psql(self, target: str, database: str, query: str) -> str:
         """Run one query; ``target`` is 'source' (local socket as postgres) or 'cluster' (through HAProxy)."""
+        if self.s["role"] == "follower":
+            return self.query_with_python(database, query)
         psql = f"{self.s['bin_dir']}/psql -X -q -At -v ON_ERROR_STOP=1"
         if target == "source":
             cmd = f"{psql} -p {self.s['source_port']} -d {shlex.quote(database)} -c {shlex.quote(query)}"
@@ -96,12 +98,28 @@ class Agent:
                f"-d {shlex.quote(database)} -c {shlex.quote(query)}")
         return self.sh(cmd).stdout
 
+    def query_with_python(self, database: str, query: str) -> str:
+        """A cluster query from a host without psql, through Airflow's own Python and psycopg2."""
+        c = self.s["cluster"]
+        script = ("import psycopg2, sys\n"
+                  "conn = psycopg2.connect(''); conn.autocommit = True\n"
+                  "cur = conn.cursor(); cur.execute(sys.argv[1])\n"
+                  "print('\\n'.join('|'.join(map(str, r)) for r in (cur.fetchall() if cur.description else [])))\n")
+        env = {"PGHOST": c["host"], "PGPORT": str(c["port"]), "PGUSER": c["superuser"], "PGDATABASE": database}
+        proc = subprocess.run([self.s["python"], "-c", script, query], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PGPASSFILE": self.s["pgpass"], "PGCONNECT_TIMEOUT": "5", **env})
+        if proc.returncode:
+            raise RuntimeError(f"cluster query failed: {proc.stderr.strip()[-500:]}")
+        return proc.stdout
+
     # ------------------------------------------------------------------ steps
     def stop_units(self) -> None:
-        self.sh("systemctl stop " + " ".join(shlex.quote(u) for u in self.s["units"]))
+        if self.s["units"]:
+            self.sh("systemctl stop " + " ".join(shlex.quote(u) for u in self.s["units"]))
 
     def start_units(self) -> None:
-        self.sh("systemctl start " + " ".join(shlex.quote(u) for u in self.s["units"]))
+        if self.s["units"]:
+            self.sh("systemctl start " + " ".join(shlex.quote(u) for u in self.s["units"]))
 
     def drain(self) -> None:
         query = ("SELECT count(*) || ' ' || coalesce(string_agg(DISTINCT coalesce(client_addr::text, 'local') || '/' "
@@ -173,6 +191,8 @@ class Agent:
                   f"COMMENT ON DATABASE \"{self.s['database']}\" IS '{LIVE_MARK} since {stamp} (run {self.s['run_id']})'")
 
     def healthy(self) -> None:
+        if not self.s["units"]:
+            return
         if not any("scheduler" in u for u in self.s["units"]):
             time.sleep(5)
             self.sh("systemctl is-active " + " ".join(shlex.quote(u) for u in self.s["units"]))
@@ -190,40 +210,82 @@ class Agent:
 
     # ------------------------------------------------------------------ outcome
     def record(self, outcome: str, detail: str, result: dict[str, Any] | None = None) -> None:
-        record = {"run_id": self.s["run_id"], "host": os.uname().nodename, "outcome": outcome, "detail": detail,
+        record = {"run_id": self.s["run_id"], "host": os.uname().nodename, "role": self.s["role"],
+                  "outcome": outcome, "detail": detail,
                   "seconds": round(time.time() - self.started, 2), "steps": self.steps, "result": result or {}}
         self.log("RECORD " + json.dumps({k: v for k, v in record.items() if k != "result"}))
         payload = json.dumps(record).replace("'", "''")
         try:
             self.psql("cluster", "postgres",
                       "CREATE TABLE IF NOT EXISTS pgha_cutover_log (id bigserial PRIMARY KEY, "
-                      "at timestamptz NOT NULL DEFAULT now(), run_id text, host text, outcome text, record jsonb)")
+                      "at timestamptz NOT NULL DEFAULT now(), run_id text, host text, role text, outcome text, "
+                      "record jsonb)")
             self.psql("cluster", "postgres",
-                      "INSERT INTO pgha_cutover_log (run_id, host, outcome, record) VALUES "
-                      f"('{self.s['run_id']}', '{record['host']}', '{outcome}', '{payload}'::jsonb)")
+                      "INSERT INTO pgha_cutover_log (run_id, host, role, outcome, record) VALUES "
+                      f"('{self.s['run_id']}', '{record['host']}', '{self.s['role']}', '{outcome}', "
+                      f"'{payload}'::jsonb)")
         except Exception as exc:  # the log file already has it
             self.log(f"could not write pgha_cutover_log on the cluster: {exc}")
 
-    def rollback(self) -> None:
+    def rollback(self, clear_mark: bool = True) -> None:
         self.log("ROLLBACK: back to the source database")
         if self.backup and self.backup.exists():
             shutil.copy2(self.backup, self.s["config"])
             self.log(f"restored {self.s['config']} from {self.backup}")
-        try:
-            self.psql("cluster", "postgres", f"COMMENT ON DATABASE \"{self.s['database']}\" IS NULL")
-        except Exception as exc:
-            self.log(f"could not clear the live mark: {exc}")
+        if clear_mark:
+            try:
+                self.psql("cluster", "postgres", f"COMMENT ON DATABASE \"{self.s['database']}\" IS NULL")
+            except Exception as exc:
+                self.log(f"could not clear the live mark: {exc}")
         self.step("start_old", self.start_units)
 
+    def outcome_of_primary(self) -> None:
+        """Follower: wait until the source host's agent records its outcome on the cluster."""
+        query = f"SELECT outcome FROM pgha_cutover_log WHERE run_id = '{self.s['run_id']}' AND role = 'primary'"
+        deadline = time.time() + self.s.get("follower_timeout", 1800)
+        while time.time() < deadline:
+            try:
+                outcome = self.psql("cluster", "postgres", query).strip()
+            except RuntimeError as exc:
+                outcome = ""
+                self.log(f"waiting for the primary agent: {exc}")
+            if outcome == "success":
+                return
+            if outcome:
+                raise RuntimeError(f"the source host's cutover ended with {outcome!r}")
+            time.sleep(2)
+        raise RuntimeError("no outcome from the source host's cutover agent in time")
+
+    def run_follower(self) -> int:
+        self.log(f"cutover {self.s['run_id']} (follower) begins on {os.uname().nodename}")
+        self.step("stop", self.stop_units)
+        try:
+            self.step("wait_primary", self.outcome_of_primary)
+            self.step("repoint", self.repoint)
+            self.step("db_check", self.db_check)
+            self.step("start", self.start_units)
+            self.step("healthy", self.healthy)
+        except Exception as exc:
+            try:
+                self.rollback(clear_mark=False)
+            finally:
+                self.record("rolled_back", str(exc))
+            return 1
+        self.record("success", "repointed")
+        return 0
+
     def run(self) -> int:
+        if self.s["role"] == "follower":
+            return self.run_follower()
         self.log(f"cutover {self.s['run_id']} begins on {os.uname().nodename}")
         self.step("stop", self.stop_units)
         try:
             self.step("drain", self.drain)
             self.step("copy", self.copy)
             result = self.step("verify", self.verify)
-            self.step("repoint", self.repoint)
-            self.step("db_check", self.db_check)
+            if self.s["config"]:  # the source host also runs Airflow (the runbook's VM1)
+                self.step("repoint", self.repoint)
+                self.step("db_check", self.db_check)
             self.step("mark", self.mark_live)
             self.step("start", self.start_units)
             self.step("healthy", self.healthy)

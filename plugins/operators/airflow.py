@@ -89,71 +89,91 @@ class CutoverOperator(PghaOperator):
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        host = inv.source.host
-        others = [a.host for a in inv.airflow_hosts if a.host != host]
-        if others:  # TODO(issue 4): follower agents on remote Airflow hosts (vm4)
-            raise AirflowException(f"cutover of Airflow hosts other than the source host is not supported yet: {others}")
-        airflow_host = inv.airflow_host(host)
-        remote = self.remote(host)
-        staged = airflow_host.config + STAGED_SUFFIX
-        if not remote.run(f"test -f {shlex.quote(staged)}", check=False).ok:
-            live = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                                    port=inv.haproxy.write_port, database="postgres").scalar(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                (inv.postgres.database,))
-            if live and live.startswith(LIVE_MARK):
-                self.unchanged(f"Airflow already runs on the cluster ({live})")
+        missing = [a.host for a in inv.airflow_hosts if not self._staged(a.host)]
+        if missing:
+            if self._cluster_is_live():
+                self.unchanged("Airflow already runs on the cluster")
                 return {"armed": False}
-            raise AirflowException(f"[{host}] no staged config {staged}: run phase 8 first")
-        if remote.run("systemctl list-units --all --plain --no-legend 'pgha-cutover-*' | grep -q .", check=False).ok:
+            raise AirflowException(f"no staged airflow.cfg on {missing}: run phase 8 first")
+        if self.remote(inv.source.host).run(
+            "systemctl list-units --all --plain --no-legend 'pgha-cutover-*' | grep -q .", check=False
+        ).ok:
             self.unchanged("a cutover agent is already armed or running")
             return {"armed": False}
-        unit = f"pgha-cutover-{int(time.time())}"
-        self._install_agent(context, unit)
-        remote.run(
-            f"systemd-run --quiet --collect --unit={unit} --on-active={self.delay} "
-            f"/usr/bin/python3 {self.AGENT} {self.SETTINGS}"
-        )
-        self.changed(f"cutover agent {unit} armed on {host}: starts in {self.delay}s, "
-                     f"log {self.LOG_DIR}/cutover-{unit}.log, record in table pgha_cutover_log")
-        return {"armed": True, "unit": unit, "host": host}
+        run_id = f"pgha-cutover-{int(time.time())}"
+        roles = {inv.source.host: "primary", **{a.host: "follower" for a in inv.airflow_hosts if a.host != inv.source.host}}
+        for host, role in roles.items():
+            self._arm(host, role, run_id)
+        return {"armed": True, "run_id": run_id, "hosts": roles}
 
-    def _install_agent(self, context: Any, unit: str) -> None:
+    def _staged(self, host: str) -> bool:
+        path = self.inventory.airflow_host(host).config + STAGED_SUFFIX
+        return self.remote(host).run(f"test -f {shlex.quote(path)}", check=False).ok
+
+    def _cluster_is_live(self) -> bool:
         inv = self.inventory
-        host = inv.source.host
+        comment = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                   port=inv.haproxy.write_port, database="postgres").scalar(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (inv.postgres.database,))
+        return bool(comment and comment.startswith(LIVE_MARK))
+
+    def _arm(self, host: str, role: str, run_id: str) -> None:
+        """Install the agent, its settings (0600) and pgpass (0600) on ``host``; start it after ``delay``."""
+        inv = self.inventory
         remote = self.remote(host)
-        airflow_host = inv.airflow_host(host)
         superuser = credentials(inv.postgres.superuser_conn_id, "cluster superuser")
         remote.add_secret(superuser.password)
         cluster_host = "127.0.0.1" if inv.haproxy.host == host else inv.host(inv.haproxy.host).address
-        owner = remote.run(f"stat -c %U {shlex.quote(airflow_host.config)}", quiet=True).stdout.strip()
         settings = {
-            "run_id": unit,
+            **self._airflow_settings(host),
+            "role": role,
+            "run_id": run_id,
+            "database": inv.postgres.database,
+            "owner": inv.postgres.owner,
+            "cluster": {"host": cluster_host, "port": inv.haproxy.write_port, "superuser": superuser.login},
+            "pgpass": self.PGPASS,
+            "log_dir": self.LOG_DIR,
+        }
+        if role == "primary":
+            settings.update(
+                bin_dir=self.os_family(host).postgres_bin(inv.source.major),
+                source_port=NodePostgresHook(inv.source.conn_id).connection.port or 5432,
+                sql={"list_tables": load_sql("list_tables.sql"), "table_fingerprint": load_sql("table_fingerprint.sql")},
+            )
+        pgpass_owner = "postgres" if role == "primary" else "root"
+        remote.run("install -d -m 0755 /usr/local/lib/pgha && install -d -m 0711 /etc/pgha")
+        remote.put_file(self.AGENT, (INCLUDE_DIR / "cutover" / "pgha_cutover.py").read_text(), mode="0755")
+        remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
+        pgpass = f"{cluster_host}:{inv.haproxy.write_port}:*:{superuser.login}:{superuser.password}\n"
+        remote.put_file(self.PGPASS, pgpass, owner=pgpass_owner, mode="0600", secret=True)
+        python = settings.get("python") or "/usr/bin/python3"
+        remote.run(f"systemd-run --quiet --collect --unit={run_id} --on-active={self.delay} "
+                   f"{python} {self.AGENT} {self.SETTINGS}")
+        self.changed(f"cutover agent ({role}) armed on {host}: starts in {self.delay}s, "
+                     f"log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
+
+    def _airflow_settings(self, host: str) -> dict[str, Any]:
+        """Units, config, owner and executables of ``host``'s Airflow (none if it runs no Airflow)."""
+        if host not in {a.host for a in self.inventory.airflow_hosts}:
+            return {"units": [], "config": None, "staged": None}
+        airflow_host = self.inventory.airflow_host(host)
+        remote = self.remote(host)
+        owner = remote.run(f"stat -c %U {shlex.quote(airflow_host.config)}", quiet=True).stdout.strip()
+        airflow_bin = self._airflow_bin(host, airflow_host.units[0])
+        return {
             "units": list(airflow_host.units),
             "config": airflow_host.config,
             "staged": airflow_host.config + STAGED_SUFFIX,
             "airflow_user": owner,
-            "airflow_bin": self._airflow_bin(airflow_host.units[0]),
-            "database": inv.postgres.database,
-            "owner": inv.postgres.owner,
-            "bin_dir": self.os_family(host).postgres_bin(inv.source.major),
-            "source_port": NodePostgresHook(inv.source.conn_id).connection.port or 5432,
-            "cluster": {"host": cluster_host, "port": inv.haproxy.write_port, "superuser": superuser.login},
-            "pgpass": self.PGPASS,
-            "log_dir": self.LOG_DIR,
-            "sql": {"list_tables": load_sql("list_tables.sql"), "table_fingerprint": load_sql("table_fingerprint.sql")},
+            "airflow_bin": airflow_bin,
+            "python": airflow_bin.rsplit("/", 1)[0] + "/python",
         }
-        remote.run("install -d -m 0755 /usr/local/lib/pgha && install -d -m 0700 /etc/pgha")
-        remote.put_file(self.AGENT, (INCLUDE_DIR / "cutover" / "pgha_cutover.py").read_text(), mode="0755")
-        remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
-        pgpass = f"{cluster_host}:{inv.haproxy.write_port}:*:{superuser.login}:{superuser.password}\n"
-        remote.put_file(self.PGPASS, pgpass, owner="postgres", mode="0600", secret=True)
-        remote.run("chmod 0711 /etc/pgha")
 
-    def _airflow_bin(self, unit: str) -> str:
+    def _airflow_bin(self, host: str, unit: str) -> str:
         """The airflow executable the units run (from the unit's ExecStart)."""
-        shown = self.remote(self.inventory.source.host).run(f"systemctl show -P ExecStart {shlex.quote(unit)}").stdout
+        shown = self.remote(host).run(f"systemctl show -P ExecStart {shlex.quote(unit)}").stdout
         match = re.search(r"path=(\S+)", shown)
         if not match:
-            raise AirflowException(f"cannot find the airflow executable in {unit}'s ExecStart: {shown.strip()!r}")
+            raise AirflowException(f"[{host}] cannot find the airflow executable in {unit}'s ExecStart: {shown.strip()!r}")
         return match.group(1)
