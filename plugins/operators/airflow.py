@@ -67,15 +67,22 @@ class StageAirflowConfigOperator(HostOperator):
 class CutoverOperator(PghaOperator):
     """
     The final task: arms the cutover agent (include/cutover/pgha_cutover.py)
-    on the source host as a transient systemd unit that starts after this
-    task has reported success (ERRATA 20: with LocalExecutor this task is a
-    child of the scheduler the agent stops). The agent stops Airflow, waits
-    until no Airflow session is left on the source, takes the final copy
-    (ERRATA 21), verifies every table, swaps in the staged airflow.cfg, runs
-    ``airflow db check``, starts Airflow, waits for a scheduler heartbeat in
-    the new database, and rolls everything back if any step fails.
+    on the source host ("primary") and on every other Airflow host
+    ("follower"), each as a transient systemd unit that starts ``delay``
+    seconds after this task reported success (ERRATA 20: with LocalExecutor
+    this task is a child of the scheduler the agents stop).
 
-    :param delay: seconds between this task's success and the agent's start.
+    The primary stops its Airflow units, waits until no Airflow session is
+    left on the source (so every host's writers are stopped), takes the final
+    copy (ERRATA 21), verifies every table, swaps in the staged airflow.cfg,
+    runs ``airflow db check``, marks the cluster database live, starts
+    Airflow and waits for a scheduler heartbeat in the new database. The
+    followers stop their units, wait for the primary's recorded outcome, then
+    repoint and start (or roll back). Any failure rolls back to the source,
+    which is never modified. Every step is timed in
+    /var/log/pgha/cutover-<run>.log and in table ``pgha_cutover_log``.
+
+    :param delay: seconds between this task's success and the agents' start.
     """
 
     AGENT = "/usr/local/lib/pgha/pgha_cutover.py"
