@@ -40,8 +40,9 @@ class StageAirflowConfigOperator(HostOperator):
         app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
         remote.add_secret(app.password)
         haproxy_address = "127.0.0.1" if self.host == inv.haproxy.host else inv.host(inv.haproxy.host).address
+        scheme = (airflowcfg.get_option(current, "database", "sql_alchemy_conn") or "postgresql://").split("://")[0]
         url = airflowcfg.database_url(app.login, app.password, haproxy_address, inv.haproxy.write_port,
-                                      inv.postgres.database)
+                                      inv.postgres.database, scheme=scheme)
         new = airflowcfg.repoint(current, url, "db+" + url)
         staged_path = self.config_path + STAGED_SUFFIX
         if new == current:
