@@ -13,7 +13,8 @@ table ``pgha_cutover_log`` of the cluster's ``postgres`` database):
   stop      stop every Airflow unit of this host
   drain     wait until no session of the Airflow DB user is left on the source
   copy      recreate the database on the cluster (through HAProxy) and
-            pg_dump | pg_restore from the source
+            pg_dump | pg_restore from the source (method dump_restore), or
+  catch_up, sync_sequences, drop_subscription (method logical_replication)
   verify    row count and checksum of every table, source vs cluster
   repoint   install the staged airflow.cfg (dated backup kept)
   db_check  ``airflow db check`` against the new URL
@@ -146,6 +147,36 @@ class Agent:
             f"-d {shlex.quote(db)}",
             as_postgres=True,
         )
+
+    def catch_up(self) -> None:
+        """Logical replication: wait until the subscription confirmed everything the source wrote."""
+        query = ("SELECT coalesce(bool_and(confirmed_flush_lsn >= pg_current_wal_lsn()), false) "
+                 "FROM pg_replication_slots WHERE slot_name = 'pgha_sub'")
+        deadline = time.time() + self.s.get("catch_up_timeout", 300)
+        while self.psql("source", self.s["database"], query).strip() != "t":
+            if time.time() > deadline:
+                raise RuntimeError("the subscription did not catch up with the source in time")
+            time.sleep(0.2)
+
+    def sync_sequences(self) -> None:
+        """Logical replication does not carry sequence values: copy them."""
+        rows = self.psql("source", self.s["database"], self.s["sql"]["sequences"]).split()
+        statements = []
+        for row in rows:
+            name, value, called = row.split("|")
+            statements.append(f"SELECT setval('{name}', {value}, {'true' if called == 't' else 'false'});")
+        if statements:
+            self.psql("cluster", self.s["database"], " ".join(statements))
+        self.log(f"synced {len(statements)} sequences")
+
+    def drop_subscription(self) -> None:
+        db = self.s["database"]
+        self.psql("cluster", db, "ALTER SUBSCRIPTION pgha_sub DISABLE")
+        self.psql("cluster", db, "ALTER SUBSCRIPTION pgha_sub SET (slot_name = NONE)")
+        self.psql("cluster", db, "DROP SUBSCRIPTION pgha_sub")
+        self.psql("source", db, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                "WHERE slot_name = 'pgha_sub'")
+        self.psql("source", db, "DROP PUBLICATION IF EXISTS pgha_pub")
 
     def fingerprints(self, target: str) -> dict[str, str]:
         out = {}
@@ -281,7 +312,12 @@ class Agent:
         self.step("stop", self.stop_units)
         try:
             self.step("drain", self.drain)
-            self.step("copy", self.copy)
+            if self.s.get("method") == "logical_replication":
+                self.step("catch_up", self.catch_up)
+                self.step("sync_sequences", self.sync_sequences)
+                self.step("drop_subscription", self.drop_subscription)
+            else:
+                self.step("copy", self.copy)
             result = self.step("verify", self.verify)
             if self.s["config"]:  # the source host also runs Airflow (the runbook's VM1)
                 self.step("repoint", self.repoint)

@@ -110,8 +110,9 @@ class CutoverOperator(PghaOperator):
             return {"armed": False}
         run_id = f"pgha-cutover-{int(time.time())}"
         roles = {inv.source.host: "primary", **{a.host: "follower" for a in inv.airflow_hosts if a.host != inv.source.host}}
+        method = (context.get("params") or {}).get("migration_method", "dump_restore")
         for host, role in roles.items():
-            self._arm(host, role, run_id)
+            self._arm(host, role, run_id, method)
         return {"armed": True, "run_id": run_id, "hosts": roles}
 
     def _staged(self, host: str) -> bool:
@@ -126,7 +127,7 @@ class CutoverOperator(PghaOperator):
             (inv.postgres.database,))
         return bool(comment and comment.startswith(LIVE_MARK))
 
-    def _arm(self, host: str, role: str, run_id: str) -> None:
+    def _arm(self, host: str, role: str, run_id: str, method: str) -> None:
         """Install the agent, its settings (0600) and pgpass (0600) on ``host``; start it after ``delay``."""
         inv = self.inventory
         remote = self.remote(host)
@@ -137,6 +138,7 @@ class CutoverOperator(PghaOperator):
             **self._airflow_settings(host),
             "role": role,
             "run_id": run_id,
+            "method": method,
             "database": inv.postgres.database,
             "owner": inv.postgres.owner,
             "cluster": {"host": cluster_host, "port": inv.haproxy.write_port, "superuser": superuser.login},
@@ -147,7 +149,7 @@ class CutoverOperator(PghaOperator):
             settings.update(
                 bin_dir=self.os_family(host).postgres_bin(inv.source.major),
                 source_port=NodePostgresHook(inv.source.conn_id).connection.port or 5432,
-                sql={"list_tables": load_sql("list_tables.sql"), "table_fingerprint": load_sql("table_fingerprint.sql")},
+                sql={name: load_sql(f"{name}.sql") for name in ("list_tables", "table_fingerprint", "sequences")},
             )
         pgpass_owner = "postgres" if role == "primary" else "root"
         remote.run("install -d -m 0755 /usr/local/lib/pgha && install -d -m 0711 /etc/pgha")

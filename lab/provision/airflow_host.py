@@ -1,0 +1,124 @@
+"""What `lab/lab provision` puts on the Airflow host (vm1), rendered from the lab's secrets.
+
+Standard library only: lab/lab imports this module. Everything under
+lab/provision/ is part of the key of the `provisioned` snapshot, so a change
+here (or to a template beside it) makes the next `provision` build vm1 again.
+
+The bundle is a set of files pushed to /root/pgha-provision on vm1 (0700) and
+installed by vm1.sh; secrets travel only inside it (never on a command line).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets as _secrets
+from pathlib import Path
+from string import Template
+
+HERE = Path(__file__).resolve().parent
+
+AIRFLOW_HOME = "/home/airflow/airflow"
+VENV = "/opt/airflow/venv"
+SSH_KEY = "/home/airflow/.ssh/pgha_lab"
+INVENTORY = "/opt/pgha/lab/inventory.yml"
+UNITS = ("airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer")
+API_PORT = 8080
+DB_NAME, DB_USER = "airflow_db", "airflow_user"
+
+
+def _token() -> str:
+    return _secrets.token_urlsafe(24)  # [A-Za-z0-9_-]: safe in URLs, env files, YAML, SQL
+
+
+# Every generated secret of the lab: name -> how to make it. Made once, kept in
+# lab/.state/secrets.json (0600) and stored beside each snapshot.
+SECRETS = {
+    "airflow_db_password": _token,     # airflow_user on vm1 today, and on the cluster after the move
+    "admin_password": _token,          # Airflow UI/API user `admin`
+    "pg_superuser_password": _token,   # cluster superuser `postgres` (Patroni)
+    "pg_replication_password": _token,  # `replicator`
+    "patroni_api_password": _token,    # Patroni REST API user `patroni`
+    "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+    "jwt_secret": lambda: _secrets.token_urlsafe(48),
+    "api_secret_key": lambda: _secrets.token_urlsafe(32),
+}
+
+
+def complete(secrets: dict[str, str]) -> dict[str, str]:
+    """`secrets` plus any missing one, generated (existing values are never changed)."""
+    out = dict(secrets)
+    for name, make in SECRETS.items():
+        out.setdefault(name, make())
+    return out
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier: the server learns the password without it being sent."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str]) -> dict[str, dict]:
+    """The Airflow connections pg_ha_migration needs (ids as in lab/inventory.yml)."""
+    conns = {}
+    for name, h in hosts.items():
+        conns[f"ssh_{name}"] = {
+            "conn_type": "ssh", "host": h["ip"], "port": 22, "login": "root",
+            "extra": {"key_file": SSH_KEY, "host_key": host_pubkeys[name], "no_host_key_check": False},
+        }
+    conns["pgha_source_db"] = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": DB_USER,
+                               "password": secrets["airflow_db_password"], "schema": DB_NAME}
+    conns["pgha_pg_superuser"] = {"conn_type": "postgres", "login": "postgres",
+                                  "password": secrets["pg_superuser_password"]}
+    conns["pgha_pg_replication"] = {"conn_type": "generic", "login": "replicator",
+                                    "password": secrets["pg_replication_password"]}
+    conns["pgha_airflow_db"] = {"conn_type": "postgres", "login": DB_USER,
+                                "password": secrets["airflow_db_password"], "schema": DB_NAME}
+    conns["pgha_patroni_api"] = {"conn_type": "http", "login": "patroni",
+                                 "password": secrets["patroni_api_password"]}
+    return conns
+
+
+def env_file(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str]) -> str:
+    """/etc/pgha/airflow.env: read by systemd (EnvironmentFile=) and by bash (`set -a; .`)."""
+    lines = ["# pgha lab (lab/lab provision): environment of the Airflow units. root 0600: it holds",
+             "# the connections (env-var secrets backend). Use `pgha-airflow CMD` for the CLI.",
+             f"AIRFLOW_HOME={AIRFLOW_HOME}", f"PGHA_INVENTORY={INVENTORY}"]
+    for conn_id, conn in connections(secrets, hosts, host_pubkeys).items():
+        value = json.dumps(conn, separators=(",", ":"), sort_keys=True)
+        assert "'" not in value and "\n" not in value, conn_id
+        # single quotes: literal for both systemd and bash
+        lines.append(f"AIRFLOW_CONN_{conn_id.upper()}='{value}'")
+    return "\n".join(lines) + "\n"
+
+
+def render(name: str, **values: object) -> str:
+    return Template((HERE / name).read_text()).substitute(**values)
+
+
+def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str], client_key: str,
+           address: str) -> dict[str, tuple[bytes, int]]:
+    """Files for /root/pgha-provision on the Airflow host: name -> (content, mode)."""
+    files = {
+        "vm1.sh": ((HERE / "vm1.sh").read_bytes(), 0o700),
+        "pgha-airflow": ((HERE / "pgha-airflow").read_bytes(), 0o755),
+        "airflow.cfg": (render("airflow.cfg.in", home=AIRFLOW_HOME, address=address, port=API_PORT,
+                               db_user=DB_USER, db_name=DB_NAME, **secrets).encode(), 0o600),
+        "simple_auth_manager_passwords.json": (json.dumps({"admin": secrets["admin_password"]}).encode(), 0o600),
+        "airflow.env": (env_file(secrets, hosts, host_pubkeys).encode(), 0o600),
+        "pgha_lab": (client_key.encode(), 0o600),
+        "db.sql": (render("db.sql.in", db_user=DB_USER, db_name=DB_NAME,
+                          verifier=scram_verifier(secrets["airflow_db_password"])).encode(), 0o600),
+    }
+    for unit in UNITS:
+        files[f"{unit}.service"] = (render("airflow.service.in", unit=unit, command=unit.removeprefix("airflow-"),
+                                           venv=VENV).encode(), 0o644)
+    return files
