@@ -78,14 +78,19 @@ def _port_free(host: str, port: int) -> bool:
 
 def free_port(host: str = LOOPBACK) -> int:
     """Return a free TCP port on ``host`` (outside the ephemeral range), never twice per process."""
+    return free_port_on([host])
+
+
+def free_port_on(hosts: list[str]) -> int:
+    """A port free on every address in ``hosts`` (members that share one port number)."""
     rng = secrets.SystemRandom()
     with _ports_lock:
         for _ in range(500):
             port = rng.randint(*PORT_RANGE)
-            if port not in _ports_handed_out and _port_free(host, port):
+            if port not in _ports_handed_out and all(_port_free(h, port) for h in hosts):
                 _ports_handed_out.add(port)
                 return port
-    raise ServiceError(f"could not find a free port in {PORT_RANGE}")
+    raise ServiceError(f"could not find a port in {PORT_RANGE} free on {hosts}")
 
 
 def require_binary(path: Path | str, apt_package: str) -> Path:
@@ -495,9 +500,24 @@ class EtcdCluster:
         _unregister(self)
 
 
+def _etcd_specs(size: int, members: list[tuple[str, str]] | None) -> list[tuple[str, str, int, int]]:
+    """(name, address, client port, peer port) per member: free ports on 127.0.0.1, or one
+    client and one peer port shared by members on their own addresses."""
+    if members is None:
+        return [(f"etcd{i}", LOOPBACK, free_port(), free_port()) for i in range(1, size + 1)]
+    addresses = [address for _, address in members]
+    client, peer = free_port_on(addresses), free_port_on(addresses)
+    return [(name, address, client, peer) for name, address in members]
+
+
 def start_etcd_cluster(workdir: Path | str, size: int = 3, timeout: float = 30.0, *,
-                       heartbeat_ms: int = 100, election_ms: int = 1000) -> EtcdCluster:
-    """Start a ``size``-member etcd cluster (members started concurrently); wait until healthy."""
+                       heartbeat_ms: int = 100, election_ms: int = 1000,
+                       members: list[tuple[str, str]] | None = None) -> EtcdCluster:
+    """Start a ``size``-member etcd cluster (members started concurrently); wait until healthy.
+
+    ``members`` ((name, address) pairs, e.g. on 127.0.0.11-13) replaces ``size``: every
+    member then listens on its own address with the same client and peer ports, like hosts.
+    """
     require_binary(ETCD_BIN, "etcd-server")
     if size < 1:
         raise ValueError("size must be >= 1")
@@ -505,29 +525,29 @@ def start_etcd_cluster(workdir: Path | str, size: int = 3, timeout: float = 30.0
     token = f"pgha-test-{secrets.token_hex(4)}"
     home = workdir / f"etcd-{token}"
     home.mkdir(parents=True, mode=0o700)
-    specs = [(f"etcd{i}", free_port(), free_port()) for i in range(1, size + 1)]
-    initial = ",".join(f"{name}=http://{LOOPBACK}:{peer}" for name, _, peer in specs)
-    cluster = EtcdCluster(members=[], endpoints=[f"http://{LOOPBACK}:{c}" for _, c, _ in specs],
+    specs = _etcd_specs(size, members)
+    initial = ",".join(f"{name}=http://{address}:{peer}" for name, address, _, peer in specs)
+    cluster = EtcdCluster(members=[], endpoints=[f"http://{a}:{c}" for _, a, c, _ in specs],
                           token=token, workdir=home)
     _register(cluster)
     try:
-        for name, client, peer in specs:
+        for name, address, client, peer in specs:
             data_dir = home / name
             log_file = home / f"{name}.log"
             proc = spawn([
                 str(ETCD_BIN), "--name", name, "--data-dir", str(data_dir),
-                "--listen-client-urls", f"http://{LOOPBACK}:{client}",
-                "--advertise-client-urls", f"http://{LOOPBACK}:{client}",
-                "--listen-peer-urls", f"http://{LOOPBACK}:{peer}",
-                "--initial-advertise-peer-urls", f"http://{LOOPBACK}:{peer}",
+                "--listen-client-urls", f"http://{address}:{client}",
+                "--advertise-client-urls", f"http://{address}:{client}",
+                "--listen-peer-urls", f"http://{address}:{peer}",
+                "--initial-advertise-peer-urls", f"http://{address}:{peer}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--initial-cluster-token", token,
                 "--heartbeat-interval", str(heartbeat_ms), "--election-timeout", str(election_ms),
                 "--logger", "zap", "--log-outputs", "stderr",
             ], log_file, cwd=home)
             cluster.members.append(EtcdMember(
-                name=name, client_url=f"http://{LOOPBACK}:{client}",
-                peer_url=f"http://{LOOPBACK}:{peer}", pid=proc.pid, data_dir=data_dir,
+                name=name, client_url=f"http://{address}:{client}",
+                peer_url=f"http://{address}:{peer}", pid=proc.pid, data_dir=data_dir,
                 log_file=log_file, proc=proc))
 
         def check() -> None:
@@ -716,6 +736,7 @@ class PatroniService:
     log_file: Path
     etcd_hosts: list[str]
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    pid_file: Path | None = None  # members started by `patroni-ctl` (the pid changes on restart)
 
     @property
     def dsn(self) -> str:
@@ -727,10 +748,16 @@ class PatroniService:
         """Pid in ``postmaster.pid`` (None when not running)."""
         return _read_postmaster_pid(self.data_dir)
 
+    def current_pid(self) -> int | None:
+        """Patroni's pid now (from ``pid_file`` when a member is restarted by ``patroni-ctl``)."""
+        return _read_pid_file(self.pid_file) if self.pid_file else self.pid
+
     def stop(self, remove: bool = True) -> None:
         """SIGTERM Patroni and wait, then make sure its postmaster is gone; remove ``base_dir``."""
         pm_pid = self.postmaster_pid()
-        terminate(self.pid, self.proc, timeout=60.0)
+        pid = self.current_pid()
+        if pid:
+            terminate(pid, None if self.pid_file else self.proc, timeout=60.0)
         stop_postmaster(self.data_dir, pm_pid)
         if remove:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -739,15 +766,21 @@ class PatroniService:
 
 def patroni_config(*, name: str, scope: str, rest_port: int, pg_port: int, base: Path,
                    etcd_hosts: list[str], rest_user: str, rest_password: str,
-                   superuser_password: str, replication_password: str) -> dict[str, Any]:
-    """The Patroni config dict used by :func:`start_patroni`."""
+                   superuser_password: str, replication_password: str, address: str = LOOPBACK,
+                   hba_network: str = f"{LOOPBACK}/32", dcs: dict[str, Any] | None = None,
+                   parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Patroni config dict used by :func:`start_patroni` and :func:`start_patroni_cluster`.
+
+    ``dcs`` and ``parameters`` override the bootstrap DCS settings and the local
+    PostgreSQL parameters (e.g. ``synchronous_mode``, ``synchronous_commit``).
+    """
     return {
         "scope": scope,
         "name": name,
         "log": {"level": "INFO"},
         "restapi": {
-            "listen": f"{LOOPBACK}:{rest_port}",
-            "connect_address": f"{LOOPBACK}:{rest_port}",
+            "listen": f"{address}:{rest_port}",
+            "connect_address": f"{address}:{rest_port}",
             "authentication": {"username": rest_user, "password": rest_password},
         },
         "etcd3": {"hosts": etcd_hosts, "protocol": "http"},
@@ -761,12 +794,13 @@ def patroni_config(*, name: str, scope: str, rest_port: int, pg_port: int, base:
                                    "max_wal_senders": 5, "max_replication_slots": 5,
                                    "wal_log_hints": "on"},
                 },
+                **(dcs or {}),
             },
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "no-sync"],
         },
         "postgresql": {
-            "listen": f"{LOOPBACK}:{pg_port}",
-            "connect_address": f"{LOOPBACK}:{pg_port}",
+            "listen": f"{address}:{pg_port}",
+            "connect_address": f"{address}:{pg_port}",
             "data_dir": str(base / "data"),
             "bin_dir": str(PG_BIN_DIR),
             "pgpass": str(base / "pgpass"),
@@ -782,15 +816,25 @@ def patroni_config(*, name: str, scope: str, rest_port: int, pg_port: int, base:
                 "full_page_writes": "off",
                 "shared_buffers": "32MB",
                 "max_connections": 50,
+                **(parameters or {}),
             },
             "pg_hba": [
                 "local all all trust",
                 "local replication all trust",
-                f"host all all {LOOPBACK}/32 scram-sha-256",
-                f"host replication replicator {LOOPBACK}/32 scram-sha-256",
+                f"host all all {hba_network} scram-sha-256",
+                f"host replication replicator {hba_network} scram-sha-256",
             ],
         },
     }
+
+
+def _patroni_base() -> Path:
+    """A postgres-owned scratch dir for one member, with its socket dir."""
+    base = make_postgres_dir("patroni")
+    uid, gid, _ = _postgres_ids()
+    (base / "sock").mkdir(mode=0o700)
+    os.chown(base / "sock", uid, gid)
+    return base
 
 
 def start_patroni(workdir: Path | str, etcd: EtcdCluster, rest_user: str, rest_password: str,
@@ -804,10 +848,7 @@ def start_patroni(workdir: Path | str, etcd: EtcdCluster, rest_user: str, rest_p
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     scope = scope or f"pgha-test-{secrets.token_hex(4)}"
-    base = make_postgres_dir("patroni")
-    uid, gid, _ = _postgres_ids()
-    (base / "sock").mkdir(mode=0o700)
-    os.chown(base / "sock", uid, gid)
+    base = _patroni_base()
     rest_port, pg_port = free_port(), free_port()
     cfg = patroni_config(name=name, scope=scope, rest_port=rest_port, pg_port=pg_port, base=base,
                          etcd_hosts=etcd.hosts, rest_user=rest_user, rest_password=rest_password,
@@ -840,6 +881,135 @@ def start_patroni(workdir: Path | str, etcd: EtcdCluster, rest_user: str, rest_p
             raise ServiceError(f"{exc}\n{log_tail(log_file)}") from exc
         raise
     return svc
+
+
+PATRONI_CTL_STATE = "ctl.json"
+
+
+def _read_pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def patroni_ctl(verb: str, base: Path | str) -> int:
+    """``systemctl VERB patroni`` for a member made by :func:`start_patroni_cluster`.
+
+    ``start`` spawns Patroni detached (pid in ``patroni.pid``); ``stop`` sends SIGTERM to
+    Patroni only and waits (``KillMode=process``: Patroni stops its postmaster itself);
+    ``is-active`` answers with the exit code. Also a CLI, so a test ``systemctl`` stand-in
+    reached over ssh drives the same code: ``services.py patroni-ctl VERB BASE``.
+    """
+    base = Path(base)
+    ctl = json.loads((base / PATRONI_CTL_STATE).read_text())
+    pid_file = base / "patroni.pid"
+    pid = _read_pid_file(pid_file)
+    running = pid is not None and pid_alive(pid)
+    if verb == "is-active":
+        return 0 if running else 3
+    if verb == "start" and not running:
+        proc = spawn([ctl["exe"], ctl["config"]], Path(ctl["log"]), as_postgres=True,
+                     env=_postgres_env(base), cwd=base)
+        pid_file.write_text(f"{proc.pid}\n")
+    elif verb == "stop" and running:
+        assert pid is not None
+        terminate(pid, timeout=60.0, kill_descendants=False)
+    elif verb not in ("start", "stop"):
+        print(f"patroni-ctl: unsupported verb {verb!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@dataclass
+class PatroniClusterService:
+    """Patroni members on their own loopback addresses, all with the same two ports."""
+
+    scope: str
+    members: list[PatroniService]
+    pg_port: int
+    rest_port: int
+
+    def member(self, name: str) -> PatroniService:
+        return next(m for m in self.members if m.name == name)
+
+    def cluster(self) -> dict[str, Any]:
+        """GET /cluster from the first member that answers ({} if none does)."""
+        for member in self.members:
+            with contextlib.suppress(OSError):
+                status, body = http_request(f"{member.rest_url}/cluster", timeout=1.0)
+                if status == 200 and isinstance(body, dict):
+                    return body
+        return {}
+
+    def healthy(self, sync: bool = True) -> bool:
+        """One leader and every other member streaming (one of them synchronous)."""
+        members = self.cluster().get("members", [])
+        leaders = [m for m in members if m.get("role") == "leader" and m.get("state") == "running"]
+        streaming = [m for m in members if m.get("state") == "streaming"]
+        synced = [m for m in streaming if m.get("role") == "sync_standby"]
+        return len(leaders) == 1 and len(streaming) == len(self.members) - 1 and (synced or not sync)
+
+    def stop(self) -> None:
+        for member in self.members:
+            with contextlib.suppress(Exception):
+                member.stop()
+        _unregister(self)
+
+
+def start_patroni_cluster(workdir: Path | str, etcd: EtcdCluster, nodes: list[tuple[str, str]],
+                          rest_user: str, rest_password: str, superuser_password: str,
+                          replication_password: str, *, dcs: dict[str, Any] | None = None,
+                          parameters: dict[str, Any] | None = None,
+                          timeout: float = 120.0) -> PatroniClusterService:
+    """Bootstrap a Patroni cluster of ``nodes`` ((name, address) pairs, e.g. 127.0.0.11-13).
+
+    Every member listens on its own address with the same PostgreSQL and REST ports, as
+    hosts sharing one inventory would. The first member bootstraps; the others join; returns
+    once one leads and the others stream (one synchronously with ``synchronous_mode``).
+    Members are started and stopped through :func:`patroni_ctl` (pid files).
+    """
+    exe = ensure_patroni_venv()
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    scope = f"pgha-test-{secrets.token_hex(4)}"
+    addresses = [address for _, address in nodes]
+    pg_port, rest_port = free_port_on(addresses), free_port_on(addresses)
+    cluster = PatroniClusterService(scope=scope, members=[], pg_port=pg_port, rest_port=rest_port)
+    _register(cluster)
+    secrets_ = {"rest_user": rest_user, "rest_password": rest_password,
+                "superuser_password": superuser_password, "replication_password": replication_password}
+    try:
+        for name, address in nodes:
+            base = _patroni_base()
+            cfg = patroni_config(name=name, scope=scope, rest_port=rest_port, pg_port=pg_port,
+                                 base=base, etcd_hosts=etcd.hosts, address=address,
+                                 hba_network="127.0.0.0/8", dcs=dcs, parameters=parameters,
+                                 **secrets_)
+            config_file = write_postgres_file(base / "patroni.yml", json.dumps(cfg, indent=2))
+            log_file = workdir / f"patroni-{scope}-{name}.log"
+            (base / PATRONI_CTL_STATE).write_text(json.dumps(
+                {"exe": str(exe), "config": str(config_file), "log": str(log_file)}))
+            cluster.members.append(PatroniService(
+                name=name, scope=scope, rest_url=f"http://{address}:{rest_port}", pg_host=address,
+                pg_port=pg_port, data_dir=base / "data", pid=0, config_file=config_file,
+                base_dir=base, log_file=log_file, etcd_hosts=list(etcd.hosts),
+                pid_file=base / "patroni.pid", **secrets_))
+        first = cluster.members[0]
+        run_checked([sys.executable, __file__, "patroni-ctl", "start", str(first.base_dir)])
+        wait_until(lambda: http_request(f"{first.rest_url}/leader", timeout=1.0)[0] == 200,
+                   timeout, f"patroni {scope}/{first.name} to bootstrap", interval=0.25)
+        for member in cluster.members[1:]:
+            run_checked([sys.executable, __file__, "patroni-ctl", "start", str(member.base_dir)])
+        wait_until(lambda: cluster.healthy(sync=bool((dcs or {}).get("synchronous_mode"))),
+                   timeout, f"{len(nodes)}-member Patroni cluster {scope} to stream", interval=0.25)
+    except BaseException as exc:
+        logs = "\n".join(f"--- {m.name}\n{log_tail(m.log_file, 15)}" for m in cluster.members)
+        cluster.stop()
+        if isinstance(exc, ServiceError):
+            raise ServiceError(f"{exc}\n{logs}") from exc
+        raise
+    return cluster
 
 
 # --------------------------------------------------------------------------- HAProxy
@@ -982,7 +1152,10 @@ def _main(argv: list[str]) -> int:
     if argv[1:] == ["ensure-patroni-venv"]:
         print(ensure_patroni_venv())
         return 0
-    print(f"usage: {argv[0]} ensure-patroni-venv", file=sys.stderr)
+    if len(argv) == 4 and argv[1] == "patroni-ctl":
+        return patroni_ctl(argv[2], argv[3])
+    print(f"usage: {argv[0]} ensure-patroni-venv | patroni-ctl start|stop|is-active BASE_DIR",
+          file=sys.stderr)
     return 2
 
 

@@ -17,6 +17,7 @@ units=(airflow-scheduler airflow-api-server airflow-dag-processor airflow-trigge
 requirements=(apache-airflow==3.3.2 apache-airflow-providers-ssh==7.0.1
               apache-airflow-providers-postgres==7.1.1 psycopg2-binary)
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+cd /  # runuser -u postgres/airflow: no "could not change directory to /root"
 say() { echo "vm1: [${SECONDS}s] $*"; }
 apt_() { apt-get -q -o Acquire::http::Proxy="$proxy" -o Dpkg::Use-Pty=0 "$@"; }
 
@@ -24,8 +25,9 @@ apt_() { apt-get -q -o Acquire::http::Proxy="$proxy" -o Dpkg::Use-Pty=0 "$@"; }
 #    (default pg_hba: local peer, 127.0.0.1 scram-sha-256).
 if ! dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q 'ok installed'; then
   say "apt-get install postgresql-15 (through $proxy, given on the command line only)"
-  apt_ update
-  apt_ install -y --no-install-recommends postgresql-15 postgresql-client-15
+  log=/var/log/pgha-provision-apt.log
+  { apt_ update && apt_ install -y --no-install-recommends postgresql-15 postgresql-client-15; } \
+    > "$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
   apt-get clean
   rm -rf /var/lib/apt/lists/*  # like the base image: whoever installs next runs apt-get update
 fi

@@ -79,8 +79,8 @@ def test_cluster_tables_match_the_source_at_the_switch(lab: Lab, migrated: dict[
 def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[str, Any]) -> None:
     config = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg").split("@", 1)[1]
     assert config.startswith("127.0.0.1:5433/airflow_db"), config
-    dags = lab.ssh("vm1", "runuser -u airflow -- bash -c 'set -a; . /etc/pgha/airflow.env; "
-                          "/opt/airflow/venv/bin/airflow dags list -o json'")
+    # /etc/pgha/airflow.env is root 0600: pgha-airflow reads it as root, then runs the CLI as airflow
+    dags = lab.ssh("vm1", "pgha-airflow dags list -o json")
     assert DAG in {d["dag_id"] for d in json.loads(dags[dags.index("["):])}
     run_id = lab.api.trigger("lab_smoke")
     assert lab.api.wait("lab_smoke", run_id, timeout=600) == "success"
