@@ -19,6 +19,7 @@ class PatroniCluster:
 
     members: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    paused: bool = False  # maintenance mode: Patroni will not fail over
 
     @property
     def leaders(self) -> list[str]:
@@ -39,11 +40,25 @@ class PatroniCluster:
                 return lag if isinstance(lag, int) else None
         return None
 
-    def problems(self, expected_replicas: int, require_sync: bool = False, max_lag_bytes: int | None = None) -> list[str]:
-        """Every reason the cluster is not yet as expected, or [] when it is."""
+    def member(self, name: str) -> dict[str, Any] | None:
+        return next((m for m in self.members if m["name"] == name), None)
+
+    def problems(
+        self,
+        expected_replicas: int,
+        require_sync: bool = False,
+        max_lag_bytes: int | None = None,
+        not_leader: str | None = None,
+    ) -> list[str]:
+        """Every reason the cluster is not yet as expected, or [] when it is.
+
+        :param not_leader: a member that must not be the leader (the one a failover moves away from).
+        """
         out = []
         if len(self.leaders) != 1:
             out.append(f"expected exactly one leader, found {self.leaders or 'none'}")
+        elif not_leader and self.leaders[0] == not_leader:
+            out.append(f"{not_leader} is still the leader")
         if len(self.streaming_replicas) < expected_replicas:
             out.append(f"expected {expected_replicas} streaming replicas, found {self.streaming_replicas}")
         if require_sync and not self.sync_standbys:
@@ -108,10 +123,23 @@ class PatroniHook(BaseHook):
             try:
                 response = requests.get(f"{api_url}/cluster", timeout=self.timeout)
                 response.raise_for_status()
-                return PatroniCluster(members=response.json().get("members", []), source=api_url)
+                body = response.json()
+                return PatroniCluster(members=body.get("members", []), source=api_url, paused=bool(body.get("pause")))
             except (requests.RequestException, ValueError) as exc:
                 errors.append(f"{api_url}: {exc}")
         raise AirflowException("no Patroni member answered GET /cluster: " + "; ".join(errors))
+
+    def history(self) -> list[list[Any]]:
+        """GET /history: one entry per timeline switch, [timeline, lsn, reason, timestamp, new leader]."""
+        errors = []
+        for api_url in self.api_urls:
+            try:
+                response = requests.get(f"{api_url}/history", timeout=self.timeout)
+                response.raise_for_status()
+                return list(response.json())
+            except (requests.RequestException, ValueError) as exc:
+                errors.append(f"{api_url}: {exc}")
+        raise AirflowException("no Patroni member answered GET /history: " + "; ".join(errors))
 
     def leader(self) -> str | None:
         leaders = self.cluster().leaders

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from pgha.inventory import INCLUDE_DIR
+import psycopg2
 from psycopg2 import sql
 
 SQL_DIR = INCLUDE_DIR / "sql"
@@ -37,6 +38,11 @@ class NodePostgresHook(PostgresHook):
         super().__init__(postgres_conn_id=postgres_conn_id, database=database)
         self.override_host = host
         self.override_port = port
+
+    def _create_connection(self, conn_args: dict[str, Any]) -> Any:
+        """Always psycopg2: the provider picks psycopg 3 when it is installed, and the
+        operators rely on psycopg2's API (set_session, encrypt_password, client-side binding)."""
+        return psycopg2.connect(**conn_args)
 
     @property
     def connection(self) -> Any:

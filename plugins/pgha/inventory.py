@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,42 @@ class Packages:
     pip_find_links: str | None = None
 
 
+DRILL_SCENARIOS = ("switchover", "patroni_stop", "host_crash", "host_isolate", "postmaster_kill")
+FAULT_PLACEHOLDERS = {"node", "address"}
+
+
+@dataclass(frozen=True)
+class FaultCommands:
+    """Shell commands for a fault the cluster's hosts cannot inflict on themselves."""
+
+    inject: str
+    heal: str
+
+
+@dataclass(frozen=True)
+class FaultInjector:
+    """The machine that runs ``inject_commands`` (hypervisor, cloud CLI box, lab outer machine)."""
+
+    ssh_conn_id: str
+    name: str = "fault-injector"
+
+
+@dataclass(frozen=True)
+class Drill:
+    """The nightly failover drill (dags/pg_ha_failover_drill.py)."""
+
+    schedule: str | None = "0 3 * * *"
+    probe_host: str | None = None  # default: the HAProxy host
+    probe_interval_ms: int = 50
+    probe_python: str | None = None  # default: /usr/bin/python3, else the Airflow units' python
+    probe_conn_id: str | None = None  # default: postgres.app_conn_id (the client Airflow is)
+    state_dir: str = "/var/lib/pgha/drill"
+    max_lag_bytes: int = 1048576
+    rto_slo_s: dict[str, float] = field(default_factory=dict)
+    fault_injector: FaultInjector | None = None
+    inject_commands: dict[str, FaultCommands] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Inventory:
     hosts: tuple[Host, ...]
@@ -148,6 +185,7 @@ class Inventory:
     etcd: Etcd = field(default_factory=Etcd)
     patroni: Patroni = field(default_factory=Patroni)
     packages: Packages = field(default_factory=Packages)
+    drill: Drill = field(default_factory=Drill)
     path: str = ""
 
     def host(self, name: str) -> Host:
@@ -228,6 +266,30 @@ def _check_references(raw: dict[str, Any]) -> list[str]:
     for i, airflow_host in enumerate(raw["airflow"]["hosts"]):
         if airflow_host["host"] not in known:
             problems.append(f"airflow.hosts[{i}].host: {airflow_host['host']!r} is not a host in 'hosts'")
+    probe_host = (raw.get("drill") or {}).get("probe_host")
+    if probe_host is not None and probe_host not in known:
+        problems.append(f"drill.probe_host: {probe_host!r} is not a host in 'hosts'")
+    return problems
+
+
+def _check_drill(drill: Drill) -> list[str]:
+    """Fault commands use only known placeholders and have somewhere to run."""
+    problems = []
+    for scenario, commands in drill.inject_commands.items():
+        for step in ("inject", "heal"):
+            text = getattr(commands, step)
+            try:
+                names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+            except ValueError as exc:
+                problems.append(f"drill.inject_commands.{scenario}.{step}: {exc}")
+                continue
+            unknown = names - FAULT_PLACEHOLDERS
+            if unknown:
+                problems.append(f"drill.inject_commands.{scenario}.{step}: unknown placeholder(s) "
+                                f"{sorted(unknown)} (use {{node}} or {{address}})")
+    if drill.inject_commands and drill.fault_injector is None:
+        problems.append("drill.fault_injector: is required when drill.inject_commands is set "
+                        "(the SSH connection those commands run on)")
     return problems
 
 
@@ -282,11 +344,19 @@ def _check_semantics(inv: Inventory) -> list[str]:
         if key in {"wal_keep_segments", "synchronous_standby_names"}:
             why = "removed in PostgreSQL 13, use wal_keep_size" if key == "wal_keep_segments" else "owned by Patroni"
             problems.append(f"postgres.parameters.{key}: not allowed ({why})")
-    return problems
+    return problems + _check_drill(inv.drill)
 
 
 def _install(raw: dict[str, Any] | None, default: Install) -> Install:
     return Install(**raw) if raw else default
+
+
+def _drill(raw: dict[str, Any] | None) -> Drill:
+    values = dict(raw or {})
+    if values.get("fault_injector"):
+        values["fault_injector"] = FaultInjector(**values["fault_injector"])
+    values["inject_commands"] = {k: FaultCommands(**v) for k, v in (values.get("inject_commands") or {}).items()}
+    return Drill(**values)
 
 
 def _build(raw: dict[str, Any], source: str) -> Inventory:
@@ -314,6 +384,7 @@ def _build(raw: dict[str, Any], source: str) -> Inventory:
         etcd=section(Etcd, "etcd"),
         patroni=section(Patroni, "patroni"),
         packages=section(Packages, "packages"),
+        drill=_drill(raw.get("drill")),
         path=source,
     )
 

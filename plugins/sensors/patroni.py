@@ -18,7 +18,11 @@ class PatroniLeaderSensor(CheckSensor):
     :param expected_replicas: streaming replicas to wait for (default: all other nodes).
     :param require_sync: also wait for a synchronous standby.
     :param max_lag_bytes: every streaming replica must lag less than this.
+    :param not_leader: wait until this member is no longer the leader (templated; a
+        failover's old leader). Empty or None: any leader will do.
     """
+
+    template_fields = (*CheckSensor.template_fields, "not_leader")
 
     def __init__(
         self,
@@ -27,6 +31,7 @@ class PatroniLeaderSensor(CheckSensor):
         expected_replicas: int | None = None,
         require_sync: bool = False,
         max_lag_bytes: int | None = None,
+        not_leader: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -34,6 +39,7 @@ class PatroniLeaderSensor(CheckSensor):
         self.expected_replicas = expected_replicas
         self.require_sync = require_sync
         self.max_lag_bytes = max_lag_bytes
+        self.not_leader = not_leader
 
     def make_trigger(self) -> PatroniLeaderTrigger:
         expected = self.expected_replicas
@@ -46,4 +52,5 @@ class PatroniLeaderSensor(CheckSensor):
             max_lag_bytes=self.max_lag_bytes,
             poll_interval=self.poke_interval,
             timeout=self.timeout,
+            not_leader=self.not_leader or None,
         )

@@ -20,12 +20,14 @@ class PatroniLeaderTrigger(PollingTrigger):
         max_lag_bytes: int | None,
         poll_interval: float,
         timeout: float,
+        not_leader: str | None = None,
     ) -> None:
         super().__init__(poll_interval, timeout)
         self.api_urls = api_urls
         self.expected_replicas = expected_replicas
         self.require_sync = require_sync
         self.max_lag_bytes = max_lag_bytes
+        self.not_leader = not_leader
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -35,11 +37,12 @@ class PatroniLeaderTrigger(PollingTrigger):
                 "expected_replicas": self.expected_replicas,
                 "require_sync": self.require_sync,
                 "max_lag_bytes": self.max_lag_bytes,
+                "not_leader": self.not_leader,
                 **self.common_kwargs(),
             },
         )
 
     def check(self) -> tuple[list[str], Any]:
         cluster = PatroniHook(self.api_urls).cluster()
-        problems = cluster.problems(self.expected_replicas, self.require_sync, self.max_lag_bytes)
+        problems = cluster.problems(self.expected_replicas, self.require_sync, self.max_lag_bytes, self.not_leader)
         return problems, (cluster.leaders[0] if len(cluster.leaders) == 1 else None)

@@ -1,0 +1,276 @@
+"""The failover drill's arithmetic: SLO defaults, the probe's log, RTO, RPO, the verdict.
+
+Pure functions (no Airflow, no network) so the analysis is unit-tested on
+synthetic acknowledgment series. The probe (include/drill/probe.py) writes one
+line per acknowledged commit, ``<seq> <epoch> <server address>``, and event
+lines starting with ``#`` (``# start <epoch>``, ``# error <epoch> <text>``,
+``# stopped <epoch>``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pgha.inventory import DRILL_SCENARIOS, Drill, Inventory, load_inventory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEDULE = Drill().schedule
+# Scenarios after which the old leader cannot stay leader (a failover or switchover must happen).
+LEADER_MOVES = {"switchover", "patroni_stop", "host_crash", "host_isolate"}
+PROMOTION_MARGIN_S = 2.0  # promote + first check after it, on top of the configured timings
+
+
+def schedule_from_inventory(path: str | None = None) -> str | None:
+    """The drill's cron schedule, read at DAG parse time; never raises.
+
+    A broken or missing inventory gives the default schedule: the DAG still
+    parses and the first task fails with the inventory's own error.
+    """
+    try:
+        return load_inventory(path).drill.schedule
+    except Exception as exc:  # any parse-time failure must not break the DAG
+        log.warning("drill schedule: inventory unusable (%s); using %r", str(exc).splitlines()[0], DEFAULT_SCHEDULE)
+        return DEFAULT_SCHEDULE
+
+
+def duration_s(text: str) -> float:
+    """HAProxy durations as the inventory writes them (``500ms``, ``3s``) in seconds."""
+    match = re.fullmatch(r"([0-9]+)(ms|s)", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+
+
+def default_rto_slo_s(inv: Inventory, scenario: str) -> float:
+    """The RTO the timing settings promise when the inventory names no SLO.
+
+    A replica sees the leader key go within ``loop_wait`` (at once on a clean
+    release), a lost leader's key expires after ``ttl``; HAProxy marks the new
+    leader UP after ``rise`` checks and a dead one DOWN after ``fall``.
+    """
+    p, h = inv.patroni, inv.haproxy
+    up = h.rise * duration_s(h.inter)
+    down = h.fall * duration_s(h.inter)
+    bounds = {
+        "switchover": p.loop_wait + up,
+        "patroni_stop": p.loop_wait + up,
+        "postmaster_kill": p.loop_wait + down + up,
+        "host_crash": p.ttl + p.loop_wait + up,
+        "host_isolate": p.ttl + p.loop_wait + down + up,
+    }
+    return round(bounds[scenario] + PROMOTION_MARGIN_S, 1)
+
+
+def rto_slo_s(inv: Inventory, scenario: str, override: float | None = None) -> float:
+    """This run's RTO SLO: the Param, else ``drill.rto_slo_s``, else what the timings promise."""
+    if scenario not in DRILL_SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    if override:
+        return float(override)
+    return float(inv.drill.rto_slo_s.get(scenario) or default_rto_slo_s(inv, scenario))
+
+
+# --------------------------------------------------------------------------- the probe's log
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+    at: float  # epoch seconds on the probe host, taken when the commit returned
+    server: str  # inet_server_addr() of the connection: which node committed it
+
+
+@dataclass
+class ProbeLog:
+    acks: list[Ack] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+    errors: list[tuple[float, str]] = field(default_factory=list)
+    stopped: float | None = None
+
+
+def parse_probe_log(text: str) -> ProbeLog:
+    """The probe's ack file; unreadable lines (a torn last line) are ignored."""
+    out = ProbeLog()
+    for line in text.splitlines():
+        parts = line.split(maxsplit=3)
+        try:
+            if parts[0] != "#":
+                out.acks.append(Ack(int(parts[0]), float(parts[1]), parts[2] if len(parts) > 2 else ""))
+            elif parts[1] == "start":
+                out.starts.append(float(parts[2]))
+            elif parts[1] == "error":
+                out.errors.append((float(parts[2]), parts[3] if len(parts) > 3 else ""))
+            elif parts[1] in {"stopped", "timeout"}:
+                out.stopped = float(parts[2])
+        except (IndexError, ValueError):
+            continue
+    out.acks.sort(key=lambda a: a.at)
+    return out
+
+
+@dataclass(frozen=True)
+class Gap:
+    start: float  # last acknowledged commit before the gap
+    end: float  # first one after it (or the probe's stop)
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def longest_gap(times: list[float], end: float | None = None) -> Gap | None:
+    """The longest interval without an acknowledged commit.
+
+    ``end`` (the probe's stop) closes the series: a probe that never
+    committed again after the fault has a gap up to its stop.
+    """
+    points = sorted(times)
+    if end is not None and points and end > points[-1]:
+        points.append(end)
+    if len(points) < 2:
+        return None
+    return max((Gap(a, b) for a, b in zip(points, points[1:])), key=lambda g: g.seconds)
+
+
+def missing_acks(acked: list[int], present: set[int]) -> list[int]:
+    """Acknowledged sequence numbers that are not in the table: lost writes (RPO)."""
+    return sorted(set(acked) - present)
+
+
+def first_ack_on(acks: list[Ack], server: str, after: float) -> Ack | None:
+    """The first commit acknowledged by ``server`` after ``after``."""
+    return next((a for a in acks if a.at > after and a.server == server), None)
+
+
+def promotion_time(history: list[list[Any]], new_leader: str, after: float) -> float | None:
+    """When Patroni recorded ``new_leader``'s promotion (GET /history), if after ``after``."""
+    for entry in reversed(history):
+        if len(entry) >= 5 and entry[4] == new_leader:
+            try:
+                at = datetime.fromisoformat(str(entry[3])).timestamp()
+            except ValueError:
+                return None
+            return at if at >= after else None
+    return None
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+@dataclass
+class DrillResult:
+    """What one drill measured; ``problems`` empty means it passed."""
+
+    drill_id: str
+    scenario: str
+    target: str
+    old_leader: str
+    new_leader: str | None
+    rto_slo_s: float
+    injected_at: float
+    rto_s: float | None = None
+    gap_start: float | None = None
+    gap_end: float | None = None
+    acked: int = 0
+    rows: int = 0
+    missing: list[int] = field(default_factory=list)
+    time_to_new_leader_s: float | None = None
+    time_to_routing_s: float | None = None
+    time_to_old_leader_streaming_s: float | None = None
+    probe_errors: int = 0
+    probe_starts: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed, "missing": self.missing[:100], "rpo_missing": len(self.missing)}
+
+
+def _since(at: float | None, start: float) -> float | None:
+    return round(at - start, 3) if at is not None else None
+
+
+def analyse(
+    *,
+    plan: dict[str, Any],
+    injection: dict[str, Any],
+    probe: ProbeLog,
+    present: set[int],
+    new_leader: str | None,
+    new_leader_address: str | None,
+    promoted_at: float | None,
+    old_leader_streaming_at: float | None,
+    incomplete: list[str],
+) -> DrillResult:
+    """RTO, RPO and the timeline of one drill, and every reason it failed."""
+    injected_at = float(injection["t_inject"])
+    result = DrillResult(
+        drill_id=plan["drill_id"], scenario=plan["scenario"], target=plan["target"], old_leader=plan["leader"],
+        new_leader=new_leader, rto_slo_s=float(plan["rto_slo_s"]), injected_at=injected_at,
+        acked=len(probe.acks), rows=len(present), missing=missing_acks([a.seq for a in probe.acks], present),
+        probe_errors=len(probe.errors), probe_starts=len(probe.starts),
+    )
+    gap = longest_gap([a.at for a in probe.acks], probe.stopped)
+    if gap:
+        result.rto_s, result.gap_start, result.gap_end = round(gap.seconds, 3), gap.start, gap.end
+    if new_leader != plan["leader"]:
+        result.time_to_new_leader_s = _since(promoted_at, injected_at)
+    if new_leader_address:
+        first = first_ack_on(probe.acks, new_leader_address, float(injection.get("t_injected") or injected_at))
+        result.time_to_routing_s = _since(first.at if first else None, injected_at)
+    result.time_to_old_leader_streaming_s = _since(old_leader_streaming_at, injected_at)
+    result.problems = _problems(result, plan, probe, incomplete)
+    return result
+
+
+def _problems(result: DrillResult, plan: dict[str, Any], probe: ProbeLog, incomplete: list[str]) -> list[str]:
+    out = [f"step did not complete: {step}" for step in incomplete]
+    if result.missing:
+        out.append(f"RPO: {len(result.missing)} acknowledged write(s) missing (seq {result.missing[:10]})")
+    if result.rto_s is None:
+        out.append("RTO unknown: the probe acknowledged fewer than two commits")
+    elif result.rto_s > result.rto_slo_s:
+        out.append(f"RTO {result.rto_s:.2f}s exceeds the SLO of {result.rto_slo_s:.1f}s")
+    if not any(a.at > result.injected_at for a in probe.acks):
+        out.append("the probe never committed after the fault")
+    if plan.get("leader_must_change") and result.new_leader == plan["leader"]:
+        out.append(f"{plan['leader']} is still the leader after {plan['scenario']}")
+    return out
+
+
+def _clock(at: float | None) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%H:%M:%S.%f")[:-3] if at else "-"
+
+
+def _plus(seconds: float | None) -> str:
+    return f"+{seconds:.2f}s" if seconds is not None else "-"
+
+
+def summary(result: DrillResult, probe_host: str, interval_ms: int) -> str:
+    """One screen for the task log."""
+    rto = f"{result.rto_s:.2f}s" if result.rto_s is not None else "unknown"
+    lines = [
+        f"{' pgha failover drill ' + result.drill_id + ' ':=^78}",
+        f"verdict       {'PASS' if result.passed else 'FAIL'}",
+        f"scenario      {result.scenario} on {result.target} (leader {result.old_leader} -> {result.new_leader or '?'})",
+        f"injected at   {_clock(result.injected_at)} UTC",
+        f"RTO           {rto}  (SLO {result.rto_slo_s:.1f}s)  longest commit gap "
+        f"{_clock(result.gap_start)} -> {_clock(result.gap_end)}",
+        f"RPO           {len(result.missing)} acknowledged write(s) missing "
+        f"({result.acked} acknowledged, {result.rows} rows in the table)",
+        f"new leader    {_plus(result.time_to_new_leader_s)}  (promotion recorded by Patroni)",
+        f"HAProxy       {_plus(result.time_to_routing_s)}  (first commit acknowledged by the new leader)",
+        f"old leader    {_plus(result.time_to_old_leader_streaming_s)}  (streaming again / back in the cluster)",
+        f"probe         on {probe_host} every {interval_ms} ms: {result.probe_errors} error event(s), "
+        f"{result.probe_starts} start(s)",
+    ]
+    lines += [f"problem       {p}" for p in result.problems] or ["problems      none"]
+    return "\n".join(lines + ["=" * 78])
