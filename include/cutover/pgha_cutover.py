@@ -68,7 +68,8 @@ class Agent:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PGPASSFILE": self.s["pgpass"], "PGCONNECT_TIMEOUT": "10",
                                    **(env or {})})
-        self.log(f"$ {command} -> exit={proc.returncode} in {time.monotonic() - started:.2f}s")
+        shown = command if len(command) < 300 else command[:240] + f" ...[{len(command)} chars]"
+        self.log(f"$ {shown} -> exit={proc.returncode} in {time.monotonic() - started:.2f}s")
         if proc.returncode and check:
             raise RuntimeError(f"{command!r} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}")
         return proc

@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 from hooks.postgres import NodePostgresHook, load_sql
+from hooks.remote import RemoteHook
 from pgha import airflowcfg
 from pgha.inventory import INCLUDE_DIR
 from pgha.runtime import credentials
@@ -181,9 +182,15 @@ class CutoverOperator(PghaOperator):
         }
 
     def _airflow_bin(self, host: str, unit: str) -> str:
-        """The airflow executable the units run (from the unit's ExecStart)."""
-        shown = self.remote(host).run(f"systemctl show -P ExecStart {shlex.quote(unit)}").stdout
-        match = re.search(r"path=(\S+)", shown)
-        if not match:
-            raise AirflowException(f"[{host}] cannot find the airflow executable in {unit}'s ExecStart: {shown.strip()!r}")
-        return match.group(1)
+        return airflow_executable(self.remote(host), unit)
+
+
+def airflow_executable(remote: RemoteHook, unit: str) -> str:
+    """The airflow executable an Airflow unit runs (from the unit's ExecStart)."""
+    shown = remote.run(f"systemctl show -P ExecStart {shlex.quote(unit)}").stdout
+    match = re.search(r"path=(\S+)", shown)
+    if not match:
+        raise AirflowException(
+            f"[{remote.host_name}] cannot find the airflow executable in {unit}'s ExecStart: {shown.strip()!r}"
+        )
+    return match.group(1)
