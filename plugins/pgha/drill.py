@@ -226,7 +226,8 @@ def analyse(
     if new_leader_address:
         first = first_ack_on(probe.acks, new_leader_address, float(injection.get("t_injected") or injected_at))
         result.time_to_routing_s = _since(first.at if first else None, injected_at)
-    result.time_to_old_leader_streaming_s = _since(old_leader_streaming_at, injected_at)
+    if new_leader != plan["target"]:  # a target that leads again never had to stream
+        result.time_to_old_leader_streaming_s = _since(old_leader_streaming_at, injected_at)
     result.problems = _problems(result, plan, probe, incomplete)
     return result
 

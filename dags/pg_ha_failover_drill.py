@@ -1,0 +1,120 @@
+"""
+pg_ha_failover_drill: prove every night that the cluster fails over, measured from a client.
+
+precheck (skips a cluster that is not healthy: a drill never degrades a
+degraded cluster) -> start_probe (a transient systemd unit on a host that is
+not the leader commits a numbered row through HAProxy every ~50 ms and
+records each acknowledgment) -> inject (switchover, patroni_stop,
+postmaster_kill, host_crash, host_isolate) -> new_leader (Patroni) -> routing
+(the client commits on the leader again; HAProxy matches Patroni) -> heal
+(always: brings the target back and waits for the whole cluster) ->
+stop_probe -> analyse (RTO, RPO = 0, timeline; table pgha_drill_history,
+XCom, one screen in the log; fails on a broken SLO or a lost write).
+
+This DAG drills the cluster that holds Airflow's own metadata DB: the probe
+runs outside Airflow, sensors reschedule, every task retries and keeps its
+record on the probe host, and heal/stop_probe/analyse run whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, chain
+from operators.drill import (
+    AnalyseDrillOperator,
+    DrillPrecheckOperator,
+    DrillRoutingOperator,
+    HealOperator,
+    InjectFaultOperator,
+    StartProbeOperator,
+    StopProbeOperator,
+)
+from pgha.drill import schedule_from_inventory
+from pgha.inventory import DRILL_SCENARIOS
+from sensors.patroni import PatroniLeaderSensor
+
+INVENTORY_DEFAULT = os.environ.get("PGHA_INVENTORY", "include/inventory.yml")
+
+params = {
+    "inventory_path": Param(
+        INVENTORY_DEFAULT,
+        type="string",
+        title="Inventory",
+        description="Topology file; its drill: section sets the schedule, probe and SLOs.",
+        section="Topology",
+    ),
+    "scenario": Param(
+        "switchover",
+        enum=list(DRILL_SCENARIOS),
+        title="Scenario",
+        description=(
+            "switchover: planned, POST /switchover. patroni_stop: systemctl stop patroni. postmaster_kill: "
+            "SIGKILL to the postmaster under a live Patroni. host_crash / host_isolate: drill.inject_commands "
+            "run on drill.fault_injector."
+        ),
+        section="Drill",
+    ),
+    "target": Param(
+        "leader",
+        type="string",
+        pattern="^(leader|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$",
+        title="Target",
+        description="'leader' (whichever node leads when the drill starts) or a database node's name.",
+        section="Drill",
+    ),
+    "rto_slo_s": Param(
+        None,
+        type=["null", "number"],
+        title="RTO SLO (seconds)",
+        description="Override drill.rto_slo_s for this run. Empty: the inventory's (or what its timings promise).",
+        section="SLO",
+    ),
+    "max_lag_bytes": Param(
+        None,
+        type=["null", "integer"],
+        title="Max replication lag before the drill (bytes)",
+        description="Override drill.max_lag_bytes for this run's precheck.",
+        section="SLO",
+    ),
+}
+
+PLAN = "{{ (ti.xcom_pull(task_ids='precheck') or {}).get('result') }}"
+MUST_LEAVE = "{{ ((ti.xcom_pull(task_ids='precheck') or {}).get('result') or {}).get('must_leave') }}"
+STEPS = {step: "{{ ti.xcom_pull(task_ids='%s') }}" % step for step in ("inject", "new_leader", "routing", "heal")}
+SENSOR_TIMEOUT = 900  # ERRATA 25; a lost host takes ~ttl, a booting one longer
+
+with DAG(
+    dag_id="pg_ha_failover_drill",
+    description="Nightly failover drill: RTO and RPO measured from a client, history kept on the cluster",
+    schedule=schedule_from_inventory(INVENTORY_DEFAULT),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
+    params=params,
+    render_template_as_native_obj=True,  # the plan and step XComs reach the operators as dicts
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(seconds=20),
+        "inventory_path": "{{ params.inventory_path }}",
+    },
+    tags=["pgha", "postgres", "ha", "drill"],
+    doc_md=__doc__,
+) as dag:
+    chain(
+        DrillPrecheckOperator(task_id="precheck", execution_timeout=timedelta(minutes=5)),
+        StartProbeOperator(task_id="start_probe", plan=PLAN, execution_timeout=timedelta(minutes=5)),
+        InjectFaultOperator(task_id="inject", plan=PLAN, execution_timeout=timedelta(minutes=10)),
+        PatroniLeaderSensor(
+            task_id="new_leader", expected_replicas=0, not_leader=MUST_LEAVE, mode="reschedule",
+            poke_interval=2, timeout=SENSOR_TIMEOUT,
+        ),
+        DrillRoutingOperator(task_id="routing", plan=PLAN, routing_timeout=600,
+                             execution_timeout=timedelta(minutes=15)),
+        HealOperator(task_id="heal", plan=PLAN, trigger_rule="all_done", execution_timeout=timedelta(minutes=30)),
+        StopProbeOperator(task_id="stop_probe", plan=PLAN, trigger_rule="all_done"),
+        AnalyseDrillOperator(task_id="analyse", plan=PLAN, steps=STEPS, trigger_rule="all_done",
+                             execution_timeout=timedelta(minutes=10)),
+    )

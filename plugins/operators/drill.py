@@ -1,0 +1,472 @@
+"""The failover drill (issue 5): precheck, write probe, fault, recovery, heal, verdict.
+
+Every step after the precheck works from the precheck's plan (XCom) and
+keeps its own record on the probe host (hooks/drill.py), so a retried task
+never injects a fault twice and the drill survives Airflow's own metadata DB
+failing over under it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from hooks.drill import DrillProbeHook
+from hooks.etcd import EtcdHook
+from hooks.haproxy import HAProxyHook
+from hooks.patroni import PatroniCluster, PatroniHook
+from hooks.postgres import NodePostgresHook, load_sql
+from hooks.remote import RemoteHook
+from pgha.drill import LEADER_MOVES, analyse, first_ack_on, parse_probe_log, promotion_time, rto_slo_s, summary
+from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
+from pgha.runtime import credentials
+from psycopg2 import sql
+
+from operators.airflow import airflow_executable
+from operators.base import PghaOperator
+from operators.haproxy import READ_BACKEND, WRITE_BACKEND, HAProxySwitchOperator, routing_problems
+
+PATRONI_UNIT = "patroni.service"
+PROBE_SCRIPT = INCLUDE_DIR / "drill" / "probe.py"
+PROBE_WARMUP_ACKS = 20  # about a second of steady commits before the fault
+PROBE_MAX_SECONDS = 2 * 3600  # the probe stops itself even if stop_probe never runs
+HISTORY_DAYS = 30  # probe rows kept; pgha_drill_history is kept forever
+
+
+def _result(xcom: Any) -> Any:
+    """The ``result`` of a PghaOperator's summary XCom (or the XCom itself)."""
+    return xcom.get("result") if isinstance(xcom, dict) and "result" in xcom else xcom
+
+
+class DrillOperator(PghaOperator):
+    """
+    A drill step after the precheck.
+
+    :param plan: the precheck's result (templated, from XCom). None (precheck
+        skipped or failed): the step skips.
+    """
+
+    template_fields = (*PghaOperator.template_fields, "plan")
+    ui_color = "#f6dbe9"
+
+    def __init__(self, *, plan: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+
+    def the_plan(self) -> dict[str, Any]:
+        plan = _result(self.plan)
+        if not plan:
+            raise AirflowSkipException("no drill was planned (the precheck skipped or failed): nothing to do")
+        return plan
+
+    def probe(self) -> DrillProbeHook:
+        plan = self.the_plan()
+        return DrillProbeHook(self.remote(plan["probe_host"]), self.inventory.drill.state_dir, plan["drill_id"])
+
+    def patroni(self) -> PatroniHook:
+        return PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)
+
+    def api_url(self, name: str) -> str:
+        return f"http://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
+
+    def through_haproxy(self, conn_id: str) -> NodePostgresHook:
+        """The cluster's ``postgres`` database through HAProxy's write port."""
+        inv = self.inventory
+        return NodePostgresHook(conn_id, host=inv.host(inv.haproxy.host).address, port=inv.haproxy.write_port,
+                                database="postgres")
+
+    def injector(self) -> RemoteHook:
+        """The fault injector's RemoteHook (``drill.fault_injector``)."""
+        inv = self.inventory
+        injector = inv.drill.fault_injector
+        if injector is None:
+            raise AirflowFailException("drill.fault_injector is not set in the inventory")
+        if injector.name not in self._remotes:
+            self._remotes[injector.name] = RemoteHook(
+                ssh_conn_id=injector.ssh_conn_id, host_name=injector.name,
+                allow_unverified_host_keys=inv.ssh.allow_unverified_host_keys, command_timeout=300,
+            )
+        return self._remotes[injector.name]
+
+    def fault_command(self, scenario: str, step: str, node: str) -> str:
+        """``drill.inject_commands.<scenario>.<step>`` with {node} and {address} filled in (quoted)."""
+        template = getattr(self.inventory.drill.inject_commands[scenario], step)
+        return template.format(node=shlex.quote(node), address=shlex.quote(self.inventory.host(node).address))
+
+
+class DrillPrecheckOperator(PghaOperator):
+    """
+    Plans a drill, or skips with the reason: it never degrades a degraded
+    cluster. Needs exactly one leader, every other member streaming within
+    ``max_lag_bytes``, a synchronous standby, Patroni not paused, a healthy
+    etcd, and HAProxy routing as Patroni says. Configuration mistakes (a
+    scenario without its fault commands, an unknown target) fail instead.
+    Returns the plan every later step works from.
+    """
+
+    ui_color = "#f6e3db"
+
+    def run(self, context: Any) -> Any:
+        params = context.get("params") or {}
+        scenario, wanted = params.get("scenario") or "switchover", params.get("target") or "leader"
+        self._check_config(scenario)
+        reasons, cluster = self._cluster_reasons(params.get("max_lag_bytes"))
+        if cluster is None or reasons:
+            raise AirflowSkipException("cluster not healthy, not drilling: " + "; ".join(reasons))
+        leader = cluster.leaders[0]
+        target = self._target(cluster, scenario, wanted)
+        probe_host = self.inventory.drill.probe_host or self.inventory.haproxy.host
+        if probe_host in {leader, target}:
+            raise AirflowSkipException(f"the probe host {probe_host} is the leader or the target; "
+                                       "set drill.probe_host to a host the fault does not touch")
+        plan = {
+            "drill_id": f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{scenario}-{target}",
+            "scenario": scenario,
+            "target": target,
+            "leader": leader,
+            "candidate": cluster.sync_standbys[0] if scenario == "switchover" else None,
+            "leader_must_change": scenario in LEADER_MOVES and target == leader,
+            "must_leave": leader if scenario in LEADER_MOVES and target == leader else None,
+            "probe_host": probe_host,
+            "probe_python": self._probe_python(probe_host),
+            "rto_slo_s": rto_slo_s(self.inventory, scenario, params.get("rto_slo_s")),
+        }
+        self.log.info("drill plan: %s", json.dumps(plan))
+        return plan
+
+    def _check_config(self, scenario: str) -> None:
+        drill = self.inventory.drill
+        if scenario not in DRILL_SCENARIOS:
+            raise AirflowFailException(f"unknown scenario {scenario!r}; one of {list(DRILL_SCENARIOS)}")
+        if scenario in {"host_crash", "host_isolate"} and (
+            scenario not in drill.inject_commands or drill.fault_injector is None
+        ):
+            raise AirflowFailException(
+                f"scenario {scenario} needs drill.inject_commands.{scenario} (inject/heal commands with "
+                "{node}) and drill.fault_injector (the SSH connection they run on) in the inventory"
+            )
+        credentials(self.inventory.postgres.superuser_conn_id, "cluster superuser (drill tables)")
+        credentials(drill.probe_conn_id or self.inventory.postgres.app_conn_id, "the drill probe's login")
+        if scenario == "switchover":
+            credentials(self.inventory.patroni.rest_conn_id, "Patroni REST API (POST /switchover)")
+
+    def _cluster_reasons(self, max_lag_override: int | None) -> tuple[list[str], PatroniCluster | None]:
+        inv = self.inventory
+        try:
+            cluster = PatroniHook(self.patroni_api_urls()).cluster()
+        except AirflowException as exc:
+            return [str(exc)], None
+        reasons = ["Patroni is paused (maintenance mode)"] if cluster.paused else []
+        lag = max_lag_override if max_lag_override is not None else inv.drill.max_lag_bytes
+        reasons += cluster.problems(len(inv.database_nodes) - 1, require_sync=True, max_lag_bytes=lag)
+        reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints()).report().problems(list(inv.database_nodes))]
+        if len(cluster.leaders) == 1:
+            haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
+            reasons += [f"HAProxy: {p}" for p in routing_problems(
+                haproxy.up_servers(WRITE_BACKEND), haproxy.up_servers(READ_BACKEND),
+                cluster.leaders[0], cluster.streaming_replicas)]
+        return reasons, cluster
+
+    def _target(self, cluster: PatroniCluster, scenario: str, wanted: str) -> str:
+        leader = cluster.leaders[0]
+        if wanted == "leader":
+            return leader
+        if wanted not in self.inventory.database_nodes or cluster.member(wanted) is None:
+            raise AirflowFailException(f"target {wanted!r} is not a member of the cluster "
+                                       f"({[m['name'] for m in cluster.members]})")
+        if scenario == "switchover" and wanted != leader:
+            raise AirflowFailException(f"a switchover moves the leader away: target must be 'leader' or {leader}, "
+                                       f"not the replica {wanted}")
+        return wanted
+
+    def _probe_python(self, host: str) -> str:
+        """An interpreter on ``host`` with psycopg2 (or psycopg 3) for the probe."""
+        probe = DrillProbeHook(self.remote(host), self.inventory.drill.state_dir, "-")
+        configured = self.inventory.drill.probe_python
+        python = probe.first_python([configured] if configured else ["/usr/bin/python3"])
+        if python is None and not configured and host in {a.host for a in self.inventory.airflow_hosts}:
+            units = self.inventory.airflow_host(host).units
+            python = probe.first_python([airflow_executable(self.remote(host), units[0]).rsplit("/", 1)[0] + "/python"])
+        if python is None:
+            raise AirflowFailException(
+                f"[{host}] no Python with psycopg2 for the probe: install python3-psycopg2 or set drill.probe_python"
+            )
+        return python
+
+
+class StartProbeOperator(DrillOperator):
+    """
+    Creates the drill tables (``postgres`` database) and starts the write
+    probe (include/drill/probe.py) as a transient systemd unit on the probe
+    host; returns once it has committed steadily through HAProxy. Its login
+    comes from ``drill.probe_conn_id`` (default: Airflow's own) into a 0600
+    settings file, never onto a command line.
+    """
+
+    def run(self, context: Any) -> Any:
+        plan, inv = self.the_plan(), self.inventory
+        login = credentials(inv.drill.probe_conn_id or inv.postgres.app_conn_id, "the drill probe's login")
+        self._ensure_tables(login.login)
+        probe = self.probe()
+        probe.remote.add_secret(login.password)
+        local = plan["probe_host"] == inv.haproxy.host
+        settings = {
+            "host": "127.0.0.1" if local else inv.host(inv.haproxy.host).address,
+            "port": inv.haproxy.write_port, "user": login.login, "password": login.password, "dbname": "postgres",
+            "drill_id": plan["drill_id"], "interval_ms": inv.drill.probe_interval_ms, "ack_file": probe.ack_file,
+            "max_seconds": PROBE_MAX_SECONDS,
+        }
+        self.note(f"probe files in {probe.directory}", probe.install(PROBE_SCRIPT.read_text(), settings))
+        self.note(f"probe unit {probe.unit} started", probe.start(plan["probe_python"]))
+        acks = probe.wait_for_acks(PROBE_WARMUP_ACKS, timeout=60)
+        return {"unit": probe.unit, "host": plan["probe_host"], "acks": acks}
+
+    def _ensure_tables(self, probe_login: str) -> None:
+        grant = sql.SQL("GRANT SELECT, INSERT ON public.pgha_drill_probe TO {}").format(sql.Identifier(probe_login))
+        self.through_haproxy(self.inventory.postgres.superuser_conn_id).execute_autocommit(
+            load_sql("drill_tables.sql"), grant
+        )
+
+
+class InjectFaultOperator(DrillOperator):
+    """
+    Injects the plan's fault, once: the fault is recorded on the probe host
+    before it happens, and a retry that finds the record does nothing.
+    switchover: POST /switchover to a synchronous standby; patroni_stop:
+    ``systemctl stop patroni`` on the target; postmaster_kill: SIGKILL to the
+    pid in <data_dir>/postmaster.pid (ERRATA 10: the postmaster, not Patroni);
+    host_crash / host_isolate: ``drill.inject_commands`` on the fault injector.
+    """
+
+    def run(self, context: Any) -> Any:
+        plan = self.the_plan()
+        probe = self.probe()
+        recorded = probe.fault_record()
+        if recorded:
+            self.unchanged(f"fault already injected at {recorded['t_inject']} (never twice per drill)")
+            return recorded
+        self._check_leader(plan)
+        record: dict[str, Any] = {"scenario": plan["scenario"], "target": plan["target"], "t_inject": time.time()}
+        probe.record_fault(record)
+        detail = self._injections()[plan["scenario"]](plan)
+        record.update(t_injected=time.time(), detail=detail)
+        probe.record_fault(record)
+        self.changed(f"{plan['scenario']} injected on {plan['target']}: {detail}")
+        return record
+
+    def _check_leader(self, plan: dict[str, Any]) -> None:
+        leader = self.patroni().leader()
+        if leader != plan["leader"]:
+            raise AirflowFailException(f"the leader moved since the precheck ({plan['leader']} -> {leader}): "
+                                       "not injecting; trigger a new drill")
+
+    def _injections(self) -> dict[str, Callable[[dict[str, Any]], str]]:
+        return {
+            "switchover": self._switchover,
+            "patroni_stop": self._patroni_stop,
+            "postmaster_kill": self._postmaster_kill,
+            "host_crash": self._host_fault,
+            "host_isolate": self._host_fault,
+        }
+
+    def _switchover(self, plan: dict[str, Any]) -> str:
+        response = self.patroni().switchover(plan["leader"], plan["candidate"])
+        text = response.text.strip()
+        if response.status_code >= 400:
+            raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
+                                   f"HTTP {response.status_code} {text}")
+        return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"  # ERRATA 11: judged later
+
+    def _patroni_stop(self, plan: dict[str, Any]) -> str:
+        self.remote(plan["target"]).run(f"systemctl stop {PATRONI_UNIT}", timeout=180)
+        return f"systemctl stop {PATRONI_UNIT}"
+
+    def _postmaster_kill(self, plan: dict[str, Any]) -> str:
+        inv, node = self.inventory, plan["target"]
+        data_dir = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(node).address, port=inv.postgres.port,
+                                    database="postgres").scalar("SHOW data_directory")
+        pid_file = shlex.quote(f"{data_dir}/postmaster.pid")
+        pid = self.remote(node).run(f'pid=$(head -n1 {pid_file}) && kill -KILL "$pid" && echo "$pid"').stdout.strip()
+        return f"SIGKILL to postmaster {pid} ({data_dir})"
+
+    def _host_fault(self, plan: dict[str, Any]) -> str:
+        command = self.fault_command(plan["scenario"], "inject", plan["target"])
+        result = self.injector().run(command, timeout=120)
+        return f"{command} (exit {result.exit_code})"
+
+
+class DrillRoutingOperator(DrillOperator, HAProxySwitchOperator):
+    """
+    The client's view of the recovery: waits until the probe has a commit
+    acknowledged by the current leader after the fault, then until HAProxy's
+    routing matches Patroni (``wait_for_routing``).
+    """
+
+    def run(self, context: Any) -> Any:
+        fault = self.probe().fault_record()
+        if fault is None:
+            raise AirflowException("no fault was recorded for this drill")
+        leader, first = self._wait_for_client_writes(float(fault.get("t_injected") or fault["t_inject"]))
+        self.log.info("client writes again: seq %d acknowledged by %s at %s", first.seq, leader, first.at)
+        return {"leader": leader, "first_ack_at": first.at, **self.wait_for_routing()}
+
+    def _wait_for_client_writes(self, after: float) -> tuple[str, Any]:
+        probe, patroni = self.probe(), self.patroni()
+        deadline = time.monotonic() + self.routing_timeout
+        while time.monotonic() < deadline:
+            leader = self._leader(patroni)
+            if leader:
+                first = first_ack_on(parse_probe_log(probe.read_acks()).acks, self.inventory.host(leader).address, after)
+                if first:
+                    return leader, first
+            time.sleep(1)
+        raise AirflowException(f"no commit acknowledged by the leader within {self.routing_timeout}s after the fault")
+
+    @staticmethod
+    def _leader(patroni: PatroniHook) -> str | None:
+        try:
+            return patroni.leader()
+        except AirflowException:
+            return None
+
+
+class HealOperator(DrillOperator):
+    """
+    Teardown-style (trigger_rule all_done): brings the target back whatever
+    happened before, then waits until the cluster is whole again (one leader,
+    every other member streaming, a synchronous standby) with the target back
+    in it; pg_rewind is Patroni's job (``use_pg_rewind``). Returns when the
+    target streamed again. Does nothing if no fault was injected.
+
+    :param heal_timeout: seconds to wait for the whole cluster.
+    """
+
+    def __init__(self, *, heal_timeout: int = 1200, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.heal_timeout = heal_timeout
+
+    def run(self, context: Any) -> Any:
+        plan = self.the_plan()
+        if self.probe().fault_record() is None:
+            raise AirflowSkipException("no fault was injected for this drill: nothing to heal")
+        self._repair(plan)
+        back_at, cluster = self._wait_until_whole(plan["target"])
+        return {"target": plan["target"], "back_at": back_at, "cluster": cluster}
+
+    def _repair(self, plan: dict[str, Any]) -> None:
+        scenario, target = plan["scenario"], plan["target"]
+        if scenario == "patroni_stop":
+            remote = self.remote(target)
+            stopped = not remote.run(f"systemctl is-active --quiet {PATRONI_UNIT}", check=False).ok
+            if stopped:
+                remote.run(f"systemctl start {PATRONI_UNIT}")
+            self.note(f"{PATRONI_UNIT} started on {target}", stopped)
+        elif scenario in {"host_crash", "host_isolate"}:
+            self._heal_host(scenario, target)
+        else:
+            self.unchanged(f"{scenario}: Patroni brings {target} back by itself")
+
+    def _heal_host(self, scenario: str, target: str) -> None:
+        if self.patroni().status_code(self.api_url(target), "/health") is not None:
+            self.unchanged(f"{target} answers again")
+            return
+        command = self.fault_command(scenario, "heal", target)
+        result = self.injector().run(command, check=False, timeout=300)
+        if not result.ok:  # e.g. already started by an earlier try; the wait below decides
+            self.log.warning("heal command exited %d; waiting for %s anyway", result.exit_code, target)
+        self.changed(f"{command} (exit {result.exit_code})")
+
+    def _wait_until_whole(self, target: str) -> tuple[float, str]:
+        patroni, expected = self.patroni(), len(self.inventory.database_nodes) - 1
+        deadline = time.monotonic() + self.heal_timeout
+        back_at, problems = None, ["no answer yet"]
+        while time.monotonic() < deadline:
+            try:
+                cluster = patroni.cluster()
+            except AirflowException as exc:
+                problems = [str(exc)]
+            else:
+                member = cluster.member(target) or {}
+                if back_at is None and (member.get("state") == "streaming" or target in cluster.leaders):
+                    back_at = time.time()
+                problems = cluster.problems(expected, require_sync=True)
+                if back_at is not None and not problems:
+                    return back_at, cluster.summary()
+            time.sleep(1)
+        raise AirflowException(f"the cluster is not whole {self.heal_timeout}s after the drill "
+                               f"({target} back: {back_at is not None}): " + "; ".join(problems))
+
+
+class StopProbeOperator(DrillOperator):
+    """Stops the write probe (trigger_rule all_done); its acknowledgments stay on the probe host."""
+
+    def run(self, context: Any) -> Any:
+        probe = self.probe()
+        self.note(f"probe {probe.unit} stopped", probe.stop())
+        return {"unit": probe.unit, "ack_file": probe.ack_file}
+
+
+class AnalyseDrillOperator(DrillOperator):
+    """
+    The verdict: RTO (longest gap between acknowledged commits), RPO
+    (acknowledged seqs missing from pgha_drill_probe), time to the new
+    leader (Patroni's promotion record), to HAProxy routing to it (its first
+    acknowledged commit) and until the target streamed again. Stored in
+    ``pgha_drill_history`` (``postgres`` database), pushed to XCom, printed
+    on one screen. Fails when an SLO is broken, a write is missing or a step
+    did not complete.
+
+    :param steps: XComs of inject, new_leader, routing and heal (templated);
+        None marks a step that did not complete.
+    """
+
+    template_fields = (*DrillOperator.template_fields, "steps")
+
+    def __init__(self, *, steps: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.steps = steps or {}
+
+    def run(self, context: Any) -> Any:
+        plan, inv = self.the_plan(), self.inventory
+        probe = self.probe()
+        fault = probe.fault_record()
+        steps = {name: _result(value) for name, value in self.steps.items()}
+        if fault is None:
+            raise AirflowException("the drill was planned but no fault was injected: nothing to measure "
+                                   f"(incomplete: {[n for n, v in steps.items() if v is None]})")
+        patroni = self.patroni()
+        new_leader = steps.get("new_leader") or patroni.leader()
+        result = analyse(
+            plan=plan, injection=fault, probe=parse_probe_log(probe.read_acks()),
+            present=self._present_seqs(plan["drill_id"]), new_leader=new_leader,
+            new_leader_address=inv.host(new_leader).address if new_leader else None,
+            promoted_at=promotion_time(patroni.history(), new_leader, float(fault["t_inject"])) if new_leader else None,
+            old_leader_streaming_at=(steps.get("heal") or {}).get("back_at"),
+            incomplete=[name for name, value in steps.items() if value is None],
+        )
+        self._record(result.as_dict(), context)
+        self.log.info("\n%s", summary(result, plan["probe_host"], inv.drill.probe_interval_ms))
+        if "ti" in context:
+            context["ti"].xcom_push(key="drill", value=result.as_dict())
+        if not result.passed:
+            raise AirflowException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
+        return result.as_dict()
+
+    def _present_seqs(self, drill_id: str) -> set[int]:
+        rows = self.through_haproxy(self.inventory.postgres.superuser_conn_id).rows(
+            "SELECT seq FROM public.pgha_drill_probe WHERE drill_id = %s", (drill_id,))
+        return {row[0] for row in rows}
+
+    def _record(self, result: dict[str, Any], context: Any) -> None:
+        row = {**result, "dag_run_id": context.get("run_id"), "details": json.dumps(result, default=str)}
+        prune = sql.SQL("DELETE FROM public.pgha_drill_probe WHERE committed_at < now() - {}::interval").format(
+            sql.Literal(f"{HISTORY_DAYS} days"))
+        hook = self.through_haproxy(self.inventory.postgres.superuser_conn_id)
+        hook.execute_autocommit(load_sql("drill_tables.sql"))
+        hook.execute_autocommit(load_sql("drill_record.sql"), parameters=row)
+        hook.execute_autocommit(prune)
+        self.changed(f"pgha_drill_history row {result['drill_id']} ({'PASS' if result['passed'] else 'FAIL'})")
