@@ -951,9 +951,12 @@ class PatroniClusterService:
         return len(leaders) == 1 and len(streaming) == len(self.members) - 1 and (synced or not sync)
 
     def stop(self) -> None:
-        for member in self.members:
-            with contextlib.suppress(Exception):
-                member.stop()
+        """Stop every member at once (each waits for its own Patroni and postmaster)."""
+        threads = [threading.Thread(target=member.stop) for member in self.members]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         _unregister(self)
 
 

@@ -100,7 +100,8 @@ def parse_probe_log(text: str) -> ProbeLog:
         parts = line.split(maxsplit=3)
         try:
             if parts[0] != "#":
-                out.acks.append(Ack(int(parts[0]), float(parts[1]), parts[2] if len(parts) > 2 else ""))
+                seq, at, server = parts  # a torn last line has fewer fields
+                out.acks.append(Ack(int(seq), float(at), server))
             elif parts[1] == "start":
                 out.starts.append(float(parts[2]))
             elif parts[1] == "error":

@@ -1,0 +1,505 @@
+"""The failover drill: its arithmetic on synthetic series, its DAG, and real drills on loopback.
+
+The loopback cluster is real: 3 Patroni + PostgreSQL 15 members on 127.0.0.11-13
+(same ports, like hosts), a 3-member etcd on the same addresses, HAProxy from
+include/templates/haproxy.cfg.j2. Each "host" is an sshd whose sessions see
+stand-ins for ``systemctl`` (patroni -> services.py patroni-ctl; transient units ->
+pid files) and ``systemd-run`` (detached command). The lab runs the same
+operators under real systemd (and host_crash / host_isolate through ``lab/lab``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import requests
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from fixture_secrets import (
+    AIRFLOW_DB_PASSWORD,
+    PATRONI_REPLICATION_PASSWORD,
+    PATRONI_REST_PASSWORD,
+    PATRONI_REST_USER,
+    PATRONI_SUPERUSER_PASSWORD,
+)
+from pgha.drill import (
+    Ack,
+    ProbeLog,
+    analyse,
+    default_rto_slo_s,
+    duration_s,
+    first_ack_on,
+    longest_gap,
+    missing_acks,
+    parse_probe_log,
+    promotion_time,
+    rto_slo_s,
+    schedule_from_inventory,
+    summary,
+)
+from pgha.inventory import InventoryError, load_inventory, parse_inventory
+from pgha_testing import loopback_inventory, set_connection, ssh_connection, shipped_inventory, write_inventory
+from services import (
+    EtcdCluster,
+    HAProxyService,
+    PatroniClusterService,
+    SshdService,
+    free_port,
+    haproxy_command,
+    pid_alive,
+    start_etcd_cluster,
+    start_haproxy,
+    start_patroni_cluster,
+    start_sshd,
+    wait_until,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES = Path(__file__).resolve().parent / "services.py"
+NODES = [("pg-a", "127.0.0.11"), ("pg-b", "127.0.0.12"), ("pg-c", "127.0.0.13")]
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def _acks(times: list[float], server: str = "10.0.0.1", first_seq: int = 1) -> list[Ack]:
+    return [Ack(first_seq + i, t, server) for i, t in enumerate(times)]
+
+
+PLAN = {"drill_id": "d1", "scenario": "switchover", "target": "a", "leader": "a", "rto_slo_s": 3.0,
+        "leader_must_change": True}
+
+
+def _analyse(probe: ProbeLog, present: set[int] | None = None, new_leader: str | None = "b",
+             incomplete: list[str] | None = None, **plan: Any) -> Any:
+    return analyse(
+        plan={**PLAN, **plan}, injection={"t_inject": 100.0, "t_injected": 100.2}, probe=probe,
+        present={a.seq for a in probe.acks} if present is None else present, new_leader=new_leader,
+        new_leader_address="10.0.0.2", promoted_at=101.0, old_leader_streaming_at=106.5,
+        incomplete=incomplete or [],
+    )
+
+
+def test_probe_log_parses_acks_events_and_ignores_a_torn_line() -> None:
+    text = ("# start 99.0 seq=1\n1 99.05 10.0.0.1\n2 99.10 10.0.0.1\n# error 99.2 OperationalError: gone\n"
+            "3 101.5 10.0.0.2\n# stopped 102.0\n4 10")
+    log = parse_probe_log(text)
+    assert [a.seq for a in log.acks] == [1, 2, 3] and log.acks[2].server == "10.0.0.2"
+    assert log.starts == [99.0] and log.errors == [(99.2, "OperationalError: gone")] and log.stopped == 102.0
+
+
+def test_rto_is_the_longest_gap_and_a_probe_that_never_recovers_counts_until_its_stop() -> None:
+    gap = longest_gap([1.0, 1.05, 1.1, 3.6, 3.65])
+    assert gap is not None and (gap.start, gap.end) == (1.1, 3.6) and round(gap.seconds, 2) == 2.5
+    silent = longest_gap([1.0, 1.05], end=30.0)
+    assert silent is not None and silent.seconds == 28.95
+    assert longest_gap([1.0]) is None and longest_gap([]) is None
+
+
+def test_rpo_counts_acknowledged_writes_missing_from_the_table() -> None:
+    assert missing_acks([1, 2, 3, 4], {1, 2, 4, 5}) == [3]  # 5: committed, never acknowledged: not lost
+    assert missing_acks([1, 2], {1, 2}) == []
+
+
+def test_first_ack_on_the_new_leader_and_promotion_time() -> None:
+    acks = _acks([99.0, 99.05]) + _acks([101.2, 101.25], server="10.0.0.2", first_seq=3)
+    assert first_ack_on(acks, "10.0.0.2", after=100.0) == acks[2]
+    assert first_ack_on(acks, "10.0.0.3", after=100.0) is None
+    history = [[1, 50331808, "no recovery target specified", "1970-01-01T00:01:41.250000+00:00", "b"]]
+    assert promotion_time(history, "b", after=100.0) == 101.25
+    assert promotion_time(history, "b", after=200.0) is None  # an older promotion
+    assert promotion_time(history, "c", after=0) is None
+
+
+def test_a_clean_drill_passes_with_its_timeline() -> None:
+    times = [99.0 + 0.05 * i for i in range(20)] + [101.5 + 0.05 * i for i in range(20)]
+    probe = ProbeLog(acks=_acks(times[:20]) + _acks(times[20:], server="10.0.0.2", first_seq=21), stopped=103.0)
+    result = _analyse(probe)
+    assert result.passed, result.problems
+    assert result.rto_s == pytest.approx(1.55, abs=0.01)
+    assert result.time_to_new_leader_s == 1.0 and result.time_to_routing_s == 1.5
+    assert result.time_to_old_leader_streaming_s == 6.5
+    screen = summary(result, "lb", 50)
+    assert "PASS" in screen and "RTO           1.55s  (SLO 3.0s)" in screen and len(screen.splitlines()) <= 24
+
+
+def test_a_lost_write_a_slow_recovery_or_a_missing_step_fails_the_drill() -> None:
+    times = [99.0 + 0.05 * i for i in range(20)] + [104.0 + 0.05 * i for i in range(5)]
+    probe = ProbeLog(acks=_acks(times), stopped=104.5)
+    result = _analyse(probe, present={a.seq for a in probe.acks} - {20}, incomplete=["routing"])
+    assert not result.passed
+    assert result.problems == [
+        "step did not complete: routing",
+        "RPO: 1 acknowledged write(s) missing (seq [20])",
+        "RTO 4.05s exceeds the SLO of 3.0s",
+    ]
+    never = _analyse(ProbeLog(acks=_acks([99.0, 99.05]), stopped=130.0), new_leader="a")
+    assert "the probe never committed after the fault" in never.problems
+    assert "a is still the leader after switchover" in never.problems
+    assert never.rto_s == pytest.approx(30.95)
+
+
+def test_postmaster_restart_in_place_is_no_failover() -> None:
+    probe = ProbeLog(acks=_acks([99.0, 99.05, 101.0, 101.05]), stopped=102.0)
+    result = _analyse(probe, new_leader="a", scenario="postmaster_kill", leader_must_change=False, rto_slo_s=4.0)
+    assert result.passed, result.problems
+    assert result.time_to_new_leader_s is None and result.time_to_old_leader_streaming_s is None
+
+
+def test_slo_defaults_follow_the_timing_settings_and_can_be_overridden() -> None:
+    inv = load_inventory()  # the runbook: ttl 30, loop_wait 10, HAProxy inter 3s fall 3 rise 2
+    assert duration_s("500ms") == 0.5 and duration_s("3s") == 3.0
+    assert default_rto_slo_s(inv, "switchover") == 10 + 6 + 2
+    assert default_rto_slo_s(inv, "host_crash") == 30 + 10 + 6 + 2
+    assert default_rto_slo_s(inv, "postmaster_kill") == 10 + 9 + 6 + 2
+    assert rto_slo_s(inv, "switchover", 2.5) == 2.5
+    raw = shipped_inventory()
+    raw["drill"] = {"rto_slo_s": {"switchover": 3}}
+    assert rto_slo_s(parse_inventory(raw), "switchover") == 3.0
+
+
+# --------------------------------------------------------------------------- inventory and DAG
+
+
+def test_drill_section_is_validated_by_field() -> None:
+    raw = shipped_inventory()
+    raw["drill"] = {"inject_commands": {"host_crash": {"inject": "virsh destroy {node}", "heal": "virsh start {host}"}},
+                    "probe_host": "vm9"}
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(raw)
+    assert "drill.probe_host: 'vm9' is not a host" in str(caught.value)
+    raw["drill"].pop("probe_host")
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(raw)
+    assert "drill.inject_commands.host_crash.heal: unknown placeholder(s) ['host']" in str(caught.value)
+    assert "drill.fault_injector: is required" in str(caught.value)
+    raw["drill"] = {"schedule": "every night", "probe_interval_ms": 5}
+    with pytest.raises(InventoryError, match="drill.probe_interval_ms") as caught:
+        parse_inventory(raw)
+    assert "drill.schedule" in str(caught.value)
+    raw["drill"] = {"schedule": None, "fault_injector": {"ssh_conn_id": "pgha_fault_injector"},
+                    "inject_commands": {"host_isolate": {"inject": "isolate {node}", "heal": "heal {node}"}}}
+    drill = parse_inventory(raw).drill
+    assert drill.schedule is None and drill.inject_commands["host_isolate"].heal == "heal {node}"
+
+
+def test_schedule_comes_from_the_inventory_and_survives_a_broken_one(tmp_path: Path) -> None:
+    raw = shipped_inventory()
+    raw["drill"] = {"schedule": "30 2 * * 1-5"}
+    assert schedule_from_inventory(write_inventory(tmp_path, raw)) == "30 2 * * 1-5"
+    broken = tmp_path / "broken.yml"
+    broken.write_text("hosts: 3\n")
+    assert schedule_from_inventory(str(broken)) == "0 3 * * *"
+
+
+def test_dag_parses_with_a_broken_inventory_and_keeps_its_safety_rails(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import BaseSensorOperator
+
+    broken = tmp_path / "broken.yml"
+    broken.write_text("hosts: [\n")
+    monkeypatch.setenv("PGHA_INVENTORY", str(broken))
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["pg_ha_failover_drill"]
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert [t.task_id for t in dag.tasks] == ["precheck", "start_probe", "inject", "new_leader", "routing", "heal",
+                                              "stop_probe", "analyse"]
+    assert {t.task_id for t in dag.tasks if t.trigger_rule == "all_done"} == {"heal", "stop_probe", "analyse"}
+    assert all(t.retries >= 1 for t in dag.tasks)
+    sensors = [t for t in dag.tasks if isinstance(t, BaseSensorOperator)]
+    assert sensors and all(s.mode == "reschedule" and 0 < s.timeout < 7 * 24 * 3600 for s in sensors)
+    assert set(dag.params.keys()) == {"inventory_path", "scenario", "target", "rto_slo_s", "max_lag_bytes"}
+    assert all("pass" not in k and "secret" not in k for k in dag.params.keys())
+    assert dag.params.get_param("scenario").schema["enum"] == [
+        "switchover", "patroni_stop", "host_crash", "host_isolate", "postmaster_kill"]
+
+
+# --------------------------------------------------------------------------- loopback cluster
+
+SYSTEMCTL_SHIM = """\
+#!/bin/bash
+# Test stand-in for systemctl: patroni -> services.py patroni-ctl; other units -> pid files.
+args=(); for a in "$@"; do case "$a" in --quiet|-q|--no-block) ;; *) args+=("$a");; esac; done
+verb=${{args[0]}}; unit=${{args[1]%.service}}
+case "$verb" in daemon-reload|enable) exit 0 ;; esac
+if [ "$unit" = patroni ] && [ -n "{patroni_base}" ]; then
+  exec {python} {services} patroni-ctl "$verb" "{patroni_base}"
+fi
+pidfile={state}/$unit.pid
+alive() {{ [ -f "$pidfile" ] && grep -qv ') Z' "/proc/$(cat "$pidfile")/stat" 2>/dev/null; }}
+case "$verb" in
+  is-active) alive ;;
+  stop) if alive; then pid=$(cat "$pidfile"); kill -TERM "$pid"
+          for _ in $(seq 200); do alive || break; sleep 0.05; done; fi; rm -f "$pidfile" ;;
+  *) echo "shim: $verb $unit unsupported" >&2; exit 1 ;;
+esac
+"""
+
+SYSTEMD_RUN_SHIM = """\
+#!/bin/bash
+# Test stand-in for systemd-run: runs the command detached; its pid file is the "unit".
+unit=
+while [ $# -gt 0 ]; do
+  case "$1" in --unit=*) unit=${{1#--unit=}} ;; -p|--property) shift ;; -*) ;; *) break ;; esac; shift
+done
+[ -n "$unit" ] || {{ echo "shim: --unit= is required" >&2; exit 1; }}
+setsid "$@" </dev/null >>"{state}/$unit.log" 2>&1 &
+echo $! > "{state}/$unit.pid"
+"""
+
+
+def _host_sshd(workdir: Path, patroni_base: Path | None) -> SshdService:
+    """An sshd standing for one host: its sessions see that host's systemctl / systemd-run."""
+    shim_dir, state = workdir / "shim", workdir / "state"
+    shim_dir.mkdir(parents=True)
+    state.mkdir()
+    for name, text in (("systemctl", SYSTEMCTL_SHIM), ("systemd-run", SYSTEMD_RUN_SHIM)):
+        shim = shim_dir / name
+        shim.write_text(text.format(state=state, python=sys.executable, services=SERVICES,
+                                    patroni_base=patroni_base or ""))
+        shim.chmod(0o755)
+    path = f"{shim_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return start_sshd(workdir / "sshd", extra_config=[f"SetEnv PATH={path}"])
+
+
+@dataclass
+class Lab:
+    """The loopback stand-in for the lab: what the drill tests need."""
+
+    inventory: str
+    cluster: PatroniClusterService
+    haproxy: HAProxyService
+    lb_state: Path
+    write_port: int
+
+    def leader(self) -> str:
+        return next(m["name"] for m in self.cluster.cluster()["members"] if m["role"] == "leader")
+
+
+def _inventory(workdir: Path, cluster: PatroniClusterService, etcd: EtcdCluster) -> dict[str, Any]:
+    client_port = int(etcd.endpoints[0].rsplit(":", 1)[1])
+    peer_port = int(etcd.members[0].peer_url.rsplit(":", 1)[1])
+    return loopback_inventory(
+        NODES, lb_host="lb",
+        postgres={"port": cluster.pg_port},
+        etcd={"client_port": client_port, "peer_port": peer_port},
+        patroni={"rest_port": cluster.rest_port, "ttl": 20, "loop_wait": 1, "retry_timeout": 5},
+        haproxy={
+            "write_port": free_port(), "read_port": free_port(), "stats_port": free_port(),
+            "config": str(workdir / "haproxy.cfg"), "state_file": str(workdir / "server-state"),
+            "stats_socket": str(workdir / "admin.sock"), "inter": "500ms", "fall": 2, "rise": 1,
+        },
+        drill={
+            "probe_python": sys.executable, "state_dir": str(workdir / "drill"),
+            "rto_slo_s": {"switchover": 8, "patroni_stop": 10, "postmaster_kill": 12},
+        },
+    )
+
+
+def _connections(mp: pytest.MonkeyPatch, sshds: dict[str, SshdService]) -> None:
+    for name, sshd in sshds.items():
+        set_connection(mp, f"ssh_{name.replace('-', '_')}", **ssh_connection(sshd))
+    set_connection(mp, "pgha_pg_superuser", conn_type="postgres", host="127.0.0.1", login="postgres",
+                   password=PATRONI_SUPERUSER_PASSWORD)
+    set_connection(mp, "pgha_airflow_db", conn_type="postgres", host="127.0.0.1", login="airflow_user",
+                   password=AIRFLOW_DB_PASSWORD)
+    set_connection(mp, "pgha_patroni_api", conn_type="http", login=PATRONI_REST_USER, password=PATRONI_REST_PASSWORD)
+
+
+def _create_app_role(cluster: PatroniClusterService, leader: str) -> None:
+    conn = psycopg2.connect(cluster.member(leader).dsn, connect_timeout=5)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE ROLE airflow_user LOGIN PASSWORD %s", (AIRFLOW_DB_PASSWORD,))
+    conn.close()
+
+
+def _start_haproxy(workdir: Path, inventory: str) -> HAProxyService:
+    from pgha.render import haproxy_context, render
+
+    inv = load_inventory(inventory)
+    config = Path(inv.haproxy.config)
+    config.write_text(render("haproxy.cfg.j2", **haproxy_context(inv)))
+    return start_haproxy(config, workdir)
+
+
+def _stop_probes(state: Path) -> None:
+    for pid_file in state.glob("pgha-drill-probe-*.pid"):
+        pid = int(pid_file.read_text().split()[0])
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    workdir = tmp_path_factory.mktemp("drill")
+    started: list[Any] = []
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            etcd = start_etcd_cluster(workdir / "etcd", members=NODES)
+            started.append(etcd)
+            cluster = start_patroni_cluster(
+                workdir / "patroni", etcd, NODES, PATRONI_REST_USER, PATRONI_REST_PASSWORD,
+                PATRONI_SUPERUSER_PASSWORD, PATRONI_REPLICATION_PASSWORD,
+                dcs={"ttl": 20, "loop_wait": 1, "retry_timeout": 5, "synchronous_mode": True},
+                parameters={"synchronous_commit": "on"},  # acknowledged means on the sync standby
+            )
+            started.append(cluster)
+            sshds = {"lb": _host_sshd(workdir / "lb", None)}
+            sshds.update({m.name: _host_sshd(workdir / m.name, m.base_dir) for m in cluster.members})
+            started += list(sshds.values())
+            inventory = write_inventory(workdir, _inventory(workdir, cluster, etcd))
+            _connections(mp, sshds)
+            haproxy = _start_haproxy(workdir, inventory)
+            started.append(haproxy)
+            lab = Lab(inventory, cluster, haproxy, workdir / "lb" / "state", load_inventory(inventory).haproxy.write_port)
+            _create_app_role(cluster, lab.leader())
+            wait_until(lambda: _routing_settled(lab), 30, "HAProxy to route writes to exactly the leader")
+            yield lab
+        finally:
+            _stop_probes(workdir / "lb" / "state")
+            for service in reversed(started):
+                service.stop()
+
+
+def _routing_settled(lab: Lab) -> bool:
+    socket = load_inventory(lab.inventory).haproxy.stats_socket
+    rows = [line.split(",") for line in haproxy_command(socket, "show stat").splitlines()[1:] if line]
+    up = [r[1] for r in rows if r[0] == "postgres_write" and r[17].startswith("UP") and r[1] != "BACKEND"]
+    return up == [lab.leader()]
+
+
+# --------------------------------------------------------------------------- drills on loopback
+
+
+def _run_drill(lab: Lab, scenario: str, target: str = "leader") -> dict[str, Any]:
+    """The DAG's steps in its order and trigger rules: heal, stop_probe and analyse always run."""
+    from operators.drill import (
+        AnalyseDrillOperator,
+        DrillPrecheckOperator,
+        DrillRoutingOperator,
+        HealOperator,
+        InjectFaultOperator,
+        StartProbeOperator,
+        StopProbeOperator,
+    )
+    from sensors.patroni import PatroniLeaderSensor
+
+    context = {"params": {"scenario": scenario, "target": target}, "run_id": f"test-{scenario}"}
+    common = {"inventory_path": lab.inventory}
+    plan = DrillPrecheckOperator(task_id="precheck", **common).execute(context)["result"]
+    steps: dict[str, Any] = {"inject": None, "new_leader": None, "routing": None, "heal": None}
+    try:
+        StartProbeOperator(task_id="start_probe", plan=plan, **common).execute(context)
+        steps["inject"] = InjectFaultOperator(task_id="inject", plan=plan, **common).execute(context)
+        steps["new_leader"] = PatroniLeaderSensor(
+            task_id="new_leader", expected_replicas=0, not_leader=plan["must_leave"], mode="poke", poke_interval=0.5,
+            timeout=60, **common).execute(context)
+        steps["routing"] = DrillRoutingOperator(task_id="routing", plan=plan, routing_timeout=60, **common).execute(
+            context)
+    finally:
+        try:
+            steps["heal"] = HealOperator(task_id="heal", plan=plan, heal_timeout=90, **common).execute(context)
+        finally:
+            StopProbeOperator(task_id="stop_probe", plan=plan, **common).execute(context)
+    return AnalyseDrillOperator(task_id="analyse", plan=plan, steps=steps, **common).execute(context)["result"]
+
+
+def _history(lab: Lab, drill_id: str) -> tuple[Any, ...]:
+    conn = psycopg2.connect(host="127.0.0.1", port=lab.write_port, user="postgres",
+                            password=PATRONI_SUPERUSER_PASSWORD, dbname="postgres", connect_timeout=5)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT scenario, passed, rpo_missing, rto_s FROM pgha_drill_history WHERE drill_id = %s",
+                    (drill_id,))
+        row = cur.fetchone()
+    conn.close()
+    return row
+
+
+def _assert_drill(lab: Lab, result: dict[str, Any], scenario: str) -> None:
+    assert result["passed"], result["problems"]
+    assert result["rpo_missing"] == 0 and result["acked"] > 20
+    assert lab.cluster.healthy(sync=True), lab.cluster.cluster()
+    assert _history(lab, result["drill_id"]) == (scenario, True, 0, result["rto_s"])
+
+
+def test_switchover_drill_moves_the_leader_without_losing_a_write(lab: Lab) -> None:
+    old = lab.leader()
+    result = _run_drill(lab, "switchover")
+    _assert_drill(lab, result, "switchover")
+    assert result["old_leader"] == old and result["new_leader"] != old
+    assert result["time_to_new_leader_s"] is not None and result["time_to_routing_s"] is not None
+    assert result["time_to_old_leader_streaming_s"] is not None
+
+
+def test_inject_never_twice_per_drill(lab: Lab) -> None:
+    from operators.drill import InjectFaultOperator
+
+    leader = lab.leader()
+    plan = {"drill_id": "replayed", "probe_host": "lb", "scenario": "switchover", "target": leader, "leader": leader}
+    recorded = {"scenario": "switchover", "target": leader, "t_inject": 1.0, "t_injected": 1.5}
+    drill_dir = Path(load_inventory(lab.inventory).drill.state_dir) / "replayed"
+    drill_dir.mkdir(parents=True, exist_ok=True)
+    (drill_dir / "fault.json").write_text(json.dumps(recorded))
+    again = InjectFaultOperator(task_id="inject", plan=plan, inventory_path=lab.inventory).execute({})
+    assert again["result"] == recorded and not again["changed"]
+    assert lab.leader() == leader
+
+
+def test_patroni_stop_drill_fails_over_and_heals_the_old_leader(lab: Lab) -> None:
+    old = lab.leader()
+    result = _run_drill(lab, "patroni_stop")
+    _assert_drill(lab, result, "patroni_stop")
+    assert result["new_leader"] != old
+    members = {m["name"]: m for m in lab.cluster.cluster()["members"]}
+    assert members[old]["state"] == "streaming"
+
+
+def test_postmaster_kill_drill_recovers_without_losing_a_write(lab: Lab) -> None:
+    result = _run_drill(lab, "postmaster_kill")
+    _assert_drill(lab, result, "postmaster_kill")
+
+
+def test_a_paused_cluster_is_not_drilled(lab: Lab) -> None:
+    from hooks.patroni import PatroniHook
+    from operators.drill import DrillPrecheckOperator
+
+    member = lab.cluster.members[0]
+    auth = (PATRONI_REST_USER, PATRONI_REST_PASSWORD)
+    requests.patch(f"{member.rest_url}/config", json={"pause": True}, auth=auth, timeout=5).raise_for_status()
+    try:
+        wait_until(lambda: PatroniHook([member.rest_url]).cluster().paused, 15, "Patroni to pause")
+        with pytest.raises(AirflowSkipException, match="Patroni is paused"):
+            DrillPrecheckOperator(task_id="precheck", inventory_path=lab.inventory).execute(
+                {"params": {"scenario": "switchover"}})
+    finally:
+        requests.patch(f"{member.rest_url}/config", json={"pause": False}, auth=auth, timeout=5).raise_for_status()
+    wait_until(lambda: not PatroniHook([member.rest_url]).cluster().paused, 15, "Patroni to resume")
+
+
+def test_precheck_refuses_what_it_cannot_drill(lab: Lab) -> None:
+    from operators.drill import DrillPrecheckOperator
+
+    def precheck(**params: Any) -> Any:
+        return DrillPrecheckOperator(task_id="precheck", inventory_path=lab.inventory).execute({"params": params})
+
+    with pytest.raises(AirflowFailException, match="needs drill.inject_commands.host_crash"):
+        precheck(scenario="host_crash")
+    replica = next(name for name, _ in NODES if name != lab.leader())
+    with pytest.raises(AirflowFailException, match="target must be 'leader'"):
+        precheck(scenario="switchover", target=replica)
+    with pytest.raises(AirflowFailException, match="not a member"):
+        precheck(scenario="patroni_stop", target="pg-z")
+    with pytest.raises(AirflowSkipException, match="lags 0 bytes"):
+        precheck(scenario="switchover", max_lag_bytes=-1)
