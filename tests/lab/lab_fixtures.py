@@ -59,12 +59,12 @@ class Lab:
         finally:
             conn.close()
 
-    def cutover_record(self) -> dict[str, Any]:
+    def cutover_record(self, role: str = "primary") -> dict[str, Any]:
         conn = psycopg2.connect(host="10.83.0.129", port=5433, dbname="postgres", user="postgres",
                                 password=self.secrets["pg_superuser_password"], connect_timeout=10)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT record FROM pgha_cutover_log ORDER BY id DESC LIMIT 1")
+                cur.execute("SELECT record FROM pgha_cutover_log WHERE role = %s ORDER BY id DESC LIMIT 1", (role,))
                 return cur.fetchone()[0]
         finally:
             conn.close()
