@@ -195,6 +195,10 @@ with DAG(
             EtcdHealthSensor(task_id="etcd_healthy", phase=PHASES[8], mode="reschedule", timeout=SENSOR_TIMEOUT),
             ClusterRoutingCheckOperator(task_id="routing_through_haproxy", phase=PHASES[8]),
             SwitchoverTestOperator(task_id="switchover_test", phase=PHASES[8]),
+            PatroniLeaderSensor(
+                task_id="cluster_healthy_after_switchover", phase=PHASES[8], require_sync=True,
+                max_lag_bytes=16 * 1024 * 1024, mode="reschedule", poke_interval=3, timeout=SENSOR_TIMEOUT,
+            ),
             ClusterRoutingCheckOperator(task_id="routing_after_switchover", phase=PHASES[8]),
         )
 

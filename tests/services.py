@@ -898,8 +898,9 @@ def patroni_ctl(verb: str, base: Path | str) -> int:
 
     ``start`` spawns Patroni detached (pid in ``patroni.pid``); ``stop`` sends SIGTERM to
     Patroni only and waits (``KillMode=process``: Patroni stops its postmaster itself);
-    ``is-active`` answers with the exit code. Also a CLI, so a test ``systemctl`` stand-in
-    reached over ssh drives the same code: ``services.py patroni-ctl VERB BASE``.
+    ``is-active`` answers with the exit code; ``crash`` SIGKILLs Patroni, the postmaster and
+    every child at once (a host crash, as far as the cluster can tell). Also a CLI, so a test
+    ``systemctl`` stand-in reached over ssh drives the same code: ``services.py patroni-ctl VERB BASE``.
     """
     base = Path(base)
     ctl = json.loads((base / PATRONI_CTL_STATE).read_text())
@@ -915,10 +916,24 @@ def patroni_ctl(verb: str, base: Path | str) -> int:
     elif verb == "stop" and running:
         assert pid is not None
         terminate(pid, timeout=60.0, kill_descendants=False)
+    elif verb == "crash":
+        _kill_all([pid] if running and pid else [], base / "data")
     elif verb not in ("start", "stop"):
         print(f"patroni-ctl: unsupported verb {verb!r}", file=sys.stderr)
         return 1
     return 0
+
+
+def _kill_all(pids: list[int], data_dir: Path) -> None:
+    """SIGKILL ``pids``, the postmaster of ``data_dir`` and all their descendants at once."""
+    postmaster = _read_postmaster_pid(data_dir)
+    if postmaster and _is_postmaster(postmaster, data_dir):
+        pids = [*pids, postmaster]
+    victims = pids + [kid for pid in pids for kid in descendants(pid)]
+    for victim in victims:
+        _signal(victim, signal.SIGKILL)
+    for victim in victims:
+        _wait_gone(victim, 5.0)
 
 
 @dataclass
@@ -1157,7 +1172,7 @@ def _main(argv: list[str]) -> int:
         return 0
     if len(argv) == 4 and argv[1] == "patroni-ctl":
         return patroni_ctl(argv[2], argv[3])
-    print(f"usage: {argv[0]} ensure-patroni-venv | patroni-ctl start|stop|is-active BASE_DIR",
+    print(f"usage: {argv[0]} ensure-patroni-venv | patroni-ctl start|stop|is-active|crash BASE_DIR",
           file=sys.stderr)
     return 2
 

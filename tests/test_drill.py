@@ -10,6 +10,7 @@ operators under real systemd (and host_crash / host_isolate through ``lab/lab``)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 import psycopg2
 import pytest
 import requests
+import yaml
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from fixture_secrets import (
     AIRFLOW_DB_PASSWORD,
@@ -65,6 +67,7 @@ from services import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = Path(__file__).resolve().parent / "services.py"
+FAULT_GATE = REPO_ROOT / "include" / "drill" / "fault_gate.py"
 NODES = [("pg-a", "127.0.0.11"), ("pg-b", "127.0.0.12"), ("pg-c", "127.0.0.13")]
 
 
@@ -225,6 +228,28 @@ def test_dag_parses_with_a_broken_inventory_and_keeps_its_safety_rails(monkeypat
         "switchover", "patroni_stop", "host_crash", "host_isolate", "postmaster_kill"]
 
 
+def _fault_gate() -> Any:
+    spec = importlib.util.spec_from_file_location("fault_gate", FAULT_GATE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fault_gate_runs_only_a_configured_verb_on_a_configured_node() -> None:
+    gate = _fault_gate()
+    config = {"nodes": ["psg1"], "verbs": {"crash": ["/srv/lab/lab", "crash"]}}
+    wrapped = "sudo -n -- bash -o pipefail -c 'crash psg1'"
+    assert gate.resolve(config, gate.requested(wrapped)) == ["/srv/lab/lab", "crash", "psg1"]
+    assert gate.resolve(config, gate.requested("bash -o pipefail -c 'crash psg1'")) == ["/srv/lab/lab", "crash",
+                                                                                         "psg1"]
+    for request, reason in (("crash vm1", "node 'vm1'"), ("reboot psg1", "verb 'reboot'"),
+                            ("bash -o pipefail -c 'crash psg1; rm -rf /'", "got 5 word"),
+                            ("crash psg1 psg2", "got 3 word")):
+        with pytest.raises(gate.Refused, match=reason):
+            gate.resolve(config, gate.requested(request))
+
+
 # --------------------------------------------------------------------------- loopback cluster
 
 SYSTEMCTL_SHIM = """\
@@ -383,7 +408,7 @@ def _routing_settled(lab: Lab) -> bool:
 # --------------------------------------------------------------------------- drills on loopback
 
 
-def _run_drill(lab: Lab, scenario: str, target: str = "leader") -> dict[str, Any]:
+def _run_drill(lab: Lab, scenario: str, target: str = "leader", inventory: str | None = None) -> dict[str, Any]:
     """The DAG's steps in its order and trigger rules: heal, stop_probe and analyse always run."""
     from operators.drill import (
         AnalyseDrillOperator,
@@ -397,7 +422,7 @@ def _run_drill(lab: Lab, scenario: str, target: str = "leader") -> dict[str, Any
     from sensors.patroni import PatroniLeaderSensor
 
     context = {"params": {"scenario": scenario, "target": target}, "run_id": f"test-{scenario}"}
-    common = {"inventory_path": lab.inventory}
+    common = {"inventory_path": inventory or lab.inventory}
     plan = DrillPrecheckOperator(task_id="precheck", **common).execute(context)["result"]
     steps: dict[str, Any] = {"inject": None, "new_leader": None, "routing": None, "heal": None}
     try:
@@ -503,3 +528,51 @@ def test_precheck_refuses_what_it_cannot_drill(lab: Lab) -> None:
         precheck(scenario="patroni_stop", target="pg-z")
     with pytest.raises(AirflowSkipException, match="lags 0 bytes"):
         precheck(scenario="switchover", max_lag_bytes=-1)
+
+
+FAKE_LAB = """\
+#!/bin/bash
+# Test stand-in for `lab/lab crash|start NODE`: a crash kills every process of the "host" at once.
+case "$2" in
+{cases}
+  *) echo "fake-lab: unknown node $2" >&2; exit 2 ;;
+esac
+case "$1" in crash|start) exec {python} {services} patroni-ctl "$1" "$base" ;; esac
+echo "fake-lab: unknown verb $1" >&2; exit 2
+"""
+
+
+@pytest.fixture
+def injector(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A fault injector reached over ssh whose key may only run include/drill/fault_gate.py."""
+    fake_lab = tmp_path / "fake-lab"
+    cases = "\n".join(f"  {m.name}) base={m.base_dir} ;;" for m in lab.cluster.members)
+    fake_lab.write_text(FAKE_LAB.format(cases=cases, python=sys.executable, services=SERVICES))
+    fake_lab.chmod(0o755)
+    config = tmp_path / "fault-gate.json"
+    config.write_text(json.dumps({"nodes": [n for n, _ in NODES], "log": str(tmp_path / "gate.log"),
+                                  "verbs": {"crash": [str(fake_lab), "crash"], "start": [str(fake_lab), "start"]}}))
+    sshd = start_sshd(tmp_path / "sshd", extra_config=[f"ForceCommand {sys.executable} {FAULT_GATE} {config}"])
+    set_connection(monkeypatch, "pgha_fault_injector", **ssh_connection(sshd))
+    raw = yaml.safe_load(Path(lab.inventory).read_text())
+    raw["drill"].update(fault_injector={"ssh_conn_id": "pgha_fault_injector", "name": "hypervisor"},
+                        inject_commands={"host_crash": {"inject": "crash {node}", "heal": "start {node}"}})
+    raw["drill"]["rto_slo_s"]["host_crash"] = 30
+    (tmp_path / "inv").mkdir()
+    try:
+        yield {"inventory": write_inventory(tmp_path / "inv", raw), "log": tmp_path / "gate.log"}
+    finally:
+        sshd.stop()
+
+
+def test_host_crash_drill_through_the_fault_gate(lab: Lab, injector: dict[str, Any]) -> None:
+    from hooks.remote import RemoteHook
+
+    old = lab.leader()
+    result = _run_drill(lab, "host_crash", inventory=injector["inventory"])
+    _assert_drill(lab, result, "host_crash")
+    assert result["new_leader"] != old and result["rto_s"] >= 10  # the lock has to expire first
+    refused = RemoteHook("pgha_fault_injector", host_name="hypervisor").run("rm -rf /tmp/x", check=False)
+    assert refused.exit_code == 126
+    log = injector["log"].read_text()
+    assert f"crash {old}" in log and f"start {old}" in log and "REFUSED 'bash -o pipefail -c" in log

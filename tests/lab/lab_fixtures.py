@@ -20,6 +20,16 @@ sys.path.insert(0, str(REPO_ROOT / "lab"))
 from airflow_api import AirflowAPI  # noqa: E402
 
 SNAPSHOT = "provisioned"
+PROBE_UNIT = """\
+[Unit]
+Description=pgha lab writer probe (an Airflow-like component: commits a numbered row every 100 ms)
+[Service]
+User=airflow
+Environment=AIRFLOW_HOME=/home/airflow/airflow
+ExecStart=/opt/airflow/venv/bin/python /opt/pgha/lab/probe_writer.py
+Restart=always
+RestartSec=1
+"""
 TABLE_FINGERPRINT = (REPO_ROOT / "include" / "sql" / "table_fingerprint.sql").read_text()
 LIST_TABLES = (REPO_ROOT / "include" / "sql" / "list_tables.sql").read_text()
 
@@ -46,13 +56,37 @@ class Lab:
         lab("reset", "psg1", "psg2", "psg3")
         lab("provision")  # restores vm1 from its snapshot when it was changed, deploys the code
 
+    def install_probe(self) -> str:
+        """Install the airflow-probe writer unit on vm1 and an inventory listing it; returns that inventory."""
+        import yaml
+
+        inventory = yaml.safe_load((REPO_ROOT / "lab" / "inventory.yml").read_text())
+        inventory["airflow"]["hosts"][0]["units"].append("airflow-probe")
+        self.ssh("vm1", "install -d -o airflow -g airflow /var/lib/pgha-probe && rm -f /var/lib/pgha-probe/acks.log")
+        self.put("vm1", "/etc/pgha/inventory-probe.yml", yaml.safe_dump(inventory))
+        self.put("vm1", "/etc/systemd/system/airflow-probe.service", PROBE_UNIT)
+        self.ssh("vm1", "chmod 0644 /etc/pgha/inventory-probe.yml && systemctl daemon-reload && "
+                        "systemctl restart airflow-probe && sleep 2 && systemctl is-active airflow-probe")
+        return "/etc/pgha/inventory-probe.yml"
+
+    def probe_acks(self) -> list[int]:
+        return [int(x) for x in self.ssh("vm1", "cat /var/lib/pgha-probe/acks.log").split()]
+
+    def put(self, node: str, path: str, content: str) -> None:
+        proc = subprocess.run([str(LAB), "ssh", node, f"cat > {path}"], input=content, text=True,
+                              capture_output=True, timeout=60)
+        if proc.returncode:
+            raise RuntimeError(f"writing {node}:{path} failed: {proc.stderr}")
+
     def ssh(self, node: str, command: str, timeout: float = 300) -> str:
         return lab("ssh", node, command, timeout=timeout)
 
     @contextmanager
-    def connect(self, host: str, port: int, database: str = "airflow_db") -> Iterator[Any]:
-        conn = psycopg2.connect(host=host, port=port, dbname=database, user="airflow_user",
-                                password=self.secrets["airflow_db_password"], connect_timeout=10)
+    def connect(self, host: str, port: int, database: str = "airflow_db", superuser: bool = False) -> Iterator[Any]:
+        user, password = (("postgres", self.secrets["pg_superuser_password"]) if superuser
+                          else ("airflow_user", self.secrets["airflow_db_password"]))
+        conn = psycopg2.connect(host=host, port=port, dbname=database, user=user, password=password,
+                                connect_timeout=10)
         conn.autocommit = True
         try:
             yield conn

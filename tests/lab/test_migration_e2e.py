@@ -9,6 +9,7 @@ in order: the migration, then a second run, then cleared phases.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import psycopg2
@@ -27,10 +28,12 @@ VM1 = "10.83.0.129"
 def migrated(lab: Lab) -> dict[str, Any]:
     """Trigger the migration through the REST API and wait for it (survives the cutover restart)."""
     lab.reset_to_provisioned()
+    # a writer that commits every 100 ms throughout, stopped and repointed by the cutover like any Airflow unit
+    inventory = lab.install_probe()
     lab.api.unpause(DAG)
-    run_id = lab.api.trigger(DAG)
+    run_id = lab.api.trigger(DAG, {"inventory_path": inventory})
     state = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
-    return {"run_id": run_id, "state": state}
+    return {"run_id": run_id, "state": state, "inventory": inventory}
 
 
 def states(lab: Lab, run_id: str) -> dict[str, str]:
@@ -50,6 +53,11 @@ def test_every_task_succeeded(lab: Lab, migrated: dict[str, Any]) -> None:
 
 def test_patroni_one_leader_two_streaming_one_sync(lab: Lab, migrated: dict[str, Any]) -> None:
     members = requests.get(f"http://{NODES['psg1']}:8008/cluster", timeout=5).json()["members"]
+    for _ in range(30):  # Patroni re-elects a sync standby within a loop_wait after a switchover
+        if any(m["role"] == "sync_standby" for m in members):
+            break
+        time.sleep(1)
+        members = requests.get(f"http://{NODES['psg1']}:8008/cluster", timeout=5).json()["members"]
     roles = sorted(m["role"] for m in members)
     assert roles.count("leader") == 1
     replicas = [m for m in members if m["role"] != "leader"]
@@ -96,8 +104,18 @@ def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[
         assert cur.fetchone() == ("success",), "the migration run is recorded as successful on the cluster"
 
 
+def test_every_acknowledged_write_is_in_the_cluster(lab: Lab, migrated: dict[str, Any]) -> None:
+    acks = lab.probe_acks()
+    with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
+        cur.execute("SELECT seq FROM pgha_probe")
+        stored = {row[0] for row in cur.fetchall()}
+    assert len(acks) > 100, "the probe wrote throughout the migration"
+    assert set(acks) - stored == set(), "acknowledged writes missing on the cluster"
+    assert lab.ssh("vm1", "systemctl is-active airflow-probe").strip() == "active"
+
+
 def test_second_run_succeeds_and_changes_nothing(lab: Lab, migrated: dict[str, Any]) -> None:
-    run_id = lab.api.trigger(DAG, {"run_failover_test": False})
+    run_id = lab.api.trigger(DAG, {"run_failover_test": False, "inventory_path": migrated["inventory"]})
     assert lab.api.wait(DAG, run_id, timeout=1800) == "success", lab.failure_report(DAG, run_id)
     changed = lab.changed_tasks(DAG, run_id)
     assert changed == {}, changed
