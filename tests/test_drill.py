@@ -1,38 +1,25 @@
 """The failover drill: its arithmetic on synthetic series, its DAG, and real drills on loopback.
 
-The loopback cluster is real: 3 Patroni + PostgreSQL 15 members on 127.0.0.11-13
-(same ports, like hosts), a 3-member etcd on the same addresses, HAProxy from
-include/templates/haproxy.cfg.j2. Each "host" is an sshd whose sessions see
-stand-ins for ``systemctl`` (patroni -> services.py patroni-ctl; transient units ->
-pid files) and ``systemd-run`` (detached command). The lab runs the same
-operators under real systemd (and host_crash / host_isolate through ``lab/lab``).
+The drills run through the operators against the loopback lab of
+tests/drill_lab.py (real Patroni, PostgreSQL, etcd, HAProxy and sshd; systemctl
+and systemd-run stand-ins). The lab runs the same operators under real systemd
+(and host_crash / host_isolate through ``lab/lab`` behind the fault gate).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 import requests
-import yaml
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from fixture_secrets import (
-    AIRFLOW_DB_PASSWORD,
-    PATRONI_REPLICATION_PASSWORD,
-    PATRONI_REST_PASSWORD,
-    PATRONI_REST_USER,
-    PATRONI_SUPERUSER_PASSWORD,
-)
+from drill_lab import FAULT_GATE, NODES, Lab, fault_injector, loopback_lab, run_drill
+from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER, PATRONI_SUPERUSER_PASSWORD
 from pgha.drill import (
     Ack,
     ProbeLog,
@@ -49,26 +36,10 @@ from pgha.drill import (
     summary,
 )
 from pgha.inventory import InventoryError, load_inventory, parse_inventory
-from pgha_testing import loopback_inventory, set_connection, ssh_connection, shipped_inventory, write_inventory
-from services import (
-    EtcdCluster,
-    HAProxyService,
-    PatroniClusterService,
-    SshdService,
-    free_port,
-    haproxy_command,
-    pid_alive,
-    start_etcd_cluster,
-    start_haproxy,
-    start_patroni_cluster,
-    start_sshd,
-    wait_until,
-)
+from pgha_testing import shipped_inventory, write_inventory
+from services import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICES = Path(__file__).resolve().parent / "services.py"
-FAULT_GATE = REPO_ROOT / "include" / "drill" / "fault_gate.py"
-NODES = [("pg-a", "127.0.0.11"), ("pg-b", "127.0.0.12"), ("pg-c", "127.0.0.13")]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -124,15 +95,17 @@ def test_first_ack_on_the_new_leader_and_promotion_time() -> None:
 
 
 def test_a_clean_drill_passes_with_its_timeline() -> None:
-    times = [99.0 + 0.05 * i for i in range(20)] + [101.5 + 0.05 * i for i in range(20)]
+    # the fault is injected at 100.0; the client commits until 100.3, then on the new leader from 101.5
+    times = [99.35 + 0.05 * i for i in range(20)] + [101.5 + 0.05 * i for i in range(20)]
     probe = ProbeLog(acks=_acks(times[:20]) + _acks(times[20:], server="10.0.0.2", first_seq=21), stopped=103.0)
     result = _analyse(probe)
     assert result.passed, result.problems
-    assert result.rto_s == pytest.approx(1.55, abs=0.01)
-    assert result.time_to_new_leader_s == 1.0 and result.time_to_routing_s == 1.5
-    assert result.time_to_old_leader_streaming_s == 6.5
+    assert result.rto_s == pytest.approx(1.2, abs=0.01) and result.outage_start == pytest.approx(100.3)
+    # the timeline counts from the last commit before the outage
+    assert result.time_to_new_leader_s == pytest.approx(0.7) and result.time_to_routing_s == pytest.approx(1.2)
+    assert result.time_to_old_leader_streaming_s == pytest.approx(6.2)
     screen = summary(result, "lb", 50)
-    assert "PASS" in screen and "RTO           1.55s  (SLO 3.0s)" in screen and len(screen.splitlines()) <= 24
+    assert "PASS" in screen and "RTO           1.20s  (SLO 3.0s)" in screen and len(screen.splitlines()) <= 24
 
 
 def test_a_lost_write_a_slow_recovery_or_a_missing_step_fails_the_drill() -> None:
@@ -250,195 +223,14 @@ def test_fault_gate_runs_only_a_configured_verb_on_a_configured_node() -> None:
             gate.resolve(config, gate.requested(request))
 
 
-# --------------------------------------------------------------------------- loopback cluster
-
-SYSTEMCTL_SHIM = """\
-#!/bin/bash
-# Test stand-in for systemctl: patroni -> services.py patroni-ctl; other units -> pid files.
-args=(); for a in "$@"; do case "$a" in --quiet|-q|--no-block) ;; *) args+=("$a");; esac; done
-verb=${{args[0]}}; unit=${{args[1]%.service}}
-case "$verb" in daemon-reload|enable) exit 0 ;; esac
-if [ "$unit" = patroni ] && [ -n "{patroni_base}" ]; then
-  exec {python} {services} patroni-ctl "$verb" "{patroni_base}"
-fi
-pidfile={state}/$unit.pid
-alive() {{ [ -f "$pidfile" ] && grep -qv ') Z' "/proc/$(cat "$pidfile")/stat" 2>/dev/null; }}
-case "$verb" in
-  is-active) alive ;;
-  stop) if alive; then pid=$(cat "$pidfile"); kill -TERM "$pid"
-          for _ in $(seq 200); do alive || break; sleep 0.05; done; fi; rm -f "$pidfile" ;;
-  *) echo "shim: $verb $unit unsupported" >&2; exit 1 ;;
-esac
-"""
-
-SYSTEMD_RUN_SHIM = """\
-#!/bin/bash
-# Test stand-in for systemd-run: runs the command detached; its pid file is the "unit".
-unit=
-while [ $# -gt 0 ]; do
-  case "$1" in --unit=*) unit=${{1#--unit=}} ;; -p|--property) shift ;; -*) ;; *) break ;; esac; shift
-done
-[ -n "$unit" ] || {{ echo "shim: --unit= is required" >&2; exit 1; }}
-setsid "$@" </dev/null >>"{state}/$unit.log" 2>&1 &
-echo $! > "{state}/$unit.pid"
-"""
-
-
-def _host_sshd(workdir: Path, patroni_base: Path | None) -> SshdService:
-    """An sshd standing for one host: its sessions see that host's systemctl / systemd-run."""
-    shim_dir, state = workdir / "shim", workdir / "state"
-    shim_dir.mkdir(parents=True)
-    state.mkdir()
-    for name, text in (("systemctl", SYSTEMCTL_SHIM), ("systemd-run", SYSTEMD_RUN_SHIM)):
-        shim = shim_dir / name
-        shim.write_text(text.format(state=state, python=sys.executable, services=SERVICES,
-                                    patroni_base=patroni_base or ""))
-        shim.chmod(0o755)
-    path = f"{shim_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    return start_sshd(workdir / "sshd", extra_config=[f"SetEnv PATH={path}"])
-
-
-@dataclass
-class Lab:
-    """The loopback stand-in for the lab: what the drill tests need."""
-
-    inventory: str
-    cluster: PatroniClusterService
-    haproxy: HAProxyService
-    lb_state: Path
-    write_port: int
-
-    def leader(self) -> str:
-        return next(m["name"] for m in self.cluster.cluster()["members"] if m["role"] == "leader")
-
-
-def _inventory(workdir: Path, cluster: PatroniClusterService, etcd: EtcdCluster) -> dict[str, Any]:
-    client_port = int(etcd.endpoints[0].rsplit(":", 1)[1])
-    peer_port = int(etcd.members[0].peer_url.rsplit(":", 1)[1])
-    return loopback_inventory(
-        NODES, lb_host="lb",
-        postgres={"port": cluster.pg_port},
-        etcd={"client_port": client_port, "peer_port": peer_port},
-        patroni={"rest_port": cluster.rest_port, "ttl": 20, "loop_wait": 1, "retry_timeout": 5},
-        haproxy={
-            "write_port": free_port(), "read_port": free_port(), "stats_port": free_port(),
-            "config": str(workdir / "haproxy.cfg"), "state_file": str(workdir / "server-state"),
-            "stats_socket": str(workdir / "admin.sock"), "inter": "500ms", "fall": 2, "rise": 1,
-        },
-        drill={
-            "probe_python": sys.executable, "state_dir": str(workdir / "drill"),
-            "rto_slo_s": {"switchover": 8, "patroni_stop": 10, "postmaster_kill": 12},
-        },
-    )
-
-
-def _connections(mp: pytest.MonkeyPatch, sshds: dict[str, SshdService]) -> None:
-    for name, sshd in sshds.items():
-        set_connection(mp, f"ssh_{name.replace('-', '_')}", **ssh_connection(sshd))
-    set_connection(mp, "pgha_pg_superuser", conn_type="postgres", host="127.0.0.1", login="postgres",
-                   password=PATRONI_SUPERUSER_PASSWORD)
-    set_connection(mp, "pgha_airflow_db", conn_type="postgres", host="127.0.0.1", login="airflow_user",
-                   password=AIRFLOW_DB_PASSWORD)
-    set_connection(mp, "pgha_patroni_api", conn_type="http", login=PATRONI_REST_USER, password=PATRONI_REST_PASSWORD)
-
-
-def _create_app_role(cluster: PatroniClusterService, leader: str) -> None:
-    conn = psycopg2.connect(cluster.member(leader).dsn, connect_timeout=5)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("CREATE ROLE airflow_user LOGIN PASSWORD %s", (AIRFLOW_DB_PASSWORD,))
-    conn.close()
-
-
-def _start_haproxy(workdir: Path, inventory: str) -> HAProxyService:
-    from pgha.render import haproxy_context, render
-
-    inv = load_inventory(inventory)
-    config = Path(inv.haproxy.config)
-    config.write_text(render("haproxy.cfg.j2", **haproxy_context(inv)))
-    return start_haproxy(config, workdir)
-
-
-def _stop_probes(state: Path) -> None:
-    for pid_file in state.glob("pgha-drill-probe-*.pid"):
-        pid = int(pid_file.read_text().split()[0])
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
+# --------------------------------------------------------------------------- drills on loopback
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    workdir = tmp_path_factory.mktemp("drill")
-    started: list[Any] = []
-    with pytest.MonkeyPatch.context() as mp:
-        try:
-            etcd = start_etcd_cluster(workdir / "etcd", members=NODES)
-            started.append(etcd)
-            cluster = start_patroni_cluster(
-                workdir / "patroni", etcd, NODES, PATRONI_REST_USER, PATRONI_REST_PASSWORD,
-                PATRONI_SUPERUSER_PASSWORD, PATRONI_REPLICATION_PASSWORD,
-                dcs={"ttl": 20, "loop_wait": 1, "retry_timeout": 5, "synchronous_mode": True},
-                parameters={"synchronous_commit": "on"},  # acknowledged means on the sync standby
-            )
-            started.append(cluster)
-            sshds = {"lb": _host_sshd(workdir / "lb", None)}
-            sshds.update({m.name: _host_sshd(workdir / m.name, m.base_dir) for m in cluster.members})
-            started += list(sshds.values())
-            inventory = write_inventory(workdir, _inventory(workdir, cluster, etcd))
-            _connections(mp, sshds)
-            haproxy = _start_haproxy(workdir, inventory)
-            started.append(haproxy)
-            lab = Lab(inventory, cluster, haproxy, workdir / "lb" / "state", load_inventory(inventory).haproxy.write_port)
-            _create_app_role(cluster, lab.leader())
-            wait_until(lambda: _routing_settled(lab), 30, "HAProxy to route writes to exactly the leader")
-            yield lab
-        finally:
-            _stop_probes(workdir / "lb" / "state")
-            for service in reversed(started):
-                service.stop()
-
-
-def _routing_settled(lab: Lab) -> bool:
-    socket = load_inventory(lab.inventory).haproxy.stats_socket
-    rows = [line.split(",") for line in haproxy_command(socket, "show stat").splitlines()[1:] if line]
-    up = [r[1] for r in rows if r[0] == "postgres_write" and r[17].startswith("UP") and r[1] != "BACKEND"]
-    return up == [lab.leader()]
-
-
-# --------------------------------------------------------------------------- drills on loopback
-
-
-def _run_drill(lab: Lab, scenario: str, target: str = "leader", inventory: str | None = None) -> dict[str, Any]:
-    """The DAG's steps in its order and trigger rules: heal, stop_probe and analyse always run."""
-    from operators.drill import (
-        AnalyseDrillOperator,
-        DrillPrecheckOperator,
-        DrillRoutingOperator,
-        HealOperator,
-        InjectFaultOperator,
-        StartProbeOperator,
-        StopProbeOperator,
-    )
-    from sensors.patroni import PatroniLeaderSensor
-
-    context = {"params": {"scenario": scenario, "target": target}, "run_id": f"test-{scenario}"}
-    common = {"inventory_path": inventory or lab.inventory}
-    plan = DrillPrecheckOperator(task_id="precheck", **common).execute(context)["result"]
-    steps: dict[str, Any] = {"inject": None, "new_leader": None, "routing": None, "heal": None}
-    try:
-        StartProbeOperator(task_id="start_probe", plan=plan, **common).execute(context)
-        steps["inject"] = InjectFaultOperator(task_id="inject", plan=plan, **common).execute(context)
-        steps["new_leader"] = PatroniLeaderSensor(
-            task_id="new_leader", expected_replicas=0, not_leader=plan["must_leave"], mode="poke", poke_interval=0.5,
-            timeout=60, **common).execute(context)
-        steps["routing"] = DrillRoutingOperator(task_id="routing", plan=plan, routing_timeout=60, **common).execute(
-            context)
-    finally:
-        try:
-            steps["heal"] = HealOperator(task_id="heal", plan=plan, heal_timeout=90, **common).execute(context)
-        finally:
-            StopProbeOperator(task_id="stop_probe", plan=plan, **common).execute(context)
-    return AnalyseDrillOperator(task_id="analyse", plan=plan, steps=steps, **common).execute(context)["result"]
+    """The loopback lab (tests/drill_lab.py): 3 Patroni members, etcd, HAProxy, one sshd per host."""
+    with pytest.MonkeyPatch.context() as mp, loopback_lab(tmp_path_factory.mktemp("drill"), mp) as started:
+        yield started
 
 
 def _history(lab: Lab, drill_id: str) -> tuple[Any, ...]:
@@ -461,7 +253,7 @@ def _assert_drill(lab: Lab, result: dict[str, Any], scenario: str) -> None:
 
 def test_switchover_drill_moves_the_leader_without_losing_a_write(lab: Lab) -> None:
     old = lab.leader()
-    result = _run_drill(lab, "switchover")
+    result = run_drill(lab.inventory, "switchover")
     _assert_drill(lab, result, "switchover")
     assert result["old_leader"] == old and result["new_leader"] != old
     assert result["time_to_new_leader_s"] is not None and result["time_to_routing_s"] is not None
@@ -484,7 +276,7 @@ def test_inject_never_twice_per_drill(lab: Lab) -> None:
 
 def test_patroni_stop_drill_fails_over_and_heals_the_old_leader(lab: Lab) -> None:
     old = lab.leader()
-    result = _run_drill(lab, "patroni_stop")
+    result = run_drill(lab.inventory, "patroni_stop")
     _assert_drill(lab, result, "patroni_stop")
     assert result["new_leader"] != old
     members = {m["name"]: m for m in lab.cluster.cluster()["members"]}
@@ -492,7 +284,7 @@ def test_patroni_stop_drill_fails_over_and_heals_the_old_leader(lab: Lab) -> Non
 
 
 def test_postmaster_kill_drill_recovers_without_losing_a_write(lab: Lab) -> None:
-    result = _run_drill(lab, "postmaster_kill")
+    result = run_drill(lab.inventory, "postmaster_kill")
     _assert_drill(lab, result, "postmaster_kill")
 
 
@@ -530,49 +322,15 @@ def test_precheck_refuses_what_it_cannot_drill(lab: Lab) -> None:
         precheck(scenario="switchover", max_lag_bytes=-1)
 
 
-FAKE_LAB = """\
-#!/bin/bash
-# Test stand-in for `lab/lab crash|start NODE`: a crash kills every process of the "host" at once.
-case "$2" in
-{cases}
-  *) echo "fake-lab: unknown node $2" >&2; exit 2 ;;
-esac
-case "$1" in crash|start) exec {python} {services} patroni-ctl "$1" "$base" ;; esac
-echo "fake-lab: unknown verb $1" >&2; exit 2
-"""
-
-
-@pytest.fixture
-def injector(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """A fault injector reached over ssh whose key may only run include/drill/fault_gate.py."""
-    fake_lab = tmp_path / "fake-lab"
-    cases = "\n".join(f"  {m.name}) base={m.base_dir} ;;" for m in lab.cluster.members)
-    fake_lab.write_text(FAKE_LAB.format(cases=cases, python=sys.executable, services=SERVICES))
-    fake_lab.chmod(0o755)
-    config = tmp_path / "fault-gate.json"
-    config.write_text(json.dumps({"nodes": [n for n, _ in NODES], "log": str(tmp_path / "gate.log"),
-                                  "verbs": {"crash": [str(fake_lab), "crash"], "start": [str(fake_lab), "start"]}}))
-    sshd = start_sshd(tmp_path / "sshd", extra_config=[f"ForceCommand {sys.executable} {FAULT_GATE} {config}"])
-    set_connection(monkeypatch, "pgha_fault_injector", **ssh_connection(sshd))
-    raw = yaml.safe_load(Path(lab.inventory).read_text())
-    raw["drill"].update(fault_injector={"ssh_conn_id": "pgha_fault_injector", "name": "hypervisor"},
-                        inject_commands={"host_crash": {"inject": "crash {node}", "heal": "start {node}"}})
-    raw["drill"]["rto_slo_s"]["host_crash"] = 30
-    (tmp_path / "inv").mkdir()
-    try:
-        yield {"inventory": write_inventory(tmp_path / "inv", raw), "log": tmp_path / "gate.log"}
-    finally:
-        sshd.stop()
-
-
-def test_host_crash_drill_through_the_fault_gate(lab: Lab, injector: dict[str, Any]) -> None:
+def test_host_crash_drill_through_the_fault_gate(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hooks.remote import RemoteHook
 
     old = lab.leader()
-    result = _run_drill(lab, "host_crash", inventory=injector["inventory"])
+    with fault_injector(lab, tmp_path, monkeypatch) as injector:
+        result = run_drill(injector.inventory, "host_crash")
+        refused = RemoteHook("pgha_fault_injector", host_name="hypervisor").run("rm -rf /tmp/x", check=False)
     _assert_drill(lab, result, "host_crash")
-    assert result["new_leader"] != old and result["rto_s"] >= 10  # the lock has to expire first
-    refused = RemoteHook("pgha_fault_injector", host_name="hypervisor").run("rm -rf /tmp/x", check=False)
+    assert result["new_leader"] != old and result["rto_s"] >= 10  # the leader lock has to expire first
     assert refused.exit_code == 126
-    log = injector["log"].read_text()
-    assert f"crash {old}" in log and f"start {old}" in log and "REFUSED 'bash -o pipefail -c" in log
+    log = injector.log.read_text()
+    assert f"crash {old}" in log and f"start {old}" in log and "REFUSED" in log and "rm -rf /tmp/x" in log

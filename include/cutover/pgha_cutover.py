@@ -164,8 +164,8 @@ class Agent:
         rows = self.psql("source", self.s["database"], self.s["sql"]["sequences"]).split()
         statements = []
         for row in rows:
-            name, value, called = row.split("|")
-            statements.append(f"SELECT setval('{name}', {value}, {'true' if called == 't' else 'false'});")
+            name, value = row.split("|")
+            statements.append(f"SELECT setval('{name}', {int(value)}, true);")
         if statements:
             self.psql("cluster", self.s["database"], " ".join(statements))
         self.log(f"synced {len(statements)} sequences")

@@ -42,10 +42,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def connect(settings: dict[str, Any]) -> tuple[Any, str]:
-    """A fresh autocommit connection and the address of the server behind HAProxy."""
+    """A fresh autocommit connection and the address of the server behind HAProxy.
+
+    The connect timeout is long on purpose: while no server is UP, HAProxy
+    queues the connection (``timeout queue``) and hands it to the new leader
+    the moment its check passes; a short timeout would only add its own
+    granularity (libpq's minimum is 2 s) to the measured RTO.
+    """
     conn = driver.connect(
         host=settings["host"], port=settings["port"], user=settings["user"], password=settings["password"],
-        dbname=settings["dbname"], connect_timeout=2, application_name="pgha-drill-probe",
+        dbname=settings["dbname"], connect_timeout=settings.get("connect_timeout", 10),
+        application_name="pgha-drill-probe",
         keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2, tcp_user_timeout=2000,
     )
     conn.autocommit = True

@@ -320,7 +320,8 @@ class DrillRoutingOperator(DrillOperator, HAProxySwitchOperator):
         while time.monotonic() < deadline:
             leader = self._leader(patroni)
             if leader:
-                first = first_ack_on(parse_probe_log(probe.read_acks()).acks, self.inventory.host(leader).address, after)
+                acks = parse_probe_log(probe.read_acks()).acks
+                first = first_ack_on(acks, self.inventory.host(leader).address, after)
                 if first:
                     return leader, first
             time.sleep(1)

@@ -174,6 +174,7 @@ class DrillResult:
     new_leader: str | None
     rto_slo_s: float
     injected_at: float
+    outage_start: float | None = None  # the last acknowledged commit before the longest gap
     rto_s: float | None = None
     gap_start: float | None = None
     gap_end: float | None = None
@@ -222,13 +223,15 @@ def analyse(
     gap = longest_gap([a.at for a in probe.acks], probe.stopped)
     if gap:
         result.rto_s, result.gap_start, result.gap_end = round(gap.seconds, 3), gap.start, gap.end
+    # The timeline starts when the client lost its writes, not when the (slower) fault command returned.
+    start = result.outage_start = gap.start if gap and gap.start >= injected_at else injected_at
     if new_leader != plan["leader"]:
-        result.time_to_new_leader_s = _since(promoted_at, injected_at)
+        result.time_to_new_leader_s = _since(promoted_at, start)
     if new_leader_address:
-        first = first_ack_on(probe.acks, new_leader_address, float(injection.get("t_injected") or injected_at))
-        result.time_to_routing_s = _since(first.at if first else None, injected_at)
+        first = first_ack_on(probe.acks, new_leader_address, max(start, float(injection.get("t_injected") or 0)))
+        result.time_to_routing_s = _since(first.at if first else None, start)
     if new_leader != plan["target"]:  # a target that leads again never had to stream
-        result.time_to_old_leader_streaming_s = _since(old_leader_streaming_at, injected_at)
+        result.time_to_old_leader_streaming_s = _since(old_leader_streaming_at, start)
     result.problems = _problems(result, plan, probe, incomplete)
     return result
 
@@ -262,15 +265,17 @@ def summary(result: DrillResult, probe_host: str, interval_ms: int) -> str:
     lines = [
         f"{' pgha failover drill ' + result.drill_id + ' ':=^78}",
         f"verdict       {'PASS' if result.passed else 'FAIL'}",
-        f"scenario      {result.scenario} on {result.target} (leader {result.old_leader} -> {result.new_leader or '?'})",
+        f"scenario      {result.scenario} on {result.target} "
+        f"(leader {result.old_leader} -> {result.new_leader or '?'})",
         f"injected at   {_clock(result.injected_at)} UTC",
         f"RTO           {rto}  (SLO {result.rto_slo_s:.1f}s)  longest commit gap "
         f"{_clock(result.gap_start)} -> {_clock(result.gap_end)}",
         f"RPO           {len(result.missing)} acknowledged write(s) missing "
         f"({result.acked} acknowledged, {result.rows} rows in the table)",
-        f"new leader    {_plus(result.time_to_new_leader_s)}  (promotion recorded by Patroni)",
-        f"HAProxy       {_plus(result.time_to_routing_s)}  (first commit acknowledged by the new leader)",
-        f"old leader    {_plus(result.time_to_old_leader_streaming_s)}  (streaming again / back in the cluster)",
+        "timeline      from the last commit before the outage:",
+        f"  new leader  {_plus(result.time_to_new_leader_s)}  (promotion recorded by Patroni)",
+        f"  HAProxy     {_plus(result.time_to_routing_s)}  (first commit acknowledged by the leader)",
+        f"  target back {_plus(result.time_to_old_leader_streaming_s)}  (the old leader streams again)",
         f"probe         on {probe_host} every {interval_ms} ms: {result.probe_errors} error event(s), "
         f"{result.probe_starts} start(s)",
     ]
