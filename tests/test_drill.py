@@ -201,6 +201,35 @@ def test_dag_parses_with_a_broken_inventory_and_keeps_its_safety_rails(monkeypat
         "switchover", "patroni_stop", "host_crash", "host_isolate", "postmaster_kill"]
 
 
+class _FakeTI:
+    """Just enough of a task instance for template rendering: XComs by task id."""
+
+    def __init__(self, xcoms: dict[str, Any]) -> None:
+        self.xcoms = xcoms
+
+    def xcom_pull(self, task_ids: str | None = None, **kwargs: Any) -> Any:
+        return self.xcoms.get(task_ids or "")
+
+
+@pytest.mark.parametrize("planned", [True, False], ids=["planned", "precheck-skipped"])
+def test_plan_and_step_xcoms_reach_the_operators_as_objects(planned: bool) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["pg_ha_failover_drill"]
+    plan = {"drill_id": "x", "leader": "psg1", "must_leave": "psg1", "rto_slo_s": 3.0}
+    xcoms = {"precheck": {"changed": False, "result": plan}, "inject": {"result": {"t_inject": 1.5}},
+             "new_leader": "psg2"} if planned else {}
+    context = {"ti": _FakeTI(xcoms), "params": {"inventory_path": "/etc/pgha/inventory.yml"}}
+    for task in dag.tasks:
+        task.render_template_fields(context)
+    assert dag.get_task("start_probe").plan == (plan if planned else None)
+    assert dag.get_task("new_leader").not_leader == ("psg1" if planned else None)
+    assert dag.get_task("analyse").steps == {
+        "inject": {"result": {"t_inject": 1.5}} if planned else None,
+        "new_leader": "psg2" if planned else None, "routing": None, "heal": None}
+    assert {t.inventory_path for t in dag.tasks} == {"/etc/pgha/inventory.yml"}
+
+
 def _fault_gate() -> Any:
     spec = importlib.util.spec_from_file_location("fault_gate", FAULT_GATE)
     assert spec and spec.loader

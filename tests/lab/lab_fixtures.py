@@ -103,16 +103,22 @@ class Lab:
         finally:
             conn.close()
 
+    def source_sql(self, query: str) -> str:
+        """Run SQL on vm1's old database as postgres; the text goes over stdin."""
+        proc = subprocess.run([str(LAB), "ssh", "vm1", "runuser -u postgres -- psql -X -q -At -d airflow_db -f -"],
+                              input=query, text=True, capture_output=True, timeout=300)
+        if proc.returncode:
+            raise RuntimeError(f"psql on vm1 failed: {proc.stderr}")
+        return proc.stdout
+
     def source_fingerprints(self) -> dict[str, str]:
         """Per table 'count|md5' on vm1's old database, computed like the cutover agent does."""
-        psql = "runuser -u postgres -- psql -X -q -At -d airflow_db -c"
-        tables = self.ssh("vm1", f"{psql} {json.dumps(LIST_TABLES)}").split()
         out = {}
-        for row in tables:
+        for row in self.source_sql(LIST_TABLES).split():
             schema, table = row.split("|")
-            query = ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; "
+            query = ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD';\n"
                      + TABLE_FINGERPRINT.replace("{table}", f'"{schema}"."{table}"'))
-            out[f"{schema}.{table}"] = self.ssh("vm1", f"{psql} {json.dumps(query)}").strip().splitlines()[-1]
+            out[f"{schema}.{table}"] = self.source_sql(query).strip().splitlines()[-1]
         return out
 
     def changed_tasks(self, dag_id: str, run_id: str, prefix: str = "") -> dict[str, list[str]]:

@@ -46,7 +46,7 @@ def wait_for_record(lab: Lab, since_id: str | None, timeout: float = 600) -> dic
 
 
 def source_history(lab: Lab) -> str:
-    return lab.ssh("vm1", f'runuser -u postgres -- psql -X -q -At -d airflow_db -c "{HISTORY}"').strip()
+    return lab.source_sql(HISTORY).strip()
 
 
 def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
@@ -66,8 +66,7 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     assert "@127.0.0.1:5432/airflow_db" in conf, "the old airflow.cfg is back"
     smoke = lab.api.trigger("lab_smoke")
     assert lab.api.wait("lab_smoke", smoke, timeout=600) == "success", "Airflow works on the old database"
-    count = lab.ssh("vm1", "runuser -u postgres -- psql -X -At -d airflow_db -c "
-                           f"\"SELECT count(*) FROM dag_run WHERE run_id = '{smoke}'\"").strip()
+    count = lab.source_sql(f"SELECT count(*) FROM dag_run WHERE run_id = '{smoke}'").strip()
     assert count == "1", "the fresh run was written to the source database"
     with lab.connect(host=VM1, port=5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'airflow_db'")
