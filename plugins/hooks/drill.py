@@ -24,6 +24,15 @@ PYTHON_DRIVER_CHECK = (
 )
 
 
+def python_with_driver(remote: RemoteHook, candidates: list[str]) -> str | None:
+    """The first interpreter in ``candidates`` on the host that can import the probe's driver."""
+    for python in candidates:
+        check = f"{shlex.quote(python)} -c {shlex.quote(PYTHON_DRIVER_CHECK)}"
+        if remote.run(check, check=False, quiet=True).ok:
+            return python
+    return None
+
+
 class DrillProbeHook(BaseHook):
     """
     Controls one drill's write probe and records on the probe host.
@@ -68,14 +77,6 @@ class DrillProbeHook(BaseHook):
     def fault_file(self) -> str:
         return f"{self.directory}/fault.json"
 
-    def first_python(self, candidates: list[str]) -> str | None:
-        """The first interpreter in ``candidates`` that can import the probe's driver."""
-        for python in candidates:
-            check = f"{shlex.quote(python)} -c {shlex.quote(PYTHON_DRIVER_CHECK)}"
-            if self.remote.run(check, check=False, quiet=True).ok:
-                return python
-        return None
-
     def install(self, script: str, settings: dict[str, Any]) -> bool:
         """The probe script and this drill's settings (0600: they hold the password); True if changed."""
         self.remote.run(f"install -d -m 0700 {shlex.quote(self.state_dir)} {shlex.quote(self.directory)}")
@@ -103,9 +104,13 @@ class DrillProbeHook(BaseHook):
             self.remote.run(f"systemctl stop {shlex.quote(self.unit)}", timeout=120)
         return active
 
+    def _read(self, path: str) -> str:
+        """A file's text, '' when it does not exist (yet): an expected state, not worth a warning."""
+        return self.remote.run(f"cat {shlex.quote(path)} 2>/dev/null || true", quiet=True).stdout
+
     def read_acks(self) -> str:
         """The ack file's text ('' before the first ack)."""
-        return self.remote.read_file(self.ack_file) or ""
+        return self._read(self.ack_file)
 
     def wait_for_acks(self, count: int, timeout: float) -> int:
         """Wait until the probe has acknowledged ``count`` commits; the number seen."""
@@ -123,8 +128,8 @@ class DrillProbeHook(BaseHook):
 
     def fault_record(self) -> dict[str, Any] | None:
         """What the inject task recorded (None: nothing was injected for this drill)."""
-        text = self.remote.read_file(self.fault_file)
-        return json.loads(text) if text else None
+        text = self._read(self.fault_file)
+        return json.loads(text) if text.strip() else None
 
     def record_fault(self, record: dict[str, Any]) -> None:
         self.remote.put_file(self.fault_file, json.dumps(record, sort_keys=True) + "\n", mode="0600")

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
-from hooks.drill import DrillProbeHook
+from hooks.drill import DrillProbeHook, python_with_driver
 from hooks.etcd import EtcdHook
 from hooks.haproxy import HAProxyHook
 from hooks.patroni import PatroniCluster, PatroniHook
@@ -185,12 +185,11 @@ class DrillPrecheckOperator(PghaOperator):
 
     def _probe_python(self, host: str) -> str:
         """An interpreter on ``host`` with psycopg2 (or psycopg 3) for the probe."""
-        probe = DrillProbeHook(self.remote(host), self.inventory.drill.state_dir, "-")
-        configured = self.inventory.drill.probe_python
-        python = probe.first_python([configured] if configured else ["/usr/bin/python3"])
+        remote, configured = self.remote(host), self.inventory.drill.probe_python
+        python = python_with_driver(remote, [configured] if configured else ["/usr/bin/python3"])
         if python is None and not configured and host in {a.host for a in self.inventory.airflow_hosts}:
-            units = self.inventory.airflow_host(host).units
-            python = probe.first_python([airflow_executable(self.remote(host), units[0]).rsplit("/", 1)[0] + "/python"])
+            airflow_bin = airflow_executable(remote, self.inventory.airflow_host(host).units[0])
+            python = python_with_driver(remote, [airflow_bin.rsplit("/", 1)[0] + "/python"])
         if python is None:
             raise AirflowFailException(
                 f"[{host}] no Python with psycopg2 for the probe: install python3-psycopg2 or set drill.probe_python"
@@ -335,13 +334,14 @@ class DrillRoutingOperator(DrillOperator, HAProxySwitchOperator):
             return None
 
 
-class HealOperator(DrillOperator):
+class HealOperator(DrillOperator, HAProxySwitchOperator):
     """
     Teardown-style (trigger_rule all_done): brings the target back whatever
     happened before, then waits until the cluster is whole again (one leader,
     every other member streaming, a synchronous standby) with the target back
-    in it; pg_rewind is Patroni's job (``use_pg_rewind``). Returns when the
-    target streamed again. Does nothing if no fault was injected.
+    in it, and HAProxy routes as Patroni says; pg_rewind is Patroni's job
+    (``use_pg_rewind``). Returns when the target streamed again. Does nothing
+    if no fault was injected.
 
     :param heal_timeout: seconds to wait for the whole cluster.
     """
@@ -356,7 +356,7 @@ class HealOperator(DrillOperator):
             raise AirflowSkipException("no fault was injected for this drill: nothing to heal")
         self._repair(plan)
         back_at, cluster = self._wait_until_whole(plan["target"])
-        return {"target": plan["target"], "back_at": back_at, "cluster": cluster}
+        return {"target": plan["target"], "back_at": back_at, "cluster": cluster, "routing": self.wait_for_routing()}
 
     def _repair(self, plan: dict[str, Any]) -> None:
         scenario, target = plan["scenario"], plan["target"]
@@ -437,7 +437,7 @@ class AnalyseDrillOperator(DrillOperator):
         fault = probe.fault_record()
         steps = {name: _result(value) for name, value in self.steps.items()}
         if fault is None:
-            raise AirflowException("the drill was planned but no fault was injected: nothing to measure "
+            raise AirflowFailException("the drill was planned but no fault was injected: nothing to measure "
                                    f"(incomplete: {[n for n, v in steps.items() if v is None]})")
         patroni = self.patroni()
         new_leader = steps.get("new_leader") or patroni.leader()
@@ -453,8 +453,8 @@ class AnalyseDrillOperator(DrillOperator):
         self.log.info("\n%s", summary(result, plan["probe_host"], inv.drill.probe_interval_ms))
         if "ti" in context:
             context["ti"].xcom_push(key="drill", value=result.as_dict())
-        if not result.passed:
-            raise AirflowException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
+        if not result.passed:  # a verdict, not an accident: no retry
+            raise AirflowFailException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
         return result.as_dict()
 
     def _present_seqs(self, drill_id: str) -> set[int]:
