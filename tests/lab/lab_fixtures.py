@@ -99,9 +99,22 @@ class Lab:
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT record FROM pgha_cutover_log WHERE role = %s ORDER BY id DESC LIMIT 1", (role,))
-                return cur.fetchone()[0]
+                row = cur.fetchone()
+                if row is None:
+                    raise LookupError("no cutover record yet")
+                return row[0]
         finally:
             conn.close()
+
+    def wait_for_cutover(self, timeout: float = 600) -> dict[str, Any]:
+        """The DAG run succeeds when the agents are armed; they start 20 s later. Wait for the record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                return self.cutover_record()
+            except Exception:  # no table yet, no row yet, or HAProxy not answering during the switch
+                time.sleep(3)
+        raise TimeoutError("the cutover agent recorded no outcome")
 
     def source_sql(self, query: str) -> str:
         """Run SQL on vm1's old database as postgres; the text goes over stdin."""
