@@ -94,15 +94,22 @@ def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[
     config = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg").split("@", 1)[1]
     assert config.startswith("127.0.0.1:5433/airflow_db"), config
     # /etc/pgha/airflow.env is root 0600: pgha-airflow reads it as root, then runs the CLI as airflow
-    dags = lab.ssh("vm1", "pgha-airflow dags list -o json")
-    assert DAG in {d["dag_id"] for d in json.loads(dags[dags.index("["):])}
+    listing = lab.ssh("vm1", "pgha-airflow dags list -o json")
+    # the CLI may log lines before its JSON document: take the line that is the document
+    document = next(line for line in listing.splitlines() if line.startswith("[{"))
+    assert DAG in {d["dag_id"] for d in json.loads(document)}
     run_id = lab.api.trigger("lab_smoke")
     assert lab.api.wait("lab_smoke", run_id, timeout=600) == "success"
     with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
         cur.execute("SELECT state FROM dag_run WHERE run_id = %s", (run_id,))
         assert cur.fetchone() == ("success",)
-        cur.execute("SELECT state FROM dag_run WHERE run_id = %s", (migrated["run_id"],))
-        assert cur.fetchone() == ("success",), "the migration run is recorded as successful on the cluster"
+        for _ in range(60):  # the scheduler on the cluster finalizes the run if the copy caught it running
+            cur.execute("SELECT state FROM dag_run WHERE run_id = %s", (migrated["run_id"],))
+            state = cur.fetchone()
+            if state == ("success",):
+                break
+            time.sleep(2)
+        assert state == ("success",), "the migration run is recorded as successful on the cluster"
 
 
 def test_every_acknowledged_write_is_in_the_cluster(lab: Lab, migrated: dict[str, Any]) -> None:
