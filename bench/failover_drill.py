@@ -16,7 +16,6 @@ lab/lab through the fault injector).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -31,6 +30,9 @@ for _path in (REPO_ROOT / "tests", REPO_ROOT / "dags", REPO_ROOT / "plugins"):
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="pgha-bench-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+# Airflow's loggers write task logs to fd 1: they go to stderr, the table alone to stdout.
+TABLE_OUT = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 
 import pytest  # noqa: E402
 from airflow.sdk.exceptions import AirflowSkipException  # noqa: E402
@@ -45,6 +47,11 @@ PROFILES = {
     # The proposal plus a template change: a refused connect fails at once instead of 2 retries 1 s apart.
     "tuned+retries0": Profile("tuned+retries0", ttl=20, loop_wait=2, retry_timeout=9, inter="1s", fall=2, rise=1,
                               write_listen_extra=("retries 0",), rto_slo_s=NO_SLO),
+    # Variants: HAProxy slower to mark a leader DOWN (a postmaster restarting in place stays UP).
+    "tuned-fall3": Profile("tuned-fall3", ttl=20, loop_wait=2, retry_timeout=9, inter="1s", fall=3, rise=1,
+                           rto_slo_s=NO_SLO),
+    "tuned-fall3+retries0": Profile("tuned-fall3+retries0", ttl=20, loop_wait=2, retry_timeout=9, inter="1s", fall=3,
+                                    rise=1, write_listen_extra=("retries 0",), rto_slo_s=NO_SLO),
     # The loopback test suite's values (loop_wait 1, checks every 500 ms).
     "test": Profile("test", rto_slo_s=NO_SLO),
 }
@@ -79,16 +86,17 @@ def _drill_when_healthy(inventory: str, scenario: str, attempts: int = 6) -> dic
 def table(results: dict[str, dict[str, list[float]]], scenarios: list[str]) -> str:
     """Scenario rows, one min/median/max column per profile, ratio of medians to the first profile."""
     names = list(results)
-    header = f"{'scenario':<16}" + "".join(f"{n + ' min/med/max (s)':>28}" for n in names)
-    header += "".join(f"{'ratio ' + n:>20}" for n in names[1:])
-    lines = [header, "-" * len(header)]
+    cells = {name: max(len(name) + 2, 24) for name in names}
+    header = f"{'RTO (s)':<16}" + "".join(f"{name:>{cells[name]}}" for name in names)
+    header += "".join(f"{'ratio ' + name:>{cells[name] + 6}}" for name in names[1:])
+    lines = [header, f"{'':<16}" + "".join(f"{'min / median / max':>{cells[n]}}" for n in names), "-" * len(header)]
     for scenario in scenarios:
         row, base = f"{scenario:<16}", statistics.median(results[names[0]][scenario])
         for name in names:
             values = results[name][scenario]
-            row += f"{f'{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}':>28}"
+            row += f"{f'{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}':>{cells[name]}}"
         for name in names[1:]:
-            row += f"{f'{base / statistics.median(results[name][scenario]):.1f}x':>20}"
+            row += f"{f'{base / statistics.median(results[name][scenario]):.1f}x':>{cells[name] + 6}}"
         lines.append(row)
     return "\n".join(lines)
 
@@ -101,10 +109,11 @@ def main() -> int:
     args = parser.parse_args()
     scenarios, names = args.scenarios.split(","), args.profiles.split(",")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="pgha-bench-") as workdir, contextlib.redirect_stdout(sys.stderr):
+    with tempfile.TemporaryDirectory(prefix="pgha-bench-") as workdir:
         results = {name: measure(PROFILES[name], scenarios, args.runs, Path(workdir)) for name in names}
-    print(f"client-side RTO, {args.runs} run(s) per scenario, loopback, {time.monotonic() - started:.0f}s in all")
-    print(table(results, scenarios))
+    print(f"client-side RTO, {args.runs} run(s) per scenario, loopback, {time.monotonic() - started:.0f}s in all",
+          file=TABLE_OUT)
+    print(table(results, scenarios), file=TABLE_OUT, flush=True)
     return 0
 
 

@@ -1,11 +1,13 @@
-"""What `lab/lab provision` puts on the Airflow host (vm1), rendered from the lab's secrets.
+"""What `lab/lab provision` puts on the Airflow hosts, rendered from the lab's secrets:
+vm1 (scheduler, API server, dag-processor, triggerer, PostgreSQL, the Celery broker)
+and vm4 (a Celery worker that reaches vm1 by address).
 
 Standard library only: lab/lab imports this module. Everything under
-lab/provision/ is part of the key of the `provisioned` snapshot, so a change
-here (or to a template beside it) makes the next `provision` build vm1 again.
+lab/provision/ is part of the key of the `provisioned` snapshots, so a change
+here (or to a template beside it) makes the next `provision` build both again.
 
-The bundle is a set of files pushed to /root/pgha-provision on vm1 (0700) and
-installed by vm1.sh; secrets travel only inside it (never on a command line).
+A bundle is a set of files pushed to /root/pgha-provision on the host (0700) and
+installed by vm1.sh or vm4.sh; secrets travel only inside it (never on a command line).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ VENV = "/opt/airflow/venv"
 SSH_KEY = "/home/airflow/.ssh/pgha_lab"
 INVENTORY = "/opt/pgha/lab/inventory.yml"
 UNITS = ("airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer")
+WORKER_UNITS = ("airflow-celery-worker",)
 API_PORT = 8080
+DB_PORT = 5432
+REDIS_PORT = 6379
 DB_NAME, DB_USER = "airflow_db", "airflow_user"
 
 
@@ -45,6 +50,7 @@ SECRETS = {
     "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
     "jwt_secret": lambda: _secrets.token_urlsafe(48),
     "api_secret_key": lambda: _secrets.token_urlsafe(32),
+    "redis_password": _token,          # the Celery broker (Redis on vm1), `requirepass`
 }
 
 
@@ -105,21 +111,61 @@ def render(name: str, **values: object) -> str:
     return Template((HERE / name).read_text()).substitute(**values)
 
 
+def airflow_cfg(secrets: dict[str, str], api_address: str, local: bool) -> str:
+    """airflow.cfg of an Airflow host: vm1 (`local`) reaches PostgreSQL, Redis and the
+    Execution API on 127.0.0.1; a remote worker reaches them at vm1's address (ERRATA 15).
+    Everything else, the secrets included (ERRATA 22), is the same on every host."""
+    server = "127.0.0.1" if local else api_address
+    return render("airflow.cfg.in", home=AIRFLOW_HOME, api_address=api_address, port=API_PORT,
+                  db_host=server, db_port=DB_PORT, broker_host=server, redis_port=REDIS_PORT,
+                  api_host=server, db_user=DB_USER, db_name=DB_NAME, **secrets)
+
+
 def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str], client_key: str,
-           address: str) -> dict[str, tuple[bytes, int]]:
-    """Files for /root/pgha-provision on the Airflow host: name -> (content, mode)."""
+           address: str, workers: dict[str, str]) -> dict[str, tuple[bytes, int]]:
+    """Files for /root/pgha-provision on the Airflow host (vm1): name -> (content, mode).
+    `workers`: name -> address of each remote Celery worker (PostgreSQL lets them in)."""
+    hba = "".join(f"host    {DB_NAME}    {DB_USER}    {ip}/32    scram-sha-256    # Celery worker {name}\n"
+                  for name, ip in sorted(workers.items()))
     files = {
         "vm1.sh": ((HERE / "vm1.sh").read_bytes(), 0o700),
         "pgha-airflow": ((HERE / "pgha-airflow").read_bytes(), 0o755),
-        "airflow.cfg": (render("airflow.cfg.in", home=AIRFLOW_HOME, address=address, port=API_PORT,
-                               db_user=DB_USER, db_name=DB_NAME, **secrets).encode(), 0o600),
+        "airflow.cfg": (airflow_cfg(secrets, address, local=True).encode(), 0o600),
         "simple_auth_manager_passwords.json": (json.dumps({"admin": secrets["admin_password"]}).encode(), 0o600),
         "airflow.env": (env_file(secrets, hosts, host_pubkeys).encode(), 0o600),
         "pgha_lab": (client_key.encode(), 0o600),
         "db.sql": (render("db.sql.in", db_user=DB_USER, db_name=DB_NAME,
                           verifier=scram_verifier(secrets["airflow_db_password"])).encode(), 0o600),
+        "postgresql.conf": (render("postgresql.conf.in", address=address).encode(), 0o644),
+        "pg_hba.lab": (hba.encode(), 0o644),
+        "redis.conf": (render("redis.conf.in", address=address, port=REDIS_PORT,
+                              redis_password=secrets["redis_password"]).encode(), 0o640),
+        "network-online.conf": ((HERE / "network-online.conf").read_bytes(), 0o644),
     }
     for unit in UNITS:
         files[f"{unit}.service"] = (render("airflow.service.in", unit=unit, command=unit.removeprefix("airflow-"),
-                                           venv=VENV).encode(), 0o644)
+                                           venv=VENV, after="network-online.target postgresql.service redis-server.service").encode(),
+                                    0o644)
+    return files
+
+
+def worker_env_file() -> str:
+    """/etc/pgha/airflow.env of a Celery worker: no connections (a task asks the API server
+    for them through the Execution API, and the migration's tasks run on vm1 anyway)."""
+    return ("# pgha lab (lab/lab provision): environment of the Celery worker unit. root 0600.\n"
+            "# Use `pgha-airflow CMD` for the CLI.\n"
+            f"AIRFLOW_HOME={AIRFLOW_HOME}\nPGHA_INVENTORY={INVENTORY}\n")
+
+
+def worker_bundle(secrets: dict[str, str], api_address: str) -> dict[str, tuple[bytes, int]]:
+    """Files for /root/pgha-provision on a Celery worker host (vm4): name -> (content, mode)."""
+    files = {
+        "vm4.sh": ((HERE / "vm4.sh").read_bytes(), 0o700),
+        "pgha-airflow": ((HERE / "pgha-airflow").read_bytes(), 0o755),
+        "airflow.cfg": (airflow_cfg(secrets, api_address, local=False).encode(), 0o600),
+        "airflow.env": (worker_env_file().encode(), 0o600),
+    }
+    for unit in WORKER_UNITS:
+        files[f"{unit}.service"] = (render("airflow.service.in", unit=unit, command="celery worker",
+                                           venv=VENV, after="network-online.target").encode(), 0o644)
     return files

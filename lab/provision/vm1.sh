@@ -1,6 +1,7 @@
 #!/bin/bash
 # Makes vm1 the runbook's VM1: Airflow 3.3.2 whose metadata database is a single
-# local PostgreSQL 15. Run as root on vm1 by `lab/lab provision`, from
+# local PostgreSQL 15, with the Celery broker (Redis) for the worker on vm4. PostgreSQL
+# and Redis listen on vm1's address too. Run as root on vm1 by `lab/lab provision`, from
 # /root/pgha-provision (0700), where lab/lab put this script and the files it
 # installs (rendered by airflow_host.py; the secrets are only in those files).
 # Idempotent. Packages come only through the lab: apt-cacher-ng and the wheelhouse.
@@ -10,30 +11,73 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 proxy=http://10.83.0.1:3142
 wheels=http://10.83.0.1:3141/
+address=10.83.0.129  # vm1 in lab/lab's HOSTS
 venv=/opt/airflow/venv
 home=/home/airflow
 airflow_home=$home/airflow
 units=(airflow-scheduler airflow-api-server airflow-dag-processor airflow-triggerer)
+# celery provider + redis: the scheduler runs LocalExecutor,CeleryExecutor (vm4.sh: the same list)
 requirements=(apache-airflow==3.3.2 apache-airflow-providers-ssh==7.0.1
-              apache-airflow-providers-postgres==7.1.1 psycopg2-binary)
+              apache-airflow-providers-postgres==7.1.1 apache-airflow-providers-celery
+              redis psycopg2-binary)
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 cd /  # runuser -u postgres/airflow: no "could not change directory to /root"
 say() { echo "vm1: [${SECONDS}s] $*"; }
 apt_() { apt-get -q -o Acquire::http::Proxy="$proxy" -o Dpkg::Use-Pty=0 "$@"; }
 
-# 1. PostgreSQL 15 from Debian; the package creates and starts the cluster 15/main
-#    (default pg_hba: local peer, 127.0.0.1 scram-sha-256).
-if ! dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q 'ok installed'; then
-  say "apt-get install postgresql-15 (through $proxy, given on the command line only)"
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+# install FILE DEST (root, mode of FILE): says whether DEST changed
+changed_install() {
+  if cmp -s "$1" "$2"; then return 1; fi
+  install -D -m "$(stat -c %a "$1")" "$1" "$2"
+}
+
+# 1. PostgreSQL 15 and Redis from Debian; the packages create and start the cluster
+#    15/main (default pg_hba: local peer, 127.0.0.1 scram-sha-256) and redis-server.
+if ! installed postgresql-15 || ! installed redis-server; then
+  say "apt-get install postgresql-15 redis-server (through $proxy, given on the command line only)"
   log=/var/log/pgha-provision-apt.log
-  { apt_ update && apt_ install -y --no-install-recommends postgresql-15 postgresql-client-15; } \
+  { apt_ update && apt_ install -y --no-install-recommends postgresql-15 postgresql-client-15 redis-server; } \
     > "$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
   apt-get clean
   rm -rf /var/lib/apt/lists/*  # like the base image: whoever installs next runs apt-get update
 fi
-systemctl enable --quiet --now postgresql@15-main
+
+# 1b. Both also listen on vm1's address (for vm4), so both start after host0 has it.
+restart=()
+for unit in postgresql@15-main redis-server; do
+  changed_install "$here/network-online.conf" "/etc/systemd/system/$unit.service.d/pgha-lab.conf" \
+    && restart+=("$unit")
+done
+systemctl daemon-reload
+#    PostgreSQL: listen_addresses (conf.d) and, after Debian's rules, airflow_user from each worker.
+changed_install "$here/postgresql.conf" /etc/postgresql/15/main/conf.d/pgha-lab.conf && restart+=(postgresql@15-main)
+hba=/etc/postgresql/15/main/pg_hba.conf
+begin='# BEGIN pgha lab: Celery workers' end='# END pgha lab: Celery workers'
+want=$(sed "/^$begin\$/,/^$end\$/d" "$hba"; printf '%s\n' "$begin"; cat "$here/pg_hba.lab"; printf '%s\n' "$end")
+if [ "$want" != "$(cat "$hba")" ]; then
+  printf '%s\n' "$want" > "$hba.pgha-tmp" && chown postgres:postgres "$hba.pgha-tmp" && chmod 0640 "$hba.pgha-tmp"
+  mv "$hba.pgha-tmp" "$hba"
+  restart+=(postgresql@15-main)
+fi
+#    Redis: the Celery broker, bound to 127.0.0.1 and vm1's address, password required.
+if ! grep -qx 'include /etc/redis/pgha-lab.conf' /etc/redis/redis.conf; then
+  echo 'include /etc/redis/pgha-lab.conf' >> /etc/redis/redis.conf
+  restart+=(redis-server)
+fi
+if ! cmp -s "$here/redis.conf" /etc/redis/pgha-lab.conf; then
+  install -o redis -g redis -m 0640 "$here/redis.conf" /etc/redis/pgha-lab.conf
+  restart+=(redis-server)
+fi
+systemctl enable --quiet postgresql@15-main redis-server
+if [ ${#restart[@]} -gt 0 ]; then
+  systemctl restart $(printf '%s\n' "${restart[@]}" | sort -u)
+fi
+systemctl start postgresql@15-main redis-server
 for _ in $(seq 150); do runuser -u postgres -- pg_isready -q && break; sleep 0.2; done
 runuser -u postgres -- pg_isready
+runuser -u postgres -- pg_isready -q -h "$address"
+REDISCLI_AUTH=$(sed -n 's/^requirepass //p' "$here/redis.conf") redis-cli -h "$address" ping | grep -qx PONG
 
 # 2. The airflow user.
 if ! id -u airflow >/dev/null 2>&1; then
@@ -80,6 +124,7 @@ say "airflow db migrate"
 /usr/local/sbin/pgha-airflow db migrate >/dev/null
 
 # 7. The four units, enabled (they come back after a reboot or a snapshot restore).
+#    The scheduler runs both executors: LocalExecutor (default) and CeleryExecutor (vm4).
 systemctl enable --quiet "${units[@]}"
 systemctl restart "${units[@]}"
 say "units started: ${units[*]}"
