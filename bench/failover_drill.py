@@ -1,22 +1,32 @@
 #!/usr/bin/env python3
 """Failover benchmark: each drill scenario N times per timing profile, RTO side by side.
 
-    .venv/bin/python bench/failover_drill.py [--runs 5] [--scenarios switchover,patroni_stop,...]
-                                             [--profiles runbook,tuned] 2>bench.log
+    .venv/bin/python bench/failover_drill.py --on lab [--runs 5] [--profiles runbook,lab] 2>bench.log
+    .venv/bin/python bench/failover_drill.py --on loopback [--runs 5] [--profiles runbook,tuned] 2>bench.log
 
-Runs the drill's own operators (precheck, probe, fault, heal, analysis) against
-the loopback lab of tests/drill_lab.py, one fresh cluster per profile, and
+Runs the drill's own operators (precheck, probe, fault, heal, analysis) and
 prints min / median / max of the client-side RTO per scenario and profile and
-the ratio of medians to the first profile. host_crash goes through the fault
-gate (every process of the leader SIGKILLed at once). host_isolate needs real
-network isolation: it runs on the lab only (TODO: a lab backend driving
-lab/lab through the fault injector).
+the ratio of medians to the first profile.
+
+--on lab: the lab's migrated cluster (lab/lab up, a finished pg_ha_migration).
+Each profile is applied to the running cluster the way an operator would:
+PATCH /config for Patroni's timings (ApplyDcsConfigOperator) and a new
+haproxy.cfg (HAProxySwitchOperator). The probe runs on vm1; host_crash and
+host_isolate go through the fault injector (lab/lab crash|isolate behind
+include/drill/fault_gate.py). The lab inventory's own timings are put back at
+the end.
+
+--on loopback: tests/drill_lab.py, one fresh cluster per profile (no
+host_isolate there: it needs real network isolation).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -36,9 +46,22 @@ os.dup2(2, 1)
 
 import pytest  # noqa: E402
 from airflow.sdk.exceptions import AirflowSkipException  # noqa: E402
+import yaml  # noqa: E402
 from drill_lab import Profile, fault_injector, loopback_lab, run_drill  # noqa: E402
 
 NO_SLO = {s: 600.0 for s in ("switchover", "patroni_stop", "postmaster_kill", "host_crash", "host_isolate")}
+ALL_SCENARIOS = "switchover,patroni_stop,postmaster_kill,host_crash,host_isolate"
+LAB_DIR = REPO_ROOT / "lab"
+LAB_STATE = LAB_DIR / ".state"
+
+# On the lab: the runbook's timings and lab/inventory.yml's own. The runbook's retry_timeout 30 breaks
+# Patroni's rule (loop_wait + 2 x retry_timeout <= ttl); Patroni lowers it to 10 (ERRATA 7), so 10 is what runs.
+# The runbook's haproxy.cfg sets no check timings: HAProxy's defaults, inter 2s fall 3 rise 2.
+LAB_PROFILES = {
+    "runbook": {"patroni": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10},
+                "haproxy": {"inter": "2s", "fall": 3, "rise": 2, "fastinter": None, "downinter": None}},
+    "lab": None,  # lab/inventory.yml as it is
+}
 PROFILES = {
     # The runbook: ttl 30, loop_wait 10, retry_timeout 30 (Patroni lowers it, ERRATA 7), HAProxy 3s x3 / x2.
     "runbook": Profile("runbook", ttl=30, loop_wait=10, retry_timeout=30, inter="3s", fall=3, rise=2, rto_slo_s=NO_SLO),
@@ -101,17 +124,101 @@ def table(results: dict[str, dict[str, list[float]]], scenarios: list[str]) -> s
     return "\n".join(lines)
 
 
+def lab_inventory(profile: str, workdir: Path) -> str:
+    """lab/inventory.yml with ``profile``'s timings and no SLO (the benchmark measures, it does not judge)."""
+    raw = yaml.safe_load((LAB_DIR / "inventory.yml").read_text())
+    for section, values in (LAB_PROFILES[profile] or {}).items():
+        for key, value in values.items():
+            if value is None:
+                raw[section].pop(key, None)
+            else:
+                raw[section][key] = value
+    raw["drill"]["rto_slo_s"] = NO_SLO
+    path = workdir / f"lab-{profile}.yml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def lab_connections() -> None:
+    """The connections the drill needs, from the outside: lab/lab env (SSH) and the lab's secrets."""
+    env = subprocess.run([str(LAB_DIR / "lab"), "env"], check=True, capture_output=True, text=True).stdout
+    for line in env.splitlines():
+        if line.startswith("export AIRFLOW_CONN_"):
+            name, value = line.removeprefix("export ").split("=", 1)
+            os.environ[name] = shlex.split(value)[0]
+    secrets = json.loads((LAB_STATE / "secrets.json").read_text())
+    keys = LAB_STATE / "keys"
+    conns = {
+        "pgha_pg_superuser": {"conn_type": "postgres", "login": "postgres", "password": secrets["pg_superuser_password"]},
+        "pgha_airflow_db": {"conn_type": "postgres", "login": "airflow_user",
+                            "password": secrets["airflow_db_password"], "schema": "airflow_db"},
+        "pgha_patroni_api": {"conn_type": "http", "login": "patroni", "password": secrets["patroni_api_password"]},
+        "pgha_fault_injector": {
+            "conn_type": "ssh", "host": "10.83.0.1", "port": 2222, "login": "root",
+            "extra": {"key_file": str(keys / "fault_gate_ed25519"), "no_host_key_check": False,
+                      "host_key": " ".join((keys / "fault_gate_host_ed25519.pub").read_text().split()[:2])}},
+    }
+    for conn_id, fields in conns.items():
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(fields)
+
+
+def apply_lab_profile(inventory: str) -> None:
+    """The profile's timings onto the running cluster, as an operator changing the inventory would."""
+    from operators.haproxy import HAProxySwitchOperator
+    from operators.patroni import ApplyDcsConfigOperator
+
+    old_loop_wait = int(_patroni_config().get("loop_wait", 10))
+    ApplyDcsConfigOperator(task_id="failover_timings", inventory_path=inventory).execute({})
+    HAProxySwitchOperator(task_id="switch_haproxy", inventory_path=inventory).execute({})
+    time.sleep(old_loop_wait + 2)  # every member has run a loop with the new timings
+
+
+def _patroni_config() -> dict[str, Any]:
+    import requests
+
+    for address in ("10.83.0.140", "10.83.0.144", "10.83.0.145"):
+        try:
+            return requests.get(f"http://{address}:8008/config", timeout=3).json()
+        except (requests.RequestException, ValueError):
+            continue
+    return {}
+
+
+def measure_lab(profile: str, scenarios: list[str], runs: int, workdir: Path) -> dict[str, list[float]]:
+    inventory = lab_inventory(profile, workdir)
+    apply_lab_profile(inventory)
+    rtos: dict[str, list[float]] = {s: [] for s in scenarios}
+    for scenario in scenarios:
+        for run in range(1, runs + 1):
+            result = _drill_when_healthy(inventory, scenario)
+            rtos[scenario].append(float(result["rto_s"]))
+            print(f"# {profile} {scenario} run {run}: RTO {result['rto_s']:.2f}s RPO {result['rpo_missing']} "
+                  f"new leader {result.get('new_leader')} {'PASS' if result['passed'] else result['problems']}",
+                  file=sys.stderr, flush=True)
+    return rtos
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--on", choices=("lab", "loopback"), default="lab")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--scenarios", default="switchover,patroni_stop,postmaster_kill,host_crash")
-    parser.add_argument("--profiles", default="runbook,tuned")
+    parser.add_argument("--scenarios", default=None, help=f"default: {ALL_SCENARIOS} (loopback: no host_isolate)")
+    parser.add_argument("--profiles", default=None, help="default: runbook,lab (loopback: runbook,tuned)")
     args = parser.parse_args()
-    scenarios, names = args.scenarios.split(","), args.profiles.split(",")
+    lab = args.on == "lab"
+    scenarios = (args.scenarios or (ALL_SCENARIOS if lab else ALL_SCENARIOS.rsplit(",", 1)[0])).split(",")
+    names = (args.profiles or ("runbook,lab" if lab else "runbook,tuned")).split(",")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pgha-bench-") as workdir:
-        results = {name: measure(PROFILES[name], scenarios, args.runs, Path(workdir)) for name in names}
-    print(f"client-side RTO, {args.runs} run(s) per scenario, loopback, {time.monotonic() - started:.0f}s in all",
+        if lab:
+            lab_connections()
+            try:
+                results = {name: measure_lab(name, scenarios, args.runs, Path(workdir)) for name in names}
+            finally:
+                apply_lab_profile(lab_inventory("lab", Path(workdir)))
+        else:
+            results = {name: measure(PROFILES[name], scenarios, args.runs, Path(workdir)) for name in names}
+    print(f"client-side RTO, {args.runs} run(s) per scenario, {args.on}, {time.monotonic() - started:.0f}s in all",
           file=TABLE_OUT)
     print(table(results, scenarios), file=TABLE_OUT, flush=True)
     return 0

@@ -26,6 +26,7 @@ from operators.host import (
     ValidateInventoryOperator,
 )
 from operators.patroni import (
+    ApplyDcsConfigOperator,
     ConfigurePatroniOperator,
     InstallPatroniOperator,
     StartPatroniOperator,
@@ -163,6 +164,7 @@ with DAG(
                 task_id="replicas_streaming", phase=PHASES[4], require_sync=True, mode="reschedule",
                 timeout=SENSOR_TIMEOUT,
             ),
+            ApplyDcsConfigOperator(task_id="failover_timings", phase=PHASES[4]),
         )
 
     with TaskGroup("phase6_data_migration") as phase6:

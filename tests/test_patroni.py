@@ -8,8 +8,11 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER
 from hooks.patroni import PatroniCluster, PatroniHook
-from pgha_testing import set_connection
+from operators.patroni import ApplyDcsConfigOperator
+from pgha_testing import loopback_inventory, set_connection, write_inventory
 from sensors.patroni import PatroniLeaderSensor
+from pathlib import Path
+
 from services import PatroniService, free_port
 from triggers.patroni import PatroniLeaderTrigger
 
@@ -78,6 +81,33 @@ def test_switchover_is_authenticated(patroni: PatroniService, monkeypatch: pytes
     assert PatroniHook([patroni.rest_url]).leader() == patroni.name
     with pytest.raises(AirflowException, match="'missing_conn' .*is missing|isn't defined"):
         PatroniHook([patroni.rest_url], conn_id="missing_conn").switchover(patroni.name)
+
+
+def test_dcs_config_follows_the_inventory_once(
+    patroni: PatroniService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """New failover timings in the inventory reach a running cluster (PATCH /config); a rerun changes nothing."""
+    set_connection(monkeypatch, "pgha_patroni_api", conn_type="http", login=PATRONI_REST_USER,
+                   password=PATRONI_REST_PASSWORD)
+    hook = PatroniHook([patroni.rest_url], conn_id="pgha_patroni_api")
+    before = hook.dynamic_config()
+    rest_port = int(patroni.rest_url.rsplit(":", 1)[1])
+    raw = loopback_inventory([("node1", patroni.pg_host), ("node2", "127.0.0.12"), ("node3", "127.0.0.13")], lb_host="lb",
+                             patroni={"rest_port": rest_port, "ttl": 24, "loop_wait": 3, "retry_timeout": 10,
+                                      "synchronous_mode": "false"})
+    raw["hosts"][0]["address"] = "127.0.0.9"  # the Patroni node is on 127.0.0.1
+    inventory = write_inventory(tmp_path, raw)
+    keys = ["ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "primary_start_timeout",
+            "synchronous_mode", "synchronous_mode_strict"]
+    try:
+        first = ApplyDcsConfigOperator(task_id="failover_timings", inventory_path=inventory).execute({})
+        assert first["changed"] and {"ttl", "loop_wait", "retry_timeout"} <= set(first["result"]["changed_keys"])
+        after = hook.dynamic_config()
+        assert (after["ttl"], after["loop_wait"], after["retry_timeout"]) == (24, 3, 10), after
+        again = ApplyDcsConfigOperator(task_id="failover_timings", inventory_path=inventory).execute({})
+        assert not again["changed"] and again["result"]["changed_keys"] == []
+    finally:
+        hook.patch_config({key: before.get(key) for key in keys})
 
 
 async def _first_event(trigger: PatroniLeaderTrigger) -> dict:

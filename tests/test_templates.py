@@ -184,6 +184,20 @@ def test_haproxy_cfg_has_no_warning_once_the_state_file_exists(tmp_path: Path) -
     assert res.returncode == 0 and "WARNING" not in output(res) and "ALERT" not in output(res), output(res)
 
 
+def test_haproxy_cfg_takes_fastinter_and_downinter(tmp_path: Path) -> None:
+    """The failover tuning's check intervals reach every server line, and `haproxy -c` accepts them."""
+    raw = shipped_inventory()
+    raw["haproxy"].update(inter="1s", fastinter="250ms", downinter="250ms", fall=2, rise=1,
+                          state_file=str(write_state_file(tmp_path / "server-state")))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
+    assert res.returncode == 0 and "WARNING" not in output(res), output(res)
+    defaults = [line.strip() for line in cfg.read_text().splitlines() if "default-server" in line]
+    assert defaults == ["default-server inter 1s fastinter 250ms downinter 250ms fall 2 rise 1 "
+                        "on-marked-down shutdown-sessions"] * 2
+
+
 def test_haproxy_routes_writes_to_the_patroni_leader(
     patroni: PatroniService, haproxy_factory: Any, short_tmp: Path
 ) -> None:

@@ -19,6 +19,7 @@ import json
 import os
 import secrets as _secrets
 from pathlib import Path
+from typing import Any
 from string import Template
 
 HERE = Path(__file__).resolve().parent
@@ -26,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 AIRFLOW_HOME = "/home/airflow/airflow"
 VENV = "/opt/airflow/venv"
 SSH_KEY = "/home/airflow/.ssh/pgha_lab"
+FAULT_GATE_KEY = "/home/airflow/.ssh/pgha_fault_gate"  # may only run the fault gate on the outer machine
 INVENTORY = "/opt/pgha/lab/inventory.yml"
 UNITS = ("airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer")
 WORKER_UNITS = ("airflow-celery-worker",)
@@ -73,9 +75,13 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
     return f"SCRAM-SHA-256${iterations}:{salt64}${stored64}:{server64}"
 
 
-def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str]) -> dict[str, dict]:
-    """The Airflow connections pg_ha_migration needs (ids as in lab/inventory.yml)."""
-    conns = {}
+def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str],
+                fault_injector: dict[str, Any]) -> dict[str, dict]:
+    """The Airflow connections pg_ha_migration and pg_ha_failover_drill need (ids as in lab/inventory.yml)."""
+    conns = {"pgha_fault_injector": {
+        "conn_type": "ssh", "host": fault_injector["host"], "port": fault_injector["port"], "login": "root",
+        "extra": {"key_file": FAULT_GATE_KEY, "host_key": fault_injector["host_key"], "no_host_key_check": False},
+    }}
     for name, h in hosts.items():
         conns[f"ssh_{name}"] = {
             "conn_type": "ssh", "host": h["ip"], "port": 22, "login": "root",
@@ -94,12 +100,13 @@ def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: d
     return conns
 
 
-def env_file(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str]) -> str:
+def env_file(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str],
+             fault_injector: dict[str, Any]) -> str:
     """/etc/pgha/airflow.env: read by systemd (EnvironmentFile=) and by bash (`set -a; .`)."""
     lines = ["# pgha lab (lab/lab provision): environment of the Airflow units. root 0600: it holds",
              "# the connections (env-var secrets backend). Use `pgha-airflow CMD` for the CLI.",
              f"AIRFLOW_HOME={AIRFLOW_HOME}", f"PGHA_INVENTORY={INVENTORY}"]
-    for conn_id, conn in connections(secrets, hosts, host_pubkeys).items():
+    for conn_id, conn in connections(secrets, hosts, host_pubkeys, fault_injector).items():
         value = json.dumps(conn, separators=(",", ":"), sort_keys=True)
         assert "'" not in value and "\n" not in value, conn_id
         # single quotes: literal for both systemd and bash
@@ -122,9 +129,10 @@ def airflow_cfg(secrets: dict[str, str], api_address: str, local: bool) -> str:
 
 
 def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str], client_key: str,
-           address: str, workers: dict[str, str]) -> dict[str, tuple[bytes, int]]:
+           address: str, workers: dict[str, str], fault_injector: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
     """Files for /root/pgha-provision on the Airflow host (vm1): name -> (content, mode).
-    `workers`: name -> address of each remote Celery worker (PostgreSQL lets them in)."""
+    `workers`: name -> address of each remote Celery worker (PostgreSQL lets them in).
+    `fault_injector`: host, port, host_key and (private) key of the drill's fault gate."""
     hba = "".join(f"host    {DB_NAME}    {DB_USER}    {ip}/32    scram-sha-256    # Celery worker {name}\n"
                   for name, ip in sorted(workers.items()))
     files = {
@@ -132,8 +140,9 @@ def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[s
         "pgha-airflow": ((HERE / "pgha-airflow").read_bytes(), 0o755),
         "airflow.cfg": (airflow_cfg(secrets, address, local=True).encode(), 0o600),
         "simple_auth_manager_passwords.json": (json.dumps({"admin": secrets["admin_password"]}).encode(), 0o600),
-        "airflow.env": (env_file(secrets, hosts, host_pubkeys).encode(), 0o600),
+        "airflow.env": (env_file(secrets, hosts, host_pubkeys, fault_injector).encode(), 0o600),
         "pgha_lab": (client_key.encode(), 0o600),
+        "pgha_fault_gate": (fault_injector["key"].encode(), 0o600),
         "db.sql": (render("db.sql.in", db_user=DB_USER, db_name=DB_NAME,
                           verifier=scram_verifier(secrets["airflow_db_password"])).encode(), 0o600),
         "postgresql.conf": (render("postgresql.conf.in", address=address).encode(), 0o644),

@@ -108,6 +108,7 @@ install -o airflow -g airflow -m 0600 "$here/airflow.cfg" "$airflow_home/airflow
 install -o airflow -g airflow -m 0600 "$here/simple_auth_manager_passwords.json" \
   "$airflow_home/simple_auth_manager_passwords.json"
 install -o airflow -g airflow -m 0600 "$here/pgha_lab" "$home/.ssh/pgha_lab"
+install -o airflow -g airflow -m 0600 "$here/pgha_fault_gate" "$home/.ssh/pgha_fault_gate"
 install -d -m 0755 /etc/pgha /opt/pgha
 install -m 0600 "$here/airflow.env" /etc/pgha/airflow.env
 install -m 0755 "$here/pgha-airflow" /usr/local/sbin/pgha-airflow

@@ -141,6 +141,34 @@ class PatroniHook(BaseHook):
                 errors.append(f"{api_url}: {exc}")
         raise AirflowException("no Patroni member answered GET /history: " + "; ".join(errors))
 
+    def dynamic_config(self) -> dict[str, Any]:
+        """GET /config: the cluster-wide settings Patroni keeps in the DCS."""
+        errors = []
+        for api_url in self.api_urls:
+            try:
+                response = requests.get(f"{api_url}/config", timeout=self.timeout)
+                response.raise_for_status()
+                return dict(response.json())
+            except (requests.RequestException, ValueError) as exc:
+                errors.append(f"{api_url}: {exc}")
+        raise AirflowException("no Patroni member answered GET /config: " + "; ".join(errors))
+
+    def patch_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """PATCH /config (authenticated): Patroni merges ``changes`` into the DCS config; returns the result."""
+        auth = self.get_conn()
+        errors = []
+        for api_url in self.api_urls:
+            try:
+                response = requests.patch(f"{api_url}/config", json=changes, auth=auth, timeout=30)
+            except requests.RequestException as exc:
+                errors.append(f"{api_url}: {exc}")
+                continue
+            if response.status_code >= 400:
+                raise AirflowException(f"PATCH /config refused by {api_url}: HTTP {response.status_code} "
+                                       f"{response.text.strip()}")
+            return dict(response.json())
+        raise AirflowException("no Patroni member accepted PATCH /config: " + "; ".join(errors))
+
     def leader(self) -> str | None:
         leaders = self.cluster().leaders
         return leaders[0] if len(leaders) == 1 else None

@@ -101,6 +101,41 @@ class StartPatroniOperator(HostOperator):
         return {"was_running": active}
 
 
+def dcs_settings(patroni: Any) -> dict[str, Any]:
+    """The inventory's cluster-wide Patroni settings as Patroni's /config spells them."""
+    sync = {"true": True, "false": False}.get(str(patroni.synchronous_mode).lower(), patroni.synchronous_mode)
+    return {
+        "ttl": patroni.ttl, "loop_wait": patroni.loop_wait, "retry_timeout": patroni.retry_timeout,
+        "maximum_lag_on_failover": patroni.maximum_lag_on_failover,
+        "primary_start_timeout": patroni.primary_start_timeout,
+        "synchronous_mode": sync, "synchronous_mode_strict": patroni.synchronous_mode_strict,
+    }
+
+
+class ApplyDcsConfigOperator(PghaOperator):
+    """
+    Makes the cluster's dynamic configuration (kept in etcd, GET /config)
+    match the inventory's failover timings and synchronous mode. patroni.yml's
+    ``bootstrap.dcs`` only counts when the cluster is first bootstrapped, so a
+    later change of ttl / loop_wait / retry_timeout in the inventory reaches
+    a running cluster only through PATCH /config. Patroni applies it on its
+    next loop, without a restart. Logs each value that changed, old -> new.
+    """
+
+    def run(self, context: Any) -> Any:
+        hook = PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)
+        wanted, current = dcs_settings(self.inventory.patroni), hook.dynamic_config()
+        changes = {key: value for key, value in wanted.items() if current.get(key) != value}
+        if changes:
+            hook.patch_config(changes)
+            self.changed("Patroni DCS config: " + ", ".join(
+                f"{key} {current.get(key)!r} -> {value!r}" for key, value in changes.items()))
+        else:
+            self.unchanged("Patroni DCS config matches the inventory (" + ", ".join(
+                f"{key}={value!r}" for key, value in wanted.items()) + ")")
+        return {"config": {key: wanted[key] for key in wanted}, "changed_keys": sorted(changes)}
+
+
 class SwitchoverTestOperator(PghaOperator):
     """
     Phase 9b: a planned switchover through POST /switchover to a synchronous

@@ -54,8 +54,8 @@ def default_rto_slo_s(inv: Inventory, scenario: str) -> float:
     leader UP after ``rise`` checks and a dead one DOWN after ``fall``.
     """
     p, h = inv.patroni, inv.haproxy
-    up = h.rise * duration_s(h.inter)
-    down = h.fall * duration_s(h.inter)
+    up = h.rise * duration_s(h.downinter or h.inter)
+    down = duration_s(h.inter) + (h.fall - 1) * duration_s(h.fastinter or h.inter)
     bounds = {
         "switchover": p.loop_wait + up,
         "patroni_stop": p.loop_wait + up,

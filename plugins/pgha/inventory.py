@@ -119,6 +119,9 @@ class HAProxy:
     inter: str = "3s"
     fall: int = 3
     rise: int = 2
+    fastinter: str | None = None  # between the first failed check and `fall` (default: inter)
+    downinter: str | None = None  # while a server is DOWN, e.g. a replica waiting to be promoted (default: inter)
+    retries: int = 2  # connection attempts HAProxy retries on a refusing server, 1 s apart, before the client errs
     install: Install = field(default_factory=Install)
 
 

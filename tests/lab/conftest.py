@@ -29,3 +29,8 @@ def lab_hosts(lab_session: None) -> Lab:
 @pytest.fixture(scope="module")
 def lab(lab_hosts: Lab) -> Lab:
     return lab_hosts
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The failover drills last: they drill the cluster the migration tests leave behind."""
+    items.sort(key=lambda item: "lab/test_failover_drill.py" in item.nodeid)

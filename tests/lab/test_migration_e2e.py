@@ -112,6 +112,22 @@ def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[
         assert state == ("success",), "the migration run is recorded as successful on the cluster"
 
 
+def test_the_remote_celery_worker_was_repointed_and_runs_tasks(lab: Lab, migrated: dict[str, Any]) -> None:
+    """vm4 (the runbook's VM4): its agent followed the primary's outcome; it reaches the cluster through
+    HAProxy on vm1's address (never localhost, ERRATA 15) and still runs Celery tasks."""
+    with lab.connect(host=VM1, port=5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT host, outcome FROM pgha_cutover_log WHERE role = 'follower' AND run_id = %s",
+                    (migrated["cutover"]["run_id"],))
+        assert cur.fetchall() == [("vm4", "success")]
+    config = lab.ssh("vm4", "grep -E '^(sql_alchemy_conn|result_backend) ' /home/airflow/airflow/airflow.cfg")
+    targets = sorted(line.split("@", 1)[1].split("/", 1)[0] for line in config.splitlines())
+    assert targets == [f"{VM1}:5433", f"{VM1}:5433"], config
+    assert lab.ssh("vm4", "systemctl is-active airflow-celery-worker").strip() == "active"
+    run_id = lab.api.trigger("lab_celery_smoke")
+    assert lab.api.wait("lab_celery_smoke", run_id, timeout=600) == "success", lab.failure_report("lab_celery_smoke", run_id)
+    assert lab.api.xcom("lab_celery_smoke", run_id, "on_worker") == "vm4"
+
+
 def test_every_acknowledged_write_is_in_the_cluster(lab: Lab, migrated: dict[str, Any]) -> None:
     acks = lab.probe_acks()
     with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:

@@ -1,0 +1,101 @@
+"""pg_ha_failover_drill on the lab: every scenario once, triggered as an operator would.
+
+The drill runs against the cluster that holds Airflow's own metadata DB (the
+state the migration tests leave; this module runs last and migrates first if
+it has to). Host crash and isolation go through the fault injector: an sshd
+on the outer machine whose key may only run include/drill/fault_gate.py,
+which calls `lab/lab crash|start|isolate|heal`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import requests
+from lab_fixtures import Lab
+
+pytestmark = pytest.mark.lab
+
+DAG = "pg_ha_failover_drill"
+MIGRATION = "pg_ha_migration"
+NODES = {"psg1": "10.83.0.140", "psg2": "10.83.0.144", "psg3": "10.83.0.145"}
+VM1 = "10.83.0.129"
+SCENARIOS = ("switchover", "patroni_stop", "postmaster_kill", "host_crash", "host_isolate")
+
+
+def airflow_on_cluster(lab: Lab) -> bool:
+    cfg = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg || true")
+    return ":5433/" in cfg
+
+
+@pytest.fixture(scope="module")
+def migrated(lab: Lab) -> None:
+    """Airflow on the cluster: reuse what the migration tests left, else migrate now."""
+    if airflow_on_cluster(lab):
+        return
+    lab.reset_to_provisioned()
+    lab.api.unpause(MIGRATION)
+    run_id = lab.api.trigger(MIGRATION, {})
+    assert lab.api.wait(MIGRATION, run_id, timeout=2400) == "success", lab.failure_report(MIGRATION, run_id)
+    assert lab.wait_for_cutover()["outcome"] == "success"
+
+
+def cluster_view() -> dict[str, Any]:
+    for address in NODES.values():
+        try:
+            return requests.get(f"http://{address}:8008/cluster", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            continue
+    raise AssertionError("no Patroni member answers")
+
+
+def wait_whole(timeout: float = 120) -> dict[str, Any]:
+    """One leader, two streaming replicas on the leader's timeline, one of them synchronous."""
+    deadline, view = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        view = cluster_view()
+        members = view.get("members", [])
+        leaders = [m for m in members if m["role"] == "leader"]
+        replicas = [m for m in members if m["role"] in ("replica", "sync_standby") and m["state"] == "streaming"]
+        if (len(members) == 3 and len(leaders) == 1 and len(replicas) == 2
+                and any(m["role"] == "sync_standby" for m in replicas)
+                and all(m.get("timeline") == leaders[0].get("timeline") for m in replicas)):
+            return view
+        time.sleep(2)
+    raise AssertionError(f"the cluster is not whole: {view}")
+
+
+def history_row(lab: Lab, run_id: str) -> dict[str, Any]:
+    with lab.connect(VM1, 5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_jsonb(h) FROM pgha_drill_history h WHERE dag_run_id = %s", (run_id,))
+        rows = cur.fetchall()
+    assert len(rows) == 1, f"{len(rows)} history rows for {run_id}"
+    return rows[0][0]
+
+
+def etcd_members() -> list[str]:
+    answer = requests.post(f"http://{NODES['psg1']}:2379/v3/cluster/member/list", json={}, timeout=5).json()
+    return sorted(m["name"] for m in answer["members"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_drill_keeps_every_write_and_the_cluster_whole(lab: Lab, migrated: None, scenario: str) -> None:
+    wait_whole()
+    lab.api.unpause(DAG)  # a nightly DAG: the scheduler may run last night's drill first (max_active_runs 1)
+    leader_before = next(m["name"] for m in cluster_view()["members"] if m["role"] == "leader")
+    run_id = lab.api.trigger(DAG, {"scenario": scenario})
+    state = lab.api.wait(DAG, run_id, timeout=1800, progress=lab.progress(DAG, run_id))
+    assert state == "success", lab.failure_report(DAG, run_id)
+
+    row = history_row(lab, run_id)
+    print(f"{scenario}: {row}")
+    assert row["scenario"] == scenario and row["passed"] is True, row
+    assert row["rpo_missing"] == 0 and row["acked"] > 0, row
+    view = wait_whole()
+    leader_after = next(m["name"] for m in view["members"] if m["role"] == "leader")
+    if scenario != "postmaster_kill":  # Patroni restarts a killed postmaster in place
+        assert leader_after != leader_before, view
+    assert etcd_members() == ["psg1", "psg2", "psg3"]
+    assert lab.api.run_state(DAG, run_id) == "success"  # the drilled cluster holds Airflow's own DB
