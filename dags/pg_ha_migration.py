@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TaskGroup, chain
 from operators.airflow import CutoverOperator, StageAirflowConfigOperator
-from operators.etcd import ConfigureEtcdOperator, InstallEtcdOperator
+from operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
 from operators.haproxy import (
     ClusterRoutingCheckOperator,
     HAProxySwitchOperator,
@@ -202,6 +202,7 @@ with DAG(
                 max_lag_bytes=16 * 1024 * 1024, mode="reschedule", poke_interval=3, timeout=SENSOR_TIMEOUT,
             ),
             ClusterRoutingCheckOperator(task_id="routing_after_switchover", phase=PHASES[8]),
+            EtcdLeaderPlacementOperator(task_id="etcd_leader_off_patroni_leader", phase=PHASES[8]),
         )
 
     cutover = CutoverOperator(task_id="cutover", phase=PHASES[7])

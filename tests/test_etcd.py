@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from hooks.etcd import EtcdHook
+from hooks.patroni import PatroniCluster
+from operators.etcd import keep_etcd_leader_off_patroni_leader
 from sensors.etcd import EtcdHealthSensor
 from services import EtcdCluster, free_port, start_etcd_cluster
 from triggers.etcd import EtcdHealthTrigger
@@ -23,6 +25,25 @@ def test_report_of_a_healthy_cluster(etcd_cluster: EtcdCluster) -> None:
     assert sorted(report.members.values()) == sorted(names(etcd_cluster))
     assert report.leader_name in names(etcd_cluster)
     assert all(v.startswith("3.") for v in report.versions.values())
+
+
+def test_etcd_leadership_moves_off_the_patroni_leader(etcd_cluster: EtcdCluster) -> None:
+    """A Patroni leader that also leads etcd hands etcd's leadership to the async replica; then nothing to do."""
+    hook = EtcdHook(etcd_cluster.endpoints)
+    leader = hook.report().leader_name
+    others = [n for n in names(etcd_cluster) if n != leader]
+    cluster = PatroniCluster(members=[
+        {"name": leader, "role": "leader", "state": "running"},
+        {"name": others[0], "role": "sync_standby", "state": "streaming"},
+        {"name": others[1], "role": "replica", "state": "streaming"},
+    ])
+    moved = keep_etcd_leader_off_patroni_leader(hook, cluster)
+    assert moved and f"{leader} -> {others[1]}" in moved
+    assert hook.report().leader_name == others[1]
+    assert keep_etcd_leader_off_patroni_leader(hook, cluster) is None
+    assert hook.move_leader(others[1]) is None  # already there
+    with pytest.raises(ValueError, match="psg9"):
+        hook.move_leader("psg9")
 
 
 def test_membership_must_equal_the_inventory(etcd_cluster: EtcdCluster) -> None:

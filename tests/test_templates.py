@@ -26,6 +26,7 @@ import pytest
 import yaml
 from pgha.inventory import Inventory, parse_inventory
 from pgha.osfamily import DEBIAN, RHEL, OsFamily
+from operators.host import NEIGHBOUR_SETTINGS, NEIGHBOUR_SYSCTL
 from pgha.render import haproxy_context, node_context, plain_http_hosts, render
 from pgha_testing import loopback_inventory, shipped_inventory
 from services import (
@@ -182,6 +183,17 @@ def test_haproxy_cfg_has_no_warning_once_the_state_file_exists(tmp_path: Path) -
     cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
     res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
     assert res.returncode == 0 and "WARNING" not in output(res) and "ALERT" not in output(res), output(res)
+
+
+def test_neighbour_sysctl_file_is_accepted_by_sysctl(tmp_path: Path) -> None:
+    """`sysctl -p` parses every line of the fast-peer-failure file (for loopback, which has neigh settings)."""
+    conf = tmp_path / "neighbour.conf"
+    conf.write_text(render("neighbour-sysctl.conf.j2", interface="lo", settings=NEIGHBOUR_SETTINGS))
+    lines = [line for line in conf.read_text().splitlines() if line and not line.startswith("#")]
+    assert len(lines) == len(NEIGHBOUR_SETTINGS)
+    for line in lines:
+        key = line.split(" = ")[0]
+        assert Path("/proc/sys", *key.split(".")).exists(), key
 
 
 def test_haproxy_cfg_takes_fastinter_and_downinter(tmp_path: Path) -> None:
@@ -425,10 +437,11 @@ def verify_root(tmp_path: Path, family: OsFamily, inv: Inventory, *, with_binari
     ctx = node_context(inv, inv.db_hosts[0], family)
     for name in ("etcd.service", "patroni.service"):
         (units / name).write_text(render(f"{name}.j2", **ctx))
+    (units / "pgha-neighbour.service").write_text(render("pgha-neighbour.service.j2", conf=NEIGHBOUR_SYSCTL))
     if with_binaries:
         # Absolute symlinks would resolve inside the root, so copy the real executables.
         for unit_path, real in ((family.etcd_binary, ETCD_BIN), (ctx["patroni_bin"], ensure_patroni_venv()),
-                                ("/usr/bin/kill", Path("/usr/bin/kill"))):
+                                ("/usr/bin/kill", Path("/usr/bin/kill")), ("/usr/sbin/sysctl", Path("/usr/sbin/sysctl"))):
             target = root / unit_path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(real, target)
@@ -436,8 +449,8 @@ def verify_root(tmp_path: Path, family: OsFamily, inv: Inventory, *, with_binari
 
 
 def systemd_verify(root: Path) -> subprocess.CompletedProcess[str]:
-    return run([SYSTEMD_ANALYZE, "verify", f"--root={root}",
-                "/etc/systemd/system/etcd.service", "/etc/systemd/system/patroni.service"])
+    return run([SYSTEMD_ANALYZE, "verify", f"--root={root}", "/etc/systemd/system/etcd.service",
+                "/etc/systemd/system/patroni.service", "/etc/systemd/system/pgha-neighbour.service"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -75,6 +75,28 @@ class EtcdHook(BaseHook):
         """/v3/cluster/member/list: id, name, peer and client URLs of every member."""
         return self._post(endpoint, "/v3/cluster/member/list").get("members", [])
 
+    def move_leader(self, target: str) -> str | None:
+        """
+        Hands etcd's leadership to member ``target`` (by name) through the current
+        leader (POST /v3/maintenance/transfer-leadership). Returns the former
+        leader's name, or None when ``target`` already leads.
+        """
+        report = self.report()
+        leader = report.leader_name
+        ids = {name: member_id for member_id, name in report.members.items()}
+        if leader is None or target not in ids:
+            raise ValueError(f"cannot move etcd leadership to {target!r}: leader {leader}, members {sorted(ids)}")
+        if leader == target:
+            return None
+        for endpoint in self.endpoints:
+            header = self.status(endpoint).get("header", {})
+            if str(header.get("member_id")) == ids[leader]:
+                response = requests.post(f"{endpoint}/v3/maintenance/transfer-leadership",
+                                         json={"targetID": ids[target]}, timeout=max(self.timeout, 10))
+                response.raise_for_status()
+                return leader
+        raise ValueError(f"no endpoint of the etcd leader {leader} among {self.endpoints}")
+
     def report(self) -> EtcdReport:
         """Ask every endpoint; never raises for an unreachable one (it is in ``errors``)."""
         report = EtcdReport()

@@ -28,6 +28,7 @@ from psycopg2 import sql
 
 from operators.airflow import airflow_executable
 from operators.base import PghaOperator
+from operators.etcd import keep_etcd_leader_off_patroni_leader
 from operators.haproxy import READ_BACKEND, WRITE_BACKEND, HAProxySwitchOperator, routing_problems
 
 PATRONI_UNIT = "patroni.service"
@@ -134,6 +135,8 @@ class DrillPrecheckOperator(PghaOperator):
             "probe_host": probe_host,
             "probe_python": self._probe_python(probe_host),
             "rto_slo_s": rto_slo_s(self.inventory, scenario, params.get("rto_slo_s")),
+            # a crash of a host leading etcd too costs an etcd election plus a full ttl (heal keeps them apart)
+            "etcd_leader": EtcdHook(self.etcd_endpoints()).report().leader_name,
         }
         self.log.info("drill plan: %s", json.dumps(plan))
         return plan
@@ -356,6 +359,9 @@ class HealOperator(DrillOperator, HAProxySwitchOperator):
             raise AirflowSkipException("no fault was injected for this drill: nothing to heal")
         self._repair(plan)
         back_at, cluster = self._wait_until_whole(plan["target"])
+        moved = keep_etcd_leader_off_patroni_leader(EtcdHook(self.etcd_endpoints()), self.patroni().cluster())
+        if moved:
+            self.changed(moved)
         return {"target": plan["target"], "back_at": back_at, "cluster": cluster, "routing": self.wait_for_routing()}
 
     def _repair(self, plan: dict[str, Any]) -> None:

@@ -104,6 +104,9 @@ class Patroni:
     primary_start_timeout: int = 300
     synchronous_mode: str = "true"
     synchronous_mode_strict: bool = False
+    # Database nodes learn within ~0.6 s that a peer's address is dead (ARP), instead of waiting out
+    # Patroni's hard-coded 2 s probe of the former leader in every leader race (README, "Failover tuning").
+    fast_peer_failure: bool = False
     install: Install = field(default_factory=lambda: Install(method="pip", version="4.1.5", venv="/opt/patroni"))
 
 
