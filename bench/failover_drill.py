@@ -184,14 +184,28 @@ def _patroni_config() -> dict[str, Any]:
     return {}
 
 
-def measure_lab(profile: str, scenarios: list[str], runs: int, workdir: Path) -> dict[str, list[float]]:
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """Drills already measured (one JSON line each): an interrupted benchmark resumes where it stopped."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def measure_lab(profile: str, scenarios: list[str], runs: int, workdir: Path, results: Path) -> dict[str, list[float]]:
+    done = [r for r in load_results(results) if r["profile"] == profile]
+    rtos: dict[str, list[float]] = {s: [r["rto_s"] for r in done if r["scenario"] == s][:runs] for s in scenarios}
+    if all(len(rtos[s]) >= runs for s in scenarios):
+        return rtos
     inventory = lab_inventory(profile, workdir)
     apply_lab_profile(inventory)
-    rtos: dict[str, list[float]] = {s: [] for s in scenarios}
     for scenario in scenarios:
-        for run in range(1, runs + 1):
+        for run in range(len(rtos[scenario]) + 1, runs + 1):
             result = _drill_when_healthy(inventory, scenario)
             rtos[scenario].append(float(result["rto_s"]))
+            with results.open("a") as out:
+                out.write(json.dumps({"profile": profile, "scenario": scenario, "run": run,
+                                      "rto_s": float(result["rto_s"]), "rpo_missing": result["rpo_missing"],
+                                      "new_leader": result.get("new_leader"), "passed": result["passed"]}) + "\n")
             print(f"# {profile} {scenario} run {run}: RTO {result['rto_s']:.2f}s RPO {result['rpo_missing']} "
                   f"new leader {result.get('new_leader')} {'PASS' if result['passed'] else result['problems']}",
                   file=sys.stderr, flush=True)
@@ -204,6 +218,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenarios", default=None, help=f"default: {ALL_SCENARIOS} (loopback: no host_isolate)")
     parser.add_argument("--profiles", default=None, help="default: runbook,lab (loopback: runbook,tuned)")
+    parser.add_argument("--results", type=Path, default=Path("bench/failover_drill_lab.jsonl"),
+                        help="lab: one JSON line per drill; runs already in it are not repeated (resume)")
     args = parser.parse_args()
     lab = args.on == "lab"
     scenarios = (args.scenarios or (ALL_SCENARIOS if lab else ALL_SCENARIOS.rsplit(",", 1)[0])).split(",")
@@ -213,7 +229,8 @@ def main() -> int:
         if lab:
             lab_connections()
             try:
-                results = {name: measure_lab(name, scenarios, args.runs, Path(workdir)) for name in names}
+                results = {name: measure_lab(name, scenarios, args.runs, Path(workdir), args.results)
+                           for name in names}
             finally:
                 apply_lab_profile(lab_inventory("lab", Path(workdir)))
         else:

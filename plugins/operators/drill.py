@@ -24,6 +24,7 @@ from hooks.remote import RemoteHook
 from pgha.drill import LEADER_MOVES, analyse, first_ack_on, parse_probe_log, promotion_time, rto_slo_s, summary
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.runtime import credentials
+import psycopg2
 from psycopg2 import sql
 
 from operators.airflow import airflow_executable
@@ -442,6 +443,7 @@ class AnalyseDrillOperator(DrillOperator):
         probe = self.probe()
         fault = probe.fault_record()
         steps = {name: _result(value) for name, value in self.steps.items()}
+        self._wait_for_writable_cluster()
         if fault is None:
             raise AirflowFailException("the drill was planned but no fault was injected: nothing to measure "
                                    f"(incomplete: {[n for n, v in steps.items() if v is None]})")
@@ -462,6 +464,21 @@ class AnalyseDrillOperator(DrillOperator):
         if not result.passed:  # a verdict, not an accident: no retry
             raise AirflowFailException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
         return result.as_dict()
+
+    def _wait_for_writable_cluster(self, timeout: float = 60) -> None:
+        """The leader may still be starting (a postmaster restarted in place answers "starting up" for a
+        moment after HAProxy routes to it again): wait for a read through HAProxy before judging."""
+        hook, deadline = self.through_haproxy(self.inventory.postgres.superuser_conn_id), time.monotonic() + timeout
+        while True:
+            try:
+                hook.scalar("SELECT 1")
+                return
+            except psycopg2.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise AirflowException(f"the cluster takes no connection through HAProxy after {timeout}s: "
+                                           f"{exc}") from exc
+                self.log.info("cluster not ready through HAProxy yet (%s); again in 1 s", str(exc).strip())
+                time.sleep(1)
 
     def _present_seqs(self, drill_id: str) -> set[int]:
         rows = self.through_haproxy(self.inventory.postgres.superuser_conn_id).rows(
