@@ -117,11 +117,20 @@ def unit_exec_start(unit: str) -> list[str]:
     return shlex.split(lines[0].removeprefix("ExecStart="))
 
 
+BOOLEAN_ETCD_FLAGS = {"--pre-vote"}
+
+
 def flag_values(argv: list[str]) -> dict[str, str]:
-    """``--flag value`` pairs of an argv (every etcd flag in the unit takes a value)."""
-    flags = argv[1:]
-    assert len(flags) % 2 == 0 and all(f.startswith("--") for f in flags[::2]), flags
-    return dict(zip(flags[::2], flags[1::2]))
+    """``--flag value`` pairs of an argv; a bare ``--flag`` (a boolean such as --pre-vote) maps to "true"."""
+    values: dict[str, str] = {}
+    flags = iter(argv[1:])
+    for flag in flags:
+        assert flag.startswith("--"), argv
+        if flag in BOOLEAN_ETCD_FLAGS:
+            values[flag] = "true"
+        else:
+            values[flag] = next(flags)
+    return values
 
 
 def port_free_everywhere(addresses: list[str]) -> int:
