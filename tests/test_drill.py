@@ -132,13 +132,21 @@ def test_postmaster_restart_in_place_is_no_failover() -> None:
 
 
 def test_slo_defaults_follow_the_timing_settings_and_can_be_overridden() -> None:
-    inv = load_inventory()  # the runbook: ttl 30, loop_wait 10, HAProxy inter 3s fall 3 rise 2
+    raw = shipped_inventory()
+    raw["patroni"].update(ttl=30, loop_wait=10, retry_timeout=10)  # the runbook's timings
+    raw["haproxy"].update(inter="3s", fall=3, rise=2)
+    for key in ("fastinter", "downinter"):
+        raw["haproxy"].pop(key, None)
+    inv = parse_inventory(raw)
     assert duration_s("500ms") == 0.5 and duration_s("3s") == 3.0
     assert default_rto_slo_s(inv, "switchover") == 10 + 6 + 2
     assert default_rto_slo_s(inv, "host_crash") == 30 + 10 + 6 + 2
     assert default_rto_slo_s(inv, "postmaster_kill") == 10 + 9 + 6 + 2
     assert rto_slo_s(inv, "switchover", 2.5) == 2.5
-    raw = shipped_inventory()
+    # ours (include/inventory.yml): up = 1 x downinter 250ms, down = 1s + 1 x fastinter 250ms
+    ours = load_inventory()
+    assert default_rto_slo_s(ours, "switchover") == pytest.approx(2 + 0.25 + 2, abs=0.06)  # rounded to 0.1 s
+    assert default_rto_slo_s(ours, "host_isolate") == pytest.approx(20 + 2 + 1.25 + 0.25 + 2, abs=0.06)
     raw["drill"] = {"rto_slo_s": {"switchover": 3}}
     assert rto_slo_s(parse_inventory(raw), "switchover") == 3.0
 
