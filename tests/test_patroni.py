@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
@@ -102,7 +103,12 @@ def test_dcs_config_follows_the_inventory_once(
     try:
         first = ApplyDcsConfigOperator(task_id="failover_timings", inventory_path=inventory).execute({})
         assert first["changed"] and {"ttl", "loop_wait", "retry_timeout"} <= set(first["result"]["changed_keys"])
-        after = hook.dynamic_config()
+        deadline, after = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:  # GET /config answers from Patroni's view of etcd: next loop or watch
+            after = hook.dynamic_config()
+            if (after["ttl"], after["loop_wait"], after["retry_timeout"]) == (24, 3, 10):
+                break
+            time.sleep(0.5)
         assert (after["ttl"], after["loop_wait"], after["retry_timeout"]) == (24, 3, 10), after
         again = ApplyDcsConfigOperator(task_id="failover_timings", inventory_path=inventory).execute({})
         assert not again["changed"] and again["result"]["changed_keys"] == []
