@@ -116,42 +116,30 @@ class PatroniHook(BaseHook):
     def is_replica(self, api_url: str) -> bool:
         return self.status_code(api_url, "/replica") == 200
 
-    def cluster(self) -> PatroniCluster:
-        """GET /cluster from the first member that answers."""
+    def _get_json(self, path: str) -> tuple[str, Any]:
+        """GET ``path`` from the first member that answers with JSON."""
         errors = []
         for api_url in self.api_urls:
             try:
-                response = requests.get(f"{api_url}/cluster", timeout=self.timeout)
+                response = requests.get(f"{api_url}{path}", timeout=self.timeout)
                 response.raise_for_status()
-                body = response.json()
-                return PatroniCluster(members=body.get("members", []), source=api_url, paused=bool(body.get("pause")))
+                return api_url, response.json()
             except (requests.RequestException, ValueError) as exc:
                 errors.append(f"{api_url}: {exc}")
-        raise AirflowException("no Patroni member answered GET /cluster: " + "; ".join(errors))
+        raise AirflowException(f"no Patroni member answered GET {path}: " + "; ".join(errors))
+
+    def cluster(self) -> PatroniCluster:
+        """GET /cluster from the first member that answers."""
+        api_url, body = self._get_json("/cluster")
+        return PatroniCluster(members=body.get("members", []), source=api_url, paused=bool(body.get("pause")))
 
     def history(self) -> list[list[Any]]:
         """GET /history: one entry per timeline switch, [timeline, lsn, reason, timestamp, new leader]."""
-        errors = []
-        for api_url in self.api_urls:
-            try:
-                response = requests.get(f"{api_url}/history", timeout=self.timeout)
-                response.raise_for_status()
-                return list(response.json())
-            except (requests.RequestException, ValueError) as exc:
-                errors.append(f"{api_url}: {exc}")
-        raise AirflowException("no Patroni member answered GET /history: " + "; ".join(errors))
+        return list(self._get_json("/history")[1])
 
     def dynamic_config(self) -> dict[str, Any]:
         """GET /config: the cluster-wide settings Patroni keeps in the DCS."""
-        errors = []
-        for api_url in self.api_urls:
-            try:
-                response = requests.get(f"{api_url}/config", timeout=self.timeout)
-                response.raise_for_status()
-                return dict(response.json())
-            except (requests.RequestException, ValueError) as exc:
-                errors.append(f"{api_url}: {exc}")
-        raise AirflowException("no Patroni member answered GET /config: " + "; ".join(errors))
+        return dict(self._get_json("/config")[1])
 
     def patch_config(self, changes: dict[str, Any]) -> dict[str, Any]:
         """PATCH /config (authenticated): Patroni merges ``changes`` into the DCS config; returns the result."""
