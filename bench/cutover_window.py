@@ -15,12 +15,16 @@ airflow_db first (the previous run's copy; vm1 is its own source again), which
 saves the package installs but not one second of the cutover being measured.
 --fresh resets the database hosts before every run.
 
+Every finished run is appended to --results (JSON lines), and a later
+invocation skips the runs already there, so an interrupted benchmark resumes.
+
     .venv/bin/python bench/cutover_window.py [--sizes 50,1024] [--runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -78,7 +82,7 @@ def wait_for_record(lab: Lab, cutover_id: str, timeout: float = 900) -> dict:
     raise RuntimeError(f"no record of cutover {cutover_id} after {timeout}s")
 
 
-def one_run(lab: Lab, method: str, megabytes: int, fresh: bool) -> tuple[float, str]:
+def one_run(lab: Lab, method: str, megabytes: int, fresh: bool) -> dict:
     if fresh:
         lab.reset_to_provisioned()
     else:
@@ -94,8 +98,15 @@ def one_run(lab: Lab, method: str, megabytes: int, fresh: bool) -> tuple[float, 
     record = wait_for_record(lab, cutover_id)
     if record["outcome"] != "success":
         raise RuntimeError(f"{method} {megabytes} MB: cutover {cutover_id} ended {record['outcome']}")
-    window = sum(step["seconds"] for step in record["steps"])
-    return window, size
+    steps = {step["name"]: round(step["seconds"], 2) for step in record["steps"]}
+    return {"method": method, "mb": megabytes, "size": size, "window": round(sum(steps.values()), 2),
+            "steps": steps, "cutover": cutover_id}
+
+
+def load(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main() -> int:
@@ -104,25 +115,37 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--fresh", action="store_true", help="reset the database hosts before every run")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "cutover_window_lab.jsonl")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    methods = args.methods.split(",")
+    done = load(args.results)
     lab = Lab()
-    results: dict[tuple[str, int], list[float]] = {}
-    actual: dict[int, str] = {}
     first = True
     for megabytes in sizes:
-        for method in args.methods.split(","):
-            for i in range(args.runs):
-                window, actual[megabytes] = one_run(lab, method, megabytes, fresh=args.fresh or first)
+        for method in methods:
+            while sum(1 for r in done if (r["method"], r["mb"]) == (method, megabytes)) < args.runs:
+                run = one_run(lab, method, megabytes, fresh=args.fresh or first)
                 first = False
-                results.setdefault((method, megabytes), []).append(window)
-                print(f"  {method:20s} {actual[megabytes]:>8s}  run {i + 1}: {window:6.1f}s", flush=True)
-    print(f"\nStopped window (first Airflow unit stopped -> scheduler heartbeating on the cluster), {args.runs} runs")
-    print(f"{'method':20s} {'db size':>9s} {'median s':>9s} {'max s':>7s}   runs")
-    for (method, megabytes), windows in results.items():
-        print(f"{method:20s} {actual[megabytes]:>9s} {statistics.median(windows):9.1f} {max(windows):7.1f}   "
-              + " ".join(f"{w:.1f}" for w in windows))
+                done.append(run)
+                with args.results.open("a") as results:
+                    results.write(json.dumps(run) + "\n")
+                print(f"  {method:20s} {run['size']:>8s}  {run['window']:6.1f}s  {run['steps']}", flush=True)
+    print_table(done, methods, sizes)
     return 0
+
+
+def print_table(done: list[dict], methods: list[str], sizes: list[int]) -> None:
+    print("\nStopped window (first Airflow unit stopped -> scheduler heartbeating on the cluster), seconds")
+    print(f"{'method':20s} {'db size':>9s} {'runs':>4s} {'median':>7s} {'max':>6s}   all runs")
+    for megabytes in sizes:
+        for method in methods:
+            runs = [r for r in done if (r["method"], r["mb"]) == (method, megabytes)]
+            if not runs:
+                continue
+            windows = [r["window"] for r in runs]
+            print(f"{method:20s} {runs[-1]['size']:>9s} {len(runs):4d} {statistics.median(windows):7.1f} "
+                  f"{max(windows):6.1f}   " + " ".join(f"{w:.1f}" for w in windows))
 
 
 if __name__ == "__main__":
