@@ -136,7 +136,9 @@ with DAG(
             InstallEtcdOperator.partial(task_id="install_etcd", phase=PHASES[2]).expand(
                 host=db_nodes.output
             ),
-            ConfigureEtcdOperator.partial(task_id="configure_etcd", phase=PHASES[2]).expand(
+            ConfigureEtcdOperator.partial(  # one member at a time: a changed unit never costs quorum
+                task_id="configure_etcd", phase=PHASES[2], max_active_tis_per_dagrun=1
+            ).expand(
                 host=db_nodes.output
             ),
             EtcdHealthSensor(task_id="etcd_healthy", phase=PHASES[2], mode="reschedule", timeout=SENSOR_TIMEOUT),

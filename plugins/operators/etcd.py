@@ -60,12 +60,21 @@ class InstallEtcdOperator(HostOperator):
 
 class ConfigureEtcdOperator(HostOperator):
     """
-    Writes one member's unit (ERRATA: no v2, explicit URLs) and starts it
-    without blocking: a new member only reports ready once a quorum is up,
-    so all members start in parallel and EtcdHealthSensor waits.
+    Writes one member's unit (ERRATA: no v2, explicit URLs) and (re)starts it.
 
-    :param host: database node (mapped).
+    Bootstrap: a new member only reports ready once a quorum is up, so each
+    member starts without blocking and EtcdHealthSensor waits. A cluster that
+    is already whole restarts a changed member and waits until the cluster is
+    whole again, and the DAG maps this task one member at a time, so a changed
+    unit never takes quorum (Patroni's DCS) away.
+
+    :param host: database node (mapped, one at a time).
+    :param rejoin_timeout: seconds a restarted member of a whole cluster has to rejoin.
     """
+
+    def __init__(self, *, rejoin_timeout: float = 90, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rejoin_timeout = rejoin_timeout
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
@@ -77,12 +86,27 @@ class ConfigureEtcdOperator(HostOperator):
         changed = self.install_unit(self.host, "etcd.service", unit)
         remote.run("systemctl enable --quiet etcd.service")
         active = remote.run("systemctl is-active --quiet etcd.service", check=False).ok
-        if changed or not active:
-            remote.run("systemctl restart --no-block etcd.service")
-            self.changed("etcd.service (re)started")
-        else:
+        if not changed and active:
             self.unchanged("etcd.service running with this unit")
-        return {"restarted": changed or not active}
+            return {"restarted": False}
+        etcd = EtcdHook(self.etcd_endpoints())
+        if active and not etcd.report().problems(list(inv.database_nodes)):
+            self._rolling_restart(etcd)
+        else:
+            remote.run("systemctl restart --no-block etcd.service")
+            self.changed("etcd.service (re)started (cluster not whole yet: EtcdHealthSensor waits for it)")
+        return {"restarted": True}
+
+    def _rolling_restart(self, etcd: EtcdHook) -> None:
+        """Restart this member of a whole cluster and wait until the cluster is whole again."""
+        self.remote(self.host).run("systemctl restart etcd.service", timeout=self.rejoin_timeout)
+        deadline = time.monotonic() + self.rejoin_timeout
+        while problems := etcd.report().problems(list(self.inventory.database_nodes)):
+            if time.monotonic() > deadline:
+                raise AirflowException(f"[{self.host}] etcd not whole {self.rejoin_timeout}s after restarting "
+                                       f"this member: {'; '.join(problems)}")
+            time.sleep(1)
+        self.changed("etcd.service restarted, one member at a time: the cluster is whole again")
 
 
 def etcd_leader_target(cluster: PatroniCluster) -> str | None:
