@@ -9,7 +9,7 @@ record (table pgha_cutover_log): the window is from the agent stopping the
 first Airflow unit to the scheduler heartbeating on the cluster. Prints a
 table (median and max per cell). Needs the lab: lab/lab up.
 
-The first run starts from empty database hosts; later runs keep the cluster
+A run starts from empty database hosts when there is no Patroni cluster; otherwise it keeps the cluster
 (phases 1-5 then find everything in place, as on a re-run) and drop its
 airflow_db first (the previous run's copy; vm1 is its own source again), which
 saves the package installs but not one second of the cutover being measured.
@@ -29,6 +29,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
@@ -52,6 +54,18 @@ def grow(lab: Lab, megabytes: int) -> str:
     )
     out = lab.ssh("vm1", f"runuser -u postgres -- psql -X -q -At -d airflow_db -c \"{sql}\"", timeout=3600)
     return out.strip().splitlines()[-1]
+
+
+def cluster_exists() -> bool:
+    """A Patroni leader answers on one of the database nodes (an earlier run's cluster)."""
+    for address in NODES:
+        try:
+            members = requests.get(f"http://{address}:8008/cluster", timeout=3).json()["members"]
+        except (requests.RequestException, ValueError, KeyError):
+            continue
+        if any(m["role"] == "leader" for m in members):
+            return True
+    return False
 
 
 def drop_cluster_copy(lab: Lab) -> None:
@@ -98,7 +112,7 @@ def one_run(lab: Lab, method: str, megabytes: int, fresh: bool) -> dict:
     record = wait_for_record(lab, cutover_id)
     if record["outcome"] != "success":
         raise RuntimeError(f"{method} {megabytes} MB: cutover {cutover_id} ended {record['outcome']}")
-    steps = {step["name"]: round(step["seconds"], 2) for step in record["steps"]}
+    steps = {step["step"]: round(step["seconds"], 2) for step in record["steps"]}
     return {"method": method, "mb": megabytes, "size": size, "window": round(sum(steps.values()), 2),
             "steps": steps, "cutover": cutover_id}
 
@@ -121,12 +135,10 @@ def main() -> int:
     methods = args.methods.split(",")
     done = load(args.results)
     lab = Lab()
-    first = True
     for megabytes in sizes:
         for method in methods:
             while sum(1 for r in done if (r["method"], r["mb"]) == (method, megabytes)) < args.runs:
-                run = one_run(lab, method, megabytes, fresh=args.fresh or first)
-                first = False
+                run = one_run(lab, method, megabytes, fresh=args.fresh or not cluster_exists())
                 done.append(run)
                 with args.results.open("a") as results:
                     results.write(json.dumps(run) + "\n")
