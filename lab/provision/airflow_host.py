@@ -137,6 +137,7 @@ def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[s
                   for name, ip in sorted(workers.items()))
     files = {
         "vm1.sh": ((HERE / "vm1.sh").read_bytes(), 0o700),
+        "airflow-host.sh": ((HERE / "airflow-host.sh").read_bytes(), 0o600),
         "pgha-airflow": ((HERE / "pgha-airflow").read_bytes(), 0o755),
         "airflow.cfg": (airflow_cfg(secrets, address, local=True).encode(), 0o600),
         "simple_auth_manager_passwords.json": (json.dumps({"admin": secrets["admin_password"]}).encode(), 0o600),
@@ -170,6 +171,7 @@ def worker_bundle(secrets: dict[str, str], api_address: str) -> dict[str, tuple[
     """Files for /root/pgha-provision on a Celery worker host (vm4): name -> (content, mode)."""
     files = {
         "vm4.sh": ((HERE / "vm4.sh").read_bytes(), 0o700),
+        "airflow-host.sh": ((HERE / "airflow-host.sh").read_bytes(), 0o600),
         "pgha-airflow": ((HERE / "pgha-airflow").read_bytes(), 0o755),
         "airflow.cfg": (airflow_cfg(secrets, api_address, local=False).encode(), 0o600),
         "airflow.env": (worker_env_file().encode(), 0o600),

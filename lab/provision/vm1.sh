@@ -10,19 +10,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 proxy=http://10.83.0.1:3142
-wheels=http://10.83.0.1:3141/
 address=10.83.0.129  # vm1 in lab/lab's HOSTS
-venv=/opt/airflow/venv
-home=/home/airflow
-airflow_home=$home/airflow
 units=(airflow-scheduler airflow-api-server airflow-dag-processor airflow-triggerer)
-# celery provider + redis: the scheduler runs LocalExecutor,CeleryExecutor (vm4.sh: the same list)
-requirements=(apache-airflow==3.3.2 apache-airflow-providers-ssh==7.0.1
-              apache-airflow-providers-postgres==7.1.1 apache-airflow-providers-celery
-              redis psycopg2-binary)
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 cd /  # runuser -u postgres/airflow: no "could not change directory to /root"
 say() { echo "vm1: [${SECONDS}s] $*"; }
+. "$here/airflow-host.sh"
 apt_() { apt-get -q -o Acquire::http::Proxy="$proxy" -o Dpkg::Use-Pty=0 "$@"; }
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
@@ -79,52 +72,27 @@ runuser -u postgres -- pg_isready
 runuser -u postgres -- pg_isready -q -h "$address"
 REDISCLI_AUTH=$(sed -n 's/^requirepass //p' "$here/redis.conf") redis-cli -h "$address" ping | grep -qx PONG
 
-# 2. The airflow user.
-if ! id -u airflow >/dev/null 2>&1; then
-  useradd --system --user-group --create-home --home-dir "$home" --shell /bin/bash airflow
-fi
+# 2. The airflow user and Airflow's virtualenv (airflow-host.sh).
+ensure_airflow_user
+ensure_airflow_venv
 
-# 3. Airflow in its own virtualenv, from Debian's python3 and the lab's wheelhouse.
-if [ "$(cat "$venv/.pgha-requirements" 2>/dev/null)" != "${requirements[*]}" ]; then
-  say "virtualenv $venv: ${requirements[*]}"
-  rm -rf "$venv"
-  install -d -m 0755 "$(dirname "$venv")"
-  /usr/bin/python3 -m venv "$venv"
-  pip=("$venv/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$wheels"
-       --trusted-host 10.83.0.1)
-  "${pip[@]}" --upgrade pip
-  # bytecode compiled afterwards on both cores (pip compiles on one)
-  "${pip[@]}" --no-compile "${requirements[@]}"
-  say "compileall"
-  "$venv/bin/python" -m compileall -q -j 0 "$venv/lib" >/dev/null || true
-  echo "${requirements[*]}" > "$venv/.pgha-requirements"
-fi
-ln -sfn "$venv/bin/airflow" /usr/local/bin/airflow
-
-# 4. Configuration: airflow.cfg (the file the migration edits), the admin password,
-#    the lab's SSH client key, the units' environment (connections), the units.
-install -d -o airflow -g airflow -m 0700 "$home/.ssh" "$airflow_home"
-install -o airflow -g airflow -m 0600 "$here/airflow.cfg" "$airflow_home/airflow.cfg"
+# 3. Configuration: airflow.cfg, the units' environment (connections) and the units;
+#    then the admin password, the lab's SSH client key and the fault gate's key.
+install_airflow_config_and_units "${units[@]}"
+install -d -o airflow -g airflow -m 0700 "$home/.ssh"
 install -o airflow -g airflow -m 0600 "$here/simple_auth_manager_passwords.json" \
   "$airflow_home/simple_auth_manager_passwords.json"
 install -o airflow -g airflow -m 0600 "$here/pgha_lab" "$home/.ssh/pgha_lab"
 install -o airflow -g airflow -m 0600 "$here/pgha_fault_gate" "$home/.ssh/pgha_fault_gate"
-install -d -m 0755 /etc/pgha /opt/pgha
-install -m 0600 "$here/airflow.env" /etc/pgha/airflow.env
-install -m 0755 "$here/pgha-airflow" /usr/local/sbin/pgha-airflow
-for unit in "${units[@]}"; do
-  install -m 0644 "$here/$unit.service" "/etc/systemd/system/$unit.service"
-done
-systemctl daemon-reload
 
-# 5. airflow_db owned by airflow_user (SQL on stdin: the file is root's).
+# 4. airflow_db owned by airflow_user (SQL on stdin: the file is root's).
 runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres < "$here/db.sql"
 
-# 6. Airflow's schema.
+# 5. Airflow's schema.
 say "airflow db migrate"
 /usr/local/sbin/pgha-airflow db migrate >/dev/null
 
-# 7. The four units, enabled (they come back after a reboot or a snapshot restore).
+# 6. The four units, enabled (they come back after a reboot or a snapshot restore).
 #    The scheduler runs both executors: LocalExecutor (default) and CeleryExecutor (vm4).
 systemctl enable --quiet "${units[@]}"
 systemctl restart "${units[@]}"
