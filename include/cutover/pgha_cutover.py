@@ -128,11 +128,14 @@ class Agent:
         query = ("SELECT count(*) || ' ' || coalesce(string_agg(DISTINCT coalesce(client_addr::text, 'local') || '/' "
                  "|| application_name, ', '), '') FROM pg_stat_activity "
                  f"WHERE datname = '{self.s['database']}' AND usename = '{self.s['owner']}' AND pid <> pg_backend_pid()")
-        deadline = time.time() + self.s.get("drain_timeout", 120)
+        deadline, seen = time.time() + self.s.get("drain_timeout", 120), ""
         while True:
             count, _, who = self.psql("source", "postgres", query).strip().partition(" ")
             if count == "0":
                 return
+            if who != seen:  # the audit log says whom the window waited for
+                self.log(f"waiting for {count} Airflow session(s) on the source: {who}")
+                seen = who
             if time.time() > deadline:
                 raise RuntimeError(f"{count} Airflow sessions still open on the source: {who}")
             time.sleep(1)
