@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +128,14 @@ class Agent:
         query = ("SELECT count(*) || ' ' || coalesce(string_agg(DISTINCT coalesce(client_addr::text, 'local') || '/' "
                  "|| application_name, ', '), '') FROM pg_stat_activity "
                  f"WHERE datname = '{self.s['database']}' AND usename = '{self.s['owner']}' AND pid <> pg_backend_pid()")
-        deadline = time.time() + self.s.get("drain_timeout", 120)
+        deadline, seen = time.time() + self.s.get("drain_timeout", 120), ""
         while True:
             count, _, who = self.psql("source", "postgres", query).strip().partition(" ")
             if count == "0":
                 return
+            if who != seen:  # the audit log says whom the window waited for
+                self.log(f"waiting for {count} Airflow session(s) on the source: {who}")
+                seen = who
             if time.time() > deadline:
                 raise RuntimeError(f"{count} Airflow sessions still open on the source: {who}")
             time.sleep(1)
@@ -191,7 +195,10 @@ class Agent:
         return out
 
     def verify(self) -> dict[str, Any]:
-        source, cluster = self.fingerprints("source"), self.fingerprints("cluster")
+        # both sides at once: the stopped window pays for the slower one, not for the sum
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            source_side, cluster_side = pool.submit(self.fingerprints, "source"), pool.submit(self.fingerprints, "cluster")
+            source, cluster = source_side.result(), cluster_side.result()
         bad = [t for t in sorted(set(source) | set(cluster)) if source.get(t) != cluster.get(t)]
         if bad:
             raise RuntimeError("tables differ after the copy: " + ", ".join(
