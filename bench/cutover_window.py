@@ -113,8 +113,9 @@ def one_run(lab: Lab, method: str, megabytes: int, fresh: bool) -> dict:
     if record["outcome"] != "success":
         raise RuntimeError(f"{method} {megabytes} MB: cutover {cutover_id} ended {record['outcome']}")
     steps = {step["step"]: round(step["seconds"], 2) for step in record["steps"]}
+    waited = lab.ssh("vm1", f"grep -h 'waiting for' /var/log/pgha/cutover-{cutover_id}.log || true").splitlines()
     return {"method": method, "mb": megabytes, "size": size, "window": round(sum(steps.values()), 2),
-            "steps": steps, "cutover": cutover_id}
+            "steps": steps, "cutover": cutover_id, "drain_waited_for": [line.split(" ", 1)[1] for line in waited]}
 
 
 def load(path: Path) -> list[dict]:
