@@ -79,21 +79,21 @@ def drop_cluster_copy(lab: Lab) -> None:
     raise RuntimeError("no Patroni leader to drop airflow_db on")
 
 
-def wait_for_record(lab: Lab, cutover_id: str, timeout: float = 900) -> dict:
-    """The primary agent's record of this cutover (earlier runs' records stay in pgha_cutover_log)."""
+def wait_for_record(lab: Lab, cutover_id: str, role: str = "primary", timeout: float = 900) -> dict:
+    """An agent's record of this cutover (earlier runs' records stay in pgha_cutover_log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with lab.connect(VM1, 5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
-                cur.execute("SELECT record FROM pgha_cutover_log WHERE run_id = %s AND role = 'primary' "
-                            "ORDER BY id DESC LIMIT 1", (cutover_id,))
+                cur.execute("SELECT record FROM pgha_cutover_log WHERE run_id = %s AND role = %s "
+                            "ORDER BY id DESC LIMIT 1", (cutover_id, role))
                 row = cur.fetchone()
                 if row:
                     return row[0]
         except Exception:  # HAProxy or the table not there yet during the switch
             pass
         time.sleep(5)
-    raise RuntimeError(f"no record of cutover {cutover_id} after {timeout}s")
+    raise RuntimeError(f"no {role} record of cutover {cutover_id} after {timeout}s")
 
 
 def one_run(lab: Lab, method: str, megabytes: int, fresh: bool) -> dict:
@@ -113,9 +113,12 @@ def one_run(lab: Lab, method: str, megabytes: int, fresh: bool) -> dict:
     if record["outcome"] != "success":
         raise RuntimeError(f"{method} {megabytes} MB: cutover {cutover_id} ended {record['outcome']}")
     steps = {step["step"]: round(step["seconds"], 2) for step in record["steps"]}
+    # vm4's follower finishes after the primary: the next run's restore must not cut it short
+    follower = wait_for_record(lab, cutover_id, role="follower")
     waited = lab.ssh("vm1", f"grep -h 'waiting for' /var/log/pgha/cutover-{cutover_id}.log || true").splitlines()
     return {"method": method, "mb": megabytes, "size": size, "window": round(sum(steps.values()), 2),
-            "steps": steps, "cutover": cutover_id, "drain_waited_for": [line.split(" ", 1)[1] for line in waited]}
+            "steps": steps, "cutover": cutover_id, "drain_waited_for": [line.split(" ", 1)[1] for line in waited],
+            "follower": {step["step"]: round(step["seconds"], 2) for step in follower["steps"]}}
 
 
 def load(path: Path) -> list[dict]:

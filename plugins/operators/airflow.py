@@ -159,8 +159,10 @@ class CutoverOperator(PghaOperator):
         pgpass = f"{cluster_host}:{inv.haproxy.write_port}:*:{superuser.login}:{superuser.password}\n"
         remote.put_file(self.PGPASS, pgpass, owner=pgpass_owner, mode="0600", secret=True)
         python = settings.get("python") or "/usr/bin/python3"
+        # A timer's default AccuracySec is 1 min, and each host picks its own moment in that minute: the agents
+        # would start up to a minute apart, and the source's agent would wait that long for the others' writers.
         remote.run(f"systemd-run --quiet --collect --unit={run_id} --on-active={self.delay} "
-                   f"{python} {self.AGENT} {self.SETTINGS}")
+                   f"--timer-property=AccuracySec=100ms {python} {self.AGENT} {self.SETTINGS}")
         self.changed(f"cutover agent ({role}) armed on {host}: starts in {self.delay}s, "
                      f"log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
 
