@@ -84,6 +84,17 @@ class AirflowAPI:
         answer = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
         return answer["task_instances"]
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> list[str]:
+        """A task's log for one try, one line per event (Airflow 3 serves structured records)."""
+        answer = self.call(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+                   f"?map_index={map_index}&full_content=true"
+        )
+        content = answer.get("content", []) if isinstance(answer, dict) else answer
+        if isinstance(content, str):
+            return content.splitlines()
+        return [_log_line(record) for record in content]
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
         answer = self.call(
             "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
@@ -96,3 +107,11 @@ class AirflowAPI:
             "dag_run_id": run_id, "task_ids": task_ids, "dry_run": False, "only_failed": False,
             "include_downstream": False, "include_upstream": False, "reset_dag_runs": True,
         })
+
+
+def _log_line(record: Any) -> str:
+    if not isinstance(record, dict):
+        return str(record)
+    extra = {k: v for k, v in record.items() if k not in ("timestamp", "level", "event", "logger")}
+    text = f"{record.get('timestamp', '')} {record.get('level', '')} {record.get('event', '')}"
+    return f"{text} {extra}" if extra else text

@@ -148,7 +148,17 @@ class Lab:
     def failure_report(self, dag_id: str, run_id: str) -> str:
         tis = self.api.task_instances(dag_id, run_id)
         bad = [f"{t['task_id']}[{t['map_index']}]={t['state']}" for t in tis if t["state"] != "success"]
-        return "not successful: " + ", ".join(bad)
+        return "not successful: " + ", ".join(bad) + "".join(self._log_tail(dag_id, run_id, t) for t in tis
+                                                             if t["state"] == "failed")
+
+    def _log_tail(self, dag_id: str, run_id: str, ti: dict[str, Any], lines: int = 60) -> str:
+        """The end of a failed task's last try, so a CI failure says why without the lab."""
+        try:
+            log = self.api.task_log(dag_id, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+        except Exception as exc:  # noqa: BLE001 - a report must not hide the assertion it explains
+            return f"\n--- {ti['task_id']}: no log ({exc})"
+        return f"\n--- {ti['task_id']}[{ti['map_index']}] try {ti['try_number']}, last {lines} lines:\n" + \
+            "\n".join(log[-lines:])
 
     def progress(self, dag_id: str, run_id: str) -> Callable[[str], None]:
         started = time.monotonic()
