@@ -219,6 +219,22 @@ def test_haproxy_cfg_takes_fastinter_and_downinter(tmp_path: Path) -> None:
                         "on-marked-down shutdown-sessions"] * 2
 
 
+def test_haproxy_cfg_takes_connect_timeout_and_retries(tmp_path: Path) -> None:
+    """The shipped inventory's short connect timeout (HAProxy's retry step) reaches `defaults`; `haproxy -c` agrees."""
+    raw = shipped_inventory()
+    raw["haproxy"]["state_file"] = str(write_state_file(tmp_path / "server-state"))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
+    assert res.returncode == 0 and "WARNING" not in output(res), output(res)
+    lines = [line.strip() for line in cfg.read_text().splitlines()]
+    assert "timeout connect 250ms" in lines and "retries 8" in lines
+    del raw["haproxy"]["connect_timeout"], raw["haproxy"]["retries"]
+    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    lines = [line.strip() for line in cfg.read_text().splitlines()]
+    assert "timeout connect 4s" in lines and "retries 2" in lines  # the runbook's, when the inventory is silent
+
+
 def test_haproxy_routes_writes_to_the_patroni_leader(
     patroni: PatroniService, haproxy_factory: Any, short_tmp: Path
 ) -> None:
@@ -302,6 +318,17 @@ def test_patroni_yml_passes_validate_config(family: OsFamily, tmp_path: Path) ->
     path.write_text(patroni_yml(inv, family, bin_dir=bin_dir))
     res = validate_patroni(path)
     assert res.returncode == 0 and output(res).strip() == "", output(res)
+
+
+def test_patroni_yml_sets_a_short_wal_retrieve_retry_interval_unless_told_otherwise() -> None:
+    """A standby retries its lost primary every 500 ms (PostgreSQL's 5 s kept a restarted primary without a sync
+    standby); the inventory's own value wins."""
+    params = yaml.safe_load(patroni_yml(shipped(), DEBIAN))["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    assert params["wal_retrieve_retry_interval"] == "500ms"
+    raw = shipped_inventory()
+    raw["postgres"]["parameters"]["wal_retrieve_retry_interval"] = "2s"
+    params = yaml.safe_load(patroni_yml(parse_inventory(raw), DEBIAN))["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    assert params["wal_retrieve_retry_interval"] == "2s"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

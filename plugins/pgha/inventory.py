@@ -71,6 +71,12 @@ class Source:
     major: int = 13
 
 
+# Set on the cluster unless postgres.parameters says otherwise. A standby whose primary went away
+# retries every wal_retrieve_retry_interval (default 5 s): after the primary restarted in place, the
+# sync standby came back 5 s late, commits stalled, and Patroni dropped synchronous replication meanwhile.
+DEFAULT_PARAMETERS: dict[str, Any] = {"wal_retrieve_retry_interval": "500ms"}
+
+
 @dataclass(frozen=True)
 class Postgres:
     major: int = 15
@@ -82,6 +88,11 @@ class Postgres:
     replication_conn_id: str = "pgha_pg_replication"
     app_conn_id: str = "pgha_airflow_db"
     parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cluster_parameters(self) -> dict[str, Any]:
+        """What the cluster runs with: pgha's defaults, then the inventory's parameters."""
+        return {**DEFAULT_PARAMETERS, **self.parameters}
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,10 @@ class HAProxy:
     rise: int = 2
     fastinter: str | None = None  # between the first failed check and `fall` (default: inter)
     downinter: str | None = None  # while a server is DOWN, e.g. a replica waiting to be promoted (default: inter)
-    retries: int = 2  # connection attempts HAProxy retries on a refusing server, 1 s apart, before the client errs
+    retries: int = 2  # connection attempts HAProxy retries on a refusing server before the client errs
+    # HAProxy waits min(connect_timeout, 1 s) before each retry: on a LAN a shorter connect timeout
+    # reaches a primary that restarted in place sooner (the runbook's 4s means 1 s steps).
+    connect_timeout: str = "4s"
     install: Install = field(default_factory=Install)
 
 
