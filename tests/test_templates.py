@@ -220,8 +220,9 @@ def test_haproxy_cfg_takes_fastinter_and_downinter(tmp_path: Path) -> None:
 
 
 def test_haproxy_cfg_takes_connect_timeout_and_retries(tmp_path: Path) -> None:
-    """The shipped inventory's short connect timeout (HAProxy's retry step) reaches `defaults`; `haproxy -c` agrees."""
+    """haproxy.connect_timeout (HAProxy's retry step) and retries reach `defaults`; `haproxy -c` agrees."""
     raw = shipped_inventory()
+    raw["haproxy"].update(connect_timeout="250ms", retries=8)
     raw["haproxy"]["state_file"] = str(write_state_file(tmp_path / "server-state"))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
