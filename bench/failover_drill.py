@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _path in (REPO_ROOT / "tests", REPO_ROOT / "dags", REPO_ROOT / "plugins"):
+for _path in (REPO_ROOT / "tests", REPO_ROOT / "dags"):
     sys.path.insert(0, str(_path))
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="pgha-bench-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -164,8 +164,8 @@ def lab_connections() -> None:
 
 def apply_lab_profile(inventory: str) -> None:
     """The profile's timings onto the running cluster, as an operator changing the inventory would."""
-    from operators.haproxy import HAProxySwitchOperator
-    from operators.patroni import ApplyDcsConfigOperator
+    from pgha.operators.haproxy import HAProxySwitchOperator
+    from pgha.operators.patroni import ApplyDcsConfigOperator
 
     old_loop_wait = int(_patroni_config().get("loop_wait", 10))
     ApplyDcsConfigOperator(task_id="failover_timings", inventory_path=inventory).execute({})

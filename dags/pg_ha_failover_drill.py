@@ -22,7 +22,7 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, chain
-from operators.drill import (
+from pgha.operators.drill import (
     AnalyseDrillOperator,
     DrillPrecheckOperator,
     DrillRoutingOperator,
@@ -33,7 +33,7 @@ from operators.drill import (
 )
 from pgha.drill import schedule_from_inventory
 from pgha.inventory import DRILL_SCENARIOS
-from sensors.patroni import PatroniLeaderSensor
+from pgha.sensors.patroni import PatroniLeaderSensor
 
 INVENTORY_DEFAULT = os.environ.get("PGHA_INVENTORY", "include/inventory.yml")
 

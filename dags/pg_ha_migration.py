@@ -12,27 +12,27 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TaskGroup, chain
-from operators.airflow import CutoverOperator, StageAirflowConfigOperator
-from operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
-from operators.haproxy import (
+from pgha.operators.airflow import CutoverOperator, StageAirflowConfigOperator
+from pgha.operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
+from pgha.operators.haproxy import (
     ClusterRoutingCheckOperator,
     HAProxySwitchOperator,
     InstallHAProxyOperator,
 )
-from operators.host import (
+from pgha.operators.host import (
     HostPreflightOperator,
     InventoryHostsOperator,
     PrepareHostOperator,
     ValidateInventoryOperator,
 )
-from operators.patroni import (
+from pgha.operators.patroni import (
     ApplyDcsConfigOperator,
     ConfigurePatroniOperator,
     InstallPatroniOperator,
     StartPatroniOperator,
     SwitchoverTestOperator,
 )
-from operators.postgres import (
+from pgha.operators.postgres import (
     CreateDatabaseOperator,
     InstallPostgresOperator,
     MigrateDataOperator,
@@ -40,8 +40,8 @@ from operators.postgres import (
     SourcePreflightOperator,
     StartLogicalReplicationOperator,
 )
-from sensors.etcd import EtcdHealthSensor
-from sensors.patroni import PatroniLeaderSensor
+from pgha.sensors.etcd import EtcdHealthSensor
+from pgha.sensors.patroni import PatroniLeaderSensor
 
 PHASES = [
     "1_prepare_hosts",

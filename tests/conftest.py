@@ -16,8 +16,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
 
-# Airflow puts its plugins and dags folders on sys.path; do the same for the tests.
-for _path in (TESTS_DIR, REPO_ROOT / "dags", REPO_ROOT / "plugins"):
+# pgha itself is installed into the test virtualenv (pip install -e .), as a
+# deployment installs it; only the test helpers and the DAG files go on sys.path.
+for _path in (TESTS_DIR, REPO_ROOT / "dags"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
@@ -27,7 +28,7 @@ os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
-os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = os.path.join(_AIRFLOW_HOME, "plugins")
 
 import pytest  # noqa: E402
 from fixture_secrets import (  # noqa: E402

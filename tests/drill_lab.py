@@ -274,7 +274,7 @@ def fault_injector(lab: Lab, workdir: Path, mp: pytest.MonkeyPatch) -> Iterator[
 
 def run_drill(inventory: str, scenario: str, target: str = "leader") -> dict[str, Any]:
     """The DAG's steps in its order and trigger rules (heal, stop_probe and analyse always run)."""
-    from operators.drill import (
+    from pgha.operators.drill import (
         AnalyseDrillOperator,
         DrillPrecheckOperator,
         DrillRoutingOperator,
@@ -283,7 +283,7 @@ def run_drill(inventory: str, scenario: str, target: str = "leader") -> dict[str
         StartProbeOperator,
         StopProbeOperator,
     )
-    from sensors.patroni import PatroniLeaderSensor
+    from pgha.sensors.patroni import PatroniLeaderSensor
 
     context = {"params": {"scenario": scenario, "target": target}, "run_id": f"loopback-{scenario}"}
     common = {"inventory_path": inventory}

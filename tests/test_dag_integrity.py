@@ -104,7 +104,7 @@ def test_switchover_and_haproxy_use_our_components(dag) -> None:  # type: ignore
 def test_bad_inventory_does_not_break_parsing_and_fails_the_first_task(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from operators.host import ValidateInventoryOperator
+    from pgha.operators.host import ValidateInventoryOperator
     from pgha.inventory import InventoryError
 
     bad = tmp_path / "bad.yml"
@@ -119,7 +119,7 @@ def test_bad_inventory_does_not_break_parsing_and_fails_the_first_task(
 
 def test_missing_connections_are_named_before_any_host_is_touched(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.exceptions import AirflowException
-    from operators.host import ValidateInventoryOperator
+    from pgha.operators.host import ValidateInventoryOperator
 
     for conn_id in ("ssh_vm1", "ssh_psg1", "ssh_psg2", "pgha_source_db", "pgha_pg_superuser", "pgha_pg_replication",
                     "pgha_airflow_db", "pgha_patroni_api"):

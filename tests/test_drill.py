@@ -298,7 +298,7 @@ def test_switchover_drill_moves_the_leader_without_losing_a_write(lab: Lab) -> N
 
 
 def test_inject_never_twice_per_drill(lab: Lab) -> None:
-    from operators.drill import InjectFaultOperator
+    from pgha.operators.drill import InjectFaultOperator
 
     leader = lab.leader()
     plan = {"drill_id": "replayed", "probe_host": "lb", "scenario": "switchover", "target": leader, "leader": leader}
@@ -326,8 +326,8 @@ def test_postmaster_kill_drill_recovers_without_losing_a_write(lab: Lab) -> None
 
 
 def test_a_paused_cluster_is_not_drilled(lab: Lab) -> None:
-    from hooks.patroni import PatroniHook
-    from operators.drill import DrillPrecheckOperator
+    from pgha.hooks.patroni import PatroniHook
+    from pgha.operators.drill import DrillPrecheckOperator
 
     member = lab.cluster.members[0]
     auth = (PATRONI_REST_USER, PATRONI_REST_PASSWORD)
@@ -343,7 +343,7 @@ def test_a_paused_cluster_is_not_drilled(lab: Lab) -> None:
 
 
 def test_precheck_refuses_what_it_cannot_drill(lab: Lab) -> None:
-    from operators.drill import DrillPrecheckOperator
+    from pgha.operators.drill import DrillPrecheckOperator
 
     def precheck(**params: Any) -> Any:
         return DrillPrecheckOperator(task_id="precheck", inventory_path=lab.inventory).execute({"params": params})
@@ -360,7 +360,7 @@ def test_precheck_refuses_what_it_cannot_drill(lab: Lab) -> None:
 
 
 def test_host_crash_drill_through_the_fault_gate(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hooks.remote import RemoteHook
+    from pgha.hooks.remote import RemoteHook
 
     old = lab.leader()
     with fault_injector(lab, tmp_path, monkeypatch) as injector:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
-from hooks.etcd import EtcdHook
-from hooks.patroni import PatroniCluster
-from operators.etcd import keep_etcd_leader_off_patroni_leader
-from sensors.etcd import EtcdHealthSensor
+from pgha.hooks.etcd import EtcdHook
+from pgha.hooks.patroni import PatroniCluster
+from pgha.operators.etcd import keep_etcd_leader_off_patroni_leader
+from pgha.sensors.etcd import EtcdHealthSensor
 from services import EtcdCluster, free_port, start_etcd_cluster
-from triggers.etcd import EtcdHealthTrigger
+from pgha.triggers.etcd import EtcdHealthTrigger
 
 
 def names(cluster: EtcdCluster) -> list[str]:
@@ -76,7 +76,7 @@ def test_deferrable_sensor_defers_then_trigger_fires(etcd_cluster: EtcdCluster) 
     trigger = deferred.value.trigger
     assert isinstance(trigger, EtcdHealthTrigger)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "triggers.etcd.EtcdHealthTrigger"
+    assert classpath == "pgha.triggers.etcd.EtcdHealthTrigger"
     timed_out = asyncio.run(_first_event(EtcdHealthTrigger(**{**kwargs, "timeout": 2})))
     assert timed_out["status"] == "timeout" and timed_out["problems"]
     with pytest.raises(AirflowException, match="timed out"):

@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import operators.haproxy as haproxy_ops
+import pgha.operators.haproxy as haproxy_ops
 import psycopg2
 import pytest
 from airflow.sdk.exceptions import AirflowException
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
-from hooks.haproxy import HAProxyHook, parse_stat_csv
-from hooks.remote import RemoteHook
-from operators.haproxy import HAProxySwitchOperator, routing_problems
+from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv
+from pgha.hooks.remote import RemoteHook
+from pgha.operators.haproxy import HAProxySwitchOperator, routing_problems
 from pgha_testing import (
     loopback_inventory,
     set_connection,

@@ -8,14 +8,14 @@ import time
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER
-from hooks.patroni import PatroniCluster, PatroniHook
-from operators.patroni import ApplyDcsConfigOperator
+from pgha.hooks.patroni import PatroniCluster, PatroniHook
+from pgha.operators.patroni import ApplyDcsConfigOperator
 from pgha_testing import loopback_inventory, set_connection, write_inventory
-from sensors.patroni import PatroniLeaderSensor
+from pgha.sensors.patroni import PatroniLeaderSensor
 from pathlib import Path
 
 from services import PatroniService, free_port
-from triggers.patroni import PatroniLeaderTrigger
+from pgha.triggers.patroni import PatroniLeaderTrigger
 
 
 def test_cluster_shows_one_leader(patroni: PatroniService) -> None:
@@ -62,7 +62,7 @@ def test_deferrable_sensor_trigger_fires_with_the_leader(patroni: PatroniService
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute({})
     classpath, kwargs = deferred.value.trigger.serialize()
-    assert classpath == "triggers.patroni.PatroniLeaderTrigger"
+    assert classpath == "pgha.triggers.patroni.PatroniLeaderTrigger"
     timeout_event = asyncio.run(_first_event(PatroniLeaderTrigger(**{**kwargs, "timeout": 2})))
     assert timeout_event["status"] == "timeout"
     with pytest.raises(AirflowException, match="expected 1 streaming replicas"):

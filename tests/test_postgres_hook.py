@@ -6,8 +6,8 @@ import psycopg2
 import pytest
 
 from fixture_secrets import POSTGRES_PASSWORD
-from hooks.postgres import NodePostgresHook
-from operators.postgres import compare_fingerprints, fingerprints
+from pgha.hooks.postgres import NodePostgresHook
+from pgha.operators.postgres import compare_fingerprints, fingerprints
 from pgha_testing import set_connection
 from services import PostgresService
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException
-from hooks.remote import CommandFailed, RemoteHook
+from pgha.hooks.remote import CommandFailed, RemoteHook
 from pgha_testing import set_connection, ssh_connection
 from services import SshdService, free_port
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from pgha.inventory import Inventory, parse_inventory
 from pgha.osfamily import DEBIAN, RHEL, OsFamily
-from operators.host import NEIGHBOUR_SETTINGS, NEIGHBOUR_SYSCTL
+from pgha.operators.host import NEIGHBOUR_SETTINGS, NEIGHBOUR_SYSCTL
 from pgha.render import haproxy_context, node_context, plain_http_hosts, render
 from pgha_testing import loopback_inventory, shipped_inventory
 from services import (

@@ -41,6 +41,13 @@ install_airflow_config_and_units() {
   install -d -o airflow -g airflow -m 0700 "$airflow_home"
   install -o airflow -g airflow -m 0600 "$here/airflow.cfg" "$airflow_home/airflow.cfg"
   install -d -m 0755 /etc/pgha /opt/pgha
+  # The deployment's own plugins folder, with an `operators` package of its own as many
+  # deployments have: pgha is pip-installed under its own name and must work beside it.
+  install -d -o airflow -g airflow -m 0755 "$airflow_home/plugins/operators"
+  printf '"""This deployment'"'"'s own operators (the lab: named like pgha'"'"'s modules)."""\n' \
+    > "$airflow_home/plugins/operators/__init__.py"
+  printf 'OWNER = "the deployment"  # pgha'"'"'s DAGs would fail to import if they got this module\n' \
+    > "$airflow_home/plugins/operators/etcd.py"
   install -m 0600 "$here/airflow.env" /etc/pgha/airflow.env
   install -m 0755 "$here/pgha-airflow" /usr/local/sbin/pgha-airflow
   local unit

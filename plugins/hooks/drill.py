@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
-from hooks.remote import RemoteHook
+from pgha.hooks.remote import RemoteHook
 
 # The probe needs psycopg2 (what Airflow's Postgres provider ships) or psycopg 3.
 PYTHON_DRIVER_CHECK = (

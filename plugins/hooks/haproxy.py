@@ -9,7 +9,7 @@ from functools import cached_property
 
 from airflow.sdk import BaseHook
 
-from hooks.remote import RemoteHook
+from pgha.hooks.remote import RemoteHook
 
 
 def parse_stat_csv(text: str) -> list[dict[str, str]]:

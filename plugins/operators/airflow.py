@@ -9,14 +9,14 @@ import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from hooks.postgres import NodePostgresHook, load_sql
-from hooks.remote import RemoteHook
+from pgha.hooks.postgres import NodePostgresHook, load_sql
+from pgha.hooks.remote import RemoteHook
 from pgha import airflowcfg
 from pgha.inventory import INCLUDE_DIR
 from pgha.runtime import credentials
 
-from operators.base import HostOperator, PghaOperator
-from operators.postgres import LIVE_MARK
+from pgha.operators.base import HostOperator, PghaOperator
+from pgha.operators.postgres import LIVE_MARK
 
 STAGED_SUFFIX = ".pgha-new"
 

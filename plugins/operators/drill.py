@@ -15,22 +15,22 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
-from hooks.drill import DrillProbeHook, python_with_driver
-from hooks.etcd import EtcdHook
-from hooks.haproxy import HAProxyHook
-from hooks.patroni import PatroniCluster, PatroniHook
-from hooks.postgres import NodePostgresHook, load_sql
-from hooks.remote import RemoteHook
+from pgha.hooks.drill import DrillProbeHook, python_with_driver
+from pgha.hooks.etcd import EtcdHook
+from pgha.hooks.haproxy import HAProxyHook
+from pgha.hooks.patroni import PatroniCluster, PatroniHook
+from pgha.hooks.postgres import NodePostgresHook, load_sql
+from pgha.hooks.remote import RemoteHook
 from pgha.drill import LEADER_MOVES, analyse, first_ack_on, parse_probe_log, promotion_time, rto_slo_s, summary
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.runtime import credentials
 import psycopg2
 from psycopg2 import sql
 
-from operators.airflow import airflow_executable
-from operators.base import PghaOperator
-from operators.etcd import keep_etcd_leader_off_patroni_leader
-from operators.haproxy import READ_BACKEND, WRITE_BACKEND, HAProxySwitchOperator, routing_problems
+from pgha.operators.airflow import airflow_executable
+from pgha.operators.base import PghaOperator
+from pgha.operators.etcd import keep_etcd_leader_off_patroni_leader
+from pgha.operators.haproxy import READ_BACKEND, WRITE_BACKEND, HAProxySwitchOperator, routing_problems
 
 PATRONI_UNIT = "patroni.service"
 PROBE_SCRIPT = INCLUDE_DIR / "drill" / "probe.py"

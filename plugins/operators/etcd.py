@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from hooks.etcd import EtcdHook
-from hooks.patroni import PatroniCluster, PatroniHook
+from pgha.hooks.etcd import EtcdHook
+from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.render import node_context, render
 
-from operators.base import HostOperator, PghaOperator
+from pgha.operators.base import HostOperator, PghaOperator
 
 
 class InstallEtcdOperator(HostOperator):

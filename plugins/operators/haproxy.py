@@ -7,12 +7,12 @@ import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from hooks.haproxy import HAProxyHook
-from hooks.patroni import PatroniHook
-from hooks.postgres import NodePostgresHook
+from pgha.hooks.haproxy import HAProxyHook
+from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.postgres import NodePostgresHook
 from pgha.render import haproxy_context, render
 
-from operators.base import PghaOperator
+from pgha.operators.base import PghaOperator
 
 WRITE_BACKEND = "postgres_write"
 READ_BACKEND = "postgres_read"

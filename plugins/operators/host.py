@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowException
 from pgha.render import plain_http_hosts, render
 from pgha.runtime import InventoryMixin
 
-from operators.base import HostOperator, PghaOperator
+from pgha.operators.base import HostOperator, PghaOperator
 
 HOSTS_BEGIN = "# BEGIN pgha managed hosts"
 HOSTS_END = "# END pgha managed hosts"

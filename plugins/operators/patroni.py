@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
-from hooks.patroni import PatroniHook
+from pgha.hooks.patroni import PatroniHook
 from pgha.render import node_context, patroni_bin, render
 from pgha.runtime import credentials
 
-from operators.base import HostOperator, PghaOperator
+from pgha.operators.base import HostOperator, PghaOperator
 
 PATRONI_YML = "/etc/patroni/patroni.yml"
 

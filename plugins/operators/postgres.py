@@ -8,13 +8,13 @@ import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
-from hooks.patroni import PatroniHook
-from hooks.postgres import NodePostgresHook, load_sql
+from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.postgres import NodePostgresHook, load_sql
 from pgha.runtime import credentials
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from operators.base import HostOperator, PghaOperator
+from pgha.operators.base import HostOperator, PghaOperator
 
 LIVE_MARK = "pgha: live"
 RESTORED_MARK = "pgha: restored"
@@ -330,7 +330,7 @@ class PrepareLogicalSourceOperator(PghaOperator):
         remote = self.remote(inv.source.host)
         current = remote.read_file(hba_file) or ""
         rule = f"host {inv.postgres.database} {repl.login} {inv.cluster.network} scram-sha-256"
-        from operators.host import replace_block
+        from pgha.operators.host import replace_block
 
         updated = replace_block(current, rule, HBA_BEGIN, HBA_END)
         owner = remote.run(f"stat -c '%U %G %a' {shlex.quote(hba_file)}", quiet=True).stdout.split()

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 from pgha.runtime import InventoryMixin
-from triggers.base import PollingTrigger
+from pgha.triggers.base import PollingTrigger
 
 DEFAULT_TIMEOUT = 600  # ERRATA 25: never the 7-day default
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from triggers.etcd import EtcdHealthTrigger
+from pgha.triggers.etcd import EtcdHealthTrigger
 
-from sensors.base import CheckSensor
+from pgha.sensors.base import CheckSensor
 
 
 class EtcdHealthSensor(CheckSensor):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from triggers.patroni import PatroniLeaderTrigger
+from pgha.triggers.patroni import PatroniLeaderTrigger
 
-from sensors.base import CheckSensor
+from pgha.sensors.base import CheckSensor
 
 
 class PatroniLeaderSensor(CheckSensor):

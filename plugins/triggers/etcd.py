@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hooks.etcd import EtcdHook
+from pgha.hooks.etcd import EtcdHook
 
-from triggers.base import PollingTrigger
+from pgha.triggers.base import PollingTrigger
 
 
 class EtcdHealthTrigger(PollingTrigger):
@@ -19,7 +19,7 @@ class EtcdHealthTrigger(PollingTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
-            "triggers.etcd.EtcdHealthTrigger",
+            "pgha.triggers.etcd.EtcdHealthTrigger",
             {"endpoints": self.endpoints, "expected_members": self.expected_members, **self.common_kwargs()},
         )
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hooks.patroni import PatroniHook
+from pgha.hooks.patroni import PatroniHook
 
-from triggers.base import PollingTrigger
+from pgha.triggers.base import PollingTrigger
 
 
 class PatroniLeaderTrigger(PollingTrigger):
@@ -31,7 +31,7 @@ class PatroniLeaderTrigger(PollingTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
-            "triggers.patroni.PatroniLeaderTrigger",
+            "pgha.triggers.patroni.PatroniLeaderTrigger",
             {
                 "api_urls": self.api_urls,
                 "expected_replicas": self.expected_replicas,

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
-from hooks.remote import RemoteHook
+from pgha.hooks.remote import RemoteHook
 
 from pgha.inventory import Host, Inventory, load_inventory
 from pgha.osfamily import FAMILIES, OsFamily, detect_family

@@ -13,13 +13,15 @@ import json
 import os
 import string
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
 
-INCLUDE_DIR = Path(__file__).resolve().parents[2] / "include"
+# Templates, SQL, the schema and the host-side programs ship as package data (pgha.include).
+INCLUDE_DIR = Path(str(files("pgha.include")))
 SCHEMA_PATH = INCLUDE_DIR / "inventory.schema.json"
 DEFAULT_INVENTORY = INCLUDE_DIR / "inventory.yml"
 

@@ -1,0 +1,1 @@
+"""Package data of pgha: templates, SQL, the shipped inventory and the host-side programs."""
