@@ -9,7 +9,6 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.patroni import PatroniCluster
-from pgha.operators.etcd import keep_etcd_leader_off_patroni_leader
 from pgha.sensors.etcd import EtcdHealthSensor
 from services import EtcdCluster, free_port, start_etcd_cluster
 from pgha.triggers.etcd import EtcdHealthTrigger
@@ -37,10 +36,10 @@ def test_etcd_leadership_moves_off_the_patroni_leader(etcd_cluster: EtcdCluster)
         {"name": others[0], "role": "sync_standby", "state": "streaming"},
         {"name": others[1], "role": "replica", "state": "streaming"},
     ])
-    moved = keep_etcd_leader_off_patroni_leader(hook, cluster)
+    moved = hook.keep_leader_off_patroni_leader(cluster)
     assert moved and f"{leader} -> {others[1]}" in moved
     assert hook.report().leader_name == others[1]
-    assert keep_etcd_leader_off_patroni_leader(hook, cluster) is None
+    assert hook.keep_leader_off_patroni_leader(cluster) is None
     assert hook.move_leader(others[1]) is None  # already there
     with pytest.raises(ValueError, match="psg9"):
         hook.move_leader("psg9")

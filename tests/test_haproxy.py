@@ -23,7 +23,8 @@ from airflow.sdk.exceptions import AirflowException
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
 from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv
 from pgha.hooks.remote import RemoteHook
-from pgha.operators.haproxy import HAProxySwitchOperator, routing_problems
+from pgha.hooks.haproxy import routing_problems
+from pgha.operators.haproxy import HAProxySwitchOperator
 from pgha_testing import (
     loopback_inventory,
     set_connection,

@@ -5,11 +5,40 @@ from __future__ import annotations
 import csv
 import io
 import shlex
+from dataclasses import dataclass
 from functools import cached_property
 
 from airflow.sdk import BaseHook
 
+from pgha.hooks.patroni import PatroniCluster
 from pgha.hooks.remote import RemoteHook
+
+WRITE_BACKEND = "postgres_write"
+READ_BACKEND = "postgres_read"
+
+
+def routing_problems(write_up: list[str], read_up: list[str], leader: str | None, replicas: list[str]) -> list[str]:
+    """Why HAProxy's routing differs from Patroni's view, or [] when it matches."""
+    problems = []
+    if not leader:
+        problems.append("Patroni has no single leader")
+    elif write_up != [leader]:
+        problems.append(f"{WRITE_BACKEND} has UP {write_up}, expected exactly the leader [{leader}]")
+    if sorted(read_up) != sorted(replicas):
+        problems.append(f"{READ_BACKEND} has UP {read_up}, expected the streaming replicas {sorted(replicas)}")
+    return problems
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where HAProxy sends writes and reads, and why that differs from Patroni (empty: it matches)."""
+
+    write: list[str]
+    read: list[str]
+    problems: list[str]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"write": self.write, "read": self.read}
 
 
 def parse_stat_csv(text: str) -> list[dict[str, str]]:
@@ -63,3 +92,9 @@ class HAProxyHook(BaseHook):
 
     def up_servers(self, backend: str) -> list[str]:
         return sorted(name for name, status in self.server_states(backend).items() if status == "UP")
+
+    def routing(self, cluster: PatroniCluster) -> Routing:
+        """HAProxy's UP servers per backend, held against Patroni's ``cluster``."""
+        leader = cluster.leaders[0] if len(cluster.leaders) == 1 else None
+        write_up, read_up = self.up_servers(WRITE_BACKEND), self.up_servers(READ_BACKEND)
+        return Routing(write_up, read_up, routing_problems(write_up, read_up, leader, cluster.streaming_replicas))

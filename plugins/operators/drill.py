@@ -29,8 +29,8 @@ from psycopg2 import sql
 
 from pgha.operators.airflow import airflow_executable
 from pgha.operators.base import PghaOperator
-from pgha.operators.etcd import keep_etcd_leader_off_patroni_leader
-from pgha.operators.haproxy import READ_BACKEND, WRITE_BACKEND, HAProxySwitchOperator, routing_problems
+from pgha.hooks.haproxy import READ_BACKEND, WRITE_BACKEND, routing_problems
+from pgha.operators.haproxy import HAProxySwitchOperator
 
 PATRONI_UNIT = "patroni.service"
 PROBE_SCRIPT = INCLUDE_DIR / "drill" / "probe.py"
@@ -360,7 +360,7 @@ class HealOperator(DrillOperator, HAProxySwitchOperator):
             raise AirflowSkipException("no fault was injected for this drill: nothing to heal")
         self._repair(plan)
         back_at, cluster = self._wait_until_whole(plan["target"])
-        moved = keep_etcd_leader_off_patroni_leader(EtcdHook(self.etcd_endpoints()), self.patroni().cluster())
+        moved = EtcdHook(self.etcd_endpoints()).keep_leader_off_patroni_leader(self.patroni().cluster())
         if moved:
             self.changed(moved)
         return {"target": plan["target"], "back_at": back_at, "cluster": cluster, "routing": self.wait_for_routing()}

@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 from pgha.hooks.etcd import EtcdHook
-from pgha.hooks.patroni import PatroniCluster, PatroniHook
+from pgha.hooks.patroni import PatroniHook
 from pgha.render import node_context, render
 
 from pgha.operators.base import HostOperator, PghaOperator
@@ -32,7 +32,7 @@ class InstallEtcdOperator(HostOperator):
         else:
             self._install_tarball(family.etcd_binary)
         remote.run("id etcd >/dev/null 2>&1 || useradd --system --home-dir /var/lib/etcd --shell /usr/sbin/nologin etcd")
-        version = remote.run(f"{family.etcd_binary} --version | head -1").stdout.strip()
+        version = first_line(remote.run(f"{family.etcd_binary} --version").stdout)
         if install.version and install.version not in version:
             raise AirflowException(f"[{self.host}] version mismatch: expected etcd {install.version}, got {version!r}")
         return {"version": version}
@@ -109,43 +109,13 @@ class ConfigureEtcdOperator(HostOperator):
         self.changed("etcd.service restarted, one member at a time: the cluster is whole again")
 
 
-def etcd_leader_target(cluster: PatroniCluster) -> str | None:
-    """Where etcd's leader should be: a streaming replica that is not the sync standby (a host crash of the
-    Patroni leader then promotes the sync standby and leaves etcd's leader alone), else any replica."""
-    replicas = cluster.streaming_replicas
-    async_replicas = [name for name in replicas if name not in cluster.sync_standbys]
-    return (async_replicas or replicas or [None])[0]
-
-
-def keep_etcd_leader_off_patroni_leader(etcd: EtcdHook, cluster: PatroniCluster, timeout: float = 20) -> str | None:
-    """
-    Moves etcd's leadership off the Patroni leader's host; returns what changed, or None.
-
-    etcd renews every lease to its full TTL when its own leader changes, so a
-    host that leads both etcd and Patroni costs ttl + an etcd election when it
-    crashes (measured on the lab: 24 s with ttl 20) instead of ttl.
-    """
-    patroni_leader = cluster.leaders[0] if len(cluster.leaders) == 1 else None
-    etcd_leader = etcd.report().leader_name
-    target = etcd_leader_target(cluster)
-    if patroni_leader is None or etcd_leader != patroni_leader or target is None:
-        return None
-    etcd.move_leader(target)
-    deadline = time.monotonic() + timeout
-    while etcd.report().leader_name != target:
-        if time.monotonic() > deadline:
-            raise AirflowException(f"etcd leadership did not move {etcd_leader} -> {target} within {timeout}s")
-        time.sleep(0.5)
-    return f"etcd leader moved {etcd_leader} -> {target} (off the Patroni leader {patroni_leader})"
-
-
 class EtcdLeaderPlacementOperator(PghaOperator):
-    """Keeps etcd's leader on another host than Patroni's (see keep_etcd_leader_off_patroni_leader)."""
+    """Keeps etcd's leader on another host than Patroni's (see EtcdHook.keep_leader_off_patroni_leader)."""
 
     def run(self, context: Any) -> Any:
         cluster = PatroniHook(self.patroni_api_urls()).cluster()
         etcd = EtcdHook(self.etcd_endpoints())
-        moved = keep_etcd_leader_off_patroni_leader(etcd, cluster)
+        moved = etcd.keep_leader_off_patroni_leader(cluster)
         if moved:
             self.changed(moved)
         else:

@@ -14,9 +14,6 @@ from pgha.render import haproxy_context, render
 
 from pgha.operators.base import PghaOperator
 
-WRITE_BACKEND = "postgres_write"
-READ_BACKEND = "postgres_read"
-
 
 class InstallHAProxyOperator(PghaOperator):
     """Installs HAProxy (and socat for its runtime socket) on the inventory's HAProxy host."""
@@ -25,20 +22,8 @@ class InstallHAProxyOperator(PghaOperator):
         host = self.inventory.haproxy.host
         family = self.os_family(host)
         self.ensure_packages(host, family, family.packages_for("haproxy", 0))
-        version = self.remote(host).run("haproxy -v | head -1").stdout.strip()
+        version = first_line(self.remote(host).run("haproxy -v").stdout)
         return {"version": version}
-
-
-def routing_problems(write_up: list[str], read_up: list[str], leader: str | None, replicas: list[str]) -> list[str]:
-    """Why HAProxy's routing differs from Patroni's view, or [] when it matches."""
-    problems = []
-    if not leader:
-        problems.append("Patroni has no single leader")
-    elif write_up != [leader]:
-        problems.append(f"{WRITE_BACKEND} has UP {write_up}, expected exactly the leader [{leader}]")
-    if sorted(read_up) != sorted(replicas):
-        problems.append(f"{READ_BACKEND} has UP {read_up}, expected the streaming replicas {sorted(replicas)}")
-    return problems
 
 
 class HAProxySwitchOperator(PghaOperator):
@@ -106,15 +91,13 @@ class HAProxySwitchOperator(PghaOperator):
         problems: list[str] = []
         while time.monotonic() < deadline:
             try:
-                cluster = patroni.cluster()
-                leader = cluster.leaders[0] if len(cluster.leaders) == 1 else None
-                write_up, read_up = haproxy.up_servers(WRITE_BACKEND), haproxy.up_servers(READ_BACKEND)
-                problems = routing_problems(write_up, read_up, leader, cluster.streaming_replicas)
+                routing = haproxy.routing(patroni.cluster())
+                problems = routing.problems
             except AirflowException as exc:
                 problems = [str(exc)]
             if not problems:
-                self.log.info("routing ok: writes -> %s, reads -> %s", write_up, read_up)
-                return {"write": write_up, "read": read_up}
+                self.log.info("routing ok: writes -> %s, reads -> %s", routing.write, routing.read)
+                return routing.as_dict()
             self.log.info("routing not ready: %s", "; ".join(problems))
             time.sleep(1)
         raise AirflowException(f"HAProxy routing did not match Patroni within {self.routing_timeout}s: "
