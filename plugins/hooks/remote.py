@@ -52,6 +52,11 @@ echo "changed $old_sum"
 """
 
 
+def first_line(text: str) -> str:
+    """The first line of a command's output (in Python: `| head -1` dies of SIGPIPE under pipefail)."""
+    return (text.strip().splitlines() or [""])[0]
+
+
 class CommandFailed(AirflowException):
     """A remote command exited non-zero; carries the result for the caller."""
 

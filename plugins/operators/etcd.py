@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.remote import first_line
 from pgha.render import node_context, render
 
 from pgha.operators.base import HostOperator, PghaOperator

@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.remote import first_line
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.render import haproxy_context, render
 
