@@ -89,6 +89,16 @@ params = {
         description="Phase 9: move the leader to the synchronous standby and check HAProxy follows.",
         section="Validation",
     ),
+    "defer_waits": Param(
+        False,
+        type="boolean",
+        title="Wait in the triggerer",
+        description=(
+            "The etcd and Patroni sensors defer to Airflow's triggerer (asynchronous HTTP) instead of "
+            "rescheduling: no worker slot is held while they wait. Needs a running triggerer."
+        ),
+        section="Validation",
+    ),
 }
 
 INVENTORY = "{{ params.inventory_path }}"

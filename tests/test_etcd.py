@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.patroni import PatroniCluster
 from pgha.sensors.etcd import EtcdHealthSensor
@@ -78,7 +80,7 @@ def test_deferrable_sensor_defers_then_trigger_fires(etcd_cluster: EtcdCluster) 
     assert classpath == "pgha.triggers.etcd.EtcdHealthTrigger"
     timed_out = asyncio.run(_first_event(EtcdHealthTrigger(**{**kwargs, "timeout": 2})))
     assert timed_out["status"] == "timeout" and timed_out["problems"]
-    with pytest.raises(AirflowException, match="timed out"):
+    with pytest.raises(AirflowSensorTimeout, match="timed out"):  # final: no retry would help
         sensor.execute_complete({}, timed_out)
     healthy = EtcdHealthTrigger(endpoints=etcd_cluster.endpoints, expected_members=names(etcd_cluster),
                                 poll_interval=1, timeout=20)
@@ -99,6 +101,43 @@ def test_losing_quorum_then_recovering(tmp_path: Path) -> None:
         assert any("exactly one leader" in p or "is not true" in p for p in problems)
     finally:
         cluster.stop()
+
+
+def test_a_run_with_defer_waits_defers_a_sensor_built_without_deferrable(etcd_cluster: EtcdCluster) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    sensor = EtcdHealthSensor(task_id="etcd", endpoints=[dead], expected_members=["x"], timeout=5)
+    with pytest.raises(TaskDeferred):
+        sensor.execute({"params": {"defer_waits": True}})
+
+
+def test_async_report_says_what_the_sync_report_says(etcd_cluster: EtcdCluster) -> None:
+    hook = EtcdHook([*etcd_cluster.endpoints, f"http://127.0.0.1:{free_port()}"], timeout=1)
+    sync, on_loop = hook.report(), asyncio.run(hook.areport())
+    assert (on_loop.healthy, on_loop.leaders, on_loop.members) == (sync.healthy, sync.leaders, sync.members)
+    assert on_loop.errors.keys() == sync.errors.keys()
+
+
+def test_the_trigger_never_blocks_the_triggerers_event_loop() -> None:
+    """An endpoint that accepts and never answers: each request waits its full timeout, which must
+    not stop other triggers (here a ticker) from running."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        trigger = EtcdHealthTrigger(endpoints=[endpoint], expected_members=["x"], poll_interval=0.1, timeout=3)
+        gaps = asyncio.run(_longest_tick_gap_while(_first_event(trigger)))
+    assert gaps < 0.5, f"the event loop stood still for {gaps:.2f}s"
+
+
+async def _longest_tick_gap_while(awaitable) -> float:
+    task = asyncio.ensure_future(awaitable)
+    longest, last = 0.0, time.monotonic()
+    while not task.done():
+        await asyncio.sleep(0.05)
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+    await task
+    return longest
 
 
 async def _first_event(trigger: EtcdHealthTrigger) -> dict:

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, TaskDeferred
 from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.operators.patroni import ApplyDcsConfigOperator
@@ -65,10 +65,16 @@ def test_deferrable_sensor_trigger_fires_with_the_leader(patroni: PatroniService
     assert classpath == "pgha.triggers.patroni.PatroniLeaderTrigger"
     timeout_event = asyncio.run(_first_event(PatroniLeaderTrigger(**{**kwargs, "timeout": 2})))
     assert timeout_event["status"] == "timeout"
-    with pytest.raises(AirflowException, match="expected 1 streaming replicas"):
+    with pytest.raises(AirflowSensorTimeout, match="expected 1 streaming replicas"):
         sensor.execute_complete({}, timeout_event)
     ok = asyncio.run(_first_event(PatroniLeaderTrigger(**{**kwargs, "expected_replicas": 0})))
     assert ok == {"status": "success", "value": patroni.name}
+
+
+def test_async_cluster_is_the_sync_cluster(patroni: PatroniService) -> None:
+    hook = PatroniHook([f"http://127.0.0.1:{free_port()}", patroni.rest_url])
+    on_loop, sync = asyncio.run(hook.acluster()), hook.cluster()
+    assert (on_loop.leaders, on_loop.source) == (sync.leaders, sync.source) == ([patroni.name], patroni.rest_url)
 
 
 def test_switchover_is_authenticated(patroni: PatroniService, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import requests
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
@@ -44,6 +45,20 @@ class EtcdReport:
         return self.members.get(ids.pop()) if len(ids) == 1 else None
 
 
+def _health_json(body: dict[str, Any]) -> bool:
+    return str(body.get("health")).lower() == "true"
+
+
+def record_endpoint(report: EtcdReport, endpoint: str, healthy: bool, status: dict[str, Any],
+                    members: list[dict[str, Any]]) -> None:
+    """Add what one endpoint said (/health, maintenance status, member list) to ``report``."""
+    report.healthy[endpoint] = healthy
+    report.leaders[endpoint] = str(status.get("leader", "0"))
+    report.versions[endpoint] = str(status.get("version", "?"))
+    for member in members:
+        report.members[str(member.get("ID"))] = member.get("name") or f"(unstarted {member.get('ID')})"
+
+
 def etcd_leader_target(cluster: PatroniCluster) -> str | None:
     """Where etcd's leader should be: a streaming replica that is not the sync standby (a host crash of the
     Patroni leader then promotes the sync standby and leaves etcd's leader alone), else any replica."""
@@ -77,7 +92,7 @@ class EtcdHook(BaseHook):
 
     def health(self, endpoint: str) -> bool:
         response = requests.get(f"{endpoint}/health", timeout=self.timeout)
-        return response.ok and str(response.json().get("health")).lower() == "true"
+        return response.ok and _health_json(response.json())
 
     def status(self, endpoint: str) -> dict[str, Any]:
         """/v3/maintenance/status: the member's id, the leader's id, the version."""
@@ -114,14 +129,28 @@ class EtcdHook(BaseHook):
         report = EtcdReport()
         for endpoint in self.endpoints:
             try:
-                report.healthy[endpoint] = self.health(endpoint)
-                status = self.status(endpoint)
-                report.leaders[endpoint] = str(status.get("leader", "0"))
-                report.versions[endpoint] = str(status.get("version", "?"))
-                for member in self.members(endpoint):
-                    report.members[str(member.get("ID"))] = member.get("name") or f"(unstarted {member.get('ID')})"
+                health = requests.get(f"{endpoint}/health", timeout=self.timeout)
+                record_endpoint(report, endpoint, health.ok and _health_json(health.json()),
+                                self.status(endpoint), self.members(endpoint))
             except (requests.RequestException, ValueError) as exc:
                 report.errors[endpoint] = f"{type(exc).__name__}: {exc}"
+        return report
+
+    async def areport(self) -> EtcdReport:
+        """``report()`` without blocking the event loop (for triggers in the triggerer)."""
+        report = EtcdReport()
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            for endpoint in self.endpoints:
+                try:
+                    health = await client.get(f"{endpoint}/health")
+                    status = await client.post(f"{endpoint}/v3/maintenance/status", json={})
+                    members = await client.post(f"{endpoint}/v3/cluster/member/list", json={})
+                    status.raise_for_status()
+                    members.raise_for_status()
+                    record_endpoint(report, endpoint, health.is_success and _health_json(health.json()),
+                                    status.json(), members.json().get("members", []))
+                except (httpx.HTTPError, ValueError) as exc:
+                    report.errors[endpoint] = f"{type(exc).__name__}: {exc}"
         return report
 
     def keep_leader_off_patroni_leader(self, cluster: PatroniCluster, timeout: float = 20) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import requests
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
@@ -74,6 +75,11 @@ class PatroniCluster:
         return ", ".join(f"{m['name']}={m.get('role')}/{m.get('state')} lag={m.get('lag', '-')}" for m in self.members)
 
 
+def cluster_from(api_url: str, body: dict[str, Any]) -> PatroniCluster:
+    """A PatroniCluster from the body of GET /cluster as ``api_url`` answered it."""
+    return PatroniCluster(members=body.get("members", []), source=api_url, paused=bool(body.get("pause")))
+
+
 class PatroniHook(BaseHook):
     """
     Talks to the Patroni REST API of the cluster members.
@@ -130,8 +136,20 @@ class PatroniHook(BaseHook):
 
     def cluster(self) -> PatroniCluster:
         """GET /cluster from the first member that answers."""
-        api_url, body = self._get_json("/cluster")
-        return PatroniCluster(members=body.get("members", []), source=api_url, paused=bool(body.get("pause")))
+        return cluster_from(*self._get_json("/cluster"))
+
+    async def acluster(self) -> PatroniCluster:
+        """``cluster()`` without blocking the event loop (for triggers in the triggerer)."""
+        errors = []
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            for api_url in self.api_urls:
+                try:
+                    response = await client.get(f"{api_url}/cluster")
+                    response.raise_for_status()
+                    return cluster_from(api_url, response.json())
+                except (httpx.HTTPError, ValueError) as exc:
+                    errors.append(f"{api_url}: {exc}")
+        raise AirflowException("no Patroni member answered GET /cluster: " + "; ".join(errors))
 
     def history(self) -> list[list[Any]]:
         """GET /history: one entry per timeline switch, [timeline, lsn, reason, timestamp, new leader]."""

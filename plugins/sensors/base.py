@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowSensorTimeout
 from pgha.runtime import InventoryMixin
 from pgha.triggers.base import PollingTrigger
 
@@ -20,7 +20,8 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
     and, with ``deferrable=True``, in the triggerer.
 
     :param inventory_path: inventory file (templated; default: $PGHA_INVENTORY or the shipped one).
-    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param deferrable: wait in the triggerer instead of a worker slot. A run whose
+        ``defer_waits`` param is true defers every such sensor too.
     """
 
     template_fields = ("inventory_path",)
@@ -54,7 +55,7 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
 
     def execute(self, context: Any) -> Any:
         self.skip_unless_selected(context)
-        if not self.deferrable:
+        if not (self.deferrable or (context.get("params") or {}).get("defer_waits")):
             return super().execute(context)
         first = self.poke(context)
         if first.is_done:
@@ -67,7 +68,8 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") != "success":
-            raise AirflowException(
+            # final, as a timeout in poke/reschedule mode is: a retry would only wait again
+            raise AirflowSensorTimeout(
                 f"{self.task_id} timed out after {self.timeout:.0f}s: " + "; ".join(event.get("problems", []))
             )
         self.log.info("condition met: %s", event.get("value"))

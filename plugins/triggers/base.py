@@ -1,4 +1,4 @@
-"""A trigger that polls a synchronous check until it passes or time runs out."""
+"""A trigger that polls an asynchronous check until it passes or time runs out."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 class PollingTrigger(BaseTrigger):
     """
-    Runs ``check()`` in a thread every ``poll_interval`` seconds.
+    Awaits ``acheck()`` every ``poll_interval`` seconds in the triggerer's event
+    loop (the hooks' async clients: nothing blocks the loop). ``check()`` is the
+    same check, synchronous, for a sensor that pokes or reschedules.
 
     Fires ``{"status": "success", "value": ...}`` when the check reports no
     problems, or ``{"status": "timeout", "problems": [...]}`` at the deadline.
@@ -28,6 +30,10 @@ class PollingTrigger(BaseTrigger):
     def check(self) -> tuple[list[str], Any]:
         """Return (problems, value); no problems means done."""
 
+    @abstractmethod
+    async def acheck(self) -> tuple[list[str], Any]:
+        """``check()`` for the event loop."""
+
     def common_kwargs(self) -> dict[str, Any]:
         return {"poll_interval": self.poll_interval, "timeout": self.timeout}
 
@@ -36,7 +42,7 @@ class PollingTrigger(BaseTrigger):
         problems: list[str] = []
         while time.monotonic() < deadline:
             try:
-                problems, value = await asyncio.to_thread(self.check)
+                problems, value = await self.acheck()
             except Exception as exc:  # an unreachable service is a problem to wait out, not a crash
                 problems, value = [f"{type(exc).__name__}: {exc}"], None
             if not problems:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgha.hooks.etcd import EtcdHook
+from pgha.hooks.etcd import EtcdHook, EtcdReport
 
 from pgha.triggers.base import PollingTrigger
 
@@ -24,5 +24,10 @@ class EtcdHealthTrigger(PollingTrigger):
         )
 
     def check(self) -> tuple[list[str], Any]:
-        report = EtcdHook(self.endpoints).report()
+        return self.judge(EtcdHook(self.endpoints).report())
+
+    async def acheck(self) -> tuple[list[str], Any]:
+        return self.judge(await EtcdHook(self.endpoints).areport())
+
+    def judge(self, report: EtcdReport) -> tuple[list[str], Any]:
         return report.problems(self.expected_members), report.leader_name

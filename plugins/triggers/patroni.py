@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.patroni import PatroniCluster, PatroniHook
 
 from pgha.triggers.base import PollingTrigger
 
@@ -43,6 +43,11 @@ class PatroniLeaderTrigger(PollingTrigger):
         )
 
     def check(self) -> tuple[list[str], Any]:
-        cluster = PatroniHook(self.api_urls).cluster()
+        return self.judge(PatroniHook(self.api_urls).cluster())
+
+    async def acheck(self) -> tuple[list[str], Any]:
+        return self.judge(await PatroniHook(self.api_urls).acluster())
+
+    def judge(self, cluster: PatroniCluster) -> tuple[list[str], Any]:
         problems = cluster.problems(self.expected_replicas, self.require_sync, self.max_lag_bytes, self.not_leader)
         return problems, (cluster.leaders[0] if len(cluster.leaders) == 1 else None)
