@@ -33,7 +33,8 @@ def migrated(lab: Lab) -> dict[str, Any]:
     # a writer that commits every 100 ms throughout, stopped and repointed by the cutover like any Airflow unit
     inventory = lab.install_probe()
     lab.api.unpause(DAG)
-    run_id = lab.api.trigger(DAG, {"inventory_path": inventory})
+    # the etcd and Patroni sensors wait in the triggerer here (the other lab runs reschedule)
+    run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "defer_waits": True})
     state = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
     record = lab.wait_for_cutover() if state == "success" else {}
     return {"run_id": run_id, "state": state, "inventory": inventory, "cutover": record}
@@ -52,6 +53,19 @@ def test_every_task_succeeded(lab: Lab, migrated: dict[str, Any]) -> None:
     # the logical-replication branch skips itself when migration_method is dump_restore
     assert {k for k, v in found.items() if v == "skipped"} == OTHER_METHOD
     assert len(found) > 40 and all(v == "success" for k, v in found.items() if k not in OTHER_METHOD), found
+
+
+def test_the_sensors_waited_in_the_triggerer(lab: Lab, migrated: dict[str, Any]) -> None:
+    """defer_waits: a sensor that found the cluster not ready deferred, and its trigger fired in the
+    triggerer (whose log lines Airflow appends to the task's log)."""
+    deferred = []
+    for task_id in ("phase3_etcd_cluster.etcd_healthy", "phase5_bootstrap.leader_elected",
+                    "phase5_bootstrap.replicas_streaming"):
+        log = "\n".join(lab.api.task_log(DAG, migrated["run_id"], task_id, try_number=1))
+        if "Pausing task as DEFERRED" in log:
+            assert "Trigger fired event" in log and "condition met" in log, log[-3000:]
+            deferred.append(task_id)
+    assert deferred, "no sensor deferred although the run asked for defer_waits"
 
 
 def test_patroni_one_leader_two_streaming_one_sync(lab: Lab, migrated: dict[str, Any]) -> None:
