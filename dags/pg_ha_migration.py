@@ -1,7 +1,7 @@
 """
 pg_ha_migration: Airflow's single PostgreSQL becomes a 3-node Patroni + etcd + HAProxy cluster.
 
-Follows the runbook (shared/seed/000_*.txt) as corrected by shared/ERRATA.md:
+Follows the nine-phase manual runbook (with its mistakes corrected, see README):
 preflight, then the nine phases in order, then the cutover. Per-node work is
 mapped over the inventory; every task is safe to clear and run again.
 """
