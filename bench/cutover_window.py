@@ -35,13 +35,13 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
-from lab_fixtures import Lab  # noqa: E402
+from lab_fixtures import NODES as NODE_ADDRESSES  # noqa: E402  (the lab's hosts table, lab/pghalab/topology.py)
+from lab_fixtures import PATRONI_PORT, POSTGRES_PORT, VM1, WRITE_PORT, Lab  # noqa: E402
 from lab_fixtures import lab as lab_cli  # noqa: E402
 
 DAG = "pg_ha_migration"
 METHODS = ("dump_restore", "logical_replication")
-NODES = ("10.83.0.140", "10.83.0.144", "10.83.0.145")
-VM1 = "10.83.0.129"
+NODES = tuple(NODE_ADDRESSES.values())
 
 
 def grow(lab: Lab, megabytes: int) -> str:
@@ -60,7 +60,7 @@ def cluster_exists() -> bool:
     """A Patroni leader answers on one of the database nodes (an earlier run's cluster)."""
     for address in NODES:
         try:
-            members = requests.get(f"http://{address}:8008/cluster", timeout=3).json()["members"]
+            members = requests.get(f"http://{address}:{PATRONI_PORT}/cluster", timeout=3).json()["members"]
         except (requests.RequestException, ValueError, KeyError):
             continue
         if any(m["role"] == "leader" for m in members):
@@ -71,7 +71,7 @@ def cluster_exists() -> bool:
 def drop_cluster_copy(lab: Lab) -> None:
     """DROP the cluster's airflow_db (the previous run's copy), on the Patroni leader."""
     for address in NODES:
-        with lab.connect(address, 5432, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+        with lab.connect(address, POSTGRES_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_is_in_recovery()")
             if not cur.fetchone()[0]:
                 cur.execute("DROP DATABASE IF EXISTS airflow_db WITH (FORCE)")
@@ -84,7 +84,7 @@ def wait_for_record(lab: Lab, cutover_id: str, role: str = "primary", timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with lab.connect(VM1, 5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+            with lab.connect(VM1, WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
                 cur.execute("SELECT record FROM pgha_cutover_log WHERE run_id = %s AND role = %s "
                             "ORDER BY id DESC LIMIT 1", (cutover_id, role))
                 row = cur.fetchone()

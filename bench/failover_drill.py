@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _path in (REPO_ROOT / "tests", REPO_ROOT / "dags"):
+for _path in (REPO_ROOT / "tests", REPO_ROOT / "dags", REPO_ROOT / "lab"):
     sys.path.insert(0, str(_path))
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="pgha-bench-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -48,11 +48,11 @@ import pytest  # noqa: E402
 from airflow.sdk.exceptions import AirflowSkipException  # noqa: E402
 import yaml  # noqa: E402
 from drill_lab import Profile, fault_injector, loopback_lab, run_drill  # noqa: E402
+from pghalab import topology  # noqa: E402  (the lab's hosts table)
+from pghalab.settings import KEYS, LAB_COMMAND, LAB_INVENTORY, SECRETS  # noqa: E402
 
 NO_SLO = {s: 600.0 for s in ("switchover", "patroni_stop", "postmaster_kill", "host_crash", "host_isolate")}
 ALL_SCENARIOS = "switchover,patroni_stop,postmaster_kill,host_crash,host_isolate"
-LAB_DIR = REPO_ROOT / "lab"
-LAB_STATE = LAB_DIR / ".state"
 
 # On the lab: the runbook's timings and lab/inventory.yml's own. The runbook's retry_timeout 30 breaks
 # Patroni's rule (loop_wait + 2 x retry_timeout <= ttl); Patroni lowers it to 10 (ERRATA 7), so 10 is what runs.
@@ -126,7 +126,7 @@ def table(results: dict[str, dict[str, list[float]]], scenarios: list[str]) -> s
 
 def lab_inventory(profile: str, workdir: Path) -> str:
     """lab/inventory.yml with ``profile``'s timings and no SLO (the benchmark measures, it does not judge)."""
-    raw = yaml.safe_load((LAB_DIR / "inventory.yml").read_text())
+    raw = yaml.safe_load(LAB_INVENTORY.read_text())
     for section, values in (LAB_PROFILES[profile] or {}).items():
         for key, value in values.items():
             if value is None:
@@ -141,20 +141,20 @@ def lab_inventory(profile: str, workdir: Path) -> str:
 
 def lab_connections() -> None:
     """The connections the drill needs, from the outside: lab/lab env (SSH) and the lab's secrets."""
-    env = subprocess.run([str(LAB_DIR / "lab"), "env"], check=True, capture_output=True, text=True).stdout
+    env = subprocess.run([str(LAB_COMMAND), "env"], check=True, capture_output=True, text=True).stdout
     for line in env.splitlines():
         if line.startswith("export AIRFLOW_CONN_"):
             name, value = line.removeprefix("export ").split("=", 1)
             os.environ[name] = shlex.split(value)[0]
-    secrets = json.loads((LAB_STATE / "secrets.json").read_text())
-    keys = LAB_STATE / "keys"
+    secrets = json.loads(SECRETS.read_text())
+    keys = KEYS
     conns = {
         "pgha_pg_superuser": {"conn_type": "postgres", "login": "postgres", "password": secrets["pg_superuser_password"]},
         "pgha_airflow_db": {"conn_type": "postgres", "login": "airflow_user",
                             "password": secrets["airflow_db_password"], "schema": "airflow_db"},
         "pgha_patroni_api": {"conn_type": "http", "login": "patroni", "password": secrets["patroni_api_password"]},
         "pgha_fault_injector": {
-            "conn_type": "ssh", "host": "10.83.0.1", "port": 2222, "login": "root",
+            "conn_type": "ssh", "host": topology.BRIDGE_IP, "port": topology.FAULT_GATE_PORT, "login": "root",
             "extra": {"key_file": str(keys / "fault_gate_ed25519"), "no_host_key_check": False,
                       "host_key": " ".join((keys / "fault_gate_host_ed25519.pub").read_text().split()[:2])}},
     }
@@ -176,9 +176,9 @@ def apply_lab_profile(inventory: str) -> None:
 def _patroni_config() -> dict[str, Any]:
     import requests
 
-    for address in ("10.83.0.140", "10.83.0.144", "10.83.0.145"):
+    for address in topology.database_addresses().values():
         try:
-            return requests.get(f"http://{address}:8008/config", timeout=3).json()
+            return requests.get(f"http://{address}:{topology.PATRONI_REST_PORT}/config", timeout=3).json()
         except (requests.RequestException, ValueError):
             continue
     return {}

@@ -195,7 +195,8 @@ def test_haproxy_cfg_has_no_warning_once_the_state_file_exists(tmp_path: Path) -
 
 
 def test_neighbour_sysctl_file_is_accepted_by_sysctl(tmp_path: Path) -> None:
-    """`sysctl -p` parses every line of the fast-peer-failure file (for loopback, which has neigh settings)."""
+    """Every line of the fast-peer-failure file is `key = value` for a key this kernel has (rendered for
+    loopback, which has neigh settings); applying it needs root, so `sysctl -p` is left to the lab."""
     conf = tmp_path / "neighbour.conf"
     conf.write_text(render("neighbour-sysctl.conf.j2", interface="lo", settings=NEIGHBOUR_SETTINGS))
     lines = [line for line in conf.read_text().splitlines() if line and not line.startswith("#")]

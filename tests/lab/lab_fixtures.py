@@ -7,17 +7,25 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import psycopg2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LAB = REPO_ROOT / "lab" / "lab"
-STATE = REPO_ROOT / "lab" / ".state"
 sys.path.insert(0, str(REPO_ROOT / "lab"))
 
-from airflow_api import AirflowAPI  # noqa: E402
+from pghalab import topology  # noqa: E402  (the lab's hosts table: names, addresses, ports)
+from pghalab.airflow_api import AirflowAPI  # noqa: E402
+from pghalab.settings import LAB_COMMAND as LAB  # noqa: E402
+from pghalab.settings import LAB_INVENTORY, SECRETS  # noqa: E402
+
+VM1 = topology.address(topology.AIRFLOW_HOST)  # Airflow, its old PostgreSQL, HAProxy
+NODES = topology.database_addresses()  # {psg1: address, ...}
+WRITE_PORT, READ_PORT = topology.HAPROXY_WRITE_PORT, topology.HAPROXY_READ_PORT  # HAProxy on vm1
+PATRONI_PORT, ETCD_PORT = topology.PATRONI_REST_PORT, topology.ETCD_CLIENT_PORT
+POSTGRES_PORT = topology.POSTGRES_PORT  # PostgreSQL on every host
 
 SNAPSHOT = "provisioned"
 PROBE_UNIT = """\
@@ -45,12 +53,35 @@ def lab(*args: str, timeout: float = 3600) -> str:
 
 class Lab:
     def __init__(self) -> None:
-        self.secrets = json.loads((STATE / "secrets.json").read_text())
-        self.api = AirflowAPI("http://10.83.0.129:8080", "admin", self.secrets["admin_password"])
+        self.secrets = json.loads(SECRETS.read_text())
+        self.api = AirflowAPI(topology.api_url(), "admin", self.secrets["admin_password"])
 
     def up(self) -> None:
         lab("up")
         lab("provision")
+
+    def unpause_settled(self, dag_id: str, timeout: float = 1800) -> None:
+        """Unpause a scheduled DAG; return once the runs the scheduler makes of it on its own are done.
+
+        Unpausing lets the scheduler run the latest scheduled interval at once (catchup=False still
+        runs the last one): a test that reads the cluster and then triggers its own run would see
+        both runs' effects. Done when the DAG's next scheduled run lies in the future (everything due
+        was created) and none of its runs is queued or running.
+        """
+        self.api.unpause(dag_id)
+        deadline, seen = time.monotonic() + timeout, ""
+        while True:
+            due = self.api.dag(dag_id).get("next_dagrun_run_after")
+            active = sorted(r["dag_run_id"] for r in self.api.runs(dag_id, ("queued", "running")))
+            if not active and (due is None or datetime.fromisoformat(due) > datetime.now(timezone.utc)):
+                return
+            line = f"{dag_id}: next scheduled run after {due}, active {active or 'none'}"
+            if line != seen:
+                print(f"waiting for the scheduler's own runs: {line}", flush=True)
+                seen = line
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the scheduler's own runs not done after {timeout}s: {line}")
+            time.sleep(5)
 
     def reset_to_provisioned(self) -> None:
         lab("reset", "psg1", "psg2", "psg3")
@@ -60,7 +91,7 @@ class Lab:
         """Install the airflow-probe writer unit on vm1 and an inventory listing it; returns that inventory."""
         import yaml
 
-        inventory = yaml.safe_load((REPO_ROOT / "lab" / "inventory.yml").read_text())
+        inventory = yaml.safe_load(LAB_INVENTORY.read_text())
         inventory["airflow"]["hosts"][0]["units"].append("airflow-probe")
         self.ssh("vm1", "install -d -o airflow -g airflow /var/lib/pgha-probe && rm -f /var/lib/pgha-probe/acks.log")
         self.put("vm1", "/etc/pgha/inventory-probe.yml", yaml.safe_dump(inventory))
@@ -94,7 +125,7 @@ class Lab:
             conn.close()
 
     def cutover_record(self, role: str = "primary") -> dict[str, Any]:
-        conn = psycopg2.connect(host="10.83.0.129", port=5433, dbname="postgres", user="postgres",
+        conn = psycopg2.connect(host=VM1, port=WRITE_PORT, dbname="postgres", user="postgres",
                                 password=self.secrets["pg_superuser_password"], connect_timeout=10)
         try:
             with conn.cursor() as cur:

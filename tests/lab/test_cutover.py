@@ -10,12 +10,11 @@ import time
 
 import pytest
 
-from lab_fixtures import Lab
+from lab_fixtures import VM1, WRITE_PORT, Lab
 
 pytestmark = pytest.mark.lab
 
 DAG = "pg_ha_migration"
-VM1 = "10.83.0.129"
 HISTORY = ("SELECT count(*), md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) FROM task_instance t "
            "WHERE dag_id = 'lab_history'")
 
@@ -55,7 +54,7 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     run_id = lab.api.trigger(DAG, {"run_failover_test": False})
     wait_for_task(lab, run_id, "cutover")
     # The agent starts 20 s after the task: break the new URL's login now (the copy keeps roles).
-    with lab.connect(host=VM1, port=5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+    with lab.connect(host=VM1, port=WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("ALTER ROLE airflow_user PASSWORD 'not-the-password-airflow-has'")
     record = wait_for_record(lab, None)
     assert record["outcome"] == "rolled_back", record
@@ -68,7 +67,7 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     assert lab.api.wait("lab_smoke", smoke, timeout=600) == "success", "Airflow works on the old database"
     count = lab.source_sql(f"SELECT count(*) FROM dag_run WHERE run_id = '{smoke}'").strip()
     assert count == "1", "the fresh run was written to the source database"
-    with lab.connect(host=VM1, port=5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+    with lab.connect(host=VM1, port=WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'airflow_db'")
         assert cur.fetchone()[0] is None, "the cluster database is not marked live"
 
@@ -84,7 +83,7 @@ def test_logical_replication_method_moves_identical_data(lab: Lab) -> None:
     steps = [s["step"] for s in record["steps"]]
     assert "catch_up" in steps and "drop_subscription" in steps and "copy" not in steps
     assert lab.source_fingerprints() == record["result"]["fingerprints"]
-    with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
+    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute(HISTORY)
         count, digest = cur.fetchone()
         cur.execute("SELECT count(*) FROM pg_subscription")

@@ -14,16 +14,13 @@ import threading
 import time
 from typing import Any
 
-import psycopg2
 import pytest
 import requests
-from lab_fixtures import Lab
+from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, READ_PORT, VM1, WRITE_PORT, Lab
 
 pytestmark = pytest.mark.lab
 
 DAG = "pg_ha_migration"
-NODES = {"psg1": "10.83.0.140", "psg2": "10.83.0.144", "psg3": "10.83.0.145"}
-VM1 = "10.83.0.129"
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +66,12 @@ def test_the_sensors_waited_in_the_triggerer(lab: Lab, migrated: dict[str, Any])
 
 
 def test_patroni_one_leader_two_streaming_one_sync(lab: Lab, migrated: dict[str, Any]) -> None:
-    members = requests.get(f"http://{NODES['psg1']}:8008/cluster", timeout=5).json()["members"]
+    members = requests.get(f"http://{NODES['psg1']}:{PATRONI_PORT}/cluster", timeout=5).json()["members"]
     for _ in range(30):  # Patroni re-elects a sync standby within a loop_wait after a switchover
         if any(m["role"] == "sync_standby" for m in members):
             break
         time.sleep(1)
-        members = requests.get(f"http://{NODES['psg1']}:8008/cluster", timeout=5).json()["members"]
+        members = requests.get(f"http://{NODES['psg1']}:{PATRONI_PORT}/cluster", timeout=5).json()["members"]
     roles = sorted(m["role"] for m in members)
     assert roles.count("leader") == 1
     replicas = [m for m in members if m["role"] != "leader"]
@@ -84,13 +81,13 @@ def test_patroni_one_leader_two_streaming_one_sync(lab: Lab, migrated: dict[str,
 
 def test_etcd_healthy_with_exactly_three_members(lab: Lab, migrated: dict[str, Any]) -> None:
     for address in NODES.values():
-        assert requests.get(f"http://{address}:2379/health", timeout=5).json()["health"] == "true"
-    members = requests.post(f"http://{NODES['psg1']}:2379/v3/cluster/member/list", json={}, timeout=5).json()
+        assert requests.get(f"http://{address}:{ETCD_PORT}/health", timeout=5).json()["health"] == "true"
+    members = requests.post(f"http://{NODES['psg1']}:{ETCD_PORT}/v3/cluster/member/list", json={}, timeout=5).json()
     assert sorted(m["name"] for m in members["members"]) == sorted(NODES)
 
 
 def test_haproxy_write_port_reaches_leader_and_read_port_a_replica(lab: Lab, migrated: dict[str, Any]) -> None:
-    for port, expected in ((5433, False), (5434, True)):
+    for port, expected in ((WRITE_PORT, False), (READ_PORT, True)):
         with lab.connect(host=VM1, port=port) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_is_in_recovery()")
             assert cur.fetchone()[0] is expected, port
@@ -108,7 +105,7 @@ def test_cluster_tables_match_the_source_at_the_switch(lab: Lab, migrated: dict[
 
 def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[str, Any]) -> None:
     config = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg").split("@", 1)[1]
-    assert config.startswith("127.0.0.1:5433/airflow_db"), config
+    assert config.startswith(f"127.0.0.1:{WRITE_PORT}/airflow_db"), config
     # /etc/pgha/airflow.env is root 0600: pgha-airflow reads it as root, then runs the CLI as airflow
     listing = lab.ssh("vm1", "pgha-airflow dags list -o json")
     # the CLI may log lines before its JSON document: take the line that is the document
@@ -116,7 +113,7 @@ def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[
     assert DAG in {d["dag_id"] for d in json.loads(document)}
     run_id = lab.api.trigger("lab_smoke")
     assert lab.api.wait("lab_smoke", run_id, timeout=600) == "success"
-    with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
+    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute("SELECT state FROM dag_run WHERE run_id = %s", (run_id,))
         assert cur.fetchone() == ("success",)
         for _ in range(60):  # the scheduler on the cluster finalizes the run if the copy caught it running
@@ -131,13 +128,13 @@ def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[
 def test_the_remote_celery_worker_was_repointed_and_runs_tasks(lab: Lab, migrated: dict[str, Any]) -> None:
     """vm4 (the runbook's VM4): its agent followed the primary's outcome; it reaches the cluster through
     HAProxy on vm1's address (never localhost, ERRATA 15) and still runs Celery tasks."""
-    with lab.connect(host=VM1, port=5433, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+    with lab.connect(host=VM1, port=WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT host, outcome FROM pgha_cutover_log WHERE role = 'follower' AND run_id = %s",
                     (migrated["cutover"]["run_id"],))
         assert cur.fetchall() == [("vm4", "success")]
     config = lab.ssh("vm4", "grep -E '^(sql_alchemy_conn|result_backend) ' /home/airflow/airflow/airflow.cfg")
     targets = sorted(line.split("@", 1)[1].split("/", 1)[0] for line in config.splitlines())
-    assert targets == [f"{VM1}:5433", f"{VM1}:5433"], config
+    assert targets == [f"{VM1}:{WRITE_PORT}"] * 2, config
     assert lab.ssh("vm4", "systemctl is-active airflow-celery-worker").strip() == "active"
     run_id = lab.api.trigger("lab_celery_smoke")
     assert lab.api.wait("lab_celery_smoke", run_id, timeout=600) == "success", lab.failure_report("lab_celery_smoke", run_id)
@@ -146,7 +143,7 @@ def test_the_remote_celery_worker_was_repointed_and_runs_tasks(lab: Lab, migrate
 
 def test_every_acknowledged_write_is_in_the_cluster(lab: Lab, migrated: dict[str, Any]) -> None:
     acks = lab.probe_acks()
-    with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
+    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute("SELECT seq FROM pgha_probe")
         stored = {row[0] for row in cur.fetchall()}
     assert len(acks) > 100, "the probe wrote throughout the migration"
@@ -184,7 +181,7 @@ class QuorumWatch(threading.Thread):
 
     def served(self, address: str) -> bool:
         try:
-            return requests.post(f"http://{address}:2379/v3/kv/range", json=self.body, timeout=2).ok
+            return requests.post(f"http://{address}:{ETCD_PORT}/v3/kv/range", json=self.body, timeout=2).ok
         except requests.RequestException:
             return False
 
@@ -203,7 +200,7 @@ class QuorumWatch(threading.Thread):
 
 
 def patroni_leader() -> str:
-    members = requests.get(f"http://{NODES['psg1']}:8008/cluster", timeout=5).json()["members"]
+    members = requests.get(f"http://{NODES['psg1']}:{PATRONI_PORT}/cluster", timeout=5).json()["members"]
     return next(m["name"] for m in members if m["role"] == "leader")
 
 
@@ -225,7 +222,6 @@ def test_a_changed_etcd_unit_restarts_one_member_at_a_time_without_losing_quorum
 
 
 def test_psql_through_haproxy_as_airflow(lab: Lab, migrated: dict[str, Any]) -> None:
-    with lab.connect(host=VM1, port=5433) as conn, conn.cursor() as cur:
+    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM task_instance")
         assert cur.fetchone()[0] > 1000
-    assert isinstance(psycopg2.__version__, str)

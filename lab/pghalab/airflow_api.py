@@ -1,6 +1,6 @@
 """A small client for the lab Airflow's REST API (what the UI's buttons call).
 
-Standard library only, so `lab/demo` and the tests share it. Tolerates the
+Standard library only, so `lab/lab`, `lab/demo`, bench/ and the tests share it. Tolerates the
 api-server restarting under it (the migration's cutover restarts Airflow).
 """
 
@@ -59,6 +59,18 @@ class AirflowAPI:
 
     def unpause(self, dag_id: str) -> None:
         self.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def pause(self, dag_id: str) -> None:
+        self.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
+
+    def dag(self, dag_id: str) -> dict[str, Any]:
+        """The DAG as the API shows it (is_paused, next_dagrun_run_after, ...)."""
+        return self.call("GET", f"/api/v2/dags/{dag_id}")
+
+    def runs(self, dag_id: str, states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """The DAG's runs, only those in ``states`` when given (up to 100)."""
+        query = "".join(f"&state={state}" for state in states)
+        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100{query}")["dag_runs"]
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})

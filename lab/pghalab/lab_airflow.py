@@ -1,0 +1,166 @@
+"""The lab's Airflow seen from the outer machine: REST API, health, DAG parsing, the
+history DAG, the Celery worker, the UI address.
+"""
+
+import json
+import subprocess
+import time
+
+from .topology import AIRFLOW_HOST, HOSTS, WORKER_HOST, api_url
+from .common import Timer, die, log
+from .record import load_secrets
+from .ssh import ssh_run
+from .airflow_api import AirflowAPI
+
+
+def api_client():
+    return AirflowAPI(api_url(), "admin", load_secrets()["admin_password"])
+
+
+def http_json(url, timeout=5):
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def wait_airflow(timeout=300, fatal=True):
+    """Until /api/v2/monitor/health says the metadatabase and every component are healthy."""
+    deadline = time.monotonic() + timeout
+    health = None
+    while time.monotonic() < deadline:
+        try:
+            health = http_json(f"{api_url()}/api/v2/monitor/health")
+            if all((health.get(c) or {}).get("status") == "healthy"
+                   for c in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                return health
+        except (OSError, ValueError):
+            pass
+        time.sleep(1)
+    if not fatal:
+        return None
+    die(f"Airflow on {AIRFLOW_HOST} not healthy after {timeout}s: {health} "
+        f"(lab/lab ssh {AIRFLOW_HOST} journalctl -u 'airflow-*')")
+
+
+def wait_parsed(since, timeout=180):
+    """Until every DAG file was parsed after `since` (epoch seconds), asking for it at once."""
+    api = api_client()
+    asked = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dags = api.call("GET", "/api/v2/dags?limit=1000")["dags"]
+        late = [d for d in dags if not d["is_stale"] and parsed_at(d) < since]
+        for d in late:
+            if d["file_token"] not in asked:
+                api.call("PUT", f"/api/v2/parseDagFile/{d['file_token']}")
+                asked.add(d["file_token"])
+        if dags and not late:
+            return
+        time.sleep(2)
+    log(f"warning: DAG files not re-parsed within {timeout}s of the deploy")
+
+
+def parsed_at(dag):
+    import datetime
+    stamp = dag.get("last_parsed_time")
+    if not stamp:
+        return 0
+    return datetime.datetime.fromisoformat(stamp).timestamp()  # Python >= 3.11 reads the "Z"
+
+
+def psql(name, sql):
+    return ssh_run(name, "runuser -u postgres -- psql -X -At -F '|' -d airflow_db -f -",
+                   stdin=sql.encode()).strip()
+
+
+HISTORY_TABLES = ("dag_run", "task_instance", "xcom", "log", "job")
+
+
+def row_counts(name=AIRFLOW_HOST):
+    sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in HISTORY_TABLES) + ";"
+    return {t: int(c) for t, c in (line.split("|") for line in psql(name, sql).splitlines())}
+
+
+def make_history(timeout=1800):
+    """Unpause lab_history, wait until its window is done, pause it again."""
+    t = Timer()
+    api = api_client()
+    deadline = time.monotonic() + 300
+    while True:  # parsed by the dag-processor after the deploy
+        try:
+            api.call("GET", "/api/v2/dags/lab_history", retry_for=0)
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                die("lab_history is not known to Airflow (import error? GET /api/v2/importErrors)")
+            time.sleep(2)
+    api.call("PATCH", "/api/v2/dags/lab_history", {"is_paused": False})
+    log("history: lab_history unpaused (hourly runs, caught up)")
+    query = ("SELECT count(*), count(*) FILTER (WHERE state IN ('queued', 'running')), "
+             "count(*) FILTER (WHERE state = 'failed'), "
+             "(SELECT next_dagrun_create_after IS NULL FROM dag WHERE dag_id = 'lab_history') "
+             "FROM dag_run WHERE dag_id = 'lab_history';")
+    deadline, shown = time.monotonic() + timeout, None
+    while True:
+        runs, active, failed, all_created = psql(AIRFLOW_HOST, query).split("|")
+        line = f"{runs} runs, {active} active, {failed} failed"
+        if line != shown:
+            log(f"history: [{t}] {line}")
+            shown = line
+        if int(failed):
+            die(f"lab_history: {failed} failed runs (see the UI: {api_url()})")
+        if int(runs) and not int(active) and all_created == "t":
+            break
+        if time.monotonic() > deadline:
+            die(f"lab_history not done after {timeout}s")
+        time.sleep(5)
+    api.call("PATCH", "/api/v2/dags/lab_history", {"is_paused": True})
+    log(f"history: done in {t}; lab_history paused again")
+
+
+def worker_list(name=WORKER_HOST):
+    """Celery workers that answer through the broker, asked from `name` (its broker_url)."""
+    try:
+        out = ssh_run(name, "pgha-airflow celery list-workers -o json 2>/dev/null", check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+        return []
+    lines = out.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("[")), None)
+    try:
+        return [w["worker_name"] for w in json.loads("\n".join(lines[start:]))] if start is not None else []
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def wait_worker(name=WORKER_HOST, timeout=90):
+    """Until the worker on `name` answers through vm1's broker; restarts it once if it does not
+    (a Celery worker gives up on a broker that stayed away too long)."""
+    want = f"celery@{name}"
+    for attempt in (1, 2):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if want in worker_list(name):
+                return
+            time.sleep(2)
+        if attempt == 1:
+            log(f"{name}: {want} does not answer through the broker after {timeout}s; restarting it")
+            ssh_run(name, "systemctl restart airflow-celery-worker")
+    die(f"{want} does not answer through the broker on {AIRFLOW_HOST} "
+        f"(lab/lab ssh {name} journalctl -u airflow-celery-worker)")
+
+
+def print_ui(counts=None):
+    url = api_url()
+    password = load_secrets().get("admin_password", "?")
+    print(f"Airflow UI  {url}  (from this machine)")
+    print(f"login       admin / {password}")
+    print(f"REST        TOKEN=$(curl -s -X POST {url}/auth/token -H 'Content-Type: application/json' "
+          f"-d '{{\"username\": \"admin\", \"password\": \"{password}\"}}' | python3 -c "
+          "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+    print(f"            curl -s -H \"Authorization: Bearer $TOKEN\" {url}/api/v2/dags")
+    print(f"CLI         lab/lab ssh {AIRFLOW_HOST} pgha-airflow dags list")
+    print(f"worker      celery@{WORKER_HOST} ({HOSTS[WORKER_HOST]['ip']}): tasks with executor=\"CeleryExecutor\" "
+          f"(e.g. DAG lab_celery_smoke); lab/lab ssh {WORKER_HOST} pgha-airflow celery list-workers")
+    if counts:
+        print("airflow_db  " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -1,0 +1,67 @@
+"""The lab's hosts table: names, addresses, roles and ports.
+
+The one place to add or change a host or an address. `lab/lab`, tests/lab,
+bench/ and lab/demo import it; files that cannot import Python
+(lab/inventory.yml, the shell scripts under lab/provision/, the READMEs)
+repeat the addresses, and tests/test_lab_tables.py checks that they agree.
+
+Pure data, standard library only: importable by the outer machine's python3
+and by the project's virtualenv alike.
+"""
+
+# Roles mirror the runbook; `boot` says whether a plain `lab/lab up` boots it.
+HOSTS = {
+    "vm1": {"ip": "10.83.0.129", "boot": True, "role": "Airflow host: old single PostgreSQL, HAProxy"},
+    "psg1": {"ip": "10.83.0.140", "boot": True, "role": "PostgreSQL + Patroni + etcd"},
+    "psg2": {"ip": "10.83.0.144", "boot": True, "role": "PostgreSQL + Patroni + etcd"},
+    "psg3": {"ip": "10.83.0.145", "boot": True, "role": "PostgreSQL + Patroni + etcd"},
+    "vm4": {"ip": "10.83.0.131", "boot": True, "role": "Celery worker (CeleryExecutor, broker on vm1)"},
+}
+AIRFLOW_HOST = "vm1"  # the runbook's VM1: Airflow on a single PostgreSQL, Celery broker, HAProxy
+WORKER_HOST = "vm4"  # the runbook's VM4: a Celery worker of vm1's Airflow
+AIRFLOW_HOSTS = (AIRFLOW_HOST, WORKER_HOST)  # what `deploy` copies the code to
+DATABASE_HOSTS = ("psg1", "psg2", "psg3")  # the Patroni + etcd cluster the migration builds
+
+# The bridge: the outer machine's side of the lab network.
+BRIDGE = "pgha0"
+BRIDGE_IP = "10.83.0.1"
+PREFIX = 24
+NETWORK = BRIDGE_IP.rsplit(".", 1)[0] + f".0/{PREFIX}"
+
+# Services of the outer machine, bound to the bridge address.
+APT_PROXY_PORT = 3142
+WHEEL_PORT = 3141
+# The only ports of the outer machine that hosts may reach (plus ping).
+OUTER_PORTS = (APT_PROXY_PORT, WHEEL_PORT)
+# The drill's fault injector: an sshd on the outer machine whose one key may only run
+# include/drill/fault_gate.py (crash/start/isolate/heal of a database host). Only the
+# Airflow hosts reach it.
+FAULT_GATE_PORT = 2222
+FAULT_GATE_NODES = DATABASE_HOSTS
+APT_PROXY_URL = f"http://{BRIDGE_IP}:{APT_PROXY_PORT}"
+WHEELS_URL = f"http://{BRIDGE_IP}:{WHEEL_PORT}/"
+
+# Services on the hosts. The Airflow API server on vm1; the others at lab/inventory.yml's
+# ports (the inventory's defaults): PostgreSQL on every host, HAProxy on vm1, Patroni's
+# REST API and etcd's client port on the database hosts.
+API_PORT = 8080
+POSTGRES_PORT = 5432
+HAPROXY_WRITE_PORT = 5433
+HAPROXY_READ_PORT = 5434
+PATRONI_REST_PORT = 8008
+ETCD_CLIENT_PORT = 2379
+
+
+def address(name):
+    """A host's address on the bridge."""
+    return HOSTS[name]["ip"]
+
+
+def database_addresses():
+    """{database host: address}, in the cluster's order."""
+    return {name: address(name) for name in DATABASE_HOSTS}
+
+
+def api_url():
+    """The Airflow API server (and UI) on vm1."""
+    return f"http://{address(AIRFLOW_HOST)}:{API_PORT}"
