@@ -49,9 +49,17 @@ def deploy(rec, name=AIRFLOW_HOST):
         return 0
     script = (PROVISION_DIR / "deploy_sync.py").read_text()
     out = ssh_run(name, f"python3 -c {shlex.quote(script)} {DEPLOY_ROOT} {digest}", stdin=tar_bytes(files))
-    wheel = next(n for n in files if n.startswith("dist/"))
-    index = f"http://{BRIDGE_IP}:{WHEEL_PORT}/"
-    ssh_run(name, f"{AIRFLOW_PIP} uninstall -q -y pgha >/dev/null 2>&1 || true; "
-                  f"{AIRFLOW_PIP} install -q --disable-pip-version-check --no-index --find-links {index} "
-                  f"--trusted-host {BRIDGE_IP} {DEPLOY_ROOT}/{wheel}")
+    install_pgha(name, next(n for n in files if n.startswith("dist/")))
     return int(out.strip().splitlines()[-1])
+
+
+def install_pgha(name, wheel):
+    """pip-install the deployed wheel into the Airflow virtualenv unless that very wheel is installed
+    (a stamp holds its sha256): --force-reinstall, since a rebuilt wheel keeps its version."""
+    path = f"{DEPLOY_ROOT}/{wheel}"
+    stamp = f"{DEPLOY_ROOT}/.installed-wheel"  # outside dist/, which every sync makes exact
+    pip = (f"{AIRFLOW_PIP} install -q --disable-pip-version-check --no-index "
+           f"--find-links http://{BRIDGE_IP}:{WHEEL_PORT}/ --trusted-host {BRIDGE_IP}")
+    ssh_run(name, f"set -e; sum=$(sha256sum {path} | cut -d' ' -f1); "
+                  f"[ \"$(cat {stamp} 2>/dev/null)\" = \"$sum\" ] && exit 0; "
+                  f"{pip} {path}; {pip} --force-reinstall --no-deps {path}; echo \"$sum\" > {stamp}")

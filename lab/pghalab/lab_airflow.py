@@ -44,21 +44,25 @@ def wait_airflow(timeout=300, fatal=True):
 
 
 def wait_parsed(since, timeout=180):
-    """Until every DAG file was parsed after `since` (epoch seconds), asking for it at once."""
+    """Until every DAG file was parsed after `since` (epoch seconds) without an import error,
+    asking for each parse at once. Stale DAGs count: a file parsed while pgha was being
+    reinstalled fails to import and its DAGs turn stale, which the API hides by default."""
     api = api_client()
-    asked = set()
+    asked = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dags = api.call("GET", "/api/v2/dags?limit=1000")["dags"]
-        late = [d for d in dags if not d["is_stale"] and parsed_at(d) < since]
+        dags = api.call("GET", "/api/v2/dags?limit=1000&exclude_stale=false")["dags"]
+        errors = api.call("GET", "/api/v2/importErrors?limit=100")["import_errors"]
+        late = [d for d in dags if d["is_stale"] or parsed_at(d) < since]
         for d in late:
-            if d["file_token"] not in asked:
+            if time.monotonic() - asked.get(d["file_token"], 0) > 20:
                 api.call("PUT", f"/api/v2/parseDagFile/{d['file_token']}")
-                asked.add(d["file_token"])
-        if dags and not late:
+                asked[d["file_token"]] = time.monotonic()
+        if dags and not late and not errors:
             return
         time.sleep(2)
-    log(f"warning: DAG files not re-parsed within {timeout}s of the deploy")
+    log(f"warning: DAG files not re-parsed within {timeout}s of the deploy (import errors: "
+        f"{[e.get('filename') for e in errors]}, late: {[d['dag_id'] for d in late]})")
 
 
 def parsed_at(dag):
