@@ -42,9 +42,9 @@ def load_sql(name: str) -> str:
     return (SQL_DIR / name).read_text()
 
 
-def statement(name: str, **parts: sql.Composable) -> sql.Composed:
-    """include/sql/<name> with its ``{placeholders}`` filled (Identifier or Literal only)."""
-    return sql.SQL(load_sql(name)).format(**parts)
+def statement(file: str, /, **parts: sql.Composable) -> sql.Composed:
+    """include/sql/<file> with its ``{placeholders}`` filled (Identifier or Literal only)."""
+    return sql.SQL(load_sql(file)).format(**parts)
 
 
 def ident(name: str) -> sql.Identifier:

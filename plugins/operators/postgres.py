@@ -214,16 +214,16 @@ class MigrateDataOperator(PghaOperator):
                              self._copy.stop())
 
 
-def source_sql(op: PghaOperator, name: str, database: str = "postgres", **parts: Any) -> str:
-    """include/sql/<name> run on the source host as the postgres OS user (peer: the source connection
+def source_sql(op: PghaOperator, file: str, database: str = "postgres", /, **parts: Any) -> str:
+    """include/sql/<file> run on the source host as the postgres OS user (peer: the source connection
     need not be a superuser); the statement, quoted by psycopg2, goes over stdin."""
     inv = op.inventory
     source = source_endpoint(op)
     with pgdata.session(source) as conn:
-        text = pgdata.statement(name, **parts).as_string(conn)
+        text = pgdata.statement(file, **parts).as_string(conn)
     return op.remote(inv.source.host).run(
         f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {source.port} -d {shlex.quote(database)} -f -",
-        stdin=text, log_as=f"psql -d {database} -f {name}",
+        stdin=text, log_as=f"psql -d {database} -f {file}",
     ).stdout.strip()
 
 
