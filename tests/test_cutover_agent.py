@@ -241,7 +241,7 @@ def test_logical_method_catches_up_and_syncs_sequences(tmp_path: Path, source: P
 def test_run_pipeline_leaves_no_process_when_interrupted(tmp_path: Path, source: PostgresService,
                                                          cluster: PostgresService) -> None:
     fill_source(source)
-    add_bulk(source, 300_000)
+    add_bulk(source, 100_000)
     with pgdata.session(superuser(cluster)) as conn:
         pgdata.recreate_database(conn, DATABASE, OWNER)
     pgpass = write_pgpass(tmp_path / "copy.pgpass", owner(source), superuser(cluster, DATABASE))

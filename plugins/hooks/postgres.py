@@ -154,10 +154,16 @@ class RemoteDumpRestore:
             self.remote.run(f"rm -f {shlex.quote(self.pgpass)}")
 
     def stop(self, grace: int = 5) -> str:
-        """TERM the pipeline's process group, KILL it after ``grace`` seconds; remove the pgpass file."""
+        """TERM the pipeline's process group, KILL it after ``grace`` seconds; remove the pgpass file.
+        Over a connection of its own: the pipeline's may be busy waiting for it in another thread."""
+        remote = RemoteHook(ssh_conn_id=self.remote.ssh_conn_id, host_name=self.remote.host_name,
+                            allow_unverified_host_keys=self.remote.allow_unverified_host_keys)
         pid, pgpass = shlex.quote(self.pid_file), shlex.quote(self.pgpass)
         script = (f"rm -f {pgpass}; g=$(cat {pid} 2>/dev/null) || {{ echo gone; exit 0; }}; "
                   f"kill -TERM -- -$g 2>/dev/null; for _ in $(seq {grace * 10}); do "
                   f"kill -0 -- -$g 2>/dev/null || {{ rm -f {pid}; echo stopped; exit 0; }}; sleep 0.1; done; "
                   f"kill -KILL -- -$g 2>/dev/null; rm -f {pid}; echo killed")
-        return self.remote.run(script, timeout=grace + 30).stdout.strip()
+        try:
+            return remote.run(script, timeout=grace + 30).stdout.strip()
+        finally:
+            remote.close()
