@@ -42,6 +42,7 @@ from pgha.operators.postgres import (
 )
 from pgha.sensors.etcd import EtcdHealthSensor
 from pgha.sensors.patroni import PatroniLeaderSensor
+from pgha.sensors.postgres import LogicalSyncSensor
 
 PHASES = [
     "1_prepare_hosts",
@@ -187,6 +188,7 @@ with DAG(
             database,
             PrepareLogicalSourceOperator(task_id="prepare_logical_source", phase=PHASES[5]),
             StartLogicalReplicationOperator(task_id="start_logical_replication", phase=PHASES[5]),
+            LogicalSyncSensor(task_id="logical_initial_sync", phase=PHASES[5], mode="reschedule", timeout=3600),
         )
 
     with TaskGroup("phase7_haproxy") as phase7:

@@ -72,7 +72,7 @@ def test_retries_are_set(dag) -> None:  # type: ignore[no-untyped-def]
 
 def test_every_sensor_has_a_real_timeout(dag) -> None:  # type: ignore[no-untyped-def]
     sensors = [t for t in dag.tasks if isinstance(t, BaseSensorOperator)]
-    assert {type(s).__name__ for s in sensors} == {"EtcdHealthSensor", "PatroniLeaderSensor"}
+    assert {type(s).__name__ for s in sensors} == {"EtcdHealthSensor", "PatroniLeaderSensor", "LogicalSyncSensor"}
     for sensor in sensors:
         assert sensor.timeout and sensor.timeout < SEVEN_DAYS, sensor.task_id
         assert sensor.mode in {"reschedule", "poke"}

@@ -7,7 +7,7 @@ import pytest
 
 from fixture_secrets import POSTGRES_PASSWORD
 from pgha.hooks.postgres import NodePostgresHook
-from pgha.operators.postgres import compare_fingerprints, fingerprints
+from pgha import pgdata
 from pgha_testing import set_connection
 from services import PostgresService
 
@@ -31,9 +31,11 @@ def test_fingerprints_detect_a_changed_row(postgres: PostgresService, monkeypatc
     hook = NodePostgresHook("pg_test")
     hook.execute_autocommit("DROP TABLE IF EXISTS fp", "CREATE TABLE fp (id int primary key, t text)",
                             "INSERT INTO fp VALUES (1, 'a'), (2, 'b')")
-    before = fingerprints(hook)
+    with pgdata.session(hook.endpoint()) as conn:
+        before = pgdata.fingerprints(conn)
     assert before["public.fp"][0] == 2
     hook.execute_autocommit("UPDATE fp SET t = 'c' WHERE id = 2")
-    after = fingerprints(hook)
-    assert compare_fingerprints(before, after) == ["public.fp: source 2 rows vs cluster 2 rows, checksums differ"]
-    assert compare_fingerprints(after, after) == []
+    with pgdata.session(hook.endpoint()) as conn:
+        after = pgdata.fingerprints(conn)
+    assert pgdata.compare_fingerprints(before, after) == ["public.fp: source 2 rows vs cluster 2 rows, checksums differ"]
+    assert pgdata.compare_fingerprints(after, after) == []

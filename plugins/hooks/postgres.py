@@ -1,25 +1,46 @@
 """The Postgres provider's hook, pointed at a chosen cluster member.
 
 Credentials come from the Airflow connection; host and port from the
-inventory (the cluster's leader moves, the connection does not).
+inventory (the cluster's leader moves, the connection does not). What the
+operators do in PostgreSQL is ``pgha.pgdata`` (shared with the cutover agent);
+this module is its Airflow side: connections, and the leader from Patroni.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import shlex
+import uuid
+
 import attrs
-from airflow.providers.postgres.hooks.postgres import PostgresHook
-from pgha.inventory import INCLUDE_DIR
 import psycopg2
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+from airflow.sdk.exceptions import AirflowException
+from pgha import pgdata
+from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.remote import RemoteHook
+from pgha.inventory import Host, Inventory
+from pgha.pgdata import Endpoint, load_sql
 from psycopg2 import sql
 
-SQL_DIR = INCLUDE_DIR / "sql"
+__all__ = ["NodePostgresHook", "RemoteDumpRestore", "leader_host", "load_sql", "node_endpoint"]
+
+RUN_DIR = "/run/pgha"
 
 
-def load_sql(name: str) -> str:
-    """The text of include/sql/<name>."""
-    return (SQL_DIR / name).read_text()
+def node_endpoint(conn_id: str, host: str | None = None, port: int | None = None,
+                  database: str | None = None) -> Endpoint:
+    """Login and password of an Airflow connection, at ``host``:``port`` (default: the connection's)."""
+    return NodePostgresHook(conn_id, host=host, port=port, database=database).endpoint()
+
+
+def leader_host(inventory: Inventory, api_urls: list[str]) -> Host:
+    """The inventory host Patroni names as the cluster's single leader."""
+    name = PatroniHook(api_urls).leader()
+    if not name:
+        raise AirflowException("the Patroni cluster has no single leader: run phase 5 first")
+    return inventory.host(name)
 
 
 class NodePostgresHook(PostgresHook):
@@ -60,6 +81,12 @@ class NodePostgresHook(PostgresHook):
     def connection(self, value: Any) -> None:
         self._connection = value
 
+    def endpoint(self) -> Endpoint:
+        """Host, port, login, password and database of this hook, for ``pgha.pgdata``."""
+        conn = self.connection
+        return Endpoint(host=conn.host or "127.0.0.1", port=int(conn.port or 5432), user=conn.login,
+                        dbname=self.database or conn.schema or "postgres", password=conn.password)
+
     def scalar(self, query: str | sql.Composable, parameters: Any = None) -> Any:
         """First column of the first row, without logging the parameters."""
         rows = self.rows(query, parameters)
@@ -88,3 +115,55 @@ class NodePostgresHook(PostgresHook):
 
     def server_major(self) -> int:
         return int(self.scalar("SHOW server_version_num")) // 10000
+
+
+class RemoteDumpRestore:
+    """
+    ``pg_dump | pg_restore`` (``pgha.pgdata.dump_restore_command``) run on a
+    host over SSH, as the leader of its own process group, so ``stop`` (a
+    killed task's ``on_kill``) leaves neither pg_dump nor pg_restore running.
+    The passwords go into a 0600 pgpass file there, removed afterwards.
+
+    :param remote: the host that runs the pipeline (the source host).
+    :param source: the source database as that host reaches it.
+    :param target: the cluster database.
+    """
+
+    def __init__(self, remote: RemoteHook, source: Endpoint, target: Endpoint, *, bin_dir: str, owner: str) -> None:
+        self.remote = remote
+        self.source = source
+        self.target = target
+        self.bin_dir = bin_dir
+        self.owner = owner
+        token = uuid.uuid4().hex[:12]
+        self.pgpass = f"{RUN_DIR}/copy-{token}.pgpass"
+        self.pid_file = f"{RUN_DIR}/copy-{token}.pgid"
+
+    def run(self, snapshot: str | None = None, schema_only: bool = False, timeout: float = 6 * 3600) -> None:
+        self.remote.add_secret(self.source.password, self.target.password)
+        self.remote.run(f"install -d -m 0711 {RUN_DIR}")
+        self.remote.put_file(self.pgpass, pgdata.pgpass(self.source, self.target), mode="0600", secret=True)
+        pipeline = pgdata.dump_restore_command(self.source, self.target, bin_dir=self.bin_dir, owner=self.owner,
+                                               passfile=self.pgpass, snapshot=snapshot, schema_only=schema_only)
+        pid = shlex.quote(self.pid_file)
+        leader = "echo $$ > \"$0\"; exec bash -o pipefail -c \"$1\""
+        try:
+            self.remote.run(f"setsid --wait bash -c {shlex.quote(leader)} {pid} {shlex.quote(pipeline)}; "
+                            f"rc=$?; rm -f {pid}; exit $rc", log_as=pipeline, timeout=timeout)
+        finally:
+            self.remote.run(f"rm -f {shlex.quote(self.pgpass)}")
+
+    def stop(self, grace: int = 5) -> str:
+        """TERM the pipeline's process group, KILL it after ``grace`` seconds; remove the pgpass file.
+        Over a connection of its own: the pipeline's may be busy waiting for it in another thread."""
+        remote = RemoteHook(ssh_conn_id=self.remote.ssh_conn_id, host_name=self.remote.host_name,
+                            allow_unverified_host_keys=self.remote.allow_unverified_host_keys)
+        pid, pgpass = shlex.quote(self.pid_file), shlex.quote(self.pgpass)
+        script = (f"rm -f {pgpass}; g=$(cat {pid} 2>/dev/null) || {{ echo gone; exit 0; }}; "
+                  f"kill -TERM -- -$g 2>/dev/null; for _ in $(seq {grace * 10}); do "
+                  f"kill -0 -- -$g 2>/dev/null || {{ rm -f {pid}; echo stopped; exit 0; }}; sleep 0.1; done; "
+                  f"kill -KILL -- -$g 2>/dev/null; rm -f {pid}; echo killed")
+        try:
+            return remote.run(script, timeout=grace + 30).stdout.strip()
+        finally:
+            remote.close()

@@ -9,14 +9,13 @@ import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from pgha.hooks.postgres import NodePostgresHook, load_sql
+from pgha import airflowcfg, pgdata
+from pgha.hooks.postgres import node_endpoint
 from pgha.hooks.remote import RemoteHook
-from pgha import airflowcfg
-from pgha.inventory import INCLUDE_DIR
+from pgha.pgdata import Endpoint
 from pgha.runtime import credentials
 
 from pgha.operators.base import HostOperator, PghaOperator
-from pgha.operators.postgres import LIVE_MARK
 
 STAGED_SUFFIX = ".pgha-new"
 
@@ -53,10 +52,10 @@ class StageAirflowConfigOperator(HostOperator):
             owner = remote.run(f"stat -c '%U %G' {shlex.quote(self.config_path)}", quiet=True).stdout.split()
             staged = remote.put_file(staged_path, new, owner=owner[0], group=owner[1], mode="0600", secret=True)
             self.note(f"{staged_path} staged", staged.changed)
-        in_recovery = NodePostgresHook(
-            inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address, port=inv.haproxy.write_port,
-            database=inv.postgres.database,
-        ).scalar("SELECT pg_is_in_recovery()")
+        through_haproxy = node_endpoint(inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address,
+                                        port=inv.haproxy.write_port, database=inv.postgres.database)
+        with pgdata.session(through_haproxy) as conn:
+            in_recovery = pgdata.scalar(conn, pgdata.statement("in_recovery.sql"))
         if in_recovery is not False:
             raise AirflowException(f"HAProxy :{inv.haproxy.write_port} does not reach the leader (in recovery)")
         return {"config": self.config_path, "already_live": current == new}
@@ -68,11 +67,15 @@ class StageAirflowConfigOperator(HostOperator):
 
 class CutoverOperator(PghaOperator):
     """
-    The final task: arms the cutover agent (include/cutover/pgha_cutover.py)
-    on the source host ("primary") and on every other Airflow host
-    ("follower"), each as a transient systemd unit that starts ``delay``
-    seconds after this task reported success (ERRATA 20: with LocalExecutor
-    this task is a child of the scheduler the agents stop).
+    The final task: arms the cutover agent (``pgha.cutover``, run by the
+    Python of the host's Airflow units, where pgha is installed) on the source
+    host ("primary") and on every other Airflow host ("follower"), each as a
+    transient systemd unit that starts ``delay`` seconds after this task
+    reported success (ERRATA 20: with LocalExecutor this task is a child of
+    the scheduler the agents stop)::
+
+        systemd-run --quiet --collect --unit=<run id> --on-active=<delay> \
+            --timer-property=AccuracySec=100ms <python> -m pgha.cutover /etc/pgha/cutover.json
 
     The primary stops its Airflow units, waits until no Airflow session is
     left on the source (so every host's writers are stopped), takes the final
@@ -87,7 +90,7 @@ class CutoverOperator(PghaOperator):
     :param delay: seconds between this task's success and the agents' start.
     """
 
-    AGENT = "/usr/local/lib/pgha/pgha_cutover.py"
+    AGENT_MODULE = "pgha.cutover"
     SETTINGS = "/etc/pgha/cutover.json"
     PGPASS = "/etc/pgha/cutover.pgpass"
     LOG_DIR = "/var/log/pgha"
@@ -122,49 +125,57 @@ class CutoverOperator(PghaOperator):
 
     def _cluster_is_live(self) -> bool:
         inv = self.inventory
-        comment = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                                   port=inv.haproxy.write_port, database="postgres").scalar(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (inv.postgres.database,))
-        return bool(comment and comment.startswith(LIVE_MARK))
+        admin = node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                              port=inv.haproxy.write_port, database="postgres")
+        with pgdata.session(admin) as conn:
+            return pgdata.is_live(conn, inv.postgres.database)
 
     def _arm(self, host: str, role: str, run_id: str, method: str) -> None:
-        """Install the agent, its settings (0600) and pgpass (0600) on ``host``; start it after ``delay``."""
-        inv = self.inventory
+        """Write the agent's settings (0600) and pgpass (0600) on ``host``; start it after ``delay``."""
         remote = self.remote(host)
-        superuser = credentials(inv.postgres.superuser_conn_id, "cluster superuser")
-        remote.add_secret(superuser.password)
+        settings, passwords = self.agent_settings(host, role, run_id, method)
+        for endpoint in passwords:
+            remote.add_secret(endpoint.password)
+        python = settings.get("python") or "/usr/bin/python3"
+        if not remote.run(f"{shlex.quote(python)} -c 'import {self.AGENT_MODULE}'", check=False).ok:
+            raise AirflowException(f"[{host}] {python} cannot import {self.AGENT_MODULE}: pip-install pgha "
+                                   "into the Python of this host's Airflow units")
+        remote.run("install -d -m 0711 /etc/pgha")
+        remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
+        remote.put_file(self.PGPASS, pgdata.pgpass(*passwords), mode="0600", secret=True)
+        # A timer's default AccuracySec is 1 min, and each host picks its own moment in that minute: the agents
+        # would start up to a minute apart, and the source's agent would wait that long for the others' writers.
+        remote.run(shlex.join(self.agent_command(run_id, python)))
+        self.changed(f"cutover agent ({role}) armed on {host}: starts in {self.delay}s, "
+                     f"log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
+
+    def agent_command(self, run_id: str, python: str) -> list[str]:
+        """The transient unit that runs the agent ``delay`` seconds from now."""
+        return ["systemd-run", "--quiet", "--collect", f"--unit={run_id}", f"--on-active={self.delay}",
+                "--timer-property=AccuracySec=100ms", python, "-m", self.AGENT_MODULE, self.SETTINGS]
+
+    def agent_settings(self, host: str, role: str, run_id: str, method: str) -> tuple[dict[str, Any], list[Endpoint]]:
+        """The agent's settings for ``host`` (no secret in them) and the endpoints its pgpass file holds."""
+        inv = self.inventory
         cluster_host = "127.0.0.1" if inv.haproxy.host == host else inv.host(inv.haproxy.host).address
-        settings = {
+        cluster = node_endpoint(inv.postgres.superuser_conn_id, host=cluster_host, port=inv.haproxy.write_port)
+        settings: dict[str, Any] = {
             **self._airflow_settings(host),
             "role": role,
             "run_id": run_id,
             "method": method,
             "database": inv.postgres.database,
             "owner": inv.postgres.owner,
-            "cluster": {"host": cluster_host, "port": inv.haproxy.write_port, "superuser": superuser.login},
+            "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user},
             "pgpass": self.PGPASS,
             "log_dir": self.LOG_DIR,
         }
-        if role == "primary":
-            settings.update(
-                bin_dir=self.os_family(host).postgres_bin(inv.source.major),
-                source_port=NodePostgresHook(inv.source.conn_id).connection.port or 5432,
-                sql={name: load_sql(f"{name}.sql") for name in ("list_tables", "table_fingerprint", "sequences")},
-            )
-        pgpass_owner = "postgres" if role == "primary" else "root"
-        remote.run("install -d -m 0755 /usr/local/lib/pgha && install -d -m 0711 /etc/pgha")
-        remote.put_file(self.AGENT, (INCLUDE_DIR / "cutover" / "pgha_cutover.py").read_text(), mode="0755")
-        remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
-        pgpass = f"{cluster_host}:{inv.haproxy.write_port}:*:{superuser.login}:{superuser.password}\n"
-        remote.put_file(self.PGPASS, pgpass, owner=pgpass_owner, mode="0600", secret=True)
-        python = settings.get("python") or "/usr/bin/python3"
-        # A timer's default AccuracySec is 1 min, and each host picks its own moment in that minute: the agents
-        # would start up to a minute apart, and the source's agent would wait that long for the others' writers.
-        remote.run(f"systemd-run --quiet --collect --unit={run_id} --on-active={self.delay} "
-                   f"--timer-property=AccuracySec=100ms {python} {self.AGENT} {self.SETTINGS}")
-        self.changed(f"cutover agent ({role}) armed on {host}: starts in {self.delay}s, "
-                     f"log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
+        if role != "primary":
+            return settings, [cluster]
+        source = node_endpoint(inv.source.conn_id)  # its host as the worker reaches it: loopback or the source's own
+        settings.update(source={"host": source.host, "port": source.port, "user": source.user},
+                        bin_dir=self.os_family(host).postgres_bin(inv.source.major))
+        return settings, [cluster, source]
 
     def _airflow_settings(self, host: str) -> dict[str, Any]:
         """Units, config, owner and executables of ``host``'s Airflow (none if it runs no Airflow)."""

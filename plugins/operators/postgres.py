@@ -1,23 +1,28 @@
-"""PostgreSQL: source checks, installation (phase 2), database and data (phase 6), validation."""
+"""PostgreSQL: source checks, installation (phase 2), database and data (phase 6).
+
+What these operators do inside PostgreSQL is ``pgha.pgdata``, the code and the
+include/sql files the cutover agent runs too; the connections come from
+``pgha.hooks.postgres``.
+"""
 
 from __future__ import annotations
 
 import re
 import shlex
-import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
-from pgha.hooks.patroni import PatroniHook
-from pgha.hooks.postgres import NodePostgresHook, load_sql
+from pgha import pgdata
+from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
+from pgha.inventory import Host
+from pgha.pgdata import Endpoint, ident, lit
 from pgha.runtime import credentials
-from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 
 from pgha.operators.base import HostOperator, PghaOperator
 
-LIVE_MARK = "pgha: live"
-RESTORED_MARK = "pgha: restored"
+LOGICAL = "logical_replication"
+HBA_BEGIN = "# BEGIN pgha logical replication"
+HBA_END = "# END pgha logical replication"
 
 
 def major_of(version_output: str) -> int:
@@ -28,38 +33,42 @@ def major_of(version_output: str) -> int:
     return int(match.group(1))
 
 
-def fingerprints(hook: NodePostgresHook, conn: Any = None) -> dict[str, tuple[int, str]]:
-    """Row count and content checksum of every user table (on ``conn`` if given: same snapshot)."""
-    own = conn is None
-    conn = conn or hook.get_conn()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'")
-            cur.execute(load_sql("list_tables.sql"))
-            tables = cur.fetchall()
-            result = {}
-            for schema, table in tables:
-                query = sql.SQL(load_sql("table_fingerprint.sql")).format(table=sql.Identifier(schema, table))
-                cur.execute(query)
-                count, digest = cur.fetchone()
-                result[f"{schema}.{table}"] = (count, digest)
-        return result
-    finally:
-        if own:
-            conn.close()
+def method_of(context: Any) -> str:
+    return (context.get("params") or {}).get("migration_method", "dump_restore")
 
 
-def compare_fingerprints(source: dict[str, tuple[int, str]], target: dict[str, tuple[int, str]]) -> list[str]:
-    """Tables whose row count or checksum differ, in words."""
-    problems = []
-    for table in sorted(set(source) | set(target)):
-        if table not in target:
-            problems.append(f"{table}: missing on the cluster")
-        elif table not in source:
-            problems.append(f"{table}: exists only on the cluster")
-        elif source[table] != target[table]:
-            problems.append(f"{table}: source {source[table][0]} rows vs cluster {target[table][0]} rows, checksums differ")
-    return problems
+def source_endpoint(op: PghaOperator) -> Endpoint:
+    """The source database through its Airflow connection (the worker and the source host both reach it)."""
+    inv = op.inventory
+    return node_endpoint(inv.source.conn_id, database=inv.postgres.database)
+
+
+def cluster_admin(op: PghaOperator, leader: Host) -> Endpoint:
+    """The cluster superuser on the leader, in the ``postgres`` database."""
+    inv = op.inventory
+    return node_endpoint(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
+                         database="postgres")
+
+
+def source_dump_restore(op: PghaOperator, target: Endpoint) -> RemoteDumpRestore:
+    """pg_dump | pg_restore from the source into ``target``, run on the source host."""
+    inv = op.inventory
+    return RemoteDumpRestore(op.remote(inv.source.host), source_endpoint(op), target,
+                             bin_dir=op.os_family(inv.source.host).postgres_bin(inv.source.major),
+                             owner=inv.postgres.owner)
+
+
+def with_hba_rule(current: str, rule: str) -> str:
+    """pg_hba.conf text with pgha's block (last, so earlier rules keep their precedence) holding ``rule``."""
+    kept, inside = [], False
+    for line in current.splitlines():
+        if line == HBA_BEGIN:
+            inside = True
+        elif line == HBA_END:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    return "\n".join([*kept, HBA_BEGIN, rule, HBA_END]) + "\n"
 
 
 class SourcePreflightOperator(PghaOperator):
@@ -67,22 +76,25 @@ class SourcePreflightOperator(PghaOperator):
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        hook = NodePostgresHook(inv.source.conn_id, database=inv.postgres.database)
         try:
-            major = hook.server_major()
+            conn = source_endpoint(self).connect()
         except Exception as exc:
             raise AirflowException(
                 f"source database {inv.postgres.database} on {inv.source.host} is not reachable with connection "
                 f"{inv.source.conn_id!r}: {str(exc).strip()}"
             ) from exc
+        try:
+            major = pgdata.scalar(conn, pgdata.statement("server_major.sql"))
+            size = pgdata.scalar(conn, pgdata.statement("database_size.sql"))
+            tables = len(pgdata.list_tables(conn))
+            logical = [r[0] for r in pgdata.rows(conn, pgdata.statement("logical_readiness.sql"))]
+        finally:
+            conn.close()
         if major != inv.source.major:
             raise AirflowException(
                 f"version mismatch: source.major is {inv.source.major} in the inventory but the source server "
                 f"runs PostgreSQL {major}"
             )
-        size = hook.scalar("SELECT pg_size_pretty(pg_database_size(current_database()))")
-        tables = len(hook.rows(load_sql("list_tables.sql")))
-        logical = [r[0] for r in hook.rows(load_sql("logical_readiness.sql"))]
         self.log.info("source: PostgreSQL %d, %s, %d tables", major, size, tables)
         self.log.info("logical replication readiness: %s", "; ".join(logical) or "ready")
         if method_of(context) == LOGICAL and any(p.startswith("table ") for p in logical):
@@ -137,145 +149,81 @@ class CreateDatabaseOperator(PghaOperator):
     connection, sent as a SCRAM verifier) and the database it owns.
     """
 
-    PGPASS = "/run/pgha/restore.pgpass"
-
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        leader = self.leader_host()
-        hook = NodePostgresHook(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
-                                database="postgres")
+        leader = leader_host(inv, self.patroni_api_urls())
         app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
         owner = inv.postgres.owner
-        existed = bool(hook.scalar("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)))
-        conn = hook.get_conn()
-        try:
-            conn.autocommit = True
-            verifier = encrypt_password(app.password, owner, conn, "scram-sha-256")
-            with conn.cursor() as cur:
-                cur.execute(load_sql("ensure_owner_role.sql"), {"owner": owner})
-                cur.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD %s").format(sql.Identifier(owner)), (verifier,))
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (inv.postgres.database,))
-                db_exists = cur.fetchone() is not None
-                if not db_exists:
-                    cur.execute(
-                        sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
-                            sql.Identifier(inv.postgres.database), sql.Identifier(owner)
-                        )
-                    )
-        finally:
-            conn.close()
-        self.note(f"role {owner}", not existed)
+        with pgdata.session(cluster_admin(self, leader)) as conn:
+            role_created = pgdata.ensure_login_role(conn, owner, app.password)
+            db_created = pgdata.create_database(conn, inv.postgres.database, owner)
+        self.note(f"role {owner}", role_created)
         self.unchanged(f"password of {owner} set from connection {inv.postgres.app_conn_id}")
-        self.note(f"database {inv.postgres.database}", not db_exists)
+        self.note(f"database {inv.postgres.database}", db_created)
         return {"leader": leader.name}
 
-    def recreate_target(self, target: NodePostgresHook) -> None:
-        inv = self.inventory
-        target.execute_autocommit(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(inv.postgres.database)),
-            sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
-                sql.Identifier(inv.postgres.database), sql.Identifier(inv.postgres.owner)
-            ),
-        )
 
-    def dump_restore(self, leader_address: str, snapshot: str | None, schema_only: bool = False) -> None:
-        inv = self.inventory
-        superuser = credentials(inv.postgres.superuser_conn_id, "cluster superuser")
-        remote = self.remote(inv.source.host)
-        remote.add_secret(superuser.password)
-        pgpass = f"{leader_address}:{inv.postgres.port}:*:{superuser.login}:{superuser.password}\n"
-        remote.run("mkdir -p /run/pgha && chmod 0711 /run/pgha")
-        remote.put_file(self.PGPASS, pgpass, owner="postgres", mode="0600", secret=True)
-        family = self.os_family(inv.source.host)
-        bin_dir = family.postgres_bin(inv.source.major)
-        database = shlex.quote(inv.postgres.database)
-        pipeline = (
-            f"{bin_dir}/pg_dump -Fc --no-owner --no-privileges "
-            f"{f'--snapshot={shlex.quote(snapshot)} ' if snapshot else ''}{'--schema-only ' if schema_only else ''}"
-            f"-d {database} | "
-            f"PGPASSFILE={self.PGPASS} {bin_dir}/pg_restore --exit-on-error --no-owner --no-privileges "
-            f"--role={shlex.quote(inv.postgres.owner)} -h {shlex.quote(leader_address)} -p {inv.postgres.port} "
-            f"-U {shlex.quote(superuser.login)} -d {database}"
-        )
-        try:
-            remote.run(f"runuser -u postgres -- bash -o pipefail -c {shlex.quote(pipeline)}", timeout=6 * 3600)
-        finally:
-            remote.run(f"rm -f {self.PGPASS}")
-
-    def leader_host(self) -> Any:
-        name = PatroniHook(self.patroni_api_urls()).leader()
-        if not name:
-            raise AirflowException("the Patroni cluster has no single leader: run phase 5 first")
-        return self.inventory.host(name)
-
-
-class MigrateDataOperator(CreateDatabaseOperator):
+class MigrateDataOperator(PghaOperator):
     """
     Phase 6b: copies the source database into the cluster with pg_dump |
     pg_restore, run on the source host. The dump uses a snapshot exported by
     this task, so the row counts and checksums taken in the same snapshot are
     exactly what the cluster must hold afterwards; the task fails if not.
-    Skips once the cluster database is live (Airflow cut over).
+    Skips once the cluster database is live (Airflow cut over). Killed, it
+    stops the pipeline on the source host; a re-run starts from an empty database.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._copy: RemoteDumpRestore | None = None
 
     def run(self, context: Any) -> Any:
         if method_of(context) != "dump_restore":
             raise AirflowSkipException(f"migration_method is {method_of(context)}")
         inv = self.inventory
-        leader = self.leader_host()
-        target = NodePostgresHook(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
-                                  database="postgres")
-        comment = target.scalar(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (inv.postgres.database,)
-        )
-        if comment and comment.startswith(LIVE_MARK):
-            self.unchanged(f"{inv.postgres.database} on the cluster is live ({comment}): not overwritten")
-            return {"skipped": "live"}
-        source = NodePostgresHook(inv.source.conn_id, database=inv.postgres.database)
-        source_conn = source.get_conn()
-        try:
-            source_conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-            with source_conn.cursor() as cur:
-                cur.execute("SELECT pg_export_snapshot()")
-                snapshot = cur.fetchone()[0]
-            expected = fingerprints(source, source_conn)
-            self.recreate_target(target)
-            self.dump_restore(leader.address, snapshot)
-        finally:
-            source_conn.close()
-        actual = fingerprints(NodePostgresHook(inv.postgres.superuser_conn_id, host=leader.address,
-                                               port=inv.postgres.port, database=inv.postgres.database))
-        problems = compare_fingerprints(expected, actual)
+        database = inv.postgres.database
+        leader = leader_host(inv, self.patroni_api_urls())
+        admin = cluster_admin(self, leader)
+        with pgdata.session(admin) as conn:
+            if pgdata.is_live(conn, database):
+                self.unchanged(f"{database} on the cluster is live ({pgdata.database_comment(conn, database)}): "
+                               "not overwritten")
+                return {"skipped": "live"}
+        with pgdata.session(source_endpoint(self), autocommit=False) as snapshot_conn:
+            snapshot = pgdata.export_snapshot(snapshot_conn)
+            expected = pgdata.fingerprints(snapshot_conn)
+            with pgdata.session(admin) as conn:
+                pgdata.recreate_database(conn, database, inv.postgres.owner)
+            self._copy = source_dump_restore(self, admin.on(database))
+            self._copy.run(snapshot=snapshot)
+            self._copy = None
+        with pgdata.session(admin.on(database)) as conn:
+            actual = pgdata.fingerprints(conn)
+        problems = pgdata.compare_fingerprints(expected, actual)
         if problems:
             raise AirflowException("the cluster does not match the source snapshot:\n  - " + "\n  - ".join(problems))
-        target.execute_autocommit(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(inv.postgres.database), sql.Literal(f"{RESTORED_MARK} from {inv.source.host}")
-            )
-        )
+        with pgdata.session(admin) as conn:
+            pgdata.mark_restored(conn, database, inv.source.host)
         rows = sum(count for count, _ in actual.values())
         self.changed(f"copied {len(actual)} tables, {rows} rows; counts and checksums match the source snapshot")
         return {"tables": len(actual), "rows": rows, "leader": leader.name}
 
-
-LOGICAL = "logical_replication"
-PUBLICATION = "pgha_pub"
-SUBSCRIPTION = "pgha_sub"
-HBA_BEGIN = "# BEGIN pgha logical replication"
-HBA_END = "# END pgha logical replication"
+    def on_kill(self) -> None:
+        if self._copy is not None:
+            self.log.warning("killed: stopping pg_dump | pg_restore on %s: %s", self.inventory.source.host,
+                             self._copy.stop())
 
 
-def method_of(context: Any) -> str:
-    return (context.get("params") or {}).get("migration_method", "dump_restore")
-
-
-def source_psql(op: PghaOperator, sql_text: str, database: str = "postgres") -> str:
-    """Run SQL on the source host as the postgres OS user (peer auth); the text goes over stdin."""
+def source_sql(op: PghaOperator, file: str, database: str = "postgres", /, **parts: Any) -> str:
+    """include/sql/<file> run on the source host as the postgres OS user (peer: the source connection
+    need not be a superuser); the statement, quoted by psycopg2, goes over stdin."""
     inv = op.inventory
-    port = NodePostgresHook(inv.source.conn_id).connection.port or 5432
+    source = source_endpoint(op)
+    with pgdata.session(source) as conn:
+        text = pgdata.statement(file, **parts).as_string(conn)
     return op.remote(inv.source.host).run(
-        f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {port} -d {shlex.quote(database)} -f -",
-        stdin=sql_text,
+        f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {source.port} -d {shlex.quote(database)} -f -",
+        stdin=text, log_as=f"psql -d {database} -f {file}",
     ).stdout.strip()
 
 
@@ -293,32 +241,33 @@ class PrepareLogicalSourceOperator(PghaOperator):
         if method_of(context) != LOGICAL:
             raise AirflowSkipException("migration_method is dump_restore")
         inv = self.inventory
-        source = NodePostgresHook(inv.source.conn_id, database=inv.postgres.database)
-        tables = [r[0] for r in source.rows(load_sql("logical_readiness.sql")) if r[0].startswith("table ")]
+        with pgdata.session(source_endpoint(self)) as conn:
+            readiness = [r[0] for r in pgdata.rows(conn, pgdata.statement("logical_readiness.sql"))]
+        tables = [p for p in readiness if p.startswith("table ")]
         if tables:
             raise AirflowException("logical replication impossible: " + "; ".join(tables))
         restart = self._settings()
         self._hba()
-        self._role(source)
+        self._role()
         if restart:
             service = self.os_family(inv.source.host).postgres_service
-            self.remote(inv.source.host).run(f"systemctl restart {service}", timeout=300)
+            self.remote(inv.source.host).run(f"systemctl restart {shlex.quote(service)}", timeout=300)
             self.changed(f"source PostgreSQL restarted ({service}) to apply wal_level/listen_addresses")
         return {"restarted": restart}
 
-    def psql(self, sql_text: str, database: str = "postgres") -> str:
-        return source_psql(self, sql_text, database)
+    def _setting(self, name: str) -> str:
+        return source_sql(self, "show_setting.sql", name=lit(name))
 
     def _settings(self) -> bool:
         address = self.inventory.host(self.inventory.source.host).address
         restart = False
-        if self.psql("SHOW wal_level;") != "logical":
-            self.psql("ALTER SYSTEM SET wal_level = logical;")
+        if self._setting("wal_level") != "logical":
+            source_sql(self, "alter_system.sql", name=ident("wal_level"), value=lit("logical"))
             self.changed("source wal_level = logical")
             restart = True
-        listen = self.psql("SHOW listen_addresses;")
+        listen = self._setting("listen_addresses")
         if listen != "*" and address not in listen.split(","):
-            self.psql(f"ALTER SYSTEM SET listen_addresses = '{listen},{address}';")
+            source_sql(self, "alter_system.sql", name=ident("listen_addresses"), value=lit(f"{listen},{address}"))
             self.changed(f"source listens on {address} too")
             restart = True
         return restart
@@ -326,100 +275,80 @@ class PrepareLogicalSourceOperator(PghaOperator):
     def _hba(self) -> None:
         inv = self.inventory
         repl = credentials(inv.postgres.replication_conn_id, "replication user")
-        hba_file = self.psql("SHOW hba_file;")
+        hba_file = self._setting("hba_file")
         remote = self.remote(inv.source.host)
-        current = remote.read_file(hba_file) or ""
         rule = f"host {inv.postgres.database} {repl.login} {inv.cluster.network} scram-sha-256"
-        from pgha.operators.host import replace_block
-
-        updated = replace_block(current, rule, HBA_BEGIN, HBA_END)
+        updated = with_hba_rule(remote.read_file(hba_file) or "", rule)
         owner = remote.run(f"stat -c '%U %G %a' {shlex.quote(hba_file)}", quiet=True).stdout.split()
         changed = remote.put_file(hba_file, updated, owner=owner[0], group=owner[1], mode=owner[2]).changed
         if changed:
-            self.psql("SELECT pg_reload_conf();")
+            source_sql(self, "reload_conf.sql")
         self.note(f"pg_hba rule for {repl.login} from {inv.cluster.network}", changed)
 
-    def _role(self, source: NodePostgresHook) -> None:
+    def _role(self) -> None:
         repl = credentials(self.inventory.postgres.replication_conn_id, "replication user")
-        conn = source.get_conn()
-        try:
-            verifier = encrypt_password(repl.password, repl.login, conn, "scram-sha-256")
-            role = sql.Identifier(repl.login).as_string(conn)
-        finally:
-            conn.close()
-        self.psql(
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{repl.login}') THEN "
-            f"CREATE ROLE {role} LOGIN REPLICATION; END IF; END $$;\n"
-            f"ALTER ROLE {role} WITH LOGIN REPLICATION PASSWORD '{verifier}';\n"
-            f"GRANT pg_read_all_data TO {role};\n"
-        )
-        self.unchanged(f"replication role {repl.login} (password from its connection)")
+        self.remote(self.inventory.source.host).add_secret(repl.password)
+        with pgdata.session(source_endpoint(self)) as conn:
+            verifier = pgdata.encrypt_password(repl.password, repl.login, conn, "scram-sha-256")
+        created = source_sql(self, "role_exists.sql", role=lit(repl.login)) != "t"
+        if created:
+            source_sql(self, "create_replication_role.sql", role=ident(repl.login))
+        source_sql(self, "replication_role_grants.sql", role=ident(repl.login), verifier=lit(verifier))
+        self.note(f"replication role {repl.login}", created)
+        self.unchanged(f"password of {repl.login} set from connection {self.inventory.postgres.replication_conn_id}")
 
 
-class StartLogicalReplicationOperator(CreateDatabaseOperator):
+class StartLogicalReplicationOperator(PghaOperator):
     """
     Phase 6 (logical replication only): the schema on the cluster, a
-    publication on the source and a subscription on the leader; waits until
-    every table finished its initial copy. The cutover agent catches up,
-    syncs sequences and drops the subscription inside the stopped window.
-
-    :param sync_timeout: seconds to wait for the initial copy.
+    publication on the source and a subscription on the leader, which starts
+    the initial copy (``LogicalSyncSensor`` waits for it). The cutover agent
+    catches up, syncs sequences and drops the subscription inside the stopped
+    window. Killed while copying the schema, it stops that pipeline.
     """
 
-    def __init__(self, *, sync_timeout: int = 3600, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sync_timeout = sync_timeout
+        self._copy: RemoteDumpRestore | None = None
 
     def run(self, context: Any) -> Any:
         if method_of(context) != LOGICAL:
             raise AirflowSkipException("migration_method is dump_restore")
         inv = self.inventory
-        leader = self.leader_host()
-        target_db = NodePostgresHook(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
-                                     database=inv.postgres.database)
-        admin = NodePostgresHook(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
-                                 database="postgres")
-        comment = admin.scalar("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                               (inv.postgres.database,))
-        if comment and comment.startswith(LIVE_MARK):
-            self.unchanged(f"{inv.postgres.database} on the cluster is live: not overwritten")
-            return {"skipped": "live"}
-        if not target_db.scalar("SELECT count(*) FROM pg_subscription WHERE subname = %s", (SUBSCRIPTION,)):
-            self._subscribe(leader.address, admin, target_db)
-        self._wait_synced(target_db)
-        return {"subscription": SUBSCRIPTION, "leader": leader.name}
+        leader = leader_host(inv, self.patroni_api_urls())
+        admin = cluster_admin(self, leader)
+        with pgdata.session(admin) as conn:
+            if pgdata.is_live(conn, inv.postgres.database):
+                self.unchanged(f"{inv.postgres.database} on the cluster is live: not overwritten")
+                return {"skipped": "live"}
+            subscribed = pgdata.subscription_exists(conn)
+        if subscribed:
+            self.unchanged(f"subscription {pgdata.SUBSCRIPTION} on the leader")
+        else:
+            self._subscribe(admin)
+        return {"subscription": pgdata.SUBSCRIPTION, "leader": leader.name}
 
-    def _subscribe(self, leader_address: str, admin: NodePostgresHook, target_db: NodePostgresHook) -> None:
+    def _subscribe(self, admin: Endpoint) -> None:
         inv = self.inventory
-        source_psql(self, f"SELECT pg_drop_replication_slot('{SUBSCRIPTION}') FROM pg_replication_slots "
-                    f"WHERE slot_name = '{SUBSCRIPTION}';")
-        self.recreate_target(admin)
-        self.dump_restore(leader_address, snapshot=None, schema_only=True)
-        source_psql(self, f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = '{PUBLICATION}') THEN "
-                    f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES; END IF; END $$;", database=inv.postgres.database)
+        database = inv.postgres.database
+        source_sql(self, "drop_replication_slot.sql", slot=lit(pgdata.SUBSCRIPTION))
+        with pgdata.session(admin) as conn:
+            pgdata.recreate_database(conn, database, inv.postgres.owner)
+        self._copy = source_dump_restore(self, admin.on(database))
+        self._copy.run(schema_only=True)
+        self._copy = None
+        if source_sql(self, "publication_exists.sql", database, publication=lit(pgdata.PUBLICATION)) != "t":
+            source_sql(self, "create_publication.sql", database, publication=ident(pgdata.PUBLICATION))
         repl = credentials(inv.postgres.replication_conn_id, "replication user")
-        port = NodePostgresHook(inv.source.conn_id).connection.port or 5432
-        conninfo = (f"host={inv.host(inv.source.host).address} port={port} dbname={inv.postgres.database} "
-                    f"user={repl.login} password={repl.password}")
-        conn = target_db.get_conn()
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION %s PUBLICATION {}").format(
-                    sql.Identifier(SUBSCRIPTION), sql.Identifier(PUBLICATION)), (conninfo,))
-        finally:
-            conn.close()
-        self.changed(f"publication {PUBLICATION} on the source, subscription {SUBSCRIPTION} on the leader")
+        source = source_endpoint(self)
+        publisher = Endpoint(host=inv.host(inv.source.host).address, port=source.port, user=repl.login,
+                             dbname=database, password=repl.password)
+        with pgdata.session(admin.on(database)) as conn:
+            pgdata.create_subscription(conn, publisher)
+        self.changed(f"publication {pgdata.PUBLICATION} on the source, subscription {pgdata.SUBSCRIPTION} "
+                     "on the leader: the initial copy runs")
 
-    def _wait_synced(self, target_db: NodePostgresHook) -> None:
-        deadline = time.monotonic() + self.sync_timeout
-        while True:
-            pending, total = target_db.rows("SELECT count(*) FILTER (WHERE srsubstate <> 'r'), count(*) "
-                                            "FROM pg_subscription_rel")[0]
-            if total and not pending:
-                self.log.info("initial copy done: %d tables replicating", total)
-                return
-            if time.monotonic() > deadline:
-                raise AirflowException(f"initial copy not finished after {self.sync_timeout}s: {pending}/{total} tables")
-            self.log.info("initial copy: %d of %d tables still copying", pending, total)
-            time.sleep(5)
+    def on_kill(self) -> None:
+        if self._copy is not None:
+            self.log.warning("killed: stopping the schema copy on %s: %s", self.inventory.source.host,
+                             self._copy.stop())

@@ -1,0 +1,2 @@
+-- Sets (a literal) or clears (NULL) the comment on a database.
+COMMENT ON DATABASE {database} IS {comment};

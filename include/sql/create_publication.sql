@@ -1,0 +1,2 @@
+-- The source's publication of every table.
+CREATE PUBLICATION {publication} FOR ALL TABLES;

@@ -1,0 +1,2 @@
+-- Drops the subscription and, through its own connection, its slot on the source.
+DROP SUBSCRIPTION IF EXISTS {subscription};

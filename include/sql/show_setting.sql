@@ -1,0 +1,2 @@
+-- A server setting. {name}: a literal.
+SELECT current_setting({name});

@@ -1,0 +1,338 @@
+"""pgha cutover agent: moves Airflow onto the cluster while Airflow is stopped.
+
+Armed by the DAG's final task (``CutoverOperator``) as a transient systemd unit
+on the source host ("primary") and on every other Airflow host ("follower"):
+
+    <the Airflow units' python> -m pgha.cutover /etc/pgha/cutover.json
+
+so it starts only after that task reported success and survives the stop of
+the scheduler that ran it (ERRATA 20). It runs as root, outside any task: it
+needs pgha and psycopg2 (installed with pgha into the Airflow units' Python),
+not Airflow's runtime. Settings come from a 0600 JSON file, passwords from a
+0600 pgpass file: nothing secret on a command line. Every PostgreSQL step is
+``pgha.pgdata``, the code and SQL the migration's operators use.
+
+Steps of the primary (each timed and recorded in /var/log/pgha/cutover-<run>.log
+and, when reachable, in table ``pgha_cutover_log`` of the cluster's ``postgres``
+database):
+
+  stop      stop every Airflow unit of this host
+  drain     wait until no session of the Airflow DB user is left on the source
+  copy      recreate the database on the cluster (through HAProxy) and
+            pg_dump | pg_restore from the source (method dump_restore), or
+  catch_up, sync_sequences, drop_subscription (method logical_replication)
+  verify    row count and checksum of every table, source vs cluster
+  repoint   install the staged airflow.cfg (dated backup kept)
+  db_check  ``airflow db check`` against the new URL
+  mark      COMMENT ON DATABASE ... 'pgha: live ...' on the cluster
+  start     start the units
+  healthy   a scheduler job started after the cutover heartbeats in the new DB
+
+Any failure after ``stop`` rolls back: the old airflow.cfg goes back, the live
+mark is cleared, the units start on the source database (which the agent only
+reads), and the failure is recorded. A follower stops its units, waits for the
+primary's recorded outcome, then repoints and starts (or rolls back).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from pgha import pgdata
+from pgha.pgdata import Endpoint
+
+
+def endpoint(settings: dict[str, Any], side: str, dbname: str) -> Endpoint:
+    """The ``source`` or ``cluster`` endpoint of the settings; the password is in the pgpass file."""
+    where = settings[side]
+    return Endpoint(host=where["host"], port=int(where["port"]), user=where["user"], dbname=dbname,
+                    passfile=settings["pgpass"], connect_timeout=10)
+
+
+class AirflowUnits:
+    """This host's Airflow: its systemd units and ``airflow db check`` (a test passes its own)."""
+
+    def __init__(self, settings: dict[str, Any], log: Callable[[str], None]) -> None:
+        self.s = settings
+        self.log = log
+        self.names: list[str] = list(settings.get("units") or [])
+
+    @property
+    def runs_scheduler(self) -> bool:
+        return any("scheduler" in u for u in self.names)
+
+    def sh(self, argv: list[str], timeout: float = 300) -> None:
+        started = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        self.log(f"$ {shlex.join(argv)} -> exit={proc.returncode} in {time.monotonic() - started:.2f}s")
+        if proc.returncode:
+            raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): "
+                               f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+
+    def stop(self) -> None:
+        if self.names:
+            self.sh(["systemctl", "stop", *self.names])
+
+    def start(self) -> None:
+        if self.names:
+            self.sh(["systemctl", "start", *self.names])
+
+    def check_active(self) -> None:
+        if self.names:
+            self.sh(["systemctl", "is-active", *self.names])
+
+    def db_check(self) -> None:
+        home = str(Path(self.s["config"]).parent)
+        self.sh(["runuser", "-u", self.s["airflow_user"], "--", "env", f"AIRFLOW_HOME={home}",
+                 self.s["airflow_bin"], "db", "check"])
+
+
+class Agent:
+    def __init__(self, settings: dict[str, Any], units: AirflowUnits | None = None) -> None:
+        self.s = settings
+        self.started = time.time()
+        self.steps: list[dict[str, Any]] = []
+        self.log_path = Path(settings["log_dir"]) / f"cutover-{settings['run_id']}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.backup: Path | None = None
+        self.units = units or AirflowUnits(settings, self.log)
+        self.database = settings["database"]
+        self.cluster_admin = endpoint(settings, "cluster", "postgres")
+        self.cluster_db = endpoint(settings, "cluster", self.database)
+
+    # ------------------------------------------------------------------ plumbing
+    def log(self, message: str) -> None:
+        line = f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='milliseconds')} {message}"
+        print(line, flush=True)
+        with self.log_path.open("a") as fh:
+            fh.write(line + "\n")
+
+    def timeout(self, name: str, default: float) -> float:
+        return float(self.s.get(name, default))
+
+    def step(self, name: str, func: Callable[[], Any]) -> Any:
+        started = time.time()
+        self.log(f"step {name}: begin")
+        try:
+            result = func()
+        except Exception as exc:
+            self.steps.append({"step": name, "ok": False, "seconds": round(time.time() - started, 2), "error": str(exc)})
+            self.log(f"step {name}: FAILED after {time.time() - started:.2f}s: {exc}")
+            raise
+        self.steps.append({"step": name, "ok": True, "seconds": round(time.time() - started, 2)})
+        self.log(f"step {name}: ok in {time.time() - started:.2f}s")
+        return result
+
+    @property
+    def source_db(self) -> Endpoint:
+        return endpoint(self.s, "source", self.database)
+
+    # ------------------------------------------------------------------ steps
+    def drain(self) -> None:
+        deadline, seen = time.time() + self.timeout("drain_timeout", 120), ""
+        with pgdata.session(self.source_db.on("postgres")) as conn:
+            while True:
+                count, who = pgdata.airflow_sessions(conn, self.database, self.s["owner"])
+                if count == 0:
+                    return
+                if who != seen:  # the audit log says whom the window waited for
+                    self.log(f"waiting for {count} Airflow session(s) on the source: {who}")
+                    seen = who
+                if time.time() > deadline:
+                    raise RuntimeError(f"{count} Airflow sessions still open on the source: {who}")
+                time.sleep(0.5)
+
+    def copy(self) -> None:
+        with pgdata.session(self.cluster_admin) as conn:
+            pgdata.recreate_database(conn, self.database, self.s["owner"])
+        command = pgdata.dump_restore_command(self.source_db, self.cluster_db, bin_dir=self.s["bin_dir"],
+                                              owner=self.s["owner"], passfile=self.s["pgpass"])
+        self.log(f"$ {command}")
+        seconds = pgdata.run_pipeline(command, timeout=self.timeout("copy_timeout", 6 * 3600))
+        self.log(f"pg_dump | pg_restore done in {seconds:.2f}s")
+
+    def catch_up(self) -> None:
+        """Logical replication: wait until the subscription confirmed everything the source wrote."""
+        deadline = time.time() + self.timeout("catch_up_timeout", 300)
+        with pgdata.session(self.source_db) as conn:
+            while not pgdata.slot_caught_up(conn):
+                if time.time() > deadline:
+                    raise RuntimeError("the subscription did not catch up with the source in time")
+                time.sleep(0.2)
+
+    def sync_sequences(self) -> None:
+        with pgdata.session(self.source_db) as conn:
+            values = pgdata.sequence_values(conn)
+        with pgdata.session(self.cluster_db) as conn:
+            pgdata.set_sequences(conn, values)
+        self.log(f"synced {len(values)} sequences")
+
+    def drop_subscription(self) -> None:
+        with pgdata.session(self.cluster_db) as conn:
+            pgdata.drop_subscription(conn)
+        try:
+            with pgdata.session(self.source_db) as conn:
+                pgdata.drop_publication(conn)
+        except Exception as exc:  # the publication holds no WAL; only a superuser may drop one FOR ALL TABLES
+            self.log(f"publication {pgdata.PUBLICATION} left on the source: {str(exc).strip()}")
+
+    def side_fingerprints(self, where: Endpoint) -> pgdata.Fingerprints:
+        with pgdata.session(where) as conn:
+            return pgdata.fingerprints(conn)
+
+    def verify(self) -> dict[str, Any]:
+        # both sides at once: the stopped window pays for the slower one, not for the sum
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            source_side = pool.submit(self.side_fingerprints, self.source_db)
+            cluster_side = pool.submit(self.side_fingerprints, self.cluster_db)
+            source, cluster = source_side.result(), cluster_side.result()
+        problems = pgdata.compare_fingerprints(source, cluster)
+        if problems:
+            raise RuntimeError("tables differ after the copy: " + "; ".join(problems[:10]))
+        rows = sum(count for count, _ in source.values())
+        self.log(f"verified {len(source)} tables, {rows} rows: identical")
+        return {"tables": len(source), "rows": rows, "fingerprints": pgdata.as_text(cluster)}
+
+    def repoint(self) -> None:
+        config, staged = Path(self.s["config"]), Path(self.s["staged"])
+        if not staged.exists():
+            raise RuntimeError(f"staged config {staged} is missing")
+        stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        self.backup = config.with_name(f"{config.name}.pgha-bak-{stamp}")
+        shutil.copy2(config, self.backup)
+        shutil.copymode(config, staged)
+        stat = config.stat()
+        os.chown(staged, stat.st_uid, stat.st_gid)
+        os.replace(staged, config)
+
+    def mark_live(self) -> None:
+        with pgdata.session(self.cluster_admin) as conn:
+            self.log("cluster database marked: " + pgdata.mark_live(conn, self.database, self.s["run_id"]))
+
+    def healthy(self) -> None:
+        if not self.units.runs_scheduler:
+            time.sleep(self.timeout("settle_seconds", 5))
+            self.units.check_active()
+            return
+        since = dt.datetime.fromtimestamp(self.started, dt.timezone.utc)
+        deadline = time.time() + self.timeout("health_timeout", 180)
+        while time.time() < deadline:
+            with pgdata.session(self.cluster_db) as conn:
+                if pgdata.scheduler_heartbeats(conn, since):
+                    self.units.check_active()
+                    return
+            time.sleep(2)
+        raise RuntimeError("no scheduler heartbeat in the new database after the restart")
+
+    # ------------------------------------------------------------------ outcome
+    def record(self, outcome: str, detail: str, result: dict[str, Any] | None = None) -> None:
+        host = os.uname().nodename
+        record = {"run_id": self.s["run_id"], "host": host, "role": self.s["role"], "outcome": outcome,
+                  "detail": detail, "seconds": round(time.time() - self.started, 2), "steps": self.steps,
+                  "result": result or {}}
+        self.log("RECORD " + json.dumps({k: v for k, v in record.items() if k != "result"}))
+        try:
+            with pgdata.session(self.cluster_admin) as conn:
+                pgdata.record_cutover(conn, self.s["run_id"], host, self.s["role"], outcome, json.dumps(record))
+        except Exception as exc:  # the log file already has it
+            self.log(f"could not write pgha_cutover_log on the cluster: {exc}")
+
+    def rollback(self, clear_mark: bool = True) -> None:
+        self.log("ROLLBACK: back to the source database")
+        if self.backup and self.backup.exists():
+            shutil.copy2(self.backup, self.s["config"])
+            self.log(f"restored {self.s['config']} from {self.backup}")
+        if clear_mark:
+            try:
+                with pgdata.session(self.cluster_admin) as conn:
+                    pgdata.clear_mark(conn, self.database)
+            except Exception as exc:
+                self.log(f"could not clear the live mark: {exc}")
+        self.step("start_old", self.units.start)
+
+    def outcome_of_primary(self) -> None:
+        """Follower: wait until the source host's agent records its outcome on the cluster."""
+        deadline = time.time() + self.timeout("follower_timeout", 1800)
+        while time.time() < deadline:
+            try:
+                with pgdata.session(self.cluster_admin) as conn:
+                    outcome = pgdata.cutover_outcome(conn, self.s["run_id"], "primary")
+            except Exception as exc:  # HAProxy switching, cluster busy: keep asking
+                outcome = None
+                self.log(f"waiting for the primary agent: {str(exc).strip()}")
+            if outcome == "success":
+                return
+            if outcome:
+                raise RuntimeError(f"the source host's cutover ended with {outcome!r}")
+            time.sleep(2)
+        raise RuntimeError("no outcome from the source host's cutover agent in time")
+
+    def run_follower(self) -> int:
+        self.log(f"cutover {self.s['run_id']} (follower) begins on {os.uname().nodename}")
+        self.step("stop", self.units.stop)
+        try:
+            self.step("wait_primary", self.outcome_of_primary)
+            self.step("repoint", self.repoint)
+            self.step("db_check", self.units.db_check)
+            self.step("start", self.units.start)
+            self.step("healthy", self.healthy)
+        except Exception as exc:
+            try:
+                self.rollback(clear_mark=False)
+            finally:
+                self.record("rolled_back", str(exc))
+            return 1
+        self.record("success", "repointed")
+        return 0
+
+    def run(self) -> int:
+        if self.s["role"] == "follower":
+            return self.run_follower()
+        self.log(f"cutover {self.s['run_id']} begins on {os.uname().nodename}")
+        self.step("stop", self.units.stop)
+        try:
+            self.step("drain", self.drain)
+            if self.s.get("method") == "logical_replication":
+                self.step("catch_up", self.catch_up)
+                self.step("sync_sequences", self.sync_sequences)
+                self.step("drop_subscription", self.drop_subscription)
+            else:
+                self.step("copy", self.copy)
+            result = self.step("verify", self.verify)
+            if self.s.get("config"):  # the source host also runs Airflow (the runbook's VM1)
+                self.step("repoint", self.repoint)
+                self.step("db_check", self.units.db_check)
+            self.step("mark", self.mark_live)
+            self.step("start", self.units.start)
+            self.step("healthy", self.healthy)
+        except Exception as exc:
+            try:
+                self.rollback()
+            finally:
+                self.record("rolled_back", str(exc))
+            return 1
+        self.record("success", f"{result['tables']} tables, {result['rows']} rows verified", result)
+        self.log(f"cutover done in {time.time() - self.started:.1f}s")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m pgha.cutover SETTINGS.json", file=sys.stderr)
+        return 2
+    return Agent(json.loads(Path(args[0]).read_text())).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

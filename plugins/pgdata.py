@@ -1,0 +1,386 @@
+"""The data path: what the migration's operators and the cutover agent do in PostgreSQL.
+
+One module for both, so the copy the operators take in phase 6 and the final
+copy the cutover agent takes while Airflow is stopped are the same code and the
+same SQL (include/sql/*.sql; ``{name}`` placeholders, filled only with
+``psycopg2.sql.Identifier`` or ``Literal``). psycopg2 and the standard library
+only: the agent imports it on the Airflow hosts, outside any task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import encrypt_password
+
+SQL_DIR = Path(str(files("pgha.include"))) / "sql"
+
+LIVE_MARK = "pgha: live"  # comment on the cluster's database once Airflow runs on it
+RESTORED_MARK = "pgha: restored"
+PUBLICATION = "pgha_pub"
+SUBSCRIPTION = "pgha_sub"  # also the name of its slot on the source
+
+Fingerprints = dict[str, tuple[int, str]]
+
+
+def load_sql(name: str) -> str:
+    """The text of include/sql/<name>."""
+    return (SQL_DIR / name).read_text()
+
+
+def statement(file: str, /, **parts: sql.Composable) -> sql.Composed:
+    """include/sql/<file> with its ``{placeholders}`` filled (Identifier or Literal only)."""
+    return sql.SQL(load_sql(file)).format(**parts)
+
+
+def ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def lit(value: Any) -> sql.Literal:
+    return sql.Literal(value)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom to connect; the password comes from ``password`` or a pgpass file, never argv."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str = "postgres"
+    password: str | None = field(default=None, repr=False)
+    passfile: str | None = None
+    connect_timeout: int = 10
+
+    def on(self, dbname: str) -> Endpoint:
+        return replace(self, dbname=dbname)
+
+    def connect(self, autocommit: bool = True) -> Connection:
+        kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user, "dbname": self.dbname,
+                                  "connect_timeout": self.connect_timeout, "application_name": "pgha"}
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.passfile:
+            kwargs["passfile"] = self.passfile
+        conn = psycopg2.connect(**kwargs)
+        conn.autocommit = autocommit
+        return conn
+
+    def client_args(self) -> list[str]:
+        """pg_dump/pg_restore arguments reaching this endpoint (the password from PGPASSFILE)."""
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user, f"--dbname={self.dbname}"]
+
+    def pgpass_line(self) -> str:
+        fields = [self.host, str(self.port), "*", self.user, self.password or ""]
+        return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
+
+
+@contextlib.contextmanager
+def session(endpoint: Endpoint, autocommit: bool = True) -> Iterator[Connection]:
+    """A connection, closed afterwards."""
+    conn = endpoint.connect(autocommit=autocommit)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def execute(conn: Connection, query: sql.Composable) -> None:
+    with conn.cursor() as cur:
+        cur.execute(query)
+
+
+def rows(conn: Connection, query: sql.Composable) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query)
+        return list(cur.fetchall()) if cur.description else []
+
+
+def scalar(conn: Connection, query: sql.Composable) -> Any:
+    found = rows(conn, query)
+    return found[0][0] if found else None
+
+
+# ---------------------------------------------------------------- role and database
+
+
+def role_exists(conn: Connection, role: str) -> bool:
+    return bool(scalar(conn, statement("role_exists.sql", role=lit(role))))
+
+
+def ensure_login_role(conn: Connection, role: str, password: str) -> bool:
+    """The role, with its password sent as a SCRAM verifier; True if the role was created."""
+    created = not role_exists(conn, role)
+    if created:
+        execute(conn, statement("create_login_role.sql", role=ident(role)))
+    verifier = encrypt_password(password, role, conn, "scram-sha-256")
+    execute(conn, statement("set_role_password.sql", role=ident(role), verifier=lit(verifier)))
+    return created
+
+
+def database_exists(conn: Connection, database: str) -> bool:
+    return bool(scalar(conn, statement("database_exists.sql", database=lit(database))))
+
+
+def create_database(conn: Connection, database: str, owner: str) -> bool:
+    """The database owned by ``owner`` unless it exists; True if created. ``conn`` in autocommit."""
+    if database_exists(conn, database):
+        return False
+    execute(conn, statement("create_database.sql", database=ident(database), owner=ident(owner)))
+    return True
+
+
+def recreate_database(conn: Connection, database: str, owner: str) -> None:
+    """An empty database in place of whatever was there (a half-restored copy is never reused)."""
+    execute(conn, statement("drop_database.sql", database=ident(database)))
+    execute(conn, statement("create_database.sql", database=ident(database), owner=ident(owner)))
+
+
+# ---------------------------------------------------------------- marks
+
+
+def database_comment(conn: Connection, database: str) -> str | None:
+    return scalar(conn, statement("database_comment.sql", database=lit(database)))
+
+
+def is_live(conn: Connection, database: str) -> bool:
+    """Airflow runs on this copy: nothing may overwrite it."""
+    return (database_comment(conn, database) or "").startswith(LIVE_MARK)
+
+
+def set_comment(conn: Connection, database: str, comment: str | None) -> None:
+    execute(conn, statement("comment_on_database.sql", database=ident(database), comment=lit(comment)))
+
+
+def mark_live(conn: Connection, database: str, run_id: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    comment = f"{LIVE_MARK} since {stamp} (run {run_id})"
+    set_comment(conn, database, comment)
+    return comment
+
+
+def mark_restored(conn: Connection, database: str, source_host: str) -> None:
+    set_comment(conn, database, f"{RESTORED_MARK} from {source_host}")
+
+
+def clear_mark(conn: Connection, database: str) -> None:
+    set_comment(conn, database, None)
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def export_snapshot(conn: Connection) -> str:
+    """Opens a read-only repeatable-read transaction on ``conn`` and exports its snapshot."""
+    conn.autocommit = False
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    return str(scalar(conn, statement("export_snapshot.sql")))
+
+
+def list_tables(conn: Connection) -> list[tuple[str, str]]:
+    return [(schema, table) for schema, table in rows(conn, statement("list_tables.sql"))]
+
+
+def fingerprints(conn: Connection) -> Fingerprints:
+    """Row count and content checksum of every user table, in ``conn``'s snapshot."""
+    execute(conn, statement("fingerprint_session.sql"))
+    result = {}
+    for schema, table in list_tables(conn):
+        count, digest = rows(conn, statement("table_fingerprint.sql", table=sql.Identifier(schema, table)))[0]
+        result[f"{schema}.{table}"] = (int(count), digest)
+    return result
+
+
+def compare_fingerprints(source: Fingerprints, target: Fingerprints) -> list[str]:
+    """Tables whose row count or checksum differ, in words."""
+    problems = []
+    for table in sorted(set(source) | set(target)):
+        if table not in target:
+            problems.append(f"{table}: missing on the cluster")
+        elif table not in source:
+            problems.append(f"{table}: exists only on the cluster")
+        elif source[table] != target[table]:
+            problems.append(
+                f"{table}: source {source[table][0]} rows vs cluster {target[table][0]} rows, checksums differ"
+            )
+    return problems
+
+
+def as_text(prints: Fingerprints) -> dict[str, str]:
+    """'count|md5' per table, the form psql prints and the cutover record keeps."""
+    return {table: f"{count}|{digest}" for table, (count, digest) in prints.items()}
+
+
+# ---------------------------------------------------------------- dump | restore
+
+
+def pgpass(*endpoints: Endpoint) -> str:
+    """A pgpass file for these endpoints (each field escaped as the format wants)."""
+    return "".join(e.pgpass_line() for e in endpoints)
+
+
+def dump_restore_command(
+    source: Endpoint,
+    target: Endpoint,
+    *,
+    bin_dir: str,
+    owner: str,
+    passfile: str,
+    snapshot: str | None = None,
+    schema_only: bool = False,
+) -> str:
+    """The ``pg_dump | pg_restore`` shell pipeline (run it under ``bash -o pipefail``)."""
+    dump = [f"{bin_dir}/pg_dump", "-Fc", "--no-owner", "--no-privileges", *source.client_args()]
+    if snapshot:
+        dump.append(f"--snapshot={snapshot}")
+    if schema_only:
+        dump.append("--schema-only")
+    restore = [f"{bin_dir}/pg_restore", "--exit-on-error", "--no-owner", "--no-privileges", f"--role={owner}",
+               *target.client_args()]
+    return f"export PGPASSFILE={shlex.quote(passfile)} PGCONNECT_TIMEOUT=10; {shlex.join(dump)} | {shlex.join(restore)}"
+
+
+class PipelineFailed(RuntimeError):
+    pass
+
+
+def run_pipeline(command: str, timeout: float) -> float:
+    """Run a pipeline here, in its own process group; on any failure or interruption the
+    whole group is killed, so no pg_dump or pg_restore outlives it. Returns its duration."""
+    started = time.monotonic()
+    proc = subprocess.Popen(["bash", "-o", "pipefail", "-c", command], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        kill_group(proc.pid)
+        proc.wait()
+        raise
+    if proc.returncode:
+        raise PipelineFailed(f"pg_dump | pg_restore failed ({proc.returncode}): {err.strip()[-1500:]}")
+    return time.monotonic() - started
+
+
+def kill_group(pgid: int, grace: float = 5.0) -> None:
+    """SIGTERM a process group, SIGKILL what is left after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- logical replication
+
+
+def conninfo(endpoint: Endpoint) -> str:
+    """A libpq connection string for a subscription (values quoted as libpq wants)."""
+    pairs = {"host": endpoint.host, "port": str(endpoint.port), "dbname": endpoint.dbname, "user": endpoint.user,
+             "password": endpoint.password or ""}
+    return " ".join(f"{k}='{_libpq_quote(v)}'" for k, v in pairs.items())
+
+
+def _libpq_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def publication_exists(conn: Connection) -> bool:
+    return bool(scalar(conn, statement("publication_exists.sql", publication=lit(PUBLICATION))))
+
+
+def ensure_publication(conn: Connection) -> bool:
+    if publication_exists(conn):
+        return False
+    execute(conn, statement("create_publication.sql", publication=ident(PUBLICATION)))
+    return True
+
+
+def drop_publication(conn: Connection) -> None:
+    execute(conn, statement("drop_publication.sql", publication=ident(PUBLICATION)))
+
+
+def subscription_exists(conn: Connection) -> bool:
+    return bool(scalar(conn, statement("subscription_exists.sql", subscription=lit(SUBSCRIPTION))))
+
+
+def create_subscription(conn: Connection, publisher: Endpoint) -> None:
+    """Subscribe ``conn``'s database (autocommit) to the source's publication: the initial copy starts."""
+    execute(conn, statement("create_subscription.sql", subscription=ident(SUBSCRIPTION),
+                            conninfo=lit(conninfo(publisher)), publication=ident(PUBLICATION)))
+
+
+def drop_subscription(conn: Connection) -> None:
+    """Drop the subscription and, through its own connection to the source, its slot there."""
+    execute(conn, statement("drop_subscription.sql", subscription=ident(SUBSCRIPTION)))
+
+
+def drop_replication_slot(conn: Connection) -> None:
+    execute(conn, statement("drop_replication_slot.sql", slot=lit(SUBSCRIPTION)))
+
+
+def initial_sync_state(conn: Connection) -> tuple[int, int]:
+    """(tables still copying, tables) of the subscription."""
+    pending, total = rows(conn, statement("initial_sync_state.sql", subscription=lit(SUBSCRIPTION)))[0]
+    return int(pending), int(total)
+
+
+def slot_caught_up(conn: Connection) -> bool:
+    """On the source: the subscription confirmed everything written so far."""
+    return bool(scalar(conn, statement("slot_caught_up.sql", slot=lit(SUBSCRIPTION))))
+
+
+def sequence_values(conn: Connection) -> list[tuple[str, int]]:
+    return [(name, int(value)) for name, value in rows(conn, statement("sequences.sql"))]
+
+
+def set_sequences(conn: Connection, values: list[tuple[str, int]]) -> None:
+    """Logical replication does not carry sequences: set them from the source's values."""
+    for name, value in values:
+        execute(conn, statement("set_sequence.sql", sequence=lit(name), value=lit(value)))
+
+
+# ---------------------------------------------------------------- cutover
+
+
+def airflow_sessions(conn: Connection, database: str, user: str) -> tuple[int, str]:
+    """(count, 'address/application, ...') of ``user``'s sessions in ``database`` but this one."""
+    count, who = rows(conn, statement("airflow_sessions.sql", database=lit(database), user=lit(user)))[0]
+    return int(count), who
+
+
+def scheduler_heartbeats(conn: Connection, since: dt.datetime) -> int:
+    return int(scalar(conn, statement("scheduler_heartbeats.sql", since=lit(since))))
+
+
+def record_cutover(conn: Connection, run_id: str, host: str, role: str, outcome: str, record: str) -> None:
+    """One row of pgha_cutover_log (the table is created on first use)."""
+    execute(conn, statement("cutover_log_table.sql"))
+    execute(conn, statement("cutover_record.sql", run_id=lit(run_id), host=lit(host), role=lit(role),
+                            outcome=lit(outcome), record=lit(record)))
+
+
+def cutover_outcome(conn: Connection, run_id: str, role: str) -> str | None:
+    execute(conn, statement("cutover_log_table.sql"))
+    return scalar(conn, statement("cutover_outcome.sql", run_id=lit(run_id), role=lit(role)))

@@ -1,0 +1,268 @@
+"""The cutover agent's steps and rollback against two real loopback PostgreSQL instances.
+
+The source and the cluster are real servers; the data path (drain, copy,
+catch-up, sequences, verify, mark, record) runs for real. Only this host's
+Airflow units (systemctl, ``airflow db check``) are a recording stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixture_secrets import POSTGRES_PASSWORD
+from pg_pair import (
+    BIN_DIR,
+    DATABASE,
+    OWNER,
+    add_bulk,
+    ensure_owner,
+    fill_source,
+    owner,
+    restart_with,
+    sql,
+    superuser,
+    write_pgpass,
+)
+from services import PostgresService, start_postgres
+
+from pgha import pgdata
+from pgha.cutover import Agent
+
+OLD_CFG = "[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:5432/airflow_db\n"
+NEW_CFG = "[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:5433/airflow_db\n"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    svc = start_postgres(tmp_path_factory.mktemp("source"), password=POSTGRES_PASSWORD)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    svc = start_postgres(tmp_path_factory.mktemp("cluster"), password=POSTGRES_PASSWORD)
+    try:
+        ensure_owner(svc)
+        yield svc
+    finally:
+        svc.stop()
+
+
+class RecordingUnits:
+    """This host's Airflow units: records what the agent asks; ``db_check`` can be made to fail."""
+
+    runs_scheduler = False
+
+    def __init__(self, db_check_error: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.db_check_error = db_check_error
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def check_active(self) -> None:
+        self.calls.append("check_active")
+
+    def db_check(self) -> None:
+        self.calls.append("db_check")
+        if self.db_check_error:
+            raise RuntimeError(self.db_check_error)
+
+
+def settings(tmp_path: Path, source: PostgresService, cluster: PostgresService, **extra: Any) -> dict[str, Any]:
+    config, staged = tmp_path / "airflow.cfg", tmp_path / "airflow.cfg.pgha-new"
+    config.write_text(OLD_CFG)
+    staged.write_text(NEW_CFG)
+    pgpass = write_pgpass(tmp_path / "cutover.pgpass", superuser(cluster), owner(source))
+    return {
+        "role": "primary", "run_id": f"pgha-cutover-test-{tmp_path.name}", "method": "dump_restore",
+        "database": DATABASE, "owner": OWNER, "log_dir": str(tmp_path / "log"), "pgpass": pgpass,
+        "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user},
+        "source": {"host": source.host, "port": source.port, "user": OWNER},
+        "bin_dir": BIN_DIR, "units": ["airflow-api-server"], "config": str(config), "staged": str(staged),
+        "settle_seconds": 0, "drain_timeout": 10, "catch_up_timeout": 30,
+        **extra,
+    }
+
+
+def source_fingerprints(source: PostgresService) -> dict[str, str]:
+    with pgdata.session(owner(source)) as conn:
+        return pgdata.as_text(pgdata.fingerprints(conn))
+
+
+def latest_record(cluster: PostgresService, run_id: str) -> dict[str, Any]:
+    rows = sql(superuser(cluster), "SELECT outcome, record FROM pgha_cutover_log WHERE run_id = %s ORDER BY id",
+               params=(run_id,))
+    assert len(rows) == 1, rows
+    return {"outcome": rows[0][0], **rows[0][1]}
+
+
+def cluster_comment(cluster: PostgresService) -> str | None:
+    with pgdata.session(superuser(cluster)) as conn:
+        return pgdata.database_comment(conn, DATABASE)
+
+
+def test_dump_restore_moves_identical_data_and_repoints(tmp_path: Path, source: PostgresService,
+                                                        cluster: PostgresService) -> None:
+    fill_source(source)
+    before = source_fingerprints(source)
+    units = RecordingUnits()
+    s = settings(tmp_path, source, cluster)
+    assert Agent(s, units=units).run() == 0
+
+    record = latest_record(cluster, s["run_id"])
+    assert record["outcome"] == "success", record
+    assert [st["step"] for st in record["steps"]] == ["stop", "drain", "copy", "verify", "repoint", "db_check",
+                                                      "mark", "start", "healthy"]
+    assert record["result"]["fingerprints"] == before == source_fingerprints(source)
+    with pgdata.session(superuser(cluster, DATABASE)) as conn:
+        assert pgdata.as_text(pgdata.fingerprints(conn)) == before
+    assert (cluster_comment(cluster) or "").startswith(f"{pgdata.LIVE_MARK} since ")
+    assert Path(s["config"]).read_text() == NEW_CFG and not Path(s["staged"]).exists()
+    assert [p.read_text() for p in tmp_path.glob("airflow.cfg.pgha-bak-*")] == [OLD_CFG]
+    assert units.calls == ["stop", "db_check", "start", "check_active"]
+    log = (Path(s["log_dir"]) / f"cutover-{s['run_id']}.log").read_text()
+    assert "pg_dump" in log and "step verify: ok" in log and POSTGRES_PASSWORD not in log
+
+
+def test_a_changed_row_fails_verify_and_rolls_back(tmp_path: Path, source: PostgresService,
+                                                   cluster: PostgresService) -> None:
+    fill_source(source)
+    before = source_fingerprints(source)
+    units = RecordingUnits()
+    s = settings(tmp_path, source, cluster)
+    agent = Agent(s, units=units)
+    copy = agent.copy
+
+    def copy_then_drift() -> None:  # a row that differs on the cluster after the copy
+        copy()
+        sql(superuser(cluster, DATABASE), "UPDATE dag_run SET conf = '{\"n\": -1}' WHERE id = 7")
+
+    agent.copy = copy_then_drift  # type: ignore[method-assign]
+    assert agent.run() == 1
+
+    record = latest_record(cluster, s["run_id"])
+    assert record["outcome"] == "rolled_back"
+    assert "public.dag_run: source 500 rows vs cluster 500 rows, checksums differ" in record["detail"]
+    failed = [st["step"] for st in record["steps"] if not st["ok"]]
+    assert failed == ["verify"]
+    assert record["steps"][-1]["step"] == "start_old" and record["steps"][-1]["ok"]
+    assert Path(s["config"]).read_text() == OLD_CFG, "the live config is untouched"
+    assert Path(s["staged"]).read_text() == NEW_CFG, "the staged config is not swapped in"
+    assert cluster_comment(cluster) is None, "no live mark"
+    assert source_fingerprints(source) == before, "the source is untouched"
+    assert units.calls == ["stop", "start"]
+
+
+def test_a_failed_db_check_restores_the_config_and_clears_the_mark(tmp_path: Path, source: PostgresService,
+                                                                    cluster: PostgresService) -> None:
+    fill_source(source)
+    with pgdata.session(superuser(cluster)) as conn:  # a mark a failed earlier run could have left
+        pgdata.mark_live(conn, DATABASE, "earlier")
+    units = RecordingUnits(db_check_error="login failed for airflow_user")
+    s = settings(tmp_path, source, cluster)
+    assert Agent(s, units=units).run() == 1
+    record = latest_record(cluster, s["run_id"])
+    assert [st["step"] for st in record["steps"] if not st["ok"]] == ["db_check"]
+    assert Path(s["config"]).read_text() == OLD_CFG
+    assert cluster_comment(cluster) is None
+    assert units.calls == ["stop", "db_check", "start"]
+
+
+def test_drain_waits_for_airflow_sessions_then_gives_up(tmp_path: Path, source: PostgresService,
+                                                        cluster: PostgresService) -> None:
+    fill_source(source)
+    s = settings(tmp_path, source, cluster, drain_timeout=1)
+    with pgdata.session(owner(source)):  # an Airflow component that did not stop
+        assert Agent(s, units=RecordingUnits()).run() == 1
+    record = latest_record(cluster, s["run_id"])
+    assert [st["step"] for st in record["steps"] if not st["ok"]] == ["drain"]
+    assert "1 Airflow sessions still open on the source" in record["detail"]
+
+
+def test_a_follower_repoints_after_the_primary_succeeded(tmp_path: Path, source: PostgresService,
+                                                         cluster: PostgresService) -> None:
+    s = settings(tmp_path, source, cluster, role="follower", follower_timeout=10)
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.record_cutover(conn, s["run_id"], "vm1", "primary", "success", json.dumps({}))
+    units = RecordingUnits()
+    assert Agent(s, units=units).run() == 0
+    assert Path(s["config"]).read_text() == NEW_CFG
+    assert units.calls == ["stop", "db_check", "start", "check_active"]
+
+
+def test_logical_method_catches_up_and_syncs_sequences(tmp_path: Path, source: PostgresService,
+                                                       cluster: PostgresService) -> None:
+    restart_with(source, wal_level="logical")
+    fill_source(source)
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.recreate_database(conn, DATABASE, OWNER)
+    pgpass = write_pgpass(tmp_path / "copy.pgpass", owner(source), superuser(cluster, DATABASE))
+    schema = pgdata.dump_restore_command(owner(source), superuser(cluster, DATABASE), bin_dir=BIN_DIR, owner=OWNER,
+                                         passfile=pgpass, schema_only=True)
+    pgdata.run_pipeline(schema, timeout=60)
+    with pgdata.session(superuser(source, DATABASE)) as conn:
+        pgdata.ensure_publication(conn)
+    with pgdata.session(superuser(cluster, DATABASE)) as conn:
+        pgdata.create_subscription(conn, superuser(source, DATABASE))
+
+        deadline = time.monotonic() + 30
+        while pgdata.initial_sync_state(conn) != (0, 2):
+            assert time.monotonic() < deadline, pgdata.initial_sync_state(conn)
+            time.sleep(0.2)
+    # Airflow keeps writing until the stop: rows and sequence values the initial copy did not see
+    sql(owner(source), "INSERT INTO dag_run (dag_id, run_id) SELECT 'late', 'late_' || g FROM generate_series(1, 30) g",
+        "SELECT nextval('log_id_seq') FROM generate_series(1, 25)")
+    s = settings(tmp_path, source, cluster, method="logical_replication")
+    assert Agent(s, units=RecordingUnits()).run() == 0
+
+    record = latest_record(cluster, s["run_id"])
+    steps = [st["step"] for st in record["steps"]]
+    assert "catch_up" in steps and "sync_sequences" in steps and "copy" not in steps
+    assert record["result"]["fingerprints"] == source_fingerprints(source)
+    assert record["result"]["rows"] == 580
+    seq = "SELECT last_value FROM log_id_seq"
+    assert sql(superuser(cluster, DATABASE), seq) == sql(owner(source), seq) == [(75,)]
+    assert sql(superuser(cluster, DATABASE), "SELECT count(*) FROM pg_subscription") == [(0,)]
+    assert sql(superuser(source), "SELECT count(*) FROM pg_replication_slots") == [(0,)], "the slot went with it"
+
+
+def test_run_pipeline_leaves_no_process_when_interrupted(tmp_path: Path, source: PostgresService,
+                                                         cluster: PostgresService) -> None:
+    fill_source(source)
+    add_bulk(source, 100_000)
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.recreate_database(conn, DATABASE, OWNER)
+    pgpass = write_pgpass(tmp_path / "copy.pgpass", owner(source), superuser(cluster, DATABASE))
+    command = pgdata.dump_restore_command(owner(source), superuser(cluster, DATABASE), bin_dir=BIN_DIR, owner=OWNER,
+                                          passfile=pgpass)
+    with pytest.raises(Exception):
+        pgdata.run_pipeline(command, timeout=0.5)
+    assert pipelines_of(pgpass) == []
+
+
+def pipelines_of(marker: str) -> list[str]:
+    """pg_dump/pg_restore processes whose environment or command line names ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if ("pg_dump" in cmdline or "pg_restore" in cmdline) and (marker in environ or marker in cmdline):
+            found.append(cmdline)
+    return found

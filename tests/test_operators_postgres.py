@@ -1,0 +1,153 @@
+"""Phase 6 operators and the cutover's arming against real loopback PostgreSQL (source and cluster)
+and a real loopback sshd as the source host. Patroni's answer (which node leads) is the only stand-in."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
+from pg_pair import DATABASE, OWNER, add_bulk, ensure_owner, fill_source, owner, sql, superuser
+from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
+from services import PostgresService, SshdService, start_postgres
+from test_cutover_agent import pipelines_of
+
+from pgha import pgdata
+from pgha.hooks.patroni import PatroniHook
+from pgha.operators.postgres import (
+    CreateDatabaseOperator,
+    MigrateDataOperator,
+    SourcePreflightOperator,
+    StartLogicalReplicationOperator,
+)
+
+DUMP = {"params": {"migration_method": "dump_restore"}}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    svc = start_postgres(tmp_path_factory.mktemp("op-source"), password=POSTGRES_PASSWORD)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    svc = start_postgres(tmp_path_factory.mktemp("op-cluster"), password=POSTGRES_PASSWORD)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: PostgresService, cluster: PostgresService,
+              sshd: SshdService) -> str:
+    """Source host 'lb' (the loopback sshd), leader 'pg1' (the cluster instance), connections as in the lab."""
+    raw = loopback_inventory([("pg1", "127.0.0.1"), ("pg2", "127.0.0.12"), ("pg3", "127.0.0.13")], source={"host": "lb", "major": 15, "conn_id": "pgha_source_db"},
+                             postgres={"port": cluster.port, "database": DATABASE, "owner": OWNER})
+    for host in raw["hosts"]:
+        host["os_family"] = "debian"
+    raw["hosts"][0]["address"] = "127.0.0.11"  # the leader pg1 has 127.0.0.1, where the cluster instance listens
+    set_connection(monkeypatch, "ssh_lb", **ssh_connection(sshd))
+    set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
+                   login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
+    for conn_id in ("pgha_pg_superuser",):
+        set_connection(monkeypatch, conn_id, conn_type="postgres", login="postgres", password=POSTGRES_PASSWORD)
+    set_connection(monkeypatch, "pgha_airflow_db", conn_type="postgres", login=OWNER, password=AIRFLOW_DB_PASSWORD)
+    monkeypatch.setattr(PatroniHook, "leader", lambda self: "pg1")
+    return write_inventory(tmp_path, raw)
+
+
+def changes(summary: dict[str, Any]) -> list[str]:
+    return summary["changes"]
+
+
+def test_source_preflight_reports_the_source(inventory: str, source: PostgresService) -> None:
+    fill_source(source)
+    result = SourcePreflightOperator(task_id="check_source_db", inventory_path=inventory).execute(DUMP)["result"]
+    assert result["major"] == 15 and result["tables"] == 2
+    assert "wal_level is replica, needs logical" in result["logical_replication_needs"]
+
+
+def test_create_database_then_nothing_to_do(inventory: str, cluster: PostgresService) -> None:
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.execute(conn, pgdata.statement("drop_database.sql", database=pgdata.ident(DATABASE)))
+    first = CreateDatabaseOperator(task_id="create", inventory_path=inventory).execute(DUMP)
+    assert changes(first) == [f"database {DATABASE}"] or changes(first) == [f"role {OWNER}", f"database {DATABASE}"]
+    with pgdata.session(owner(cluster)) as conn:  # the password from the connection works
+        assert pgdata.database_exists(conn, DATABASE)
+    again = CreateDatabaseOperator(task_id="create", inventory_path=inventory).execute(DUMP)
+    assert not again["changed"], again
+
+
+def test_migrate_data_copies_verifies_marks_and_reruns(inventory: str, source: PostgresService,
+                                                      cluster: PostgresService) -> None:
+    fill_source(source)
+    ensure_owner(cluster)
+    first = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
+    assert first["result"]["tables"] == 2 and first["result"]["rows"] == 550
+    with pgdata.session(superuser(cluster)) as conn:
+        assert pgdata.database_comment(conn, DATABASE) == f"{pgdata.RESTORED_MARK} from lb"
+    with pgdata.session(owner(cluster)) as target, pgdata.session(owner(source)) as origin:
+        assert pgdata.fingerprints(target) == pgdata.fingerprints(origin)
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.mark_live(conn, DATABASE, "test")
+    live = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
+    assert not live["changed"] and live["result"] == {"skipped": "live"}
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.clear_mark(conn, DATABASE)
+
+
+def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, source: PostgresService,
+                                                             cluster: PostgresService) -> None:
+    fill_source(source)
+    add_bulk(source, 150_000)
+    ensure_owner(cluster)
+    op = MigrateDataOperator(task_id="copy_data", inventory_path=inventory)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = op.execute(DUMP)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not pipelines_of("/run/pgha/copy-"):
+        assert time.monotonic() < deadline and worker.is_alive(), outcome
+        time.sleep(0.05)
+    op.on_kill()
+    worker.join(60)
+    assert "error" in outcome, "the killed copy failed its task"
+    assert pipelines_of("/run/pgha/copy-") == []
+    assert not list(Path("/run/pgha").glob("copy-*")), "no pgpass or pid file left"
+    again = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
+    assert again["result"]["rows"] == 150_550
+    sql(owner(source), "DROP TABLE bulk")
+
+
+def test_start_logical_replication_skips_for_dump_restore(inventory: str) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    with pytest.raises(AirflowSkipException):
+        StartLogicalReplicationOperator(task_id="start", inventory_path=inventory).execute(DUMP)
+
+
+def test_cutover_arms_the_agent_module_with_the_airflow_python(inventory: str) -> None:
+    from pgha.operators.airflow import CutoverOperator
+
+    op = CutoverOperator(task_id="cutover", inventory_path=inventory, delay=20)
+    assert op.agent_command("pgha-cutover-1", "/opt/airflow/venv/bin/python") == [
+        "systemd-run", "--quiet", "--collect", "--unit=pgha-cutover-1", "--on-active=20",
+        "--timer-property=AccuracySec=100ms", "/opt/airflow/venv/bin/python", "-m", "pgha.cutover",
+        "/etc/pgha/cutover.json",
+    ]
