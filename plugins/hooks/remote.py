@@ -250,7 +250,7 @@ class RemoteHook(BaseHook):
         if killable:
             run_id = uuid.uuid4().hex
             running = RunningCommand(run_id, f"{RUN_DIR}/{run_id}.pgid", shown)
-            sent = (f"PGHA_RUN_ID={run_id} sh -c {shlex.quote(_KILLABLE_SCRIPT)} pgha-killable "
+            sent = (f"PGHA_RUN_ID={run_id} bash -c {shlex.quote(_KILLABLE_SCRIPT)} pgha-killable "
                     f"{shlex.quote(running.pid_file)} {shlex.quote(command)}")
             self._running[run_id] = running
         client = self.get_conn()
@@ -325,18 +325,29 @@ class RemoteHook(BaseHook):
         KILL after ``grace`` seconds. Returns one line per command: what happened.
         """
         outcomes = []
-        for running in list(self._running.values()):
-            result = self.run(
-                f"sh -c {shlex.quote(_KILL_SCRIPT)} pgha-kill {shlex.quote(running.pid_file)} "
-                f"{shlex.quote(running.run_id)} {int(grace)}",
-                log_as=f"kill_running {running.pid_file} ({running.command[:200]})",
-                timeout=grace + 30,
-            )
-            self._running.pop(running.run_id, None)
-            outcome = f"{result.stdout.strip() or 'gone'}: {running.command}"
-            self.log.warning("[%s] %s", self.host_name, outcome)
-            outcomes.append(outcome)
+        if not self._running:
+            return outcomes
+        # Its own SSH connection: the task's may be closing, or busy in the command being killed.
+        killer = RemoteHook(self.ssh_conn_id, self.host_name, self.allow_unverified_host_keys, self.command_timeout)
+        killer._secrets = self._secrets
+        try:
+            for running in list(self._running.values()):
+                outcomes.append(self._kill(killer, running, grace))
+        finally:
+            killer.close()
         return outcomes
+
+    def _kill(self, killer: RemoteHook, running: RunningCommand, grace: int) -> str:
+        result = killer.run(
+            f"bash -c {shlex.quote(_KILL_SCRIPT)} pgha-kill {shlex.quote(running.pid_file)} "
+            f"{shlex.quote(running.run_id)} {int(grace)}",
+            log_as=f"kill_running {running.pid_file} ({running.command[:200]})",
+            timeout=grace + 30,
+        )
+        self._running.pop(running.run_id, None)
+        outcome = f"{result.stdout.strip() or 'gone'}: {running.command}"
+        self.log.warning("[%s] %s", self.host_name, outcome)
+        return outcome
 
     def read_file(self, path: str) -> str | None:
         """The file's text, or None when it does not exist."""
