@@ -41,6 +41,7 @@ from pgha.operators.postgres import (
     StartLogicalReplicationOperator,
 )
 from pgha.sensors.etcd import EtcdHealthSensor
+from pgha.sensors.haproxy import HAProxyRoutingSensor
 from pgha.sensors.patroni import PatroniLeaderSensor
 from pgha.sensors.postgres import LogicalSyncSensor
 
@@ -105,6 +106,11 @@ params = {
 INVENTORY = "{{ params.inventory_path }}"
 FIRST_NODE = "{{ ti.xcom_pull(task_ids='preflight.database_nodes')[0] }}"  # the runbook starts psg1 first
 SENSOR_TIMEOUT = 900
+# The leader the switchover test moved away from ("" when the test was skipped: any leader will do).
+OLD_LEADER = (
+    "{{ ((ti.xcom_pull(task_ids='phase9_validate.switchover_test') or {}).get('result') or {})"
+    ".get('old_leader', '') }}"
+)
 
 with DAG(
     dag_id="pg_ha_migration",
@@ -195,6 +201,7 @@ with DAG(
         chain(
             InstallHAProxyOperator(task_id="install_haproxy", phase=PHASES[6]),
             HAProxySwitchOperator(task_id="switch_haproxy", phase=PHASES[6]),
+            HAProxyRoutingSensor(task_id="haproxy_routes_like_patroni", phase=PHASES[6], timeout=SENSOR_TIMEOUT),
         )
 
     with TaskGroup("phase8_repoint_airflow") as phase8:
@@ -209,12 +216,15 @@ with DAG(
                 mode="reschedule", timeout=SENSOR_TIMEOUT,
             ),
             EtcdHealthSensor(task_id="etcd_healthy", phase=PHASES[8], mode="reschedule", timeout=SENSOR_TIMEOUT),
+            HAProxyRoutingSensor(task_id="haproxy_routes_like_patroni", phase=PHASES[8], timeout=SENSOR_TIMEOUT),
             ClusterRoutingCheckOperator(task_id="routing_through_haproxy", phase=PHASES[8]),
             SwitchoverTestOperator(task_id="switchover_test", phase=PHASES[8]),
             PatroniLeaderSensor(
-                task_id="cluster_healthy_after_switchover", phase=PHASES[8], require_sync=True,
-                max_lag_bytes=16 * 1024 * 1024, mode="reschedule", poke_interval=3, timeout=SENSOR_TIMEOUT,
+                task_id="cluster_healthy_after_switchover", phase=PHASES[8], not_leader=OLD_LEADER,
+                require_sync=True, max_lag_bytes=16 * 1024 * 1024, mode="reschedule", poke_interval=3,
+                timeout=SENSOR_TIMEOUT,
             ),
+            HAProxyRoutingSensor(task_id="haproxy_follows_the_switchover", phase=PHASES[8], timeout=SENSOR_TIMEOUT),
             ClusterRoutingCheckOperator(task_id="routing_after_switchover", phase=PHASES[8]),
             EtcdLeaderPlacementOperator(task_id="etcd_leader_off_patroni_leader", phase=PHASES[8]),
         )

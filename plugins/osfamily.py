@@ -15,13 +15,16 @@ from dataclasses import dataclass
 class OsFamily:
     name: str
     install_cmd: str  # takes the package list appended
-    installed_query: str  # exits 0 when every package in {packages} is installed
+    package_query: str  # prints "<name> installed" for each installed package in {packages}
+    refresh_cmd: str  # refreshes package lists before an install
+    module_enable_cmd: str  # enables a module stream {stream} ("" where the family has none)
+    module_state_file: str  # where the package manager keeps a module's state ({module})
     postgres_packages: tuple[str, ...]
     postgres_bin_dir: str
     postgres_data_dir: str
     postgres_service: str  # the distribution's own unit, disabled: Patroni runs PostgreSQL
-    postgres_prepare: str  # runs before the install (no auto-created cluster / module stream)
-    refresh_cmd: str  # refreshes package lists before an install
+    postgres_module: str  # module stream to enable before the install ("" if none)
+    postgres_preconfig: tuple[tuple[str, str], ...]  # files written before the install: (path, content)
     etcd_packages: tuple[str, ...]
     etcd_binary: str
     etcdctl_binary: str
@@ -40,29 +43,39 @@ class OsFamily:
         names = getattr(self, f"{component}_packages")
         return [name.format(major=major) for name in names]
 
-    def prepare_postgres(self, major: int) -> str:
-        return self.postgres_prepare.format(major=major)
+    def postgres_stream(self, major: int) -> str | None:
+        """The module stream PostgreSQL ``major`` comes from (None: the family has no module streams)."""
+        return f"{self.postgres_module}:{major}" if self.postgres_module else None
 
     def install_command(self, packages: list[str]) -> str:
         return f"{self.install_cmd} {' '.join(shlex.quote(p) for p in packages)}"
 
-    def installed_command(self, packages: list[str]) -> str:
-        return self.installed_query.format(packages=" ".join(shlex.quote(p) for p in packages))
+    def package_query_command(self, packages: list[str]) -> str:
+        return self.package_query.format(packages=" ".join(shlex.quote(p) for p in packages))
+
+    def module_enable_command(self, stream: str) -> str:
+        return self.module_enable_cmd.format(stream=shlex.quote(stream))
+
+
+def installed_packages(query_output: str) -> set[str]:
+    """The packages a ``package_query`` printed as installed."""
+    return {fields[0] for fields in map(str.split, query_output.splitlines()) if fields[1:] == ["installed"]}
 
 
 DEBIAN = OsFamily(
     name="debian",
-    install_cmd="DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends",
-    installed_query="for p in {packages}; do dpkg-query -W -f='${{Status}}' \"$p\" 2>/dev/null | grep -q 'install ok installed' || exit 1; done",
+    # A retry of a killed task waits for the dpkg lock the killed install may still hold.
+    install_cmd="DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600",
+    package_query="dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' -- {packages}",
+    refresh_cmd="apt-get update -q -o DPkg::Lock::Timeout=600",
+    module_enable_cmd="",
+    module_state_file="",
     postgres_packages=("postgresql-{major}", "postgresql-client-{major}"),
     postgres_bin_dir="/usr/lib/postgresql/{major}/bin",
     postgres_data_dir="/var/lib/postgresql/{major}/main",
     postgres_service="postgresql",
-    postgres_prepare=(
-        "mkdir -p /etc/postgresql-common/createcluster.d && "
-        "echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/50-pgha.conf"
-    ),
-    refresh_cmd="apt-get update -q",
+    postgres_module="",
+    postgres_preconfig=(("/etc/postgresql-common/createcluster.d/50-pgha.conf", "create_main_cluster = false\n"),),
     etcd_packages=("etcd-server", "etcd-client"),
     etcd_binary="/usr/bin/etcd",
     etcdctl_binary="/usr/bin/etcdctl",
@@ -75,13 +88,16 @@ DEBIAN = OsFamily(
 RHEL = OsFamily(
     name="rhel",
     install_cmd="dnf install -y -q",
-    installed_query="rpm -q {packages}",
+    package_query="rpm -q --queryformat '%{{NAME}} installed\\n' {packages}",
+    refresh_cmd="dnf makecache -q",
+    module_enable_cmd="dnf module enable -y -q {stream}",
+    module_state_file="/etc/dnf/modules.d/{module}.module",
     postgres_packages=("postgresql-server", "postgresql-contrib"),
     postgres_bin_dir="/usr/bin",
     postgres_data_dir="/var/lib/pgsql/{major}/data",
     postgres_service="postgresql",
-    postgres_prepare="dnf -qy module enable postgresql:{major}",
-    refresh_cmd="dnf makecache -q",
+    postgres_module="postgresql",
+    postgres_preconfig=(),
     etcd_packages=("etcd",),
     etcd_binary="/usr/local/bin/etcd",
     etcdctl_binary="/usr/local/bin/etcdctl",
@@ -115,3 +131,9 @@ def detect_family(os_release: str) -> OsFamily:
             return FAMILIES[family]
     pretty = values.get("PRETTY_NAME") or values.get("ID") or "unknown"
     raise ValueError(f"unsupported operating system {pretty!r}: pgha supports Debian/Ubuntu and RHEL/Rocky 9")
+
+
+def parse_module_state(text: str) -> dict[str, str]:
+    """A dnf ``modules.d/<module>.module`` file (INI, one section) as a dict: stream, state, ..."""
+    return {key.strip(): value.strip() for key, sep, value in (line.partition("=") for line in text.splitlines())
+            if sep and not key.startswith(("#", "["))}

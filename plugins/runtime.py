@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
-from pgha.hooks.remote import RemoteHook
 
 from pgha.inventory import Host, Inventory, load_inventory
-from pgha.osfamily import FAMILIES, OsFamily, detect_family
+from pgha.osfamily import FAMILIES, OsFamily
+
+if TYPE_CHECKING:  # the hooks are imported where a task first needs one, not with the model
+    from pgha.hooks.host import HostHook
+    from pgha.hooks.remote import RemoteHook
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,11 @@ def credentials(conn_id: str, purpose: str) -> Credentials:
 
 
 class InventoryMixin:
-    """Gives a task ``self.inventory``, ``self.remote(host)`` and ``self.os_family(host)``."""
+    """
+    Gives a task ``self.inventory``, ``self.remote(host)`` (SSH), ``self.host_hook(host)``
+    (packages, units, files... of that host) and ``self.os_family(host)``; each hook is
+    created on first use and the OS family detected once per host.
+    """
 
     inventory_path: str | None
     phase: str | None = None
@@ -59,8 +66,14 @@ class InventoryMixin:
     def _remotes(self) -> dict[str, RemoteHook]:
         return {}
 
+    @cached_property
+    def _host_hooks(self) -> dict[str, HostHook]:
+        return {}
+
     def remote(self, host: str | Host) -> RemoteHook:
         """A RemoteHook for an inventory host, created on first use."""
+        from pgha.hooks.remote import RemoteHook
+
         name = host if isinstance(host, str) else host.name
         if name not in self._remotes:
             entry = self.inventory.host(name)
@@ -72,19 +85,31 @@ class InventoryMixin:
             )
         return self._remotes[name]
 
+    def host_hook(self, host: str | Host) -> HostHook:
+        """The HostHook of an inventory host (over ``self.remote(host)``), created on first use."""
+        from pgha.hooks.host import HostHook
+
+        name = host if isinstance(host, str) else host.name
+        if name not in self._host_hooks:
+            pinned = self.inventory.host(name).os_family
+            self._host_hooks[name] = HostHook(self.remote(name), FAMILIES[pinned] if pinned else None)
+        return self._host_hooks[name]
+
     def os_family(self, host: str) -> OsFamily:
-        entry = self.inventory.host(host)
-        if entry.os_family:
-            return FAMILIES[entry.os_family]
-        text = self.remote(host).run("cat /etc/os-release", quiet=True).stdout
-        try:
-            return detect_family(text)
-        except ValueError as exc:
-            raise AirflowException(f"[{host}] {exc}") from exc
+        """The host's OS family: the inventory's ``os_family``, else detected (once) from /etc/os-release."""
+        return self.host_hook(host).family
 
     def close_remotes(self) -> None:
         for remote in self._remotes.values():
             remote.close()
+
+    def kill_remote_work(self) -> list[str]:
+        """Stop the killable commands this task started on any host and did not see end."""
+        outcomes = []
+        for remote in self._remotes.values():
+            if remote.running:
+                outcomes += remote.kill_running()
+        return outcomes
 
     def patroni_api_urls(self) -> list[str]:
         port = self.inventory.patroni.rest_port

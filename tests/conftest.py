@@ -31,6 +31,8 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = os.path.join(_AIRFLOW_HOME, "plugins")
 
 import pytest  # noqa: E402
+
+pytest_plugins = ["recording_host"]  # the `fleet` fixture: fake hosts for fast operator tests
 from fixture_secrets import (  # noqa: E402
     PATRONI_REPLICATION_PASSWORD,
     PATRONI_REST_PASSWORD,

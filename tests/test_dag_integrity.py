@@ -72,7 +72,8 @@ def test_retries_are_set(dag) -> None:  # type: ignore[no-untyped-def]
 
 def test_every_sensor_has_a_real_timeout(dag) -> None:  # type: ignore[no-untyped-def]
     sensors = [t for t in dag.tasks if isinstance(t, BaseSensorOperator)]
-    assert {type(s).__name__ for s in sensors} == {"EtcdHealthSensor", "PatroniLeaderSensor", "LogicalSyncSensor"}
+    assert {type(s).__name__ for s in sensors} == {"EtcdHealthSensor", "PatroniLeaderSensor", "HAProxyRoutingSensor",
+                                                   "LogicalSyncSensor"}
     for sensor in sensors:
         assert sensor.timeout and sensor.timeout < SEVEN_DAYS, sensor.task_id
         assert sensor.mode in {"reschedule", "poke"}
@@ -96,9 +97,39 @@ def test_params_form_has_no_password(dag) -> None:  # type: ignore[no-untyped-de
     assert params.get_param("phases").schema["items"]["enum"][0] == "1_prepare_hosts"
 
 
-def test_switchover_and_haproxy_use_our_components(dag) -> None:  # type: ignore[no-untyped-def]
-    kinds = {type(t).__name__ for t in dag.tasks}
-    assert {"HAProxySwitchOperator", "EtcdHealthSensor", "PatroniLeaderSensor"} <= kinds
+def _next(dag, task_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(t.task_id for t in dag.get_task(task_id).downstream_list)
+
+
+def test_waits_are_visible_sensors_after_the_work_they_wait_for(dag) -> None:  # type: ignore[no-untyped-def]
+    """HAProxy's routing and the switchover's new leader are waited for by sensors, not inside operators."""
+    assert _next(dag, "phase7_haproxy.switch_haproxy") == ["phase7_haproxy.haproxy_routes_like_patroni"]
+    assert [t.task_id for t in dag.get_task("phase9_validate.routing_through_haproxy").upstream_list] == [
+        "phase9_validate.haproxy_routes_like_patroni"]
+    assert _next(dag, "phase9_validate.switchover_test") == ["phase9_validate.cluster_healthy_after_switchover"]
+    assert _next(dag, "phase9_validate.cluster_healthy_after_switchover") == [
+        "phase9_validate.haproxy_follows_the_switchover"]
+    assert _next(dag, "phase9_validate.haproxy_follows_the_switchover") == ["phase9_validate.routing_after_switchover"]
+
+
+def test_the_sensor_after_the_switchover_waits_for_another_leader(dag) -> None:  # type: ignore[no-untyped-def]
+    """not_leader renders the switchover's old leader from its XCom, and nothing when the test was skipped."""
+    import jinja2
+
+    sensor = dag.get_task("phase9_validate.cluster_healthy_after_switchover")
+    template = jinja2.Environment().from_string(sensor.not_leader)
+
+    class TI:
+        def __init__(self, value: object) -> None:
+            self.value = value
+
+        def xcom_pull(self, task_ids: str) -> object:
+            assert task_ids == "phase9_validate.switchover_test"
+            return self.value
+
+    summary = {"changed": True, "result": {"old_leader": "psg1", "new_leader": "psg2"}}
+    assert template.render(ti=TI(summary)) == "psg1"
+    assert template.render(ti=TI(None)) == ""
 
 
 def test_bad_inventory_does_not_break_parsing_and_fails_the_first_task(

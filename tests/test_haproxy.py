@@ -1,4 +1,4 @@
-"""HAProxyHook and HAProxySwitchOperator against real HAProxy, Patroni and sshd.
+"""HAProxyHook, HAProxySwitchOperator and HAProxyRoutingSensor against real HAProxy, Patroni and sshd.
 
 This machine has no systemd as PID 1, so the sshd used here puts a small
 ``systemctl`` stand-in first on PATH that drives a real HAProxy master
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ import psycopg2
 import pytest
 from airflow.sdk.exceptions import AirflowException
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
-from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv
+from airflow.sdk.exceptions import AirflowSensorTimeout
+from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv, routing_problems
 from pgha.hooks.remote import RemoteHook
-from pgha.hooks.haproxy import routing_problems
-from pgha.operators.haproxy import HAProxySwitchOperator
+from pgha.operators.haproxy import ClusterRoutingCheckOperator, HAProxySwitchOperator
+from pgha.sensors.haproxy import HAProxyRoutingSensor
 from pgha_testing import (
     loopback_inventory,
     set_connection,
@@ -42,7 +42,9 @@ pidfile={state}/$unit.pid
 [ "$unit" = haproxy ] || [ "$verb" = daemon-reload ] || {{ echo "shim: unit $unit unsupported" >&2; exit 5; }}
 case "$verb" in
   is-active) [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null ;;
-  enable|daemon-reload) exit 0 ;;
+  is-enabled) [ -f {state}/$unit.enabled ] ;;
+  enable) touch {state}/$unit.enabled ;;
+  daemon-reload) exit 0 ;;
   start) haproxy -W -D -p "$pidfile" -f {config} ;;
   reload) haproxy -c -q -f {config} && kill -USR2 "$(cat "$pidfile")" ;;
   *) echo "shim: $verb unsupported" >&2; exit 1 ;;
@@ -73,12 +75,12 @@ def lb(tmp_path: Path) -> Iterator[dict[str, Any]]:
         sshd.stop()
 
 
-def make_inventory(lb: dict[str, Any], patroni: PatroniService, **haproxy: Any) -> str:
+def make_inventory(lb: dict[str, Any], patroni: PatroniService, database: str = "airflow_db", **haproxy: Any) -> str:
     nodes = [(patroni.name, "127.0.0.1"), ("ghost-b", "127.0.0.2"), ("ghost-c", "127.0.0.3")]
     raw = loopback_inventory(
         nodes,
         lb_host="lb",
-        postgres={"port": patroni.pg_port},
+        postgres={"port": patroni.pg_port, "database": database},
         patroni={"rest_port": int(patroni.rest_url.rsplit(":", 1)[1])},
         haproxy={
             "write_port": free_port(), "read_port": free_port(), "stats_port": free_port(),
@@ -114,15 +116,22 @@ def test_routing_problems_in_words() -> None:
     assert routing_problems([], [], None, []) == ["Patroni has no single leader"]
 
 
-def test_switch_installs_validates_reloads_and_routes_to_the_leader(
+def routed(inventory: str, timeout: float = 30) -> dict[str, list[str]]:
+    """What HAProxyRoutingSensor returns once HAProxy routes like Patroni."""
+    return HAProxyRoutingSensor(task_id="routing", inventory_path=inventory, mode="poke", poke_interval=0.5,
+                                timeout=timeout).execute({})
+
+
+def test_switch_installs_validates_reloads_and_the_sensor_sees_the_leader(
     lb: dict[str, Any], conns: None, patroni: PatroniService
 ) -> None:
     inventory = make_inventory(lb, patroni)
-    first = HAProxySwitchOperator(task_id="switch", inventory_path=inventory, routing_timeout=30).execute({})
-    assert first["changed"] and first["result"] == {"write": [patroni.name], "read": []}
+    first = HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
+    assert first["changed"] and first["result"] == {"config_changed": True, "reloaded": False, "started": True}
+    assert routed(inventory) == {"write": [patroni.name], "read": []}
     pid = master_pid(lb)
 
-    again = HAProxySwitchOperator(task_id="switch", inventory_path=inventory, routing_timeout=30).execute({})
+    again = HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
     assert not again["changed"], again
     assert master_pid(lb) == pid
 
@@ -138,7 +147,7 @@ def test_switch_installs_validates_reloads_and_routes_to_the_leader(
         assert cur.fetchone() == (False,)
     changed_inventory = make_inventory(lb, patroni, inter="2s", write_port=inv.haproxy.write_port,
                                        read_port=inv.haproxy.read_port, stats_port=inv.haproxy.stats_port)
-    reload = HAProxySwitchOperator(task_id="switch", inventory_path=changed_inventory, routing_timeout=30).execute({})
+    reload = HAProxySwitchOperator(task_id="switch", inventory_path=changed_inventory).execute({})
     assert any("reloaded" in c for c in reload["changes"]), reload
     assert "inter 2s" in lb["config"].read_text()
     assert list(lb["dir"].glob("haproxy.cfg.pgha-bak-*")), "previous config kept"
@@ -147,6 +156,7 @@ def test_switch_installs_validates_reloads_and_routes_to_the_leader(
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)
     client.close()
+    assert routed(changed_inventory) == {"write": [patroni.name], "read": []}
 
     hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), str(lb["dir"] / "admin.sock"))
     states = hook.server_states("postgres_write")
@@ -163,13 +173,29 @@ def test_invalid_config_is_never_installed(lb: dict[str, Any], conns: None, patr
     assert not list(lb["dir"].glob("haproxy.cfg.pgha-new"))
 
 
-def test_routing_that_never_matches_fails_with_the_reason(lb: dict[str, Any], conns: None,
-                                                         patroni: PatroniService) -> None:
+def test_the_sensor_waits_while_patroni_does_not_answer(lb: dict[str, Any], conns: None,
+                                                        patroni: PatroniService) -> None:
     inventory = make_inventory(lb, patroni)
-    HAProxySwitchOperator(task_id="switch", inventory_path=inventory, routing_timeout=30).execute({})
-    op = HAProxySwitchOperator(task_id="check", inventory_path=inventory, routing_timeout=2)
-    op.patroni_api_urls = lambda: [f"http://127.0.0.1:{free_port()}"]  # type: ignore[method-assign]
-    started = time.monotonic()
-    with pytest.raises(AirflowException, match="did not match Patroni within 2s: no Patroni member answered"):
-        op.wait_for_routing()
-    assert time.monotonic() - started < 10
+    HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
+    sensor = HAProxyRoutingSensor(task_id="routing", inventory_path=inventory, mode="poke", poke_interval=0.5,
+                                  timeout=2)
+    sensor.patroni_api_urls = lambda: [f"http://127.0.0.1:{free_port()}"]  # type: ignore[method-assign]
+    assert not sensor.poke({}).is_done
+    with pytest.raises(AirflowSensorTimeout):
+        sensor.execute({})
+
+
+def test_clients_through_haproxy_reach_the_leader_and_a_missing_replica_is_named(
+    lb: dict[str, Any], conns: None, patroni: PatroniService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ClusterRoutingCheckOperator: the write port reaches the leader; a single node has no replica to read from."""
+    set_connection(monkeypatch, "pgha_airflow_db", conn_type="postgres", login="postgres",
+                   password=PATRONI_SUPERUSER_PASSWORD)
+    inventory = make_inventory(lb, patroni, database="postgres")
+    HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
+    routed(inventory)
+    from pgha.inventory import load_inventory
+
+    read_port = load_inventory(inventory).haproxy.read_port
+    with pytest.raises(Exception, match=rf"{read_port}|no replica|server closed|could not connect"):
+        ClusterRoutingCheckOperator(task_id="routing_through_haproxy", inventory_path=inventory).execute({})

@@ -155,3 +155,66 @@ def test_wrong_key_is_an_authentication_error(sshd: SshdService, monkeypatch: py
     hook.ssh_hook.conn_retry_attempts = 1
     with pytest.raises(AirflowException, match="AuthenticationException"):
         hook.run("true")
+
+
+def _processes(*argv: str) -> list[int]:
+    """Pids whose command line is exactly ``argv``."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == wanted:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_killable_command_keeps_its_exit_code_output_and_stdin(remote: RemoteHook) -> None:
+    result = remote.run("cat; echo done; exit 4", killable=True, stdin="from stdin\n", check=False)
+    assert (result.exit_code, result.stdout) == (4, "from stdin\ndone\n")
+    assert remote.running == []
+
+
+def test_on_kill_stops_the_remote_pipeline_a_task_started(sshd: SshdService, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """A killed task's on_kill leaves no process of its remote pipeline running (TERM to the process group)."""
+    import threading
+    import time
+    import uuid
+
+    from pgha.operators.base import PghaOperator
+    from pgha_testing import loopback_inventory, write_inventory
+
+    seconds = str(3000 + uuid.uuid4().int % 1000)  # a sleep no other test runs
+
+    class LongRemoteWork(PghaOperator):
+        def run(self, context: object) -> object:
+            return self.remote("lb").run(f"sleep {seconds} | cat", killable=True).exit_code
+
+    set_connection(monkeypatch, "ssh_lb", **ssh_connection(sshd))
+    inventory = write_inventory(tmp_path, loopback_inventory([("n1", "127.0.0.2"), ("n2", "127.0.0.3"),
+                                                              ("n3", "127.0.0.4")]))
+    task = LongRemoteWork(task_id="copy_data", inventory_path=inventory)
+    outcome: dict[str, BaseException] = {}
+
+    def execute() -> None:
+        try:
+            task.execute({})
+        except BaseException as exc:  # noqa: BLE001 - the test reads what the task ended with
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=execute)
+    worker.start()
+    deadline = time.monotonic() + 15
+    while not _processes("sleep", seconds) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes("sleep", seconds), "the remote sleep never started"
+    task.on_kill()
+    worker.join(15)
+    assert not worker.is_alive()
+    assert isinstance(outcome.get("error"), CommandFailed)  # the task itself fails: its command was killed
+    assert _processes("sleep", seconds) == []
+    assert task.remote("lb").running == []
+    assert not list(Path("/run/pgha/commands").glob("*.pgid"))

@@ -12,6 +12,7 @@ import hashlib
 import shlex
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -52,9 +53,47 @@ echo "changed $old_sum"
 """
 
 
-def first_line(text: str) -> str:
-    """The first line of a command's output (in Python: `| head -1` dies of SIGPIPE under pipefail)."""
-    return (text.strip().splitlines() or [""])[0]
+# Where a killable command leaves its process group id while it runs (root-owned, tmpfs).
+RUN_DIR = "/run/pgha/commands"
+
+# Runs "$2" as the leader of a new session (so of a new process group): every process it
+# starts, pipelines included, is in that group. $PGHA_RUN_ID in the leader's environment
+# lets kill_running tell this group from one that reused the id.
+_KILLABLE_SCRIPT = r"""
+pid_file=$1 command=$2
+mkdir -p "$(dirname "$pid_file")"
+setsid --wait bash -c 'echo $$ > "$0"; exec bash -o pipefail -c "$1"' "$pid_file" "$command"
+rc=$?
+rm -f "$pid_file"
+exit $rc
+"""
+
+# Stops the process group a killable command left in its pid file: TERM, then KILL after
+# the grace period. Prints "stopped", "killed" or "gone".
+_KILL_SCRIPT = r"""
+pid_file=$1 run_id=$2 grace=$3
+group=$(cat "$pid_file" 2>/dev/null) || { echo gone; exit 0; }
+if ! tr '\0' '\n' < "/proc/$group/environ" 2>/dev/null | grep -qx "PGHA_RUN_ID=$run_id"; then
+  rm -f "$pid_file"; echo gone; exit 0
+fi
+kill -TERM -- "-$group" 2>/dev/null
+for _ in $(seq $((grace * 10))); do
+  kill -0 -- "-$group" 2>/dev/null || { rm -f "$pid_file"; echo stopped; exit 0; }
+  sleep 0.1
+done
+kill -KILL -- "-$group" 2>/dev/null
+rm -f "$pid_file"
+echo killed
+"""
+
+
+@dataclass(frozen=True)
+class RunningCommand:
+    """A killable command started on the host and not yet seen to end."""
+
+    run_id: str
+    pid_file: str
+    command: str  # as logged
 
 
 class CommandFailed(AirflowException):
@@ -122,6 +161,7 @@ class RemoteHook(BaseHook):
         self.allow_unverified_host_keys = allow_unverified_host_keys
         self.command_timeout = command_timeout
         self._secrets: set[str] = set()
+        self._running: dict[str, RunningCommand] = {}
 
     @cached_property
     def ssh_hook(self) -> SSHHook:
@@ -191,6 +231,7 @@ class RemoteHook(BaseHook):
         check: bool = True,
         log_as: str | None = None,
         quiet: bool = False,
+        killable: bool = False,
     ) -> CommandResult:
         """
         Run ``command`` on the host and return its result.
@@ -199,12 +240,24 @@ class RemoteHook(BaseHook):
         :param check: raise CommandFailed on a non-zero exit code.
         :param log_as: what to log instead of the command (long scripts).
         :param quiet: log the command at debug level (polling loops).
+        :param killable: run it in a process group of its own that ``kill_running``
+            stops (long work a killed task must not leave behind: a pipeline, a download).
         """
         shown = self.mask(log_as or command)
         timeout = timeout or self.command_timeout
+        running = None
+        sent = command
+        if killable:
+            run_id = uuid.uuid4().hex
+            running = RunningCommand(run_id, f"{RUN_DIR}/{run_id}.pgid", shown)
+            sent = (f"PGHA_RUN_ID={run_id} bash -c {shlex.quote(_KILLABLE_SCRIPT)} pgha-killable "
+                    f"{shlex.quote(running.pid_file)} {shlex.quote(command)}")
+            self._running[run_id] = running
         client = self.get_conn()
         started = time.monotonic()
-        exit_code, out, err = self._exec(client, self.wrap(command, sudo), stdin, timeout)
+        exit_code, out, err = self._exec(client, self.wrap(sent, sudo), stdin, timeout)
+        if running:  # it ended; a command interrupted by an exception stays listed for kill_running
+            self._running.pop(running.run_id, None)
         result = CommandResult(
             host=self.host_name,
             command=shown,
@@ -259,6 +312,42 @@ class RemoteHook(BaseHook):
             for stream in (result.stdout, result.stderr):
                 if stream.strip():
                     self.log.warning("[%s] %s", result.host, stream.strip()[-4000:])
+
+    @property
+    def running(self) -> list[RunningCommand]:
+        """Killable commands started here whose end this hook has not seen."""
+        return list(self._running.values())
+
+    def kill_running(self, grace: int = 10) -> list[str]:
+        """
+        Stop every killable command this hook started and did not see end (a task
+        being killed, or one whose SSH session broke): TERM to its process group,
+        KILL after ``grace`` seconds. Returns one line per command: what happened.
+        """
+        outcomes = []
+        if not self._running:
+            return outcomes
+        # Its own SSH connection: the task's may be closing, or busy in the command being killed.
+        killer = RemoteHook(self.ssh_conn_id, self.host_name, self.allow_unverified_host_keys, self.command_timeout)
+        killer._secrets = self._secrets
+        try:
+            for running in list(self._running.values()):
+                outcomes.append(self._kill(killer, running, grace))
+        finally:
+            killer.close()
+        return outcomes
+
+    def _kill(self, killer: RemoteHook, running: RunningCommand, grace: int) -> str:
+        result = killer.run(
+            f"bash -c {shlex.quote(_KILL_SCRIPT)} pgha-kill {shlex.quote(running.pid_file)} "
+            f"{shlex.quote(running.run_id)} {int(grace)}",
+            log_as=f"kill_running {running.pid_file} ({running.command[:200]})",
+            timeout=grace + 30,
+        )
+        self._running.pop(running.run_id, None)
+        outcome = f"{result.stdout.strip() or 'gone'}: {running.command}"
+        self.log.warning("[%s] %s", self.host_name, outcome)
+        return outcome
 
     def read_file(self, path: str) -> str | None:
         """The file's text, or None when it does not exist."""

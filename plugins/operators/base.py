@@ -1,4 +1,4 @@
-"""Base class of every pgha operator: inventory access and an audit summary."""
+"""Base class of every pgha operator: inventory and host access, an audit summary, on_kill."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from pgha.osfamily import OsFamily
 from pgha.runtime import InventoryMixin
 
 
@@ -39,31 +38,12 @@ class PghaOperator(InventoryMixin, BaseOperator):
     def note(self, what: str, changed: bool) -> None:
         (self.changed if changed else self.unchanged)(what)
 
-    def ensure_packages(self, host: str, family: OsFamily, packages: list[str]) -> bool:
-        """Install ``packages`` unless all are already installed; True if it installed."""
-        remote = self.remote(host)
-        if remote.run(family.installed_command(packages), check=False, quiet=True).ok:
-            self.unchanged(f"packages {' '.join(packages)} already installed")
-            return False
-        remote.run(family.refresh_cmd, timeout=900)
-        remote.run(family.install_command(packages), timeout=1800)
-        self.changed(f"installed {' '.join(packages)}")
-        return True
-
-    def install_unit(self, host: str, name: str, content: str) -> bool:
-        """Put a systemd unit file and reload systemd if it changed."""
-        remote = self.remote(host)
-        changed = remote.put_file(f"/etc/systemd/system/{name}", content).changed
-        if changed:
-            remote.run("systemctl daemon-reload")
-        self.note(f"unit {name}", changed)
-        return changed
-
     def run(self, context: Any) -> Any:
         raise NotImplementedError
 
     def execute(self, context: Any) -> Any:
         self.skip_unless_selected(context)
+        self._changes, self._unchanged = [], []
         started = time.monotonic()
         try:
             value = self.run(context)
@@ -86,6 +66,11 @@ class PghaOperator(InventoryMixin, BaseOperator):
         if value is not None:
             summary["result"] = value
         return summary
+
+    def on_kill(self) -> None:
+        """A killed task leaves no remote work running: its killable commands are stopped."""
+        for outcome in self.kill_remote_work():
+            self.log.warning("on_kill: %s", outcome)
 
 
 class HostOperator(PghaOperator):

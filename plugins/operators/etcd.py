@@ -2,61 +2,56 @@
 
 from __future__ import annotations
 
-import shlex
 import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.patroni import PatroniHook
-from pgha.hooks.remote import first_line
 from pgha.render import node_context, render
 
 from pgha.operators.base import HostOperator, PghaOperator
+
+ETCD_UNIT = "etcd.service"
 
 
 class InstallEtcdOperator(HostOperator):
     """
     Installs etcd on one node: the OS package, or the release tarball
-    verified against the inventory's sha256.
+    verified against the inventory's sha256; and the ``etcd`` system user.
 
     :param host: database node (mapped).
     """
 
     def run(self, context: Any) -> Any:
         install = self.inventory.etcd.install
-        family = self.os_family(self.host)
-        remote = self.remote(self.host)
+        host = self.host_hook(self.host)
+        binary = host.family.etcd_binary
         if install.method == "package":
-            # The package starts a single-node etcd of its own; ours replaces that unit.
-            self.ensure_packages(self.host, family, family.packages_for("etcd", 0))
+            # The package starts a single-node etcd of its own; ConfigureEtcdOperator's unit replaces it.
+            packages = host.family.packages_for("etcd", 0)
+            self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))
         else:
-            self._install_tarball(family.etcd_binary)
-        remote.run("id etcd >/dev/null 2>&1 || useradd --system --home-dir /var/lib/etcd --shell /usr/sbin/nologin etcd")
-        version = first_line(remote.run(f"{family.etcd_binary} --version").stdout)
-        if install.version and install.version not in version:
-            raise AirflowException(f"[{self.host}] version mismatch: expected etcd {install.version}, got {version!r}")
+            self._install_tarball(binary)
+        self.note("system user etcd", host.ensure_system_user("etcd", home="/var/lib/etcd"))
+        version = host.version(f"{binary} --version") or ""
+        if install.version and not version.endswith(f" {install.version}"):
+            raise AirflowException(
+                f"[{self.host}] version mismatch: expected etcd {install.version}, {binary} says {version!r}"
+            )
         return {"version": version}
 
-    def _install_tarball(self, etcd_binary: str) -> None:
+    def _install_tarball(self, binary: str) -> None:
         install = self.inventory.etcd.install
-        remote = self.remote(self.host)
-        if remote.run(f"{etcd_binary} --version 2>/dev/null | grep -q 'etcd Version: {install.version}$'",
-                      check=False, quiet=True).ok:
-            self.unchanged(f"etcd {install.version} already installed")
+        host = self.host_hook(self.host)
+        if host.version(f"{binary} --version", check=False) == f"etcd Version: {install.version}":
+            self.unchanged(f"etcd {install.version} in {binary}")
             return
-        proxy = self.inventory.packages.apt_proxy
-        curl = "curl -fsSL" + (f" --proxy {shlex.quote(proxy)}" if proxy else "")
-        target_dir = shlex.quote(etcd_binary.rsplit("/", 1)[0])
-        remote.run(
-            "set -e; tmp=$(mktemp -d); trap 'rm -rf $tmp' EXIT; "
-            f"{curl} -o $tmp/etcd.tgz {shlex.quote(install.url or '')}; "
-            f"echo '{install.sha256}  '$tmp/etcd.tgz | sha256sum -c --quiet; "
-            f"tar -xzf $tmp/etcd.tgz -C $tmp --strip-components=1; "
-            f"install -m 0755 $tmp/etcd $tmp/etcdctl {target_dir}/",
-            timeout=900,
+        host.install_release_tarball(
+            url=install.url or "", sha256=install.sha256 or "", binaries=["etcd", "etcdctl"],
+            target_dir=binary.rsplit("/", 1)[0], proxy=self.inventory.packages.apt_proxy,
         )
-        self.changed(f"etcd {install.version} from {install.url} (sha256 verified)")
+        self.changed(f"etcd {install.version} from {install.url} (sha256 verified) into {binary}")
 
 
 class ConfigureEtcdOperator(HostOperator):
@@ -67,7 +62,9 @@ class ConfigureEtcdOperator(HostOperator):
     member starts without blocking and EtcdHealthSensor waits. A cluster that
     is already whole restarts a changed member and waits until the cluster is
     whole again, and the DAG maps this task one member at a time, so a changed
-    unit never takes quorum (Patroni's DCS) away.
+    unit never takes quorum (Patroni's DCS) away. That wait stays here, bounded
+    by ``rejoin_timeout``: a sensor after the mapped task would let the next
+    member restart before this one rejoined.
 
     :param host: database node (mapped, one at a time).
     :param rejoin_timeout: seconds a restarted member of a whole cluster has to rejoin.
@@ -79,35 +76,35 @@ class ConfigureEtcdOperator(HostOperator):
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        family = self.os_family(self.host)
-        remote = self.remote(self.host)
-        data_dir = shlex.quote(inv.etcd.data_dir)
-        remote.run(f"install -d -o etcd -g etcd -m 0700 {data_dir}")
-        unit = render("etcd.service.j2", **node_context(inv, inv.host(self.host), family))
-        changed = self.install_unit(self.host, "etcd.service", unit)
-        remote.run("systemctl enable --quiet etcd.service")
-        active = remote.run("systemctl is-active --quiet etcd.service", check=False).ok
+        host = self.host_hook(self.host)
+        self.note(f"directory {inv.etcd.data_dir}",
+                  host.ensure_directory(inv.etcd.data_dir, owner="etcd", group="etcd", mode="0700"))
+        unit = render("etcd.service.j2", **node_context(inv, inv.host(self.host), host.family))
+        changed = host.install_unit(ETCD_UNIT, unit)
+        self.note(f"unit {ETCD_UNIT}", changed)
+        self.note(f"{ETCD_UNIT} enabled", host.enable(ETCD_UNIT))
+        active = host.unit_active(ETCD_UNIT)
         if not changed and active:
-            self.unchanged("etcd.service running with this unit")
+            self.unchanged(f"{ETCD_UNIT} running with this unit")
             return {"restarted": False}
         etcd = EtcdHook(self.etcd_endpoints())
         if active and not etcd.report().problems(list(inv.database_nodes)):
             self._rolling_restart(etcd)
         else:
-            remote.run("systemctl restart --no-block etcd.service")
-            self.changed("etcd.service (re)started (cluster not whole yet: EtcdHealthSensor waits for it)")
+            host.restart(ETCD_UNIT, no_block=True)
+            self.changed(f"{ETCD_UNIT} (re)started (cluster not whole yet: EtcdHealthSensor waits for it)")
         return {"restarted": True}
 
     def _rolling_restart(self, etcd: EtcdHook) -> None:
         """Restart this member of a whole cluster and wait until the cluster is whole again."""
-        self.remote(self.host).run("systemctl restart etcd.service", timeout=self.rejoin_timeout)
+        self.host_hook(self.host).restart(ETCD_UNIT, timeout=self.rejoin_timeout)
         deadline = time.monotonic() + self.rejoin_timeout
         while problems := etcd.report().problems(list(self.inventory.database_nodes)):
             if time.monotonic() > deadline:
                 raise AirflowException(f"[{self.host}] etcd not whole {self.rejoin_timeout}s after restarting "
                                        f"this member: {'; '.join(problems)}")
             time.sleep(1)
-        self.changed("etcd.service restarted, one member at a time: the cluster is whole again")
+        self.changed(f"{ETCD_UNIT} restarted, one member at a time: the cluster is whole again")
 
 
 class EtcdLeaderPlacementOperator(PghaOperator):

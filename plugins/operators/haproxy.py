@@ -1,120 +1,97 @@
-"""Phase 7: HAProxy in front of the cluster, switched only when it routes correctly."""
+"""Phase 7 and 9a: HAProxy in front of the cluster, and clients through it.
+
+Whether HAProxy routes like Patroni is waited for by HAProxyRoutingSensor
+(pgha.sensors.haproxy), a visible task after the switch.
+"""
 
 from __future__ import annotations
 
 import shlex
-import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
-from pgha.hooks.remote import first_line
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.render import haproxy_context, render
 
 from pgha.operators.base import PghaOperator
+
+HAPROXY_UNIT = "haproxy.service"
 
 
 class InstallHAProxyOperator(PghaOperator):
     """Installs HAProxy (and socat for its runtime socket) on the inventory's HAProxy host."""
 
     def run(self, context: Any) -> Any:
-        host = self.inventory.haproxy.host
-        family = self.os_family(host)
-        self.ensure_packages(host, family, family.packages_for("haproxy", 0))
-        version = first_line(self.remote(host).run("haproxy -v").stdout)
-        return {"version": version}
+        host = self.host_hook(self.inventory.haproxy.host)
+        packages = host.family.packages_for("haproxy", 0)
+        self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))
+        return {"version": host.version("haproxy -v")}
 
 
 class HAProxySwitchOperator(PghaOperator):
     """
-    Renders haproxy.cfg, validates it with ``haproxy -c`` on the target before
-    installing it, installs it atomically (previous config kept as a dated
-    backup), reloads seamlessly (server state kept across the reload, ERRATA
-    14b), then waits until the write backend has exactly one UP server, the
-    Patroni leader, and the read backend exactly the streaming replicas.
-
-    :param routing_timeout: seconds to wait for the routing to match Patroni.
+    Renders haproxy.cfg; when it differs from the installed one, validates it
+    with ``haproxy -c`` on the target before installing it, installs it
+    (previous config kept as a dated backup) and reloads seamlessly (server
+    state kept across the reload, ERRATA 14b). Starts HAProxy if it is not
+    running. HAProxyRoutingSensor then waits until HAProxy routes like Patroni.
     """
 
-    def __init__(self, *, routing_timeout: int = 120, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.routing_timeout = routing_timeout
-
     def run(self, context: Any) -> Any:
-        inv = self.inventory
-        remote = self.remote(inv.haproxy.host)
-        config = shlex.quote(inv.haproxy.config)
-        staged = f"{config}.pgha-new"
-        remote.put_file(staged, render("haproxy.cfg.j2", **haproxy_context(inv)))
-        check = remote.run(f"haproxy -c -f {staged}", check=False)
+        haproxy = self.inventory.haproxy
+        host = self.host_hook(haproxy.host)
+        wanted = render("haproxy.cfg.j2", **haproxy_context(self.inventory))
+        running = host.unit_active(HAPROXY_UNIT)
+        differs = host.read_file(haproxy.config) != wanted
+        if differs:
+            self._install(wanted, running)
+        else:
+            self.unchanged(f"{haproxy.config} already current")
+        self.note(f"{HAPROXY_UNIT} enabled", host.enable(HAPROXY_UNIT))
+        if not running:
+            host.start(HAPROXY_UNIT)
+            self.changed("haproxy started")
+        return {"config_changed": differs, "reloaded": differs and running, "started": not running}
+
+    def _install(self, wanted: str, running: bool) -> None:
+        haproxy = self.inventory.haproxy
+        host = self.host_hook(haproxy.host)
+        staged = f"{haproxy.config}.pgha-new"
+        host.put_file(staged, wanted)
+        check = host.run(f"haproxy -c -f {shlex.quote(staged)}", check=False)
         if not check.ok:
-            remote.run(f"rm -f {staged}")
+            host.remove(staged)
             raise AirflowException(
-                f"[{inv.haproxy.host}] the rendered haproxy.cfg is invalid, nothing was installed:\n"
+                f"[{haproxy.host}] the rendered haproxy.cfg is invalid, nothing was installed:\n"
                 f"{check.stdout}{check.stderr}"
             )
-        differs = not remote.run(f"cmp -s {staged} {config}", check=False).ok
-        running = remote.run("systemctl is-active --quiet haproxy", check=False).ok
-        if differs:
-            self._install(staged, running)
-        else:
-            remote.run(f"rm -f {staged}")
-            self.unchanged(f"{inv.haproxy.config} already current")
-        remote.run("systemctl enable --quiet haproxy")
-        if not running:
-            remote.run("systemctl start haproxy")
-            self.changed("haproxy started")
-        return self.wait_for_routing()
-
-    def _install(self, staged: str, running: bool) -> None:
-        haproxy = self.inventory.haproxy
-        remote = self.remote(haproxy.host)
-        config = shlex.quote(haproxy.config)
         if running:
-            state = HAProxyHook(remote, haproxy.stats_socket).command("show servers state")
-            remote.put_file(haproxy.state_file, state)
-        remote.run(
-            f"if [ -f {config} ]; then cp -p {config} {config}.pgha-bak-$(date +%Y%m%dT%H%M%S); fi; "
-            f"mv -f {staged} {config}"
-        )
+            state = HAProxyHook(self.remote(haproxy.host), haproxy.stats_socket).command("show servers state")
+            host.put_file(haproxy.state_file, state)
+        host.replace_file(haproxy.config, staged)
         self.changed(f"{haproxy.config} installed (validated with haproxy -c; previous kept as .pgha-bak-*)")
         if running:
-            remote.run("systemctl reload haproxy")
+            host.reload(HAPROXY_UNIT)
             self.changed("haproxy reloaded (master-worker: live connections kept)")
 
-    def wait_for_routing(self) -> dict[str, Any]:
-        inv = self.inventory
-        haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
-        patroni = PatroniHook(self.patroni_api_urls())
-        deadline = time.monotonic() + self.routing_timeout
-        problems: list[str] = []
-        while time.monotonic() < deadline:
-            try:
-                routing = haproxy.routing(patroni.cluster())
-                problems = routing.problems
-            except AirflowException as exc:
-                problems = [str(exc)]
-            if not problems:
-                self.log.info("routing ok: writes -> %s, reads -> %s", routing.write, routing.read)
-                return routing.as_dict()
-            self.log.info("routing not ready: %s", "; ".join(problems))
-            time.sleep(1)
-        raise AirflowException(f"HAProxy routing did not match Patroni within {self.routing_timeout}s: "
-                               + "; ".join(problems))
 
-
-class ClusterRoutingCheckOperator(HAProxySwitchOperator):
+class ClusterRoutingCheckOperator(PghaOperator):
     """
-    Phase 9a: HAProxy's routing matches Patroni, and a client logging in as
-    the application user through the write port reaches the leader and
-    through the read port a replica (``SELECT pg_is_in_recovery()``).
+    Phase 9a, after HAProxyRoutingSensor: a client logging in as the
+    application user through HAProxy's write port reaches the leader and
+    through its read port a replica (``SELECT pg_is_in_recovery()``). Reads
+    HAProxy's routing once for the record; it does not wait.
     """
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        routing = self.wait_for_routing()
+        routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(
+            PatroniHook(self.patroni_api_urls()).cluster()
+        )
+        if routing.problems:
+            raise AirflowException("HAProxy does not route like Patroni: " + "; ".join(routing.problems))
         address = inv.host(inv.haproxy.host).address
         recovery = {}
         for port, expected in ((inv.haproxy.write_port, False), (inv.haproxy.read_port, True)):
@@ -123,4 +100,4 @@ class ClusterRoutingCheckOperator(HAProxySwitchOperator):
             if recovery[port] is not expected:
                 raise AirflowException(f"HAProxy :{port}: pg_is_in_recovery() = {recovery[port]}, expected {expected}")
         self.log.info("through HAProxy: :%d -> leader, :%d -> replica", inv.haproxy.write_port, inv.haproxy.read_port)
-        return {**routing, "pg_is_in_recovery": recovery}
+        return {**routing.as_dict(), "pg_is_in_recovery": recovery}

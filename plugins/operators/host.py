@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import time
 from typing import Any
 
 from airflow.sdk import BaseHook, BaseOperator
@@ -15,10 +13,11 @@ from pgha.operators.base import HostOperator, PghaOperator
 
 HOSTS_BEGIN = "# BEGIN pgha managed hosts"
 HOSTS_END = "# END pgha managed hosts"
-DB_PORTS_FIELDS = ("postgres.port", "patroni.rest_port", "etcd.client_port", "etcd.peer_port")
 MAX_CLOCK_SKEW_S = 2.0
 NEIGHBOUR_SYSCTL = "/etc/sysctl.d/60-pgha-neighbour.conf"
-NEIGHBOUR_UNIT_PATH = "/etc/systemd/system/pgha-neighbour.service"
+NEIGHBOUR_UNIT = "pgha-neighbour.service"
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/90pgha-proxy"
+DNF_CONF = "/etc/dnf/dnf.conf"
 # A peer's ARP entry goes stale 1-3 s after its last sign of life and is probed 1 s later, 3 x 200 ms:
 # a connect to a dead peer then fails with "No route to host" instead of running into its timeout.
 NEIGHBOUR_SETTINGS = {"base_reachable_time_ms": 2000, "delay_first_probe_time": 1, "retrans_time_ms": 200,
@@ -113,51 +112,39 @@ class HostPreflightOperator(HostOperator):
         self.min_free_mb = min_free_mb
 
     def run(self, context: Any) -> Any:
-        remote = self.remote(self.host)
+        host = self.host_hook(self.host)
         problems: list[str] = []
-        remote.run("true")
-        whoami = remote.run("id -un", quiet=True).stdout.strip()
+        whoami = host.whoami()
         if whoami != "root":
             problems.append(f"cannot become root (id -un says {whoami!r}): passwordless sudo is required")
-        family = self.os_family(self.host)
-        free_mb = int(remote.run("df -Pm /var | awk 'NR==2 {print $4}'", quiet=True).stdout.strip() or 0)
+        family = host.family
+        free_mb = host.free_mb("/var")
         if free_mb < self.min_free_mb:
             problems.append(f"only {free_mb} MB free under /var, need {self.min_free_mb} MB")
-        skew = self._clock_skew()
+        skew = host.clock_skew()
         if abs(skew) > MAX_CLOCK_SKEW_S:
             problems.append(f"clock differs from the Airflow worker by {skew:+.1f}s (limit {MAX_CLOCK_SKEW_S}s)")
         if self.host in self.inventory.database_nodes:
-            problems += self._foreign_listeners()
+            problems += self._foreign_listeners(host.listeners())
         if problems:
             raise AirflowException(f"[{self.host}] preflight failed:\n  - " + "\n  - ".join(problems))
         self.log.info("[%s] ok: %s, %d MB free, clock skew %+.2fs", self.host, family.name, free_mb, skew)
         return {"os_family": family.name, "free_mb": free_mb, "clock_skew_s": round(skew, 2)}
 
-    def _clock_skew(self) -> float:
-        before = time.time()
-        remote_now = float(self.remote(self.host).run("date +%s.%N", quiet=True).stdout.strip())
-        after = time.time()
-        return remote_now - (before + after) / 2
-
-    def _foreign_listeners(self) -> list[str]:
+    def _foreign_listeners(self, listeners: dict[int, str]) -> list[str]:
         """Cluster ports held by a process that is not this cluster's etcd/Patroni/PostgreSQL."""
         inv = self.inventory
-        ports = {
+        owners = {
             inv.postgres.port: ("postgres",),
             inv.patroni.rest_port: ("patroni", "python"),
             inv.etcd.client_port: ("etcd",),
             inv.etcd.peer_port: ("etcd",),
         }
-        listing = self.remote(self.host).run("ss -Htlnp", quiet=True, check=False).stdout
-        problems = []
-        for line in listing.splitlines():
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            port = int(fields[3].rsplit(":", 1)[-1])
-            if port in ports and not any(f'"{name}' in line for name in ports[port]):
-                problems.append(f"port {port} is already in use: {' '.join(fields[5:]) or line}")
-        return problems
+        return [
+            f"port {port} is already in use: {' '.join(listeners[port].split()[5:]) or listeners[port]}"
+            for port, names in owners.items()
+            if port in listeners and not any(f'"{name}' in listeners[port] for name in names)
+        ]
 
 
 class PrepareHostOperator(HostOperator):
@@ -170,71 +157,68 @@ class PrepareHostOperator(HostOperator):
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        remote = self.remote(self.host)
-        family = self.os_family(self.host)
-        if self.host in inv.database_nodes:
-            current = remote.run("hostname", quiet=True).stdout.strip()
-            if current != self.host:
-                remote.run(f"hostnamectl set-hostname {shlex.quote(self.host)} || hostname {shlex.quote(self.host)}")
-            self.note(f"hostname {self.host}", current != self.host)
+        host = self.host_hook(self.host)
+        is_db_node = self.host in inv.database_nodes
+        if is_db_node:
+            self.note(f"hostname {self.host}", host.ensure_hostname(self.host))
         hosts_block = render("hosts.j2", hosts=[{"name": h.name, "address": h.address} for h in inv.hosts])
-        etc_hosts = replace_block(remote.read_file("/etc/hosts") or "", hosts_block.strip())
-        self.note("/etc/hosts managed block", remote.put_file("/etc/hosts", etc_hosts).changed)
-        self._package_sources(family.name)
-        if family.firewall == "firewalld" and self.host in inv.database_nodes:
-            self._open_firewalld()
-        if inv.patroni.fast_peer_failure and self.host in inv.database_nodes:
+        etc_hosts = replace_block(host.read_file("/etc/hosts") or "", hosts_block.strip())
+        self.note("/etc/hosts managed block", host.put_file("/etc/hosts", etc_hosts).changed)
+        self._package_sources()
+        if is_db_node:
+            self._open_cluster_ports()
+        if inv.patroni.fast_peer_failure and is_db_node:
             self._fast_peer_failure()
-        return {"os_family": family.name}
+        return {"os_family": host.family.name}
 
     def _fast_peer_failure(self) -> None:
         """Neighbour (ARP) timings on the cluster interface: a dead peer's address fails in ~0.6 s."""
-        remote = self.remote(self.host)
-        address = self.inventory.host(self.host).address
-        interface = remote.run(f"ip -o -4 addr show to {shlex.quote(address)}/32 | awk '{{print $2}}'",
-                               quiet=True).stdout.strip()
-        if not interface or "\n" in interface:
-            raise AirflowException(f"[{self.host}] no single interface carries {address} ({interface!r})")
+        host = self.host_hook(self.host)
+        interface = host.interface_of(self.inventory.host(self.host).address)
         conf = render("neighbour-sysctl.conf.j2", interface=interface, settings=NEIGHBOUR_SETTINGS)
-        changed = remote.put_file(NEIGHBOUR_SYSCTL, conf).changed
-        changed |= remote.put_file(NEIGHBOUR_UNIT_PATH, render("pgha-neighbour.service.j2",
-                                                               conf=NEIGHBOUR_SYSCTL)).changed
-        if changed:
-            remote.run("systemctl daemon-reload && systemctl enable --quiet pgha-neighbour.service")
-        live = remote.run(f"sysctl -n net.ipv4.neigh.{interface}.retrans_time_ms", quiet=True).stdout.strip()
+        changed = host.put_file(NEIGHBOUR_SYSCTL, conf).changed
+        changed |= host.install_unit(NEIGHBOUR_UNIT, render("pgha-neighbour.service.j2", conf=NEIGHBOUR_SYSCTL))
+        changed |= host.enable(NEIGHBOUR_UNIT)
+        live = host.sysctl(f"net.ipv4.neigh.{interface}.retrans_time_ms")
         applied = live != str(NEIGHBOUR_SETTINGS["retrans_time_ms"])
         if applied:
-            remote.run("systemctl restart pgha-neighbour.service")
+            host.restart(NEIGHBOUR_UNIT)
         self.note(f"fast peer failure on {interface} ({NEIGHBOUR_SYSCTL})", changed or applied)
 
-    def _package_sources(self, family: str) -> None:
+    def _package_sources(self) -> None:
         packages = self.inventory.packages
-        remote = self.remote(self.host)
-        if packages.apt_proxy and family == "debian":
+        host = self.host_hook(self.host)
+        if packages.apt_proxy and host.family.name == "debian":
             content = render("apt-proxy.conf.j2", packages=packages)
-            self.note("apt proxy", remote.put_file("/etc/apt/apt.conf.d/90pgha-proxy", content).changed)
-        if packages.apt_proxy and family == "rhel":
-            result = remote.run(
-                f"grep -qx 'proxy={packages.apt_proxy}' /etc/dnf/dnf.conf || "
-                f"{{ echo 'proxy={packages.apt_proxy}' >> /etc/dnf/dnf.conf; echo added; }}"
-            )
-            self.note("dnf proxy", "added" in result.stdout)
+            self.note("apt proxy", host.put_file(APT_PROXY_CONF, content).changed)
+        if packages.apt_proxy and host.family.name == "rhel":
+            current = host.read_file(DNF_CONF) or "[main]\n"
+            self.note("dnf proxy", host.put_file(DNF_CONF, with_dnf_proxy(current, packages.apt_proxy)).changed)
         if packages.pip_index_url or packages.pip_find_links:
             content = render("pip.conf.j2", packages=packages, plain_http_hosts=plain_http_hosts(packages))
-            self.note("pip index", remote.put_file("/etc/pip.conf", content).changed)
+            self.note("pip index", host.put_file("/etc/pip.conf", content).changed)
 
-    def _open_firewalld(self) -> None:
+    def _open_cluster_ports(self) -> None:
         inv = self.inventory
-        remote = self.remote(self.host)
-        if not remote.run("systemctl is-active --quiet firewalld", check=False).ok:
-            self.unchanged("firewalld not running: no ports to open")
-            return
         ports = [inv.postgres.port, inv.patroni.rest_port, inv.etcd.client_port, inv.etcd.peer_port]
-        opened = []
-        for port in ports:
-            if not remote.run(f"firewall-cmd --permanent --query-port={port}/tcp", check=False, quiet=True).ok:
-                remote.run(f"firewall-cmd --permanent --add-port={port}/tcp")
-                opened.append(port)
-        if opened:
-            remote.run("firewall-cmd --reload")
-        self.note(f"firewalld ports {opened or ports}", bool(opened))
+        opened = self.host_hook(self.host).open_ports(ports)
+        if opened is None:
+            self.unchanged("no active firewalld: no ports to open")
+        else:
+            self.note(f"firewalld ports {opened or ports}", bool(opened))
+
+
+def with_dnf_proxy(dnf_conf: str, proxy: str) -> str:
+    """dnf.conf with ``proxy=`` in [main] set to ``proxy`` (replaced if present, else added)."""
+    lines = dnf_conf.splitlines()
+    wanted = f"proxy={proxy}"
+    for i, line in enumerate(lines):
+        if line.replace(" ", "").startswith("proxy="):
+            lines[i] = wanted
+            return "\n".join(lines) + "\n"
+    main = lines.index("[main]") + 1 if "[main]" in lines else 0
+    if main == 0:
+        lines.insert(0, "[main]")
+        main = 1
+    lines.insert(main, wanted)
+    return "\n".join(lines) + "\n"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
@@ -13,35 +11,36 @@ from pgha.runtime import credentials
 
 from pgha.operators.base import HostOperator, PghaOperator
 
-PATRONI_YML = "/etc/patroni/patroni.yml"
+PATRONI_DIR = "/etc/patroni"
+PATRONI_YML = f"{PATRONI_DIR}/patroni.yml"
+PATRONI_UNIT = "patroni.service"
 
 
 class InstallPatroniOperator(HostOperator):
-    """Installs Patroni into its own virtualenv (ERRATA 2: never a system-wide pip)."""
+    """Installs Patroni into its own virtualenv (ERRATA 2: never a system-wide pip), or its OS package."""
 
     def run(self, context: Any) -> Any:
         install = self.inventory.patroni.install
-        family = self.os_family(self.host)
-        remote = self.remote(self.host)
+        host = self.host_hook(self.host)
+        binary = patroni_bin(self.inventory)
         if install.method == "package":
-            self.ensure_packages(self.host, family, ["patroni"])
+            self.note("package patroni", host.ensure_packages(["patroni"]))
         else:
-            self.ensure_packages(self.host, family, list(family.python_packages))
-            current = remote.run(f"{patroni_bin(self.inventory)} --version", check=False, quiet=True).stdout.strip()
+            packages = list(host.family.python_packages)
+            self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))
+            current = host.version(f"{binary} --version", check=False)
             if current == f"patroni {install.version}":
                 self.unchanged(f"{current} in {install.venv}")
             else:
-                venv = shlex.quote(install.venv or "/opt/patroni")
-                remote.run(f"test -x {venv}/bin/pip || {family.python} -m venv {venv}")
-                remote.run(
-                    f"{venv}/bin/pip install -q --disable-pip-version-check "
-                    f"'patroni[etcd3,psycopg2-binary]=={install.version}'",
-                    timeout=1800,
-                )
-                self.changed(f"patroni {install.version} into {install.venv} (was {current or 'absent'})")
-        version = remote.run(f"{patroni_bin(self.inventory)} --version").stdout.strip()
-        if install.version and not version.endswith(install.version):
-            raise AirflowException(f"[{self.host}] version mismatch: expected patroni {install.version}, got {version!r}")
+                venv = install.venv or "/opt/patroni"
+                host.ensure_venv(venv, host.family.python)
+                host.pip_install(venv, f"patroni[etcd3,psycopg2-binary]=={install.version}")
+                self.changed(f"patroni {install.version} into {venv} (was {current or 'absent'})")
+        version = host.version(f"{binary} --version") or ""
+        if install.version and not version.endswith(f" {install.version}"):
+            raise AirflowException(
+                f"[{self.host}] version mismatch: expected patroni {install.version}, {binary} says {version!r}"
+            )
         return {"version": version}
 
 
@@ -54,22 +53,22 @@ class ConfigurePatroniOperator(HostOperator):
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        family = self.os_family(self.host)
-        remote = self.remote(self.host)
-        ctx = node_context(inv, inv.host(self.host), family)
+        host = self.host_hook(self.host)
+        ctx = node_context(inv, inv.host(self.host), host.family)
         ctx["secrets"] = self._secrets()
-        remote.add_secret(*(v for k, v in ctx["secrets"].items() if k.endswith("password")))
-        remote.run(f"install -d -o postgres -g postgres -m 0700 {shlex.quote(ctx['data_dir'])}")
-        remote.run("install -d -o root -g postgres -m 0750 /etc/patroni")
-        config = remote.put_file(PATRONI_YML, render("patroni.yml.j2", **ctx), owner="postgres", mode="0600",
-                                 secret=True)
+        self.remote(self.host).add_secret(*(v for k, v in ctx["secrets"].items() if k.endswith("password")))
+        self.note(f"directory {ctx['data_dir']}",
+                  host.ensure_directory(ctx["data_dir"], owner="postgres", group="postgres", mode="0700"))
+        self.note(f"directory {PATRONI_DIR}",
+                  host.ensure_directory(PATRONI_DIR, owner="root", group="postgres", mode="0750"))
+        config = host.put_file(PATRONI_YML, render("patroni.yml.j2", **ctx), owner="postgres", mode="0600",
+                               secret=True)
         self.note(PATRONI_YML, config.changed)
         if inv.patroni.synchronous_mode != "quorum":  # ERRATA 6: 4.1.x's validator rejects quorum
-            remote.run(f"runuser -u postgres -- {patroni_bin(inv)} --validate-config --ignore-listen-port {PATRONI_YML}")
-        self.install_unit(self.host, "patroni.service", render("patroni.service.j2", **ctx))
-        running = remote.run("systemctl is-active --quiet patroni.service", check=False).ok
-        if running and config.changed:
-            remote.run("systemctl reload patroni.service")
+            host.run_as("postgres", [patroni_bin(inv), "--validate-config", "--ignore-listen-port", PATRONI_YML])
+        self.note(f"unit {PATRONI_UNIT}", host.install_unit(PATRONI_UNIT, render("patroni.service.j2", **ctx)))
+        if config.changed and host.unit_active(PATRONI_UNIT):
+            host.reload(PATRONI_UNIT)
             self.changed("running Patroni reloaded its configuration")
         return {"config_changed": config.changed}
 
@@ -92,13 +91,11 @@ class StartPatroniOperator(HostOperator):
     """Enables and starts Patroni on one node (bootstraps or joins the cluster)."""
 
     def run(self, context: Any) -> Any:
-        remote = self.remote(self.host)
-        active = remote.run("systemctl is-active --quiet patroni.service", check=False).ok
-        remote.run("systemctl enable --quiet patroni.service")
-        if not active:
-            remote.run("systemctl start patroni.service")
-        self.note("patroni.service started", not active)
-        return {"was_running": active}
+        host = self.host_hook(self.host)
+        self.note(f"{PATRONI_UNIT} enabled", host.enable(PATRONI_UNIT))
+        started = host.ensure_started(PATRONI_UNIT)
+        self.note(f"{PATRONI_UNIT} started", started)
+        return {"was_running": not started}
 
 
 def dcs_settings(patroni: Any) -> dict[str, Any]:
@@ -138,16 +135,12 @@ class ApplyDcsConfigOperator(PghaOperator):
 
 class SwitchoverTestOperator(PghaOperator):
     """
-    Phase 9b: a planned switchover through POST /switchover to a synchronous
-    standby, judged by the resulting leader (ERRATA 11: never by an exit code).
-    Returns the old and new leader and the time the new one took.
-
-    :param wait_timeout: seconds to wait for the new leader.
+    Phase 9b: requests a planned switchover (POST /switchover) from a healthy
+    cluster's leader to its synchronous standby and returns both names
+    (``old_leader``, ``new_leader``). It does not wait: a PatroniLeaderSensor
+    with ``not_leader`` = the old leader judges the result by the cluster's
+    new leader (ERRATA 11: never by an exit code).
     """
-
-    def __init__(self, *, wait_timeout: int = 120, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.wait_timeout = wait_timeout
 
     def run(self, context: Any) -> Any:
         if not context["params"].get("run_failover_test", True):
@@ -158,22 +151,11 @@ class SwitchoverTestOperator(PghaOperator):
         if problems:
             raise AirflowException("cluster not healthy before the switchover: " + "; ".join(problems))
         old, candidate = cluster.leaders[0], cluster.sync_standbys[0]
-        started = time.monotonic()
         response = hook.switchover(old, candidate)
-        self.log.info("POST /switchover %s -> %s: HTTP %s %s", old, candidate, response.status_code, response.text.strip())
-        deadline = started + self.wait_timeout
-        while time.monotonic() < deadline:
-            try:
-                if hook.leader() == candidate and hook.is_primary(self._api_url(candidate)):
-                    break
-            except AirflowException:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AirflowException(f"switchover {old} -> {candidate}: {candidate} is not leader after {self.wait_timeout}s")
-        elapsed = round(time.monotonic() - started, 2)
-        self.changed(f"leader moved {old} -> {candidate} in {elapsed}s")
-        return {"old_leader": old, "new_leader": candidate, "seconds": elapsed}
-
-    def _api_url(self, name: str) -> str:
-        return f"http://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
+        answer = response.text.strip()
+        self.log.info("POST /switchover %s -> %s: HTTP %s %s", old, candidate, response.status_code, answer)
+        if response.status_code >= 400:
+            raise AirflowException(f"Patroni refused the switchover {old} -> {candidate}: "
+                                   f"HTTP {response.status_code} {answer}")
+        self.changed(f"switchover {old} -> {candidate} requested (HTTP {response.status_code} {answer})")
+        return {"old_leader": old, "new_leader": candidate}

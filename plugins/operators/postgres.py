@@ -106,41 +106,35 @@ class InstallPostgresOperator(HostOperator):
     """
     Phase 2 on one node: the PostgreSQL server packages of ``postgres.major``,
     without a distribution-managed cluster (Patroni creates and runs it).
+    Refuses, before changing anything, a node whose data directory holds a
+    cluster pgha did not create.
 
     :param host: database node (mapped).
     """
 
     def run(self, context: Any) -> Any:
         major = self.inventory.postgres.major
-        family = self.os_family(self.host)
-        remote = self.remote(self.host)
-        remote.run(family.prepare_postgres(major))
-        self.ensure_packages(self.host, family, family.packages_for("postgres", major))
-        version = remote.run(f"{family.postgres_bin(major)}/postgres --version", check=False)
-        if not version.ok or major_of(version.stdout) != major:
-            raise AirflowException(
-                f"[{self.host}] version mismatch: expected PostgreSQL {major}, got {version.stdout.strip() or version.stderr.strip()}"
-            )
-        disabled = remote.run(
-            f"systemctl is-enabled --quiet {family.postgres_service} && "
-            f"systemctl disable --now {family.postgres_service} && echo disabled || true"
-        )
-        self.note(f"distribution unit {family.postgres_service} disabled (Patroni runs PostgreSQL)", "disabled" in disabled.stdout)
-        self._refuse_foreign_cluster(major)
-        return {"version": version.stdout.strip()}
-
-    def _refuse_foreign_cluster(self, major: int) -> None:
-        """A data directory Patroni did not create is never overwritten."""
-        data_dir = self.inventory.postgres.data_dir or self.os_family(self.host).postgres_data(major)
-        check = self.remote(self.host).run(
-            f"test -f {shlex.quote(data_dir)}/PG_VERSION && ! test -f /etc/patroni/patroni.yml && echo foreign || true",
-            quiet=True,
-        )
-        if "foreign" in check.stdout:
+        host = self.host_hook(self.host)
+        family = host.family
+        data_dir = self.inventory.postgres.data_dir or family.postgres_data(major)
+        if host.exists(f"{data_dir}/PG_VERSION") and not host.exists("/etc/patroni/patroni.yml"):
             raise AirflowException(
                 f"[{self.host}] {data_dir} already holds a PostgreSQL cluster that pgha did not create; "
                 "move it away (pgha never deletes data) and clear this task"
             )
+        for path, content in family.postgres_preconfig:
+            self.note(path, host.put_file(path, content).changed)
+        stream = family.postgres_stream(major)
+        if stream:
+            self.note(f"module stream {stream}", host.ensure_module_stream(stream))
+        packages = family.packages_for("postgres", major)
+        self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))
+        version = host.version(f"{family.postgres_bin(major)}/postgres --version", check=False)
+        if not version or major_of(version) != major:
+            raise AirflowException(f"[{self.host}] version mismatch: expected PostgreSQL {major}, got {version!r}")
+        self.note(f"distribution unit {family.postgres_service} disabled (Patroni runs PostgreSQL)",
+                  host.disable_now(family.postgres_service))
+        return {"version": version}
 
 
 class CreateDatabaseOperator(PghaOperator):

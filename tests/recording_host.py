@@ -1,0 +1,672 @@
+"""A recording fake of one host, standing where RemoteHook stands.
+
+``FakeHost`` simulates a Debian 12 or a Rocky 9 host in memory (packages,
+files with owner and mode, systemd units, users, sysctl, firewalld ports,
+hostname, os-release) and answers the commands HostHook and the operators
+send, by a rule table. It records every command in order, marking the ones
+that change the host. A command no rule knows is recorded and fails the test
+(``UnknownCommand``), so a new command is noticed and given a rule here.
+
+``fleet`` (pytest fixture) makes ``InventoryMixin.remote(host)`` return the
+fleet's FakeHost for that host name, so operators and HostHook run unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pgha.hooks.remote import CommandFailed, CommandResult, FileChange
+from pgha.runtime import InventoryMixin
+
+DEBIAN_12 = "debian12"
+ROCKY_9 = "rocky9"
+
+OS_RELEASE = {
+    DEBIAN_12: 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n',
+    ROCKY_9: 'NAME="Rocky Linux"\nVERSION="9.4 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
+             'VERSION_ID="9.4"\nPRETTY_NAME="Rocky Linux 9.4 (Blue Onyx)"\n',
+}
+PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
+ETCD_TARBALL_URL = "https://releases.example/etcd-v3.5.9-linux-amd64.tar.gz"
+ETCD_TARBALL_SHA256 = hashlib.sha256(b"etcd-v3.5.9").hexdigest()
+
+
+def etcd_version(version: str) -> str:
+    return f"etcd Version: {version}\nGit SHA: 0000000\nGo Version: go1.19\nGo OS/Arch: linux/amd64\n"
+
+
+@dataclass(frozen=True)
+class Package:
+    binaries: dict[str, str] = field(default_factory=dict)  # path -> what `path --version` prints
+    units: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # unit -> (enabled, active) after install
+    files: dict[str, str] = field(default_factory=dict)
+    users: tuple[str, ...] = ()
+
+
+def _postgres_debian(major: int) -> Package:
+    return Package(
+        binaries={f"/usr/lib/postgresql/{major}/bin/postgres": f"postgres (PostgreSQL) {major}.14 (Debian {major}.14-0+deb12u1)"},
+        units={"postgresql.service": (True, True)}, users=("postgres",),
+    )
+
+
+CATALOGUE: dict[str, dict[str, Package]] = {
+    DEBIAN_12: {
+        "postgresql-15": _postgres_debian(15),
+        "postgresql-client-15": Package(binaries={"/usr/lib/postgresql/15/bin/psql": "psql (PostgreSQL) 15.14"}),
+        "etcd-server": Package(binaries={"/usr/bin/etcd": etcd_version("3.4.23")},
+                               units={"etcd.service": (True, True)}, users=("etcd",)),
+        "etcd-client": Package(binaries={"/usr/bin/etcdctl": "etcdctl version: 3.4.23\nAPI version: 3.4"}),
+        "haproxy": Package(binaries={"/usr/sbin/haproxy": "HAProxy version 2.6.12-1+deb12u1 2023/12/16 - "
+                                                          "https://haproxy.org/\nStatus: long-term supported branch"},
+                           units={"haproxy.service": (True, True)},
+                           files={"/etc/haproxy/haproxy.cfg": "global\n\tlog /dev/log local0\n"}, users=("haproxy",)),
+        "socat": Package(binaries={"/usr/bin/socat": "socat by Gerhard Rieger and contributors - see www.dest-unreach.org"}),
+        "python3": Package(binaries={"/usr/bin/python3": "Python 3.11.2"}),
+        "python3-venv": Package(),
+        "patroni": Package(binaries={"/usr/bin/patroni": "patroni 3.0.2"}, units={"patroni.service": (True, False)}),
+    },
+    ROCKY_9: {
+        "postgresql-server": Package(units={"postgresql.service": (False, False)}, users=("postgres",)),  # + stream
+        "postgresql-contrib": Package(),
+        "haproxy": Package(binaries={"/usr/sbin/haproxy": "HAProxy version 2.4.22-f8e3218 2023/02/14 - "
+                                                          "https://haproxy.org/\nStatus: long-term supported branch"},
+                           units={"haproxy.service": (False, False)},
+                           files={"/etc/haproxy/haproxy.cfg": "global\n    log 127.0.0.1 local2\n"}, users=("haproxy",)),
+        "socat": Package(binaries={"/usr/bin/socat": "socat by Gerhard Rieger and contributors - see www.dest-unreach.org"}),
+        "python3": Package(binaries={"/usr/bin/python3": "Python 3.9.18"}),
+        "python3-pip": Package(),
+    },
+}
+ROCKY_DEFAULT_POSTGRES_STREAM = "13"
+
+
+class UnknownCommand(AssertionError):
+    """A command no rule of the fake knows: add a rule (and check the command is meant)."""
+
+
+@dataclass
+class FakeFile:
+    content: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "644"
+
+
+@dataclass
+class Unit:
+    enabled: bool = False
+    active: bool = False
+
+
+@dataclass(frozen=True)
+class Recorded:
+    command: str
+    mutating: bool
+    exit_code: int
+    killable: bool = False
+
+
+Handler = Callable[["FakeHost", "re.Match[str]", "str | None"], tuple[int, str, str]]
+
+
+class FakeHost:
+    """One simulated host; see the module docstring."""
+
+    login = "root"
+
+    def __init__(self, name: str, os: str = DEBIAN_12, address: str = "10.0.0.1", interface: str = "eth0") -> None:
+        self.host_name = name
+        self.os = os
+        self.address = address
+        self.files: dict[str, FakeFile] = {"/etc/os-release": FakeFile(OS_RELEASE[os]),
+                                           "/etc/hosts": FakeFile("127.0.0.1\tlocalhost\n")}
+        self.dirs: dict[str, tuple[str, str, str]] = {d: ("root", "root", "755") for d in
+                                                      ("/", "/etc", "/var", "/var/lib", "/opt", "/run", "/usr")}
+        self.packages: set[str] = set()
+        self.units: dict[str, Unit] = {}
+        self.users: set[str] = {"root"}
+        self.interfaces = {address: interface}
+        self.sysctl: dict[str, str] = {f"net.ipv4.neigh.{interface}.{k}": v for k, v in
+                                       (("retrans_time_ms", "1000"), ("base_reachable_time_ms", "30000"))}
+        self.firewalld_ports: set[int] = set()
+        self.hostname = "localhost"
+        self.binaries: dict[str, str] = {}
+        self.free_mb = 20480
+        self.listeners = ""  # `ss -Htlnp` output
+        self.haproxy_valid: Callable[[str], bool] = lambda text: "INVALID" not in text
+        self.haproxy_stat = ""  # `show stat` CSV answered on the stats socket
+        self.downloads = {ETCD_TARBALL_URL: (ETCD_TARBALL_SHA256, {"etcd": etcd_version("3.5.9"),
+                                                                   "etcdctl": "etcdctl version: 3.5.9"})}
+        self.commands: list[Recorded] = []
+        self.warnings: list[str] = []
+        self._stale_units: set[str] = set()
+        self._secrets: set[str] = set()
+        if os == ROCKY_9:
+            self.files["/etc/dnf/dnf.conf"] = FakeFile("[main]\ngpgcheck=1\ninstallonly_limit=3\n")
+            self.units["firewalld.service"] = Unit(enabled=True, active=True)
+            self.binaries["/usr/bin/firewall-cmd"] = "1.3.4"
+            self.hostname = "localhost.localdomain"
+
+    # ------------------------------------------------------------ what the tests read
+
+    def mutations(self) -> list[str]:
+        return [c.command for c in self.commands if c.mutating]
+
+    def ran(self, pattern: str) -> list[str]:
+        """Recorded commands matching a regex (searched)."""
+        return [c.command for c in self.commands if re.search(pattern, c.command)]
+
+    def forget(self) -> None:
+        """Start a new recording (the host's state stays)."""
+        self.commands.clear()
+
+    # ------------------------------------------------------------ RemoteHook's interface
+
+    @property
+    def running(self) -> list[Any]:
+        return []
+
+    def kill_running(self, grace: int = 10) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def add_secret(self, *secrets: str | None) -> None:
+        self._secrets.update(s for s in secrets if s)
+
+    def mask(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def run(self, command: str, *, sudo: bool = True, stdin: str | bytes | None = None, timeout: float | None = None,
+            check: bool = True, log_as: str | None = None, quiet: bool = False,
+            killable: bool = False) -> CommandResult:
+        for pattern, mutating, handler in RULES:
+            match = pattern.fullmatch(command)
+            if match:
+                stdin_text = stdin.decode() if isinstance(stdin, bytes) else stdin
+                exit_code, out, err = handler(self, match, stdin_text)
+                break
+        else:
+            self.commands.append(Recorded(command, True, -1, killable))
+            raise UnknownCommand(f"[{self.host_name}] no rule for: {command}")
+        shown = self.mask(log_as or command)
+        self.commands.append(Recorded(shown, mutating, exit_code, killable))
+        result = CommandResult(self.host_name, shown, exit_code, self.mask(out), self.mask(err), 0.0)
+        if check and not result.ok:
+            raise CommandFailed(result)
+        return result
+
+    def read_file(self, path: str) -> str | None:
+        result = self.run(f"cat {shlex.quote(path)}", check=False, quiet=True)
+        return result.stdout if result.ok else None
+
+    def put_file(self, path: str, content: str, *, owner: str = "root", group: str | None = None,
+                 mode: str = "0644", secret: bool = False) -> FileChange:
+        group = group or owner
+        new = FakeFile(content, owner, group, f"{int(mode, 8):o}")
+        old = self.files.get(path)
+        changed = old != new
+        self._require_parent(path)
+        if changed:
+            self.files[path] = new
+            if path.startswith("/etc/systemd/system/"):
+                self._stale_units.add(path.rsplit("/", 1)[1])
+        self.commands.append(Recorded(f"put_file {path} ({owner}:{group} {mode})", changed, 0))
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        return FileChange(self.host_name, path, changed, hashlib.sha256(old.content.encode()).hexdigest() if old else None,
+                          digest)
+
+    # ------------------------------------------------------------ state helpers
+
+    def install_package(self, name: str) -> None:
+        """Install as the package manager would (also for preparing a host in a test)."""
+        package = CATALOGUE[self.os][name]
+        self.packages.add(name)
+        self.binaries.update(package.binaries)
+        for path, content in package.files.items():
+            self.files.setdefault(path, FakeFile(content))
+        self.users.update(package.users)
+        for unit, (enabled, active) in package.units.items():
+            self.units[unit] = Unit(enabled, active)
+        if name == "postgresql-server":
+            stream = self._module_stream("postgresql") or ROCKY_DEFAULT_POSTGRES_STREAM
+            self.binaries["/usr/bin/postgres"] = f"postgres (PostgreSQL) {stream}.20"
+        if name.startswith("postgresql-") and self.os == DEBIAN_12 and name[11:].isdigit():
+            conf = self.files.get("/etc/postgresql-common/createcluster.d/50-pgha.conf")
+            if not conf or "create_main_cluster = false" not in conf.content:  # Debian creates "main" and starts it
+                major = name[11:]
+                self.files[f"/var/lib/postgresql/{major}/main/PG_VERSION"] = FakeFile(f"{major}\n", "postgres", "postgres")
+
+    def apply_sysctl_unit(self, unit: str) -> None:
+        """A oneshot unit that runs ``sysctl -p FILE`` applies FILE's settings."""
+        text = self.files.get(f"/etc/systemd/system/{unit}", FakeFile("")).content
+        match = re.search(r"^ExecStart=\S*sysctl .*-p (\S+)$", text, re.M)
+        if match and match[1] in self.files:
+            for line in self.files[match[1]].content.splitlines():
+                key, sep, value = line.partition("=")
+                if sep and not key.startswith("#") and key.strip() in self.sysctl:
+                    self.sysctl[key.strip()] = value.strip()
+
+    def _module_stream(self, module: str) -> str | None:
+        state = self.files.get(f"/etc/dnf/modules.d/{module}.module")
+        if state and "state=enabled" in state.content:
+            return re.search(r"^stream=(\S+)$", state.content, re.M).group(1)  # type: ignore[union-attr]
+        return None
+
+    def _require_parent(self, path: str) -> None:
+        parent = path.rsplit("/", 1)[0] or "/"
+        while parent not in self.dirs:
+            self.dirs[parent] = ("root", "root", "755")
+            parent = parent.rsplit("/", 1)[0] or "/"
+
+    def unit(self, name: str) -> Unit | None:
+        name = name if "." in name else f"{name}.service"
+        if name in self.units:
+            return self.units[name]
+        if f"/etc/systemd/system/{name}" in self.files:
+            self.units[name] = Unit()
+            return self.units[name]
+        return None
+
+    def which(self, program: str) -> str | None:
+        if program.startswith("/"):
+            return program if program in self.binaries else None
+        return next((f"{d}/{program}" for d in PATH_DIRS if f"{d}/{program}" in self.binaries), None)
+
+
+# ---------------------------------------------------------------- the rule table
+
+RULES: list[tuple[re.Pattern[str], bool, Handler]] = []
+
+
+def rule(pattern: str, *, mutating: bool) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        RULES.append((re.compile(pattern, re.S), mutating, handler))
+        return handler
+    return register
+
+
+def args(text: str) -> list[str]:
+    return shlex.split(text)
+
+
+NOT_FOUND = (127, "", "bash: command not found\n")
+
+
+@rule(r"cat (\S+)", mutating=False)
+def _cat(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path = args(m[1])[0]
+    if path in h.files:
+        return 0, h.files[path].content, ""
+    return 1, "", f"cat: {path}: No such file or directory\n"
+
+
+@rule(r"dpkg-query -W -f='\$\{Package\} \$\{db:Status-Status\}\\n' -- (.+)", mutating=False)
+def _dpkg_query(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.os != DEBIAN_12:
+        return NOT_FOUND
+    wanted = args(m[1])
+    out = "".join(f"{p} installed\n" for p in wanted if p in h.packages)
+    missing = [p for p in wanted if p not in h.packages]
+    return (1 if missing else 0), out, "".join(f"dpkg-query: no packages found matching {p}\n" for p in missing)
+
+
+@rule(r"rpm -q --queryformat '%\{NAME\} installed\\n' (.+)", mutating=False)
+def _rpm_query(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.os != ROCKY_9:
+        return NOT_FOUND
+    wanted = args(m[1])
+    out = "".join(f"{p} installed\n" if p in h.packages else f"package {p} is not installed\n" for p in wanted)
+    return len([p for p in wanted if p not in h.packages]), out, ""
+
+
+@rule(r"apt-get update -q -o DPkg::Lock::Timeout=600", mutating=True)
+@rule(r"dnf makecache -q", mutating=True)
+def _refresh(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    manager = "apt-get" if h.os == DEBIAN_12 else "dnf"
+    return (0, "", "") if m[0].startswith(manager) else NOT_FOUND
+
+
+@rule(r"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+      r"-o DPkg::Lock::Timeout=600 (.+)", mutating=True)
+@rule(r"dnf install -y -q (.+)", mutating=True)
+def _install(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if ("apt-get" in m[0]) != (h.os == DEBIAN_12):
+        return NOT_FOUND
+    wanted = args(m[1])
+    unknown = [p for p in wanted if p not in CATALOGUE[h.os]]
+    if unknown:
+        return (100, "", f"E: Unable to locate package {unknown[0]}\n") if h.os == DEBIAN_12 else \
+            (1, "", f"Error: Unable to find a match: {' '.join(unknown)}\n")
+    for name in wanted:
+        h.install_package(name)
+    return 0, "", ""
+
+
+@rule(r"dnf module enable -y -q (\S+)", mutating=True)
+def _module_enable(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.os != ROCKY_9:
+        return NOT_FOUND
+    module, stream = args(m[1])[0].split(":")
+    current = h._module_stream(module) or (ROCKY_DEFAULT_POSTGRES_STREAM if f"{module}-server" in h.packages else None)
+    if current and current != stream and f"{module}-server" in h.packages:
+        return 1, "", (f"The operation would result in switching of module '{module}' stream '{current}' "
+                       f"to stream '{stream}'\nError: It is not possible to switch enabled streams of a module "
+                       "unless explicitly enabled via configuration option module_stream_switch.\n")
+    h.files[f"/etc/dnf/modules.d/{module}.module"] = FakeFile(
+        f"[{module}]\nname={module}\nstream={stream}\nprofiles=\nstate=enabled\n")
+    return 0, "", ""
+
+
+@rule(r"systemctl (is-active|is-enabled) --quiet (\S+)", mutating=False)
+def _unit_query(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    unit = h.unit(args(m[2])[0])
+    state = unit and (unit.active if m[1] == "is-active" else unit.enabled)
+    return (0 if state else (3 if m[1] == "is-active" else 1)), "", ""
+
+
+@rule(r"systemctl daemon-reload", mutating=True)
+def _daemon_reload(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    h._stale_units.clear()
+    return 0, "", ""
+
+
+@rule(r"systemctl (start|restart|reload|stop|enable|disable)( --no-block| --now)?( --quiet)? (\S+)", mutating=True)
+def _unit_change(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    verb, name = m[1], args(m[4])[0]
+    unit = h.unit(name)
+    if unit is None:
+        return 5, "", f"Failed to {verb} {name}: Unit {name} not found.\n"
+    full = name if "." in name else f"{name}.service"
+    if full in h._stale_units:
+        h.warnings.append(f"{verb} {full}: unit file changed on disk, 'systemctl daemon-reload' recommended")
+    if verb == "reload" and not unit.active:
+        return 1, "", f"{full} is not active, cannot reload.\n"
+    if verb in ("start", "restart"):
+        unit.active = True
+        h.apply_sysctl_unit(full)
+    elif verb == "stop":
+        unit.active = False
+    elif verb == "enable":
+        unit.enabled = True
+    elif verb == "disable":
+        unit.enabled = False
+        unit.active = unit.active and m[2] != " --now"
+    return 0, "", ""
+
+
+@rule(r"stat -c '%F %U:%G:%a' (\S+)", mutating=False)
+def _stat(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path = args(m[1])[0]
+    if path in h.dirs:
+        owner, group, mode = h.dirs[path]
+        return 0, f"directory {owner}:{group}:{mode}\n", ""
+    if path in h.files:
+        f = h.files[path]
+        return 0, f"regular file {f.owner}:{f.group}:{f.mode}\n", ""
+    return 1, "", f"stat: cannot statx '{path}': No such file or directory\n"
+
+
+@rule(r"install -d -o (\S+) -g (\S+) -m (\S+) (\S+)", mutating=True)
+def _install_dir(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    owner, group, mode, path = (args(x)[0] for x in (m[1], m[2], m[3], m[4]))
+    for who in (owner, group):
+        if who not in h.users:
+            return 1, "", f"install: invalid user '{who}'\n"
+    h._require_parent(path)
+    h.dirs[path] = (owner, group, f"{int(mode, 8):o}")
+    return 0, "", ""
+
+
+@rule(r"test -([edx]) (\S+)", mutating=False)
+def _test(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path = args(m[2])[0]
+    found = {"d": path in h.dirs, "e": path in h.dirs or path in h.files or path in h.binaries,
+             "x": path in h.binaries}[m[1]]
+    return (0 if found else 1), "", ""
+
+
+@rule(r"id -u (\S+)", mutating=False)
+def _id(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    name = args(m[1])[0]
+    return (0, "999\n", "") if name in h.users else (1, "", f"id: '{name}': no such user\n")
+
+
+@rule(r"useradd --system --home-dir (\S+) --shell /usr/sbin/nologin (\S+)", mutating=True)
+def _useradd(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    name = args(m[2])[0]
+    if name in h.users:
+        return 9, "", f"useradd: user '{name}' already exists\n"
+    h.users.add(name)
+    return 0, "", ""
+
+
+@rule(r"runuser -u (\S+) -- (.+)", mutating=False)
+def _runuser(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    user, argv = args(m[1])[0], args(m[2])
+    if user not in h.users:
+        return 1, "", f"runuser: user {user} does not exist\n"
+    if h.which(argv[0]) is None:
+        return 127, "", f"runuser: failed to execute {argv[0]}: No such file or directory\n"
+    if "--validate-config" in argv and argv[-1] not in h.files:
+        return 1, "", f"{argv[-1]}: No such file\n"
+    return 0, "", ""
+
+
+@rule(r"sysctl -n (\S+)", mutating=False)
+def _sysctl(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    key = args(m[1])[0]
+    if key in h.sysctl:
+        return 0, h.sysctl[key] + "\n", ""
+    return 255, "", f"sysctl: cannot stat /proc/sys/{key.replace('.', '/')}: No such file or directory\n"
+
+
+@rule(r"firewall-cmd --permanent --(add)-port=(\d+)/tcp", mutating=True)
+@rule(r"firewall-cmd --permanent --(query)-port=(\d+)/tcp", mutating=False)
+def _firewall_port(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.which("firewall-cmd") is None:
+        return NOT_FOUND
+    port = int(m[2])
+    if m[1] == "add":
+        h.firewalld_ports.add(port)
+        return 0, "success\n", ""
+    return (0, "yes\n", "") if port in h.firewalld_ports else (1, "no\n", "")
+
+
+@rule(r"firewall-cmd --reload", mutating=True)
+def _firewall_reload(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    return (0, "success\n", "") if h.which("firewall-cmd") else NOT_FOUND
+
+
+@rule(r"hostname", mutating=False)
+def _hostname(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    return 0, h.hostname + "\n", ""
+
+
+@rule(r"hostnamectl set-hostname (\S+) \|\| hostname (\S+)", mutating=True)
+def _set_hostname(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    h.hostname = args(m[1])[0]
+    return 0, "", ""
+
+
+@rule(r"ip -o -4 addr show to (\S+)", mutating=False)
+def _ip_addr(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    address = args(m[1])[0].split("/")[0]
+    interface = h.interfaces.get(address)
+    if not interface:
+        return 0, "", ""
+    return 0, (f"2: {interface}    inet {address}/24 brd 10.0.0.255 scope global {interface}\\"
+               "       valid_lft forever preferred_lft forever\n"), ""
+
+
+@rule(r"(\S+) (--version|-v)", mutating=False)
+def _version(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path = h.which(args(m[1])[0])
+    if path is None:
+        return 127, "", f"bash: {m[1]}: No such file or directory\n"
+    return 0, h.binaries[path] + "\n", ""
+
+
+@rule(r"id -un", mutating=False)
+def _whoami(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    return 0, h.login + "\n", ""
+
+
+@rule(r"df -Pm (\S+)", mutating=False)
+def _df(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    return 0, ("Filesystem     1048576-blocks  Used Available Capacity Mounted on\n"
+               f"/dev/sda1               40960  {40960 - h.free_mb}  {h.free_mb}      50% /\n"), ""
+
+
+@rule(r"date \+%s\.%N", mutating=False)
+def _date(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    return 0, f"{time.time():.9f}\n", ""
+
+
+@rule(r"ss -Htlnp", mutating=False)
+def _ss(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    return 0, h.listeners, ""
+
+
+@rule(r"set -e; tmp=\$\(mktemp -d\); trap 'rm -rf \"\$tmp\"' EXIT; curl -fsSL(?: --proxy \S+)? "
+      r"-o \"\$tmp/release.tgz\" (\S+); echo ('[^']*')\"\$tmp/release.tgz\" \| sha256sum -c --quiet; "
+      r"tar -xzf \"\$tmp/release.tgz\" -C \"\$tmp\" --strip-components=1; install -m 0755 (.+) (\S+)/", mutating=True)
+def _release_tarball(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    url, wanted_sum, target = args(m[1])[0], args(m[2])[0].strip(), args(m[4])[0]
+    if url not in h.downloads:
+        return 22, "", f"curl: (22) The requested URL returned error: 404 ({url})\n"
+    real_sum, binaries = h.downloads[url]
+    if wanted_sum != real_sum:
+        return 1, "", "sha256sum: WARNING: 1 computed checksum did NOT match\n"
+    for name in (part.split("/")[-1] for part in args(m[3])):
+        h.binaries[f"{target}/{name}"] = binaries[name]
+    return 0, "", ""
+
+
+@rule(r"(\S+) -m venv (\S+)", mutating=True)
+def _venv(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.which(args(m[1])[0]) is None:
+        return 127, "", f"bash: {m[1]}: No such file or directory\n"
+    if h.os == DEBIAN_12 and "python3-venv" not in h.packages:
+        return 1, "", "The virtual environment was not created successfully because ensurepip is not available.\n"
+    venv = args(m[2])[0]
+    h.binaries[f"{venv}/bin/pip"] = "pip 23.0.1"
+    h.binaries[f"{venv}/bin/python"] = "Python 3"
+    return 0, "", ""
+
+
+@rule(r"(\S+)/bin/pip install -q --disable-pip-version-check (\S+)", mutating=True)
+def _pip_install(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    venv, requirement = m[1], args(m[2])[0]
+    if f"{venv}/bin/pip" not in h.binaries:
+        return 127, "", f"bash: {venv}/bin/pip: No such file or directory\n"
+    name, _, version = requirement.partition("==")
+    if name.split("[")[0] == "patroni":
+        h.binaries[f"{venv}/bin/patroni"] = f"patroni {version}"
+    return 0, "", ""
+
+
+@rule(r"haproxy -c -f (\S+)", mutating=False)
+def _haproxy_check(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path = args(m[1])[0]
+    if h.which("haproxy") is None:
+        return NOT_FOUND
+    if path not in h.files or not h.haproxy_valid(h.files[path].content):
+        return 1, "", f"[ALERT]    (1) : config : parsing [{path}:2] : unknown keyword\n"
+    return 0, "Configuration file is valid\n", ""
+
+
+@rule(r"echo (.+) \| socat -t 5 stdio (\S+)", mutating=False)
+def _stats_socket(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    command = args(m[1])[0]
+    if not any(u.active for n, u in h.units.items() if n.startswith("haproxy")):
+        return 1, "", "socat: connect(5, AF=1 ...): No such file or directory\n"
+    if command == "show servers state":
+        return 0, "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n", ""
+    if command == "show stat":
+        return 0, h.haproxy_stat, ""
+    return 0, "Unknown command.\n", ""
+
+
+@rule(r"rm -f (\S+)", mutating=True)
+def _rm(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    h.files.pop(args(m[1])[0], None)
+    return 0, "", ""
+
+
+@rule(r"if \[ -f (\S+) \]; then cp -p \S+ \S+\.pgha-bak-\$\(date \+%Y%m%dT%H%M%S\); fi; mv -f (\S+) \S+", mutating=True)
+def _replace_file(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path, staged = args(m[1])[0], args(m[2])[0]
+    if staged not in h.files:
+        return 1, "", f"mv: cannot stat '{staged}': No such file or directory\n"
+    if path in h.files:
+        h.files[f"{path}.pgha-bak-20260101T000000"] = h.files[path]
+    h.files[path] = h.files.pop(staged)
+    return 0, "", ""
+
+
+# ---------------------------------------------------------------- fleet and fixture
+
+
+class Fleet:
+    """The fake hosts of one test, by inventory host name."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, FakeHost] = {}
+
+    def add(self, name: str, os: str = DEBIAN_12, address: str = "10.0.0.1") -> FakeHost:
+        self.hosts[name] = FakeHost(name, os, address)
+        return self.hosts[name]
+
+    def for_inventory(self, raw: dict[str, Any], os: str) -> Fleet:
+        """One fake host per inventory host, all of ``os``, at the inventory's addresses (kept if there)."""
+        for entry in raw["hosts"]:
+            if entry["name"] not in self.hosts:
+                self.add(entry["name"], os, entry["address"])
+        return self
+
+    def __getitem__(self, name: str) -> FakeHost:
+        if name not in self.hosts:
+            raise AssertionError(f"the test's fleet has no host {name!r} (hosts: {sorted(self.hosts)})")
+        return self.hosts[name]
+
+    def forget(self) -> None:
+        for host in self.hosts.values():
+            host.forget()
+
+
+@pytest.fixture
+def fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
+    """Operators reach the fleet's FakeHosts wherever they would open SSH (``InventoryMixin.remote``)."""
+    fleet = Fleet()
+    monkeypatch.setattr(InventoryMixin, "remote", lambda self, host: fleet[host if isinstance(host, str) else host.name])
+    yield fleet
+
+
+NODES = [("psg1", "127.0.0.41"), ("psg2", "127.0.0.42"), ("psg3", "127.0.0.43")]
+LB = ("vm1", "127.0.0.40")
+
+
+def fleet_inventory(fleet: Fleet, tmp_path: Any, os: str, **sections: Any) -> str:
+    """A valid inventory of three database nodes and a load balancer, all fake hosts of ``os``.
+
+    The addresses are on loopback where nothing listens, so a hook that asks etcd or
+    Patroni over HTTP is refused at once instead of waiting for a timeout.
+    """
+    from pgha_testing import loopback_inventory, write_inventory
+
+    raw = loopback_inventory(NODES, lb_host=LB[0], **sections)
+    raw["hosts"][0]["address"] = LB[1]
+    fleet.for_inventory(raw, os)
+    return write_inventory(tmp_path, raw)
