@@ -10,6 +10,8 @@ a ``lab/lab``-like script (crash = every process of the member SIGKILLed at
 once, start = Patroni started again).
 
 Connections are set through a ``pytest.MonkeyPatch`` (AIRFLOW_CONN_* env vars).
+A drill runs the real DAG (dags/pg_ha_failover_drill.py) with ``dag.test()``
+against the throw-away metadata DB of this process's AIRFLOW_HOME.
 """
 
 from __future__ import annotations

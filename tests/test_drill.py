@@ -349,6 +349,26 @@ def test_inject_never_twice_per_drill(lab: Lab) -> None:
     assert lab.leader() == leader
 
 
+def test_the_wait_for_a_whole_cluster_resumes_from_its_record(lab: Lab) -> None:
+    from pgha.sensors.drill import DrillClusterWholeSensor
+
+    leader = lab.leader()
+    plan = {"drill_id": "resumed", "probe_host": "lb", "scenario": "switchover", "target": leader, "leader": leader}
+    drill_dir = Path(load_inventory(lab.inventory).drill.state_dir) / "resumed"
+    drill_dir.mkdir(parents=True, exist_ok=True)
+
+    def poke() -> Any:
+        return DrillClusterWholeSensor(task_id="cluster_whole", plan=plan, inventory_path=lab.inventory).poke({})
+
+    with pytest.raises(AirflowSkipException, match="no fault was injected"):
+        poke()
+    (drill_dir / "fault.json").write_text(json.dumps({"scenario": "switchover", "target": leader, "t_inject": 1.0}))
+    (drill_dir / "target_back.json").write_text(json.dumps({"target": leader, "back_at": 2.5}))
+    whole = poke()  # an earlier poke saw the target back at 2.5: that moment counts, not this poke's
+    assert whole.is_done and whole.xcom_value["back_at"] == 2.5 and whole.xcom_value["target"] == leader
+    assert whole.xcom_value["routing"]["write"] == [leader]
+
+
 def test_patroni_stop_drill_fails_over_and_heals_the_old_leader(lab: Lab) -> None:
     old = lab.leader()
     result = _assert_drill(lab, drill_through_dag(lab.inventory, "patroni_stop"), "patroni_stop")

@@ -16,7 +16,9 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
+from pgha.hooks.postgres import NodePostgresHook
 from pgha.hooks.remote import RemoteHook
+from pgha.inventory import Inventory
 
 # The probe needs psycopg2 (what Airflow's Postgres provider ships) or psycopg 3.
 PYTHON_DRIVER_CHECK = (
@@ -32,6 +34,13 @@ def python_with_driver(remote: RemoteHook, candidates: list[str]) -> str | None:
         if remote.run(check, check=False, quiet=True).ok:
             return python
     return None
+
+
+def drill_database(inventory: Inventory) -> NodePostgresHook:
+    """The drill's tables: the cluster's ``postgres`` database as its superuser, through HAProxy's write port."""
+    address = inventory.host(inventory.haproxy.host).address
+    return NodePostgresHook(inventory.postgres.superuser_conn_id, host=address, port=inventory.haproxy.write_port,
+                            database="postgres")
 
 
 def python_beside_unit(remote: RemoteHook, unit: str) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import LEADER_MOVES, analyse, parse_probe_log, promotion_time, rto_slo_s, summary, xcom_result
-from pgha.hooks.drill import DrillProbeHook, python_beside_unit, python_with_driver
+from pgha.hooks.drill import DrillProbeHook, drill_database, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
@@ -71,12 +71,6 @@ class DrillOperator(PghaOperator):
 
     def api_url(self, name: str) -> str:
         return f"http://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
-
-    def through_haproxy(self, conn_id: str) -> NodePostgresHook:
-        """The cluster's ``postgres`` database through HAProxy's write port."""
-        inv = self.inventory
-        return NodePostgresHook(conn_id, host=inv.host(inv.haproxy.host).address, port=inv.haproxy.write_port,
-                                database="postgres")
 
     def injector(self) -> RemoteHook:
         """The fault injector's RemoteHook (``drill.fault_injector``)."""
@@ -225,9 +219,7 @@ class StartProbeOperator(DrillOperator):
 
     def _ensure_tables(self, probe_login: str) -> None:
         grant = sql.SQL("GRANT SELECT, INSERT ON public.pgha_drill_probe TO {}").format(sql.Identifier(probe_login))
-        self.through_haproxy(self.inventory.postgres.superuser_conn_id).execute_autocommit(
-            load_sql("drill_tables.sql"), grant
-        )
+        drill_database(self.inventory).execute_autocommit(load_sql("drill_tables.sql"), grant)
 
 
 class InjectFaultOperator(DrillOperator):
@@ -393,8 +385,8 @@ class AnalyseDrillOperator(DrillOperator):
         """The probe's rows in the table. No connection through HAProxy fails this try; Airflow's retry is
         the wait (cluster_whole already waited for one, so this only happens when the drill went wrong)."""
         try:
-            rows = self.through_haproxy(self.inventory.postgres.superuser_conn_id).rows(
-                "SELECT seq FROM public.pgha_drill_probe WHERE drill_id = %s", (drill_id,))
+            rows = drill_database(self.inventory).rows("SELECT seq FROM public.pgha_drill_probe WHERE drill_id = %s",
+                                                       (drill_id,))
         except psycopg2.OperationalError as exc:
             raise AirflowException(f"the cluster takes no connection through HAProxy: {str(exc).strip()}; "
                                    "the drill cannot be judged yet (retried)") from exc
@@ -404,7 +396,7 @@ class AnalyseDrillOperator(DrillOperator):
         row = {**result, "dag_run_id": context.get("run_id"), "details": json.dumps(result, default=str)}
         prune = sql.SQL("DELETE FROM public.pgha_drill_probe WHERE committed_at < now() - {}::interval").format(
             sql.Literal(f"{HISTORY_DAYS} days"))
-        hook = self.through_haproxy(self.inventory.postgres.superuser_conn_id)
+        hook = drill_database(self.inventory)
         hook.execute_autocommit(load_sql("drill_tables.sql"))
         hook.execute_autocommit(load_sql("drill_record.sql"), parameters=row)
         hook.execute_autocommit(prune)

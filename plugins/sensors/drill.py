@@ -14,10 +14,9 @@ import psycopg2
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import first_ack_on, parse_probe_log, xcom_result
-from pgha.hooks.drill import DrillProbeHook
+from pgha.hooks.drill import DrillProbeHook, drill_database
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
-from pgha.hooks.postgres import NodePostgresHook
 from pgha.runtime import InventoryMixin
 
 from pgha.sensors.base import DEFAULT_TIMEOUT
@@ -147,11 +146,8 @@ class DrillClusterWholeSensor(DrillSensor):
 
     def _writable_problems(self) -> list[str]:
         """A postmaster restarted in place answers "starting up" for a moment after HAProxy routes to it."""
-        inv = self.inventory
-        hook = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                                port=inv.haproxy.write_port, database="postgres")
         try:
-            hook.scalar("SELECT 1")
+            drill_database(self.inventory).scalar("SELECT 1")
         except psycopg2.OperationalError as exc:
             return [f"no connection through HAProxy: {str(exc).strip()}"]
         return []
