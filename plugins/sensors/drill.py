@@ -127,7 +127,10 @@ class DrillClusterWholeSensor(DrillSensor):
         if problems:
             return problems, None
         inv = self.inventory
-        routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(cluster)
+        try:
+            routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(cluster)
+        except AirflowException as exc:
+            return [f"HAProxy: {exc}"], None
         problems = [f"HAProxy: {p}" for p in routing.problems] or self._writable_problems()
         value = {"target": target, "back_at": back_at, "cluster": cluster.summary(), "routing": routing.as_dict()}
         return problems, value
