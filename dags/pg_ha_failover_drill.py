@@ -5,15 +5,18 @@ precheck (skips a cluster that is not healthy: a drill never degrades a
 degraded cluster) -> start_probe (a transient systemd unit on a host that is
 not the leader commits a numbered row through HAProxy every ~50 ms and
 records each acknowledgment) -> inject (switchover, patroni_stop,
-postmaster_kill, host_crash, host_isolate) -> new_leader (Patroni) -> routing
-(the client commits on the leader again; HAProxy matches Patroni) -> heal
-(always: brings the target back and waits for the whole cluster) ->
-stop_probe -> analyse (RTO, RPO = 0, timeline; table pgha_drill_history,
-XCom, one screen in the log; fails on a broken SLO or a lost write).
+postmaster_kill, host_crash, host_isolate) -> new_leader (Patroni) ->
+client_writes (the probe commits on the leader again) -> routing (HAProxy
+matches Patroni) -> heal (always: brings the target back) -> cluster_whole
+(always: the target streams again, a sync standby, HAProxy as Patroni says)
+-> etcd_leader (etcd's leader off Patroni's) -> stop_probe -> analyse (RTO,
+RPO = 0, timeline; table pgha_drill_history, XCom, one screen in the log;
+fails on a broken SLO or a lost write).
 
 This DAG drills the cluster that holds Airflow's own metadata DB: the probe
-runs outside Airflow, sensors reschedule, every task retries and keeps its
-record on the probe host, and heal/stop_probe/analyse run whatever happened.
+runs outside Airflow, every wait is a sensor that reschedules, every task
+retries and keeps its record on the probe host, and heal, cluster_whole,
+stop_probe and analyse run whatever happened before them.
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, chain
+from pgha.drill import schedule_from_inventory
+from pgha.inventory import DRILL_SCENARIOS
 from pgha.operators.drill import (
     AnalyseDrillOperator,
     DrillPrecheckOperator,
-    DrillRoutingOperator,
     HealOperator,
     InjectFaultOperator,
     StartProbeOperator,
     StopProbeOperator,
 )
-from pgha.drill import schedule_from_inventory
-from pgha.inventory import DRILL_SCENARIOS
+from pgha.operators.etcd import EtcdLeaderPlacementOperator
+from pgha.sensors.drill import DrillClientWritesSensor, DrillClusterWholeSensor
+from pgha.sensors.haproxy import HAProxyRoutingSensor
 from pgha.sensors.patroni import PatroniLeaderSensor
 
 INVENTORY_DEFAULT = os.environ.get("PGHA_INVENTORY", "include/inventory.yml")
@@ -82,8 +87,16 @@ params = {
 
 PLAN = "{{ (ti.xcom_pull(task_ids='precheck') or {}).get('result') }}"
 MUST_LEAVE = "{{ ((ti.xcom_pull(task_ids='precheck') or {}).get('result') or {}).get('must_leave') }}"
-STEPS = {step: "{{ ti.xcom_pull(task_ids='%s') }}" % step for step in ("inject", "new_leader", "routing", "heal")}
-SENSOR_TIMEOUT = 900  # ERRATA 25; a lost host takes ~ttl, a booting one longer
+STEPS = {step: "{{ ti.xcom_pull(task_ids='%s') }}" % step
+         for step in ("inject", "new_leader", "client_writes", "routing", "heal", "cluster_whole")}
+# Every wait is a sensor that reschedules (no worker slot held between pokes). A sensor's retry starts
+# its timeout again, so sensors retry once (a poke that broke), operators three times.
+RECOVERY_TIMEOUT = 900  # ERRATA 25: a lost host takes ~ttl, a booting one longer
+WHOLE_TIMEOUT = 1200  # the target rejoins (pg_rewind, or a fresh basebackup of a big database)
+WAIT = {"mode": "reschedule", "retries": 1, "execution_timeout": timedelta(minutes=1)}  # per poke
+# Every task's worst case with its retries adds up to 3 h 15 min (tests/test_drill.py sums it): the run's
+# timeout must never cut heal or cluster_whole short.
+DAGRUN_TIMEOUT = timedelta(hours=4)
 
 with DAG(
     dag_id="pg_ha_failover_drill",
@@ -92,7 +105,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(hours=2),
+    dagrun_timeout=DAGRUN_TIMEOUT,
     params=params,
     render_template_as_native_obj=True,  # the plan and step XComs reach the operators as dicts
     default_args={
@@ -104,17 +117,19 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     chain(
-        DrillPrecheckOperator(task_id="precheck", execution_timeout=timedelta(minutes=5)),
-        StartProbeOperator(task_id="start_probe", plan=PLAN, execution_timeout=timedelta(minutes=5)),
-        InjectFaultOperator(task_id="inject", plan=PLAN, execution_timeout=timedelta(minutes=10)),
-        PatroniLeaderSensor(
-            task_id="new_leader", expected_replicas=0, not_leader=MUST_LEAVE, mode="reschedule",
-            poke_interval=2, timeout=SENSOR_TIMEOUT,
-        ),
-        DrillRoutingOperator(task_id="routing", plan=PLAN, routing_timeout=600,
-                             execution_timeout=timedelta(minutes=15)),
-        HealOperator(task_id="heal", plan=PLAN, trigger_rule="all_done", execution_timeout=timedelta(minutes=30)),
-        StopProbeOperator(task_id="stop_probe", plan=PLAN, trigger_rule="all_done"),
+        DrillPrecheckOperator(task_id="precheck", execution_timeout=timedelta(minutes=2)),
+        StartProbeOperator(task_id="start_probe", plan=PLAN, execution_timeout=timedelta(minutes=2)),
+        InjectFaultOperator(task_id="inject", plan=PLAN, execution_timeout=timedelta(minutes=5)),
+        PatroniLeaderSensor(task_id="new_leader", expected_replicas=0, not_leader=MUST_LEAVE, poke_interval=2,
+                            timeout=RECOVERY_TIMEOUT, **WAIT),
+        DrillClientWritesSensor(task_id="client_writes", plan=PLAN, poke_interval=1, timeout=300, **WAIT),
+        HAProxyRoutingSensor(task_id="routing", poke_interval=1, timeout=300, **WAIT),
+        HealOperator(task_id="heal", plan=PLAN, trigger_rule="all_done", execution_timeout=timedelta(minutes=7)),
+        DrillClusterWholeSensor(task_id="cluster_whole", plan=PLAN, trigger_rule="all_done", poke_interval=2,
+                                timeout=WHOLE_TIMEOUT, **WAIT),
+        EtcdLeaderPlacementOperator(task_id="etcd_leader", execution_timeout=timedelta(minutes=1)),
+        StopProbeOperator(task_id="stop_probe", plan=PLAN, trigger_rule="all_done",
+                          execution_timeout=timedelta(minutes=2)),
         AnalyseDrillOperator(task_id="analyse", plan=PLAN, steps=STEPS, trigger_rule="all_done",
-                             execution_timeout=timedelta(minutes=10)),
+                             execution_timeout=timedelta(minutes=3)),
     )

@@ -25,6 +25,11 @@ LEADER_MOVES = {"switchover", "patroni_stop", "host_crash", "host_isolate"}
 PROMOTION_MARGIN_S = 2.0  # promote + first check after it, on top of the configured timings
 
 
+def xcom_result(xcom: Any) -> Any:
+    """The ``result`` of a pgha operator's summary XCom, or the XCom itself (a sensor's value, or None)."""
+    return xcom.get("result") if isinstance(xcom, dict) and "result" in xcom else xcom
+
+
 def schedule_from_inventory(path: str | None = None) -> str | None:
     """The drill's cron schedule, read at DAG parse time; never raises.
 

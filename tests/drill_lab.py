@@ -10,11 +10,14 @@ a ``lab/lab``-like script (crash = every process of the member SIGKILLed at
 once, start = Patroni started again).
 
 Connections are set through a ``pytest.MonkeyPatch`` (AIRFLOW_CONN_* env vars).
+A drill runs the real DAG (dags/pg_ha_failover_drill.py) with ``dag.test()``
+against the throw-away metadata DB of this process's AIRFLOW_HOME.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -51,6 +54,7 @@ from services import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = Path(__file__).resolve().parent / "services.py"
 FAULT_GATE = REPO_ROOT / "include" / "drill" / "fault_gate.py"
+DRILL_DAG_FILE = REPO_ROOT / "dags" / "pg_ha_failover_drill.py"
 NODES = [("pg-a", "127.0.0.11"), ("pg-b", "127.0.0.12"), ("pg-c", "127.0.0.13")]
 
 
@@ -272,34 +276,57 @@ def fault_injector(lab: Lab, workdir: Path, mp: pytest.MonkeyPatch) -> Iterator[
         sshd.stop()
 
 
-def run_drill(inventory: str, scenario: str, target: str = "leader") -> dict[str, Any]:
-    """The DAG's steps in its order and trigger rules (heal, stop_probe and analyse always run)."""
-    from pgha.operators.drill import (
-        AnalyseDrillOperator,
-        DrillPrecheckOperator,
-        DrillRoutingOperator,
-        HealOperator,
-        InjectFaultOperator,
-        StartProbeOperator,
-        StopProbeOperator,
-    )
-    from pgha.sensors.patroni import PatroniLeaderSensor
+@dataclass
+class DrillRun:
+    """One run of the drill DAG: its run id, every task's final state and the verdict (analyse's XCom)."""
 
-    context = {"params": {"scenario": scenario, "target": target}, "run_id": f"loopback-{scenario}"}
-    common = {"inventory_path": inventory}
-    plan = DrillPrecheckOperator(task_id="precheck", **common).execute(context)["result"]
-    steps: dict[str, Any] = {"inject": None, "new_leader": None, "routing": None, "heal": None}
-    try:
-        StartProbeOperator(task_id="start_probe", plan=plan, **common).execute(context)
-        steps["inject"] = InjectFaultOperator(task_id="inject", plan=plan, **common).execute(context)
-        steps["new_leader"] = PatroniLeaderSensor(
-            task_id="new_leader", expected_replicas=0, not_leader=plan["must_leave"], mode="poke", poke_interval=0.5,
-            timeout=90, **common).execute(context)
-        steps["routing"] = DrillRoutingOperator(task_id="routing", plan=plan, routing_timeout=90, **common).execute(
-            context)
-    finally:
-        try:
-            steps["heal"] = HealOperator(task_id="heal", plan=plan, heal_timeout=120, **common).execute(context)
-        finally:
-            StopProbeOperator(task_id="stop_probe", plan=plan, **common).execute(context)
-    return AnalyseDrillOperator(task_id="analyse", plan=plan, steps=steps, **common).execute(context)["result"]
+    run_id: str
+    states: dict[str, str | None]
+    result: dict[str, Any] | None
+
+
+@functools.cache
+def airflow_metadata_db() -> None:
+    """dag.test() needs a metadata DB: the throw-away SQLite one in this process's AIRFLOW_HOME."""
+    from airflow.utils.db import initdb
+
+    initdb()
+
+
+def drill_dag() -> Any:
+    """The drill DAG freshly parsed from dags/ (the test reuses no task object of an earlier run)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DRILL_DAG_FILE))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.dags["pg_ha_failover_drill"]
+
+
+def drill_through_dag(inventory: str, scenario: str, target: str = "leader") -> DrillRun:
+    """One drill through dags/pg_ha_failover_drill.py with ``dag.test()``: the scheduler's dependency and
+    trigger-rule loop in this process, sensors rescheduling, the run's Params set to ``inventory`` (the
+    loopback lab's), ``scenario`` and ``target``. Connections come from the AIRFLOW_CONN_* variables."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    airflow_metadata_db()
+    dag = drill_dag()
+    run = dag.test(run_conf={"inventory_path": inventory, "scenario": scenario, "target": target})
+    states = {ti.task_id: (str(ti.state) if ti.state else None) for ti in run.get_task_instances()}
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag.dag_id, task_ids="analyse",
+                                                 key="drill")).first()
+        result = XComModel.deserialize_value(row) if row is not None else None
+    return DrillRun(run.run_id, states, result)
+
+
+def run_drill(inventory: str, scenario: str, target: str = "leader") -> dict[str, Any]:
+    """The verdict of one drill through the DAG; AirflowSkipException when its precheck skipped."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    drill = drill_through_dag(inventory, scenario, target)
+    if drill.states.get("precheck") == "skipped":
+        raise AirflowSkipException(f"precheck skipped (see its log): {drill.states}")
+    if drill.result is None:
+        raise AssertionError(f"drill run {drill.run_id} left no verdict; task states: {drill.states}")
+    return drill.result

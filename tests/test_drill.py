@@ -1,9 +1,11 @@
 """The failover drill: its arithmetic on synthetic series, its DAG, and real drills on loopback.
 
-The drills run through the operators against the loopback lab of
-tests/drill_lab.py (real Patroni, PostgreSQL, etcd, HAProxy and sshd; systemctl
-and systemd-run stand-ins). The lab runs the same operators under real systemd
-(and host_crash / host_isolate through ``lab/lab`` behind the fault gate).
+The drills run the real DAG (dags/pg_ha_failover_drill.py, with ``dag.test()``:
+dependencies, trigger rules, Params and rescheduling sensors as the scheduler
+runs them) against the loopback lab of tests/drill_lab.py (real Patroni,
+PostgreSQL, etcd, HAProxy and sshd; systemctl and systemd-run stand-ins). The
+lab runs the same DAG under real systemd (and host_crash / host_isolate
+through ``lab/lab`` behind the fault gate).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import psycopg2
 import pytest
 import requests
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from drill_lab import FAULT_GATE, NODES, Lab, fault_injector, loopback_lab, run_drill
+from drill_lab import FAULT_GATE, NODES, DrillRun, Lab, drill_through_dag, fault_injector, loopback_lab
 from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER, PATRONI_SUPERUSER_PASSWORD
 from pgha.drill import (
     Ack,
@@ -185,6 +187,11 @@ def test_schedule_comes_from_the_inventory_and_survives_a_broken_one(tmp_path: P
     assert schedule_from_inventory(str(broken)) == "0 3 * * *"
 
 
+DRILL_TASKS = ["precheck", "start_probe", "inject", "new_leader", "client_writes", "routing", "heal",
+               "cluster_whole", "etcd_leader", "stop_probe", "analyse"]
+WAITS = {"new_leader", "client_writes", "routing", "cluster_whole"}
+
+
 def test_dag_parses_with_a_broken_inventory_and_keeps_its_safety_rails(monkeypatch: pytest.MonkeyPatch,
                                                                        tmp_path: Path) -> None:
     from airflow.dag_processing.dagbag import DagBag
@@ -197,16 +204,39 @@ def test_dag_parses_with_a_broken_inventory_and_keeps_its_safety_rails(monkeypat
     assert bag.import_errors == {}
     dag = bag.dags["pg_ha_failover_drill"]
     assert dag.max_active_runs == 1 and not dag.catchup
-    assert [t.task_id for t in dag.tasks] == ["precheck", "start_probe", "inject", "new_leader", "routing", "heal",
-                                              "stop_probe", "analyse"]
-    assert {t.task_id for t in dag.tasks if t.trigger_rule == "all_done"} == {"heal", "stop_probe", "analyse"}
+    assert [t.task_id for t in dag.tasks] == DRILL_TASKS
+    assert [[u.task_id for u in t.upstream_list] for t in dag.tasks] == [[]] + [[p] for p in DRILL_TASKS[:-1]]
+    assert {t.task_id for t in dag.tasks if t.trigger_rule == "all_done"} == {
+        "heal", "cluster_whole", "stop_probe", "analyse"}
     assert all(t.retries >= 1 for t in dag.tasks)
-    sensors = [t for t in dag.tasks if isinstance(t, BaseSensorOperator)]
-    assert sensors and all(s.mode == "reschedule" and 0 < s.timeout < 7 * 24 * 3600 for s in sensors)
+    sensors = {t.task_id: t for t in dag.tasks if isinstance(t, BaseSensorOperator)}
+    assert set(sensors) == WAITS
+    assert all(s.mode == "reschedule" and 0 < s.timeout < 7 * 24 * 3600 for s in sensors.values())
     assert set(dag.params.keys()) == {"inventory_path", "scenario", "target", "rto_slo_s", "max_lag_bytes"}
-    assert all("pass" not in k and "secret" not in k for k in dag.params.keys())
     assert dag.params.get_param("scenario").schema["enum"] == [
         "switchover", "patroni_stop", "host_crash", "host_isolate", "postmaster_kill"]
+
+
+def _worst_case_s(task: Any) -> float:
+    """A task's longest possible time with all its retries: every try runs into its execution_timeout (a
+    rescheduling sensor: its timeout, counted from the try's first poke, then one more poke)."""
+    from airflow.sdk import BaseSensorOperator
+
+    per_try = task.execution_timeout.total_seconds()
+    if isinstance(task, BaseSensorOperator):
+        per_try += task.timeout + task.poke_interval
+    return (task.retries + 1) * per_try + task.retries * task.retry_delay.total_seconds()
+
+
+def test_the_run_timeout_never_cuts_the_heal_short() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["pg_ha_failover_drill"]
+    assert all(t.execution_timeout is not None for t in dag.tasks)
+    worst = sum(_worst_case_s(t) for t in dag.tasks)
+    assert worst <= 0.85 * dag.dagrun_timeout.total_seconds(), (worst, dag.dagrun_timeout)
+    # the wait for the whole cluster keeps its 20 minutes, however long the recovery before it took
+    assert dag.get_task("cluster_whole").timeout >= 1200
 
 
 class _FakeTI:
@@ -232,9 +262,11 @@ def test_plan_and_step_xcoms_reach_the_operators_as_objects(planned: bool) -> No
         task.render_template_fields(context)
     assert dag.get_task("start_probe").plan == (plan if planned else None)
     assert dag.get_task("new_leader").not_leader == ("psg1" if planned else None)
+    assert dag.get_task("client_writes").plan == (plan if planned else None)
     assert dag.get_task("analyse").steps == {
         "inject": {"result": {"t_inject": 1.5}} if planned else None,
-        "new_leader": "psg2" if planned else None, "routing": None, "heal": None}
+        "new_leader": "psg2" if planned else None, "client_writes": None, "routing": None, "heal": None,
+        "cluster_whole": None}
     assert {t.inventory_path for t in dag.tasks} == {"/etc/pgha/inventory.yml"}
 
 
@@ -281,18 +313,24 @@ def _history(lab: Lab, drill_id: str) -> tuple[Any, ...]:
     return row
 
 
-def _assert_drill(lab: Lab, result: dict[str, Any], scenario: str) -> None:
-    assert result["passed"], result["problems"]
+def _assert_drill(lab: Lab, drill: DrillRun, scenario: str) -> dict[str, Any]:
+    """Every task of the DAG succeeded, no acknowledged write is missing, the cluster is whole again,
+    and the verdict is on the cluster (pgha_drill_history). Returns the verdict."""
+    assert drill.states == dict.fromkeys(DRILL_TASKS, "success"), drill.states
+    result = drill.result
+    assert result is not None and result["passed"], result
     assert result["rpo_missing"] == 0 and result["acked"] > 20
-    assert lab.cluster.healthy(sync=True), lab.cluster.cluster()
+    members = lab.cluster.cluster()["members"]
+    assert len(members) == 3 and lab.cluster.healthy(sync=True), members
     assert _history(lab, result["drill_id"]) == (scenario, True, 0, result["rto_s"])
+    return result
 
 
 def test_switchover_drill_moves_the_leader_without_losing_a_write(lab: Lab) -> None:
     old = lab.leader()
-    result = run_drill(lab.inventory, "switchover")
-    _assert_drill(lab, result, "switchover")
-    assert result["old_leader"] == old and result["new_leader"] != old
+    result = _assert_drill(lab, drill_through_dag(lab.inventory, "switchover"), "switchover")
+    assert result["old_leader"] == result["target"] == old and result["new_leader"] != old
+    assert lab.leader() == result["new_leader"]
     assert result["time_to_new_leader_s"] is not None and result["time_to_routing_s"] is not None
     assert result["time_to_old_leader_streaming_s"] is not None
 
@@ -311,18 +349,38 @@ def test_inject_never_twice_per_drill(lab: Lab) -> None:
     assert lab.leader() == leader
 
 
+def test_the_wait_for_a_whole_cluster_resumes_from_its_record(lab: Lab) -> None:
+    from pgha.sensors.drill import DrillClusterWholeSensor
+
+    leader = lab.leader()
+    plan = {"drill_id": "resumed", "probe_host": "lb", "scenario": "switchover", "target": leader, "leader": leader}
+    drill_dir = Path(load_inventory(lab.inventory).drill.state_dir) / "resumed"
+    drill_dir.mkdir(parents=True, exist_ok=True)
+
+    def poke() -> Any:
+        return DrillClusterWholeSensor(task_id="cluster_whole", plan=plan, inventory_path=lab.inventory).poke({})
+
+    with pytest.raises(AirflowSkipException, match="no fault was injected"):
+        poke()
+    (drill_dir / "fault.json").write_text(json.dumps({"scenario": "switchover", "target": leader, "t_inject": 1.0}))
+    (drill_dir / "target_back.json").write_text(json.dumps({"target": leader, "back_at": 2.5}))
+    whole = poke()  # an earlier poke saw the target back at 2.5: that moment counts, not this poke's
+    assert whole.is_done and whole.xcom_value["back_at"] == 2.5 and whole.xcom_value["target"] == leader
+    assert whole.xcom_value["routing"]["write"] == [leader]
+
+
 def test_patroni_stop_drill_fails_over_and_heals_the_old_leader(lab: Lab) -> None:
     old = lab.leader()
-    result = run_drill(lab.inventory, "patroni_stop")
-    _assert_drill(lab, result, "patroni_stop")
-    assert result["new_leader"] != old
+    result = _assert_drill(lab, drill_through_dag(lab.inventory, "patroni_stop"), "patroni_stop")
+    assert result["old_leader"] == old and result["new_leader"] != old and lab.leader() == result["new_leader"]
     members = {m["name"]: m for m in lab.cluster.cluster()["members"]}
     assert members[old]["state"] == "streaming"
 
 
 def test_postmaster_kill_drill_recovers_without_losing_a_write(lab: Lab) -> None:
-    result = run_drill(lab.inventory, "postmaster_kill")
-    _assert_drill(lab, result, "postmaster_kill")
+    old = lab.leader()
+    result = _assert_drill(lab, drill_through_dag(lab.inventory, "postmaster_kill"), "postmaster_kill")
+    assert result["old_leader"] == old  # restarted in place: Patroni may keep it or fail over, both pass
 
 
 def test_a_paused_cluster_is_not_drilled(lab: Lab) -> None:
@@ -364,10 +422,11 @@ def test_host_crash_drill_through_the_fault_gate(lab: Lab, tmp_path: Path, monke
 
     old = lab.leader()
     with fault_injector(lab, tmp_path, monkeypatch) as injector:
-        result = run_drill(injector.inventory, "host_crash")
+        drill = drill_through_dag(injector.inventory, "host_crash")
         refused = RemoteHook("pgha_fault_injector", host_name="hypervisor").run("rm -rf /tmp/x", check=False)
-    _assert_drill(lab, result, "host_crash")
-    assert result["new_leader"] != old and result["rto_s"] >= 10  # the leader lock has to expire first
+    result = _assert_drill(lab, drill, "host_crash")
+    assert result["new_leader"] != old and lab.leader() == result["new_leader"]
+    assert result["rto_s"] >= 10  # the leader lock has to expire first
     assert refused.exit_code == 126
     log = injector.log.read_text()
     assert f"crash {old}" in log and f"start {old}" in log and "REFUSED" in log and "rm -rf /tmp/x" in log

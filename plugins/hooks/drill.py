@@ -8,6 +8,7 @@ did even while Airflow's own metadata DB is failing over.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
+from pgha.hooks.postgres import NodePostgresHook
 from pgha.hooks.remote import RemoteHook
+from pgha.inventory import Inventory
 
 # The probe needs psycopg2 (what Airflow's Postgres provider ships) or psycopg 3.
 PYTHON_DRIVER_CHECK = (
@@ -31,6 +34,20 @@ def python_with_driver(remote: RemoteHook, candidates: list[str]) -> str | None:
         if remote.run(check, check=False, quiet=True).ok:
             return python
     return None
+
+
+def drill_database(inventory: Inventory) -> NodePostgresHook:
+    """The drill's tables: the cluster's ``postgres`` database as its superuser, through HAProxy's write port."""
+    address = inventory.host(inventory.haproxy.host).address
+    return NodePostgresHook(inventory.postgres.superuser_conn_id, host=address, port=inventory.haproxy.write_port,
+                            database="postgres")
+
+
+def python_beside_unit(remote: RemoteHook, unit: str) -> str | None:
+    """The ``python`` beside the program a systemd unit starts (its virtualenv's), or None if not shown."""
+    shown = remote.run(f"systemctl show -P ExecStart {shlex.quote(unit)}", check=False, quiet=True).stdout
+    program = re.search(r"path=(\S+)", shown)
+    return program.group(1).rsplit("/", 1)[0] + "/python" if program else None
 
 
 class DrillProbeHook(BaseHook):
@@ -73,9 +90,8 @@ class DrillProbeHook(BaseHook):
     def ack_file(self) -> str:
         return f"{self.directory}/acks"
 
-    @property
-    def fault_file(self) -> str:
-        return f"{self.directory}/fault.json"
+    def record_file(self, name: str) -> str:
+        return f"{self.directory}/{name}.json"
 
     def install(self, script: str, settings: dict[str, Any]) -> bool:
         """The probe script and this drill's settings (0600: they hold the password); True if changed."""
@@ -126,10 +142,17 @@ class DrillProbeHook(BaseHook):
             f"see {self.ack_file} and `journalctl -u {self.unit}`"
         )
 
-    def fault_record(self) -> dict[str, Any] | None:
-        """What the inject task recorded (None: nothing was injected for this drill)."""
-        text = self._read(self.fault_file)
+    def record(self, name: str) -> dict[str, Any] | None:
+        """A record a drill task kept (``fault``, ``target_back``), None if there is none (yet)."""
+        text = self._read(self.record_file(name))
         return json.loads(text) if text.strip() else None
 
+    def save_record(self, name: str, record: dict[str, Any]) -> None:
+        self.remote.put_file(self.record_file(name), json.dumps(record, sort_keys=True) + "\n", mode="0600")
+
+    def fault_record(self) -> dict[str, Any] | None:
+        """What the inject task recorded (None: nothing was injected for this drill)."""
+        return self.record("fault")
+
     def record_fault(self, record: dict[str, Any]) -> None:
-        self.remote.put_file(self.fault_file, json.dumps(record, sort_keys=True) + "\n", mode="0600")
+        self.save_record("fault", record)

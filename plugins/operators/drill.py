@@ -1,9 +1,11 @@
-"""The failover drill (issue 5): precheck, write probe, fault, recovery, heal, verdict.
+"""The failover drill (issue 5): precheck, write probe, fault, heal, verdict.
 
 Every step after the precheck works from the precheck's plan (XCom) and
 keeps its own record on the probe host (hooks/drill.py), so a retried task
 never injects a fault twice and the drill survives Airflow's own metadata DB
-failing over under it.
+failing over under it. The waits in between (new leader, client writes,
+routing, the cluster whole again) are sensors (sensors/drill.py and the
+Patroni and HAProxy sensors), not loops in these operators.
 """
 
 from __future__ import annotations
@@ -15,33 +17,28 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
-from pgha.hooks.drill import DrillProbeHook, python_with_driver
+from pgha.drill import LEADER_MOVES, analyse, parse_probe_log, promotion_time, rto_slo_s, summary, xcom_result
+from pgha.hooks.drill import DrillProbeHook, drill_database, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.postgres import NodePostgresHook, load_sql
 from pgha.hooks.remote import RemoteHook
-from pgha.drill import LEADER_MOVES, analyse, first_ack_on, parse_probe_log, promotion_time, rto_slo_s, summary
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.runtime import credentials
 import psycopg2
 from psycopg2 import sql
 
-from pgha.operators.airflow import airflow_executable
 from pgha.operators.base import PghaOperator
-from pgha.hooks.haproxy import READ_BACKEND, WRITE_BACKEND, routing_problems
-from pgha.operators.haproxy import HAProxySwitchOperator
 
 PATRONI_UNIT = "patroni.service"
 PROBE_SCRIPT = INCLUDE_DIR / "drill" / "probe.py"
 PROBE_WARMUP_ACKS = 20  # about a second of steady commits before the fault
-PROBE_MAX_SECONDS = 2 * 3600  # the probe stops itself even if stop_probe never runs
+# The precheck just saw a healthy cluster: a probe short of its warm-up acks by then cannot write (login,
+# driver), which is a failure to report, not a wait.
+PROBE_WARMUP_TIMEOUT_S = 15
+PROBE_MAX_SECONDS = 4 * 3600  # the probe stops itself even if stop_probe never runs (the DAG run timed out)
 HISTORY_DAYS = 30  # probe rows kept; pgha_drill_history is kept forever
-
-
-def _result(xcom: Any) -> Any:
-    """The ``result`` of a PghaOperator's summary XCom (or the XCom itself)."""
-    return xcom.get("result") if isinstance(xcom, dict) and "result" in xcom else xcom
 
 
 class DrillOperator(PghaOperator):
@@ -60,7 +57,7 @@ class DrillOperator(PghaOperator):
         self.plan = plan
 
     def the_plan(self) -> dict[str, Any]:
-        plan = _result(self.plan)
+        plan = xcom_result(self.plan)
         if not plan:
             raise AirflowSkipException("no drill was planned (the precheck skipped or failed): nothing to do")
         return plan
@@ -74,12 +71,6 @@ class DrillOperator(PghaOperator):
 
     def api_url(self, name: str) -> str:
         return f"http://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
-
-    def through_haproxy(self, conn_id: str) -> NodePostgresHook:
-        """The cluster's ``postgres`` database through HAProxy's write port."""
-        inv = self.inventory
-        return NodePostgresHook(conn_id, host=inv.host(inv.haproxy.host).address, port=inv.haproxy.write_port,
-                                database="postgres")
 
     def injector(self) -> RemoteHook:
         """The fault injector's RemoteHook (``drill.fault_injector``)."""
@@ -169,10 +160,8 @@ class DrillPrecheckOperator(PghaOperator):
         reasons += cluster.problems(len(inv.database_nodes) - 1, require_sync=True, max_lag_bytes=lag)
         reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints()).report().problems(list(inv.database_nodes))]
         if len(cluster.leaders) == 1:
-            haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
-            reasons += [f"HAProxy: {p}" for p in routing_problems(
-                haproxy.up_servers(WRITE_BACKEND), haproxy.up_servers(READ_BACKEND),
-                cluster.leaders[0], cluster.streaming_replicas)]
+            routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(cluster)
+            reasons += [f"HAProxy: {p}" for p in routing.problems]
         return reasons, cluster
 
     def _target(self, cluster: PatroniCluster, scenario: str, wanted: str) -> str:
@@ -192,8 +181,8 @@ class DrillPrecheckOperator(PghaOperator):
         remote, configured = self.remote(host), self.inventory.drill.probe_python
         python = python_with_driver(remote, [configured] if configured else ["/usr/bin/python3"])
         if python is None and not configured and host in {a.host for a in self.inventory.airflow_hosts}:
-            airflow_bin = airflow_executable(remote, self.inventory.airflow_host(host).units[0])
-            python = python_with_driver(remote, [airflow_bin.rsplit("/", 1)[0] + "/python"])
+            beside_airflow = python_beside_unit(remote, self.inventory.airflow_host(host).units[0])
+            python = python_with_driver(remote, [beside_airflow]) if beside_airflow else None
         if python is None:
             raise AirflowFailException(
                 f"[{host}] no Python with psycopg2 for the probe: install python3-psycopg2 or set drill.probe_python"
@@ -225,14 +214,12 @@ class StartProbeOperator(DrillOperator):
         }
         self.note(f"probe files in {probe.directory}", probe.install(PROBE_SCRIPT.read_text(), settings))
         self.note(f"probe unit {probe.unit} started", probe.start(plan["probe_python"]))
-        acks = probe.wait_for_acks(PROBE_WARMUP_ACKS, timeout=60)
+        acks = probe.wait_for_acks(PROBE_WARMUP_ACKS, timeout=PROBE_WARMUP_TIMEOUT_S)
         return {"unit": probe.unit, "host": plan["probe_host"], "acks": acks}
 
     def _ensure_tables(self, probe_login: str) -> None:
         grant = sql.SQL("GRANT SELECT, INSERT ON public.pgha_drill_probe TO {}").format(sql.Identifier(probe_login))
-        self.through_haproxy(self.inventory.postgres.superuser_conn_id).execute_autocommit(
-            load_sql("drill_tables.sql"), grant
-        )
+        drill_database(self.inventory).execute_autocommit(load_sql("drill_tables.sql"), grant)
 
 
 class InjectFaultOperator(DrillOperator):
@@ -302,111 +289,40 @@ class InjectFaultOperator(DrillOperator):
         return f"{command} (exit {result.exit_code})"
 
 
-class DrillRoutingOperator(DrillOperator, HAProxySwitchOperator):
+class HealOperator(DrillOperator):
     """
-    The client's view of the recovery: waits until the probe has a commit
-    acknowledged by the current leader after the fault, then until HAProxy's
-    routing matches Patroni (``wait_for_routing``).
+    Teardown-style (runs whatever happened before): brings the target back
+    and returns; the ``cluster_whole`` sensor after it waits until the cluster
+    is whole again (pg_rewind is Patroni's job, ``use_pg_rewind``).
+    patroni_stop: starts Patroni on the target unless its REST API answers;
+    host_crash / host_isolate: the ``heal`` command of
+    ``drill.inject_commands`` unless the target answers; switchover and
+    postmaster_kill: nothing, Patroni brings the target back by itself.
+    Skips if no fault was injected.
     """
-
-    def run(self, context: Any) -> Any:
-        fault = self.probe().fault_record()
-        if fault is None:
-            raise AirflowException("no fault was recorded for this drill")
-        leader, first = self._wait_for_client_writes(float(fault.get("t_injected") or fault["t_inject"]))
-        self.log.info("client writes again: seq %d acknowledged by %s at %s", first.seq, leader, first.at)
-        return {"leader": leader, "first_ack_at": first.at, **self.wait_for_routing()}
-
-    def _wait_for_client_writes(self, after: float) -> tuple[str, Any]:
-        probe, patroni = self.probe(), self.patroni()
-        deadline = time.monotonic() + self.routing_timeout
-        while time.monotonic() < deadline:
-            leader = self._leader(patroni)
-            if leader:
-                acks = parse_probe_log(probe.read_acks()).acks
-                first = first_ack_on(acks, self.inventory.host(leader).address, after)
-                if first:
-                    return leader, first
-            time.sleep(1)
-        raise AirflowException(f"no commit acknowledged by the leader within {self.routing_timeout}s after the fault")
-
-    @staticmethod
-    def _leader(patroni: PatroniHook) -> str | None:
-        try:
-            return patroni.leader()
-        except AirflowException:
-            return None
-
-
-class HealOperator(DrillOperator, HAProxySwitchOperator):
-    """
-    Teardown-style (trigger_rule all_done): brings the target back whatever
-    happened before, then waits until the cluster is whole again (one leader,
-    every other member streaming, a synchronous standby) with the target back
-    in it, and HAProxy routes as Patroni says; pg_rewind is Patroni's job
-    (``use_pg_rewind``). Returns when the target streamed again. Does nothing
-    if no fault was injected.
-
-    :param heal_timeout: seconds to wait for the whole cluster.
-    """
-
-    def __init__(self, *, heal_timeout: int = 1200, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.heal_timeout = heal_timeout
 
     def run(self, context: Any) -> Any:
         plan = self.the_plan()
         if self.probe().fault_record() is None:
             raise AirflowSkipException("no fault was injected for this drill: nothing to heal")
-        self._repair(plan)
-        back_at, cluster = self._wait_until_whole(plan["target"])
-        moved = EtcdHook(self.etcd_endpoints()).keep_leader_off_patroni_leader(self.patroni().cluster())
-        if moved:
-            self.changed(moved)
-        return {"target": plan["target"], "back_at": back_at, "cluster": cluster, "routing": self.wait_for_routing()}
-
-    def _repair(self, plan: dict[str, Any]) -> None:
         scenario, target = plan["scenario"], plan["target"]
-        if scenario == "patroni_stop":
-            remote = self.remote(target)
-            stopped = not remote.run(f"systemctl is-active --quiet {PATRONI_UNIT}", check=False).ok
-            if stopped:
-                remote.run(f"systemctl start {PATRONI_UNIT}")
-            self.note(f"{PATRONI_UNIT} started on {target}", stopped)
-        elif scenario in {"host_crash", "host_isolate"}:
-            self._heal_host(scenario, target)
-        else:
+        if scenario in {"switchover", "postmaster_kill"}:
             self.unchanged(f"{scenario}: Patroni brings {target} back by itself")
+        elif self.patroni().status_code(self.api_url(target), "/health") is not None:
+            self.unchanged(f"Patroni on {target} answers again")
+        elif scenario == "patroni_stop":
+            self.remote(target).run(f"systemctl start {PATRONI_UNIT}")
+            self.changed(f"{PATRONI_UNIT} started on {target}")
+        else:
+            self._heal_host(scenario, target)
+        return {"scenario": scenario, "target": target}
 
     def _heal_host(self, scenario: str, target: str) -> None:
-        if self.patroni().status_code(self.api_url(target), "/health") is not None:
-            self.unchanged(f"{target} answers again")
-            return
         command = self.fault_command(scenario, "heal", target)
         result = self.injector().run(command, check=False, timeout=300)
-        if not result.ok:  # e.g. already started by an earlier try; the wait below decides
-            self.log.warning("heal command exited %d; waiting for %s anyway", result.exit_code, target)
+        if not result.ok:  # e.g. already started by an earlier try; cluster_whole decides
+            self.log.warning("heal command exited %d; cluster_whole waits for %s anyway", result.exit_code, target)
         self.changed(f"{command} (exit {result.exit_code})")
-
-    def _wait_until_whole(self, target: str) -> tuple[float, str]:
-        patroni, expected = self.patroni(), len(self.inventory.database_nodes) - 1
-        deadline = time.monotonic() + self.heal_timeout
-        back_at, problems = None, ["no answer yet"]
-        while time.monotonic() < deadline:
-            try:
-                cluster = patroni.cluster()
-            except AirflowException as exc:
-                problems = [str(exc)]
-            else:
-                member = cluster.member(target) or {}
-                if back_at is None and (member.get("state") == "streaming" or target in cluster.leaders):
-                    back_at = time.time()
-                problems = cluster.problems(expected, require_sync=True)
-                if back_at is not None and not problems:
-                    return back_at, cluster.summary()
-            time.sleep(1)
-        raise AirflowException(f"the cluster is not whole {self.heal_timeout}s after the drill "
-                               f"({target} back: {back_at is not None}): " + "; ".join(problems))
 
 
 class StopProbeOperator(DrillOperator):
@@ -428,8 +344,9 @@ class AnalyseDrillOperator(DrillOperator):
     on one screen. Fails when an SLO is broken, a write is missing or a step
     did not complete.
 
-    :param steps: XComs of inject, new_leader, routing and heal (templated);
-        None marks a step that did not complete.
+    :param steps: XComs of the steps between the precheck and stop_probe
+        (templated); None marks a step that did not complete. ``new_leader``
+        (a name) and ``cluster_whole`` (``back_at``) feed the timeline.
     """
 
     template_fields = (*DrillOperator.template_fields, "steps")
@@ -442,8 +359,7 @@ class AnalyseDrillOperator(DrillOperator):
         plan, inv = self.the_plan(), self.inventory
         probe = self.probe()
         fault = probe.fault_record()
-        steps = {name: _result(value) for name, value in self.steps.items()}
-        self._wait_for_writable_cluster()
+        steps = {name: xcom_result(value) for name, value in self.steps.items()}
         if fault is None:
             raise AirflowFailException("the drill was planned but no fault was injected: nothing to measure "
                                    f"(incomplete: {[n for n, v in steps.items() if v is None]})")
@@ -454,7 +370,7 @@ class AnalyseDrillOperator(DrillOperator):
             present=self._present_seqs(plan["drill_id"]), new_leader=new_leader,
             new_leader_address=inv.host(new_leader).address if new_leader else None,
             promoted_at=promotion_time(patroni.history(), new_leader, float(fault["t_inject"])) if new_leader else None,
-            old_leader_streaming_at=(steps.get("heal") or {}).get("back_at"),
+            old_leader_streaming_at=(steps.get("cluster_whole") or {}).get("back_at"),
             incomplete=[name for name, value in steps.items() if value is None],
         )
         self._record(result.as_dict(), context)
@@ -465,31 +381,22 @@ class AnalyseDrillOperator(DrillOperator):
             raise AirflowFailException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
         return result.as_dict()
 
-    def _wait_for_writable_cluster(self, timeout: float = 60) -> None:
-        """The leader may still be starting (a postmaster restarted in place answers "starting up" for a
-        moment after HAProxy routes to it again): wait for a read through HAProxy before judging."""
-        hook, deadline = self.through_haproxy(self.inventory.postgres.superuser_conn_id), time.monotonic() + timeout
-        while True:
-            try:
-                hook.scalar("SELECT 1")
-                return
-            except psycopg2.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise AirflowException(f"the cluster takes no connection through HAProxy after {timeout}s: "
-                                           f"{exc}") from exc
-                self.log.info("cluster not ready through HAProxy yet (%s); again in 1 s", str(exc).strip())
-                time.sleep(1)
-
     def _present_seqs(self, drill_id: str) -> set[int]:
-        rows = self.through_haproxy(self.inventory.postgres.superuser_conn_id).rows(
-            "SELECT seq FROM public.pgha_drill_probe WHERE drill_id = %s", (drill_id,))
+        """The probe's rows in the table. No connection through HAProxy fails this try; Airflow's retry is
+        the wait (cluster_whole already waited for one, so this only happens when the drill went wrong)."""
+        try:
+            rows = drill_database(self.inventory).rows("SELECT seq FROM public.pgha_drill_probe WHERE drill_id = %s",
+                                                       (drill_id,))
+        except psycopg2.OperationalError as exc:
+            raise AirflowException(f"the cluster takes no connection through HAProxy: {str(exc).strip()}; "
+                                   "the drill cannot be judged yet (retried)") from exc
         return {row[0] for row in rows}
 
     def _record(self, result: dict[str, Any], context: Any) -> None:
         row = {**result, "dag_run_id": context.get("run_id"), "details": json.dumps(result, default=str)}
         prune = sql.SQL("DELETE FROM public.pgha_drill_probe WHERE committed_at < now() - {}::interval").format(
             sql.Literal(f"{HISTORY_DAYS} days"))
-        hook = self.through_haproxy(self.inventory.postgres.superuser_conn_id)
+        hook = drill_database(self.inventory)
         hook.execute_autocommit(load_sql("drill_tables.sql"))
         hook.execute_autocommit(load_sql("drill_record.sql"), parameters=row)
         hook.execute_autocommit(prune)
