@@ -272,7 +272,7 @@ class InjectFaultOperator(DrillOperator):
         return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"  # ERRATA 11: judged later
 
     def _patroni_stop(self, plan: dict[str, Any]) -> str:
-        self.remote(plan["target"]).run(f"systemctl stop {PATRONI_UNIT}", timeout=180)
+        self.host_hook(plan["target"]).stop(PATRONI_UNIT)
         return f"systemctl stop {PATRONI_UNIT}"
 
     def _postmaster_kill(self, plan: dict[str, Any]) -> str:
@@ -311,7 +311,7 @@ class HealOperator(DrillOperator):
         elif self.patroni().status_code(self.api_url(target), "/health") is not None:
             self.unchanged(f"Patroni on {target} answers again")
         elif scenario == "patroni_stop":
-            self.remote(target).run(f"systemctl start {PATRONI_UNIT}")
+            self.host_hook(target).start(PATRONI_UNIT)
             self.changed(f"{PATRONI_UNIT} started on {target}")
         else:
             self._heal_host(scenario, target)

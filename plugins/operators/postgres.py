@@ -245,7 +245,7 @@ class PrepareLogicalSourceOperator(PghaOperator):
         self._role()
         if restart:
             service = self.os_family(inv.source.host).postgres_service
-            self.remote(inv.source.host).run(f"systemctl restart {shlex.quote(service)}", timeout=300)
+            self.host_hook(inv.source.host).restart(service, timeout=300)
             self.changed(f"source PostgreSQL restarted ({service}) to apply wal_level/listen_addresses")
         return {"restarted": restart}
 
