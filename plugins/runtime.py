@@ -18,6 +18,7 @@ from pgha.inventory import Host, Inventory, load_inventory
 from pgha.osfamily import FAMILIES, OsFamily
 
 if TYPE_CHECKING:  # the hooks are imported where a task first needs one, not with the model
+    from pgha.hooks.drill import DrillProbeHook
     from pgha.hooks.host import HostHook
     from pgha.hooks.remote import RemoteHook
 
@@ -118,3 +119,27 @@ class InventoryMixin:
     def etcd_endpoints(self) -> list[str]:
         port = self.inventory.etcd.client_port
         return [f"http://{h.address}:{port}" for h in self.inventory.db_hosts]
+
+
+class DrillPlanMixin:
+    """Gives a drill task (operator or sensor) the precheck's plan and the probe host's records.
+
+    Mixed in after InventoryMixin; the task stores ``plan`` (templated from the precheck's XCom).
+    """
+
+    plan: Any
+
+    def the_plan(self) -> dict[str, Any]:
+        from pgha.drill import xcom_result
+
+        plan = xcom_result(self.plan)
+        if not plan:
+            raise AirflowSkipException("no drill was planned (the precheck skipped or failed): nothing to do")
+        return plan
+
+    def probe(self) -> DrillProbeHook:
+        from pgha.hooks.drill import DrillProbeHook
+
+        plan = self.the_plan()
+        return DrillProbeHook(self.remote(plan["probe_host"]), self.inventory.drill.state_dir,  # type: ignore[attr-defined]
+                              plan["drill_id"])

@@ -18,14 +18,14 @@ from typing import Any, Callable
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import LEADER_MOVES, analyse, parse_probe_log, promotion_time, rto_slo_s, summary, xcom_result
-from pgha.hooks.drill import DrillProbeHook, drill_database, python_beside_unit, python_with_driver
+from pgha.hooks.drill import drill_database, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.postgres import NodePostgresHook, load_sql
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
-from pgha.runtime import credentials
+from pgha.runtime import DrillPlanMixin, credentials
 import psycopg2
 from psycopg2 import sql
 
@@ -41,7 +41,7 @@ PROBE_MAX_SECONDS = 4 * 3600  # the probe stops itself even if stop_probe never 
 HISTORY_DAYS = 30  # probe rows kept; pgha_drill_history is kept forever
 
 
-class DrillOperator(PghaOperator):
+class DrillOperator(DrillPlanMixin, PghaOperator):
     """
     A drill step after the precheck.
 
@@ -55,16 +55,6 @@ class DrillOperator(PghaOperator):
     def __init__(self, *, plan: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
-
-    def the_plan(self) -> dict[str, Any]:
-        plan = xcom_result(self.plan)
-        if not plan:
-            raise AirflowSkipException("no drill was planned (the precheck skipped or failed): nothing to do")
-        return plan
-
-    def probe(self) -> DrillProbeHook:
-        plan = self.the_plan()
-        return DrillProbeHook(self.remote(plan["probe_host"]), self.inventory.drill.state_dir, plan["drill_id"])
 
     def patroni(self) -> PatroniHook:
         return PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)

@@ -13,16 +13,16 @@ from typing import Any
 import psycopg2
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
-from pgha.drill import first_ack_on, parse_probe_log, xcom_result
+from pgha.drill import first_ack_on, parse_probe_log
 from pgha.hooks.drill import DrillProbeHook, drill_database
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
-from pgha.runtime import InventoryMixin
+from pgha.runtime import DrillPlanMixin, InventoryMixin
 
 from pgha.sensors.base import DEFAULT_TIMEOUT
 
 
-class DrillSensor(InventoryMixin, BaseSensorOperator):
+class DrillSensor(DrillPlanMixin, InventoryMixin, BaseSensorOperator):
     """
     A wait of the drill. ``check`` returns the problems that remain (empty:
     done) and the value to push.
@@ -48,16 +48,6 @@ class DrillSensor(InventoryMixin, BaseSensorOperator):
         super().__init__(poke_interval=poke_interval, timeout=timeout, mode=mode, **kwargs)
         self.plan = plan
         self.inventory_path = inventory_path
-
-    def the_plan(self) -> dict[str, Any]:
-        plan = xcom_result(self.plan)
-        if not plan:
-            raise AirflowSkipException("no drill was planned (the precheck skipped or failed): nothing to wait for")
-        return plan
-
-    def probe(self) -> DrillProbeHook:
-        plan = self.the_plan()
-        return DrillProbeHook(self.remote(plan["probe_host"]), self.inventory.drill.state_dir, plan["drill_id"])
 
     def patroni(self) -> PatroniHook:
         return PatroniHook(self.patroni_api_urls())
