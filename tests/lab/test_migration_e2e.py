@@ -41,7 +41,8 @@ def states(lab: Lab, run_id: str) -> dict[str, str]:
     return {f"{t['task_id']}[{t['map_index']}]": t["state"] for t in lab.api.task_instances(DAG, run_id)}
 
 
-OTHER_METHOD = {"phase6_data_migration.prepare_logical_source[-1]", "phase6_data_migration.start_logical_replication[-1]"}
+OTHER_METHOD = {"phase6_data_migration.prepare_logical_source[-1]", "phase6_data_migration.start_logical_replication[-1]",
+                "phase6_data_migration.logical_initial_sync[-1]"}
 
 
 def test_every_task_succeeded(lab: Lab, migrated: dict[str, Any]) -> None:
