@@ -55,7 +55,8 @@ NO_SLO = {s: 600.0 for s in ("switchover", "patroni_stop", "postmaster_kill", "h
 ALL_SCENARIOS = "switchover,patroni_stop,postmaster_kill,host_crash,host_isolate"
 
 # On the lab: the runbook's timings and lab/inventory.yml's own. The runbook's retry_timeout 30 breaks
-# Patroni's rule (loop_wait + 2 x retry_timeout <= ttl); Patroni lowers it to 10 (ERRATA 7), so 10 is what runs.
+# Patroni's rule (loop_wait + 2 x retry_timeout <= ttl; runbook correction C7, docs/runbook-corrections.md), so this
+# profile runs 10, the largest value the rule allows with loop_wait 10 (Patroni itself would drop loop_wait to 1).
 # The runbook's haproxy.cfg sets no check timings: HAProxy's defaults, inter 2s fall 3 rise 2.
 LAB_PROFILES = {
     "runbook": {"patroni": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10},
@@ -63,7 +64,7 @@ LAB_PROFILES = {
     "lab": None,  # lab/inventory.yml as it is
 }
 PROFILES = {
-    # The runbook: ttl 30, loop_wait 10, retry_timeout 30 (Patroni lowers it, ERRATA 7), HAProxy 3s x3 / x2.
+    # The runbook: ttl 30, loop_wait 10, retry_timeout 30 (Patroni adjusts it: runbook correction C7), HAProxy 3s x3 / x2.
     "runbook": Profile("runbook", ttl=30, loop_wait=10, retry_timeout=30, inter="3s", fall=3, rise=2, rto_slo_s=NO_SLO),
     # The proposal (README, "Failover tuning"): ttl at Patroni's floor, short loops, fast HAProxy checks.
     "tuned": Profile("tuned", ttl=20, loop_wait=2, retry_timeout=9, inter="1s", fall=2, rise=1, rto_slo_s=NO_SLO),

@@ -91,7 +91,7 @@ STEPS = {step: "{{ ti.xcom_pull(task_ids='%s') }}" % step
          for step in ("inject", "new_leader", "client_writes", "routing", "heal", "cluster_whole")}
 # Every wait is a sensor that reschedules (no worker slot held between pokes). A sensor's retry starts
 # its timeout again, so sensors retry once (a poke that broke), operators three times.
-RECOVERY_TIMEOUT = 900  # ERRATA 25: a lost host takes ~ttl, a booting one longer
+RECOVERY_TIMEOUT = 900  # never a sensor's 7-day default: a lost host takes ~ttl, a booting one longer
 WHOLE_TIMEOUT = 1200  # the target rejoins (pg_rewind, or a fresh basebackup of a big database)
 WAIT = {"mode": "reschedule", "retries": 1, "execution_timeout": timedelta(minutes=1)}  # per poke
 # Every task's worst case with its retries adds up to 3 h 15 min (tests/test_drill.py sums it): the run's

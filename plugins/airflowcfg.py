@@ -1,7 +1,8 @@
 """Edit airflow.cfg in place: only the keys pgha owns, everything else kept.
 
-ERRATA 18: sql_alchemy_conn lives in [database], result_backend in [celery].
-ERRATA 22: fernet_key and the API/JWT secrets are never touched.
+Airflow 3: sql_alchemy_conn lives in [database], result_backend in [celery].
+fernet_key and the API/JWT secrets are never touched: if they changed, stored
+connections and variables would become unreadable.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ on the source host ("primary") and on every other Airflow host ("follower"):
     <the Airflow units' python> -m pgha.cutover /etc/pgha/cutover.json
 
 so it starts only after that task reported success and survives the stop of
-the scheduler that ran it (ERRATA 20). It runs as root, outside any task: it
-needs pgha and psycopg2 (installed with pgha into the Airflow units' Python),
-not Airflow's runtime. Settings come from a 0600 JSON file, passwords from a
+the scheduler that ran it (a LocalExecutor task is the scheduler's child:
+restarting the scheduler from a task would kill the task). It runs as root,
+outside any task: it needs pgha and psycopg2 (installed with pgha into the
+Airflow units' Python), not Airflow's runtime. Settings come from a 0600 JSON file, passwords from a
 0600 pgpass file: nothing secret on a command line. Every PostgreSQL step is
 ``pgha.pgdata``, the code and SQL the migration's operators use.
 

@@ -1,6 +1,6 @@
 """Everything that differs between OS families, as data in one place.
 
-Detected from /etc/os-release (``ID`` and ``ID_LIKE``). ERRATA 17: Rocky's
+Detected from /etc/os-release (``ID`` and ``ID_LIKE``). Rocky's
 AppStream PostgreSQL keeps binaries in /usr/bin, Debian in
 /usr/lib/postgresql/<major>/bin; package names differ too.
 """

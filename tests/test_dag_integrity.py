@@ -26,7 +26,7 @@ SEVEN_DAYS = 7 * 24 * 3600
 
 @pytest.fixture(scope="module")
 def dagbag() -> DagBag:
-    # ERRATA 24: DagBag(include_examples=False) raises on 3.3; examples are off via env (conftest).
+    # DagBag(include_examples=False) raises TypeError on 3.3; examples are off via env (conftest).
     return DagBag(dag_folder=str(REPO_ROOT / "dags"))
 
 

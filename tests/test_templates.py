@@ -152,8 +152,9 @@ def port_free_everywhere(addresses: list[str]) -> int:
 
 # --------------------------------------------------------------------------- haproxy.cfg
 
-def test_haproxy_cfg_passes_haproxy_check_and_follows_errata(tmp_path: Path) -> None:
-    """`haproxy -c` accepts the shipped inventory's config; the ERRATA 12-14b points are in it.
+def test_haproxy_cfg_passes_haproxy_check_and_follows_corrections(tmp_path: Path) -> None:
+    """`haproxy -c` accepts the shipped inventory's config; runbook corrections C12-C14b
+    (docs/runbook-corrections.md) are in it.
 
     haproxy.cfg has no OS-family input (haproxy_context takes none): Debian and RHEL get the
     same file, so there is one rendering to check, not two.
@@ -170,17 +171,17 @@ def test_haproxy_cfg_passes_haproxy_check_and_follows_errata(tmp_path: Path) -> 
     assert all("server state file" in w and inv.haproxy.state_file in w for w in warnings), warnings
 
     lines = [line.strip() for line in text.splitlines()]
-    assert not any(line.startswith("http-check port") for line in lines)  # ERRATA 12
+    assert not any(line.startswith("http-check port") for line in lines)  # C12
     servers = [line for line in lines if line.startswith("server ")]
     assert len(servers) == 2 * len(inv.database_nodes)
-    assert all(line.endswith(f"check port {inv.patroni.rest_port}") for line in servers)  # ERRATA 12
+    assert all(line.endswith(f"check port {inv.patroni.rest_port}") for line in servers)  # C12
     defaults = [line for line in lines if line.startswith("default-server ")]
-    assert len(defaults) == 2 and all("on-marked-down shutdown-sessions" in d for d in defaults)  # ERRATA 13
+    assert len(defaults) == 2 and all("on-marked-down shutdown-sessions" in d for d in defaults)  # C13
     assert any(re.fullmatch(rf"stats socket {re.escape(inv.haproxy.stats_socket)} .*level admin.*", line)
-               for line in lines)  # ERRATA 14
+               for line in lines)  # C14
     assert "http-check send meth GET uri /primary" in lines
     assert "http-check send meth GET uri /replica" in lines
-    assert f"server-state-file {inv.haproxy.state_file}" in lines  # ERRATA 14b
+    assert f"server-state-file {inv.haproxy.state_file}" in lines  # C14b
     assert "load-server-state-from-file global" in lines
 
 
@@ -334,25 +335,28 @@ def test_patroni_yml_sets_a_short_wal_retrieve_retry_interval_unless_told_otherw
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_patroni_yml_follows_errata(family: OsFamily) -> None:
-    """etcd3, scram, a local pg_hba line, wal_keep_size, no bootstrap.users/pg_hba, the ttl rule, REST auth."""
+def test_patroni_yml_follows_corrections(family: OsFamily) -> None:
+    """etcd3, scram, a local pg_hba line, wal_keep_size, no bootstrap.users/pg_hba, the ttl rule, REST auth.
+
+    Cn: the runbook corrections in docs/runbook-corrections.md.
+    """
     inv = shipped()
     text = patroni_yml(inv, family)
     cfg = yaml.safe_load(text)
-    assert "etcd3" in cfg and "etcd" not in cfg  # ERRATA 1
+    assert "etcd3" in cfg and "etcd" not in cfg  # C1
     assert cfg["etcd3"]["hosts"] == [f"{h.address}:{inv.etcd.client_port}" for h in inv.db_hosts]
-    assert "md5" not in text  # ERRATA 4
+    assert "md5" not in text  # C4
     assert cfg["postgresql"]["parameters"]["password_encryption"] == "scram-sha-256"
     hba = cfg["postgresql"]["pg_hba"]
     assert any(rule.split()[0] == "local" for rule in hba)
     assert all(rule.split()[-1] in ("scram-sha-256", "peer") for rule in hba)
     dcs = cfg["bootstrap"]["dcs"]
     params = dcs["postgresql"]["parameters"]
-    assert "wal_keep_segments" not in text and params["wal_keep_size"] == "1600MB"  # ERRATA 5
-    assert "synchronous_standby_names" not in text  # ERRATA 6
-    assert "users" not in cfg["bootstrap"] and "pg_hba" not in cfg["bootstrap"]  # ERRATA 3, 4
+    assert "wal_keep_segments" not in text and params["wal_keep_size"] == "1600MB"  # C5
+    assert "synchronous_standby_names" not in text  # C6
+    assert "users" not in cfg["bootstrap"] and "pg_hba" not in cfg["bootstrap"]  # C3, C4
     assert "pg_hba" not in dcs["postgresql"]
-    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]  # ERRATA 7
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]  # C7
     assert dcs["ttl"] >= 20
     assert cfg["restapi"]["authentication"] == {"username": SECRETS["rest_user"],
                                                 "password": SECRETS["rest_password"]}
@@ -513,14 +517,17 @@ def test_systemd_verify_root_really_checks_the_units(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_unit_files_follow_errata(family: OsFamily) -> None:
-    """patroni.service: Type=simple, KillMode=process, TimeoutSec=30, Wants= (no Requires=) etcd."""
+def test_unit_files_follow_corrections(family: OsFamily) -> None:
+    """patroni.service: Type=simple, KillMode=process, TimeoutSec=30, Wants= (no Requires=) etcd.
+
+    Cn: the runbook corrections in docs/runbook-corrections.md.
+    """
     inv = shipped()
     ctx = node_context(inv, inv.db_hosts[0], family)
     patroni_unit = render("patroni.service.j2", **ctx).splitlines()
-    assert "Type=simple" in patroni_unit and "KillMode=process" in patroni_unit  # ERRATA 8, 10
+    assert "Type=simple" in patroni_unit and "KillMode=process" in patroni_unit  # C8, C10
     assert "TimeoutSec=30" in patroni_unit
-    assert not any(line.startswith("Requires=") for line in patroni_unit)  # ERRATA 9
+    assert not any(line.startswith("Requires=") for line in patroni_unit)  # C9
     assert any(line.startswith("Wants=") and "etcd.service" in line for line in patroni_unit)
     assert f"ExecStart={inv.patroni.install.venv}/bin/patroni /etc/patroni/patroni.yml" in patroni_unit
     etcd_argv = unit_exec_start(render("etcd.service.j2", **ctx))

@@ -120,8 +120,8 @@ def render(name: str, **values: object) -> str:
 
 def airflow_cfg(secrets: dict[str, str], api_address: str, local: bool) -> str:
     """airflow.cfg of an Airflow host: vm1 (`local`) reaches PostgreSQL, Redis and the
-    Execution API on 127.0.0.1; a remote worker reaches them at vm1's address (ERRATA 15).
-    Everything else, the secrets included (ERRATA 22), is the same on every host."""
+    Execution API on 127.0.0.1; a remote worker reaches them at vm1's address.
+    Everything else, the secrets included (fernet key, API/JWT secrets), is the same on every host."""
     server = "127.0.0.1" if local else api_address
     return render("airflow.cfg.in", home=AIRFLOW_HOME, api_address=api_address, port=API_PORT,
                   db_host=server, db_port=DB_PORT, broker_host=server, redis_port=REDIS_PORT,

@@ -2,7 +2,7 @@
 # Makes vm4 the runbook's VM4: a Celery worker of vm1's Airflow 3.3.2
 # (`executor = LocalExecutor,CeleryExecutor` there; broker: Redis on vm1). Its
 # airflow.cfg reaches vm1's PostgreSQL, Redis and Execution API by address, never
-# localhost (ERRATA 15). Run as root on vm4 by `lab/lab provision`, from
+# localhost. Run as root on vm4 by `lab/lab provision`, from
 # /root/pgha-provision (0700), like vm1.sh. Idempotent. Packages only from the
 # wheelhouse (no apt). Installs and enables the unit; lab/lab starts it once vm1
 # is ready and checks that it answers through the broker.

@@ -1,6 +1,6 @@
 """etcd v3 API (JSON gateway): health, members and leader of the cluster.
 
-ERRATA 1: Patroni must talk v3 (``etcd3:``); so does this hook.
+Patroni must talk v3 (``etcd3:``; etcd 3.6 has no v2 API); so does this hook.
 """
 
 from __future__ import annotations

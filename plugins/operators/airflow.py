@@ -27,8 +27,8 @@ class StageAirflowConfigOperator(HostOperator):
     [celery] result_backend, which point at HAProxy's write port, and proves
     that URL logs in and reaches the leader. The live config is not touched.
 
-    ERRATA 15: a host that is not the HAProxy host uses HAProxy's address,
-    never localhost.
+    A host that is not the HAProxy host uses HAProxy's address, never
+    localhost.
     """
 
     def run(self, context: Any) -> Any:
@@ -71,17 +71,18 @@ class CutoverOperator(PghaOperator):
     Python of the host's Airflow units, where pgha is installed) on the source
     host ("primary") and on every other Airflow host ("follower"), each as a
     transient systemd unit that starts ``delay`` seconds after this task
-    reported success (ERRATA 20: with LocalExecutor this task is a child of
-    the scheduler the agents stop)::
+    reported success (with LocalExecutor this task is a child of the
+    scheduler the agents stop: runbook correction C20)::
 
         systemd-run --quiet --collect --unit=<run id> --on-active=<delay> \
             --timer-property=AccuracySec=100ms <python> -m pgha.cutover /etc/pgha/cutover.json
 
     The primary stops its Airflow units, waits until no Airflow session is
     left on the source (so every host's writers are stopped), takes the final
-    copy (ERRATA 21), verifies every table, swaps in the staged airflow.cfg,
-    runs ``airflow db check``, marks the cluster database live, starts
-    Airflow and waits for a scheduler heartbeat in the new database. The
+    copy (with every writer stopped, nothing written after it is lost),
+    verifies every table, swaps in the staged airflow.cfg, runs
+    ``airflow db check``, marks the cluster database live, starts Airflow
+    and waits for a scheduler heartbeat in the new database. The
     followers stop their units, wait for the primary's recorded outcome, then
     repoint and start (or roll back). Any failure rolls back to the source,
     which is never modified. Every step is timed in

@@ -218,7 +218,8 @@ class InjectFaultOperator(DrillOperator):
     before it happens, and a retry that finds the record does nothing.
     switchover: POST /switchover to a synchronous standby; patroni_stop:
     ``systemctl stop patroni`` on the target; postmaster_kill: SIGKILL to the
-    pid in <data_dir>/postmaster.pid (ERRATA 10: the postmaster, not Patroni);
+    pid in <data_dir>/postmaster.pid (the postmaster itself: killing Patroni
+    alone leaves it running and accepting writes);
     host_crash / host_isolate: ``drill.inject_commands`` on the fault injector.
     """
 
@@ -259,7 +260,8 @@ class InjectFaultOperator(DrillOperator):
         if response.status_code >= 400:
             raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
                                    f"HTTP {response.status_code} {text}")
-        return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"  # ERRATA 11: judged later
+        # The answer is only logged: the new leader (a later sensor) decides whether it worked.
+        return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"
 
     def _patroni_stop(self, plan: dict[str, Any]) -> str:
         self.host_hook(plan["target"]).stop(PATRONI_UNIT)

@@ -56,7 +56,7 @@ class InstallEtcdOperator(HostOperator):
 
 class ConfigureEtcdOperator(HostOperator):
     """
-    Writes one member's unit (ERRATA: no v2, explicit URLs) and (re)starts it.
+    Writes one member's unit (v3 API only, explicit URLs) and (re)starts it.
 
     Bootstrap: a new member only reports ready once a quorum is up, so each
     member starts without blocking and EtcdHealthSensor waits. A cluster that

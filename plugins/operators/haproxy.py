@@ -35,8 +35,9 @@ class HAProxySwitchOperator(PghaOperator):
     Renders haproxy.cfg; when it differs from the installed one, validates it
     with ``haproxy -c`` on the target before installing it, installs it
     (previous config kept as a dated backup) and reloads seamlessly (server
-    state kept across the reload, ERRATA 14b). Starts HAProxy if it is not
-    running. HAProxyRoutingSensor then waits until HAProxy routes like Patroni.
+    state kept across the reload, so no write reaches a replica before the
+    first check). Starts HAProxy if it is not running. HAProxyRoutingSensor
+    then waits until HAProxy routes like Patroni.
     """
 
     def run(self, context: Any) -> Any:

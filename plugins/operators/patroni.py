@@ -17,7 +17,7 @@ PATRONI_UNIT = "patroni.service"
 
 
 class InstallPatroniOperator(HostOperator):
-    """Installs Patroni into its own virtualenv (ERRATA 2: never a system-wide pip), or its OS package."""
+    """Installs Patroni into its own virtualenv (never a system-wide pip), or its OS package."""
 
     def run(self, context: Any) -> Any:
         install = self.inventory.patroni.install
@@ -64,7 +64,7 @@ class ConfigurePatroniOperator(HostOperator):
         config = host.put_file(PATRONI_YML, render("patroni.yml.j2", **ctx), owner="postgres", mode="0600",
                                secret=True)
         self.note(PATRONI_YML, config.changed)
-        if inv.patroni.synchronous_mode != "quorum":  # ERRATA 6: 4.1.x's validator rejects quorum
+        if inv.patroni.synchronous_mode != "quorum":  # 4.1.x's validator wrongly rejects quorum
             host.run_as("postgres", [patroni_bin(inv), "--validate-config", "--ignore-listen-port", PATRONI_YML])
         self.note(f"unit {PATRONI_UNIT}", host.install_unit(PATRONI_UNIT, render("patroni.service.j2", **ctx)))
         if config.changed and host.unit_active(PATRONI_UNIT):
@@ -139,7 +139,7 @@ class SwitchoverTestOperator(PghaOperator):
     cluster's leader to its synchronous standby and returns both names
     (``old_leader``, ``new_leader``). It does not wait: a PatroniLeaderSensor
     with ``not_leader`` = the old leader judges the result by the cluster's
-    new leader (ERRATA 11: never by an exit code).
+    new leader (never by an exit code: runbook correction C11).
     """
 
     def run(self, context: Any) -> Any:

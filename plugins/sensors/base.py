@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowSensorTimeout
 from pgha.runtime import InventoryMixin
 from pgha.triggers.base import PollingTrigger
 
-DEFAULT_TIMEOUT = 600  # ERRATA 25: never the 7-day default
+DEFAULT_TIMEOUT = 600  # never timeout=None, which means 7 days
 
 
 class CheckSensor(InventoryMixin, BaseSensorOperator):

@@ -128,7 +128,7 @@ def test_airflow_runs_on_haproxy_and_a_fresh_run_works(lab: Lab, migrated: dict[
 
 def test_the_remote_celery_worker_was_repointed_and_runs_tasks(lab: Lab, migrated: dict[str, Any]) -> None:
     """vm4 (the runbook's VM4): its agent followed the primary's outcome; it reaches the cluster through
-    HAProxy on vm1's address (never localhost, ERRATA 15) and still runs Celery tasks."""
+    HAProxy on vm1's address (never localhost) and still runs Celery tasks."""
     with lab.connect(host=VM1, port=WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT host, outcome FROM pgha_cutover_log WHERE role = 'follower' AND run_id = %s",
                     (migrated["cutover"]["run_id"],))
