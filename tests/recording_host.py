@@ -441,11 +441,11 @@ def _install_dir(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int,
     return 0, "", ""
 
 
-@rule(r"test -([edx]) (\S+)", mutating=False)
+@rule(r"test -([edfx]) (\S+)", mutating=False)
 def _test(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
     path = args(m[2])[0]
     found = {"d": path in h.dirs, "e": path in h.dirs or path in h.files or path in h.binaries,
-             "x": path in h.binaries}[m[1]]
+             "f": path in h.files, "x": path in h.binaries}[m[1]]
     return (0 if found else 1), "", ""
 
 
