@@ -147,6 +147,7 @@ class FakeHost:
                                                                    "etcdctl": "etcdctl version: 3.5.9"})}
         self.python_modules: set[str] = set()  # what `<python> -c 'import X'` finds, for every interpreter
         self.transient: dict[str, list[str]] = {}  # systemd-run unit -> its command line
+        self.on_start: dict[str, Callable[[], None]] = {}  # unit -> what (re)starting it does outside the fake
         self.postgres: Any = None  # a pgdata.Endpoint: the real server `runuser -u postgres -- psql` reaches
         self.commands: list[Recorded] = []
         self.warnings: list[str] = []
@@ -408,6 +409,8 @@ def _unit_change(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int,
     if verb in ("start", "restart"):
         unit.active = True
         h.apply_sysctl_unit(full)
+        if full in h.on_start:
+            h.on_start[full]()
     elif verb == "stop":
         unit.active = False
     elif verb == "enable":
