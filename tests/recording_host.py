@@ -145,6 +145,10 @@ class FakeHost:
         self.haproxy_stat = ""  # `show stat` CSV answered on the stats socket
         self.downloads = {ETCD_TARBALL_URL: (ETCD_TARBALL_SHA256, {"etcd": etcd_version("3.5.9"),
                                                                    "etcdctl": "etcdctl version: 3.5.9"})}
+        self.python_modules: set[str] = set()  # what `<python> -c 'import X'` finds, for every interpreter
+        self.transient: dict[str, list[str]] = {}  # systemd-run unit -> its command line
+        self.on_start: dict[str, Callable[[], None]] = {}  # unit -> what (re)starting it does outside the fake
+        self.postgres: Any = None  # a pgdata.Endpoint: the real server `runuser -u postgres -- psql` reaches
         self.commands: list[Recorded] = []
         self.warnings: list[str] = []
         self._stale_units: set[str] = set()
@@ -191,11 +195,12 @@ class FakeHost:
     def run(self, command: str, *, sudo: bool = True, stdin: str | bytes | None = None, timeout: float | None = None,
             check: bool = True, log_as: str | None = None, quiet: bool = False,
             killable: bool = False) -> CommandResult:
-        for pattern, mutating, handler in RULES:
+        for pattern, rule_mutates, handler in RULES:
             match = pattern.fullmatch(command)
             if match:
                 stdin_text = stdin.decode() if isinstance(stdin, bytes) else stdin
                 exit_code, out, err = handler(self, match, stdin_text)
+                mutating = rule_mutates if rule_mutates is not None else not reads_only(stdin_text or "")
                 break
         else:
             self.commands.append(Recorded(command, True, -1, killable))
@@ -287,10 +292,18 @@ class FakeHost:
 
 # ---------------------------------------------------------------- the rule table
 
-RULES: list[tuple[re.Pattern[str], bool, Handler]] = []
+RULES: list[tuple[re.Pattern[str], bool | None, Handler]] = []
+# SQL that only reads: a SELECT or SHOW calling none of the functions that change the server.
+WRITING_FUNCTIONS = re.compile(r"\bpg_(drop|create|reload|terminate|cancel|promote|switch)\w*\(", re.I)
 
 
-def rule(pattern: str, *, mutating: bool) -> Callable[[Handler], Handler]:
+def reads_only(sql_text: str) -> bool:
+    statements = [s.strip() for s in re.sub(r"--[^\n]*", "", sql_text).split(";") if s.strip()]
+    return all(re.match(r"(SELECT|SHOW)\b", s, re.I) for s in statements) and not WRITING_FUNCTIONS.search(sql_text)
+
+
+def rule(pattern: str, *, mutating: bool | None) -> Callable[[Handler], Handler]:
+    """Register a handler; ``mutating`` None: the SQL on stdin decides (``reads_only``)."""
     def register(handler: Handler) -> Handler:
         RULES.append((re.compile(pattern, re.S), mutating, handler))
         return handler
@@ -396,6 +409,8 @@ def _unit_change(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int,
     if verb in ("start", "restart"):
         unit.active = True
         h.apply_sysctl_unit(full)
+        if full in h.on_start:
+            h.on_start[full]()
     elif verb == "stop":
         unit.active = False
     elif verb == "enable":
@@ -429,11 +444,11 @@ def _install_dir(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int,
     return 0, "", ""
 
 
-@rule(r"test -([edx]) (\S+)", mutating=False)
+@rule(r"test -([edfx]) (\S+)", mutating=False)
 def _test(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
     path = args(m[2])[0]
     found = {"d": path in h.dirs, "e": path in h.dirs or path in h.files or path in h.binaries,
-             "x": path in h.binaries}[m[1]]
+             "f": path in h.files, "x": path in h.binaries}[m[1]]
     return (0 if found else 1), "", ""
 
 
@@ -450,6 +465,34 @@ def _useradd(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str
         return 9, "", f"useradd: user '{name}' already exists\n"
     h.users.add(name)
     return 0, "", ""
+
+
+@rule(r"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p (\d+) -d (\S+) -f -", mutating=None)
+def _psql(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    """psql as the postgres OS user: runs stdin on the real server ``h.postgres`` stands for, -At output."""
+    import psycopg2
+
+    if "postgres" not in h.users or h.postgres is None:
+        return 1, "", "runuser: user postgres does not exist\n" if "postgres" not in h.users else \
+            'psql: error: connection to server on socket "/var/run/postgresql/.s.PGSQL.5432" failed\n'
+    endpoint = h.postgres
+    try:
+        conn = psycopg2.connect(host=endpoint.host, port=endpoint.port, user=endpoint.user,
+                                password=endpoint.password, dbname=args(m[2])[0])
+    except psycopg2.OperationalError as exc:
+        return 2, "", f"psql: error: {exc}"
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(stdin or "")
+            rows = cur.fetchall() if cur.description else []
+    except psycopg2.Error as exc:
+        return 3, "", f"psql:<stdin>: ERROR:  {str(exc).strip()}\n"
+    finally:
+        conn.close()
+    text = {True: "t", False: "f", None: ""}
+    return 0, "".join("|".join(text.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v) for v in row)
+                      + "\n" for row in rows), ""
 
 
 @rule(r"runuser -u (\S+) -- (.+)", mutating=False)
@@ -616,6 +659,75 @@ def _replace_file(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int
     return 0, "", ""
 
 
+@rule(r"cat (\S+) 2>/dev/null \|\| true", mutating=False)
+def _cat_or_nothing(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path = args(m[1])[0]
+    return 0, h.files[path].content if path in h.files else "", ""
+
+
+@rule(r"stat -c ('%U %G %a'|'%U %G'|%U) (\S+)", mutating=False)
+def _stat_owner(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    path = args(m[2])[0]
+    if path not in h.files:
+        return 1, "", f"stat: cannot statx '{path}': No such file or directory\n"
+    f = h.files[path]
+    fields = {"%U": f.owner, "%G": f.group, "%a": f.mode}
+    return 0, " ".join(fields[k] for k in args(m[1])[0].split()) + "\n", ""
+
+
+@rule(r"install -d -m (\S+) ((?:\S+ ?)+)", mutating=True)
+def _install_dirs(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    mode = f"{int(args(m[1])[0], 8):o}"
+    for path in args(m[2]):
+        h._require_parent(path)
+        h.dirs[path] = ("root", "root", mode)
+    return 0, "", ""
+
+
+@rule(r"(\S+) -c 'import (\S+)'", mutating=False)
+def _python_import(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    python, module = args(m[1])[0], m[2]
+    if h.which(python) is None:
+        return 127, "", f"bash: {python}: No such file or directory\n"
+    if module not in h.python_modules:
+        return 1, "", f"ModuleNotFoundError: No module named '{module.split('.')[0]}'\n"
+    return 0, "", ""
+
+
+@rule(r"systemctl show -P ExecStart (\S+)", mutating=False)
+def _exec_start(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    """ExecStart of a unit file under /etc/systemd/system, shown as systemd shows it."""
+    name = args(m[1])[0]
+    name = name if "." in name else f"{name}.service"
+    unit = h.files.get(f"/etc/systemd/system/{name}")
+    found = re.search(r"^ExecStart=(\S+)(.*)$", unit.content, re.M) if unit else None
+    if not found:
+        return 0, "\n", ""
+    return 0, (f"{{ path={found[1]} ; argv[]={found[1]}{found[2]} ; ignore_errors=no ; start_time=[n/a] ; "
+               "stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }\n"), ""
+
+
+@rule(r"systemd-run --quiet --collect --unit=(\S+) (.+)", mutating=True)
+def _systemd_run(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    """A transient unit (a timer first when --on-active= is given); its command line is kept in ``transient``."""
+    name = args(m[1])[0]
+    if h.unit(name) is not None and h.unit(name).active:  # type: ignore[union-attr]
+        return 1, "", f"Failed to start transient service unit: Unit {name}.service already exists.\n"
+    argv = args(m[2])
+    program = next(a for a in argv if not a.startswith("--"))
+    if h.which(program) is None:
+        return 1, "", f"Failed to find executable {program}: No such file or directory\n"
+    h.units[f"{name}.service"] = Unit(enabled=False, active=True)
+    h.transient[name] = argv
+    return 0, "", ""
+
+
+@rule(r"systemctl list-units --all --plain --no-legend (\S+) \| grep -q \.", mutating=False)
+def _list_units(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    prefix = args(m[1])[0].rstrip("*")
+    return (0 if any(name.startswith(prefix) for name in h.units) else 1), "", ""
+
+
 # ---------------------------------------------------------------- fleet and fixture
 
 
@@ -658,15 +770,165 @@ NODES = [("psg1", "127.0.0.41"), ("psg2", "127.0.0.42"), ("psg3", "127.0.0.43")]
 LB = ("vm1", "127.0.0.40")
 
 
-def fleet_inventory(fleet: Fleet, tmp_path: Any, os: str, **sections: Any) -> str:
+def fleet_inventory(fleet: Fleet, tmp_path: Any, os: str, *, lb_address: str = LB[1],
+                    edit: Callable[[dict[str, Any]], None] | None = None, **sections: Any) -> str:
     """A valid inventory of three database nodes and a load balancer, all fake hosts of ``os``.
 
     The addresses are on loopback where nothing listens, so a hook that asks etcd or
     Patroni over HTTP is refused at once instead of waiting for a timeout.
+    ``lb_address`` 127.0.0.1 puts HAProxy's ports where a test's loopback PostgreSQL
+    listens; ``edit`` changes the raw inventory before it is written (more hosts...).
     """
     from pgha_testing import loopback_inventory, write_inventory
 
     raw = loopback_inventory(NODES, lb_host=LB[0], **sections)
-    raw["hosts"][0]["address"] = LB[1]
+    raw["hosts"][0]["address"] = lb_address
+    if edit:
+        edit(raw)
     fleet.for_inventory(raw, os)
     return write_inventory(tmp_path, raw)
+
+
+# ---------------------------------------------------------------- the cluster's REST APIs (real HTTP)
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    node: str
+    api: str  # "patroni" or "etcd"
+    method: str
+    path: str
+    body: Any
+    auth: str | None
+
+
+def _healthy_members() -> list[dict[str, Any]]:
+    return [{"name": "psg1", "role": "leader", "state": "running", "timeline": 1},
+            {"name": "psg2", "role": "sync_standby", "state": "streaming", "lag": 0},
+            {"name": "psg3", "role": "replica", "state": "streaming", "lag": 0}]
+
+
+class ClusterApis:
+    """Patroni's REST API and etcd's v3 JSON gateway on every database node's address, over real HTTP.
+
+    State a test sets: ``members`` (GET /cluster), ``config`` (GET /config), ``history``,
+    ``etcd_leader``, ``patch_answer`` (refuse PATCH /config). Every request that changes
+    something is kept in ``requests``; ``stop_patroni(node)`` makes a node's REST API refuse
+    connections, ``start_patroni(node)`` brings it back.
+    """
+
+    def __init__(self, nodes: list[tuple[str, str]] = NODES) -> None:
+        from services import free_port_on
+
+        self.nodes = dict(nodes)
+        self.patroni_port = free_port_on(list(self.nodes.values()))
+        self.etcd_port = free_port_on(list(self.nodes.values()))
+        self.members = _healthy_members()
+        self.config: dict[str, Any] = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10,
+                                       "maximum_lag_on_failover": 1048576, "primary_start_timeout": 300,
+                                       "synchronous_mode": True, "synchronous_mode_strict": False,
+                                       "postgresql": {"parameters": {"max_connections": 100}}}
+        self.history: list[list[Any]] = []
+        self.etcd_leader = "psg1"
+        self.patch_answer: tuple[int, str] | None = None
+        self.requests: list[ApiRequest] = []
+        self._servers: dict[tuple[str, str], Any] = {}
+        for node in self.nodes:
+            self.start_patroni(node)
+            self._serve(node, "etcd", self.etcd_port)
+
+    def sections(self) -> dict[str, Any]:
+        """The inventory sections that point pgha at these APIs."""
+        return {"patroni": {"rest_port": self.patroni_port}, "etcd": {"client_port": self.etcd_port}}
+
+    def member_id(self, node: str) -> str:
+        return str(1000 + list(self.nodes).index(node))
+
+    def changes(self) -> list[ApiRequest]:
+        return [r for r in self.requests if r.method != "GET" and not r.path.startswith("/v3/maintenance/status")
+                and r.path != "/v3/cluster/member/list"]
+
+    def start_patroni(self, node: str) -> None:
+        self._serve(node, "patroni", self.patroni_port)
+
+    def stop_patroni(self, node: str) -> None:
+        server = self._servers.pop((node, "patroni"))
+        server.shutdown()
+        server.server_close()
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.shutdown()
+            server.server_close()
+        self._servers.clear()
+
+    def _serve(self, node: str, api: str, port: int) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        apis = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                request = ApiRequest(node, api, self.command, self.path, body, self.headers.get("Authorization"))
+                apis.requests.append(request)
+                status, answer = (apis._patroni if api == "patroni" else apis._etcd)(request)
+                data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = _answer  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer((self.nodes[node], port), Handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self._servers[(node, api)] = server
+
+    def _patroni(self, r: ApiRequest) -> tuple[int, Any]:
+        if r.method == "GET":
+            answers = {"/cluster": {"members": self.members}, "/config": self.config, "/history": self.history,
+                       "/health": {"state": "running"}}
+            return (200, answers[r.path]) if r.path in answers else (404, "")
+        if r.auth is None:
+            return 401, "no auth header received"
+        if (r.method, r.path) == ("PATCH", "/config"):
+            if self.patch_answer:
+                return self.patch_answer
+            self.config.update(r.body)
+            return 200, self.config
+        if (r.method, r.path) == ("POST", "/switchover"):
+            return 200, "Successfully switched over"
+        return 404, ""
+
+    def _etcd(self, r: ApiRequest) -> tuple[int, Any]:
+        if r.path == "/health":
+            return 200, {"health": "true"}
+        if r.path == "/v3/maintenance/status":
+            return 200, {"header": {"member_id": self.member_id(r.node)}, "leader": self.member_id(self.etcd_leader),
+                         "version": "3.5.9"}
+        if r.path == "/v3/cluster/member/list":
+            return 200, {"members": [{"ID": self.member_id(n), "name": n} for n in self.nodes]}
+        if r.path == "/v3/maintenance/transfer-leadership":
+            if r.node != self.etcd_leader:
+                return 500, {"error": "etcdserver: not leader", "code": 2}
+            self.etcd_leader = next(n for n in self.nodes if self.member_id(n) == str(r.body["targetID"]))
+            return 200, {"header": {}}
+        return 404, ""
+
+
+@pytest.fixture
+def apis() -> Iterator[ClusterApis]:
+    """Patroni and etcd REST stand-ins on the fleet inventory's database node addresses."""
+    stand_ins = ClusterApis()
+    try:
+        yield stand_ins
+    finally:
+        stand_ins.close()

@@ -1,0 +1,192 @@
+"""Phase 8 and the cutover on recorded hosts: the staged airflow.cfg (proven against a real loopback
+PostgreSQL standing where HAProxy's write port is) and the cutover agents' arming plan."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowException
+from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
+from pgha.operators.airflow import CutoverOperator, StageAirflowConfigOperator
+from pgha_testing import set_connection
+from recording_host import DEBIAN_12, ROCKY_9, FakeFile, FakeHost, Fleet, fleet_inventory
+from services import PostgresService, start_postgres
+
+BOTH = [pytest.param(DEBIAN_12, id="debian12"), pytest.param(ROCKY_9, id="rocky9")]
+LIVE_CFG = "/tmp/airflow.cfg"
+WEB_CFG = "/etc/airflow/airflow.cfg"
+AIRFLOW_PYTHON = "/opt/airflow/bin/python"
+SOURCE_URL = "postgresql+psycopg2://airflow_user:old-pw@127.0.0.40:5432/airflow_db"
+
+
+def add_web_host(raw: dict) -> None:
+    raw["hosts"].append({"name": "web1", "address": "127.0.0.44", "ssh_conn_id": "ssh_web1"})
+    raw["airflow"]["hosts"].append({"host": "web1", "config": WEB_CFG, "units": ["airflow-api-server"]})
+
+
+def airflow_host(host: FakeHost, config: str, unit: str, executor: str = "LocalExecutor") -> None:
+    """An Airflow installation in /opt/airflow run by ``unit`` as user airflow, pgha installed beside it."""
+    host.files[config] = FakeFile(f"[core]\nexecutor = {executor}\n\n[database]\nsql_alchemy_conn = {SOURCE_URL}\n",
+                                  "airflow", "airflow", "640")
+    host.files[f"/etc/systemd/system/{unit}.service"] = FakeFile(
+        f"[Service]\nUser=airflow\nExecStart=/opt/airflow/bin/airflow {unit.split('-', 1)[1]}\n")
+    host.binaries.update({AIRFLOW_PYTHON: "Python 3.12.3", "/opt/airflow/bin/airflow": "3.1.0"})
+    host.python_modules.add("pgha.cutover")
+
+
+@pytest.fixture
+def logins(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "pgha_pg_superuser", conn_type="postgres", login="postgres", password=POSTGRES_PASSWORD)
+    set_connection(monkeypatch, "pgha_airflow_db", conn_type="postgres", login="airflow_user",
+                   password=AIRFLOW_DB_PASSWORD)
+    set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host="127.0.0.40", port=5432,
+                   login="airflow_user", password="old-pw", schema="airflow_db")
+
+
+# ------------------------------------------------------------------ CutoverOperator: arming
+
+
+def staged_fleet(fleet: Fleet, tmp_path: Path, os: str) -> str:
+    inventory = fleet_inventory(fleet, tmp_path, os, edit=add_web_host)
+    for name, config, unit in (("vm1", LIVE_CFG, "airflow-scheduler"), ("web1", WEB_CFG, "airflow-api-server")):
+        airflow_host(fleet[name], config, unit)
+        fleet[name].files[config + ".pgha-new"] = FakeFile("[database]\nsql_alchemy_conn = x\n", "airflow", "airflow",
+                                                           "600")
+    return inventory
+
+
+def cutover(inventory: str) -> dict:
+    return CutoverOperator(task_id="cutover", inventory_path=inventory, delay=20).execute(
+        {"params": {"migration_method": "dump_restore"}})
+
+
+@pytest.mark.parametrize("os", BOTH)
+def test_cutover_arms_a_primary_and_a_follower(fleet: Fleet, tmp_path: Path, os: str, logins: None) -> None:
+    inventory = staged_fleet(fleet, tmp_path, os)
+    result = cutover(inventory)["result"]
+    run_id = result["run_id"]
+    assert result["armed"] and result["hosts"] == {"vm1": "primary", "web1": "follower"}
+    for name, role in result["hosts"].items():
+        host = fleet[name]
+        assert host.mutations() == [
+            "install -d -m 0711 /etc/pgha",
+            "put_file /etc/pgha/cutover.json (root:root 0600)",
+            "put_file /etc/pgha/cutover.pgpass (root:root 0600)",
+            f"systemd-run --quiet --collect --unit={run_id} --on-active=20 --timer-property=AccuracySec=100ms "
+            f"{AIRFLOW_PYTHON} -m pgha.cutover /etc/pgha/cutover.json",
+        ]
+        assert host.ran(rf"^{AIRFLOW_PYTHON} -c 'import pgha.cutover'$")
+        settings = json.loads(host.files["/etc/pgha/cutover.json"].content)
+        assert settings["role"] == role and settings["run_id"] == run_id and settings["airflow_user"] == "airflow"
+        assert settings["python"] == AIRFLOW_PYTHON and settings["airflow_bin"] == "/opt/airflow/bin/airflow"
+        assert settings["cluster"] == {"host": "127.0.0.1" if name == "vm1" else "127.0.0.40", "port": 5433,
+                                       "user": "postgres"}  # ERRATA 15: HAProxy's address off its own host
+        assert POSTGRES_PASSWORD not in host.files["/etc/pgha/cutover.json"].content
+        assert POSTGRES_PASSWORD in host.files["/etc/pgha/cutover.pgpass"].content
+        assert not any(POSTGRES_PASSWORD in c.command for c in host.commands)
+    primary = json.loads(fleet["vm1"].files["/etc/pgha/cutover.json"].content)
+    assert primary["source"] == {"host": "127.0.0.40", "port": 5432, "user": "airflow_user"}
+    assert primary["bin_dir"] == ("/usr/lib/postgresql/15/bin" if os == DEBIAN_12 else "/usr/bin")
+    assert "old-pw" in fleet["vm1"].files["/etc/pgha/cutover.pgpass"].content
+    assert "source" not in json.loads(fleet["web1"].files["/etc/pgha/cutover.json"].content)
+    assert all(fleet[n].commands == [] for n in ("psg1", "psg2", "psg3"))
+
+
+@pytest.mark.parametrize("os", BOTH)
+def test_cutover_a_second_run_arms_nothing(fleet: Fleet, tmp_path: Path, os: str, logins: None) -> None:
+    inventory = staged_fleet(fleet, tmp_path, os)
+    cutover(inventory)
+    fleet.forget()
+    again = cutover(inventory)
+    assert not again["changed"] and again["result"] == {"armed": False}
+    assert again["unchanged"] == ["a cutover agent is already armed or running"]
+    assert all(host.mutations() == [] for host in fleet.hosts.values())
+
+
+def test_cutover_refuses_a_host_whose_airflow_python_lacks_pgha(fleet: Fleet, tmp_path: Path, logins: None) -> None:
+    inventory = staged_fleet(fleet, tmp_path, DEBIAN_12)
+    fleet["vm1"].python_modules.clear()
+    with pytest.raises(AirflowException, match=rf"\[vm1\] {AIRFLOW_PYTHON} cannot import pgha.cutover: pip-install "
+                                               "pgha into the Python of this host's Airflow units"):
+        cutover(inventory)
+    assert all(host.mutations() == [] for host in fleet.hosts.values())
+
+
+def test_cutover_names_an_airflow_unit_it_cannot_read(fleet: Fleet, tmp_path: Path, logins: None) -> None:
+    inventory = staged_fleet(fleet, tmp_path, DEBIAN_12)
+    del fleet["vm1"].files["/etc/systemd/system/airflow-scheduler.service"]
+    with pytest.raises(AirflowException, match=r"\[vm1\] cannot find the airflow executable in airflow-scheduler's "
+                                               "ExecStart"):
+        cutover(inventory)
+    assert all(host.mutations() == [] for host in fleet.hosts.values())
+
+
+# ------------------------------------------------------------------ StageAirflowConfigOperator
+
+
+@pytest.fixture(scope="module")
+def haproxy_write_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    """A real PostgreSQL (not in recovery: a leader) where HAProxy's write port is, on the HAProxy host vm1."""
+    svc = start_postgres(tmp_path_factory.mktemp("stage-pg"), password=POSTGRES_PASSWORD)
+    try:
+        from pg_pair import ensure_owner
+
+        ensure_owner(svc)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def stage(inventory: str, host: str = "vm1") -> dict:
+    return StageAirflowConfigOperator(task_id="stage_airflow_config", host=host, inventory_path=inventory).execute({})
+
+
+def stage_fleet(fleet: Fleet, tmp_path: Path, os: str, pg: PostgresService, executor: str = "LocalExecutor") -> str:
+    inventory = fleet_inventory(fleet, tmp_path, os, lb_address=pg.host, haproxy={"host": "vm1", "write_port": pg.port},
+                                postgres={"database": "postgres"}, edit=add_web_host)
+    airflow_host(fleet["vm1"], LIVE_CFG, "airflow-scheduler", executor)
+    airflow_host(fleet["web1"], WEB_CFG, "airflow-api-server", executor)
+    return inventory
+
+
+@pytest.mark.parametrize("os", BOTH)
+def test_stage_writes_the_repointed_config_beside_the_live_one(fleet: Fleet, tmp_path: Path, os: str, logins: None,
+                                                               haproxy_write_port: PostgresService) -> None:
+    pg = haproxy_write_port
+    inventory = stage_fleet(fleet, tmp_path, os, pg, executor="CeleryExecutor")
+    live = fleet["vm1"].files[LIVE_CFG].content
+    result = stage(inventory)
+    vm1 = fleet["vm1"]
+    staged = vm1.files[LIVE_CFG + ".pgha-new"]
+    assert vm1.mutations() == [f"put_file {LIVE_CFG}.pgha-new (airflow:airflow 0600)"]
+    assert (staged.owner, staged.group, staged.mode) == ("airflow", "airflow", "600")
+    url = f"postgresql+psycopg2://airflow_user:{AIRFLOW_DB_PASSWORD}@127.0.0.1:{pg.port}/postgres"
+    assert f"sql_alchemy_conn = {url}" in staged.content and f"result_backend = db+{url}" in staged.content
+    assert vm1.files[LIVE_CFG].content == live  # the live config is not touched
+    assert result["result"] == {"config": LIVE_CFG, "already_live": False}
+    assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)
+
+    stage(inventory, "web1")  # ERRATA 15: another host reaches HAProxy at its address, never localhost
+    assert f"@{pg.host}:{pg.port}/postgres" in fleet["web1"].files[WEB_CFG + ".pgha-new"].content
+
+
+@pytest.mark.parametrize("os", BOTH)
+def test_stage_a_second_run_changes_nothing(fleet: Fleet, tmp_path: Path, os: str, logins: None,
+                                            haproxy_write_port: PostgresService) -> None:
+    inventory = stage_fleet(fleet, tmp_path, os, haproxy_write_port)
+    stage(inventory)
+    fleet.forget()
+    again = stage(inventory)
+    assert not again["changed"] and fleet["vm1"].mutations() == []
+
+
+def test_stage_names_the_host_and_the_missing_config(fleet: Fleet, tmp_path: Path, logins: None,
+                                                     haproxy_write_port: PostgresService) -> None:
+    inventory = stage_fleet(fleet, tmp_path, DEBIAN_12, haproxy_write_port)
+    del fleet["web1"].files[WEB_CFG]
+    with pytest.raises(AirflowException, match=rf"\[web1\] {WEB_CFG} does not exist \(airflow.hosts\[\].config\)"):
+        stage(inventory, "web1")
+    assert fleet["web1"].mutations() == []
