@@ -115,6 +115,17 @@ def test_cutover_refuses_a_host_whose_airflow_python_lacks_pgha(fleet: Fleet, tm
     assert all(host.mutations() == [] for host in fleet.hosts.values())
 
 
+def test_cutover_arms_nowhere_when_a_follower_cannot_run_the_agent(fleet: Fleet, tmp_path: Path,
+                                                                  logins: None) -> None:
+    """Every host is checked before any timer starts: the source's agent must never start alone
+    (a retry would then find it armed and never arm the follower)."""
+    inventory = staged_fleet(fleet, tmp_path, DEBIAN_12)
+    fleet["web1"].python_modules.clear()
+    with pytest.raises(AirflowException, match=r"\[web1\] .* cannot import pgha.cutover"):
+        cutover(inventory)
+    assert not any(host.ran(r"^systemd-run ") for host in fleet.hosts.values())
+
+
 def test_cutover_names_an_airflow_unit_it_cannot_read(fleet: Fleet, tmp_path: Path, logins: None) -> None:
     inventory = staged_fleet(fleet, tmp_path, DEBIAN_12)
     del fleet["vm1"].files["/etc/systemd/system/airflow-scheduler.service"]

@@ -121,3 +121,12 @@ def test_etcd_leader_placement_names_the_members_patroni_did_not_answer_on(fleet
                                                rf"http://127.0.0.41:{apis.patroni_port}: .*127.0.0.43"):
         place_etcd_leader(inventory)
     assert apis.changes() == [] and apis.etcd_leader == "psg1"
+
+
+def test_etcd_leader_placement_without_a_patroni_leader_says_so_and_moves_nothing(fleet: Fleet, tmp_path: Path,
+                                                                                   apis: ClusterApis) -> None:
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, **apis.sections())
+    apis.members = [{**m, "role": "replica"} if m["role"] == "leader" else m for m in apis.members]
+    with pytest.raises(AirflowException, match=r"Patroni has no single leader \(none\)"):
+        place_etcd_leader(inventory)
+    assert apis.changes() == [] and apis.etcd_leader == "psg1"

@@ -116,8 +116,21 @@ class CutoverOperator(PghaOperator):
         run_id = f"pgha-cutover-{int(time.time())}"
         roles = {inv.source.host: "primary", **{a.host: "follower" for a in inv.airflow_hosts if a.host != inv.source.host}}
         method = (context.get("params") or {}).get("migration_method", "dump_restore")
-        for host, role in roles.items():
-            self._arm(host, role, run_id, method)
+        # Every host is prepared and checked before any timer starts: a host that cannot run the agent arms
+        # nothing anywhere. Then the followers' timers, the primary's last; a failure stops those started.
+        pythons = {host: self._prepare(host, role, run_id, method) for host, role in roles.items()}
+        started: list[str] = []
+        try:
+            for host in sorted(roles, key=lambda h: roles[h] == "primary"):
+                self.remote(host).run(shlex.join(self.agent_command(run_id, pythons[host])))
+                started.append(host)
+                self.changed(f"cutover agent ({roles[host]}) armed on {host}: starts in {self.delay}s, "
+                             f"log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
+        except Exception:
+            for host in started:
+                self.remote(host).run(f"systemctl stop {shlex.quote(run_id + '.timer')}", check=False)
+                self.log.warning("[%s] cutover timer %s stopped: arming failed on another host", host, run_id)
+            raise
         return {"armed": True, "run_id": run_id, "hosts": roles}
 
     def _staged(self, host: str) -> bool:
@@ -131,8 +144,9 @@ class CutoverOperator(PghaOperator):
         with pgdata.session(admin) as conn:
             return pgdata.is_live(conn, inv.postgres.database)
 
-    def _arm(self, host: str, role: str, run_id: str, method: str) -> None:
-        """Write the agent's settings (0600) and pgpass (0600) on ``host``; start it after ``delay``."""
+    def _prepare(self, host: str, role: str, run_id: str, method: str) -> str:
+        """Check that ``host`` can run the agent and write its settings (0600) and pgpass (0600);
+        returns the Python that will run it."""
         remote = self.remote(host)
         settings, passwords = self.agent_settings(host, role, run_id, method)
         for endpoint in passwords:
@@ -144,14 +158,11 @@ class CutoverOperator(PghaOperator):
         remote.run("install -d -m 0711 /etc/pgha")
         remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
         remote.put_file(self.PGPASS, pgdata.pgpass(*passwords), mode="0600", secret=True)
-        # A timer's default AccuracySec is 1 min, and each host picks its own moment in that minute: the agents
-        # would start up to a minute apart, and the source's agent would wait that long for the others' writers.
-        remote.run(shlex.join(self.agent_command(run_id, python)))
-        self.changed(f"cutover agent ({role}) armed on {host}: starts in {self.delay}s, "
-                     f"log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
+        return python
 
     def agent_command(self, run_id: str, python: str) -> list[str]:
-        """The transient unit that runs the agent ``delay`` seconds from now."""
+        """The transient unit that runs the agent ``delay`` seconds from now. AccuracySec: a timer's default
+        is 1 min, and each host would pick its own moment in it (the agents would start a minute apart)."""
         return ["systemd-run", "--quiet", "--collect", f"--unit={run_id}", f"--on-active={self.delay}",
                 "--timer-property=AccuracySec=100ms", python, "-m", self.AGENT_MODULE, self.SETTINGS]
 

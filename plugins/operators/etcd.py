@@ -112,6 +112,9 @@ class EtcdLeaderPlacementOperator(PghaOperator):
 
     def run(self, context: Any) -> Any:
         cluster = PatroniHook(self.patroni_api_urls()).cluster()
+        if len(cluster.leaders) != 1:
+            raise AirflowException(f"Patroni has no single leader ({cluster.leaders or 'none'}): "
+                                   "there is nothing to keep etcd's leader away from; clear this task once it has")
         etcd = EtcdHook(self.etcd_endpoints())
         moved = etcd.keep_leader_off_patroni_leader(cluster)
         if moved:
