@@ -62,7 +62,7 @@ params = {
         os.environ.get("PGHA_INVENTORY", "include/inventory.yml"),
         type="string",
         title="Inventory",
-        description="Topology file (hosts, versions, ports, connection ids). Relative paths are under the project.",
+        description="Topology file (hosts, versions, ports, connection ids): an absolute path (a relative one names a file shipped inside the pgha package, e.g. its example include/inventory.yml).",
         section="Topology",
     ),
     "phases": Param(

@@ -88,6 +88,12 @@ class AirflowUnits:
         if self.names:
             self.sh(["systemctl", "start", *self.names])
 
+    def restart(self) -> None:
+        """Back onto the restored config: a unit that already runs holds the cluster's URL in memory,
+        which `start` would leave running."""
+        if self.names:
+            self.sh(["systemctl", "restart", *self.names])
+
     def check_active(self) -> None:
         if self.names:
             self.sh(["systemctl", "is-active", *self.names])
@@ -259,7 +265,7 @@ class Agent:
                     pgdata.clear_mark(conn, self.database)
             except Exception as exc:
                 self.log(f"could not clear the live mark: {exc}")
-        self.step("start_old", self.units.start)
+        self.step("start_old", self.units.restart)
 
     def outcome_of_primary(self) -> None:
         """Follower: wait until the source host's agent records its outcome on the cluster."""
@@ -280,8 +286,8 @@ class Agent:
 
     def run_follower(self) -> int:
         self.log(f"cutover {self.s['run_id']} (follower) begins on {os.uname().nodename}")
-        self.step("stop", self.units.stop)
         try:
+            self.step("stop", self.units.stop)  # inside: a unit that failed to stop is started again
             self.step("wait_primary", self.outcome_of_primary)
             self.step("repoint", self.repoint)
             self.step("db_check", self.units.db_check)
@@ -300,8 +306,8 @@ class Agent:
         if self.s["role"] == "follower":
             return self.run_follower()
         self.log(f"cutover {self.s['run_id']} begins on {os.uname().nodename}")
-        self.step("stop", self.units.stop)
         try:
+            self.step("stop", self.units.stop)  # inside: a unit that failed to stop is started again
             self.step("drain", self.drain)
             if self.s.get("method") == "logical_replication":
                 self.step("catch_up", self.catch_up)
@@ -332,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m pgha.cutover SETTINGS.json", file=sys.stderr)
         return 2
-    return Agent(json.loads(Path(args[0]).read_text())).run()
+    settings = json.loads(Path(args[0]).read_text())
+    try:
+        return Agent(settings).run()
+    finally:  # the passwords' file has done its work, whatever the outcome (the log and record stay)
+        Path(settings["pgpass"]).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -722,10 +722,10 @@ def _systemd_run(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int,
     return 0, "", ""
 
 
-@rule(r"systemctl list-units --all --plain --no-legend (\S+) \| grep -q \.", mutating=False)
+@rule(r"systemctl list-units --all --plain --no-legend (\S+)$", mutating=False)
 def _list_units(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
     prefix = args(m[1])[0].rstrip("*")
-    return (0 if any(name.startswith(prefix) for name in h.units) else 1), "", ""
+    return 0, "".join(f"{name} loaded active running\n" for name in h.units if name.startswith(prefix)), ""
 
 
 # ---------------------------------------------------------------- fleet and fixture

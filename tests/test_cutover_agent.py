@@ -31,6 +31,7 @@ from pg_pair import (
 from services import PostgresService, start_postgres
 
 from pgha import pgdata
+from pgha import cutover
 from pgha.cutover import Agent
 
 OLD_CFG = "[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:5432/airflow_db\n"
@@ -61,15 +62,21 @@ class RecordingUnits:
 
     runs_scheduler = False
 
-    def __init__(self, db_check_error: str | None = None) -> None:
+    def __init__(self, db_check_error: str | None = None, stop_error: str | None = None) -> None:
         self.calls: list[str] = []
         self.db_check_error = db_check_error
+        self.stop_error = stop_error
 
     def stop(self) -> None:
         self.calls.append("stop")
+        if self.stop_error:
+            raise RuntimeError(self.stop_error)
 
     def start(self) -> None:
         self.calls.append("start")
+
+    def restart(self) -> None:
+        self.calls.append("restart")
 
     def check_active(self) -> None:
         self.calls.append("check_active")
@@ -162,7 +169,7 @@ def test_a_changed_row_fails_verify_and_rolls_back(tmp_path: Path, source: Postg
     assert Path(s["staged"]).read_text() == NEW_CFG, "the staged config is not swapped in"
     assert cluster_comment(cluster) is None, "no live mark"
     assert source_fingerprints(source) == before, "the source is untouched"
-    assert units.calls == ["stop", "start"]
+    assert units.calls == ["stop", "restart"]
 
 
 def test_a_failed_db_check_restores_the_config_and_clears_the_mark(tmp_path: Path, source: PostgresService,
@@ -177,7 +184,29 @@ def test_a_failed_db_check_restores_the_config_and_clears_the_mark(tmp_path: Pat
     assert [st["step"] for st in record["steps"] if not st["ok"]] == ["db_check"]
     assert Path(s["config"]).read_text() == OLD_CFG
     assert cluster_comment(cluster) is None
-    assert units.calls == ["stop", "db_check", "start"]
+    assert units.calls == ["stop", "db_check", "restart"]
+
+
+def test_a_unit_that_would_not_stop_is_restarted_on_the_source_and_recorded(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService) -> None:
+    fill_source(source)
+    units = RecordingUnits(stop_error="Failed to stop airflow-api-server.service: Unit not loaded")
+    s = settings(tmp_path, source, cluster)
+    assert Agent(s, units=units).run() == 1
+    record = latest_record(cluster, s["run_id"])
+    assert record["outcome"] == "rolled_back" and "Unit not loaded" in record["detail"]
+    assert units.calls == ["stop", "restart"] and Path(s["config"]).read_text() == OLD_CFG
+
+
+def test_the_agent_removes_its_passwords_file_whatever_the_outcome(tmp_path: Path, source: PostgresService,
+                                                                   cluster: PostgresService,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings(tmp_path, source, cluster)
+    settings_file = tmp_path / "cutover.json"
+    settings_file.write_text(json.dumps(s))
+    monkeypatch.setattr(cutover, "Agent", lambda settings: type("Failing", (), {"run": lambda self: 1})())
+    assert cutover.main([str(settings_file)]) == 1
+    assert not Path(s["pgpass"]).exists()
 
 
 def test_drain_waits_for_airflow_sessions_then_gives_up(tmp_path: Path, source: PostgresService,

@@ -122,14 +122,15 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 30
-    while not pipelines_of("/run/pgha/copy-"):
+    while not pipelines_of("/run/pgha/copy.pgpass"):
         assert time.monotonic() < deadline and worker.is_alive(), outcome
         time.sleep(0.05)
     op.on_kill()
     worker.join(60)
     assert "error" in outcome, "the killed copy failed its task"
-    assert pipelines_of("/run/pgha/copy-") == []
-    assert not list(Path("/run/pgha").glob("copy-*")), "no pgpass or pid file left"
+    assert pipelines_of("/run/pgha/copy.pgpass") == []
+    assert not Path("/run/pgha/copy.pgpass").exists(), "the passwords' file is gone"
+    assert not list(Path("/run/pgha/commands").glob("*.pgid")), "no pid file left"
     again = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
     assert again["result"]["rows"] == 150_550
     sql(owner(source), "DROP TABLE bulk")

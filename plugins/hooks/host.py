@@ -106,6 +106,11 @@ class HostHook(BaseHook):
     def unit_enabled(self, unit: str) -> bool:
         return self.succeeds(f"systemctl is-enabled --quiet {q(unit)}")
 
+    def units_matching(self, pattern: str) -> list[str]:
+        """Names of the loaded units (transient ones included) that match a glob such as ``pgha-cutover-*``."""
+        listing = self.remote.run(f"systemctl list-units --all --plain --no-legend {q(pattern)}", quiet=True).stdout
+        return [line.split()[0] for line in listing.splitlines() if line.strip()]
+
     def daemon_reload(self) -> None:
         self.remote.run("systemctl daemon-reload")
 

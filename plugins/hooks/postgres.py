@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import shlex
-import uuid
 
 import attrs
 import psycopg2
@@ -120,14 +119,17 @@ class NodePostgresHook(PostgresHook):
 class RemoteDumpRestore:
     """
     ``pg_dump | pg_restore`` (``pgha.pgdata.dump_restore_command``) run on a
-    host over SSH, as the leader of its own process group, so ``stop`` (a
-    killed task's ``on_kill``) leaves neither pg_dump nor pg_restore running.
-    The passwords go into a 0600 pgpass file there, removed afterwards.
+    host over SSH as a killable command (``RemoteHook.run(killable=True)``), so
+    ``stop`` (a killed task's ``on_kill``) leaves neither pg_dump nor
+    pg_restore running. The passwords go into a 0600 pgpass file there, removed
+    afterwards; it has one name, so a retry after a hard death overwrites it.
 
     :param remote: the host that runs the pipeline (the source host).
     :param source: the source database as that host reaches it.
     :param target: the cluster database.
     """
+
+    PGPASS = f"{RUN_DIR}/copy.pgpass"
 
     def __init__(self, remote: RemoteHook, source: Endpoint, target: Endpoint, *, bin_dir: str, owner: str) -> None:
         self.remote = remote
@@ -135,35 +137,18 @@ class RemoteDumpRestore:
         self.target = target
         self.bin_dir = bin_dir
         self.owner = owner
-        token = uuid.uuid4().hex[:12]
-        self.pgpass = f"{RUN_DIR}/copy-{token}.pgpass"
-        self.pid_file = f"{RUN_DIR}/copy-{token}.pgid"
 
     def run(self, snapshot: str | None = None, schema_only: bool = False, timeout: float = 6 * 3600) -> None:
         self.remote.add_secret(self.source.password, self.target.password)
         self.remote.run(f"install -d -m 0711 {RUN_DIR}")
-        self.remote.put_file(self.pgpass, pgdata.pgpass(self.source, self.target), mode="0600", secret=True)
+        self.remote.put_file(self.PGPASS, pgdata.pgpass(self.source, self.target), mode="0600", secret=True)
         pipeline = pgdata.dump_restore_command(self.source, self.target, bin_dir=self.bin_dir, owner=self.owner,
-                                               passfile=self.pgpass, snapshot=snapshot, schema_only=schema_only)
-        pid = shlex.quote(self.pid_file)
-        leader = "echo $$ > \"$0\"; exec bash -o pipefail -c \"$1\""
+                                               passfile=self.PGPASS, snapshot=snapshot, schema_only=schema_only)
         try:
-            self.remote.run(f"setsid --wait bash -c {shlex.quote(leader)} {pid} {shlex.quote(pipeline)}; "
-                            f"rc=$?; rm -f {pid}; exit $rc", log_as=pipeline, timeout=timeout)
+            self.remote.run(pipeline, killable=True, timeout=timeout)
         finally:
-            self.remote.run(f"rm -f {shlex.quote(self.pgpass)}")
+            self.remote.run(f"rm -f {shlex.quote(self.PGPASS)}")
 
-    def stop(self, grace: int = 5) -> str:
-        """TERM the pipeline's process group, KILL it after ``grace`` seconds; remove the pgpass file.
-        Over a connection of its own: the pipeline's may be busy waiting for it in another thread."""
-        remote = RemoteHook(ssh_conn_id=self.remote.ssh_conn_id, host_name=self.remote.host_name,
-                            allow_unverified_host_keys=self.remote.allow_unverified_host_keys)
-        pid, pgpass = shlex.quote(self.pid_file), shlex.quote(self.pgpass)
-        script = (f"rm -f {pgpass}; g=$(cat {pid} 2>/dev/null) || {{ echo gone; exit 0; }}; "
-                  f"kill -TERM -- -$g 2>/dev/null; for _ in $(seq {grace * 10}); do "
-                  f"kill -0 -- -$g 2>/dev/null || {{ rm -f {pid}; echo stopped; exit 0; }}; sleep 0.1; done; "
-                  f"kill -KILL -- -$g 2>/dev/null; rm -f {pid}; echo killed")
-        try:
-            return remote.run(script, timeout=grace + 30).stdout.strip()
-        finally:
-            remote.close()
+    def stop(self) -> str:
+        """Stop the pipeline's process group and remove the pgpass file (over a connection of its own)."""
+        return "; ".join(self.remote.kill_running(remove=(self.PGPASS,))) or "nothing was running"

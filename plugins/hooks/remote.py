@@ -255,8 +255,14 @@ class RemoteHook(BaseHook):
             self._running[run_id] = running
         client = self.get_conn()
         started = time.monotonic()
-        exit_code, out, err = self._exec(client, self.wrap(sent, sudo), stdin, timeout)
-        if running:  # it ended; a command interrupted by an exception stays listed for kill_running
+        try:
+            exit_code, out, err = self._exec(client, self.wrap(sent, sudo), stdin, timeout)
+        except Exception:
+            if running:  # timed out or the session broke: the command must not go on beside a retry
+                for outcome in self.kill_running():
+                    self.log.warning("[%s] %s", self.host_name, outcome)
+            raise
+        if running:
             self._running.pop(running.run_id, None)
         result = CommandResult(
             host=self.host_name,
@@ -318,14 +324,15 @@ class RemoteHook(BaseHook):
         """Killable commands started here whose end this hook has not seen."""
         return list(self._running.values())
 
-    def kill_running(self, grace: int = 10) -> list[str]:
+    def kill_running(self, grace: int = 10, remove: tuple[str, ...] = ()) -> list[str]:
         """
         Stop every killable command this hook started and did not see end (a task
         being killed, or one whose SSH session broke): TERM to its process group,
-        KILL after ``grace`` seconds. Returns one line per command: what happened.
+        KILL after ``grace`` seconds; then delete the files in ``remove`` (a secret
+        file the command read). Returns one line per command: what happened.
         """
-        outcomes = []
-        if not self._running:
+        outcomes: list[str] = []
+        if not self._running and not remove:
             return outcomes
         # Its own SSH connection: the task's may be closing, or busy in the command being killed.
         killer = RemoteHook(self.ssh_conn_id, self.host_name, self.allow_unverified_host_keys, self.command_timeout)
@@ -333,6 +340,8 @@ class RemoteHook(BaseHook):
         try:
             for running in list(self._running.values()):
                 outcomes.append(self._kill(killer, running, grace))
+            if remove:
+                killer.run("rm -f -- " + " ".join(shlex.quote(path) for path in remove))
         finally:
             killer.close()
         return outcomes

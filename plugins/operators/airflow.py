@@ -108,13 +108,13 @@ class CutoverOperator(PghaOperator):
                 self.unchanged("Airflow already runs on the cluster")
                 return {"armed": False}
             raise AirflowException(f"no staged airflow.cfg on {missing}: run phase 8 first")
-        if self.remote(inv.source.host).run(
-            "systemctl list-units --all --plain --no-legend 'pgha-cutover-*' | grep -q .", check=False
-        ).ok:
+        roles = {inv.source.host: "primary", **{a.host: "follower" for a in inv.airflow_hosts if a.host != inv.source.host}}
+        armed = {host: units for host in roles if (units := self.host_hook(host).units_matching("pgha-cutover-*"))}
+        if armed:
             self.unchanged("a cutover agent is already armed or running")
+            self.log.info("cutover units found: %s", armed)
             return {"armed": False}
         run_id = f"pgha-cutover-{int(time.time())}"
-        roles = {inv.source.host: "primary", **{a.host: "follower" for a in inv.airflow_hosts if a.host != inv.source.host}}
         method = (context.get("params") or {}).get("migration_method", "dump_restore")
         # Every host is prepared and checked before any timer starts: a host that cannot run the agent arms
         # nothing anywhere. Then the followers' timers, the primary's last; a failure stops those started.
