@@ -83,7 +83,7 @@ def test_cutover_arms_a_primary_and_a_follower(fleet: Fleet, tmp_path: Path, os:
         assert settings["role"] == role and settings["run_id"] == run_id and settings["airflow_user"] == "airflow"
         assert settings["python"] == AIRFLOW_PYTHON and settings["airflow_bin"] == "/opt/airflow/bin/airflow"
         assert settings["cluster"] == {"host": "127.0.0.1" if name == "vm1" else "127.0.0.40", "port": 5433,
-                                       "user": "postgres"}  # ERRATA 15: HAProxy's address off its own host
+                                       "user": "postgres"}  # off its own host, HAProxy is reached at its address (runbook correction C15)
         assert POSTGRES_PASSWORD not in host.files["/etc/pgha/cutover.json"].content
         assert POSTGRES_PASSWORD in host.files["/etc/pgha/cutover.pgpass"].content
         assert not any(POSTGRES_PASSWORD in c.command for c in host.commands)
@@ -180,7 +180,7 @@ def test_stage_writes_the_repointed_config_beside_the_live_one(fleet: Fleet, tmp
     assert result["result"] == {"config": LIVE_CFG, "already_live": False}
     assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)
 
-    stage(inventory, "web1")  # ERRATA 15: another host reaches HAProxy at its address, never localhost
+    stage(inventory, "web1")  # another host reaches HAProxy at its address, never localhost (runbook correction C15)
     assert f"@{pg.host}:{pg.port}/postgres" in fleet["web1"].files[WEB_CFG + ".pgha-new"].content
 
 
