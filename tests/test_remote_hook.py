@@ -218,3 +218,20 @@ def test_on_kill_stops_the_remote_pipeline_a_task_started(sshd: SshdService, mon
     assert _processes("sleep", seconds) == []
     assert task.remote("lb").running == []
     assert not list(Path("/run/pgha/commands").glob("*.pgid"))
+
+
+def test_a_kill_that_comes_before_the_command_started_cancels_it(tmp_path: Path) -> None:
+    """on_kill can run between the SSH request and the command writing its pid file: the
+    command must then never run (it did, and a killed copy went on to succeed)."""
+    import subprocess
+
+    from pgha.hooks.remote import _KILL_SCRIPT, _KILLABLE_SCRIPT
+
+    pid_file, ran = tmp_path / "commands" / "early.pgid", tmp_path / "ran"
+    kill = subprocess.run(["bash", "-c", _KILL_SCRIPT, "pgha-kill", str(pid_file), "early", "1"],
+                          capture_output=True, text=True, check=True)
+    assert kill.stdout.strip() == "cancelled"
+    started = subprocess.run(["bash", "-c", _KILLABLE_SCRIPT, "pgha-killable", str(pid_file), f"touch {ran}"],
+                             env={**os.environ, "PGHA_RUN_ID": "early"}, capture_output=True, text=True)
+    assert started.returncode == 143 and not ran.exists()
+    assert list(pid_file.parent.iterdir()) == []  # neither the pid file nor the marker is left

@@ -62,17 +62,26 @@ RUN_DIR = "/run/pgha/commands"
 _KILLABLE_SCRIPT = r"""
 pid_file=$1 command=$2
 mkdir -p "$(dirname "$pid_file")"
-setsid --wait bash -c 'echo $$ > "$0"; exec bash -o pipefail -c "$1"' "$pid_file" "$command"
+setsid --wait bash -c 'echo $$ > "$0.new" && mv -f "$0.new" "$0" || exit 1
+[ -e "$0.cancelled" ] && exit 143
+exec bash -o pipefail -c "$1"' "$pid_file" "$command"
 rc=$?
-rm -f "$pid_file"
+rm -f "$pid_file" "$pid_file.cancelled"
 exit $rc
 """
 
 # Stops the process group a killable command left in its pid file: TERM, then KILL after
-# the grace period. Prints "stopped", "killed" or "gone".
+# the grace period. Prints "stopped", "killed", "gone" or "cancelled". A command whose pid
+# file is not there yet may be about to start (a kill right after the SSH request): the
+# marker it checks once its pid file is written stops it before it runs anything.
 _KILL_SCRIPT = r"""
 pid_file=$1 run_id=$2 grace=$3
-group=$(cat "$pid_file" 2>/dev/null) || { echo gone; exit 0; }
+if ! group=$(cat "$pid_file" 2>/dev/null); then
+  mkdir -p "$(dirname "$pid_file")"
+  : > "$pid_file.cancelled"
+  find "$(dirname "$pid_file")" -name '*.cancelled' -mmin +1440 -delete 2>/dev/null
+  group=$(cat "$pid_file" 2>/dev/null) || { echo cancelled; exit 0; }
+fi
 if ! tr '\0' '\n' < "/proc/$group/environ" 2>/dev/null | grep -qx "PGHA_RUN_ID=$run_id"; then
   rm -f "$pid_file"; echo gone; exit 0
 fi
