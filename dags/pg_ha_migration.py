@@ -12,7 +12,7 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TaskGroup, chain
-from pgha.operators.airflow import CutoverOperator, StageAirflowConfigOperator
+from pgha.operators.airflow import AirflowHostPreflightOperator, CutoverOperator, StageAirflowConfigOperator
 from pgha.operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
 from pgha.operators.haproxy import (
     ClusterRoutingCheckOperator,
@@ -135,8 +135,11 @@ with DAG(
         db_nodes = InventoryHostsOperator(task_id="database_nodes", role="database")
         airflow_hosts = InventoryHostsOperator(task_id="airflow_hosts", role="airflow")
         hosts_ok = HostPreflightOperator.partial(task_id="check_host").expand(host=managed_hosts.output)
+        airflow_ok = AirflowHostPreflightOperator.partial(task_id="check_airflow_host").expand(
+            host=airflow_hosts.output
+        )
         source_ok = SourcePreflightOperator(task_id="check_source_db")
-        chain(inventory, [managed_hosts, db_nodes, airflow_hosts], hosts_ok, source_ok)
+        chain(inventory, [managed_hosts, db_nodes, airflow_hosts], hosts_ok, airflow_ok, source_ok)
 
     with TaskGroup("phase1_prepare_hosts") as phase1:
         PrepareHostOperator.partial(task_id="prepare_host", phase=PHASES[0]).expand(

@@ -16,6 +16,7 @@ from functools import cached_property
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
+from pgha import airflowenv
 from pgha.hooks.remote import CommandResult, FileChange, RemoteHook
 from pgha.osfamily import OsFamily, detect_family, installed_packages, parse_module_state
 
@@ -110,6 +111,31 @@ class HostHook(BaseHook):
         """Names of the loaded units (transient ones included) that match a glob such as ``pgha-cutover-*``."""
         listing = self.remote.run(f"systemctl list-units --all --plain --no-legend {q(pattern)}", quiet=True).stdout
         return [line.split()[0] for line in listing.splitlines() if line.strip()]
+
+    def unit_exists(self, unit: str) -> bool:
+        return self.succeeds(f"systemctl cat {q(unit)} >/dev/null")
+
+    def unit_environment(self, unit: str) -> dict[str, str]:
+        """The environment ``unit``'s main process runs with; for a stopped unit, what its
+        Environment= and EnvironmentFile= settings would give it."""
+        pid = self.remote.run(f"systemctl show -P MainPID {q(unit)}", quiet=True).stdout.strip()
+        if pid.isdigit() and pid != "0":
+            environ = self.remote.run(f"cat /proc/{int(pid)}/environ", quiet=True, check=False)
+            if environ.ok:
+                return airflowenv.parse_environ(environ.stdout)
+        assignments = self.remote.run(f"systemctl show -P Environment {q(unit)}", quiet=True).stdout
+        listed = self.remote.run(f"systemctl show -P EnvironmentFiles {q(unit)}", quiet=True).stdout
+        paths = [line.split()[0] for line in listed.splitlines() if line.strip()]
+        files = {path: self.remote.read_file(path) or "" for path in paths}
+        return airflowenv.parse_unit_environment(assignments, files)
+
+    def unit_user_home(self, unit: str) -> str:
+        """The home directory of the user ``unit`` runs as (root when it names none)."""
+        user = self.remote.run(f"systemctl show -P User {q(unit)}", quiet=True).stdout.strip() or "root"
+        entry = self.remote.run(f"getent passwd {q(user)}", quiet=True).stdout.strip().split(":")
+        if len(entry) < 6:
+            raise AirflowException(f"[{self.name}] {unit} runs as {user!r}, which has no passwd entry")
+        return entry[5]
 
     def daemon_reload(self) -> None:
         self.remote.run("systemctl daemon-reload")

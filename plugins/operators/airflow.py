@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from pgha import airflowcfg, pgdata
+from pgha import airflowcfg, airflowenv, pgdata
 from pgha.hooks.postgres import node_endpoint
 from pgha.hooks.remote import RemoteHook
 from pgha.pgdata import Endpoint
@@ -18,6 +18,38 @@ from pgha.runtime import credentials
 from pgha.operators.base import HostOperator, PghaOperator
 
 STAGED_SUFFIX = ".pgha-new"
+
+
+class AirflowHostPreflightOperator(HostOperator):
+    """
+    Preflight on one Airflow host: every unit in ``airflow.hosts[].units`` exists and takes
+    its database settings (``[database] sql_alchemy_conn``, ``[celery] result_backend``) from
+    the config file the inventory names, which is what the cutover repoints. A unit that takes
+    them from its environment, a command or a secrets backend would come back on the source
+    after the cutover: refused here, before any change, with the place named.
+    """
+
+    def run(self, context: Any) -> Any:
+        airflow_host = self.inventory.airflow_host(self.host)
+        host = self.host_hook(self.host)
+        config_text = host.read_file(airflow_host.config)
+        if config_text is None:
+            raise AirflowException(f"[{self.host}] {airflow_host.config} does not exist (airflow.hosts[].config)")
+        found, places = [], {}
+        for unit in airflow_host.units:
+            if not host.unit_exists(unit):
+                found.append(f"{unit} is not a systemd unit on this host (airflow.hosts[].units)")
+                continue
+            environment = host.unit_environment(unit)
+            found += airflowenv.problems(unit, environment, config_text, expected_config=airflow_host.config,
+                                         user_home=host.unit_user_home(unit))
+            places[unit] = [str(airflowenv.place_of(s, k, d, environment, config_text))
+                            for s, k, d in airflowenv.DATABASE_SETTINGS]
+            self.log.info("[%s] %s: %s", self.host, unit, "; ".join(places[unit]))
+        if found:
+            raise AirflowException(f"[{self.host}] the cutover could not repoint Airflow here:\n  - "
+                                   + "\n  - ".join(found))
+        return {"config": airflow_host.config, "settings": places}
 
 
 class StageAirflowConfigOperator(HostOperator):
