@@ -48,6 +48,36 @@ def source_history(lab: Lab) -> str:
     return lab.source_sql(HISTORY).strip()
 
 
+DROP_IN = "/etc/systemd/system/airflow-dag-processor.service.d/pgha-test-database.conf"
+
+
+def test_a_database_url_in_a_units_environment_is_refused_before_any_change(lab: Lab) -> None:
+    """A unit that takes sql_alchemy_conn from its environment would come back on the source
+    after the cutover: preflight refuses it, naming the unit and the variable, and nothing runs."""
+    lab.reset_to_provisioned()
+    url = lab.ssh("vm1", "sed -n 's/^sql_alchemy_conn *= *//p' /home/airflow/airflow/airflow.cfg").strip()
+    url = url.replace("%%", "%")  # as Airflow's config parser reads it
+    # systemd's Environment= quoting: the URL (any password) inside double quotes, \\ and " escaped
+    quoted = url.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    lab.ssh("vm1", f"install -d {DROP_IN.rsplit('/', 1)[0]}")
+    lab.put("vm1", DROP_IN, f'[Service]\nEnvironment="AIRFLOW__DATABASE__SQL_ALCHEMY_CONN={quoted}"\n')
+    try:
+        lab.ssh("vm1", f"chmod 0600 {DROP_IN} && systemctl daemon-reload && systemctl restart airflow-dag-processor")
+        lab.api.unpause(DAG)
+        run_id = lab.api.trigger(DAG, {"run_failover_test": False})
+        assert lab.api.wait(DAG, run_id, timeout=900) == "failed"
+        states = {(t["task_id"], t["map_index"]): t for t in lab.api.task_instances(DAG, run_id)}
+        check = states[("preflight.check_airflow_host", 0)]
+        assert check["state"] == "failed"
+        log = "\n".join(lab.api.task_log(DAG, run_id, check["task_id"], check["try_number"], 0))
+        assert "airflow-dag-processor takes [database] sql_alchemy_conn from environment " \
+               "(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)" in log, log[-3000:]
+        changed = [k for k, t in states.items() if not k[0].startswith("preflight.") and t["state"] == "success"]
+        assert changed == [], "nothing after preflight ran"
+    finally:
+        lab.ssh("vm1", f"rm -f {DROP_IN} && systemctl daemon-reload && systemctl restart airflow-dag-processor")
+
+
 def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     lab.reset_to_provisioned()
     lab.api.unpause(DAG)
