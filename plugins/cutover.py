@@ -49,8 +49,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from pgha import pgdata
+from pgha import airflowenv, pgdata
 from pgha.pgdata import Endpoint
+
+RUNUSER = "/usr/sbin/runuser"  # by its path: the units' PATH (db check's environment) need not list sbin
 
 
 def endpoint(settings: dict[str, Any], side: str, dbname: str) -> Endpoint:
@@ -67,14 +69,15 @@ class AirflowUnits:
         self.s = settings
         self.log = log
         self.names: list[str] = list(settings.get("units") or [])
+        self.environment: dict[str, str] = {}
 
     @property
     def runs_scheduler(self) -> bool:
         return any("scheduler" in u for u in self.names)
 
-    def sh(self, argv: list[str], timeout: float = 300) -> None:
+    def sh(self, argv: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> None:
         started = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         self.log(f"$ {shlex.join(argv)} -> exit={proc.returncode} in {time.monotonic() - started:.2f}s")
         if proc.returncode:
             raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): "
@@ -82,7 +85,24 @@ class AirflowUnits:
 
     def stop(self) -> None:
         if self.names:
+            self.environment = self.units_environment()
             self.sh(["systemctl", "stop", *self.names])
+
+    def main_pid(self, unit: str) -> int:
+        shown = subprocess.run(["systemctl", "show", "-P", "MainPID", unit], capture_output=True, text=True)
+        return int(shown.stdout.strip() or 0) if shown.returncode == 0 else 0
+
+    def units_environment(self) -> dict[str, str]:
+        """The environment the first unit runs with (read before the stop), so that `db check`
+        tests what the units will use; preflight checked that no setting there wins over airflow.cfg."""
+        pid = self.main_pid(self.names[0])
+        try:
+            environment = airflowenv.parse_environ(Path(f"/proc/{pid}/environ").read_bytes()) if pid else {}
+        except OSError:
+            environment = {}
+        if not environment:
+            self.log(f"{self.names[0]} is not running: db check gets only AIRFLOW_HOME and PATH")
+        return environment
 
     def start(self) -> None:
         if self.names:
@@ -99,9 +119,10 @@ class AirflowUnits:
             self.sh(["systemctl", "is-active", *self.names])
 
     def db_check(self) -> None:
-        home = str(Path(self.s["config"]).parent)
-        self.sh(["runuser", "-u", self.s["airflow_user"], "--", "env", f"AIRFLOW_HOME={home}",
-                 self.s["airflow_bin"], "db", "check"])
+        environment = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                       "AIRFLOW_HOME": str(Path(self.s["config"]).parent), **self.environment}
+        self.sh([RUNUSER, "-u", self.s["airflow_user"], "--", self.s["airflow_bin"], "db", "check"],
+                env=environment)
 
 
 class Agent:

@@ -295,3 +295,31 @@ def pipelines_of(marker: str) -> list[str]:
         if ("pg_dump" in cmdline or "pg_restore" in cmdline) and (marker in environ or marker in cmdline):
             found.append(cmdline)
     return found
+
+
+def test_db_check_runs_with_the_environment_of_the_running_unit(tmp_path: Path) -> None:
+    """`db check` must test what the units will use: their own environment, read before the stop."""
+    import subprocess
+
+    from pgha.cutover import AirflowUnits
+
+    unit_process = subprocess.Popen(["sleep", "60"], env={"PATH": "/usr/bin:/bin", "PGHA_UNIT_ONLY": "a b%c",
+                                                          "AIRFLOW__CORE__LOAD_EXAMPLES": "False"})
+    seen, fake_airflow = tmp_path / "env", tmp_path / "airflow"
+    fake_airflow.write_text(f"#!/bin/sh\nenv > {seen}\n")
+    fake_airflow.chmod(0o755)
+
+    class UnitsOfThisTest(AirflowUnits):
+        def main_pid(self, unit: str) -> int:
+            return unit_process.pid
+
+    try:
+        units = UnitsOfThisTest({"units": ["airflow-scheduler"], "config": str(tmp_path / "airflow.cfg"),
+                                 "airflow_user": "root", "airflow_bin": str(fake_airflow)}, log=print)
+        units.environment = units.units_environment()
+        units.db_check()
+    finally:
+        unit_process.kill()
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines())
+    assert env["PGHA_UNIT_ONLY"] == "a b%c" and env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW_HOME"] == str(tmp_path)
