@@ -187,3 +187,65 @@ def test_a_role_name_in_pg_hba_is_read_back_by_postgres(postgres: PostgresServic
         finally:
             hba_file.write_text(original)
     assert found == [([name], None)]
+
+
+# ---------------------------------------------------------------- the lab's secrets and the files it writes
+
+
+@pytest.fixture(scope="module")
+def lab_host() -> Any:
+    """lab/provision/airflow_host.py (standard library only; nothing of the lab runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "lab_airflow_host", Path(__file__).resolve().parent.parent / "lab" / "provision" / "airflow_host.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_lab_makes_every_pgha_password_hostile_and_upgrades_old_ones(lab_host: Any) -> None:
+    made = lab_host.complete({})
+    assert set(lab_host.PASSWORDS) == {"airflow_db_password", "pg_superuser_password", "pg_replication_password",
+                                       "patroni_api_password"}
+    assert all(made[name].endswith(lab_host.HOSTILE_TAIL) for name in lab_host.PASSWORDS)
+    assert lab_host.complete(made) == made  # made once, kept
+    old = {**made, "airflow_db_password": "plain-old-token", "admin_password": "plain-admin"}
+    upgraded = lab_host.complete(old)
+    assert upgraded["airflow_db_password"].endswith(lab_host.HOSTILE_TAIL)
+    assert upgraded["admin_password"] == "plain-admin" and upgraded["fernet_key"] == made["fernet_key"]
+
+
+def test_the_lab_airflow_cfg_gives_airflow_the_password(lab_host: Any, airflow_parser: Any) -> None:
+    secrets = lab_host.complete({})
+    for local in (True, False):
+        airflow_parser.read_string(lab_host.airflow_cfg(secrets, "10.0.0.9", local=local))
+        url = make_url(airflow_parser.get("database", "sql_alchemy_conn"))
+        assert (url.username, url.password, url.host) == (
+            "airflow_user", secrets["airflow_db_password"], "127.0.0.1" if local else "10.0.0.9")
+        backend = make_url(airflow_parser.get("celery", "result_backend").removeprefix("db+"))
+        assert backend.password == secrets["airflow_db_password"]
+        assert make_url(airflow_parser.get("celery", "broker_url")).password == secrets["redis_password"]
+        assert airflow_parser.get("core", "fernet_key") == secrets["fernet_key"]
+
+
+def test_the_lab_env_file_gives_bash_the_connections(lab_host: Any, tmp_path: Path) -> None:
+    """/etc/pgha/airflow.env as bash reads it (pgha-airflow: `set -a; .`); systemd's EnvironmentFile=
+    unescapes the same way inside double quotes (\\ \" \\$ \\` only)."""
+    import json
+    import subprocess
+
+    secrets = lab_host.complete({})
+    hosts = {"vm1": {"ip": "10.0.0.9"}}
+    env = tmp_path / "airflow.env"
+    env.write_text(lab_host.env_file(secrets, hosts, {"vm1": "ssh-ed25519 AAAA"},
+                                     {"host": "10.0.0.1", "port": 2222, "host_key": "ssh-ed25519 BBBB"}))
+    shown = subprocess.run(["bash", "-c", 'set -euo pipefail; set -a; . "$1"; set +a; env -0', "-", str(env)],
+                           capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+    read = dict(item.split("=", 1) for item in shown.split("\0") if item.startswith("AIRFLOW_CONN_"))
+    conns = {name.removeprefix("AIRFLOW_CONN_").lower(): json.loads(value) for name, value in read.items()}
+    assert conns["pgha_airflow_db"]["password"] == secrets["airflow_db_password"]
+    assert conns["pgha_source_db"]["password"] == secrets["airflow_db_password"]
+    assert conns["pgha_pg_superuser"]["password"] == secrets["pg_superuser_password"]
+    assert conns["pgha_pg_replication"]["password"] == secrets["pg_replication_password"]
+    assert conns["pgha_patroni_api"]["password"] == secrets["patroni_api_password"]
