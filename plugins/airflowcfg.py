@@ -2,13 +2,16 @@
 
 Airflow 3: sql_alchemy_conn lives in [database], result_backend in [celery].
 fernet_key and the API/JWT secrets are never touched: if they changed, stored
-connections and variables would become unreadable.
+connections and variables would become unreadable. Values are given and returned
+as Airflow reads them; in the file they are escaped for its configparser
+(``pgha.secret_formats.ini_value``: a percent-encoded password's ``%`` doubled).
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+
+from pgha.secret_formats import ini_read, ini_value, sqlalchemy_url
 
 _SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
 
@@ -18,19 +21,20 @@ def _key_pattern(key: str) -> re.Pattern[str]:
 
 
 def get_option(text: str, section: str, key: str) -> str | None:
-    """The value of ``key`` in ``[section]``, or None."""
+    """The value of ``key`` in ``[section]`` as Airflow reads it, or None."""
     current = None
     for line in text.splitlines():
         header = _SECTION.match(line)
         if header:
             current = header.group(1).strip()
         elif current == section and _key_pattern(key).match(line):
-            return line.split("=", 1)[1].strip()
+            return ini_read(line.split("=", 1)[1].strip())
     return None
 
 
 def set_option(text: str, section: str, key: str, value: str) -> str:
     """``text`` with ``key = value`` in ``[section]`` (replaced, or added; section created if absent)."""
+    value = ini_value(value)
     lines = text.splitlines()
     current, section_end = None, None
     for i, line in enumerate(lines):
@@ -56,7 +60,7 @@ def set_option(text: str, section: str, key: str, value: str) -> str:
 
 def database_url(login: str, password: str, host: str, port: int, database: str, scheme: str = "postgresql") -> str:
     """A SQLAlchemy URL with the credentials percent-encoded."""
-    return f"{scheme}://{quote(login, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
+    return sqlalchemy_url(scheme, login, password, host, port, database)
 
 
 def repoint(text: str, sql_alchemy_conn: str, result_backend: str | None) -> str:

@@ -27,6 +27,8 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import encrypt_password
 
+from pgha import secret_formats
+
 SQL_DIR = Path(str(files("pgha.include"))) / "sql"
 
 LIVE_MARK = "pgha: live"  # comment on the cluster's database once Airflow runs on it
@@ -86,8 +88,7 @@ class Endpoint:
         return ["-h", self.host, "-p", str(self.port), "-U", self.user, f"--dbname={self.dbname}"]
 
     def pgpass_line(self) -> str:
-        fields = [self.host, str(self.port), "*", self.user, self.password or ""]
-        return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
+        return secret_formats.pgpass_line(self.host, self.port, "*", self.user, self.password or "")
 
 
 @contextlib.contextmanager
@@ -297,13 +298,8 @@ def kill_group(pgid: int, grace: float = 5.0) -> None:
 
 def conninfo(endpoint: Endpoint) -> str:
     """A libpq connection string for a subscription (values quoted as libpq wants)."""
-    pairs = {"host": endpoint.host, "port": str(endpoint.port), "dbname": endpoint.dbname, "user": endpoint.user,
-             "password": endpoint.password or ""}
-    return " ".join(f"{k}='{_libpq_quote(v)}'" for k, v in pairs.items())
-
-
-def _libpq_quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
+    return secret_formats.conninfo(host=endpoint.host, port=endpoint.port, dbname=endpoint.dbname,
+                                   user=endpoint.user, password=endpoint.password or "")
 
 
 def publication_exists(conn: Connection) -> bool:

@@ -1,7 +1,8 @@
 """Render include/templates with a context built from the inventory.
 
 Templates never hold secrets; credentials are passed in at render time from
-Airflow Connections and the result is installed 0600.
+Airflow Connections and the result is installed 0600. A template writes a
+secret only through its format's filter (``yaml_quote``: pgha.secret_formats).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jinja2
 
 from pgha.inventory import INCLUDE_DIR, Host, Inventory, Packages
 from pgha.osfamily import OsFamily
+from pgha.secret_formats import hba_word, yaml_quote
 
 TEMPLATE_DIR = INCLUDE_DIR / "templates"
 SOCKET_DIR = "/var/run/postgresql"
@@ -26,33 +28,8 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
     autoescape=False,
 )
-
-
-def yaml_quote(value: Any) -> str:
-    """``value`` as a YAML double-quoted scalar that ``yaml.safe_load`` returns unchanged.
-
-    ``tojson`` is not enough: it writes characters outside the BMP as a JSON
-    surrogate pair (``\\ud83d\\ude00``), which PyYAML (and so Patroni) decodes
-    into two lone surrogates. Here everything but printable ASCII becomes a
-    YAML escape (``\\xXX``, ``\\uXXXX``, ``\\UXXXXXXXX``).
-    """
-    out: list[str] = []
-    for char in str(value):
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 0x20 <= code < 0x7F:
-            out.append(char)
-        elif code <= 0xFF:
-            out.append(f"\\x{code:02x}")
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return '"' + "".join(out) + '"'
-
-
 _env.filters["yaml_quote"] = yaml_quote
+_env.filters["hba_word"] = hba_word
 
 
 def render(template: str, **context: Any) -> str:

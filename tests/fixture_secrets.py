@@ -1,9 +1,14 @@
-"""Test-only credentials of the throw-away loopback services."""
+"""Test-only credentials of the throw-away loopback services.
+
+The PostgreSQL passwords hold what breaks a naive writer of each format pgha uses
+(airflow.cfg's `%`, URLs' `@ : /`, conninfo's quotes and backslash, pgpass's `:`,
+shells' `$ # ;` and spaces): every test that logs in with them proves that path.
+"""
 
 # Test-only credentials (never used outside these throw-away loopback services).
-POSTGRES_PASSWORD = "pgha-test-pw-1"
+POSTGRES_PASSWORD = "su %40pw@h:1/'\"\\ $HOME#;%%"
 PATRONI_REST_USER = "pgha-rest"
-PATRONI_REST_PASSWORD = "pgha-test-rest-pw"
-PATRONI_SUPERUSER_PASSWORD = "pgha-test-super-pw"
-PATRONI_REPLICATION_PASSWORD = "pgha-test-repl-pw"
-AIRFLOW_DB_PASSWORD = "pgha-test-app-pw"  # the app login (pgha_airflow_db) the drill probe uses
+PATRONI_REST_PASSWORD = "rest %40pw@h:1/'\"\\ $x#;"
+PATRONI_SUPERUSER_PASSWORD = "super %40pw@h:1/'\"\\ $x#;%%"
+PATRONI_REPLICATION_PASSWORD = "repl %40pw@h:1/'\"\\ $x#;\\"
+AIRFLOW_DB_PASSWORD = "app %40pw@h:1/'\"\\ $x#;%s\\"  # the app login (pgha_airflow_db) the drill probe uses

@@ -583,9 +583,10 @@ class PostgresService:
 
     @property
     def dsn(self) -> str:
-        """libpq key/value connection string (TCP, password auth)."""
-        return (f"host={self.host} port={self.port} user={self.user} "
-                f"password={self.password} dbname=postgres")
+        """libpq key/value connection string (TCP, password auth; values quoted by libpq's rules)."""
+        from psycopg2.extensions import make_dsn
+
+        return make_dsn(host=self.host, port=self.port, user=self.user, password=self.password, dbname="postgres")
 
     def postmaster_pid(self) -> int | None:
         """Pid in ``postmaster.pid`` (None when not running)."""
@@ -740,9 +741,11 @@ class PatroniService:
 
     @property
     def dsn(self) -> str:
-        """libpq connection string for the superuser over TCP."""
-        return (f"host={self.pg_host} port={self.pg_port} user=postgres "
-                f"password={self.superuser_password} dbname=postgres")
+        """libpq connection string for the superuser over TCP (values quoted by libpq's rules)."""
+        from psycopg2.extensions import make_dsn
+
+        return make_dsn(host=self.pg_host, port=self.pg_port, user="postgres", password=self.superuser_password,
+                        dbname="postgres")
 
     def postmaster_pid(self) -> int | None:
         """Pid in ``postmaster.pid`` (None when not running)."""

@@ -42,3 +42,11 @@ def test_set_option_inserts_into_an_existing_section_and_creates_missing_ones() 
     text = set_option(text, "celery", "result_backend", "x")
     assert text.rstrip().endswith("[celery]\nresult_backend = x")
     assert set_option(text, "celery", "result_backend", "x") == text
+
+
+def test_a_percent_is_doubled_in_the_file_and_read_back_single() -> None:
+    """Airflow's configparser interpolates '%': a percent-encoded password is written '%%'."""
+    url = database_url("airflow_user", "100% p@ss", "127.0.0.1", 5433, "airflow_db")
+    new = repoint(CFG, url, None)
+    assert "sql_alchemy_conn = postgresql://airflow_user:100%%25%%20p%%40ss@127.0.0.1:5433/airflow_db" in new
+    assert get_option(new, "database", "sql_alchemy_conn") == url

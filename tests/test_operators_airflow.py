@@ -3,6 +3,7 @@ PostgreSQL standing where HAProxy's write port is) and the cutover agents' armin
 
 from __future__ import annotations
 
+import configparser
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,19 @@ from pgha.operators.airflow import CutoverOperator, StageAirflowConfigOperator
 from pgha_testing import set_connection
 from recording_host import DEBIAN_12, ROCKY_9, FakeFile, FakeHost, Fleet, fleet_inventory
 from services import PostgresService, start_postgres
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 BOTH = [pytest.param(DEBIAN_12, id="debian12"), pytest.param(ROCKY_9, id="rocky9")]
 LIVE_CFG = "/tmp/airflow.cfg"
 WEB_CFG = "/etc/airflow/airflow.cfg"
 AIRFLOW_PYTHON = "/opt/airflow/bin/python"
 SOURCE_URL = "postgresql+psycopg2://airflow_user:old-pw@127.0.0.40:5432/airflow_db"
+
+
+def pgpass_field(value: str) -> str:
+    """``value`` as a field of a pgpass line (libpq's escapes)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 def add_web_host(raw: dict) -> None:
@@ -85,7 +93,7 @@ def test_cutover_arms_a_primary_and_a_follower(fleet: Fleet, tmp_path: Path, os:
         assert settings["cluster"] == {"host": "127.0.0.1" if name == "vm1" else "127.0.0.40", "port": 5433,
                                        "user": "postgres"}  # off its own host, HAProxy is reached at its address (runbook correction C15)
         assert POSTGRES_PASSWORD not in host.files["/etc/pgha/cutover.json"].content
-        assert POSTGRES_PASSWORD in host.files["/etc/pgha/cutover.pgpass"].content
+        assert pgpass_field(POSTGRES_PASSWORD) in host.files["/etc/pgha/cutover.pgpass"].content
         assert not any(POSTGRES_PASSWORD in c.command for c in host.commands)
     primary = json.loads(fleet["vm1"].files["/etc/pgha/cutover.json"].content)
     assert primary["source"] == {"host": "127.0.0.40", "port": 5432, "user": "airflow_user"}
@@ -174,8 +182,18 @@ def test_stage_writes_the_repointed_config_beside_the_live_one(fleet: Fleet, tmp
     staged = vm1.files[LIVE_CFG + ".pgha-new"]
     assert vm1.mutations() == [f"put_file {LIVE_CFG}.pgha-new (airflow:airflow 0600)"]
     assert (staged.owner, staged.group, staged.mode) == ("airflow", "airflow", "600")
-    url = f"postgresql+psycopg2://airflow_user:{AIRFLOW_DB_PASSWORD}@127.0.0.1:{pg.port}/postgres"
-    assert f"sql_alchemy_conn = {url}" in staged.content and f"result_backend = db+{url}" in staged.content
+    cfg = configparser.ConfigParser()  # interpolating, as Airflow's: the password's '%' must come back
+    cfg.read_string(staged.content)
+    url = make_url(cfg.get("database", "sql_alchemy_conn"))
+    assert (url.drivername, url.username, url.password, url.host, url.port, url.database) == (
+        "postgresql+psycopg2", "airflow_user", AIRFLOW_DB_PASSWORD, "127.0.0.1", pg.port, "postgres")
+    assert cfg.get("celery", "result_backend") == "db+" + cfg.get("database", "sql_alchemy_conn")
+    engine = create_engine(url)  # Airflow's own way in, with the URL as Airflow reads it
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_user").scalar() == "airflow_user"
+    finally:
+        engine.dispose()
     assert vm1.files[LIVE_CFG].content == live  # the live config is not touched
     assert result["result"] == {"config": LIVE_CFG, "already_live": False}
     assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)

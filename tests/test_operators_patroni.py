@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from fixture_secrets import PATRONI_REPLICATION_PASSWORD, PATRONI_REST_PASSWORD, PATRONI_SUPERUSER_PASSWORD
 from pgha.operators.patroni import (
@@ -61,7 +62,10 @@ def test_install_configure_start_plan(fleet: Fleet, tmp_path: Path, os: str, con
     configured = on_node(ConfigurePatroniOperator, inventory)
     assert configured["result"] == {"config_changed": True}
     config = psg1.files["/etc/patroni/patroni.yml"]
-    assert (config.owner, config.mode) == ("postgres", "600") and PATRONI_SUPERUSER_PASSWORD in config.content
+    assert (config.owner, config.mode) == ("postgres", "600")
+    auth = yaml.safe_load(config.content)["postgresql"]["authentication"]
+    assert auth["superuser"]["password"] == PATRONI_SUPERUSER_PASSWORD
+    assert auth["replication"]["password"] == PATRONI_REPLICATION_PASSWORD
     data_dir = "/var/lib/postgresql/15/main" if os == DEBIAN_12 else "/var/lib/pgsql/15/data"
     assert psg1.dirs[data_dir] == ("postgres", "postgres", "700")
     assert psg1.dirs["/etc/patroni"] == ("root", "postgres", "750")

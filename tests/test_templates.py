@@ -383,6 +383,19 @@ def test_secrets_survive_the_yaml_round_trip(family: OsFamily, password: str) ->
     assert auth["rewind"] == auth["superuser"]
 
 
+def test_a_replication_user_of_any_name_gets_its_own_pg_hba_rules() -> None:
+    """The name is quoted for pg_hba (secret_formats.hba_word) and the rule for YAML."""
+    inv = shipped()
+    name = 'repl "x": #y'
+    cfg = yaml.safe_load(patroni_yml(inv, DEBIAN, secrets={**SECRETS, "replication_user": name}))
+    rules = [r for r in cfg["postgresql"]["pg_hba"] if r.startswith("host replication ")]
+    assert rules[0] == 'host replication "repl ""x"": #y" 127.0.0.1/32 scram-sha-256'
+    assert len(rules) == 2 + len(inv.db_hosts)
+    assert cfg["postgresql"]["authentication"]["replication"]["username"] == name
+    plain = yaml.safe_load(patroni_yml(inv, DEBIAN))["postgresql"]["pg_hba"]
+    assert "host replication replicator 127.0.0.1/32 scram-sha-256" in plain
+
+
 def test_shipped_secrets_survive_the_yaml_round_trip() -> None:
     """The mixed SECRETS used by the validate-config test come back exactly too."""
     cfg = yaml.safe_load(patroni_yml(shipped(), DEBIAN))

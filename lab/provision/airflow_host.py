@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import secrets as _secrets
@@ -41,27 +42,65 @@ def _token() -> str:
     return _secrets.token_urlsafe(24)  # [A-Za-z0-9_-]: safe in URLs, env files, YAML, SQL
 
 
+# Every password pgha handles ends with what breaks a naive writer of one of its formats
+# (airflow.cfg's %, a URL's @ : /, conninfo's quotes and backslash, pgpass's :, a shell's
+# $ # ; and space): every lab run proves that any password works.
+HOSTILE_TAIL = "%@:/'\"\\ $#;"
+
+
+def _password() -> str:
+    return _token() + HOSTILE_TAIL
+
+
 # Every generated secret of the lab: name -> how to make it. Made once, kept in
-# lab/.state/secrets.json (0600) and stored beside each snapshot.
+# lab/.state/secrets.json (0600) and stored beside each snapshot. The Airflow UI
+# admin's and Redis's are the lab's own (pgha never writes them): plain tokens.
 SECRETS = {
-    "airflow_db_password": _token,     # airflow_user on vm1 today, and on the cluster after the move
-    "admin_password": _token,          # Airflow UI/API user `admin`
-    "pg_superuser_password": _token,   # cluster superuser `postgres` (Patroni)
-    "pg_replication_password": _token,  # `replicator`
-    "patroni_api_password": _token,    # Patroni REST API user `patroni`
+    "airflow_db_password": _password,     # airflow_user on vm1 today, and on the cluster after the move
+    "admin_password": _token,             # Airflow UI/API user `admin`
+    "pg_superuser_password": _password,   # cluster superuser `postgres` (Patroni)
+    "pg_replication_password": _password,  # `replicator`
+    "patroni_api_password": _password,    # Patroni REST API user `patroni`
     "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
     "jwt_secret": lambda: _secrets.token_urlsafe(48),
     "api_secret_key": lambda: _secrets.token_urlsafe(32),
-    "redis_password": _token,          # the Celery broker (Redis on vm1), `requirepass`
+    "redis_password": _token,             # the Celery broker (Redis on vm1), `requirepass`
 }
+PASSWORDS = tuple(name for name, make in SECRETS.items() if make is _password)
 
 
 def complete(secrets: dict[str, str]) -> dict[str, str]:
-    """`secrets` plus any missing one, generated (existing values are never changed)."""
+    """`secrets` plus any missing one, generated. An existing value is kept, except a
+    password made before passwords ended with HOSTILE_TAIL: that one is made again (safe:
+    this file is part of the snapshots' key, so no kept host still runs on the old one)."""
     out = dict(secrets)
     for name, make in SECRETS.items():
-        out.setdefault(name, make())
+        if name not in out or (name in PASSWORDS and not out[name].endswith(HOSTILE_TAIL)):
+            out[name] = make()
     return out
+
+
+def _secret_formats() -> Any:
+    """pgha's one writer per format (plugins/secret_formats.py, standard library only),
+    loaded by path: lab/lab runs on the machine's python3, where pgha is not installed."""
+    spec = importlib.util.spec_from_file_location("pgha_secret_formats",
+                                                  HERE.parent.parent / "plugins" / "secret_formats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+formats = _secret_formats()
+
+
+def env_assignment(name: str, value: str) -> str:
+    """`NAME="value"` read back unchanged by systemd (EnvironmentFile=) and by bash (`.`):
+    inside double quotes both take a backslash before one of  \\ " $ `  as an escape and keep
+    any other backslash (single quotes cannot hold a ' for systemd)."""
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{name}: an environment file value cannot hold a line break")
+    escaped = "".join("\\" + c if c in '\\"$`' else c for c in value)
+    return f'{name}="{escaped}"'
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:
@@ -108,9 +147,7 @@ def env_file(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict
              f"AIRFLOW_HOME={AIRFLOW_HOME}", f"PGHA_INVENTORY={INVENTORY}"]
     for conn_id, conn in connections(secrets, hosts, host_pubkeys, fault_injector).items():
         value = json.dumps(conn, separators=(",", ":"), sort_keys=True)
-        assert "'" not in value and "\n" not in value, conn_id
-        # single quotes: literal for both systemd and bash
-        lines.append(f"AIRFLOW_CONN_{conn_id.upper()}='{value}'")
+        lines.append(env_assignment(f"AIRFLOW_CONN_{conn_id.upper()}", value))
     return "\n".join(lines) + "\n"
 
 
@@ -123,9 +160,15 @@ def airflow_cfg(secrets: dict[str, str], api_address: str, local: bool) -> str:
     Execution API on 127.0.0.1; a remote worker reaches them at vm1's address.
     Everything else, the secrets included (fernet key, API/JWT secrets), is the same on every host."""
     server = "127.0.0.1" if local else api_address
+    url = formats.sqlalchemy_url("postgresql+psycopg2", DB_USER, secrets["airflow_db_password"], server, DB_PORT,
+                                 DB_NAME)
+    backend = formats.sqlalchemy_url("db+postgresql", DB_USER, secrets["airflow_db_password"], server, DB_PORT,
+                                     DB_NAME)
+    broker = f"redis://:{formats.url_part(secrets['redis_password'])}@{server}:{REDIS_PORT}/0"
     return render("airflow.cfg.in", home=AIRFLOW_HOME, api_address=api_address, port=API_PORT,
-                  db_host=server, db_port=DB_PORT, broker_host=server, redis_port=REDIS_PORT,
-                  api_host=server, db_user=DB_USER, db_name=DB_NAME, **secrets)
+                  api_host=server, fernet_key=secrets["fernet_key"], api_secret_key=secrets["api_secret_key"],
+                  jwt_secret=secrets["jwt_secret"], sql_alchemy_conn=formats.ini_value(url),
+                  result_backend=formats.ini_value(backend), broker_url=formats.ini_value(broker))
 
 
 def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str], client_key: str,

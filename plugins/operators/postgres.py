@@ -17,6 +17,7 @@ from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
 from pgha.runtime import credentials
+from pgha.secret_formats import hba_word
 
 from pgha.operators.base import HostOperator, PghaOperator
 
@@ -271,7 +272,7 @@ class PrepareLogicalSourceOperator(PghaOperator):
         repl = credentials(inv.postgres.replication_conn_id, "replication user")
         hba_file = self._setting("hba_file")
         remote = self.remote(inv.source.host)
-        rule = f"host {inv.postgres.database} {repl.login} {inv.cluster.network} scram-sha-256"
+        rule = f"host {hba_word(inv.postgres.database)} {hba_word(repl.login)} {inv.cluster.network} scram-sha-256"
         updated = with_hba_rule(remote.read_file(hba_file) or "", rule)
         owner = remote.run(f"stat -c '%U %G %a' {shlex.quote(hba_file)}", quiet=True).stdout.split()
         changed = remote.put_file(hba_file, updated, owner=owner[0], group=owner[1], mode=owner[2]).changed
