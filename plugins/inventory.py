@@ -8,6 +8,7 @@ problem is reported as ``<field path>: <problem>``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -368,6 +369,7 @@ class Inventory:
         return asdict(self)
 
 
+@functools.cache
 def _schema_validator() -> Draft202012Validator:
     return Draft202012Validator(json.loads(SCHEMA_PATH.read_text()), format_checker=_format_checker())
 
