@@ -41,7 +41,7 @@ def full_inventory() -> dict[str, Any]:
     raw["haproxy"].update(stats_socket="/run/haproxy/admin.sock", config="/etc/haproxy/haproxy.cfg",
                           state_file="/var/lib/haproxy/server-state", connect_timeout="4s")
     raw["packages"] = {"apt_proxy": "http://proxy.example:3142", "pip_index_url": "https://pypi.example/simple",
-                       "pip_find_links": "http://10.83.0.1:3141/"}
+                       "pip_find_links": "http://192.0.2.10:3141/"}
     raw["drill"] = {
         "schedule": "0 3 * * *", "probe_host": "vm1", "probe_python": "/usr/bin/python3",
         "probe_conn_id": "pgha_airflow_db", "state_dir": "/var/lib/pgha/drill",
