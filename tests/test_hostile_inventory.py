@@ -19,6 +19,8 @@ import pytest
 import yaml
 from pgha.inventory import INCLUDE_DIR, SCHEMA_PATH, InventoryError, load_inventory, parse_inventory
 from pgha.operators.host import PrepareHostOperator
+from pgha.osfamily import DEBIAN
+from pgha.render import node_context, render
 from pgha_testing import shipped_inventory, write_inventory
 from recording_host import DEBIAN_12, Fleet, fleet_inventory
 
@@ -289,3 +291,18 @@ def test_the_operator_refuses_an_outside_inventory_before_any_command(fleet: Fle
     with pytest.raises(InventoryError, match="is outside the inventory directories"):
         PrepareHostOperator(task_id="prepare_host", host="psg1", inventory_path=inventory).execute({})
     assert all(not host.commands for host in fleet.hosts.values())
+
+
+# ---------------------------------------------------------------- valid names that YAML would misread
+
+
+def test_names_yaml_would_read_as_booleans_or_numbers_stay_names() -> None:
+    raw = shipped_inventory()
+    raw["cluster"]["name"] = "on"
+    raw["hosts"][1]["name"] = raw["database_nodes"][0] = "0123"
+    inv = parse_inventory(raw, "yaml-lookalikes.yml")
+    secrets = {key: "x" for key in ("rest_user", "rest_password", "superuser", "superuser_password",
+                                    "replication_user", "replication_password")}
+    rendered = render("patroni.yml.j2", secrets=secrets, **node_context(inv, inv.db_hosts[0], DEBIAN))
+    config = yaml.safe_load(rendered)
+    assert (config["scope"], config["name"], config["namespace"]) == ("on", "0123", "/airflow/")
