@@ -1,9 +1,11 @@
 """The inventory: one YAML file that describes the whole topology.
 
-It is validated in two passes: the JSON schema (types, required fields,
-patterns) and the cross-field rules a schema cannot express (references
-between sections, unique names and ports, Patroni's timing rule). Every
-problem is reported as ``<field path>: <problem>``.
+It is read only from a directory the deployment allows (``allowed_inventory_dirs``) and
+validated in two passes: the JSON schema, whose every string field names a type checked
+here (``FIELD_TYPES``: IPv4 addresses, absolute paths, http(s) URLs without credentials,
+anchored names...), and the cross-field rules a schema cannot express (references between
+sections, unique names and ports, Patroni's timing rule). Every problem is reported as
+``inventory field <field path>: <problem>``, all before any host is reached.
 """
 
 from __future__ import annotations
