@@ -227,6 +227,7 @@ def main() -> int:
     names = (args.profiles or ("runbook,lab" if lab else "runbook,tuned")).split(",")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pgha-bench-") as workdir:
+        os.environ["PGHA_INVENTORY_DIR"] = workdir  # the profiles' inventories are written there
         if lab:
             lab_connections()
             try:

@@ -47,7 +47,10 @@ params = {
         INVENTORY_DEFAULT,
         type="string",
         title="Inventory",
-        description="Topology file; its drill: section sets the schedule, probe and SLOs.",
+        description=(
+            "Topology file; its drill: section sets the schedule, probe and SLOs. It must lie in a directory "
+            "of PGHA_INVENTORY_DIR (default /etc/pgha) or beside PGHA_INVENTORY; any other path is refused."
+        ),
         section="Topology",
     ),
     "scenario": Param(

@@ -62,7 +62,7 @@ params = {
         os.environ.get("PGHA_INVENTORY", "include/inventory.yml"),
         type="string",
         title="Inventory",
-        description="Topology file (hosts, versions, ports, connection ids): an absolute path (a relative one names a file shipped inside the pgha package, e.g. its example include/inventory.yml).",
+        description="Topology file (hosts, versions, ports, connection ids): an absolute path (a relative one names a file shipped inside the pgha package, e.g. its example include/inventory.yml). It must lie in a directory of PGHA_INVENTORY_DIR (default /etc/pgha) or beside PGHA_INVENTORY; any other path is refused before anything runs.",
         section="Topology",
     ),
     "phases": Param(

@@ -1,29 +1,43 @@
 """The inventory: one YAML file that describes the whole topology.
 
-It is validated in two passes: the JSON schema (types, required fields,
-patterns) and the cross-field rules a schema cannot express (references
-between sections, unique names and ports, Patroni's timing rule). Every
-problem is reported as ``<field path>: <problem>``.
+It is read only from a directory the deployment allows (``allowed_inventory_dirs``) and
+validated in two passes: the JSON schema, whose every string field names a type checked
+here (``FIELD_TYPES``: IPv4 addresses, absolute paths, http(s) URLs without credentials,
+anchored names...), and the cross-field rules a schema cannot express (references between
+sections, unique names and ports, Patroni's timing rule). Every problem is reported as
+``inventory field <field path>: <problem>``, all before any host is reached.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
+import re
 import string
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 
 # Templates, SQL, the schema and the host-side programs ship as package data (pgha.include).
 INCLUDE_DIR = Path(str(files("pgha.include")))
 SCHEMA_PATH = INCLUDE_DIR / "inventory.schema.json"
 DEFAULT_INVENTORY = INCLUDE_DIR / "inventory.yml"
+INVENTORY_ENV = "PGHA_INVENTORY"  # the deployment's inventory file
+INVENTORY_DIR_ENV = "PGHA_INVENTORY_DIR"  # where inventories may be read from (os.pathsep-separated)
+DEFAULT_INVENTORY_DIRS = ("/etc/pgha",)
+
+
+def _as_field(problem: str) -> str:
+    """``inventory field <path>: ...`` for a problem with a field path; file and YAML problems as they are."""
+    return problem if problem.startswith(("(", "line ")) else f"inventory field {problem}"
 
 
 class InventoryError(ValueError):
@@ -32,8 +46,127 @@ class InventoryError(ValueError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
+        lines = "\n".join(f"  - {_as_field(p)}" for p in problems)
         super().__init__(f"invalid inventory {source}:\n{lines}")
+
+
+# ---------------------------------------------------------------- field types
+#
+# Every string in the inventory has a type (the schema's "format"); the checks below are the
+# only ones that accept it. Values end up in shell commands, systemd units, YAML, INI and
+# HAProxy files, so each type is a conservative character set matched in full (fullmatch: a
+# pattern ending in `$` would let a trailing newline through), without quotes, `$`, `;`,
+# backticks, whitespace or control characters.
+
+NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # an RFC 1123 label, lower case
+CONN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")
+ABS_PATH = re.compile(r"/[A-Za-z0-9._+@/-]{0,4095}")
+DURATION = re.compile(r"[0-9]{1,9}(ms|s)")
+VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,63}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+NAMESPACE = re.compile(r"/([A-Za-z0-9_-]+/)*")
+PG_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+PG_SETTING = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
+# postgresql.conf values reach Patroni's YAML (as JSON strings), never a shell.
+PG_SETTING_VALUE = re.compile(r"[A-Za-z0-9 ._:/,=+*%@\[\]-]{0,1024}")
+IPV4_NETWORK = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}")
+UNIT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,250}")
+CRON = re.compile(r"@(hourly|daily|weekly|monthly|yearly|annually|midnight)|[0-9*/,A-Za-z-]+( [0-9*/,A-Za-z-]+){4}")
+# A fault command is words: a program and its arguments, {node}/{address} filled in quoted.
+# Anything that needs a pipe or quoting belongs in a script on the fault injector.
+FAULT_COMMAND = re.compile(r"[A-Za-z0-9._/:=@{}+,-]+( [A-Za-z0-9._/:=@{}+,-]+)*")
+URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/?@&+,=%-]{1,2048}")
+URL_SCHEMES = ("http", "https")
+
+
+class FieldTypeError(ValueError):
+    """A value that is not of its field's type; the message completes ``<field>: <value> ...``."""
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if not pattern.fullmatch(value):
+            raise FieldTypeError(f"is not {what}")
+    return check
+
+
+def _check_ipv4(value: str) -> None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise FieldTypeError("is not an IP address") from None
+    if address.version != 4 or str(address) != value:
+        # pg_hba rules (<address>/32) and URLs (http://<address>:<port>) are written for IPv4.
+        raise FieldTypeError("is not an IPv4 address in dotted form (IPv6 is not supported)")
+
+
+def _check_network(value: str) -> None:
+    try:
+        if not IPV4_NETWORK.fullmatch(value):
+            raise ValueError(value)
+        ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        raise FieldTypeError("is not an IPv4 network in CIDR form (e.g. 192.168.83.0/24)") from None
+
+
+def _check_abs_path(value: str) -> None:
+    if not ABS_PATH.fullmatch(value):
+        raise FieldTypeError("is not an absolute path of letters, digits and . _ + @ / - (no spaces, quotes or $)")
+    if ".." in value.split("/"):
+        raise FieldTypeError("is not an absolute path without '..'")
+
+
+def _check_url(value: str) -> None:
+    if not URL_CHARACTERS.fullmatch(value):
+        raise FieldTypeError("is not a URL of letters, digits and . _ ~ : / ? @ & + , = % - "
+                             "(no whitespace, quotes, $, ; or backticks)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        raise FieldTypeError(f"is not a URL ({exc})") from None
+    if parts.scheme not in URL_SCHEMES:
+        raise FieldTypeError("is not an http:// or https:// URL")
+    if not parts.hostname:
+        raise FieldTypeError("is not a URL with a host")
+    if "@" in parts.netloc:
+        raise FieldTypeError("is a URL with credentials: keep secrets out of the inventory")
+
+
+FIELD_TYPES: dict[str, Callable[[str], None]] = {
+    "pgha-name": _matches(NAME, "a name (lower-case letters, digits and '-', at most 63, RFC 1123)"),
+    "pgha-conn-id": _matches(CONN_ID, "an Airflow connection id (letters, digits, '_', '.', '-')"),
+    "pgha-ipv4": _check_ipv4,
+    "pgha-network": _check_network,
+    "pgha-abs-path": _check_abs_path,
+    "pgha-url": _check_url,
+    "pgha-duration": _matches(DURATION, "a duration such as 250ms or 3s"),
+    "pgha-version": _matches(VERSION, "a version (digits, letters, '.', '+', '-')"),
+    "pgha-sha256": _matches(SHA256, "a sha256 digest (64 lower-case hex digits)"),
+    "pgha-token": _matches(TOKEN, "a token (letters, digits, '_', '.', '-')"),
+    "pgha-namespace": _matches(NAMESPACE, "a namespace such as /airflow/"),
+    "pgha-pg-identifier": _matches(PG_IDENTIFIER, "a PostgreSQL name (lower-case letters, digits, '_')"),
+    "pgha-pg-setting": _matches(PG_SETTING, "a PostgreSQL setting name"),
+    "pgha-pg-setting-value": _matches(
+        PG_SETTING_VALUE, "a setting value of letters, digits, spaces and . _ : / , = + * % @ [ ] -"),
+    "pgha-unit": _matches(UNIT, "a systemd unit name (letters, digits, @ _ . : -)"),
+    "pgha-cron": _matches(CRON, "a cron schedule (five fields) or @daily, @hourly, ..."),
+    "pgha-fault-command": _matches(
+        FAULT_COMMAND, "a command of plain words (letters, digits, . _ / : = @ { } + , -) separated by "
+                       "single spaces; put pipes or quoting in a script on the fault injector"),
+}
+
+
+def _format_checker() -> FormatChecker:
+    checker = FormatChecker(formats=())
+    for name, check in FIELD_TYPES.items():
+        def checks(value: Any, check: Callable[[str], None] = check) -> bool:
+            if isinstance(value, str):
+                check(value)
+            return True
+        checker.checks(name, raises=FieldTypeError)(checks)
+    return checker
 
 
 @dataclass(frozen=True)
@@ -238,8 +371,9 @@ class Inventory:
         return asdict(self)
 
 
+@functools.cache
 def _schema_validator() -> Draft202012Validator:
-    return Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    return Draft202012Validator(json.loads(SCHEMA_PATH.read_text()), format_checker=_format_checker())
 
 
 def _field_path(path: Any) -> str:
@@ -257,6 +391,8 @@ def _describe(error: Any) -> str:
         return f"{_field_path([*error.absolute_path, missing])}: is required"
     if error.validator == "additionalProperties":
         return f"{where}: unknown field(s) {error.message.split('(')[-1].rstrip(')')}"
+    if error.validator == "format" and isinstance(error.cause, FieldTypeError):
+        return f"{where}: {error.instance!r} {error.cause}"
     if error.validator == "pattern":
         return f"{where}: {error.instance!r} has the wrong format (expected {error.validator_value})"
     if error.validator == "enum":
@@ -358,10 +494,6 @@ def _check_semantics(inv: Inventory) -> list[str]:
         problems.append(f"haproxy.install.method: {inv.haproxy.install.method!r} is not supported (use package)")
     if inv.etcd.install.method == "pip":
         problems.append("etcd.install.method: 'pip' is not supported for etcd (use package or tarball)")
-    try:
-        ipaddress.ip_network(inv.cluster.network, strict=False)
-    except ValueError as exc:
-        problems.append(f"cluster.network: {exc}")
     for key in inv.postgres.parameters:
         if key in {"wal_keep_segments", "synchronous_standby_names"}:
             why = "removed in PostgreSQL 13, use wal_keep_size" if key == "wal_keep_segments" else "owned by Patroni"
@@ -430,16 +562,52 @@ def parse_inventory(raw: Any, source: str = "<inline>") -> Inventory:
 
 def inventory_path(path: str | os.PathLike[str] | None = None) -> Path:
     """The inventory to use: the argument, else $PGHA_INVENTORY, else the shipped default."""
-    chosen = path or os.environ.get("PGHA_INVENTORY") or DEFAULT_INVENTORY
+    chosen = path or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY
     chosen = Path(chosen)
     if not chosen.is_absolute():
         chosen = INCLUDE_DIR.parent / chosen
     return chosen
 
 
+def allowed_inventory_dirs() -> list[Path]:
+    """Where an inventory may be read from (symlinks resolved).
+
+    The directories in $PGHA_INVENTORY_DIR (``os.pathsep``-separated; default /etc/pgha), the
+    packaged example's directory and the directory of $PGHA_INVENTORY: all set by the
+    deployment, never by whoever triggers a run with an ``inventory_path`` Param.
+    """
+    configured = os.environ.get(INVENTORY_DIR_ENV)
+    entries = [d for d in configured.split(os.pathsep) if d] if configured else list(DEFAULT_INVENTORY_DIRS)
+    relative = [d for d in entries if not os.path.isabs(d)]
+    if relative:
+        raise InventoryError(f"${INVENTORY_DIR_ENV}", [f"(environment): {INVENTORY_DIR_ENV} entries must be "
+                                                      f"absolute directories, got {relative}"])
+    dirs = [Path(d) for d in entries] + [INCLUDE_DIR]
+    if os.environ.get(INVENTORY_ENV):
+        dirs.append(inventory_path(os.environ[INVENTORY_ENV]).parent)
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def _confined(chosen: Path) -> Path:
+    """``chosen`` with symlinks and '..' resolved, refused unless it lies in an allowed directory."""
+    resolved = chosen.resolve()
+    allowed = allowed_inventory_dirs()
+    if not any(resolved.is_relative_to(d) for d in allowed):
+        shown = repr(str(chosen)) + (f" (resolved: {str(resolved)!r})" if resolved != chosen else "")
+        raise InventoryError(str(chosen), [
+            f"(inventory_path): {shown} is outside the inventory directories {[str(d) for d in allowed]}; "
+            f"put the inventory there or add its directory to {INVENTORY_DIR_ENV} in the Airflow hosts' environment"
+        ])
+    return resolved
+
+
 def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
-    """Read, validate and return the inventory; raises InventoryError naming every problem."""
-    resolved = inventory_path(path)
+    """Read, validate and return the inventory; raises InventoryError naming every problem.
+
+    The file must lie in one of ``allowed_inventory_dirs()``: an ``inventory_path`` Param that
+    points elsewhere (directly, through '..' or through a symlink) is refused before it is read.
+    """
+    resolved = _confined(inventory_path(path))
     try:
         text = resolved.read_text()
     except OSError as exc:

@@ -69,6 +69,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def inventory_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests write inventories under pytest's temporary directory and read lab/inventory.yml:
+    allow those as a deployment allows its own (pgha.inventory refuses any other directory)."""
+    saved = os.environ.get("PGHA_INVENTORY_DIR")
+    os.environ["PGHA_INVENTORY_DIR"] = os.pathsep.join(
+        [str(tmp_path_factory.getbasetemp()), str(REPO_ROOT / "lab"), "/etc/pgha"])
+    yield
+    if saved is None:
+        os.environ.pop("PGHA_INVENTORY_DIR", None)
+    else:
+        os.environ["PGHA_INVENTORY_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdService]:
     """Real sshd on 127.0.0.1 accepting ``key_file`` for root; verify with ``host_key``."""

@@ -61,7 +61,48 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
      "airflow.hosts[0].config"),
     ("proxy not a URL", lambda r: r["packages"].update(apt_proxy="proxy:3142"), "packages.apt_proxy"),
     ("synchronous_mode typo", lambda r: r["patroni"].update(synchronous_mode="yes"), "patroni.synchronous_mode"),
+    ("IPv6 address", lambda r: r["hosts"][0].update(address="fe80::1"),
+     "hosts[0].address: 'fe80::1' is not an IPv4 address"),
+    ("host name as address", lambda r: r["hosts"][0].update(address="vm1.example"),
+     "hosts[0].address: 'vm1.example' is not an IP address"),
+    ("address with leading zeros", lambda r: r["hosts"][0].update(address="192.168.083.129"), "hosts[0].address"),
+    ("proxy with credentials", lambda r: r["packages"].update(apt_proxy="http://user:pw@proxy:3142"),
+     "packages.apt_proxy: 'http://user:pw@proxy:3142' is a URL with credentials"),
+    ("ftp index", lambda r: r["packages"].update(pip_index_url="ftp://mirror/simple"),
+     "packages.pip_index_url: 'ftp://mirror/simple' is not an http:// or https:// URL"),
+    ("URL without host", lambda r: r["packages"].update(pip_find_links="http:///wheels"), "is not a URL with a host"),
+    ("URL port out of range", lambda r: r["packages"].update(apt_proxy="http://proxy:99999"), "packages.apt_proxy"),
+    ("path climbing out", lambda r: r["airflow"]["hosts"][0].update(config="/etc/../root/airflow.cfg"),
+     "airflow.hosts[0].config: '/etc/../root/airflow.cfg' is not an absolute path without '..'"),
+    ("path with a space", lambda r: r["patroni"]["install"].update(venv="/opt/my patroni"), "patroni.install.venv"),
+    ("network without prefix", lambda r: r["cluster"].update(network="192.168.83.0"), "cluster.network"),
+    ("database name with a dash", lambda r: r["postgres"].update(database="airflow-db"), "postgres.database"),
+    ("setting name with a space", lambda r: r["postgres"]["parameters"].update({"work mem": "4MB"}),
+     "postgres.parameters: 'work mem' is not a PostgreSQL setting name"),
+    ("fault command with a pipe", lambda r: r.update(drill={
+        "fault_injector": {"ssh_conn_id": "f"},
+        "inject_commands": {"host_crash": {"inject": "crash {node} | tee log", "heal": "start {node}"}}}),
+     "drill.inject_commands.host_crash.inject"),
+    ("unit name starting with a dash", lambda r: r["airflow"]["hosts"][0]["units"].__setitem__(0, "-x"),
+     "airflow.hosts[0].units[0]"),
+    ("upper-case host name", lambda r: r["hosts"][0].update(name="VM1"), "hosts[0].name: 'VM1' is not a name"),
 ]
+
+
+ACCEPTED: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("https index with port and path", lambda r: r["packages"].update(pip_index_url="https://pypi.example:8443/simple/")),
+    ("proxy on an address", lambda r: r["packages"].update(apt_proxy="http://10.83.0.1:3142")),
+    ("network with host bits", lambda r: r["cluster"].update(network="192.168.83.5/24")),
+    ("custom setting", lambda r: r["postgres"]["parameters"].update({"auto_explain.log_min_duration": "250ms"})),
+    ("setting with spaces", lambda r: r["postgres"]["parameters"].update(log_line_prefix="%m [%p] %q%u@%d ")),
+    ("templated unit", lambda r: r["airflow"]["hosts"][0]["units"].append("airflow-worker@1.service")),
+    ("hook-style conn id", lambda r: r["source"].update(conn_id="pgha.source-db_1")),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate"), ACCEPTED, ids=[a[0] for a in ACCEPTED])
+def test_ordinary_values_are_accepted(case: str, mutate: Callable[[dict[str, Any]], None]) -> None:
+    parse_inventory(_mutate(mutate), "test.yml")
 
 
 @pytest.mark.parametrize(("case", "mutate", "expected"), MALFORMED, ids=[m[0] for m in MALFORMED])

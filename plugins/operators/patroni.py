@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
@@ -28,7 +29,7 @@ class InstallPatroniOperator(HostOperator):
         else:
             packages = list(host.family.python_packages)
             self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))
-            current = host.version(f"{binary} --version", check=False)
+            current = host.version(f"{shlex.quote(binary)} --version", check=False)
             if current == f"patroni {install.version}":
                 self.unchanged(f"{current} in {install.venv}")
             else:
@@ -36,7 +37,7 @@ class InstallPatroniOperator(HostOperator):
                 host.ensure_venv(venv, host.family.python)
                 host.pip_install(venv, f"patroni[etcd3,psycopg2-binary]=={install.version}")
                 self.changed(f"patroni {install.version} into {venv} (was {current or 'absent'})")
-        version = host.version(f"{binary} --version") or ""
+        version = host.version(f"{shlex.quote(binary)} --version") or ""
         if install.version and not version.endswith(f" {install.version}"):
             raise AirflowException(
                 f"[{self.host}] version mismatch: expected patroni {install.version}, {binary} says {version!r}"
