@@ -132,7 +132,7 @@ class CutoverOperator(PghaOperator):
             for host in started:
                 self.remote(host).run(f"systemctl stop {shlex.quote(run_id + '.timer')}", check=False)
                 self.log.warning("[%s] cutover timer %s stopped: arming failed on another host", host, run_id)
-            for host in roles:  # no agent will run to remove its passwords file
+            for host in pythons:  # prepared, so holding a passwords file no agent will run to remove
                 self.remote(host).run(f"rm -f {shlex.quote(self.PGPASS)}", check=False)
             raise
         return {"armed": True, "run_id": run_id, "hosts": roles}

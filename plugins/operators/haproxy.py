@@ -59,7 +59,8 @@ class HAProxySwitchOperator(PghaOperator):
         wanted = render("haproxy.cfg.j2", **haproxy_context(self.inventory),
                         stats_auth=haproxy_word(f"{login.login}:{login.password}"))
         running = host.unit_active(HAPROXY_UNIT)
-        differs = host.read_file(haproxy.config) != wanted
+        # what a command prints comes back with the password masked; a changed password still differs
+        differs = host.read_file(haproxy.config) not in (wanted, host.remote.mask(wanted))
         if differs:
             self._install(wanted, running)
         else:
