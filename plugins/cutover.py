@@ -394,7 +394,7 @@ class Agent:
         try:
             os.fchmod(fd, 0o700)
             prefix = f"{name}.pgha-bak-"
-            stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+            stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S.%f")  # sorts as it was taken
             for attempt in range(100):
                 backup = f"{prefix}{stamp}" + (f".{attempt}" if attempt else "")
                 try:
