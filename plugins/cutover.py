@@ -447,7 +447,11 @@ class Agent:
     def rollback(self, clear_mark: bool = True) -> None:
         self.log("ROLLBACK: back to the source database")
         if self.original:
-            self.restore_config()
+            try:
+                self.restore_config()
+            except Exception as exc:  # the units stay stopped rather than start on a config nobody checked
+                self.log(f"ROLLBACK FAILED: could not restore {self.s['config']} (copy in {self.backup}): {exc}")
+                raise
         if clear_mark:
             try:
                 with pgdata.session(self.cluster_admin) as conn:
