@@ -23,7 +23,7 @@ database):
             pg_dump | pg_restore from the source (method dump_restore), or
   catch_up, sync_sequences, drop_subscription (method logical_replication)
   verify    row count and checksum of every table, source vs cluster
-  repoint   install the staged airflow.cfg (dated backup kept)
+  repoint   install the staged airflow.cfg (dated 0600 backup kept in a root-only directory)
   db_check  ``airflow db check`` against the new URL
   mark      COMMENT ON DATABASE ... 'pgha: live ...' on the cluster
   start     start the units
@@ -38,10 +38,12 @@ primary's recorded outcome, then repoints and starts (or rolls back).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
+import secrets
 import shlex
-import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -53,6 +55,151 @@ from pgha import airflowenv, pgdata
 from pgha.pgdata import Endpoint
 
 RUNUSER = "/usr/sbin/runuser"  # by its path: the units' PATH (db check's environment) need not list sbin
+
+# Root-only (0700) places: a path a non-root user controls is never trusted by root.
+STATE_DIR = "/var/lib/pgha"
+STAGED_CONFIG = f"{STATE_DIR}/airflow.cfg.pgha-new"  # phase 8 writes it, the agent installs it
+BACKUP_DIR = f"{STATE_DIR}/backup"
+KEEP_BACKUPS = 5  # airflow.cfg backups kept per host (they hold the old database password)
+PGPASS = "/etc/pgha/cutover.pgpass"
+
+
+class UnsafePath(RuntimeError):
+    """A path root must not use: a symbolic link (or one on the way) a non-root user could have planted."""
+
+
+def _root_only(info: os.stat_result) -> bool:
+    """Owned by root and writable by no one else: only root can have put a link or file in it."""
+    return info.st_uid == 0 and not info.st_mode & 0o022
+
+
+def open_directory(path: str, *, create: bool = False) -> int:
+    """
+    A descriptor of directory ``path``, entered one component at a time without following a
+    symbolic link a user other than root could have planted: a link is followed only in a
+    directory only root can write; anything else is opened with O_NOFOLLOW (a link swapped
+    in meanwhile fails the open). ``create`` makes missing directories (0700).
+    """
+    if not path.startswith("/"):
+        raise UnsafePath(f"{path}: not an absolute path")
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    parts, hops = [p for p in path.split("/") if p], 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == ".":
+                continue
+            try:
+                info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o700, dir_fd=fd)
+                info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                if not _root_only(os.fstat(fd)):
+                    raise UnsafePath(f"{path}: {part} is a symbolic link in a directory a user other than root "
+                                     "can write")
+                hops += 1
+                if hops > 40:
+                    raise UnsafePath(f"{path}: too many symbolic links")
+                target = os.readlink(part, dir_fd=fd)
+                if target.startswith("/"):
+                    fd = _replace_fd(fd, os.open("/", os.O_RDONLY | os.O_DIRECTORY))
+                parts[:0] = [p for p in target.split("/") if p]
+                continue
+            try:
+                fd = _replace_fd(fd, os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd))
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(f"{path}: {part} is not a directory (a link swapped in?)") from exc
+                raise
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _replace_fd(old: int, new: int) -> int:
+    os.close(old)
+    return new
+
+
+def _refuse_link(dir_fd: int, name: str, shown: str) -> os.stat_result | None:
+    """``name``'s own stat (None if absent); refuses a link or anything but a regular file."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafePath(f"{shown} is a symbolic link")
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafePath(f"{shown} is not a regular file")
+    return info
+
+
+def read_at(dir_fd: int, name: str, shown: str) -> tuple[bytes, os.stat_result]:
+    """The content and stat of regular file ``name`` in the directory, opened without following a link."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"{shown} is a symbolic link") from exc
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath(f"{shown} is not a regular file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), info
+    finally:
+        os.close(fd)
+
+
+def write_at(dir_fd: int, name: str, data: bytes, *, uid: int, gid: int, mode: int, shown: str,
+             exclusive: bool = False) -> None:
+    """
+    Install ``data`` as ``name`` in the directory: a new temp file (O_CREAT|O_EXCL|O_NOFOLLOW: no
+    link can stand at its name), owner and mode set on the descriptor, renamed over ``name``
+    (a rename replaces, never follows). ``name`` being a link is refused before and after;
+    ``exclusive`` refuses an existing ``name`` too.
+    """
+    if _refuse_link(dir_fd, name, shown) is not None and exclusive:
+        raise FileExistsError(f"{shown} exists")
+    tmp = f".{name}.pgha-{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+        mine = os.fstat(fd)
+        _refuse_link(dir_fd, name, shown)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            raise UnsafePath(f"{shown} was replaced while pgha installed it")
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        os.close(fd)
+
+
+def root_only_directory(path: str, *, create: bool = False) -> int:
+    """``open_directory`` of a directory root alone may write (the staged config, the backups)."""
+    fd = open_directory(path, create=create)
+    if not _root_only(os.fstat(fd)):
+        os.close(fd)
+        raise UnsafePath(f"{path} is not a root-only directory (owned by root, writable by no one else)")
+    return fd
 
 
 def endpoint(settings: dict[str, Any], side: str, dbname: str) -> Endpoint:
@@ -133,6 +280,7 @@ class Agent:
         self.log_path = Path(settings["log_dir"]) / f"cutover-{settings['run_id']}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.backup: Path | None = None
+        self.original: tuple[bytes, int, int, int] | None = None  # the config replaced: content, uid, gid, mode
         self.units = units or AirflowUnits(settings, self.log)
         self.database = settings["database"]
         self.cluster_admin = endpoint(settings, "cluster", "postgres")
@@ -232,16 +380,58 @@ class Agent:
         return {"tables": len(source), "rows": rows, "fingerprints": pgdata.as_text(cluster)}
 
     def repoint(self) -> None:
+        """Install the staged config over airflow.cfg. Every path is checked before anything changes: a link
+        planted by the config's owner (config, its directory, the staged file) fails the step untouched."""
         config, staged = Path(self.s["config"]), Path(self.s["staged"])
-        if not staged.exists():
-            raise RuntimeError(f"staged config {staged} is missing")
-        stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-        self.backup = config.with_name(f"{config.name}.pgha-bak-{stamp}")
-        shutil.copy2(config, self.backup)
-        shutil.copymode(config, staged)
-        stat = config.stat()
-        os.chown(staged, stat.st_uid, stat.st_gid)
-        os.replace(staged, config)
+        config_dir = open_directory(str(config.parent))
+        try:
+            current, info = read_at(config_dir, config.name, str(config))
+            owner = os.fstat(config_dir).st_uid
+            if owner not in (0, info.st_uid):
+                raise UnsafePath(f"{config.parent} is owned by uid {owner}, neither root nor the owner of "
+                                 f"{config.name} (uid {info.st_uid})")
+            staged_dir = root_only_directory(str(staged.parent))
+            try:
+                try:
+                    new, _ = read_at(staged_dir, staged.name, str(staged))
+                except FileNotFoundError:
+                    raise RuntimeError(f"staged config {staged} is missing") from None
+                self.backup = self.keep_backup(config.name, current)
+                mode = stat.S_IMODE(info.st_mode)
+                write_at(config_dir, config.name, new, uid=info.st_uid, gid=info.st_gid, mode=mode, shown=str(config))
+                self.original = (current, info.st_uid, info.st_gid, mode)
+                os.unlink(staged.name, dir_fd=staged_dir)
+            finally:
+                os.close(staged_dir)
+        finally:
+            os.close(config_dir)
+        self.log(f"installed {staged} as {config} (owner {info.st_uid}:{info.st_gid}, mode {mode:o}); "
+                 f"previous kept as {self.backup}")
+
+    def keep_backup(self, name: str, content: bytes) -> Path:
+        """``content`` as <backup_dir>/<name>.pgha-bak-<timestamp>, root 0600; only the newest KEEP_BACKUPS stay."""
+        backup_dir = Path(self.s.get("backup_dir") or BACKUP_DIR)
+        fd = root_only_directory(str(backup_dir), create=True)
+        try:
+            os.fchmod(fd, 0o700)
+            prefix = f"{name}.pgha-bak-"
+            stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S.%f")  # sorts as it was taken
+            for attempt in range(100):
+                backup = f"{prefix}{stamp}" + (f".{attempt}" if attempt else "")
+                try:
+                    write_at(fd, backup, content, uid=0, gid=0, mode=0o600, shown=str(backup_dir / backup),
+                             exclusive=True)
+                    break
+                except FileExistsError:
+                    continue
+            older = sorted(n for n in os.listdir(fd) if n.startswith(prefix))[:-KEEP_BACKUPS]
+            for stale in older:
+                os.unlink(stale, dir_fd=fd)
+            if older:
+                self.log(f"pruned {len(older)} old backup(s) of {name} (keeping {KEEP_BACKUPS}): {', '.join(older)}")
+        finally:
+            os.close(fd)
+        return backup_dir / backup
 
     def mark_live(self) -> None:
         with pgdata.session(self.cluster_admin) as conn:
@@ -277,9 +467,12 @@ class Agent:
 
     def rollback(self, clear_mark: bool = True) -> None:
         self.log("ROLLBACK: back to the source database")
-        if self.backup and self.backup.exists():
-            shutil.copy2(self.backup, self.s["config"])
-            self.log(f"restored {self.s['config']} from {self.backup}")
+        if self.original:
+            try:
+                self.restore_config()
+            except Exception as exc:  # the units stay stopped rather than start on a config nobody checked
+                self.log(f"ROLLBACK FAILED: could not restore {self.s['config']} (copy in {self.backup}): {exc}")
+                raise
         if clear_mark:
             try:
                 with pgdata.session(self.cluster_admin) as conn:
@@ -287,6 +480,19 @@ class Agent:
             except Exception as exc:
                 self.log(f"could not clear the live mark: {exc}")
         self.step("start_old", self.units.restart)
+
+    def restore_config(self) -> None:
+        """Put the replaced airflow.cfg back (same owner and mode), through the same link-refusing install."""
+        assert self.original is not None
+        config = Path(self.s["config"])
+        content, uid, gid, mode = self.original
+        fd = open_directory(str(config.parent))
+        try:
+            write_at(fd, config.name, content, uid=uid, gid=gid, mode=mode, shown=str(config))
+        finally:
+            os.close(fd)
+        self.original = None
+        self.log(f"restored {config} (as kept in {self.backup})")
 
     def outcome_of_primary(self) -> None:
         """Follower: wait until the source host's agent records its outcome on the cluster."""
@@ -359,11 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m pgha.cutover SETTINGS.json", file=sys.stderr)
         return 2
-    settings = json.loads(Path(args[0]).read_text())
+    pgpass = PGPASS
     try:
+        settings = json.loads(Path(args[0]).read_text())
+        pgpass = settings.get("pgpass") or PGPASS
         return Agent(settings).run()
     finally:  # the passwords' file has done its work, whatever the outcome (the log and record stay)
-        Path(settings["pgpass"]).unlink(missing_ok=True)
+        Path(pgpass).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

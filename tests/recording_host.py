@@ -13,6 +13,7 @@ fleet's FakeHost for that host name, so operators and HostHook run unchanged.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import shlex
@@ -644,8 +645,16 @@ def _stats_socket(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int
 
 @rule(r"rm -f (\S+)", mutating=True)
 def _rm(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
-    h.files.pop(args(m[1])[0], None)
+    for path in [p for p in h.files if fnmatch.fnmatchcase(p, args(m[1])[0])]:  # a glob too
+        h.files.pop(path)
     return 0, "", ""
+
+
+@rule(r"ls (\S+)", mutating=False)
+def _ls(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    pattern = args(m[1])[0]
+    found = sorted(p for p in h.files if fnmatch.fnmatchcase(p, pattern))
+    return (0, "".join(f"{p}\n" for p in found), "") if found else (2, "", f"ls: cannot access '{pattern}'\n")
 
 
 @rule(r"if \[ -f (\S+) \]; then cp -p \S+ \S+\.pgha-bak-\$\(date \+%Y%m%dT%H%M%S\); fi; mv -f (\S+) \S+", mutating=True)

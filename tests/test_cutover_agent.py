@@ -98,6 +98,7 @@ def settings(tmp_path: Path, source: PostgresService, cluster: PostgresService, 
         "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user},
         "source": {"host": source.host, "port": source.port, "user": OWNER},
         "bin_dir": BIN_DIR, "units": ["airflow-api-server"], "config": str(config), "staged": str(staged),
+        "backup_dir": str(tmp_path / "backup"),
         "settle_seconds": 0, "drain_timeout": 10, "catch_up_timeout": 30,
         **extra,
     }
@@ -137,7 +138,8 @@ def test_dump_restore_moves_identical_data_and_repoints(tmp_path: Path, source: 
         assert pgdata.as_text(pgdata.fingerprints(conn)) == before
     assert (cluster_comment(cluster) or "").startswith(f"{pgdata.LIVE_MARK} since ")
     assert Path(s["config"]).read_text() == NEW_CFG and not Path(s["staged"]).exists()
-    assert [p.read_text() for p in tmp_path.glob("airflow.cfg.pgha-bak-*")] == [OLD_CFG]
+    backups = list((tmp_path / "backup").glob("airflow.cfg.pgha-bak-*"))
+    assert [p.read_text() for p in backups] == [OLD_CFG] and oct(backups[0].stat().st_mode & 0o777) == "0o600"
     assert units.calls == ["stop", "db_check", "start", "check_active"]
     log = (Path(s["log_dir"]) / f"cutover-{s['run_id']}.log").read_text()
     assert "pg_dump" in log and "step verify: ok" in log and POSTGRES_PASSWORD not in log

@@ -95,6 +95,7 @@ def make_inventory(lb: dict[str, Any], patroni: PatroniService, database: str = 
 @pytest.fixture
 def conns(lb: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     set_connection(monkeypatch, "ssh_lb", **ssh_connection(lb["sshd"]))
+    set_connection(monkeypatch, "pgha_patroni_api", conn_type="http", login="patroni", password="stats-pw")  # stats page
 
 
 def master_pid(lb: dict[str, Any]) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowException
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
+from pgha.cutover import STAGED_CONFIG
 from pgha.operators.airflow import CutoverOperator, StageAirflowConfigOperator
 from pgha_testing import set_connection
 from recording_host import DEBIAN_12, ROCKY_9, FakeFile, FakeHost, Fleet, fleet_inventory
@@ -61,8 +62,8 @@ def staged_fleet(fleet: Fleet, tmp_path: Path, os: str) -> str:
     inventory = fleet_inventory(fleet, tmp_path, os, edit=add_web_host)
     for name, config, unit in (("vm1", LIVE_CFG, "airflow-scheduler"), ("web1", WEB_CFG, "airflow-api-server")):
         airflow_host(fleet[name], config, unit)
-        fleet[name].files[config + ".pgha-new"] = FakeFile("[database]\nsql_alchemy_conn = x\n", "airflow", "airflow",
-                                                           "600")
+        fleet[name].dirs["/var/lib/pgha"] = ("root", "root", "700")
+        fleet[name].files[STAGED_CONFIG] = FakeFile("[database]\nsql_alchemy_conn = x\n", "root", "root", "600")
     return inventory
 
 
@@ -172,16 +173,18 @@ def stage_fleet(fleet: Fleet, tmp_path: Path, os: str, pg: PostgresService, exec
 
 
 @pytest.mark.parametrize("os", BOTH)
-def test_stage_writes_the_repointed_config_beside_the_live_one(fleet: Fleet, tmp_path: Path, os: str, logins: None,
+def test_stage_writes_the_repointed_config_in_a_root_only_directory(fleet: Fleet, tmp_path: Path, os: str, logins: None,
                                                                haproxy_write_port: PostgresService) -> None:
     pg = haproxy_write_port
     inventory = stage_fleet(fleet, tmp_path, os, pg, executor="CeleryExecutor")
     live = fleet["vm1"].files[LIVE_CFG].content
     result = stage(inventory)
     vm1 = fleet["vm1"]
-    staged = vm1.files[LIVE_CFG + ".pgha-new"]
-    assert vm1.mutations() == [f"put_file {LIVE_CFG}.pgha-new (airflow:airflow 0600)"]
-    assert (staged.owner, staged.group, staged.mode) == ("airflow", "airflow", "600")
+    staged = vm1.files[STAGED_CONFIG]
+    assert vm1.mutations() == ["install -d -o root -g root -m 0700 /var/lib/pgha",
+                               f"put_file {STAGED_CONFIG} (root:root 0600)"]
+    assert (staged.owner, staged.group, staged.mode) == ("root", "root", "600")
+    assert vm1.dirs["/var/lib/pgha"] == ("root", "root", "700")
     cfg = configparser.ConfigParser()  # interpolating, as Airflow's: the password's '%' must come back
     cfg.read_string(staged.content)
     url = make_url(cfg.get("database", "sql_alchemy_conn"))
@@ -199,7 +202,7 @@ def test_stage_writes_the_repointed_config_beside_the_live_one(fleet: Fleet, tmp
     assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)
 
     stage(inventory, "web1")  # another host reaches HAProxy at its address, never localhost (runbook correction C15)
-    assert f"@{pg.host}:{pg.port}/postgres" in fleet["web1"].files[WEB_CFG + ".pgha-new"].content
+    assert f"@{pg.host}:{pg.port}/postgres" in fleet["web1"].files[STAGED_CONFIG].content
 
 
 @pytest.mark.parametrize("os", BOTH)

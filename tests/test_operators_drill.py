@@ -20,7 +20,8 @@ from pgha.operators.drill import (
     StopProbeOperator,
 )
 from pgha_testing import set_connection
-from recording_host import DEBIAN_12, ROCKY_9, ClusterApis, Fleet, FakeHost, Unit, fleet_inventory
+from pgha.hooks.remote import CommandFailed, CommandResult
+from recording_host import DEBIAN_12, ROCKY_9, ClusterApis, FakeFile, Fleet, FakeHost, Unit, fleet_inventory
 
 BOTH = [pytest.param(DEBIAN_12, id="debian12"), pytest.param(ROCKY_9, id="rocky9")]
 DRILL_ID = "20260101T030000Z-patroni_stop-psg1"
@@ -185,6 +186,44 @@ def test_stop_probe_stops_a_running_probe_once(fleet: Fleet, tmp_path: Path, api
     assert stopped["result"] == {"unit": f"pgha-drill-probe-{DRILL_ID}", "ack_file": f"{STATE}/acks"}
     fleet.forget()
     assert not step(StopProbeOperator, inventory, plan())["changed"] and vm1.mutations() == []
+
+
+def test_stop_probe_removes_the_probe_settings_even_when_the_stop_fails(fleet: Fleet, tmp_path: Path,
+                                                                        apis: ClusterApis) -> None:
+    """probe.json holds the probe's password: stop_probe deletes it (an earlier drill's leftover too),
+    also when stopping the unit fails; a retry that finds none changes nothing."""
+    inventory = drill_inventory(fleet, tmp_path, apis)
+    vm1 = fleet["vm1"]
+    earlier = "/var/lib/pgha/drill/20251231T030000Z-switchover-psg2/probe.json"
+    for path in (f"{STATE}/probe.json", earlier):
+        vm1.files[path] = FakeFile('{"password": "x"}', mode="600")
+    vm1.files[f"{STATE}/acks"] = FakeFile("1 0.1\n")
+    vm1.units[f"pgha-drill-probe-{DRILL_ID}.service"] = Unit(active=True)
+    failing = vm1.run
+
+    def stop_fails(command: str, **kwargs: Any) -> Any:
+        if command.startswith("systemctl stop"):
+            raise CommandFailed(CommandResult("vm1", command, 5, "", "Failed to stop", 0.0))
+        return failing(command, **kwargs)
+
+    vm1.run = stop_fails  # type: ignore[method-assign]
+    with pytest.raises(CommandFailed):
+        step(StopProbeOperator, inventory, plan())
+    assert f"{STATE}/probe.json" not in vm1.files and earlier not in vm1.files
+    assert f"{STATE}/acks" in vm1.files  # the measurements stay
+    del vm1.run
+    fleet.forget()
+    step(StopProbeOperator, inventory, plan())
+    assert vm1.mutations() == [f"systemctl stop pgha-drill-probe-{DRILL_ID}"]
+
+
+def test_analyse_removes_probe_settings_a_failed_stop_left(fleet: Fleet, tmp_path: Path, apis: ClusterApis) -> None:
+    inventory = drill_inventory(fleet, tmp_path, apis)
+    fleet["vm1"].files[f"{STATE}/probe.json"] = FakeFile('{"password": "x"}', mode="600")
+    with pytest.raises(AirflowFailException, match="no fault was injected"):
+        step(AnalyseDrillOperator, inventory, plan(), steps={"inject_fault": None})
+    assert f"{STATE}/probe.json" not in fleet["vm1"].files
+    assert fleet["vm1"].mutations() == ["rm -f /var/lib/pgha/drill/*/probe.json"]
 
 
 def test_drill_steps_without_a_plan_skip(fleet: Fleet, tmp_path: Path, apis: ClusterApis) -> None:

@@ -7,11 +7,19 @@ from pathlib import Path
 import pgha.operators.haproxy as haproxy_ops
 import pytest
 from airflow.sdk.exceptions import AirflowException
-from pgha.operators.haproxy import HAProxySwitchOperator, InstallHAProxyOperator
+from fixture_secrets import PATRONI_REST_PASSWORD
+from pgha.operators.haproxy import HAProxySwitchOperator, InstallHAProxyOperator, haproxy_word
+from pgha_testing import set_connection
 from recording_host import DEBIAN_12, ROCKY_9, Fleet, fleet_inventory
 
 BOTH = [pytest.param(DEBIAN_12, id="debian12"), pytest.param(ROCKY_9, id="rocky9")]
 CONFIG = "/etc/haproxy/haproxy.cfg"
+
+
+@pytest.fixture(autouse=True)
+def patroni_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stats page's login falls back to the Patroni REST API's connection."""
+    set_connection(monkeypatch, "pgha_patroni_api", conn_type="http", login="patroni", password=PATRONI_REST_PASSWORD)
 
 
 def run(cls: type, inventory: str) -> dict:
@@ -29,6 +37,9 @@ def test_install_and_switch_plan(fleet: Fleet, tmp_path: Path, os: str) -> None:
 
     switched = run(HAProxySwitchOperator, inventory)
     assert "listen postgres_write" in vm1.files[CONFIG].content
+    assert f"    stats auth 'patroni:{PATRONI_REST_PASSWORD}'\n" in vm1.files[CONFIG].content
+    assert vm1.files[CONFIG].mode == "600"  # it holds the stats page's password
+    assert not any(PATRONI_REST_PASSWORD in c.command for c in vm1.commands)
     assert vm1.ran(r"^haproxy -c -f /etc/haproxy/haproxy.cfg.pgha-new$")
     assert f"{CONFIG}.pgha-bak-20260101T000000" in vm1.files and f"{CONFIG}.pgha-new" not in vm1.files
     assert vm1.units["haproxy.service"].enabled and vm1.units["haproxy.service"].active
@@ -64,3 +75,19 @@ def test_an_invalid_config_is_never_installed(fleet: Fleet, tmp_path: Path, monk
         run(HAProxySwitchOperator, inventory)
     assert vm1.files[CONFIG].content == before and f"{CONFIG}.pgha-new" not in vm1.files
     assert not vm1.ran("reload|mv -f")
+
+
+def test_the_stats_login_comes_from_its_own_connection_when_there_is_one(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "pgha_haproxy_stats", conn_type="generic", login="stats", password="it's #1 $HOME")
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12)
+    run(InstallHAProxyOperator, inventory)
+    run(HAProxySwitchOperator, inventory)
+    assert "    stats auth 'stats:it'\\''s #1 $HOME'\n" in fleet["vm1"].files[CONFIG].content
+    assert PATRONI_REST_PASSWORD not in fleet["vm1"].files[CONFIG].content
+
+
+def test_haproxy_word_refuses_a_line_break() -> None:
+    assert haproxy_word("a'b") == "'a'\\''b'"
+    with pytest.raises(AirflowException, match="control character"):
+        haproxy_word("a\nstats enable")

@@ -100,6 +100,17 @@ class DrillProbeHook(BaseHook):
         settings_file = self.remote.put_file(self.settings_file, json.dumps(settings), mode="0600", secret=True)
         return changed or settings_file.changed
 
+    def remove_settings(self) -> bool:
+        """
+        Delete the probe's settings (they hold its password): this drill's and any an earlier drill
+        left behind. The probe reads them only when it starts. True if one was there.
+        """
+        pattern = f"{shlex.quote(self.state_dir)}/*/probe.json"
+        if not self.remote.run(f"ls {pattern}", check=False, quiet=True).ok:
+            return False
+        self.remote.run(f"rm -f {pattern}")
+        return True
+
     def is_active(self) -> bool:
         return self.remote.run(f"systemctl is-active --quiet {shlex.quote(self.unit)}", check=False, quiet=True).ok
 

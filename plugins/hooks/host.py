@@ -200,6 +200,8 @@ class HostHook(BaseHook):
         current = self.remote.run(f"stat -c '%F %U:%G:%a' {q(path)}", check=False, quiet=True)
         if current.ok and current.stdout.strip() == wanted:
             return False
+        if current.ok and current.stdout.startswith("symbolic link"):  # install -d would chown its target
+            raise AirflowException(f"[{self.name}] refusing {path}: it is a symbolic link; nothing was changed")
         self.remote.run(f"install -d -o {q(owner)} -g {q(group)} -m {q(mode)} {q(path)}")
         return True
 

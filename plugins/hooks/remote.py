@@ -26,29 +26,102 @@ if TYPE_CHECKING:
 
 MASK = "***"
 
-# Writes stdin to a temp file next to the target, then renames it over the
-# target only when the checksum, owner or mode differ. Prints one status word.
-_PUT_SCRIPT = r"""
-set -eu
+# Root must never be led by a link a non-root user planted: the directory of a
+# path is entered one component at a time (cd, so every later name is relative
+# to the directory reached, which a rename cannot swap), a symbolic link is
+# followed only where no one but root could have made it (a directory owned by
+# root that no one else may write), and each step checks it landed below where
+# it came from. Exit 4 with "pgha: refusing <path>: <why>" on stderr.
+_SAFE_PATH = r"""
+set -u
+CDPATH=
+refuse() { echo "pgha: refusing $1" >&2; exit 4; }
+trusted() {  # owned by root and writable by no one else
+  set -- $(stat -c '%u %a' -- "$1")
+  [ "$1" = 0 ] && [ $(( 0$2 & 022 )) = 0 ]
+}
+enter() {  # enter directory $1 of path $3; $2 = create: make what is missing (0755), else return 1 when missing
+  want=$3 rest=${1#/} hops=0
+  cd / || exit 1
+  while [ -n "$rest" ]; do
+    part=${rest%%/*}
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    case $part in ''|.) continue ;; ..) cd -P .. || exit 1; continue ;; esac
+    if [ -L "$part" ]; then
+      trusted . || refuse "$want: $(pwd -P)/$part is a symbolic link in a directory a user other than root can write"
+      hops=$((hops + 1))
+      [ "$hops" -le 40 ] || refuse "$want: too many symbolic links"
+      target=$(readlink -- "$part") || exit 1
+      case $target in /*) cd / || exit 1 ;; esac
+      rest=${target#/}${rest:+/$rest}
+      continue
+    fi
+    if [ ! -e "$part" ]; then
+      [ "$2" = create ] || return 1
+      mkdir -m 0755 -- "$part" || exit 1
+    fi
+    [ -d "$part" ] || refuse "$want: $(pwd -P)/$part is not a directory"
+    here=$(stat -c %d:%i .)
+    cd -P -- "$part" || exit 1
+    [ "$(stat -c %d:%i ..)" = "$here" ] || refuse "$want: $part was replaced by a link while pgha entered it"
+  done
+}
+split() {  # dir and name of $1
+  name=${1##*/} dir=${1%/*}
+  [ -n "$dir" ] || dir=/
+}
+"""
+
+# Reads a file without following a link: exit 2 when it (or its directory) does not exist.
+_READ_SCRIPT = _SAFE_PATH + r"""
+path=$1
+split "$path"
+enter "$dir" no "$path" || exit 2
+[ -L "$name" ] && refuse "$path: it is a symbolic link"
+[ -e "$name" ] || exit 2
+[ -f "$name" ] || refuse "$path: it is not a regular file"
+exec dd if="$name" iflag=nofollow status=none
+"""
+
+# Writes stdin into a new temp file next to the target (created exclusively: no
+# link can be planted at its name first), sets owner and mode through the open
+# file (/proc/$$/fd/3, never through the name), and renames it over the target
+# only when the checksum, owner or mode differ. A target that is a symbolic
+# link is refused, not replaced. Prints one status word.
+_PUT_SCRIPT = _SAFE_PATH + r"""
 dst=$1 want_sum=$2 owner=$3 group=$4 mode=$5
-dir=$(dirname "$dst")
-mkdir -p "$dir"
-tmp=$(mktemp "$dir/.pgha-put.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
-cat > "$tmp"
-got_sum=$(sha256sum "$tmp" | cut -d' ' -f1)
+split "$dst"
+enter "$dir" create "$dst"
+[ -L "$name" ] && refuse "$dst: it is a symbolic link"
+[ ! -e "$name" ] || [ -f "$name" ] || refuse "$dst: it is not a regular file"
+umask 077
+set -C
+tmp=$(mktemp -u .pgha-put.XXXXXXXXXX)
+trap 'rm -f -- "$tmp"' EXIT
+exec 3> "$tmp"
+set +C
+mine=/proc/$$/fd/3
+cat >&3
+got_sum=$(sha256sum < "$mine" | cut -d' ' -f1)
 [ "$got_sum" = "$want_sum" ] || { echo "checksum mismatch after upload: $got_sum" >&2; exit 3; }
-chown "$owner:$group" "$tmp"
-chmod "$mode" "$tmp"
-if [ -f "$dst" ] && [ "$(sha256sum "$dst" | cut -d' ' -f1)" = "$want_sum" ] \
-   && [ "$(stat -c '%U:%G:%a' "$dst")" = "$owner:$group:$(printf '%o' "0$mode")" ]; then
-  echo unchanged
-  exit 0
-fi
+chown "$owner:$group" "$mine"
+chmod "$mode" "$mine"
+sum_of() { dd if="$1" iflag=nofollow status=none | sha256sum | cut -d' ' -f1; }
 old_sum=absent
-[ -f "$dst" ] && old_sum=$(sha256sum "$dst" | cut -d' ' -f1)
-mv -f "$tmp" "$dst"
+if [ -f "$name" ]; then
+  old_sum=$(sum_of "$name")
+  if [ "$old_sum" = "$want_sum" ] \
+     && [ "$(stat -c '%U:%G:%a' -- "$name")" = "$owner:$group:$(printf '%o' "0$mode")" ]; then
+    echo unchanged
+    exit 0
+  fi
+fi
+inode=$(stat -L -c %d:%i "$mine")
+[ "$(stat -c %d:%i -- "$tmp")" = "$inode" ] || refuse "$dst: its temp file $dir/$tmp was replaced"
+[ -L "$name" ] && refuse "$dst: it is a symbolic link"
+mv -f -T -- "$tmp" "$name"
 trap - EXIT
+[ "$(stat -c %d:%i -- "$name")" = "$inode" ] || refuse "$dst: it was replaced while pgha installed it"
 echo "changed $old_sum"
 """
 
@@ -368,8 +441,17 @@ class RemoteHook(BaseHook):
         return outcome
 
     def read_file(self, path: str) -> str | None:
-        """The file's text, or None when it does not exist."""
-        result = self.run(f"cat {shlex.quote(path)}", check=False, quiet=True)
+        """
+        The file's text, or None when it does not exist. Refuses (AirflowException naming the
+        path) a file that is a symbolic link or lies behind one a user other than root could
+        have planted: root reads only what the path really names.
+        """
+        result = self.run(
+            f"bash -c {shlex.quote(_READ_SCRIPT)} pgha-read {shlex.quote(path)}",
+            check=False, quiet=True, log_as=f"read_file {path}",
+        )
+        if result.exit_code == 4:
+            raise AirflowException(f"[{self.host_name}] {result.stderr.strip()}; nothing was read or changed")
         return result.stdout if result.ok else None
 
     def put_file(
@@ -387,17 +469,24 @@ class RemoteHook(BaseHook):
 
         The content goes over stdin into a temp file in the same directory, is
         checksummed, given owner and mode, and renamed over the target only if
-        something differs. A non-secret file's diff is logged.
+        something differs. A non-secret file's diff is logged. A target that is a
+        symbolic link, or a directory reached through a link a user other than root
+        could have planted, is refused (AirflowException naming the path), not followed.
         """
         group = group or owner
         new_sum = hashlib.sha256(content.encode()).hexdigest()
         old_text = None if secret else self.read_file(path)
         args = " ".join(shlex.quote(a) for a in ("pgha-put", path, new_sum, owner, group, mode.lstrip("0") or "0"))
         result = self.run(
-            f"sh -c {shlex.quote(_PUT_SCRIPT)} {args}",
+            f"bash -c {shlex.quote(_PUT_SCRIPT)} {args}",
             stdin=content,
             log_as=f"put_file {path} (sha256 {new_sum[:12]}, {owner}:{group} {mode})",
+            check=False,
         )
+        if result.exit_code == 4:
+            raise AirflowException(f"[{self.host_name}] {result.stderr.strip()}; nothing was changed")
+        if not result.ok:
+            raise CommandFailed(result)
         words = result.stdout.split()
         changed = bool(words) and words[0] == "changed"
         old_sum = words[1] if changed and len(words) > 1 and words[1] != "absent" else None

@@ -10,15 +10,13 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 from pgha import airflowcfg, airflowenv, pgdata
+from pgha.cutover import BACKUP_DIR, PGPASS, STAGED_CONFIG, STATE_DIR
 from pgha.hooks.postgres import node_endpoint
 from pgha.hooks.remote import RemoteHook
 from pgha.pgdata import Endpoint
 from pgha.runtime import credentials
 
 from pgha.operators.base import HostOperator, PghaOperator
-
-STAGED_SUFFIX = ".pgha-new"
-
 
 class AirflowHostPreflightOperator(HostOperator):
     """
@@ -54,10 +52,13 @@ class AirflowHostPreflightOperator(HostOperator):
 
 class StageAirflowConfigOperator(HostOperator):
     """
-    Phase 8 on one Airflow host: writes ``airflow.cfg.pgha-new`` next to the
-    live config, identical except [database] sql_alchemy_conn and (Celery)
-    [celery] result_backend, which point at HAProxy's write port, and proves
-    that URL logs in and reaches the leader. The live config is not touched.
+    Phase 8 on one Airflow host: writes ``/var/lib/pgha/airflow.cfg.pgha-new``
+    (root 0600 in a root-only directory: nothing the Airflow user can swap for
+    a link), identical to the live config except [database] sql_alchemy_conn
+    and (Celery) [celery] result_backend, which point at HAProxy's write port,
+    and proves that URL logs in and reaches the leader. The live config is
+    not touched; it is read refusing a symbolic link (or a linked directory)
+    its owner could have planted.
 
     A host that is not the HAProxy host uses HAProxy's address, never
     localhost.
@@ -76,14 +77,13 @@ class StageAirflowConfigOperator(HostOperator):
         url = airflowcfg.database_url(app.login, app.password, haproxy_address, inv.haproxy.write_port,
                                       inv.postgres.database, scheme=scheme)
         new = airflowcfg.repoint(current, url, "db+" + url)
-        staged_path = self.config_path + STAGED_SUFFIX
         if new == current:
-            remote.run(f"rm -f {shlex.quote(staged_path)}")
+            remote.run(f"rm -f {shlex.quote(STAGED_CONFIG)}")
             self.unchanged(f"{self.config_path} already points at HAProxy")
         else:
-            owner = remote.run(f"stat -c '%U %G' {shlex.quote(self.config_path)}", quiet=True).stdout.split()
-            staged = remote.put_file(staged_path, new, owner=owner[0], group=owner[1], mode="0600", secret=True)
-            self.note(f"{staged_path} staged", staged.changed)
+            self.note(f"{STATE_DIR} root-only", self.host_hook(self.host).ensure_directory(STATE_DIR, mode="0700"))
+            staged = remote.put_file(STAGED_CONFIG, new, mode="0600", secret=True)
+            self.note(f"{STAGED_CONFIG} staged (for {self.config_path})", staged.changed)
         through_haproxy = node_endpoint(inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address,
                                         port=inv.haproxy.write_port, database=inv.postgres.database)
         with pgdata.session(through_haproxy) as conn:
@@ -125,7 +125,7 @@ class CutoverOperator(PghaOperator):
 
     AGENT_MODULE = "pgha.cutover"
     SETTINGS = "/etc/pgha/cutover.json"
-    PGPASS = "/etc/pgha/cutover.pgpass"
+    PGPASS = PGPASS
     LOG_DIR = "/var/log/pgha"
 
     def __init__(self, *, delay: int = 20, **kwargs: Any) -> None:
@@ -150,9 +150,11 @@ class CutoverOperator(PghaOperator):
         method = (context.get("params") or {}).get("migration_method", "dump_restore")
         # Every host is prepared and checked before any timer starts: a host that cannot run the agent arms
         # nothing anywhere. Then the followers' timers, the primary's last; a failure stops those started.
-        pythons = {host: self._prepare(host, role, run_id, method) for host, role in roles.items()}
+        pythons: dict[str, str] = {}
         started: list[str] = []
         try:
+            for host, role in roles.items():
+                pythons[host] = self._prepare(host, role, run_id, method)
             for host in sorted(roles, key=lambda h: roles[h] == "primary"):
                 self.remote(host).run(shlex.join(self.agent_command(run_id, pythons[host])))
                 started.append(host)
@@ -162,12 +164,13 @@ class CutoverOperator(PghaOperator):
             for host in started:
                 self.remote(host).run(f"systemctl stop {shlex.quote(run_id + '.timer')}", check=False)
                 self.log.warning("[%s] cutover timer %s stopped: arming failed on another host", host, run_id)
+            for host in pythons:  # prepared, so holding a passwords file no agent will run to remove
+                self.remote(host).run(f"rm -f {shlex.quote(self.PGPASS)}", check=False)
             raise
         return {"armed": True, "run_id": run_id, "hosts": roles}
 
     def _staged(self, host: str) -> bool:
-        path = self.inventory.airflow_host(host).config + STAGED_SUFFIX
-        return self.remote(host).run(f"test -f {shlex.quote(path)}", check=False).ok
+        return self.remote(host).run(f"test -f {shlex.quote(STAGED_CONFIG)}", check=False).ok
 
     def _cluster_is_live(self) -> bool:
         inv = self.inventory
@@ -232,7 +235,8 @@ class CutoverOperator(PghaOperator):
         return {
             "units": list(airflow_host.units),
             "config": airflow_host.config,
-            "staged": airflow_host.config + STAGED_SUFFIX,
+            "staged": STAGED_CONFIG,
+            "backup_dir": BACKUP_DIR,
             "airflow_user": owner,
             "airflow_bin": airflow_bin,
             "python": airflow_bin.rsplit("/", 1)[0] + "/python",

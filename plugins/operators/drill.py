@@ -204,7 +204,10 @@ class StartProbeOperator(DrillOperator):
         }
         self.note(f"probe files in {probe.directory}", probe.install(PROBE_SCRIPT.read_text(), settings))
         self.note(f"probe unit {probe.unit} started", probe.start(plan["probe_python"]))
-        acks = probe.wait_for_acks(PROBE_WARMUP_ACKS, timeout=PROBE_WARMUP_TIMEOUT_S)
+        try:
+            acks = probe.wait_for_acks(PROBE_WARMUP_ACKS, timeout=PROBE_WARMUP_TIMEOUT_S)
+        finally:  # the running probe has read them; a retry writes them again
+            self.note("probe settings (its password) removed", probe.remove_settings())
         return {"unit": probe.unit, "host": plan["probe_host"], "acks": acks}
 
     def _ensure_tables(self, probe_login: str) -> None:
@@ -318,11 +321,15 @@ class HealOperator(DrillOperator):
 
 
 class StopProbeOperator(DrillOperator):
-    """Stops the write probe (trigger_rule all_done); its acknowledgments stay on the probe host."""
+    """Stops the write probe (trigger_rule all_done) and deletes its settings (its password; an earlier
+    drill's too); its acknowledgments stay on the probe host."""
 
     def run(self, context: Any) -> Any:
         probe = self.probe()
-        self.note(f"probe {probe.unit} stopped", probe.stop())
+        try:
+            self.note(f"probe {probe.unit} stopped", probe.stop())
+        finally:
+            self.note("probe settings (its password) removed", probe.remove_settings())
         return {"unit": probe.unit, "ack_file": probe.ack_file}
 
 
@@ -350,6 +357,7 @@ class AnalyseDrillOperator(DrillOperator):
     def run(self, context: Any) -> Any:
         plan, inv = self.the_plan(), self.inventory
         probe = self.probe()
+        self.note("probe settings (its password) removed", probe.remove_settings())  # stop_probe may have failed
         fault = probe.fault_record()
         steps = {name: xcom_result(value) for name, value in self.steps.items()}
         if fault is None:

@@ -9,15 +9,26 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.render import haproxy_context, render
+from pgha.runtime import Credentials, credentials
 
 from pgha.operators.base import PghaOperator
 
 HAPROXY_UNIT = "haproxy.service"
+STATS_CONN_ID = "pgha_haproxy_stats"  # optional: without it the stats page takes the Patroni REST API's login
+
+
+def haproxy_word(value: str) -> str:
+    """``value`` as one haproxy.cfg word, read back verbatim: single-quoted (no escape, no variable
+    inside), each ``'`` written as ``'\\''``."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise AirflowException("a control character cannot be written into haproxy.cfg")
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 class InstallHAProxyOperator(PghaOperator):
@@ -43,9 +54,13 @@ class HAProxySwitchOperator(PghaOperator):
     def run(self, context: Any) -> Any:
         haproxy = self.inventory.haproxy
         host = self.host_hook(haproxy.host)
-        wanted = render("haproxy.cfg.j2", **haproxy_context(self.inventory))
+        login = self._stats_login()
+        host.remote.add_secret(login.password)
+        wanted = render("haproxy.cfg.j2", **haproxy_context(self.inventory),
+                        stats_auth=haproxy_word(f"{login.login}:{login.password}"))
         running = host.unit_active(HAPROXY_UNIT)
-        differs = host.read_file(haproxy.config) != wanted
+        # what a command prints comes back with the password masked; a changed password still differs
+        differs = host.read_file(haproxy.config) not in (wanted, host.remote.mask(wanted))
         if differs:
             self._install(wanted, running)
         else:
@@ -56,11 +71,25 @@ class HAProxySwitchOperator(PghaOperator):
             self.changed("haproxy started")
         return {"config_changed": differs, "reloaded": differs and running, "started": not running}
 
+    def _stats_login(self) -> Credentials:
+        """The stats page's login: connection pgha_haproxy_stats, else the Patroni REST API's."""
+        try:
+            BaseHook.get_connection(STATS_CONN_ID)
+        except Exception:
+            conn_id = self.inventory.patroni.rest_conn_id
+            login = credentials(conn_id, f"HAProxy stats page login (no connection {STATS_CONN_ID!r})")
+        else:
+            conn_id = STATS_CONN_ID
+            login = credentials(conn_id, "HAProxy stats page login")
+        if ":" in login.login:
+            raise AirflowException(f"connection {conn_id!r}: a HAProxy stats login cannot contain ':'")
+        return login
+
     def _install(self, wanted: str, running: bool) -> None:
         haproxy = self.inventory.haproxy
         host = self.host_hook(haproxy.host)
         staged = f"{haproxy.config}.pgha-new"
-        host.put_file(staged, wanted)
+        host.put_file(staged, wanted, mode="0600", secret=True)  # it holds the stats page's password
         check = host.run(f"haproxy -c -f {shlex.quote(staged)}", check=False)
         if not check.ok:
             host.remove(staged)
