@@ -40,6 +40,7 @@ from pgha.operators.postgres import (
     SourcePreflightOperator,
     StartLogicalReplicationOperator,
 )
+from pgha.sensors.airflow import CutoverOutcomeSensor
 from pgha.sensors.etcd import EtcdHealthSensor
 from pgha.sensors.haproxy import HAProxyRoutingSensor
 from pgha.sensors.patroni import PatroniLeaderSensor
@@ -111,6 +112,8 @@ OLD_LEADER = (
     "{{ ((ti.xcom_pull(task_ids='phase9_validate.switchover_test') or {}).get('result') or {})"
     ".get('old_leader', '') }}"
 )
+# The cutover run the `cutover` task armed ("" when it armed nothing: the sensor reads the one armed last).
+CUTOVER_RUN_ID = "{{ ((ti.xcom_pull(task_ids='cutover') or {}).get('result') or {}).get('run_id', '') }}"
 
 with DAG(
     dag_id="pg_ha_migration",
@@ -230,5 +233,11 @@ with DAG(
         )
 
     cutover = CutoverOperator(task_id="cutover", phase=PHASES[7])
+    # The agents move Airflow after `cutover` succeeded; this wait turns the run red on their rollback.
+    # Its timeout covers the agent's longest copy (6 h); a poke killed by the agents' stop is retried.
+    cutover_outcome = CutoverOutcomeSensor(
+        task_id="cutover_outcome", phase=PHASES[7], run_id=CUTOVER_RUN_ID, timeout=7 * 3600,
+    )
 
-    chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover)
+    chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover,
+          cutover_outcome)
