@@ -81,6 +81,9 @@ class CutoverOutcomeSensor(CheckSensor):
         if value.get("outcome") != SUCCESS:
             raise AirflowFailException(f"cutover {value.get('run_id') or ''} {value.get('outcome')}: "
                                        f"{value.get('reason')}")
+        if value.get("run_id") is None:
+            self.log.info("%s", value.get("detail"))
+            return value
         self.log.info("cutover %s succeeded: Airflow runs on the cluster (%s scheduler heartbeat(s) after the "
                       "cutover); longest stop %.1fs", value.get("run_id"), value.get("heartbeats", "-"),
                       value.get("stopped_s", 0.0))
