@@ -303,21 +303,24 @@ MB = 1024 * 1024
 class CopyProgress:
     """
     While a copy into ``target`` runs elsewhere, logs every ``interval`` seconds, from a connection of
-    its own, how far it got: the target database's size against the source's (an estimate: indexes
-    are built at the end, so the last percent takes longest), the rate and the time left at that rate.
-    A context manager; a failing poll is logged and the copy goes on.
+    its own (to ``postgres``, never to the target database), how far it got: what the target database
+    grew by since the start against the source database's size (an estimate: the copy is packed
+    tighter, and pg_restore builds indexes after the rows), the rate and the time left at that rate.
+    A context manager; a poll that fails is logged and the copy goes on.
     """
 
-    def __init__(self, target: Endpoint, expected_bytes: int, log: Any, interval: float = 15) -> None:
+    def __init__(self, target: Endpoint, source_bytes: int, log: Any, interval: float = 15) -> None:
         self.target = target
-        self.expected = expected_bytes
+        self.source_bytes = source_bytes
         self.log = log
         self.interval = interval
         self.lines: list[str] = []
+        self._baseline = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pgha-copy-progress", daemon=True)
 
     def __enter__(self) -> CopyProgress:
+        self._baseline = self._size() or 0  # an empty database is not nothing (its catalog)
         self._started = time.monotonic()
         self._thread.start()
         return self
@@ -326,23 +329,33 @@ class CopyProgress:
         self._stop.set()
         self._thread.join(timeout=self.target.connect_timeout + 5)
 
+    def _size(self) -> int | None:
+        try:
+            with session(replace(self.target, dbname="postgres")) as conn:
+                return database_bytes(conn, self.target.dbname)
+        except Exception as exc:  # the copy decides success; the progress line only informs
+            self.log(f"copy progress unknown: {str(exc).strip()}")
+            return None
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                with session(replace(self.target, dbname="postgres")) as conn:
-                    done = database_bytes(conn, self.target.dbname)
-            except Exception as exc:  # the copy decides success; the progress line only informs
-                self.log(f"copy progress unknown: {str(exc).strip()}")
-                continue
-            self.lines.append(self.describe(done, time.monotonic() - self._started))
-            self.log(self.lines[-1])
+            size = self._size()
+            if size is not None:
+                self.lines.append(self.describe(size - self._baseline, time.monotonic() - self._started))
+                self.log(self.lines[-1])
 
     def describe(self, done: int, elapsed: float) -> str:
+        done = max(done, 0)
         rate = done / elapsed if elapsed > 0 else 0.0
-        line = f"copied {done / MB:.1f} MB of ~{self.expected / MB:.1f} MB ({rate / MB:.2f} MB/s)"
-        if rate > 0 and self.expected > done:
-            return f"{line}, ~{(self.expected - done) / rate:.0f} s left"
-        return f"{line}, building indexes and constraints" if done else line
+        expected = max(self.source_bytes - self._baseline, 0)
+        if not expected:
+            return f"copied {done / MB:.1f} MB ({rate / MB:.2f} MB/s)"
+        line = f"copied {done / MB:.1f} MB of ~{expected / MB:.1f} MB ({rate / MB:.2f} MB/s)"
+        if done >= expected:
+            return f"{line}, about all rows in: pg_restore finishing (indexes, constraints)"
+        if rate > 0:
+            return f"{line}, ~{(expected - done) / rate:.0f} s left"
+        return line
 
 
 # ---------------------------------------------------------------- logical replication

@@ -3,6 +3,7 @@ and a real loopback sshd as the source host. Patroni's answer (which node leads)
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from test_cutover_agent import pipelines_of
 
 from pgha import pgdata
 from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.postgres import RemoteDumpRestore
 from pgha.operators.postgres import (
     CreateDatabaseOperator,
     MigrateDataOperator,
@@ -106,7 +108,8 @@ def test_migrate_data_copies_verifies_marks_and_reruns(inventory: str, source: P
 
 
 def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, source: PostgresService,
-                                                             cluster: PostgresService) -> None:
+                                                             cluster: PostgresService, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     fill_source(source)
     add_bulk(source, 150_000)
     ensure_owner(cluster)
@@ -131,8 +134,12 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     assert pipelines_of("/run/pgha/copy.pgpass") == []
     assert not Path("/run/pgha/copy.pgpass").exists(), "the passwords' file is gone"
     assert not list(Path("/run/pgha/commands").glob("*.pgid")), "no pid file left"
+    capsys.readouterr()
+    monkeypatch.setattr(RemoteDumpRestore, "PROGRESS_INTERVAL", 0.5)  # 15 s in a task
     again = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
     assert again["result"]["rows"] == 150_550
+    progress = re.findall(r"pg_dump \| pg_restore: copied [\d.]+ MB of ~[\d.]+ MB \([\d.]+ MB/s\)", capsys.readouterr().out)
+    assert progress, "the copy logged how far it got while it ran"
     sql(owner(source), "DROP TABLE bulk")
 
 
