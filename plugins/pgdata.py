@@ -297,6 +297,11 @@ def database_bytes(conn: Connection, database: str) -> int:
     return int(scalar(conn, statement("database_bytes.sql", database=lit(database))) or 0)
 
 
+def user_table_bytes(conn: Connection) -> int:
+    """Bytes of the user tables of ``conn``'s database (indexes and TOAST included)."""
+    return int(scalar(conn, statement("user_table_bytes.sql")) or 0)
+
+
 MB = 1024 * 1024
 
 
@@ -345,17 +350,22 @@ class CopyProgress:
                 self.log(self.lines[-1])
 
     def describe(self, done: int, elapsed: float) -> str:
-        done = max(done, 0)
-        rate = done / elapsed if elapsed > 0 else 0.0
-        expected = max(self.source_bytes - self._baseline, 0)
-        if not expected:
-            return f"copied {done / MB:.1f} MB ({rate / MB:.2f} MB/s)"
-        line = f"copied {done / MB:.1f} MB of ~{expected / MB:.1f} MB ({rate / MB:.2f} MB/s)"
-        if done >= expected:
-            return f"{line}, about all rows in: pg_restore finishing (indexes, constraints)"
-        if rate > 0:
-            return f"{line}, ~{(expected - done) / rate:.0f} s left"
-        return line
+        return "copied " + progress_line(max(done, 0), self.source_bytes - self._baseline, elapsed,
+                                         finishing="about all rows in: pg_restore finishing (indexes, constraints)")
+
+
+def progress_line(done: int, expected: int, elapsed: float, finishing: str = "all in") -> str:
+    """'X MB of ~Y MB (Z MB/s), ~T s left' (without the estimate when ``expected`` is unknown, 0;
+    ``finishing`` once ``done`` reached it)."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if expected <= 0:
+        return f"{done / MB:.1f} MB ({rate / MB:.2f} MB/s)"
+    line = f"{done / MB:.1f} MB of ~{expected / MB:.1f} MB ({rate / MB:.2f} MB/s)"
+    if done >= expected:
+        return f"{line}, {finishing}"
+    if rate > 0:
+        return f"{line}, ~{(expected - done) / rate:.0f} s left"
+    return line
 
 
 # ---------------------------------------------------------------- logical replication

@@ -12,7 +12,19 @@ from typing import Any
 
 import pytest
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
-from pg_pair import DATABASE, OWNER, add_bulk, ensure_owner, fill_source, owner, sql, superuser
+from pg_pair import (
+    BIN_DIR,
+    DATABASE,
+    OWNER,
+    add_bulk,
+    ensure_owner,
+    fill_source,
+    owner,
+    restart_with,
+    sql,
+    superuser,
+    write_pgpass,
+)
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
 from services import PostgresService, SshdService, start_postgres
 from test_cutover_agent import pipelines_of
@@ -26,6 +38,7 @@ from pgha.operators.postgres import (
     SourcePreflightOperator,
     StartLogicalReplicationOperator,
 )
+from pgha.sensors.postgres import LogicalSyncSensor
 
 DUMP = {"params": {"migration_method": "dump_restore"}}
 
@@ -159,3 +172,37 @@ def test_cutover_arms_the_agent_module_with_the_airflow_python(inventory: str) -
         "--timer-property=AccuracySec=100ms", "/opt/airflow/venv/bin/python", "-m", "pgha.cutover",
         "/etc/pgha/cutover.json",
     ]
+
+
+def test_logical_initial_sync_logs_tables_per_state_and_bytes(inventory: str, source: PostgresService,
+                                                              cluster: PostgresService, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A real subscription on the cluster copies the source's tables; each poke says how far it got."""
+    restart_with(source, wal_level="logical")
+    fill_source(source)
+    ensure_owner(cluster)
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.recreate_database(conn, DATABASE, OWNER)
+    pgpass = write_pgpass(tmp_path / "schema.pgpass", owner(source), superuser(cluster, DATABASE))
+    pgdata.run_pipeline(pgdata.dump_restore_command(owner(source), superuser(cluster, DATABASE), bin_dir=BIN_DIR,
+                                                    owner=OWNER, passfile=pgpass, schema_only=True), timeout=60)
+    with pgdata.session(superuser(source, DATABASE)) as conn:
+        pgdata.ensure_publication(conn)
+    with pgdata.session(superuser(cluster, DATABASE)) as conn:
+        pgdata.create_subscription(conn, superuser(source, DATABASE))
+    try:
+        sensor = LogicalSyncSensor(task_id="logical_initial_sync", inventory_path=inventory, mode="poke")
+        deadline = time.monotonic() + 60
+        while not sensor.poke({}).is_done:
+            assert time.monotonic() < deadline, capsys.readouterr().out[-2000:]
+            time.sleep(0.5)
+        text = capsys.readouterr().out
+        done = re.search(r"initial copy done on pg1: 2 tables replicating; \(ready 2\) ([\d.]+) MB of ~([\d.]+) MB "
+                         r"\([\d.]+ MB/s\)", text)
+        assert done, text[-2000:]
+        assert 0 < float(done[1]) <= 2 * float(done[2]), "the bytes of the same tables on both sides"
+    finally:
+        with pgdata.session(superuser(cluster, DATABASE)) as conn:
+            pgdata.drop_subscription(conn)
+        with pgdata.session(superuser(source, DATABASE)) as conn:
+            pgdata.drop_publication(conn)
