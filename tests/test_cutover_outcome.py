@@ -67,7 +67,8 @@ def inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cutover_db: Postg
     return inventory_for(tmp_path, monkeypatch, cutover_db.port, sshd)
 
 
-def record(cluster: PostgresService, host: str, role: str, outcome: str, detail: str, steps: list | None = None) -> None:
+def record(cluster: PostgresService, host: str, role: str, outcome: str, detail: str,
+           steps: list | None = None) -> None:
     """A row as the agent on ``host`` writes it (its record started 17 s before)."""
     body = {"run_id": RUN, "host": host, "role": role, "outcome": outcome, "detail": detail, "seconds": 17.0,
             "steps": STEPS if steps is None else steps}

@@ -159,3 +159,13 @@ def test_missing_connections_are_named_before_any_host_is_touched(monkeypatch: p
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", '{"conn_type": "generic", "host": "x"}')
     with pytest.raises(AirflowException, match=r"missing Airflow connections: ssh_psg3 \(SSH to psg3\)$"):
         ValidateInventoryOperator(task_id="validate_inventory").execute({"params": {}})
+
+
+def test_form_and_grid_read_like_the_runbook(dag) -> None:  # type: ignore[no-untyped-def]
+    """Phases as a multi-select (an array with examples), per-host names for mapped tasks, a doc for every task."""
+    phases = dag.params.get_param("phases").schema
+    assert phases["type"] == "array" and phases["examples"] == phases["items"]["enum"]
+    assert set(phases["values_display"]) == set(phases["examples"])
+    mapped = [t for t in dag.tasks if type(t).__name__ == "MappedOperator"]
+    assert mapped and all(t.map_index_template == "{{ task.host }}" for t in mapped)
+    assert [t.task_id for t in dag.tasks if not t.doc_md] == []

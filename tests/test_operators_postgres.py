@@ -151,7 +151,8 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     monkeypatch.setattr(RemoteDumpRestore, "PROGRESS_INTERVAL", 0.5)  # 15 s in a task
     again = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
     assert again["result"]["rows"] == 150_550
-    progress = re.findall(r"pg_dump \| pg_restore: copied [\d.]+ MB of ~[\d.]+ MB \([\d.]+ MB/s\)", capsys.readouterr().out)
+    progress = re.findall(r"pg_dump \| pg_restore: copied [\d.]+ MB of ~[\d.]+ MB \([\d.]+ MB/s\)",
+                          capsys.readouterr().out)
     assert progress, "the copy logged how far it got while it ran"
     sql(owner(source), "DROP TABLE bulk")
 
@@ -197,8 +198,8 @@ def test_logical_initial_sync_logs_tables_per_state_and_bytes(inventory: str, so
             assert time.monotonic() < deadline, capsys.readouterr().out[-2000:]
             time.sleep(0.5)
         text = capsys.readouterr().out
-        done = re.search(r"initial copy done on pg1: 2 tables replicating; \(ready 2\) ([\d.]+) MB of ~([\d.]+) MB "
-                         r"\([\d.]+ MB/s\)", text)
+        done = re.search(r"initial copy done on pg1: 2 tables replicating; \(ready 2\) ([\d.]+) MB of "
+                         r"~([\d.]+) MB \([\d.]+ MB/s\)", text)
         assert done, text[-2000:]
         assert 0 < float(done[1]) <= 2 * float(done[2]), "the bytes of the same tables on both sides"
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -33,6 +34,7 @@ class LogicalSyncSensor(InventoryMixin, BaseSensorOperator):
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("poke_interval", 10)
         kwargs.setdefault("timeout", 3600)
+        kwargs.setdefault("doc_md", inspect.getdoc(type(self)))
         super().__init__(**kwargs)
         self.inventory_path = inventory_path
         self.phase = phase
