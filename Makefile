@@ -16,7 +16,8 @@ venv: $(VENV)/.installed
 deps:
 	bash .ci/install-deps
 
-## The main job: the lab (4 real hosts) plus a full migration; prints the Airflow UI address and login.
+## The main job: the lab (4 real hosts) plus a full migration; waits for the cutover's outcome and prints it
+## (each host's outcome, how long Airflow was stopped, where the agents' log is), the Airflow UI address and login.
 demo: deps venv
 	$(PY) lab/demo
 

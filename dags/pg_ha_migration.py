@@ -40,6 +40,7 @@ from pgha.operators.postgres import (
     SourcePreflightOperator,
     StartLogicalReplicationOperator,
 )
+from pgha.sensors.airflow import CutoverOutcomeSensor
 from pgha.sensors.etcd import EtcdHealthSensor
 from pgha.sensors.haproxy import HAProxyRoutingSensor
 from pgha.sensors.patroni import PatroniLeaderSensor
@@ -57,6 +58,18 @@ PHASES = [
     "9_validate",
 ]
 
+PHASE_TITLES = {
+    "1_prepare_hosts": "Prepare hosts: names, package sources, firewall",
+    "2_install_postgres": "Install PostgreSQL on the database nodes",
+    "3_etcd_cluster": "etcd cluster, one member at a time",
+    "4_patroni": "Install and configure Patroni",
+    "5_bootstrap": "Bootstrap: first node leads, the others stream",
+    "6_data_migration": "Data: role, database, copy or logical replication",
+    "7_haproxy": "HAProxy routes writes to the leader, reads to replicas",
+    "8_repoint_airflow": "Stage Airflow's new config, then the cutover",
+    "9_validate": "Validate: health, routing, switchover test",
+}
+
 params = {
     "inventory_path": Param(
         os.environ.get("PGHA_INVENTORY", "include/inventory.yml"),
@@ -69,6 +82,8 @@ params = {
         PHASES,
         type="array",
         items={"type": "string", "enum": PHASES},
+        examples=PHASES,  # the trigger form renders an array with examples as a multi-select
+        values_display={phase: f"{phase[0]}. {PHASE_TITLES[phase]}" for phase in PHASES},
         title="Phases to run",
         description="Unselected phases skip; preflight always runs; the cutover runs with phase 8.",
         section="Scope",
@@ -104,6 +119,7 @@ params = {
 }
 
 INVENTORY = "{{ params.inventory_path }}"
+HOST = "{{ task.host }}"  # a mapped task is named by its host in the grid, not by its index
 FIRST_NODE = "{{ ti.xcom_pull(task_ids='preflight.database_nodes')[0] }}"  # the runbook starts psg1 first
 SENSOR_TIMEOUT = 900
 # The leader the switchover test moved away from ("" when the test was skipped: any leader will do).
@@ -111,6 +127,8 @@ OLD_LEADER = (
     "{{ ((ti.xcom_pull(task_ids='phase9_validate.switchover_test') or {}).get('result') or {})"
     ".get('old_leader', '') }}"
 )
+# The cutover run the `cutover` task armed ("" when it armed nothing: the sensor reads the one armed last).
+CUTOVER_RUN_ID = "{{ ((ti.xcom_pull(task_ids='cutover') or {}).get('result') or {}).get('run_id', '') }}"
 
 with DAG(
     dag_id="pg_ha_migration",
@@ -129,59 +147,63 @@ with DAG(
     tags=["pgha", "postgres", "ha"],
     doc_md=__doc__,
 ) as dag:
-    with TaskGroup("preflight") as preflight:
+    with TaskGroup("preflight", tooltip="Inventory, hosts and source database checked; nothing changes") as preflight:
         inventory = ValidateInventoryOperator(task_id="validate_inventory", retries=0)
         managed_hosts = InventoryHostsOperator(task_id="managed_hosts", role="managed")
         db_nodes = InventoryHostsOperator(task_id="database_nodes", role="database")
         airflow_hosts = InventoryHostsOperator(task_id="airflow_hosts", role="airflow")
-        hosts_ok = HostPreflightOperator.partial(task_id="check_host").expand(host=managed_hosts.output)
-        airflow_ok = AirflowHostPreflightOperator.partial(task_id="check_airflow_host").expand(
+        hosts_ok = HostPreflightOperator.partial(task_id="check_host", map_index_template=HOST).expand(
+            host=managed_hosts.output
+        )
+        airflow_ok = AirflowHostPreflightOperator.partial(task_id="check_airflow_host", map_index_template=HOST).expand(
             host=airflow_hosts.output
         )
         source_ok = SourcePreflightOperator(task_id="check_source_db")
         chain(inventory, [managed_hosts, db_nodes, airflow_hosts], hosts_ok, airflow_ok, source_ok)
 
-    with TaskGroup("phase1_prepare_hosts") as phase1:
-        PrepareHostOperator.partial(task_id="prepare_host", phase=PHASES[0]).expand(
+    with TaskGroup("phase1_prepare_hosts", tooltip=PHASE_TITLES[PHASES[0]]) as phase1:
+        PrepareHostOperator.partial(task_id="prepare_host", map_index_template=HOST, phase=PHASES[0]).expand(
             host=managed_hosts.output
         )
 
-    with TaskGroup("phase2_install_postgres") as phase2:
-        InstallPostgresOperator.partial(task_id="install_postgres", phase=PHASES[1]).expand(
+    with TaskGroup("phase2_install_postgres", tooltip=PHASE_TITLES[PHASES[1]]) as phase2:
+        InstallPostgresOperator.partial(task_id="install_postgres", map_index_template=HOST, phase=PHASES[1]).expand(
             host=db_nodes.output
         )
 
-    with TaskGroup("phase3_etcd_cluster") as phase3:
+    with TaskGroup("phase3_etcd_cluster", tooltip=PHASE_TITLES[PHASES[2]]) as phase3:
         chain(
-            InstallEtcdOperator.partial(task_id="install_etcd", phase=PHASES[2]).expand(
+            InstallEtcdOperator.partial(task_id="install_etcd", map_index_template=HOST, phase=PHASES[2]).expand(
                 host=db_nodes.output
             ),
             ConfigureEtcdOperator.partial(  # one member at a time: a changed unit never costs quorum
-                task_id="configure_etcd", phase=PHASES[2], max_active_tis_per_dagrun=1
+                task_id="configure_etcd", map_index_template=HOST, phase=PHASES[2], max_active_tis_per_dagrun=1
             ).expand(
                 host=db_nodes.output
             ),
             EtcdHealthSensor(task_id="etcd_healthy", phase=PHASES[2], mode="reschedule", timeout=SENSOR_TIMEOUT),
         )
 
-    with TaskGroup("phase4_patroni") as phase4:
+    with TaskGroup("phase4_patroni", tooltip=PHASE_TITLES[PHASES[3]]) as phase4:
         chain(
-            InstallPatroniOperator.partial(task_id="install_patroni", phase=PHASES[3]).expand(
+            InstallPatroniOperator.partial(task_id="install_patroni", map_index_template=HOST, phase=PHASES[3]).expand(
                 host=db_nodes.output
             ),
-            ConfigurePatroniOperator.partial(task_id="configure_patroni", phase=PHASES[3]).expand(
-                host=db_nodes.output
-            ),
+            ConfigurePatroniOperator.partial(
+                task_id="configure_patroni", map_index_template=HOST, phase=PHASES[3]
+            ).expand(host=db_nodes.output),
         )
 
-    with TaskGroup("phase5_bootstrap") as phase5:
+    with TaskGroup("phase5_bootstrap", tooltip=PHASE_TITLES[PHASES[4]]) as phase5:
         chain(
             StartPatroniOperator(task_id="start_first_node", phase=PHASES[4], host=FIRST_NODE),
             PatroniLeaderSensor(
                 task_id="leader_elected", phase=PHASES[4], expected_replicas=0, mode="reschedule",
                 timeout=SENSOR_TIMEOUT,
             ),
-            StartPatroniOperator.partial(task_id="start_all_nodes", phase=PHASES[4]).expand(host=db_nodes.output),
+            StartPatroniOperator.partial(
+                task_id="start_all_nodes", map_index_template=HOST, phase=PHASES[4]
+            ).expand(host=db_nodes.output),
             PatroniLeaderSensor(
                 task_id="replicas_streaming", phase=PHASES[4], require_sync=True, mode="reschedule",
                 timeout=SENSOR_TIMEOUT,
@@ -189,7 +211,7 @@ with DAG(
             ApplyDcsConfigOperator(task_id="failover_timings", phase=PHASES[4]),
         )
 
-    with TaskGroup("phase6_data_migration") as phase6:
+    with TaskGroup("phase6_data_migration", tooltip=PHASE_TITLES[PHASES[5]]) as phase6:
         database = CreateDatabaseOperator(task_id="create_role_and_database", phase=PHASES[5])
         # one of the two runs, by the migration_method Param; the other skips
         database >> MigrateDataOperator(task_id="copy_data", phase=PHASES[5], execution_timeout=timedelta(hours=6))
@@ -200,19 +222,19 @@ with DAG(
             LogicalSyncSensor(task_id="logical_initial_sync", phase=PHASES[5], mode="reschedule", timeout=3600),
         )
 
-    with TaskGroup("phase7_haproxy") as phase7:
+    with TaskGroup("phase7_haproxy", tooltip=PHASE_TITLES[PHASES[6]]) as phase7:
         chain(
             InstallHAProxyOperator(task_id="install_haproxy", phase=PHASES[6]),
             HAProxySwitchOperator(task_id="switch_haproxy", phase=PHASES[6]),
             HAProxyRoutingSensor(task_id="haproxy_routes_like_patroni", phase=PHASES[6], timeout=SENSOR_TIMEOUT),
         )
 
-    with TaskGroup("phase8_repoint_airflow") as phase8:
-        StageAirflowConfigOperator.partial(task_id="stage_airflow_config", phase=PHASES[7]).expand(
-            host=airflow_hosts.output
-        )
+    with TaskGroup("phase8_repoint_airflow", tooltip=PHASE_TITLES[PHASES[7]]) as phase8:
+        StageAirflowConfigOperator.partial(
+            task_id="stage_airflow_config", map_index_template=HOST, phase=PHASES[7]
+        ).expand(host=airflow_hosts.output)
 
-    with TaskGroup("phase9_validate") as phase9:
+    with TaskGroup("phase9_validate", tooltip=PHASE_TITLES[PHASES[8]]) as phase9:
         chain(
             PatroniLeaderSensor(
                 task_id="cluster_healthy", phase=PHASES[8], require_sync=True, max_lag_bytes=16 * 1024 * 1024,
@@ -233,5 +255,11 @@ with DAG(
         )
 
     cutover = CutoverOperator(task_id="cutover", phase=PHASES[7])
+    # The agents move Airflow after `cutover` succeeded; this wait turns the run red on their rollback.
+    # Its timeout covers the agent's longest copy (6 h); a poke killed by the agents' stop is retried.
+    cutover_outcome = CutoverOutcomeSensor(
+        task_id="cutover_outcome", phase=PHASES[7], run_id=CUTOVER_RUN_ID, timeout=7 * 3600,
+    )
 
-    chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover)
+    chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover,
+          cutover_outcome)

@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -293,6 +294,81 @@ def kill_group(pgid: int, grace: float = 5.0) -> None:
             time.sleep(0.05)
 
 
+def database_bytes(conn: Connection, database: str) -> int:
+    return int(scalar(conn, statement("database_bytes.sql", database=lit(database))) or 0)
+
+
+def user_table_bytes(conn: Connection) -> int:
+    """Bytes of the user tables of ``conn``'s database (indexes and TOAST included)."""
+    return int(scalar(conn, statement("user_table_bytes.sql")) or 0)
+
+
+MB = 1024 * 1024
+
+
+class CopyProgress:
+    """
+    While a copy into ``target`` runs elsewhere, logs every ``interval`` seconds, from a connection of
+    its own (to ``postgres``, never to the target database), how far it got: what the target database
+    grew by since the start against the source database's size (an estimate: the copy is packed
+    tighter, and pg_restore builds indexes after the rows), the rate and the time left at that rate.
+    A context manager; a poll that fails is logged and the copy goes on.
+    """
+
+    def __init__(self, target: Endpoint, source_bytes: int, log: Any, interval: float = 15) -> None:
+        self.target = target
+        self.source_bytes = source_bytes
+        self.log = log
+        self.interval = interval
+        self.lines: list[str] = []
+        self._baseline = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgha-copy-progress", daemon=True)
+
+    def __enter__(self) -> CopyProgress:
+        self._baseline = self._size() or 0  # an empty database is not nothing (its catalog)
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.target.connect_timeout + 5)
+
+    def _size(self) -> int | None:
+        try:
+            with session(replace(self.target, dbname="postgres")) as conn:
+                return database_bytes(conn, self.target.dbname)
+        except Exception as exc:  # the copy decides success; the progress line only informs
+            self.log(f"copy progress unknown: {str(exc).strip()}")
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            size = self._size()
+            if size is not None:
+                self.lines.append(self.describe(size - self._baseline, time.monotonic() - self._started))
+                self.log(self.lines[-1])
+
+    def describe(self, done: int, elapsed: float) -> str:
+        return "copied " + progress_line(max(done, 0), self.source_bytes - self._baseline, elapsed,
+                                         finishing="about all rows in: pg_restore finishing (indexes, constraints)")
+
+
+def progress_line(done: int, expected: int, elapsed: float, finishing: str = "all in") -> str:
+    """'X MB of ~Y MB (Z MB/s), ~T s left' (without the estimate when ``expected`` is unknown, 0;
+    ``finishing`` once ``done`` reached it)."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if expected <= 0:
+        return f"{done / MB:.1f} MB ({rate / MB:.2f} MB/s)"
+    line = f"{done / MB:.1f} MB of ~{expected / MB:.1f} MB ({rate / MB:.2f} MB/s)"
+    if done >= expected:
+        return f"{line}, {finishing}"
+    if rate > 0:
+        return f"{line}, ~{(expected - done) / rate:.0f} s left"
+    return line
+
+
 # ---------------------------------------------------------------- logical replication
 
 
@@ -336,6 +412,12 @@ def drop_replication_slot(conn: Connection) -> None:
     execute(conn, statement("drop_replication_slot.sql", slot=lit(SUBSCRIPTION)))
 
 
+def initial_sync_progress(conn: Connection) -> dict[str, tuple[int, int]]:
+    """Per sync state of the subscription's tables ('i', 'd', 'f', 's', 'r'): (tables, bytes on this side)."""
+    found = rows(conn, statement("initial_sync_progress.sql", subscription=lit(SUBSCRIPTION)))
+    return {state: (int(count), int(size)) for state, count, size in found}
+
+
 def initial_sync_state(conn: Connection) -> tuple[int, int]:
     """(tables still copying, tables) of the subscription."""
     pending, total = rows(conn, statement("initial_sync_state.sql", subscription=lit(SUBSCRIPTION)))[0]
@@ -375,6 +457,36 @@ def record_cutover(conn: Connection, run_id: str, host: str, role: str, outcome:
     execute(conn, statement("cutover_log_table.sql"))
     execute(conn, statement("cutover_record.sql", run_id=lit(run_id), host=lit(host), role=lit(role),
                             outcome=lit(outcome), record=lit(record)))
+
+
+@dataclass(frozen=True)
+class CutoverRecord:
+    """One agent's recorded outcome (a row of pgha_cutover_log, or its RECORD line in the agent's log)."""
+
+    host: str
+    role: str
+    outcome: str
+    detail: str
+    started: dt.datetime | None
+    steps: list[dict[str, Any]]
+
+    @property
+    def stopped_seconds(self) -> float:
+        """How long this host's Airflow was stopped: the steps from ``stop`` to the (re)start."""
+        names = [s.get("step") for s in self.steps]
+        if "stop" not in names:
+            return 0.0
+        window = self.steps[names.index("stop"):]
+        return round(sum(float(s.get("seconds") or 0) for s in window if s.get("step") != "healthy"), 2)
+
+
+def cutover_records(conn: Connection, run_id: str) -> list[CutoverRecord]:
+    """What a run's agents recorded, oldest first; nothing before the first record (read-only)."""
+    if not scalar(conn, statement("cutover_log_exists.sql")):
+        return []
+    return [CutoverRecord(host, role, outcome, detail, started, list(steps or []))
+            for host, role, outcome, detail, started, steps in rows(conn, statement("cutover_records.sql",
+                                                                                       run_id=lit(run_id)))]
 
 
 def cutover_outcome(conn: Connection, run_id: str, role: str) -> str | None:

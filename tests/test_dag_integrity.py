@@ -54,9 +54,11 @@ def test_preflight_then_nine_phases_in_runbook_order(dag) -> None:  # type: igno
             a, b = _group(upstream.task_id), _group(task.task_id)
             if a in order and b in order:
                 assert order[a] <= order[b], f"{upstream.task_id} -> {task.task_id} goes backwards"
-    last = dag.get_task("cutover")
-    assert not last.downstream_list
-    assert {_group(t.task_id) for t in last.upstream_list} == {"phase9_validate"}
+    cutover = dag.get_task("cutover")
+    assert {_group(t.task_id) for t in cutover.upstream_list} == {"phase9_validate"}
+    # the run's last task waits for the outcome the cutover agents record
+    assert [t.task_id for t in cutover.downstream_list] == ["cutover_outcome"]
+    assert not dag.get_task("cutover_outcome").downstream_list
 
 
 def test_first_task_validates_the_inventory(dag) -> None:  # type: ignore[no-untyped-def]
@@ -73,7 +75,7 @@ def test_retries_are_set(dag) -> None:  # type: ignore[no-untyped-def]
 def test_every_sensor_has_a_real_timeout(dag) -> None:  # type: ignore[no-untyped-def]
     sensors = [t for t in dag.tasks if isinstance(t, BaseSensorOperator)]
     assert {type(s).__name__ for s in sensors} == {"EtcdHealthSensor", "PatroniLeaderSensor", "HAProxyRoutingSensor",
-                                                   "LogicalSyncSensor"}
+                                                   "LogicalSyncSensor", "CutoverOutcomeSensor"}
     for sensor in sensors:
         assert sensor.timeout and sensor.timeout < SEVEN_DAYS, sensor.task_id
         assert sensor.mode in {"reschedule", "poke"}
@@ -157,3 +159,13 @@ def test_missing_connections_are_named_before_any_host_is_touched(monkeypatch: p
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", '{"conn_type": "generic", "host": "x"}')
     with pytest.raises(AirflowException, match=r"missing Airflow connections: ssh_psg3 \(SSH to psg3\)$"):
         ValidateInventoryOperator(task_id="validate_inventory").execute({"params": {}})
+
+
+def test_form_and_grid_read_like_the_runbook(dag) -> None:  # type: ignore[no-untyped-def]
+    """Phases as a multi-select (an array with examples), per-host names for mapped tasks, a doc for every task."""
+    phases = dag.params.get_param("phases").schema
+    assert phases["type"] == "array" and phases["examples"] == phases["items"]["enum"]
+    assert set(phases["values_display"]) == set(phases["examples"])
+    mapped = [t for t in dag.tasks if type(t).__name__ == "MappedOperator"]
+    assert mapped and all(t.map_index_template == "{{ task.host }}" for t in mapped)
+    assert [t.task_id for t in dag.tasks if not t.doc_md] == []

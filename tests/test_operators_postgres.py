@@ -3,6 +3,7 @@ and a real loopback sshd as the source host. Patroni's answer (which node leads)
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -11,19 +12,33 @@ from typing import Any
 
 import pytest
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
-from pg_pair import DATABASE, OWNER, add_bulk, ensure_owner, fill_source, owner, sql, superuser
+from pg_pair import (
+    BIN_DIR,
+    DATABASE,
+    OWNER,
+    add_bulk,
+    ensure_owner,
+    fill_source,
+    owner,
+    restart_with,
+    sql,
+    superuser,
+    write_pgpass,
+)
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
 from services import PostgresService, SshdService, start_postgres
 from test_cutover_agent import pipelines_of
 
 from pgha import pgdata
 from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.postgres import RemoteDumpRestore
 from pgha.operators.postgres import (
     CreateDatabaseOperator,
     MigrateDataOperator,
     SourcePreflightOperator,
     StartLogicalReplicationOperator,
 )
+from pgha.sensors.postgres import LogicalSyncSensor
 
 DUMP = {"params": {"migration_method": "dump_restore"}}
 
@@ -106,7 +121,8 @@ def test_migrate_data_copies_verifies_marks_and_reruns(inventory: str, source: P
 
 
 def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, source: PostgresService,
-                                                             cluster: PostgresService) -> None:
+                                                             cluster: PostgresService, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     fill_source(source)
     add_bulk(source, 150_000)
     ensure_owner(cluster)
@@ -131,8 +147,13 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     assert pipelines_of("/run/pgha/copy.pgpass") == []
     assert not Path("/run/pgha/copy.pgpass").exists(), "the passwords' file is gone"
     assert not list(Path("/run/pgha/commands").glob("*.pgid")), "no pid file left"
+    capsys.readouterr()
+    monkeypatch.setattr(RemoteDumpRestore, "PROGRESS_INTERVAL", 0.5)  # 15 s in a task
     again = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
     assert again["result"]["rows"] == 150_550
+    progress = re.findall(r"pg_dump \| pg_restore: copied [\d.]+ MB of ~[\d.]+ MB \([\d.]+ MB/s\)",
+                          capsys.readouterr().out)
+    assert progress, "the copy logged how far it got while it ran"
     sql(owner(source), "DROP TABLE bulk")
 
 
@@ -152,3 +173,37 @@ def test_cutover_arms_the_agent_module_with_the_airflow_python(inventory: str) -
         "--timer-property=AccuracySec=100ms", "/opt/airflow/venv/bin/python", "-m", "pgha.cutover",
         "/etc/pgha/cutover.json",
     ]
+
+
+def test_logical_initial_sync_logs_tables_per_state_and_bytes(inventory: str, source: PostgresService,
+                                                              cluster: PostgresService, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A real subscription on the cluster copies the source's tables; each poke says how far it got."""
+    restart_with(source, wal_level="logical")
+    fill_source(source)
+    ensure_owner(cluster)
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.recreate_database(conn, DATABASE, OWNER)
+    pgpass = write_pgpass(tmp_path / "schema.pgpass", owner(source), superuser(cluster, DATABASE))
+    pgdata.run_pipeline(pgdata.dump_restore_command(owner(source), superuser(cluster, DATABASE), bin_dir=BIN_DIR,
+                                                    owner=OWNER, passfile=pgpass, schema_only=True), timeout=60)
+    with pgdata.session(superuser(source, DATABASE)) as conn:
+        pgdata.ensure_publication(conn)
+    with pgdata.session(superuser(cluster, DATABASE)) as conn:
+        pgdata.create_subscription(conn, superuser(source, DATABASE))
+    try:
+        sensor = LogicalSyncSensor(task_id="logical_initial_sync", inventory_path=inventory, mode="poke")
+        deadline = time.monotonic() + 60
+        while not sensor.poke({}).is_done:
+            assert time.monotonic() < deadline, capsys.readouterr().out[-2000:]
+            time.sleep(0.5)
+        text = capsys.readouterr().out
+        done = re.search(r"initial copy done on pg1: 2 tables replicating; \(ready 2\) ([\d.]+) MB of "
+                         r"~([\d.]+) MB \([\d.]+ MB/s\)", text)
+        assert done, text[-2000:]
+        assert 0 < float(done[1]) <= 2 * float(done[2]), "the bytes of the same tables on both sides"
+    finally:
+        with pgdata.session(superuser(cluster, DATABASE)) as conn:
+            pgdata.drop_subscription(conn)
+        with pgdata.session(superuser(source, DATABASE)) as conn:
+            pgdata.drop_publication(conn)

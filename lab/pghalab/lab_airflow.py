@@ -168,3 +168,33 @@ def print_ui(counts=None):
           f"(e.g. DAG lab_celery_smoke); lab/lab ssh {WORKER_HOST} pgha-airflow celery list-workers")
     if counts:
         print("airflow_db  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def cutover_report(api, dag_id, run_id, task_id="cutover_outcome"):
+    """Lines saying how the cutover ended: each host's outcome, how long its Airflow was stopped (from
+    the agents' rows in pgha_cutover_log, as the cutover_outcome task returned them) and where the
+    agents' log is; for a failed task, its own lines that say why."""
+    ti = next((t for t in api.task_instances(dag_id, run_id) if t["task_id"] == task_id), None)
+    if ti is None:
+        return [f"cutover: no {task_id} task in run {run_id}"]
+    if ti["state"] != "success":
+        lines = [f"cutover: {task_id} {ti['state']}"]
+        try:
+            log = api.task_log(dag_id, run_id, task_id, max(ti["try_number"], 1))
+        except Exception as exc:  # the report must not hide the run's state
+            return lines + [f"cutover: no log ({exc})"]
+        said = [line for line in log if " agent: " in line or "agents' log" in line or "Exception" in line
+                or "rolled_back" in line or "waiting for the cutover" in line]
+        return lines + [f"  {line.strip()}" for line in said[-12:]]
+    value = api.xcom(dag_id, run_id, task_id)
+    if not value.get("run_id"):
+        return [f"cutover: {value.get('detail')}"]
+    lines = [f"cutover: {value['outcome']} (agent run {value['run_id']}, "
+             f"{value.get('heartbeats')} scheduler heartbeat(s) in the cluster database)"]
+    for host, seen in sorted(value["hosts"].items()):
+        lines.append(f"  {host:<6} {seen['role']:<9} {seen['outcome']}: {seen['detail']}; "
+                     f"Airflow stopped {seen['stopped_s']:.1f}s")
+    lines.append(f"  longest stop {value['stopped_s']:.1f}s; log {value['log']} on each of "
+                 f"{', '.join(sorted(value['hosts']))} (lab/lab ssh {AIRFLOW_HOST} cat {value['log']}); "
+                 "rows in pgha_cutover_log (cluster, database postgres)")
+    return lines

@@ -130,6 +130,7 @@ class RemoteDumpRestore:
     """
 
     PGPASS = f"{RUN_DIR}/copy.pgpass"
+    PROGRESS_INTERVAL = 15.0  # seconds between progress lines while the pipeline runs
 
     def __init__(self, remote: RemoteHook, source: Endpoint, target: Endpoint, *, bin_dir: str, owner: str) -> None:
         self.remote = remote
@@ -145,9 +146,25 @@ class RemoteDumpRestore:
         pipeline = pgdata.dump_restore_command(self.source, self.target, bin_dir=self.bin_dir, owner=self.owner,
                                                passfile=self.PGPASS, snapshot=snapshot, schema_only=schema_only)
         try:
-            self.remote.run(pipeline, killable=True, timeout=timeout)
+            if schema_only:
+                self.remote.run(pipeline, killable=True, timeout=timeout)
+            else:
+                with pgdata.CopyProgress(self.target, self.source_bytes(), self.log_progress, self.PROGRESS_INTERVAL):
+                    self.remote.run(pipeline, killable=True, timeout=timeout)
         finally:
             self.remote.run(f"rm -f {shlex.quote(self.PGPASS)}")
+
+    def source_bytes(self) -> int:
+        """The source database's size, what the copy's progress is measured against (0 if unknown)."""
+        try:
+            with pgdata.session(self.source) as conn:
+                return pgdata.database_bytes(conn, self.source.dbname)
+        except psycopg2.Error as exc:
+            self.log_progress(f"source size unknown ({str(exc).strip()}): progress without an estimate")
+            return 0
+
+    def log_progress(self, line: str) -> None:
+        self.remote.log.info("[%s] pg_dump | pg_restore: %s", self.remote.host_name, line)
 
     def stop(self) -> str:
         """Stop the pipeline's process group and remove the pgpass file (over a connection of its own)."""

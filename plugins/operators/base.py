@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -23,11 +24,18 @@ class PghaOperator(InventoryMixin, BaseOperator):
     ui_color = "#dbe9f6"
 
     def __init__(self, *, inventory_path: str | None = None, phase: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("doc_md", inspect.getdoc(type(self)))  # the UI shows what the task does
         super().__init__(**kwargs)
         self.inventory_path = inventory_path
         self.phase = phase
         self._changes: list[str] = []
         self._unchanged: list[str] = []
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """A mapped task shows its operator's docstring too (``__init__`` runs only when it is unmapped)."""
+        kwargs.setdefault("doc_md", inspect.getdoc(cls))
+        return super().partial(**kwargs)
 
     def changed(self, what: str) -> None:
         self._changes.append(what)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from airflow.sdk import BaseHook, BaseOperator
@@ -80,7 +81,7 @@ class InventoryHostsOperator(InventoryMixin, BaseOperator):
     ROLES = ("database", "managed", "airflow")
 
     def __init__(self, *, role: str, inventory_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{"doc_md": inspect.getdoc(type(self)), **kwargs})
         if role not in self.ROLES:
             raise ValueError(f"role must be one of {self.ROLES}, got {role!r}")
         self.role = role

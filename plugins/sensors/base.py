@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from datetime import timedelta
 from typing import Any
@@ -36,6 +37,7 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
         timeout: float = DEFAULT_TIMEOUT,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("doc_md", inspect.getdoc(type(self)))  # the UI shows what the task waits for
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.inventory_path = inventory_path
         self.phase = phase

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -39,6 +40,7 @@ class HAProxyRoutingSensor(InventoryMixin, BaseSensorOperator):
         mode: str = "reschedule",
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("doc_md", inspect.getdoc(type(self)))
         super().__init__(poke_interval=poke_interval, timeout=timeout, mode=mode, **kwargs)
         self.inventory_path = inventory_path
         self.phase = phase

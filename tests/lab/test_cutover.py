@@ -91,6 +91,12 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     failed = [s for s in record["steps"] if not s["ok"]]
     assert failed and failed[0]["step"] == "db_check", record["steps"]
     assert any(s["step"] == "start_old" and s["ok"] for s in record["steps"])
+    # the run's last task turns it red with the agent's reason (on the source database Airflow came back on)
+    assert lab.api.wait(DAG, run_id, timeout=900) == "failed"
+    outcome = next(t for t in lab.api.task_instances(DAG, run_id) if t["task_id"] == "cutover_outcome")
+    assert outcome["state"] == "failed", outcome
+    log = "\n".join(lab.api.task_log(DAG, run_id, "cutover_outcome", try_number=outcome["try_number"]))
+    assert "rolled_back" in log and "primary" in log, log[-3000:]
     conf = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg")
     assert "@127.0.0.1:5432/airflow_db" in conf, "the old airflow.cfg is back"
     smoke = lab.api.trigger("lab_smoke")

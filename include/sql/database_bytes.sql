@@ -1,0 +1,2 @@
+-- Size in bytes of a database. {database}: a literal.
+SELECT pg_database_size({database});
