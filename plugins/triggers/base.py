@@ -43,8 +43,7 @@ class PollingTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = min(time.time() + self.timeout, self.deadline if self.deadline is not None else float("inf"))
-        problems: list[str] = []
-        while time.time() < deadline:
+        while True:  # checks at least once, also when the deadline passed while the triggerer was down
             try:
                 problems, value = await self.acheck()
             except Exception as exc:  # an unreachable service is a problem to wait out, not a crash
@@ -52,6 +51,8 @@ class PollingTrigger(BaseTrigger):
             if not problems:
                 yield TriggerEvent({"status": "success", "value": value})
                 return
+            if time.time() >= deadline:
+                yield TriggerEvent({"status": "timeout", "problems": problems})
+                return
             self.log.info("waiting: %s", "; ".join(problems))
             await asyncio.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))
-        yield TriggerEvent({"status": "timeout", "problems": problems})
