@@ -105,10 +105,13 @@ class DrillOperator(DrillPlanMixin, PghaOperator):
 class DrillPrecheckOperator(PghaOperator):
     """
     Plans a drill, or skips with the reason: it never degrades a degraded
-    cluster. Needs exactly one leader, every other member streaming within
+    cluster, nor one a migration (pg_ha_migration, queued or running) works
+    on. Needs exactly one leader, every other member streaming within
     ``max_lag_bytes``, a synchronous standby, Patroni not paused, a healthy
     etcd, and HAProxy routing as Patroni says. Configuration mistakes (a
     scenario without its fault commands, an unknown target) fail instead.
+    The ``scenario`` Param ``rotation`` (a scheduled run) drills the
+    scenario of the logical date's day among those the inventory enables.
     Returns the plan every later step works from.
     """
 
@@ -117,7 +120,8 @@ class DrillPrecheckOperator(PghaOperator):
     def run(self, context: Any) -> Any:
         params = context.get("params") or {}
         self._no_migration_running(context)
-        scenario, wanted = self._scenario(params.get("scenario") or ROTATION, context), params.get("target") or "leader"
+        scenario = self._scenario(params.get("scenario") or ROTATION, context)
+        wanted = params.get("target") or "leader"
         self._check_config(scenario)
         reasons, cluster = self._cluster_reasons(params.get("max_lag_bytes"))
         if cluster is None or reasons:
