@@ -1,6 +1,12 @@
 """
 pg_ha_failover_drill: prove every night that the cluster fails over, measured from a client.
 
+Each night drills the next scenario the inventory enables (host_crash and
+host_isolate need drill.fault_injector), so every scenario is drilled in
+turn; a manual run may pick one. A drill never starts while the migration
+(pg_ha_migration) is queued or running, and the migration refuses to start
+while a drill runs.
+
 precheck (skips a cluster that is not healthy: a drill never degrades a
 degraded cluster) -> start_probe (a transient systemd unit on a host that is
 not the leader commits a numbered row through HAProxy every ~50 ms and
@@ -25,7 +31,7 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, chain
-from pgha.drill import schedule_from_inventory
+from pgha.drill import ROTATION, schedule_from_inventory, worst_case
 from pgha.inventory import DRILL_SCENARIOS
 from pgha.operators.drill import (
     AnalyseDrillOperator,
@@ -54,13 +60,21 @@ params = {
         section="Topology",
     ),
     "scenario": Param(
-        "switchover",
-        enum=list(DRILL_SCENARIOS),
+        ROTATION,
+        enum=[ROTATION, *DRILL_SCENARIOS],
+        values_display={
+            ROTATION: "rotation: the scenario of the night (every scenario the inventory enables, in turn)",
+            "switchover": "switchover: planned, POST /switchover to a synchronous standby",
+            "patroni_stop": "patroni_stop: systemctl stop patroni on the target",
+            "postmaster_kill": "postmaster_kill: SIGKILL to the postmaster under a live Patroni",
+            "host_crash": "host_crash: drill.inject_commands on drill.fault_injector",
+            "host_isolate": "host_isolate: drill.inject_commands on drill.fault_injector",
+        },
         title="Scenario",
         description=(
-            "switchover: planned, POST /switchover. patroni_stop: systemctl stop patroni. postmaster_kill: "
-            "SIGKILL to the postmaster under a live Patroni. host_crash / host_isolate: drill.inject_commands "
-            "run on drill.fault_injector."
+            "Scheduled runs rotate through the enabled scenarios, one per night (the logical date's day picks it; "
+            "host_crash and host_isolate only with drill.fault_injector and their drill.inject_commands). "
+            "A manual run may pick one."
         ),
         section="Drill",
     ),
@@ -97,9 +111,6 @@ STEPS = {step: "{{ ti.xcom_pull(task_ids='%s') }}" % step
 RECOVERY_TIMEOUT = 900  # never a sensor's 7-day default: a lost host takes ~ttl, a booting one longer
 WHOLE_TIMEOUT = 1200  # the target rejoins (pg_rewind, or a fresh basebackup of a big database)
 WAIT = {"mode": "reschedule", "retries": 1, "execution_timeout": timedelta(minutes=1)}  # per poke
-# Every task's worst case with its retries adds up to 3 h 15 min (tests/test_drill.py sums it): the run's
-# timeout must never cut heal or cluster_whole short.
-DAGRUN_TIMEOUT = timedelta(hours=4)
 
 with DAG(
     dag_id="pg_ha_failover_drill",
@@ -108,7 +119,6 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=DAGRUN_TIMEOUT,
     params=params,
     render_template_as_native_obj=True,  # the plan and step XComs reach the operators as dicts
     default_args={
@@ -120,19 +130,61 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     chain(
-        DrillPrecheckOperator(task_id="precheck", execution_timeout=timedelta(minutes=2)),
-        StartProbeOperator(task_id="start_probe", plan=PLAN, execution_timeout=timedelta(minutes=2)),
-        InjectFaultOperator(task_id="inject", plan=PLAN, execution_timeout=timedelta(minutes=5)),
-        PatroniLeaderSensor(task_id="new_leader", expected_replicas=0, not_leader=MUST_LEAVE, poke_interval=2,
-                            timeout=RECOVERY_TIMEOUT, **WAIT),
-        DrillClientWritesSensor(task_id="client_writes", plan=PLAN, poke_interval=1, timeout=300, **WAIT),
-        HAProxyRoutingSensor(task_id="routing", poke_interval=1, timeout=300, **WAIT),
-        HealOperator(task_id="heal", plan=PLAN, trigger_rule="all_done", execution_timeout=timedelta(minutes=7)),
-        DrillClusterWholeSensor(task_id="cluster_whole", plan=PLAN, trigger_rule="all_done", poke_interval=2,
-                                timeout=WHOLE_TIMEOUT, **WAIT),
-        EtcdLeaderPlacementOperator(task_id="etcd_leader", execution_timeout=timedelta(minutes=1)),
-        StopProbeOperator(task_id="stop_probe", plan=PLAN, trigger_rule="all_done",
-                          execution_timeout=timedelta(minutes=2)),
-        AnalyseDrillOperator(task_id="analyse", plan=PLAN, steps=STEPS, trigger_rule="all_done",
-                             execution_timeout=timedelta(minutes=3)),
+        DrillPrecheckOperator(
+            task_id="precheck", execution_timeout=timedelta(minutes=2),
+            doc_md="Picks the scenario (the Param, or the night's in the rotation) and plans the drill, or skips "
+                   "with the reason: an unhealthy cluster, a migration queued or running.",
+        ),
+        StartProbeOperator(
+            task_id="start_probe", plan=PLAN, execution_timeout=timedelta(minutes=2),
+            doc_md="Starts the write probe on the probe host: a numbered row through HAProxy every "
+                   "`drill.probe_interval_ms`, each acknowledgment kept on that host.",
+        ),
+        InjectFaultOperator(
+            task_id="inject", plan=PLAN, execution_timeout=timedelta(minutes=5),
+            doc_md="Injects the fault once: recorded as *attempted* before, *confirmed* once the cluster shows it. "
+                   "A retry after an unconfirmed attempt looks at the cluster and confirms, injects again or fails.",
+        ),
+        PatroniLeaderSensor(
+            task_id="new_leader", expected_replicas=0, not_leader=MUST_LEAVE, poke_interval=2,
+            timeout=RECOVERY_TIMEOUT, **WAIT,
+            doc_md="Waits until Patroni has one leader (another one if the scenario must move it).",
+        ),
+        DrillClientWritesSensor(
+            task_id="client_writes", plan=PLAN, poke_interval=1, timeout=300, **WAIT,
+            doc_md="Waits until the probe has a commit acknowledged by the new leader: the client's recovery.",
+        ),
+        HAProxyRoutingSensor(
+            task_id="routing", poke_interval=1, timeout=300, **WAIT,
+            doc_md="Waits until HAProxy routes writes to exactly the leader Patroni names.",
+        ),
+        HealOperator(
+            task_id="heal", plan=PLAN, trigger_rule="all_done", execution_timeout=timedelta(minutes=7),
+            doc_md="Always runs (`all_done`): brings the target back (starts Patroni, or the inventory's heal "
+                   "command) unless it answers; nothing for a switchover or a postmaster kill.",
+        ),
+        DrillClusterWholeSensor(
+            task_id="cluster_whole", plan=PLAN, trigger_rule="all_done", poke_interval=2, timeout=WHOLE_TIMEOUT,
+            **WAIT,
+            doc_md="Always runs: waits until the target streams again, a synchronous standby exists and HAProxy "
+                   "routes as Patroni says.",
+        ),
+        EtcdLeaderPlacementOperator(
+            task_id="etcd_leader", execution_timeout=timedelta(minutes=1),
+            doc_md="Moves etcd's leader off Patroni's leader host, so one crash never costs two elections.",
+        ),
+        StopProbeOperator(
+            task_id="stop_probe", plan=PLAN, trigger_rule="all_done", execution_timeout=timedelta(minutes=2),
+            doc_md="Always runs: stops the write probe; its acknowledgments stay on the probe host.",
+        ),
+        AnalyseDrillOperator(
+            task_id="analyse", plan=PLAN, steps=STEPS, trigger_rule="all_done", execution_timeout=timedelta(minutes=3),
+            doc_md="The verdict: RTO, RPO (acknowledged writes missing), the timeline; kept in `pgha_drill_history`, "
+                   "fails on a broken SLO, a lost write or a step that did not complete.",
+        ),
     )
+
+# The run's timeout is every task's worst case added up (the tasks run one after another), so it never
+# cuts heal or cluster_whole short and leaves a host crashed or isolated; it only ends a run stuck in the
+# scheduler. A task with a longer timeout or more retries raises it with it.
+dag.dagrun_timeout = sum((worst_case(task) for task in dag.tasks), timedelta())

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TaskGroup, chain
 from pgha.operators.airflow import AirflowHostPreflightOperator, CutoverOperator, StageAirflowConfigOperator
+from pgha.operators.drill import NoDrillRunningOperator
 from pgha.operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
 from pgha.operators.haproxy import (
     ClusterRoutingCheckOperator,
@@ -149,6 +150,7 @@ with DAG(
 ) as dag:
     with TaskGroup("preflight", tooltip="Inventory, hosts and source database checked; nothing changes") as preflight:
         inventory = ValidateInventoryOperator(task_id="validate_inventory", retries=0)
+        NoDrillRunningOperator(task_id="no_drill_running") >> inventory  # a drill breaks the cluster on purpose
         managed_hosts = InventoryHostsOperator(task_id="managed_hosts", role="managed")
         db_nodes = InventoryHostsOperator(task_id="database_nodes", role="database")
         airflow_hosts = InventoryHostsOperator(task_id="airflow_hosts", role="airflow")

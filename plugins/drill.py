@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from pgha.inventory import DRILL_SCENARIOS, Drill, Inventory, load_inventory
@@ -23,6 +24,14 @@ DEFAULT_SCHEDULE = Drill().schedule
 # Scenarios after which the old leader cannot stay leader (a failover or switchover must happen).
 LEADER_MOVES = {"switchover", "patroni_stop", "host_crash", "host_isolate"}
 PROMOTION_MARGIN_S = 2.0  # promote + first check after it, on top of the configured timings
+HOST_FAULTS = ("host_crash", "host_isolate")  # run on drill.fault_injector, outside the host they break
+ROTATION = "rotation"  # the scenario Param's default: the nightly rotation picks the scenario
+DRILL_DAG_ID = "pg_ha_failover_drill"
+MIGRATION_DAG_ID = "pg_ha_migration"
+# The fault record's states: "attempted" is written before the fault, "confirmed" once the cluster shows it.
+ATTEMPTED, CONFIRMED = "attempted", "confirmed"
+# Per try of a task: from queued to running, with Airflow's own metadata DB failing over under the scheduler.
+SCHEDULING_SLACK = timedelta(minutes=1)
 
 
 def xcom_result(xcom: Any) -> Any:
@@ -41,6 +50,48 @@ def schedule_from_inventory(path: str | None = None) -> str | None:
     except Exception as exc:  # any parse-time failure must not break the DAG
         log.warning("drill schedule: inventory unusable (%s); using %r", str(exc).splitlines()[0], DEFAULT_SCHEDULE)
         return DEFAULT_SCHEDULE
+
+
+def enabled_scenarios(drill: Drill) -> list[str]:
+    """The scenarios this inventory can drill, in DRILL_SCENARIOS order: a host fault only with
+    ``drill.fault_injector`` and its ``drill.inject_commands``."""
+    return [s for s in DRILL_SCENARIOS
+            if s not in HOST_FAULTS or (drill.fault_injector is not None and s in drill.inject_commands)]
+
+
+def scenario_of_the_day(enabled: Sequence[str], logical_date: datetime) -> str:
+    """The nightly rotation: the n-th day since 1970-01-01 (UTC) drills ``enabled[n % len(enabled)]``.
+
+    Drills on consecutive days always differ (with two or more scenarios), and so do weekly ones
+    (7 is no multiple of 2..5); a re-run of the same logical date drills the same scenario again.
+    """
+    if not enabled:
+        raise ValueError("no drill scenario is enabled")
+    at = logical_date if logical_date.tzinfo else logical_date.replace(tzinfo=timezone.utc)
+    day = (at.astimezone(timezone.utc).date() - date(1970, 1, 1)).days
+    return enabled[day % len(enabled)]
+
+
+def fault_state(record: dict[str, Any] | None) -> str | None:
+    """ATTEMPTED, CONFIRMED or None (no fault record). A record of an older pgha without ``state`` was
+    written before the fault and again after it returned (``t_injected``)."""
+    if not record:
+        return None
+    return record.get("state") or (CONFIRMED if "t_injected" in record else ATTEMPTED)
+
+
+def worst_case(task: Any) -> timedelta:
+    """A task's longest possible time with all its retries: every try waits SCHEDULING_SLACK to start
+    and runs into its execution_timeout (a sensor: its timeout, counted from the try's first poke,
+    then one more poke), with ``retry_delay`` between tries."""
+    if task.execution_timeout is None:
+        raise ValueError(f"{task.task_id} has no execution_timeout: its worst case is unbounded")
+    if task.retry_exponential_backoff:
+        raise ValueError(f"{task.task_id} backs off exponentially: its retry delays are not bounded here")
+    per_try = SCHEDULING_SLACK + task.execution_timeout
+    if hasattr(task, "poke_interval"):  # a sensor
+        per_try += timedelta(seconds=task.timeout + task.poke_interval)
+    return (task.retries + 1) * per_try + task.retries * task.retry_delay
 
 
 def duration_s(text: str) -> float:

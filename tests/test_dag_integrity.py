@@ -62,8 +62,10 @@ def test_preflight_then_nine_phases_in_runbook_order(dag) -> None:  # type: igno
 
 
 def test_first_task_validates_the_inventory(dag) -> None:  # type: ignore[no-untyped-def]
+    """After the one check that no failover drill is running (a drill breaks the cluster on purpose)."""
     roots = [t.task_id for t in dag.roots]
-    assert roots == ["preflight.validate_inventory"]
+    assert roots == ["preflight.no_drill_running"]
+    assert _next(dag, "preflight.no_drill_running") == ["preflight.validate_inventory"]
 
 
 def test_retries_are_set(dag) -> None:  # type: ignore[no-untyped-def]
@@ -169,3 +171,60 @@ def test_form_and_grid_read_like_the_runbook(dag) -> None:  # type: ignore[no-un
     mapped = [t for t in dag.tasks if type(t).__name__ == "MappedOperator"]
     assert mapped and all(t.map_index_template == "{{ task.host }}" for t in mapped)
     assert [t.task_id for t in dag.tasks if not t.doc_md] == []
+
+
+# ------------------------------------------------------------------ the failover drill
+
+
+@pytest.fixture(scope="module")
+def drill(dagbag: DagBag):  # type: ignore[no-untyped-def]
+    return dagbag.dags["pg_ha_failover_drill"]
+
+
+def _try_s(task) -> float:  # type: ignore[no-untyped-def]
+    """One try at its longest: its execution_timeout; a rescheduling sensor's try lasts until its timeout
+    (counted from the try's first poke) plus one more poke."""
+    seconds = task.execution_timeout.total_seconds()
+    if isinstance(task, BaseSensorOperator):
+        seconds += task.timeout + task.poke_interval
+    return seconds
+
+
+def _worst_s(task) -> float:  # type: ignore[no-untyped-def]
+    assert task.execution_timeout is not None and not task.retry_exponential_backoff, task.task_id
+    return (task.retries + 1) * _try_s(task) + task.retries * task.retry_delay.total_seconds()
+
+
+def test_the_drills_run_timeout_never_cuts_heal_short(drill) -> None:  # type: ignore[no-untyped-def]
+    """A run timeout ends the run's tasks: one before heal and cluster_whole ended would leave a host crashed,
+    isolated or without Patroni. Every task runs one after the other, so the run must outlast the sum of all
+    their worst cases (every try into its timeout, every retry taken), with time left to schedule each try."""
+    timeout = drill.dagrun_timeout.total_seconds()
+    path = [t.task_id for t in drill.tasks]
+    assert [[u.task_id for u in t.upstream_list] for t in drill.tasks] == [[]] + [[p] for p in path[:-1]]
+    heal = drill.get_task("heal")
+    up_to_heal = [drill.get_task(t) for t in path[:path.index("heal")]]
+    assert timeout >= sum(_worst_s(t) for t in up_to_heal) + _worst_s(heal)
+    assert timeout >= sum(_worst_s(t) for t in drill.tasks)
+    tries = sum(t.retries + 1 for t in drill.tasks)
+    assert timeout - sum(_worst_s(t) for t in drill.tasks) >= 30 * tries  # scheduling slack per try
+    assert _worst_s(heal) >= 4 * 7 * 60  # heal keeps its 7 minutes and 3 retries
+    assert timeout < 24 * 3600  # the next night's drill is not blocked by a stuck run
+
+
+def test_every_drill_task_says_what_it_does(drill) -> None:  # type: ignore[no-untyped-def]
+    for task in drill.tasks:
+        assert task.doc_md and len(task.doc_md) > 40, task.task_id
+    assert "precheck" in drill.doc_md and "every scenario is drilled" in " ".join(drill.doc_md.split())
+
+
+def test_the_drill_scenario_is_a_select_that_defaults_to_the_rotation(drill) -> None:  # type: ignore[no-untyped-def]
+    from pgha.inventory import DRILL_SCENARIOS
+
+    scenario = drill.params.get_param("scenario")
+    assert scenario.value == "rotation"
+    assert scenario.schema["enum"] == ["rotation", *DRILL_SCENARIOS]
+    assert set(scenario.schema["values_display"]) == set(scenario.schema["enum"])
+    for key in drill.params.keys():
+        param = drill.params.get_param(key)
+        assert param.description and param.schema.get("section") and param.schema.get("title"), key

@@ -14,10 +14,27 @@ import json
 import shlex
 import time
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any, Callable
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
-from pgha.drill import LEADER_MOVES, analyse, parse_probe_log, promotion_time, rto_slo_s, summary, xcom_result
+from pgha.drill import (
+    ATTEMPTED,
+    CONFIRMED,
+    DRILL_DAG_ID,
+    LEADER_MOVES,
+    MIGRATION_DAG_ID,
+    ROTATION,
+    analyse,
+    enabled_scenarios,
+    fault_state,
+    parse_probe_log,
+    promotion_time,
+    rto_slo_s,
+    scenario_of_the_day,
+    summary,
+    xcom_result,
+)
 from pgha.hooks.drill import drill_database, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.haproxy import HAProxyHook
@@ -39,6 +56,10 @@ PROBE_WARMUP_ACKS = 20  # about a second of steady commits before the fault
 PROBE_WARMUP_TIMEOUT_S = 15
 PROBE_MAX_SECONDS = 4 * 3600  # the probe stops itself even if stop_probe never runs (the DAG run timed out)
 HISTORY_DAYS = 30  # probe rows kept; pgha_drill_history is kept forever
+# A fault shows within seconds: Patroni answers a switchover once the new leader took over, systemctl stop
+# returns once the unit stopped, a SIGKILLed process is gone, a crashed or cut-off host stops answering.
+CONFIRM_TIMEOUT_S = 30
+CONFIRM_POLL_S = 0.5
 
 
 class DrillOperator(DrillPlanMixin, PghaOperator):
@@ -84,10 +105,13 @@ class DrillOperator(DrillPlanMixin, PghaOperator):
 class DrillPrecheckOperator(PghaOperator):
     """
     Plans a drill, or skips with the reason: it never degrades a degraded
-    cluster. Needs exactly one leader, every other member streaming within
+    cluster, nor one a migration (pg_ha_migration, queued or running) works
+    on. Needs exactly one leader, every other member streaming within
     ``max_lag_bytes``, a synchronous standby, Patroni not paused, a healthy
     etcd, and HAProxy routing as Patroni says. Configuration mistakes (a
     scenario without its fault commands, an unknown target) fail instead.
+    The ``scenario`` Param ``rotation`` (a scheduled run) drills the
+    scenario of the logical date's day among those the inventory enables.
     Returns the plan every later step works from.
     """
 
@@ -95,7 +119,9 @@ class DrillPrecheckOperator(PghaOperator):
 
     def run(self, context: Any) -> Any:
         params = context.get("params") or {}
-        scenario, wanted = params.get("scenario") or "switchover", params.get("target") or "leader"
+        self._no_migration_running(context)
+        scenario = self._scenario(params.get("scenario") or ROTATION, context)
+        wanted = params.get("target") or "leader"
         self._check_config(scenario)
         reasons, cluster = self._cluster_reasons(params.get("max_lag_bytes"))
         if cluster is None or reasons:
@@ -122,6 +148,23 @@ class DrillPrecheckOperator(PghaOperator):
         }
         self.log.info("drill plan: %s", json.dumps(plan))
         return plan
+
+    def _no_migration_running(self, context: Any) -> None:
+        runs = context["ti"].get_dr_count(dag_id=MIGRATION_DAG_ID, states=["queued", "running"])
+        if runs:
+            raise AirflowSkipException(f"{MIGRATION_DAG_ID} has {runs} queued or running run(s): a drill never "
+                                       "starts while the migration works on the cluster")
+
+    def _scenario(self, wanted: str, context: Any) -> str:
+        """The Param's scenario, or the rotation's for this run's logical date (a scheduled run)."""
+        if wanted != ROTATION:
+            return wanted
+        enabled = enabled_scenarios(self.inventory.drill)
+        dag_run = context.get("dag_run")
+        when = context.get("logical_date") or getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
+        scenario = scenario_of_the_day(enabled, when)
+        self.log.info("rotation: %s drills %s (enabled: %s)", when.date(), scenario, ", ".join(enabled))
+        return scenario
 
     def _check_config(self, scenario: str) -> None:
         drill = self.inventory.drill
@@ -215,32 +258,67 @@ class StartProbeOperator(DrillOperator):
         drill_database(self.inventory).execute_autocommit(load_sql("drill_tables.sql"), grant)
 
 
+class Seen(Enum):
+    """What the cluster shows of a fault."""
+
+    YES = "took effect"
+    NO = "not in effect"
+    UNCLEAR = "cannot tell"
+
+
 class InjectFaultOperator(DrillOperator):
     """
-    Injects the plan's fault, once: the fault is recorded on the probe host
-    before it happens, and a retry that finds the record does nothing.
-    switchover: POST /switchover to a synchronous standby; patroni_stop:
-    ``systemctl stop patroni`` on the target; postmaster_kill: SIGKILL to the
-    pid in <data_dir>/postmaster.pid (the postmaster itself: killing Patroni
-    alone leaves it running and accepting writes);
-    host_crash / host_isolate: ``drill.inject_commands`` on the fault injector.
+    Injects the plan's fault, once, and confirms it took effect. The attempt
+    is recorded on the probe host before the fault (``state: attempted``) and
+    confirmed once the cluster shows it (``state: confirmed``): a retry after
+    a confirmed fault does nothing; a retry after an unconfirmed attempt looks
+    at the cluster first and confirms the earlier attempt, injects again (the
+    fault is not in effect), or fails with what it saw.
+
+    switchover: POST /switchover to a synchronous standby, confirmed when
+    another node leads; patroni_stop: ``systemctl stop patroni`` on the
+    target, confirmed when the unit is inactive; postmaster_kill: SIGKILL to
+    the pid in <data_dir>/postmaster.pid (the postmaster itself: killing
+    Patroni alone leaves it running and accepting writes), confirmed when that
+    postmaster is gone; host_crash / host_isolate: ``drill.inject_commands``
+    on the fault injector, confirmed when the target's Patroni REST API no
+    longer answers.
     """
 
     def run(self, context: Any) -> Any:
-        plan = self.the_plan()
-        probe = self.probe()
-        recorded = probe.fault_record()
-        if recorded:
-            self.unchanged(f"fault already injected at {recorded['t_inject']} (never twice per drill)")
-            return recorded
+        plan, probe = self.the_plan(), self.probe()
+        record = probe.fault_record()
+        state = fault_state(record)
+        if state == CONFIRMED:
+            self.unchanged(f"fault already injected and confirmed at {record.get('t_confirmed', record['t_inject'])} "
+                           "(never twice per drill)")
+            return record
+        if state == ATTEMPTED:
+            seen, what = self._observe(plan, record)
+            self.log.info("attempt %s of this fault was never confirmed (%s); the cluster shows: %s",
+                          record.get("attempt", 1), "; ".join(record.get("errors", [])) or "no error recorded", what)
+            if seen is Seen.YES:
+                return self._confirm(probe, record, what, f"attempt {record.get('attempt', 1)} took effect")
+            if seen is Seen.UNCLEAR:
+                raise AirflowException(f"an earlier attempt of {plan['scenario']} on {plan['target']} was never "
+                                       f"confirmed and the cluster does not show whether it took effect: {what}; "
+                                       "not injecting again (the retry looks again)")
+            self.log.info("the earlier attempt is not in effect: injecting again")
         self._check_leader(plan)
-        record: dict[str, Any] = {"scenario": plan["scenario"], "target": plan["target"], "t_inject": time.time()}
-        probe.record_fault(record)
-        detail = self._injections()[plan["scenario"]](plan)
-        record.update(t_injected=time.time(), detail=detail)
-        probe.record_fault(record)
-        self.changed(f"{plan['scenario']} injected on {plan['target']}: {detail}")
-        return record
+        prepared = self._prepare(plan)
+        attempt = {"scenario": plan["scenario"], "target": plan["target"], "state": ATTEMPTED,
+                   "attempt": (record or {}).get("attempt", 0) + 1, "errors": (record or {}).get("errors", []),
+                   "t_inject": time.time(), **prepared}
+        probe.record_fault(attempt)
+        try:
+            attempt["detail"] = self._injections()[plan["scenario"]](plan, attempt)
+            attempt["t_injected"] = time.time()
+            evidence = self._await_effect(plan, attempt)
+        except Exception as exc:
+            self._record_error(probe, attempt, exc)
+            raise
+        return self._confirm(probe, attempt, evidence, f"{plan['scenario']} injected on {plan['target']}: "
+                                                       f"{attempt['detail']}")
 
     def _check_leader(self, plan: dict[str, Any]) -> None:
         leader = self.patroni().leader()
@@ -248,7 +326,40 @@ class InjectFaultOperator(DrillOperator):
             raise AirflowFailException(f"the leader moved since the precheck ({plan['leader']} -> {leader}): "
                                        "not injecting; trigger a new drill")
 
-    def _injections(self) -> dict[str, Callable[[dict[str, Any]], str]]:
+    def _confirm(self, probe: Any, record: dict[str, Any], evidence: str, change: str) -> dict[str, Any]:
+        record.update(state=CONFIRMED, t_confirmed=time.time(), evidence=evidence)
+        probe.record_fault(record)
+        self.changed(f"{change}; confirmed: {evidence}")
+        return record
+
+    def _record_error(self, probe: Any, record: dict[str, Any], exc: Exception) -> None:
+        """The failed attempt stays recorded (unconfirmed) with its error, for the retry and the audit."""
+        record["errors"] = [*record["errors"], f"attempt {record['attempt']}: {exc}"]
+        try:
+            probe.record_fault(record)
+        except Exception as write_error:  # the attempt itself is already on record; keep the original error
+            self.log.warning("could not add the error to the fault record: %s", write_error)
+
+    def _await_effect(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
+        """What shows the fault took effect; AirflowException (retried) if it does not show in time."""
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+        while True:
+            seen, what = self._observe(plan, record)
+            if seen is Seen.YES:
+                return what
+            if time.monotonic() >= deadline:
+                raise AirflowException(f"{plan['scenario']} on {plan['target']} was not seen to take effect within "
+                                       f"{CONFIRM_TIMEOUT_S}s: {what}; the retry looks at the cluster before "
+                                       "injecting again")
+            time.sleep(CONFIRM_POLL_S)
+
+    # ------------------------------------------------------------ per scenario: prepare, inject, observe
+
+    def _prepare(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """What the injection and its observation need, read before the attempt is recorded (reads only)."""
+        return self._postmaster(plan["target"]) if plan["scenario"] == "postmaster_kill" else {}
+
+    def _injections(self) -> dict[str, Callable[[dict[str, Any], dict[str, Any]], str]]:
         return {
             "switchover": self._switchover,
             "patroni_stop": self._patroni_stop,
@@ -257,31 +368,65 @@ class InjectFaultOperator(DrillOperator):
             "host_isolate": self._host_fault,
         }
 
-    def _switchover(self, plan: dict[str, Any]) -> str:
+    def _observe(self, plan: dict[str, Any], record: dict[str, Any]) -> tuple[Seen, str]:
+        """Whether the cluster shows the fault, and what was seen."""
+        scenario, target = plan["scenario"], plan["target"]
+        if scenario == "switchover":
+            leader = self.patroni().leader()
+            if leader is None:
+                return Seen.UNCLEAR, "Patroni has no single leader (a switchover may be under way)"
+            return (Seen.NO if leader == plan["leader"] else Seen.YES), f"{leader} leads (was {plan['leader']})"
+        if scenario == "patroni_stop":
+            active = self.host_hook(target).unit_active(PATRONI_UNIT)
+            return (Seen.NO if active else Seen.YES), f"{PATRONI_UNIT} {'active' if active else 'inactive'} on {target}"
+        if scenario == "postmaster_kill":
+            if "pid" not in record:
+                return Seen.UNCLEAR, "the attempt recorded no postmaster pid"
+            alive = self.remote(target).run(_postmaster_alive(record["data_dir"], record["pid"]), check=False,
+                                            quiet=True).ok
+            return (Seen.NO if alive else Seen.YES), f"postmaster {record['pid']} on {target} " + (
+                "still runs" if alive else "is gone")
+        status = self.patroni().status_code(self.api_url(target), "/health")
+        if status is None:
+            return Seen.YES, f"the Patroni REST API on {target} does not answer"
+        return Seen.NO, f"the Patroni REST API on {target} answers (HTTP {status})"
+
+    def _switchover(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
         response = self.patroni().switchover(plan["leader"], plan["candidate"])
         text = response.text.strip()
         if response.status_code >= 400:
             raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
                                    f"HTTP {response.status_code} {text}")
-        # The answer is only logged: the new leader (a later sensor) decides whether it worked.
         return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"
 
-    def _patroni_stop(self, plan: dict[str, Any]) -> str:
+    def _patroni_stop(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
         self.host_hook(plan["target"]).stop(PATRONI_UNIT)
         return f"systemctl stop {PATRONI_UNIT}"
 
-    def _postmaster_kill(self, plan: dict[str, Any]) -> str:
-        inv, node = self.inventory, plan["target"]
+    def _postmaster(self, node: str) -> dict[str, Any]:
+        """The target's data directory and the pid its postmaster.pid names."""
+        inv = self.inventory
         data_dir = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(node).address, port=inv.postgres.port,
                                     database="postgres").scalar("SHOW data_directory")
-        pid_file = shlex.quote(f"{data_dir}/postmaster.pid")
-        pid = self.remote(node).run(f'pid=$(head -n1 {pid_file}) && kill -KILL "$pid" && echo "$pid"').stdout.strip()
-        return f"SIGKILL to postmaster {pid} ({data_dir})"
+        pid = self.remote(node).run(f"head -n1 {shlex.quote(f'{data_dir}/postmaster.pid')}", quiet=True).stdout.strip()
+        if not pid.isdigit():
+            raise AirflowException(f"[{node}] {data_dir}/postmaster.pid names no pid ({pid!r})")
+        return {"data_dir": data_dir, "pid": int(pid)}
 
-    def _host_fault(self, plan: dict[str, Any]) -> str:
+    def _postmaster_kill(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
+        self.remote(plan["target"]).run(f"kill -KILL {int(record['pid'])}")
+        return f"SIGKILL to postmaster {record['pid']} ({record['data_dir']})"
+
+    def _host_fault(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
         command = self.fault_command(plan["scenario"], "inject", plan["target"])
         result = self.injector().run(command, timeout=120)
         return f"{command} (exit {result.exit_code})"
+
+
+def _postmaster_alive(data_dir: str, pid: int) -> str:
+    """Exits 0 while the postmaster ``pid`` still runs (postmaster.pid names it, and it is no zombie)."""
+    pid_file = shlex.quote(f"{data_dir}/postmaster.pid")
+    return f"test \"$(head -n1 {pid_file} 2>/dev/null)\" = {int(pid)} && grep -qv ') Z ' /proc/{int(pid)}/stat"
 
 
 class HealOperator(DrillOperator):
@@ -293,7 +438,8 @@ class HealOperator(DrillOperator):
     host_crash / host_isolate: the ``heal`` command of
     ``drill.inject_commands`` unless the target answers; switchover and
     postmaster_kill: nothing, Patroni brings the target back by itself.
-    Skips if no fault was injected.
+    Heals after an unconfirmed attempt too (it may have taken effect); skips
+    if no fault was attempted.
     """
 
     def run(self, context: Any) -> Any:
@@ -362,7 +508,11 @@ class AnalyseDrillOperator(DrillOperator):
         steps = {name: xcom_result(value) for name, value in self.steps.items()}
         if fault is None:
             raise AirflowFailException("the drill was planned but no fault was injected: nothing to measure "
-                                   f"(incomplete: {[n for n, v in steps.items() if v is None]})")
+                                       f"(incomplete: {[n for n, v in steps.items() if v is None]})")
+        if fault_state(fault) != CONFIRMED:
+            raise AirflowFailException(f"the fault was attempted {fault.get('attempt', 1)} time(s) but never seen to "
+                                       f"take effect ({'; '.join(fault.get('errors', [])) or 'no error recorded'}): "
+                                       "nothing to measure")
         patroni = self.patroni()
         new_leader = steps.get("new_leader") or patroni.leader()
         result = analyse(
@@ -401,3 +551,19 @@ class AnalyseDrillOperator(DrillOperator):
         hook.execute_autocommit(load_sql("drill_record.sql"), parameters=row)
         hook.execute_autocommit(prune)
         self.changed(f"pgha_drill_history row {result['drill_id']} ({'PASS' if result['passed'] else 'FAIL'})")
+
+
+class NoDrillRunningOperator(PghaOperator):
+    """
+    The migration's first task: fails (no retry) while a failover drill runs,
+    which breaks the cluster on purpose. The drill's precheck in turn skips
+    while a migration is queued or running.
+    """
+
+    def run(self, context: Any) -> Any:
+        runs = context["ti"].get_dr_count(dag_id=DRILL_DAG_ID, states=["running"])
+        if runs:
+            raise AirflowFailException(f"{DRILL_DAG_ID} has {runs} running run(s): a drill breaks the cluster on "
+                                       "purpose; clear this task once it has ended")
+        self.unchanged(f"no {DRILL_DAG_ID} run is running")
+        return None

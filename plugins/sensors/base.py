@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from abc import abstractmethod
 from datetime import timedelta
 from typing import Any
@@ -59,14 +60,15 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
         self.skip_unless_selected(context)
         if not (self.deferrable or (context.get("params") or {}).get("defer_waits")):
             return super().execute(context)
+        started = time.time()
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
-        self.defer(
-            trigger=self.make_trigger(),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout + 60),
-        )
+        trigger = self.make_trigger()
+        trigger.deadline = started + self.timeout  # from the first poke, as in poke and reschedule mode
+        # The trigger fires its timeout event first; should the triggerer not (down), the deferral times out
+        # a minute later, which BaseSensorOperator turns into AirflowSensorTimeout too: final either way.
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(seconds=self.timeout + 60))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") != "success":

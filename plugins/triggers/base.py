@@ -18,13 +18,17 @@ class PollingTrigger(BaseTrigger):
     same check, synchronous, for a sensor that pokes or reschedules.
 
     Fires ``{"status": "success", "value": ...}`` when the check reports no
-    problems, or ``{"status": "timeout", "problems": [...]}`` at the deadline.
+    problems, or ``{"status": "timeout", "problems": [...]}`` ``timeout``
+    seconds after it started or at ``deadline`` (epoch seconds), whichever
+    comes first. The deferring sensor sets ``deadline`` (its timeout counts
+    from its first poke), so a restarted triggerer does not wait again.
     """
 
-    def __init__(self, poll_interval: float, timeout: float) -> None:
+    def __init__(self, poll_interval: float, timeout: float, deadline: float | None = None) -> None:
         super().__init__()
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.deadline = deadline
 
     @abstractmethod
     def check(self) -> tuple[list[str], Any]:
@@ -35,12 +39,11 @@ class PollingTrigger(BaseTrigger):
         """``check()`` for the event loop."""
 
     def common_kwargs(self) -> dict[str, Any]:
-        return {"poll_interval": self.poll_interval, "timeout": self.timeout}
+        return {"poll_interval": self.poll_interval, "timeout": self.timeout, "deadline": self.deadline}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        deadline = time.monotonic() + self.timeout
-        problems: list[str] = []
-        while time.monotonic() < deadline:
+        deadline = min(time.time() + self.timeout, self.deadline if self.deadline is not None else float("inf"))
+        while True:  # checks at least once, also when the deadline passed while the triggerer was down
             try:
                 problems, value = await self.acheck()
             except Exception as exc:  # an unreachable service is a problem to wait out, not a crash
@@ -48,6 +51,8 @@ class PollingTrigger(BaseTrigger):
             if not problems:
                 yield TriggerEvent({"status": "success", "value": value})
                 return
+            if time.time() >= deadline:
+                yield TriggerEvent({"status": "timeout", "problems": problems})
+                return
             self.log.info("waiting: %s", "; ".join(problems))
-            await asyncio.sleep(self.poll_interval)
-        yield TriggerEvent({"status": "timeout", "problems": problems})
+            await asyncio.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))

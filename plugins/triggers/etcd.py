@@ -12,8 +12,9 @@ from pgha.triggers.base import PollingTrigger
 class EtcdHealthTrigger(PollingTrigger):
     """Fires when every endpoint is healthy, there is one leader and the members match."""
 
-    def __init__(self, endpoints: list[str], expected_members: list[str], poll_interval: float, timeout: float) -> None:
-        super().__init__(poll_interval, timeout)
+    def __init__(self, endpoints: list[str], expected_members: list[str], poll_interval: float, timeout: float,
+                 deadline: float | None = None) -> None:
+        super().__init__(poll_interval, timeout, deadline)
         self.endpoints = endpoints
         self.expected_members = expected_members
 

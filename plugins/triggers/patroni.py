@@ -21,8 +21,9 @@ class PatroniLeaderTrigger(PollingTrigger):
         poll_interval: float,
         timeout: float,
         not_leader: str | None = None,
+        deadline: float | None = None,
     ) -> None:
-        super().__init__(poll_interval, timeout)
+        super().__init__(poll_interval, timeout, deadline)
         self.api_urls = api_urls
         self.expected_replicas = expected_replicas
         self.require_sync = require_sync
