@@ -132,8 +132,8 @@ class InstallPostgresOperator(HostOperator):
         version = host.version(f"{family.postgres_bin(major)}/postgres --version", check=False)
         if not version or major_of(version) != major:
             raise AirflowException(f"[{self.host}] version mismatch: expected PostgreSQL {major}, got {version!r}")
-        self.note(f"distribution unit {family.postgres_service} disabled (Patroni runs PostgreSQL)",
-                  host.disable_now(family.postgres_service))
+        unit = family.postgres_unit_name(major)
+        self.note(f"distribution unit {unit} disabled (Patroni runs PostgreSQL)", host.disable_now(unit))
         return {"version": version}
 
 
