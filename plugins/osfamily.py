@@ -26,7 +26,7 @@ class OsFamily:
     postgres_packages: tuple[str, ...]
     postgres_bin_dir: str
     postgres_data_dir: str
-    postgres_service: str  # the distribution's own unit, disabled: Patroni runs PostgreSQL
+    postgres_service: str  # the unit of a source server installed from the distribution (restarted for logical)
     postgres_module: str  # module stream to enable before the install ("" if none)
     postgres_preconfig: tuple[tuple[str, str], ...]  # files written before the install: (path, content)
     etcd_packages: tuple[str, ...]
@@ -37,7 +37,10 @@ class OsFamily:
     python: str
     firewall: str  # "firewalld" or "none"
     release: str = ""  # the major release the data is for ("" when it does not matter)
-    postgres_unit: str = "postgresql"  # the packaged PostgreSQL unit ({major}), disabled: Patroni runs PostgreSQL
+    postgres_unit: str = "postgresql"  # the installed PostgreSQL's unit ({major}), disabled: Patroni runs PostgreSQL
+    # Where the source server's binaries are ("" as on the cluster's nodes): the runbook's source is the
+    # distribution's PostgreSQL, which the RHEL family keeps in /usr/bin (runbook correction C17).
+    source_postgres_bin_dir: str = ""
     # The package repository PostgreSQL (and the extras) come from: (package name, where to install it from).
     postgres_repo: tuple[str, str] | None = None
     modules_to_disable: tuple[str, ...] = ()  # dnf modules that would shadow the repository's packages
@@ -53,6 +56,9 @@ class OsFamily:
 
     def postgres_bin(self, major: int) -> str:
         return self.postgres_bin_dir.format(major=major)
+
+    def source_postgres_bin(self, major: int) -> str:
+        return (self.source_postgres_bin_dir or self.postgres_bin_dir).format(major=major)
 
     def postgres_data(self, major: int) -> str:
         return self.postgres_data_dir.format(major=major)
@@ -140,6 +146,7 @@ def rhel(release: int) -> OsFamily:
         postgres_data_dir="/var/lib/pgsql/{major}/data",
         postgres_service="postgresql",
         postgres_unit="postgresql-{major}",
+        source_postgres_bin_dir="/usr/bin",
         postgres_module="",
         postgres_preconfig=(),
         postgres_repo=("pgdg-redhat-repo", PGDG_REPO_RPM.format(release=release)),

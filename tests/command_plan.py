@@ -89,11 +89,15 @@ def _connections(inventory: Any) -> dict[str, str]:
          "password": PLAN_PASSWORD.format(conn_id=conn_id)}) for conn_id in sorted(ids)}
 
 
-def migration_plan(inventory_path: str, os_name: str, *, method: str = "dump_restore") -> Plan:
-    """Every command phases 1-5 and 7 would send to each host of ``inventory_path``, all hosts being ``os_name``."""
+def migration_plan(inventory_path: str, os_name: str, *, method: str = "dump_restore",
+                   fleet: Fleet | None = None) -> Plan:
+    """
+    Every command phases 1-5 and 7 would send to each host of ``inventory_path``, all hosts being ``os_name``.
+    ``fleet``: the fake hosts to run on (a test's prepared ones, or a previous plan's for a second run).
+    """
     inventory = load_inventory(inventory_path)
     raw = yaml.safe_load(Path(inventory.path).read_text())
-    plan = Plan(os_name, method)
+    plan = Plan(os_name, method, fleet=fleet or Fleet())
     plan.fleet.for_inventory(raw, os_name)
     context = {"params": {"migration_method": method}}
 

@@ -113,7 +113,7 @@ CATALOGUE[ROCKY_9].update({
 # need --enablerepo. The rest is in BaseOS/AppStream.
 PACKAGE_REPOS = {**{name: "pgdg" for name in CATALOGUE[ROCKY_9] if name.startswith("postgresql") and name[10:12].isdigit()},
                  "etcd": PGDG_EXTRAS_9, "patroni": PGDG_EXTRAS_9, "patroni-etcd": PGDG_EXTRAS_9}
-PACKAGE_URLS = {PGDG_REPO_RPM_9: "pgdg-redhat-repo"}
+PACKAGE_URLS = {PGDG_REPO_RPM_9.replace("EL-9", f"EL-{release}"): "pgdg-redhat-repo" for release in (8, 9, 10)}
 # A few of RHEL 9's targeted policy's TCP port types (semanage port -l), the ones pgha's ports meet.
 SELINUX_POLICY_PORTS = {80: "http_port_t", 443: "http_port_t", 8008: "http_port_t", 8009: "http_port_t",
                         5432: "postgresql_port_t", 7000: "gatekeeper_port_t", 5000: "commplex_main_port_t"}

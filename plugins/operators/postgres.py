@@ -54,7 +54,7 @@ def source_dump_restore(op: PghaOperator, target: Endpoint) -> RemoteDumpRestore
     """pg_dump | pg_restore from the source into ``target``, run on the source host."""
     inv = op.inventory
     return RemoteDumpRestore(op.remote(inv.source.host), source_endpoint(op), target,
-                             bin_dir=op.os_family(inv.source.host).postgres_bin(inv.source.major),
+                             bin_dir=op.os_family(inv.source.host).source_postgres_bin(inv.source.major),
                              owner=inv.postgres.owner)
 
 
