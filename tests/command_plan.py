@@ -18,8 +18,10 @@ docs/rhel-plan.md says what this plan is for: the RHEL family is checked on pape
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -28,11 +30,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-if __name__ == "__main__":  # as a script: the same Airflow setup as the tests' conftest, before airflow loads
+if __name__ == "__main__":  # as a script: a throw-away AIRFLOW_HOME, set before airflow loads
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="pgha-plan-airflow-home-"))
+    if "AIRFLOW_HOME" not in os.environ:
+        os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="pgha-plan-airflow-home-")
+        atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], True)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
 import yaml  # noqa: E402
 from pgha.inventory import INCLUDE_DIR, load_inventory  # noqa: E402
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--os", choices=sorted(OS_CHOICES), required=True)
     parser.add_argument("--method", choices=["dump_restore", "logical_replication"], default="dump_restore")
     options = parser.parse_args(argv)
-    plan = migration_plan(options.inventory, OS_CHOICES[options.os], method=options.method)
+    with contextlib.redirect_stdout(sys.stderr):  # the tasks' own logs (their SUMMARY blocks) are not the plan
+        plan = migration_plan(options.inventory, OS_CHOICES[options.os], method=options.method)
     sys.stdout.write(plan.text())
     return 1 if plan.failure else 0
 

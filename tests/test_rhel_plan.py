@@ -178,7 +178,6 @@ def test_patroni_package_comes_with_its_etcd_support(tmp_path: Path) -> None:
 
 
 def test_patroni_from_pip_in_its_own_virtualenv(rocky: Plan) -> None:
-    psg1 = rocky.fleet["psg1"]
     assert ran(rocky, "psg1", r"^dnf install -y -q python3 python3-pip$")
     assert ran(rocky, "psg1", r"^/usr/bin/python3 -m venv /opt/patroni$") and not ran(rocky, "psg1", r"^pip3? install")
 
@@ -257,7 +256,7 @@ def test_selinux_work_only_where_it_enforces(tmp_path: Path, mode: str) -> None:
 
 
 def test_debian_plan_keeps_its_own_commands(debian: Plan) -> None:
-    psg1, vm1 = debian.fleet["psg1"], debian.fleet["vm1"]
+    psg1 = debian.fleet["psg1"]
     assert ran(debian, "psg1", r"^DEBIAN_FRONTEND=noninteractive apt-get install .* postgresql-15 "
                                r"postgresql-client-15$")
     assert ran(debian, "psg1", r"^DEBIAN_FRONTEND=noninteractive apt-get install .* etcd-server etcd-client$")
