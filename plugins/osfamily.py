@@ -23,6 +23,7 @@ class OsFamily:
     refresh_cmd: str  # refreshes package lists before an install
     module_enable_cmd: str  # enables a module stream {stream} ("" where the family has none)
     module_state_file: str  # where the package manager keeps a module's state ({module})
+    module_disable_cmd: str  # disables a module {module} ("" where the family has none)
     postgres_packages: tuple[str, ...]
     postgres_bin_dir: str
     postgres_data_dir: str
@@ -89,6 +90,9 @@ class OsFamily:
     def package_query_command(self, packages: list[str]) -> str:
         return self.package_query.format(packages=" ".join(shlex.quote(p) for p in packages))
 
+    def module_disable_command(self, module: str) -> str:
+        return self.module_disable_cmd.format(module=shlex.quote(module))
+
     def module_enable_command(self, stream: str) -> str:
         return self.module_enable_cmd.format(stream=shlex.quote(stream))
 
@@ -106,6 +110,7 @@ DEBIAN = OsFamily(
     refresh_cmd="apt-get update -q -o DPkg::Lock::Timeout=600",
     module_enable_cmd="",
     module_state_file="",
+    module_disable_cmd="",
     postgres_packages=("postgresql-{major}", "postgresql-client-{major}"),
     postgres_bin_dir="/usr/lib/postgresql/{major}/bin",
     postgres_data_dir="/var/lib/postgresql/{major}/main",
@@ -141,6 +146,7 @@ def rhel(release: int) -> OsFamily:
         refresh_cmd="dnf makecache -q",
         module_enable_cmd="dnf module enable -y -q {stream}",
         module_state_file="/etc/dnf/modules.d/{module}.module",
+        module_disable_cmd="dnf -qy module disable {module}",
         postgres_packages=("postgresql{major}-server", "postgresql{major}-contrib"),
         postgres_bin_dir="/usr/pgsql-{major}/bin",
         postgres_data_dir="/var/lib/pgsql/{major}/data",

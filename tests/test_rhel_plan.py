@@ -16,7 +16,7 @@ import pytest
 import yaml
 from command_plan import PLAN_PASSWORD, Plan, migration_plan
 from pgha.inventory import INCLUDE_DIR
-from pgha.osfamily import RHEL8, RHEL9, RHEL10, detect_family
+from pgha.osfamily import RHEL8, RHEL9, RHEL10, detect_family, parse_selinux_ports
 from recording_host import DEBIAN_12, ETCD_TARBALL_SHA256, ETCD_TARBALL_URL, ROCKY_9, Fleet
 
 RHEL_SOCKET = "/var/lib/haproxy/stats"  # where RHEL's HAProxy may create its stats socket
@@ -269,3 +269,14 @@ def test_debian_plan_keeps_its_own_commands(debian: Plan) -> None:
     assert ran(debian, "vm1", r"^systemctl reload haproxy.service$")  # Debian's package started HAProxy
     rhel_only = r"^(dnf|rpm|firewall-cmd|semanage|getenforce|getsebool|setsebool) |^getenforce$|pgsql|pgdg"
     assert [c for c in debian.commands() if re.search(rhel_only, c)] == []
+
+
+def test_semanage_listing_counts_single_ports_only() -> None:
+    listing = ("SELinux Port Type              Proto    Port Number\n\n"
+               "unreserved_port_t              tcp      61001-65535, 1024-32767\n"
+               "http_port_t                    tcp      80, 81, 443, 488, 8008, 8009, 8443, 9000\n"
+               "gatekeeper_port_t              tcp      1721, 7000\n"
+               "gatekeeper_port_t              udp      1718, 1719\n")
+    ports = parse_selinux_ports(listing)
+    assert ports[8008] == "http_port_t" and ports[7000] == "gatekeeper_port_t"
+    assert 1718 not in ports and 5433 not in ports  # udp, and a port only inside a range: `-a` works there

@@ -104,7 +104,7 @@ class HostHook(BaseHook):
         for module in modules:
             state = parse_module_state(self.read_file(self.family.module_state_file.format(module=module)) or "")
             if state.get("state") != "disabled":
-                self.remote.run(f"dnf -qy module disable {q(module)}", timeout=900)
+                self.remote.run(self.family.module_disable_command(module), timeout=900)
                 changed.append(module)
         return changed
 
