@@ -74,6 +74,7 @@ def node_context(inventory: Inventory, node: Host, family: OsFamily) -> dict[str
         "pgpass": "/var/lib/pgsql/.pgpass_patroni" if family.name == "rhel" else "/var/lib/postgresql/.pgpass_patroni",
         "socket_dir": SOCKET_DIR,
         "patroni_bin": patroni_bin(inventory),
+        "etcd_binary": family.etcd_bin(inventory.etcd.install.method),
         "postgres_parameters": inventory.postgres.cluster_parameters,
     }
 

@@ -87,6 +87,37 @@ CATALOGUE: dict[str, dict[str, Package]] = {
     },
 }
 ROCKY_DEFAULT_POSTGRES_STREAM = "13"
+PGDG_MAJORS = (13, 15, 16, 17)
+PGDG_REPO_RPM_9 = "https://download.postgresql.org/pub/repos/yum/reporpms/EL-9-x86_64/pgdg-redhat-repo-latest.noarch.rpm"
+PGDG_EXTRAS_9 = "pgdg-rhel9-extras"
+
+
+def _postgres_pgdg(major: int) -> Package:
+    return Package(binaries={f"/usr/pgsql-{major}/bin/postgres": f"postgres (PostgreSQL) {major}.6"},
+                   units={f"postgresql-{major}.service": (False, False)}, users=("postgres",))
+
+
+# PGDG on Rocky 9: the repository package (installed from its URL), the server packages of each major,
+# and in the extras repository (disabled by default) etcd and Patroni.
+CATALOGUE[ROCKY_9].update({
+    "pgdg-redhat-repo": Package(files={"/etc/yum.repos.d/pgdg-redhat-all.repo": "[pgdg-common]\nenabled=1\n"
+                                                                                "[pgdg-rhel9-extras]\nenabled=0\n"}),
+    **{f"postgresql{major}-server": _postgres_pgdg(major) for major in PGDG_MAJORS},
+    **{f"postgresql{major}-contrib": Package() for major in PGDG_MAJORS},
+    "etcd": Package(binaries={"/usr/bin/etcd": etcd_version("3.5.21"), "/usr/bin/etcdctl": "etcdctl version: 3.5.21"},
+                    units={"etcd.service": (False, False)}, users=("etcd",)),
+    "patroni": Package(binaries={"/usr/bin/patroni": "patroni 4.0.6"}, units={"patroni.service": (False, False)}),
+    "patroni-etcd": Package(),
+    "policycoreutils-python-utils": Package(binaries={"/usr/sbin/semanage": "semanage"}),
+})
+# Where each Rocky 9 package comes from: PGDG's packages need its repository package; the extras also
+# need --enablerepo. The rest is in BaseOS/AppStream.
+PACKAGE_REPOS = {**{name: "pgdg" for name in CATALOGUE[ROCKY_9] if name.startswith("postgresql") and name[10:12].isdigit()},
+                 "etcd": PGDG_EXTRAS_9, "patroni": PGDG_EXTRAS_9, "patroni-etcd": PGDG_EXTRAS_9}
+PACKAGE_URLS = {PGDG_REPO_RPM_9.replace("EL-9", f"EL-{release}"): "pgdg-redhat-repo" for release in (8, 9, 10)}
+# A few of RHEL 9's targeted policy's TCP port types (semanage port -l), the ones pgha's ports meet.
+SELINUX_POLICY_PORTS = {80: "http_port_t", 443: "http_port_t", 8008: "http_port_t", 8009: "http_port_t",
+                        5432: "postgresql_port_t", 7000: "gatekeeper_port_t", 5000: "commplex_main_port_t"}
 
 
 class UnknownCommand(AssertionError):
@@ -138,6 +169,9 @@ class FakeHost:
         self.sysctl: dict[str, str] = {f"net.ipv4.neigh.{interface}.{k}": v for k, v in
                                        (("retrans_time_ms", "1000"), ("base_reachable_time_ms", "30000"))}
         self.firewalld_ports: set[int] = set()
+        self.selinux = "Disabled"  # getenforce on a RHEL-family host
+        self.selinux_ports: dict[int, str] = dict(SELINUX_POLICY_PORTS)
+        self.selinux_booleans: dict[str, bool] = {"haproxy_connect_any": False}
         self.hostname = "localhost"
         self.binaries: dict[str, str] = {}
         self.free_mb = 20480
@@ -158,6 +192,8 @@ class FakeHost:
             self.files["/etc/dnf/dnf.conf"] = FakeFile("[main]\ngpgcheck=1\ninstallonly_limit=3\n")
             self.units["firewalld.service"] = Unit(enabled=True, active=True)
             self.binaries["/usr/bin/firewall-cmd"] = "1.3.4"
+            self.binaries["/usr/sbin/getenforce"] = "getenforce"
+            self.selinux = "Enforcing"
             self.hostname = "localhost.localdomain"
 
     # ------------------------------------------------------------ what the tests read
@@ -264,6 +300,13 @@ class FakeHost:
                 if sep and not key.startswith("#") and key.strip() in self.sysctl:
                     self.sysctl[key.strip()] = value.strip()
 
+    def _repo_offers(self, package: str, enabled: set[str]) -> bool:
+        """A Rocky 9 package is offered by an enabled repository (PGDG's only once its repository package is in)."""
+        repo = PACKAGE_REPOS.get(package)
+        if repo is None:
+            return True
+        return "pgdg-redhat-repo" in self.packages and (repo == "pgdg" or repo in enabled)
+
     def _module_stream(self, module: str) -> str | None:
         state = self.files.get(f"/etc/dnf/modules.d/{module}.module")
         if state and "state=enabled" in state.content:
@@ -358,8 +401,10 @@ def _refresh(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str
 def _install(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
     if ("apt-get" in m[0]) != (h.os == DEBIAN_12):
         return NOT_FOUND
-    wanted = args(m[1])
-    unknown = [p for p in wanted if p not in CATALOGUE[h.os]]
+    words = args(m[1])
+    enabled = {w.split("=", 1)[1] for w in words if w.startswith("--enablerepo=")}
+    wanted = [PACKAGE_URLS.get(w, w) for w in words if not w.startswith("--")]
+    unknown = [p for p in wanted if p not in CATALOGUE[h.os] or (h.os == ROCKY_9 and not h._repo_offers(p, enabled))]
     if unknown:
         return (100, "", f"E: Unable to locate package {unknown[0]}\n") if h.os == DEBIAN_12 else \
             (1, "", f"Error: Unable to find a match: {' '.join(unknown)}\n")
@@ -380,6 +425,64 @@ def _module_enable(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[in
                        "unless explicitly enabled via configuration option module_stream_switch.\n")
     h.files[f"/etc/dnf/modules.d/{module}.module"] = FakeFile(
         f"[{module}]\nname={module}\nstream={stream}\nprofiles=\nstate=enabled\n")
+    return 0, "", ""
+
+
+@rule(r"dnf -qy module disable (\S+)", mutating=True)
+def _module_disable(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.os != ROCKY_9:
+        return NOT_FOUND
+    module = args(m[1])[0]
+    h.files[f"/etc/dnf/modules.d/{module}.module"] = FakeFile(
+        f"[{module}]\nname={module}\nstream=\nprofiles=\nstate=disabled\n")
+    return 0, "", ""
+
+
+@rule(r"getenforce", mutating=False)
+def _getenforce(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    return (0, h.selinux + "\n", "") if h.which("getenforce") else NOT_FOUND
+
+
+@rule(r"semanage port -l", mutating=False)
+def _semanage_list(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.which("semanage") is None:
+        return NOT_FOUND
+    by_type: dict[str, list[int]] = {}
+    for port, kind in h.selinux_ports.items():
+        by_type.setdefault(kind, []).append(port)
+    lines = ["SELinux Port Type              Proto    Port Number", "",
+             f"{'unreserved_port_t':<30} tcp      61001-65535, 1024-32767"]
+    lines += [f"{kind:<30} tcp      {', '.join(map(str, sorted(ports)))}" for kind, ports in sorted(by_type.items())]
+    return 0, "\n".join(lines) + "\n", ""
+
+
+@rule(r"semanage port (-a|-m) -t (\S+) -p tcp (\d+)", mutating=True)
+def _semanage_port(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    if h.which("semanage") is None:
+        return NOT_FOUND
+    port = int(m[3])
+    if m[1] == "-a" and port in h.selinux_ports:
+        return 1, "", f"ValueError: Port tcp/{port} already defined\n"
+    if m[1] == "-m" and port not in h.selinux_ports:
+        return 1, "", f"ValueError: Port tcp/{port} is not defined\n"
+    h.selinux_ports[port] = args(m[2])[0]
+    return 0, "", ""
+
+
+@rule(r"getsebool (\S+)", mutating=False)
+def _getsebool(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    name = args(m[1])[0]
+    if name not in h.selinux_booleans:
+        return 1, "", f"Error getting active value for {name}\n"
+    return 0, f"{name} --> {'on' if h.selinux_booleans[name] else 'off'}\n", ""
+
+
+@rule(r"setsebool -P (\S+) 1", mutating=True)
+def _setsebool(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    name = args(m[1])[0]
+    if name not in h.selinux_booleans:
+        return 1, "", f"Could not change boolean {name}\n"
+    h.selinux_booleans[name] = True
     return 0, "", ""
 
 

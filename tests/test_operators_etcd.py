@@ -84,9 +84,11 @@ def test_a_tarball_with_the_wrong_checksum_installs_nothing(fleet: Fleet, tmp_pa
     assert "/usr/local/bin/etcd" not in fleet["psg1"].binaries
 
 
-def test_rocky_has_no_etcd_package(fleet: Fleet, tmp_path: Path) -> None:
+def test_rocky_finds_etcd_only_in_pgdg_extras(fleet: Fleet, tmp_path: Path) -> None:
+    """Without PGDG's repository package (phase 1) there is no etcd package (its plan: tests/test_rhel_plan.py)."""
     inventory = fleet_inventory(fleet, tmp_path, ROCKY_9, etcd={"install": {"method": "package"}})
-    with pytest.raises(CommandFailed, match=r"\[psg1\] command failed .*dnf install -y -q etcd"):
+    with pytest.raises(CommandFailed, match=r"\[psg1\] command failed .*"
+                                            r"dnf install -y -q --enablerepo=pgdg-rhel9-extras etcd"):
         install(inventory)
 
 

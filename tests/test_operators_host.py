@@ -43,8 +43,12 @@ def test_prepare_host_plan_on_a_database_node(fleet: Fleet, tmp_path: Path, os: 
         assert psg1.ran(r"^firewall-cmd --reload$")
         assert "proxy=http://proxy.example:3142" in psg1.files["/etc/dnf/dnf.conf"].content.splitlines()
         assert "/etc/apt/apt.conf.d/90pgha-proxy" not in psg1.files
+        # PGDG's repository (after the proxy, which it needs) and the module that would shadow it
+        assert "pgdg-redhat-repo" in psg1.packages and psg1.ran(r"^dnf -qy module disable postgresql$")
+        assert "state=disabled" in psg1.files["/etc/dnf/modules.d/postgresql.module"].content
+        assert psg1.ran(r"^getenforce$") and psg1.ran(r"^semanage port -l$")
     else:
-        assert not psg1.ran("firewall-cmd")
+        assert not psg1.ran("firewall-cmd|dnf|getenforce|semanage")
         assert "http://proxy.example:3142" in psg1.files["/etc/apt/apt.conf.d/90pgha-proxy"].content
         assert "/etc/dnf/dnf.conf" not in psg1.files
 

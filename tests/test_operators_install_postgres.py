@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException
+from pgha.hooks.remote import CommandFailed
 from pgha.operators.postgres import InstallPostgresOperator
 from recording_host import DEBIAN_12, ROCKY_9, FakeFile, Fleet, fleet_inventory
 
@@ -16,13 +17,20 @@ def install(inventory: str) -> dict:
     return InstallPostgresOperator(task_id="install_postgres", host="psg1", inventory_path=inventory).execute({})
 
 
+def with_pgdg(fleet: Fleet, os: str) -> None:
+    """What phase 1 leaves on a RHEL-family node: PGDG's repository package (tests/test_rhel_plan.py)."""
+    if os == ROCKY_9:
+        fleet["psg1"].install_package("pgdg-redhat-repo")
+
+
 @pytest.mark.parametrize("os", BOTH)
 def test_install_plan(fleet: Fleet, tmp_path: Path, os: str) -> None:
     inventory = fleet_inventory(fleet, tmp_path, os)
+    with_pgdg(fleet, os)
     psg1 = fleet["psg1"]
     result = install(inventory)
     assert result["changed"] and "(PostgreSQL) 15." in result["result"]["version"]
-    unit = psg1.units["postgresql.service"]
+    unit = psg1.units["postgresql.service" if os == DEBIAN_12 else "postgresql-15.service"]
     assert not unit.enabled and not unit.active  # Patroni runs PostgreSQL
     if os == DEBIAN_12:
         assert psg1.ran(r"apt-get install .* postgresql-15 postgresql-client-15$")
@@ -30,17 +38,18 @@ def test_install_plan(fleet: Fleet, tmp_path: Path, os: str) -> None:
         assert "/var/lib/postgresql/15/main/PG_VERSION" not in psg1.files  # no "main" cluster was created
         assert psg1.ran(r"^/usr/lib/postgresql/15/bin/postgres --version$")
     else:
-        # the module stream before the install: RHEL 9's default stream is 13
-        commands = [c.command for c in psg1.commands]
-        enable = commands.index("dnf module enable -y -q postgresql:15")
-        assert enable < commands.index("dnf install -y -q postgresql-server postgresql-contrib")
-        assert not psg1.ran("systemctl disable")  # RHEL's package leaves it disabled
-        assert psg1.ran(r"^/usr/bin/postgres --version$") and not psg1.ran("apt-get|dpkg")
+        # PGDG's packages and paths; the module streams are phase 1's business (disabled there)
+        assert psg1.ran(r"^dnf install -y -q postgresql15-server postgresql15-contrib$")
+        assert not psg1.ran("dnf module")
+        assert psg1.ran(r"^systemctl is-enabled --quiet postgresql-15$")
+        assert not psg1.ran("systemctl disable")  # PGDG's package leaves it disabled
+        assert psg1.ran(r"^/usr/pgsql-15/bin/postgres --version$") and not psg1.ran("apt-get|dpkg")
 
 
 @pytest.mark.parametrize("os", BOTH)
 def test_a_second_run_changes_nothing(fleet: Fleet, tmp_path: Path, os: str) -> None:
     inventory = fleet_inventory(fleet, tmp_path, os)
+    with_pgdg(fleet, os)
     install(inventory)
     fleet.forget()
     assert not install(inventory)["changed"]
@@ -69,12 +78,19 @@ def test_a_cluster_patroni_created_is_not_foreign(fleet: Fleet, tmp_path: Path) 
 
 
 def test_a_version_mismatch_names_the_host_and_the_versions(fleet: Fleet, tmp_path: Path) -> None:
-    """PostgreSQL 13 installed from RHEL's default stream before the inventory's 15 was enabled."""
+    """A postgres binary of another major where PGDG's postgresql15-server should have put 15's."""
     inventory = fleet_inventory(fleet, tmp_path, ROCKY_9)
+    with_pgdg(fleet, ROCKY_9)
     psg1 = fleet["psg1"]
-    psg1.install_package("postgresql-server")
-    psg1.install_package("postgresql-contrib")
-    psg1.files["/etc/dnf/modules.d/postgresql.module"] = FakeFile("[postgresql]\nstream=15\nstate=enabled\n")
+    for package in ("postgresql15-server", "postgresql15-contrib"):
+        psg1.install_package(package)
+    psg1.binaries["/usr/pgsql-15/bin/postgres"] = "postgres (PostgreSQL) 13.20"
     with pytest.raises(AirflowException, match=r"\[psg1\] version mismatch: expected PostgreSQL 15, "
                                                r"got 'postgres \(PostgreSQL\) 13.20'"):
+        install(inventory)
+
+
+def test_without_phase_1_rocky_finds_no_pgdg_package(fleet: Fleet, tmp_path: Path) -> None:
+    inventory = fleet_inventory(fleet, tmp_path, ROCKY_9)
+    with pytest.raises(CommandFailed, match="Unable to find a match: postgresql15-server postgresql15-contrib"):
         install(inventory)

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from pgha import airflowenv
 from pgha.hooks.remote import CommandResult, FileChange, RemoteHook
-from pgha.osfamily import OsFamily, detect_family, installed_packages, parse_module_state
+from pgha.osfamily import OsFamily, detect_family, installed_packages, parse_module_state, parse_selinux_ports
 
 UNIT_DIR = "/etc/systemd/system"
 
@@ -72,9 +72,10 @@ class HostHook(BaseHook):
         installed = installed_packages(result.stdout)
         return [p for p in packages if p not in installed]
 
-    def ensure_packages(self, packages: list[str]) -> bool:
+    def ensure_packages(self, packages: list[str], *, repo: str | None = None) -> bool:
         """
         Install the missing ones of ``packages``; True if it installed.
+        ``repo``: a disabled repository to enable for this install only.
 
         Not killable on purpose: a package transaction stopped half-way leaves the
         package database to repair by hand; a retry waits for its lock instead.
@@ -83,11 +84,30 @@ class HostHook(BaseHook):
         if not missing:
             return False
         self.remote.run(self.family.refresh_cmd, timeout=900)
-        self.remote.run(self.family.install_command(missing), timeout=1800)
+        self.remote.run(self.family.install_command(missing, repo), timeout=1800)
         still = self.missing_packages(missing)
         if still:
             raise AirflowException(f"[{self.name}] the package manager succeeded but {still} are not installed")
         return True
+
+    def ensure_repo_package(self, name: str, source: str) -> bool:
+        """The package ``name`` that configures a repository, installed from ``source`` (a URL) if missing."""
+        if not self.missing_packages([name]):
+            return False
+        self.remote.run(self.family.install_command([source]), timeout=900)
+        if self.missing_packages([name]):
+            raise AirflowException(f"[{self.name}] installing {source} did not install {name}")
+        return True
+
+    def ensure_modules_disabled(self, modules: list[str]) -> list[str]:
+        """dnf ``modules`` disabled (their streams no longer shadow a repository's packages); the ones it disabled."""
+        changed = []
+        for module in modules:
+            state = parse_module_state(self.read_file(self.family.module_state_file.format(module=module)) or "")
+            if state.get("state") != "disabled":
+                self.remote.run(self.family.module_disable_command(module), timeout=900)
+                changed.append(module)
+        return changed
 
     def ensure_module_stream(self, stream: str) -> bool:
         """Enable a module stream (``postgresql:15``) unless it already is; True if it enabled."""
@@ -248,6 +268,41 @@ class HostHook(BaseHook):
         if opened:
             self.remote.run("firewall-cmd --reload")
         return opened
+
+    def selinux_enforcing(self) -> bool:
+        """SELinux is enforcing (``getenforce``); never on a family without SELinux."""
+        if not self.family.selinux:
+            return False
+        result = self.remote.run("getenforce", check=False, quiet=True)
+        return result.ok and result.stdout.strip() == "Enforcing"
+
+    def ensure_port_labels(self, labels: dict[int, str]) -> list[str]:
+        """
+        TCP ports labelled with SELinux types (``{5433: "postgresql_port_t"}``); what
+        it changed: ``port:type`` per label (and the package providing semanage if it installed it). A port the policy already defines on
+        its own is modified (``semanage port -a`` would fail "already defined"),
+        any other one added; a port that has its type already is left alone.
+        """
+        if not labels:
+            return []
+        changed = [f"{p} installed" for p in self.family.selinux_packages] \
+            if self.ensure_packages(list(self.family.selinux_packages)) else []
+        current = parse_selinux_ports(self.remote.run("semanage port -l", quiet=True, timeout=300).stdout)
+        for port, wanted in sorted(labels.items()):
+            if current.get(port) == wanted:
+                continue
+            verb = "-m" if port in current else "-a"
+            self.remote.run(f"semanage port {verb} -t {q(wanted)} -p tcp {int(port)}", timeout=300)
+            changed.append(f"{port}:{wanted}")
+        return changed
+
+    def ensure_selinux_boolean(self, name: str) -> bool:
+        """The SELinux boolean ``name`` on, persistently; True if it turned it on."""
+        current = self.remote.run(f"getsebool {q(name)}", quiet=True).stdout.split()
+        if current[-1:] == ["on"]:
+            return False
+        self.remote.run(f"setsebool -P {q(name)} 1", timeout=300)
+        return True
 
     def hostname(self) -> str:
         return self.remote.run("hostname", quiet=True).stdout.strip()

@@ -221,7 +221,7 @@ class CutoverOperator(PghaOperator):
             return settings, [cluster]
         source = node_endpoint(inv.source.conn_id)  # its host as the worker reaches it: loopback or the source's own
         settings.update(source={"host": source.host, "port": source.port, "user": source.user},
-                        bin_dir=self.os_family(host).postgres_bin(inv.source.major))
+                        bin_dir=self.os_family(host).source_postgres_bin(inv.source.major))
         return settings, [cluster, source]
 
     def _airflow_settings(self, host: str) -> dict[str, Any]:

@@ -26,11 +26,12 @@ class InstallEtcdOperator(HostOperator):
     def run(self, context: Any) -> Any:
         install = self.inventory.etcd.install
         host = self.host_hook(self.host)
-        binary = host.family.etcd_binary
+        binary = host.family.etcd_bin(install.method)
         if install.method == "package":
-            # The package starts a single-node etcd of its own; ConfigureEtcdOperator's unit replaces it.
+            # Debian's package starts a single-node etcd of its own; ConfigureEtcdOperator's unit replaces it.
             packages = host.family.packages_for("etcd", 0)
-            self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))
+            self.note(f"packages {' '.join(packages)}",
+                      host.ensure_packages(packages, repo=host.family.repo_for("etcd")))
         else:
             self._install_tarball(binary)
         self.note("system user etcd", host.ensure_system_user("etcd", home="/var/lib/etcd"))

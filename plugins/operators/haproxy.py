@@ -31,13 +31,42 @@ def haproxy_word(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+# SELinux on the HAProxy host: HAProxy's own policy lets it connect to and bind only a few port types
+# (http_port_t...), so its checks of PostgreSQL ports need haproxy_connect_any, which also lets it bind
+# any port. The front ports carry PostgreSQL's protocol, the stats page HTTP.
+HAPROXY_BOOLEAN = "haproxy_connect_any"
+
+
 class InstallHAProxyOperator(PghaOperator):
-    """Installs HAProxy (and socat for its runtime socket) on the inventory's HAProxy host."""
+    """
+    Installs HAProxy (and socat for its runtime socket) on the inventory's
+    HAProxy host; on the RHEL family also opens its ports in firewalld where
+    it runs and, where SELinux enforces, lets HAProxy reach the cluster's
+    ports and labels its own.
+    """
 
     def run(self, context: Any) -> Any:
-        host = self.host_hook(self.inventory.haproxy.host)
+        haproxy = self.inventory.haproxy
+        host = self.host_hook(haproxy.host)
+        socket_dir = host.family.haproxy_socket_dir
+        if socket_dir and not haproxy.stats_socket.startswith(socket_dir + "/"):
+            raise AirflowException(
+                f"[{haproxy.host}] haproxy.stats_socket {haproxy.stats_socket} cannot work on {host.family.name}: "
+                f"its HAProxy package creates no directory for it and SELinux lets HAProxy create its socket "
+                f"only under {socket_dir}; set haproxy.stats_socket: {socket_dir}/stats in the inventory"
+            )
         packages = host.family.packages_for("haproxy", 0)
         self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))
+        ports = [haproxy.write_port, haproxy.read_port, haproxy.stats_port]
+        opened = host.open_ports(ports)
+        if opened is not None:
+            self.note(f"firewalld ports {opened or ports}", bool(opened))
+        if host.selinux_enforcing():
+            self.note(f"SELinux boolean {HAPROXY_BOOLEAN}", host.ensure_selinux_boolean(HAPROXY_BOOLEAN))
+            labels = {haproxy.write_port: "postgresql_port_t", haproxy.read_port: "postgresql_port_t",
+                      haproxy.stats_port: "http_port_t"}
+            changed = host.ensure_port_labels(labels)
+            self.note(f"SELinux port labels {changed or sorted(labels.items())}", bool(changed))
         return {"version": host.version("haproxy -v")}
 
 

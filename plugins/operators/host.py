@@ -19,6 +19,10 @@ NEIGHBOUR_SYSCTL = "/etc/sysctl.d/60-pgha-neighbour.conf"
 NEIGHBOUR_UNIT = "pgha-neighbour.service"
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/90pgha-proxy"
 DNF_CONF = "/etc/dnf/dnf.conf"
+LOGICAL = "logical_replication"
+# SELinux port types on a database node (RHEL's targeted policy): Patroni's REST API is HTTP (8008 is
+# http_port_t already), PostgreSQL's port postgresql_port_t (5432 is already). etcd has no type of its
+# own in the policy and runs unconfined (unconfined_service_t), like Patroni: its ports need no label.
 # A peer's ARP entry goes stale 1-3 s after its last sign of life and is probed 1 s later, 3 x 200 ms:
 # a connect to a dead peer then fails with "No route to host" instead of running into its timeout.
 NEIGHBOUR_SETTINGS = {"base_reachable_time_ms": 2000, "delay_first_probe_time": 1, "retrans_time_ms": 200,
@@ -151,7 +155,11 @@ class HostPreflightOperator(HostOperator):
 class PrepareHostOperator(HostOperator):
     """
     Phase 1 on one host: hostname (database nodes), the managed /etc/hosts
-    block, the site's package proxy/index, and firewalld ports on RHEL.
+    block, the site's package proxy/index, and on the RHEL family: PGDG's
+    repository (database nodes), the cluster's ports in firewalld where it
+    runs and their SELinux labels where SELinux enforces; on the source host,
+    its PostgreSQL port when the run's method is logical replication (the
+    cluster's subscription connects to it).
 
     :param host: inventory host name (mapped).
     """
@@ -167,7 +175,11 @@ class PrepareHostOperator(HostOperator):
         self.note("/etc/hosts managed block", host.put_file("/etc/hosts", etc_hosts).changed)
         self._package_sources()
         if is_db_node:
+            self._postgres_repository()
             self._open_cluster_ports()
+            self._label_cluster_ports()
+        if self.host == inv.source.host and (context.get("params") or {}).get("migration_method") == LOGICAL:
+            self._open_source_port()
         if inv.patroni.fast_peer_failure and is_db_node:
             self._fast_peer_failure()
         return {"os_family": host.family.name}
@@ -199,14 +211,40 @@ class PrepareHostOperator(HostOperator):
             content = render("pip.conf.j2", packages=packages, plain_http_hosts=plain_http_hosts(packages))
             self.note("pip index", host.put_file("/etc/pip.conf", content).changed)
 
+    def _postgres_repository(self) -> None:
+        """PGDG's repository package, and the dnf modules that would shadow its packages disabled."""
+        host = self.host_hook(self.host)
+        family = host.family
+        if family.postgres_repo:
+            name, source = family.postgres_repo
+            self.note(f"repository package {name}", host.ensure_repo_package(name, source))
+        if family.modules_to_disable:
+            disabled = host.ensure_modules_disabled(list(family.modules_to_disable))
+            self.note(f"dnf modules disabled: {' '.join(family.modules_to_disable)}", bool(disabled))
+
     def _open_cluster_ports(self) -> None:
         inv = self.inventory
-        ports = [inv.postgres.port, inv.patroni.rest_port, inv.etcd.client_port, inv.etcd.peer_port]
+        self._open([inv.postgres.port, inv.patroni.rest_port, inv.etcd.client_port, inv.etcd.peer_port])
+
+    def _open_source_port(self) -> None:
+        port = BaseHook.get_connection(self.inventory.source.conn_id).port or 5432
+        self._open([port])
+
+    def _open(self, ports: list[int]) -> None:
         opened = self.host_hook(self.host).open_ports(ports)
         if opened is None:
             self.unchanged("no active firewalld: no ports to open")
         else:
             self.note(f"firewalld ports {opened or ports}", bool(opened))
+
+    def _label_cluster_ports(self) -> None:
+        inv = self.inventory
+        host = self.host_hook(self.host)
+        if not host.selinux_enforcing():
+            return
+        labels = {inv.patroni.rest_port: "http_port_t", inv.postgres.port: "postgresql_port_t"}
+        changed = host.ensure_port_labels(labels)
+        self.note(f"SELinux port labels {changed or sorted(labels.items())}", bool(changed))
 
 
 def with_dnf_proxy(dnf_conf: str, proxy: str) -> str:

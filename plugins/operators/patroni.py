@@ -25,7 +25,9 @@ class InstallPatroniOperator(HostOperator):
         host = self.host_hook(self.host)
         binary = patroni_bin(self.inventory)
         if install.method == "package":
-            self.note("package patroni", host.ensure_packages(["patroni"]))
+            packages = host.family.packages_for("patroni", 0)
+            self.note(f"packages {' '.join(packages)}",
+                      host.ensure_packages(packages, repo=host.family.repo_for("patroni")))
         else:
             packages = list(host.family.python_packages)
             self.note(f"packages {' '.join(packages)}", host.ensure_packages(packages))

@@ -55,7 +55,7 @@ def source_dump_restore(op: PghaOperator, target: Endpoint) -> RemoteDumpRestore
     """pg_dump | pg_restore from the source into ``target``, run on the source host."""
     inv = op.inventory
     return RemoteDumpRestore(op.remote(inv.source.host), source_endpoint(op), target,
-                             bin_dir=op.os_family(inv.source.host).postgres_bin(inv.source.major),
+                             bin_dir=op.os_family(inv.source.host).source_postgres_bin(inv.source.major),
                              owner=inv.postgres.owner)
 
 
@@ -133,8 +133,8 @@ class InstallPostgresOperator(HostOperator):
         version = host.version(f"{family.postgres_bin(major)}/postgres --version", check=False)
         if not version or major_of(version) != major:
             raise AirflowException(f"[{self.host}] version mismatch: expected PostgreSQL {major}, got {version!r}")
-        self.note(f"distribution unit {family.postgres_service} disabled (Patroni runs PostgreSQL)",
-                  host.disable_now(family.postgres_service))
+        unit = family.postgres_unit_name(major)
+        self.note(f"distribution unit {unit} disabled (Patroni runs PostgreSQL)", host.disable_now(unit))
         return {"version": version}
 
 
