@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param, chain
+from airflow.sdk import DAG, Asset, Param, chain
 from pgha.drill import schedule_from_inventory
 from pgha.inventory import DRILL_SCENARIOS
 from pgha.operators.drill import (
@@ -97,6 +97,8 @@ WAIT = {"mode": "reschedule", "retries": 1, "execution_timeout": timedelta(minut
 # Every task's worst case with its retries adds up to 3 h 15 min (tests/test_drill.py sums it): the run's
 # timeout must never cut heal or cluster_whole short.
 DAGRUN_TIMEOUT = timedelta(hours=4)
+# analyse's outlet: every judged drill is an event whose extra is the result (what a downstream DAG reads)
+DRILL_RESULT = Asset(name="pgha_drill_result", uri="pgha://drill/result", group="pgha")
 
 with DAG(
     dag_id="pg_ha_failover_drill",
@@ -131,5 +133,5 @@ with DAG(
         StopProbeOperator(task_id="stop_probe", plan=PLAN, trigger_rule="all_done",
                           execution_timeout=timedelta(minutes=2)),
         AnalyseDrillOperator(task_id="analyse", plan=PLAN, steps=STEPS, trigger_rule="all_done",
-                             execution_timeout=timedelta(minutes=3)),
+                             execution_timeout=timedelta(minutes=3), outlets=[DRILL_RESULT]),
     )
