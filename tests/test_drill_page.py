@@ -205,20 +205,21 @@ def test_unreachable_hosts_show_as_down_and_the_page_renders(logged_in: Any, mon
     assert logged_in.get("/pgha/api/drills").json()["error"].startswith("OperationalError")
 
 
-def test_a_live_leader_and_a_down_member(logged_in: Any, patroni: PatroniService, history: tuple[str, int],
-                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_live_leader_and_members_down(logged_in: Any, patroni: PatroniService, monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
     rest_port = int(patroni.rest_url.rsplit(":", 1)[1])
     etcd_host, etcd_port = patroni.etcd_hosts[0].rsplit(":", 1)
-    use_inventory(monkeypatch, tmp_path, [(patroni.name, "127.0.0.1"), ("pg-b", "127.0.0.72")], history,
+    use_inventory(monkeypatch, tmp_path, [(patroni.name, "127.0.0.1"), *DOWN[1:]], ("127.0.0.74", free_port()),
                   patroni={"rest_port": rest_port}, etcd={"client_port": int(etcd_port)})
-    cluster = logged_in.get("/pgha/api/cluster").json()
-    live, down = cluster["members"]
+    answer = logged_in.get("/pgha/api/cluster")
+    assert answer.status_code == 200, answer.text
+    cluster = answer.json()
+    live, down, _ = cluster["members"]
     assert cluster["leader"] == patroni.name and cluster["patroni_error"] is None
     assert (live["up"], live["role"], live["state"], live["timeline"]) == (True, "leader", "running", 1)
     assert down == {"name": "pg-b", "address": "127.0.0.72", "up": False, "role": None, "state": None,
                     "lag_bytes": None, "timeline": None}
-    assert [e["up"] for e in cluster["etcd_endpoints"]] == ([True, False] if etcd_host == "127.0.0.1" else
-                                                            [False, False])
+    assert [e["up"] for e in cluster["etcd_endpoints"]] == [etcd_host == "127.0.0.1", False, False]
     page = logged_in.get("/pgha/").text
     assert f'<strong id="leader">{patroni.name}</strong>' in page
 
