@@ -166,7 +166,8 @@ def test_drills_show_on_the_page_and_in_the_json(logged_in: Any, history: tuple[
     assert cells == [["switchover", "3", "2", "1", "41.200", "41.200", "30", "2", "2"],
                      ["host_crash", "1", "0", "1", "-", "-", "45", "0", "0"]]
     assert f'<a href="/dags/{DAG_ID}/runs/{FAILED_RUN}" target="_top">{FAILED_RUN}</a>' in text
-    assert str(escape(REASON)) in text and "&lt;script&gt;alert(" in text and "<script>" not in text  # the reason is text, never markup
+    # the reason is text, never markup
+    assert str(escape(REASON)) in text and "&lt;script&gt;alert(" in text and "<script>" not in text
     assert not re.search(r"<script|<link|<img|src=|@import|url\(", text)  # no script, no external asset
 
 
@@ -180,7 +181,8 @@ def test_the_chart_draws_every_drill_against_its_slo(logged_in: Any, history: tu
     assert len(points) == 3 and [x for x, _ in points] == sorted(x for x, _ in points)  # in time order
     assert chart.count('class="drill passed"') == 2 and chart.count('class="drill failed"') == 1
     # y grows downwards: the 41.2 s drill lies above the SLO line, the others below it
-    slo_y = {float(y) for y in re.findall(r",([\d.]+)", re.search(r'class="slo" points="([^"]+)"', chart).group(1))}
+    slo_points = re.search(r'class="slo" points="([^"]+)"', chart).group(1)
+    slo_y = {float(y) for y in re.findall(r",([\d.]+)", slo_points)}
     assert len(slo_y) == 1
     (slo,) = slo_y
     assert points[2][1] < slo < points[1][1] < points[0][1]

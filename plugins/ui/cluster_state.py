@@ -93,7 +93,7 @@ def etcd_endpoints_of(report: EtcdReport, endpoints: list[str]) -> list[EtcdEndp
             continue
         leader_id = report.leaders.get(endpoint)
         out.append(EtcdEndpoint(endpoint, up=True, healthy=report.healthy[endpoint],
-                                leader=report.members.get(leader_id or "", None), version=report.versions.get(endpoint)))
+                                leader=report.members.get(leader_id or ""), version=report.versions.get(endpoint)))
     return out
 
 

@@ -88,11 +88,13 @@ def drills_payload(inventory: Inventory, drills: list[DrillRow] | None, error: s
     }
 
 
-def gather(inventory: Inventory) -> tuple[ClusterState, list[DrillRow] | None, str | None]:
-    """The cluster now and the drill history, read in parallel within one deadline."""
+def gather(inventory: Inventory, cluster: bool = True) -> tuple[ClusterState | None, list[DrillRow] | None,
+                                                               str | None]:
+    """The cluster now (unless ``cluster`` is False) and the drill history, read in parallel within one
+    deadline; the history is None with the reason when the cluster takes no connection through HAProxy."""
     deadline = time.monotonic() + PAGE_DEADLINE_S
     history = submit(load_drill_history, inventory)
-    state = read_cluster_state(inventory, deadline)
+    state = read_cluster_state(inventory, deadline) if cluster else None
     drills, error = result_within(history, deadline, "pgha_drill_history (through HAProxy)")
     return state, drills, error
 
@@ -126,8 +128,7 @@ def create_app() -> FastAPI:
     @app.get("/api/drills")
     def drills_json(request: Request, user: Reader) -> dict[str, Any]:
         inventory = the_inventory()
-        drills, error = result_within(submit(load_drill_history, inventory), time.monotonic() + PAGE_DEADLINE_S,
-                                      "pgha_drill_history (through HAProxy)")
+        _, drills, error = gather(inventory, cluster=False)
         return drills_payload(inventory, drills, error, airflow_root(request))
 
     @app.get("/api/cluster")
