@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param, chain
+from airflow.sdk import DAG, Asset, Param, chain
 from pgha.drill import ROTATION, schedule_from_inventory, worst_case
 from pgha.inventory import DRILL_SCENARIOS
 from pgha.operators.drill import (
@@ -111,6 +111,8 @@ STEPS = {step: "{{ ti.xcom_pull(task_ids='%s') }}" % step
 RECOVERY_TIMEOUT = 900  # never a sensor's 7-day default: a lost host takes ~ttl, a booting one longer
 WHOLE_TIMEOUT = 1200  # the target rejoins (pg_rewind, or a fresh basebackup of a big database)
 WAIT = {"mode": "reschedule", "retries": 1, "execution_timeout": timedelta(minutes=1)}  # per poke
+# analyse's outlet: every judged drill is an event whose extra is the result (what a downstream DAG reads)
+DRILL_RESULT = Asset(name="pgha_drill_result", uri="pgha://drill/result", group="pgha")
 
 with DAG(
     dag_id="pg_ha_failover_drill",
@@ -179,6 +181,7 @@ with DAG(
         ),
         AnalyseDrillOperator(
             task_id="analyse", plan=PLAN, steps=STEPS, trigger_rule="all_done", execution_timeout=timedelta(minutes=3),
+            outlets=[DRILL_RESULT],
             doc_md="The verdict: RTO, RPO (acknowledged writes missing), the timeline; kept in `pgha_drill_history`, "
                    "fails on a broken SLO, a lost write or a step that did not complete.",
         ),

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Callable
 
+from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import (
     ATTEMPTED,
@@ -527,9 +528,19 @@ class AnalyseDrillOperator(DrillOperator):
         self.log.info("\n%s", summary(result, plan["probe_host"], inv.drill.probe_interval_ms))
         if "ti" in context:
             context["ti"].xcom_push(key="drill", value=result.as_dict())
+        self._result_to_outlets(result.as_dict(), context)
         if not result.passed:  # a verdict, not an accident: no retry
             raise AirflowFailException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
         return result.as_dict()
+
+    def _result_to_outlets(self, result: dict[str, Any], context: Any) -> None:
+        """The result as the extra of this task's asset events (Airflow emits them only when the task
+        succeeds: a failed drill is in pgha_drill_history and the failed run, not in an event)."""
+        extra = {**json.loads(json.dumps(result, default=str)), "cluster": self.inventory.cluster.name,
+                 "dag_run_id": context.get("run_id")}
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = extra
 
     def _present_seqs(self, drill_id: str) -> set[int]:
         """The probe's rows in the table. No connection through HAProxy fails this try; Airflow's retry is
