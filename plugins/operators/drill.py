@@ -14,7 +14,7 @@ import json
 import shlex
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import LEADER_MOVES, analyse, parse_probe_log, promotion_time, rto_slo_s, summary, xcom_result
@@ -25,6 +25,7 @@ from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.postgres import NodePostgresHook, load_sql
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
+from pgha.notify import AlertNotSent, alert_skip
 from pgha.runtime import DrillPlanMixin, credentials
 import psycopg2
 from psycopg2 import sql
@@ -99,13 +100,13 @@ class DrillPrecheckOperator(PghaOperator):
         self._check_config(scenario)
         reasons, cluster = self._cluster_reasons(params.get("max_lag_bytes"))
         if cluster is None or reasons:
-            raise AirflowSkipException("cluster not healthy, not drilling: " + "; ".join(reasons))
+            self._skip(context, "cluster not healthy, not drilling: " + "; ".join(reasons))
         leader = cluster.leaders[0]
         target = self._target(cluster, scenario, wanted)
         probe_host = self.inventory.drill.probe_host or self.inventory.haproxy.host
         if probe_host in {leader, target}:
-            raise AirflowSkipException(f"the probe host {probe_host} is the leader or the target; "
-                                       "set drill.probe_host to a host the fault does not touch")
+            self._skip(context, f"the probe host {probe_host} is the leader or the target; "
+                                "set drill.probe_host to a host the fault does not touch")
         plan = {
             "drill_id": f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{scenario}-{target}",
             "scenario": scenario,
@@ -122,6 +123,15 @@ class DrillPrecheckOperator(PghaOperator):
         }
         self.log.info("drill plan: %s", json.dumps(plan))
         return plan
+
+    def _skip(self, context: Any, reason: str) -> NoReturn:
+        """Skips, after telling the inventory's notify: section why (a drill that never runs is news).
+        An alert that cannot be sent fails the task instead: a silent skip would hide both."""
+        try:
+            alert_skip(context, self.inventory, reason)
+        except AlertNotSent as exc:
+            raise AirflowFailException(f"{reason}\n(failed instead of skipping: the alert was not sent: {exc})")
+        raise AirflowSkipException(reason)
 
     def _check_config(self, scenario: str) -> None:
         drill = self.inventory.drill
@@ -366,11 +376,12 @@ class AnalyseDrillOperator(DrillOperator):
             incomplete=[name for name, value in steps.items() if value is None],
         )
         self._record(result.as_dict(), context)
-        self.log.info("\n%s", summary(result, plan["probe_host"], inv.drill.probe_interval_ms))
+        screen = summary(result, plan["probe_host"], inv.drill.probe_interval_ms)
         if "ti" in context:
             context["ti"].xcom_push(key="drill", value=result.as_dict())
-        if not result.passed:  # a verdict, not an accident: no retry
-            raise AirflowFailException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
+        if not result.passed:  # a verdict, not an accident: no retry; the failure alert carries the figures
+            raise AirflowFailException(f"drill {result.drill_id} failed: {'; '.join(result.problems)}\n{screen}")
+        self.log.info("\n%s", screen)
         return result.as_dict()
 
     def _present_seqs(self, drill_id: str) -> set[int]:
