@@ -294,3 +294,64 @@ def test_the_lab_inventory_mails_the_lab_sink() -> None:
 
     notify = load_inventory(REPO_ROOT / "lab" / "inventory.yml").notify
     assert notify is not None and notify.notifier == "smtp" and notify.conn_id == "smtp_default" and notify.to
+
+
+# ------------------------------------------------------------------ the lab's SMTP sink (without the lab)
+
+
+def test_the_lab_mail_sink_keeps_each_alert_as_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lab/provision/mail_sink.py (as the unit on vm1 runs it) and the lab's smtp_default connection: the
+    lab inventory's notify: section delivers, `lab/lab mail` reads the files back."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from pgha.inventory import load_inventory
+    from pgha.notify import Alert, deliver
+    from pgha_testing import REPO_ROOT
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "lab" / "provision"))
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "lab"))
+    import airflow_host
+    from pghalab import topology
+    from pghalab.lab_airflow import MAIL_DIR, read_mail
+
+    assert (airflow_host.MAIL_PORT, airflow_host.MAIL_DIR, MAIL_DIR) == (
+        topology.MAIL_SINK_PORT, "/var/lib/pgha-lab/mail", "/var/lib/pgha-lab/mail")
+    vm1 = topology.address(topology.AIRFLOW_HOST)
+    conn = airflow_host.connections(airflow_host.complete({}), {}, {}, {"host": "h", "port": 1, "host_key": "k"},
+                                    mail_host=vm1)["smtp_default"]
+    assert (conn["host"], conn["port"]) == (vm1, topology.MAIL_SINK_PORT)
+    unit = airflow_host.bundle(airflow_host.complete({}), {}, {}, "key", vm1, {},
+                               {"host": "h", "port": 1, "host_key": "k", "key": "k"})["pgha-mail-sink.service"][0]
+    assert f"mail_sink.py {vm1} {topology.MAIL_SINK_PORT} /var/lib/pgha-lab/mail\n" in unit.decode()
+    assert "StateDirectory=pgha-lab/mail\n" in unit.decode()
+
+    port, mail_dir = free_port(), tmp_path / "mail"
+    mail_dir.mkdir()
+    sink = subprocess.Popen([sys.executable, str(REPO_ROOT / "lab" / "provision" / "mail_sink.py"), "127.0.0.1",
+                             str(port), str(mail_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and sink.poll() is None, "the sink did not start"
+                time.sleep(0.1)
+        set_connection(monkeypatch, "smtp_default", **{**conn, "host": "127.0.0.1", "port": port})
+        alert = Alert(dag_id="pg_ha_failover_drill", run_id="scheduled__2026-01-02T03:00:00+00:00",
+                      task_id="precheck", outcome="skipped", reason="cluster not healthy, not drilling: "
+                      "psg2: streaming 20 MB behind", log_url="http://10.83.0.129:8080/dags/x")
+        deliver(load_inventory(REPO_ROOT / "lab" / "inventory.yml").notify, alert, {})
+        files = {p.name: p.read_text() for p in mail_dir.glob("*.eml")}
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    [mail] = read_mail(files)
+    assert mail["subject"] == alert.subject and mail["to"] == "ops@pgha-lab.test"
+    assert mail["from"] == "airflow@pgha-lab.test"
+    assert "reason:\ncluster not healthy, not drilling: psg2: streaming 20 MB behind" in mail["body"]
+    assert [p.name for p in mail_dir.iterdir()] == list(files)  # no partial file left behind
