@@ -199,16 +199,25 @@ def send(inventory: Inventory, alert: Alert, context: Any) -> bool:
 
 
 def alert_from_context(context: Any, outcome: str, reason: str) -> Alert:
+    """The alert about ``context``'s task; secrets Airflow masks in logs are masked in the reason too."""
     ti, task = context.get("ti"), context.get("task")
     dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or "?"
     run_id = getattr(ti, "run_id", None) or context.get("run_id") or "?"
     task_id = getattr(ti, "task_id", None) or getattr(task, "task_id", None) or "?"
     map_index = getattr(ti, "map_index", None)
     host = getattr(task, "host", None)
-    return Alert(dag_id=dag_id, run_id=run_id, task_id=task_id, outcome=outcome, reason=reason,
+    return Alert(dag_id=dag_id, run_id=run_id, task_id=task_id, outcome=outcome, reason=_masked(reason),
                  log_url=_log_url(ti, dag_id, run_id, task_id, map_index), map_index=map_index,
                  host=host if isinstance(host, str) and "{{" not in host else None,
                  try_number=getattr(ti, "try_number", None))
+
+
+def _masked(text: str) -> str:
+    try:
+        from airflow.sdk.log import redact
+    except ImportError:  # an Airflow without the Task SDK's masker: nothing was registered to mask either
+        return text
+    return str(redact(text))
 
 
 def _log_url(ti: Any, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:

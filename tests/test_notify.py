@@ -168,8 +168,8 @@ def test_a_drill_skipped_on_a_degraded_cluster_mails_the_reason(mailbox: Mailbox
                                   "expected exactly one leader, found none")
     assert "task:   precheck skipped" in text and "run:    scheduled__2026-01-02T03:00:00+00:00" in text
     assert "reason:\ncluster not healthy, not drilling: expected exactly one leader, found none" in text
-    assert f"log:    <a href=\"{BASE_URL}/dags/pg_ha_failover_drill/runs/scheduled__2026-01-02T03%3A00%3A00%2B00%3A00/tasks/" \
-           "precheck\">" in text
+    run = "scheduled__2026-01-02T03%3A00%3A00%2B00%3A00"
+    assert f'log:    <a href="{BASE_URL}/dags/pg_ha_failover_drill/runs/{run}/tasks/precheck">' in text
     assert apis.changes() == []
 
 
@@ -196,19 +196,24 @@ def test_a_skip_without_a_notify_section_still_skips(fleet: Fleet, tmp_path: Pat
 
 def test_a_notifier_named_by_class_path_gets_its_kwargs_and_the_alert(mailbox: Mailbox, tmp_path: Path) -> None:
     """Airflow's SMTP notifier through the generic path: what a Slack or Teams notifier gets the same way."""
+    from airflow.sdk.log import mask_secret
     from pgha.notify import alert_failure
 
+    mask_secret("Tr0ub4dor&3")  # as Airflow does with every connection password a task reads
     raw = shipped_inventory()
     raw["notify"] = {"notifier": SMTP_NOTIFIER, "kwargs": {
         "to": ["dba@example.com", OPS], "from_email": "pgha@example.com", "smtp_conn_id": "smtp_default",
         "subject": "[{{ params.env }}] {{ pgha_alert.subject }}", "html_content": "{{ pgha_alert.html }}"}}
     context = {"params": {"inventory_path": write_inventory(tmp_path, raw), "env": "prod"},
-               "run_id": "manual__2026-01-05", "exception": AirflowFailException("etcd has no quorum")}
+               "run_id": "manual__2026-01-05",
+               "exception": AirflowFailException("etcd has no quorum (login postgres:Tr0ub4dor&3)")}
     alert_failure(context)
     [message] = mailbox.wait_for()
-    assert message["Subject"] == "[prod] pgha: ? ? failed: AirflowFailException: etcd has no quorum"
+    assert message["Subject"] == ("[prod] pgha: ? ? failed: AirflowFailException: etcd has no quorum "
+                                  "(login postgres:***)")
     assert mailbox.envelopes == [("pgha@example.com", ["dba@example.com", OPS])]
-    assert "AirflowFailException: etcd has no quorum" in body(message)
+    assert "AirflowFailException: etcd has no quorum (login postgres:***)" in body(message)
+    assert "Tr0ub4dor" not in message.as_string()
 
 
 def test_the_alert_is_never_turned_into_another_type_by_a_native_dag() -> None:
@@ -243,7 +248,8 @@ def with_notify(section: Any) -> dict[str, Any]:
 
 
 BAD_NOTIFY: list[tuple[str, Any, str]] = [
-    ("module not importable", {"notifier": "no_such_pkg.notifications:Pager", "kwargs": {"text": "{{ pgha_alert.text }}"}},
+    ("module not importable", {"notifier": "no_such_pkg.notifications:Pager",
+                               "kwargs": {"text": "{{ pgha_alert.text }}"}},
      "notify.notifier: cannot import 'no_such_pkg.notifications': ModuleNotFoundError"),
     ("class not in module", {"notifier": "airflow.providers.smtp.notifications.smtp:Pager",
                              "kwargs": {"text": "{{ pgha_alert.text }}"}},
@@ -261,7 +267,8 @@ BAD_NOTIFY: list[tuple[str, Any, str]] = [
                                           "kwargs": {"to": [OPS], "html_content": "{{ pgha_alert.html }}"}},
      "notify.to: only for notifier smtp"),
     ("smtp without recipients", {"conn_id": "smtp_default"}, "notify.to: is required"),
-    ("bad address", notify_section(to=["ops at example.com"]), "notify.to[0]: 'ops at example.com' has the wrong format"),
+    ("bad address", notify_section(to=["ops at example.com"]),
+     "notify.to[0]: 'ops at example.com' has the wrong format"),
     ("address with a newline", notify_section(**{"from": "a@example.com\nBcc: x@evil.test"}), "notify.from: "),
     ("conn id with a newline", notify_section(conn_id="smtp_default\n"), "notify.conn_id: 'smtp_default\\n'"),
     ("kwarg name not an identifier", notify_section(kwargs={"mime-subtype": "alternative"}), "notify.kwargs: "),
@@ -344,7 +351,7 @@ def test_the_lab_mail_sink_keeps_each_alert_as_a_file(tmp_path: Path, monkeypatc
         set_connection(monkeypatch, "smtp_default", **{**conn, "host": "127.0.0.1", "port": port})
         alert = Alert(dag_id="pg_ha_failover_drill", run_id="scheduled__2026-01-02T03:00:00+00:00",
                       task_id="precheck", outcome="skipped", reason="cluster not healthy, not drilling: "
-                      "psg2: streaming 20 MB behind", log_url="http://10.83.0.129:8080/dags/x")
+                      "psg2: streaming 20 MB behind", log_url=f"{topology.api_url()}/dags/pg_ha_failover_drill")
         deliver(load_inventory(REPO_ROOT / "lab" / "inventory.yml").notify, alert, {})
         files = {p.name: p.read_text() for p in mail_dir.glob("*.eml")}
     finally:
@@ -355,3 +362,18 @@ def test_the_lab_mail_sink_keeps_each_alert_as_a_file(tmp_path: Path, monkeypatc
     assert mail["from"] == "airflow@pgha-lab.test"
     assert "reason:\ncluster not healthy, not drilling: psg2: streaming 20 MB behind" in mail["body"]
     assert [p.name for p in mail_dir.iterdir()] == list(files)  # no partial file left behind
+
+
+def test_a_mapped_task_on_a_host_names_the_host_and_its_map_index() -> None:
+    from types import SimpleNamespace
+
+    from pgha.notify import alert_from_context
+
+    ti = SimpleNamespace(dag_id="pg_ha_migration", run_id="manual__1", task_id="phase4_patroni.configure_patroni",
+                         map_index=1, try_number=3, log_url="http://airflow:8080/dags/pg_ha_migration/runs/manual__1/"
+                         "tasks/phase4_patroni.configure_patroni/mapped/1?try_number=3")
+    alert = alert_from_context({"ti": ti, "task": SimpleNamespace(host="psg2")}, "failed", "patroni.yml invalid")
+    assert alert.text == (
+        "DAG:    pg_ha_migration\nrun:    manual__1\ntask:   phase4_patroni.configure_patroni[1] failed (try 3)\n"
+        f"host:   psg2\nlog:    {ti.log_url}\n\nreason:\npatroni.yml invalid\n")
+    assert alert.subject == "pgha: pg_ha_migration phase4_patroni.configure_patroni[1] failed: patroni.yml invalid"

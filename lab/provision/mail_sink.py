@@ -35,7 +35,8 @@ class Keep:
 def main(address: str, port: str, directory: str) -> None:
     handler = Keep(Path(directory))
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(loop.create_server(lambda: SMTP(handler, hostname="pgha-lab-mail-sink"), address, int(port)))
+    serve = loop.create_server(lambda: SMTP(handler, hostname="pgha-lab-mail-sink"), address, int(port))
+    loop.run_until_complete(serve)
     print(f"SMTP sink on {address}:{port}, messages in {directory}", flush=True)
     loop.run_forever()
 
