@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, Param, chain
 from pgha.drill import ROTATION, schedule_from_inventory, worst_case
 from pgha.inventory import DRILL_SCENARIOS
+from pgha.notify import on_failure_callback
 from pgha.operators.drill import (
     AnalyseDrillOperator,
     DrillPrecheckOperator,
@@ -127,6 +128,7 @@ with DAG(
         "retries": 3,
         "retry_delay": timedelta(seconds=20),
         "inventory_path": "{{ params.inventory_path }}",
+        "on_failure_callback": on_failure_callback(),  # the inventory's notify: section
     },
     tags=["pgha", "postgres", "ha", "drill"],
     doc_md=__doc__,

@@ -12,6 +12,7 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TaskGroup, chain
+from pgha.notify import on_failure_callback
 from pgha.operators.airflow import AirflowHostPreflightOperator, CutoverOperator, StageAirflowConfigOperator
 from pgha.operators.drill import NoDrillRunningOperator
 from pgha.operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
@@ -144,6 +145,7 @@ with DAG(
         "retry_delay": timedelta(seconds=30),
         "inventory_path": INVENTORY,
         "trigger_rule": "none_failed",
+        "on_failure_callback": on_failure_callback(),  # the inventory's notify: section
     },
     tags=["pgha", "postgres", "ha"],
     doc_md=__doc__,

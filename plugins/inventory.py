@@ -328,6 +328,17 @@ class Drill:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """Where alerts go (pgha.notify): an Airflow notifier, ``smtp`` or ``module.path:ClassName``."""
+
+    notifier: str = "smtp"
+    conn_id: str | None = None  # smtp: the SMTP connection (default smtp_default)
+    to: tuple[str, ...] = ()  # smtp
+    from_email: str | None = None  # smtp, `from:` in the inventory (default: the connection's from_email)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the notifier
+
+
+@dataclass(frozen=True)
 class Inventory:
     hosts: tuple[Host, ...]
     database_nodes: tuple[str, ...]
@@ -341,6 +352,7 @@ class Inventory:
     patroni: Patroni = field(default_factory=Patroni)
     packages: Packages = field(default_factory=Packages)
     drill: Drill = field(default_factory=Drill)
+    notify: Notify | None = None
     path: str = ""
 
     def host(self, name: str) -> Host:
@@ -498,7 +510,16 @@ def _check_semantics(inv: Inventory) -> list[str]:
         if key in {"wal_keep_segments", "synchronous_standby_names"}:
             why = "removed in PostgreSQL 13, use wal_keep_size" if key == "wal_keep_segments" else "owned by Patroni"
             problems.append(f"postgres.parameters.{key}: not allowed ({why})")
-    return problems + _check_drill(inv.drill)
+    return problems + _check_drill(inv.drill) + _check_notify(inv.notify)
+
+
+def _check_notify(notify: Notify | None) -> list[str]:
+    """The notifier can be imported and built with its arguments (pgha.notify)."""
+    if notify is None:
+        return []
+    from pgha.notify import notify_problems  # imports the notifier's module: only when there is one
+
+    return notify_problems(notify)
 
 
 def _install(raw: dict[str, Any] | None, default: Install) -> Install:
@@ -511,6 +532,16 @@ def _drill(raw: dict[str, Any] | None) -> Drill:
         values["fault_injector"] = FaultInjector(**values["fault_injector"])
     values["inject_commands"] = {k: FaultCommands(**v) for k, v in (values.get("inject_commands") or {}).items()}
     return Drill(**values)
+
+
+def _notify(raw: dict[str, Any] | None) -> Notify | None:
+    if raw is None:
+        return None
+    values = dict(raw)
+    if "from" in values:
+        values["from_email"] = values.pop("from")
+    values["to"] = tuple(values.get("to") or ())
+    return Notify(**values)
 
 
 def _build(raw: dict[str, Any], source: str) -> Inventory:
@@ -539,6 +570,7 @@ def _build(raw: dict[str, Any], source: str) -> Inventory:
         patroni=section(Patroni, "patroni"),
         packages=section(Packages, "packages"),
         drill=_drill(raw.get("drill")),
+        notify=_notify(raw.get("notify")),
         path=source,
     )
 

@@ -20,6 +20,7 @@
                                and vm4
     lab/lab ui                 the Airflow UI address and login
     lab/lab env                export lines: AIRFLOW_CONN_SSH_<HOST>, proxy/wheel URLs
+    lab/lab mail [--json]      the alerts the SMTP sink on vm1 kept (/var/lib/pgha-lab/mail), oldest first
 
 Python 3 standard library only; run as root. See lab/README.md.
 """
@@ -47,7 +48,7 @@ from .containers import (
     wipe_host,
 )
 from .snapshots import find_snapshot, restore_host, snapshot_host
-from .lab_airflow import print_ui, wait_airflow, wait_parsed, wait_worker
+from .lab_airflow import delivered_mail, print_ui, wait_airflow, wait_parsed, wait_worker
 from .deploy import deploy
 from .provision import (
     airflow_bundle, ensure_secrets, finish_airflow_host, finish_worker_host, provision_plan, run_bundle,
@@ -315,6 +316,19 @@ def cmd_ui(args):
     print_ui()
 
 
+def cmd_mail(args):
+    rec = load_record()
+    require_up(rec)
+    messages = delivered_mail()
+    if args == ["--json"]:
+        print(json.dumps(messages, indent=2))
+        return
+    for m in messages:
+        print(f"=== {m['file']}\nDate: {m['date']}\nFrom: {m['from']}\nTo: {m['to']}\nSubject: {m['subject']}\n\n"
+              f"{m['body']}")
+    log(f"{len(messages)} message(s) in the SMTP sink on {AIRFLOW_HOST}")
+
+
 def cmd_env(args):
     ensure_keys()
     for name, h in HOSTS.items():
@@ -332,7 +346,7 @@ COMMANDS = {
     "up": cmd_up, "down": cmd_down, "status": cmd_status, "ssh": cmd_ssh,
     "stop": cmd_stop, "start": cmd_start, "crash": cmd_crash, "isolate": cmd_isolate,
     "heal": cmd_heal, "reset": cmd_reset, "env": cmd_env, "snapshot": cmd_snapshot,
-    "provision": cmd_provision, "deploy": cmd_deploy, "ui": cmd_ui,
+    "provision": cmd_provision, "deploy": cmd_deploy, "ui": cmd_ui, "mail": cmd_mail,
 }
 
 

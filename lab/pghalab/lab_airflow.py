@@ -198,3 +198,35 @@ def cutover_report(api, dag_id, run_id, task_id="cutover_outcome"):
                  f"{', '.join(sorted(value['hosts']))} (lab/lab ssh {AIRFLOW_HOST} cat {value['log']}); "
                  "rows in pgha_cutover_log (cluster, database postgres)")
     return lines
+
+
+MAIL_DIR = "/var/lib/pgha-lab/mail"  # the SMTP sink of pgha's alerts on vm1 (lab/provision/mail_sink.py)
+_READ_MAIL = f"""
+import json, pathlib
+d = pathlib.Path({MAIL_DIR!r})
+print(json.dumps({{p.name: p.read_text(errors="replace") for p in sorted(d.glob("*.eml"))}}))
+"""
+
+
+def delivered_mail(name=AIRFLOW_HOST):
+    """Every message the SMTP sink on vm1 kept, oldest first: file, from, to, subject and the body as text."""
+    return read_mail(json.loads(ssh_run(name, "/usr/bin/python3 -", stdin=_READ_MAIL.encode()) or "{}"))
+
+
+def read_mail(files):
+    """{file name: message as kept by the sink} -> [{file, date, from, to, subject, body (text)}] in name order."""
+    import email
+    import email.policy
+    import html
+    import re
+
+    out = []
+    for file_name, raw in sorted(files.items()):
+        message = email.message_from_string(raw, policy=email.policy.default)
+        part = message.get_body(preferencelist=("plain", "html"))
+        body = part.get_content() if part is not None else ""
+        if part is not None and part.get_content_subtype() == "html":
+            body = html.unescape(re.sub(r"<[^>]+>", "", body))
+        out.append({"file": f"{MAIL_DIR}/{file_name}", "date": message["Date"], "from": message["From"],
+                    "to": message["To"], "subject": message["Subject"], "body": body})
+    return out

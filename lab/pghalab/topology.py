@@ -50,6 +50,7 @@ HAPROXY_WRITE_PORT = 5433
 HAPROXY_READ_PORT = 5434
 PATRONI_REST_PORT = 8008
 ETCD_CLIENT_PORT = 2379
+MAIL_SINK_PORT = 2525  # vm1: the SMTP sink of pgha's alerts (lab/provision/mail_sink.py)
 
 
 def address(name):

@@ -35,6 +35,8 @@ WORKER_UNITS = ("airflow-celery-worker",)
 API_PORT = 8080
 DB_PORT = 5432
 REDIS_PORT = 6379
+MAIL_PORT = 2525  # the SMTP sink of pgha's alerts on vm1 (mail_sink.py); topology.MAIL_SINK_PORT
+MAIL_DIR = "/var/lib/pgha-lab/mail"  # one .eml file per message the sink accepted
 DB_NAME, DB_USER = "airflow_db", "airflow_user"
 
 
@@ -115,7 +117,7 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
 
 
 def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str],
-                fault_injector: dict[str, Any]) -> dict[str, dict]:
+                fault_injector: dict[str, Any], mail_host: str | None = None) -> dict[str, dict]:
     """The Airflow connections pg_ha_migration and pg_ha_failover_drill need (ids as in lab/inventory.yml)."""
     conns = {"pgha_fault_injector": {
         "conn_type": "ssh", "host": fault_injector["host"], "port": fault_injector["port"], "login": "root",
@@ -136,16 +138,20 @@ def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: d
                                 "password": secrets["airflow_db_password"], "schema": DB_NAME}
     conns["pgha_patroni_api"] = {"conn_type": "http", "login": "patroni",
                                  "password": secrets["patroni_api_password"]}
+    if mail_host:  # lab/inventory.yml's notify: section (plain SMTP on the lab bridge, no login)
+        conns["smtp_default"] = {"conn_type": "smtp", "host": mail_host, "port": MAIL_PORT, "extra": {
+            "disable_ssl": True, "disable_tls": True, "from_email": "airflow@pgha-lab.test", "timeout": 10,
+            "retry_limit": 1}}
     return conns
 
 
 def env_file(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[str, str],
-             fault_injector: dict[str, Any]) -> str:
+             fault_injector: dict[str, Any], mail_host: str | None = None) -> str:
     """/etc/pgha/airflow.env: read by systemd (EnvironmentFile=) and by bash (`set -a; .`)."""
     lines = ["# pgha lab (lab/lab provision): environment of the Airflow units. root 0600: it holds",
              "# the connections (env-var secrets backend). Use `pgha-airflow CMD` for the CLI.",
              f"AIRFLOW_HOME={AIRFLOW_HOME}", f"PGHA_INVENTORY={INVENTORY}"]
-    for conn_id, conn in connections(secrets, hosts, host_pubkeys, fault_injector).items():
+    for conn_id, conn in connections(secrets, hosts, host_pubkeys, fault_injector, mail_host).items():
         value = json.dumps(conn, separators=(",", ":"), sort_keys=True)
         lines.append(env_assignment(f"AIRFLOW_CONN_{conn_id.upper()}", value))
     return "\n".join(lines) + "\n"
@@ -184,7 +190,7 @@ def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[s
         "pgha-airflow": ((HERE / "pgha-airflow").read_bytes(), 0o755),
         "airflow.cfg": (airflow_cfg(secrets, address, local=True).encode(), 0o600),
         "simple_auth_manager_passwords.json": (json.dumps({"admin": secrets["admin_password"]}).encode(), 0o600),
-        "airflow.env": (env_file(secrets, hosts, host_pubkeys, fault_injector).encode(), 0o600),
+        "airflow.env": (env_file(secrets, hosts, host_pubkeys, fault_injector, mail_host=address).encode(), 0o600),
         "pgha_lab": (client_key.encode(), 0o600),
         "pgha_fault_gate": (fault_injector["key"].encode(), 0o600),
         "db.sql": (render("db.sql.in", db_user=DB_USER, db_name=DB_NAME,
@@ -194,6 +200,10 @@ def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[s
         "redis.conf": (render("redis.conf.in", address=address, port=REDIS_PORT,
                               redis_password=secrets["redis_password"]).encode(), 0o640),
         "network-online.conf": ((HERE / "network-online.conf").read_bytes(), 0o644),
+        "mail_sink.py": ((HERE / "mail_sink.py").read_bytes(), 0o644),
+        "pgha-mail-sink.service": (render("mail-sink.service.in", venv=VENV, address=address, port=MAIL_PORT,
+                                          mail_dir=MAIL_DIR, state_directory=MAIL_DIR.removeprefix("/var/lib/"))
+                                   .encode(), 0o644),
     }
     for unit in UNITS:
         files[f"{unit}.service"] = (render("airflow.service.in", unit=unit, command=unit.removeprefix("airflow-"),

@@ -6,7 +6,7 @@
 set -u
 sha256sum /home/airflow/airflow/airflow.cfg /etc/pgha/airflow.env 2>&1
 systemctl is-active postgresql@15-main redis-server airflow-scheduler airflow-api-server \
-  airflow-dag-processor airflow-triggerer 2>&1
-ss -Hltn '( sport = :5432 or sport = :6379 )' | awk '{print $4}' | sort
+  airflow-dag-processor airflow-triggerer pgha-mail-sink 2>&1
+ss -Hltn '( sport = :5432 or sport = :6379 or sport = :2525 )' | awk '{print $4}' | sort
 runuser -u postgres -- psql -X -At -d airflow_db \
   -c "SELECT dag_id, state, count(*) FROM dag_run GROUP BY 1, 2 ORDER BY 1, 2" 2>&1

@@ -75,6 +75,12 @@ REDISCLI_AUTH=$(sed -n 's/^requirepass //p' "$here/redis.conf") redis-cli -h "$a
 # 2. The airflow user and Airflow's virtualenv (airflow-host.sh).
 ensure_airflow_user
 ensure_airflow_venv
+#    and aiosmtpd beside Airflow, for the SMTP sink of pgha's alerts (step 5b)
+if ! "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+  say "pip install aiosmtpd (the alerts' SMTP sink)"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$wheels" \
+    --trusted-host 10.83.0.1 aiosmtpd==1.4.6
+fi
 
 # 3. Configuration: airflow.cfg, the units' environment (connections) and the units;
 #    then the admin password, the lab's SSH client key and the fault gate's key.
@@ -91,6 +97,20 @@ runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres < "$here/db.sql
 # 5. Airflow's schema.
 say "airflow db migrate"
 /usr/local/sbin/pgha-airflow db migrate >/dev/null
+
+# 5b. The SMTP sink of pgha's alerts (connection smtp_default, lab/inventory.yml's notify:) on
+#     $address:2525: every message it accepts is a file /var/lib/pgha-lab/mail/*.eml.
+install -D -m 0644 "$here/mail_sink.py" /usr/local/lib/pgha-lab/mail_sink.py
+install -m 0644 "$here/pgha-mail-sink.service" /etc/systemd/system/pgha-mail-sink.service
+systemctl daemon-reload
+systemctl enable --quiet pgha-mail-sink
+systemctl restart pgha-mail-sink
+for _ in $(seq 50); do
+  "$venv/bin/python" -c "import smtplib; smtplib.SMTP('$address', 2525, timeout=2).quit()" 2>/dev/null && break
+  sleep 0.2
+done
+"$venv/bin/python" -c "import smtplib; smtplib.SMTP('$address', 2525, timeout=2).quit()"
+say "SMTP sink on $address:2525 (/var/lib/pgha-lab/mail)"
 
 # 6. The four units, enabled (they come back after a reboot or a snapshot restore).
 #    The scheduler runs both executors: LocalExecutor (default) and CeleryExecutor (vm4).

@@ -15,7 +15,7 @@ import shlex
 import time
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
@@ -43,6 +43,7 @@ from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.postgres import NodePostgresHook, load_sql
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
+from pgha.notify import AlertNotSent, alert_skip
 from pgha.runtime import DrillPlanMixin, credentials
 import psycopg2
 from psycopg2 import sql
@@ -126,13 +127,13 @@ class DrillPrecheckOperator(PghaOperator):
         self._check_config(scenario)
         reasons, cluster = self._cluster_reasons(params.get("max_lag_bytes"))
         if cluster is None or reasons:
-            raise AirflowSkipException("cluster not healthy, not drilling: " + "; ".join(reasons))
+            self._skip(context, "cluster not healthy, not drilling: " + "; ".join(reasons))
         leader = cluster.leaders[0]
         target = self._target(cluster, scenario, wanted)
         probe_host = self.inventory.drill.probe_host or self.inventory.haproxy.host
         if probe_host in {leader, target}:
-            raise AirflowSkipException(f"the probe host {probe_host} is the leader or the target; "
-                                       "set drill.probe_host to a host the fault does not touch")
+            self._skip(context, f"the probe host {probe_host} is the leader or the target; "
+                                "set drill.probe_host to a host the fault does not touch")
         plan = {
             "drill_id": f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{scenario}-{target}",
             "scenario": scenario,
@@ -153,8 +154,8 @@ class DrillPrecheckOperator(PghaOperator):
     def _no_migration_running(self, context: Any) -> None:
         runs = context["ti"].get_dr_count(dag_id=MIGRATION_DAG_ID, states=["queued", "running"])
         if runs:
-            raise AirflowSkipException(f"{MIGRATION_DAG_ID} has {runs} queued or running run(s): a drill never "
-                                       "starts while the migration works on the cluster")
+            self._skip(context, f"{MIGRATION_DAG_ID} has {runs} queued or running run(s): a drill never "
+                                "starts while the migration works on the cluster")
 
     def _scenario(self, wanted: str, context: Any) -> str:
         """The Param's scenario, or the rotation's for this run's logical date (a scheduled run)."""
@@ -166,6 +167,15 @@ class DrillPrecheckOperator(PghaOperator):
         scenario = scenario_of_the_day(enabled, when)
         self.log.info("rotation: %s drills %s (enabled: %s)", when.date(), scenario, ", ".join(enabled))
         return scenario
+
+    def _skip(self, context: Any, reason: str) -> NoReturn:
+        """Skips, after telling the inventory's notify: section why (a drill that never runs is news).
+        An alert that cannot be sent fails the task instead: a silent skip would hide both."""
+        try:
+            alert_skip(context, self.inventory, reason)
+        except AlertNotSent as exc:
+            raise AirflowFailException(f"{reason}\n(failed instead of skipping: the alert was not sent: {exc})")
+        raise AirflowSkipException(reason)
 
     def _check_config(self, scenario: str) -> None:
         drill = self.inventory.drill
@@ -525,12 +535,13 @@ class AnalyseDrillOperator(DrillOperator):
             incomplete=[name for name, value in steps.items() if value is None],
         )
         self._record(result.as_dict(), context)
-        self.log.info("\n%s", summary(result, plan["probe_host"], inv.drill.probe_interval_ms))
+        screen = summary(result, plan["probe_host"], inv.drill.probe_interval_ms)
         if "ti" in context:
             context["ti"].xcom_push(key="drill", value=result.as_dict())
         self._result_to_outlets(result.as_dict(), context)
-        if not result.passed:  # a verdict, not an accident: no retry
-            raise AirflowFailException(f"drill {result.drill_id} failed: " + "; ".join(result.problems))
+        if not result.passed:  # a verdict, not an accident: no retry; the failure alert carries the figures
+            raise AirflowFailException(f"drill {result.drill_id} failed: {'; '.join(result.problems)}\n{screen}")
+        self.log.info("\n%s", screen)
         return result.as_dict()
 
     def _result_to_outlets(self, result: dict[str, Any], context: Any) -> None:
