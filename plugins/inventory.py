@@ -67,6 +67,10 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAMESPACE = re.compile(r"/([A-Za-z0-9_-]+/)*")
 PG_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+NOTIFIER = re.compile(r"smtp|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 PG_SETTING = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
 # postgresql.conf values reach Patroni's YAML (as JSON strings), never a shell.
 PG_SETTING_VALUE = re.compile(r"[A-Za-z0-9 ._:/,=+*%@\[\]-]{0,1024}")
@@ -151,6 +155,9 @@ FIELD_TYPES: dict[str, Callable[[str], None]] = {
     "pgha-pg-setting-value": _matches(
         PG_SETTING_VALUE, "a setting value of letters, digits, spaces and . _ : / , = + * % @ [ ] -"),
     "pgha-unit": _matches(UNIT, "a systemd unit name (letters, digits, @ _ . : -)"),
+    "pgha-notifier": _matches(NOTIFIER, "smtp or module.path:ClassName"),
+    "pgha-email": _matches(EMAIL, "an e-mail address"),
+    "pgha-identifier": _matches(IDENTIFIER, "a Python identifier"),
     "pgha-cron": _matches(CRON, "a cron schedule (five fields) or @daily, @hourly, ..."),
     "pgha-fault-command": _matches(
         FAULT_COMMAND, "a command of plain words (letters, digits, . _ / : = @ { } + , -) separated by "

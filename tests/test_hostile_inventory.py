@@ -51,6 +51,8 @@ def full_inventory() -> dict[str, Any]:
         "inject_commands": {"host_crash": {"inject": "virsh destroy {node}", "heal": "virsh start {node}"},
                             "host_isolate": {"inject": "isolate --address={address}", "heal": "heal {node}"}},
     }
+    raw["notify"] = {"notifier": "smtp", "conn_id": "smtp_default", "to": ["ops@example.com"],
+                     "from": "airflow@example.com", "kwargs": {"cc": 1}}
     return raw
 
 
@@ -63,7 +65,7 @@ def string_fields(value: Any, path: Path_ = ()) -> Iterator[Path_]:
             yield from string_fields(item, (*path, i))
     elif isinstance(value, dict):
         for key, item in value.items():
-            if path and path[-1] == "parameters":
+            if path and path[-1] in ("parameters", "kwargs"):
                 yield (*path, key, KEY)
             yield from string_fields(item, (*path, key))
 
@@ -147,7 +149,7 @@ def _template(path: Path_) -> str:
             out = out.rsplit(".", 1)[0] + ".<key>"
         elif isinstance(part, int):
             out += "[]"
-        elif i and path[i - 1] == "parameters":
+        elif i and path[i - 1] in ("parameters", "kwargs"):
             out += ".*"
         else:
             out += f".{part}" if out else part

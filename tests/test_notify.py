@@ -256,7 +256,7 @@ BAD_NOTIFY: list[tuple[str, Any, str]] = [
      "notify.notifier: airflow.providers.smtp.notifications.smtp has no 'Pager'"),
     ("not a notifier", {"notifier": "json:JSONDecoder", "kwargs": {"strict": "{{ pgha_alert.text }}"}},
      "notify.notifier: json:JSONDecoder is not an Airflow notifier (a subclass of airflow.sdk.BaseNotifier)"),
-    ("not a class path", {"notifier": "slack", "kwargs": {}}, "notify.notifier: 'slack' has the wrong format"),
+    ("not a class path", {"notifier": "slack", "kwargs": {}}, "notify.notifier: 'slack' is not smtp or module.path:ClassName"),
     ("path with a newline", {"notifier": "json:JSONDecoder\n", "kwargs": {}}, "notify.notifier: 'json:JSONDecoder\\n'"),
     ("kwargs the notifier does not take", {"notifier": SMTP_NOTIFIER, "kwargs": {
         "recipients": [OPS], "html_content": "{{ pgha_alert.html }}"}},
@@ -268,7 +268,7 @@ BAD_NOTIFY: list[tuple[str, Any, str]] = [
      "notify.to: only for notifier smtp"),
     ("smtp without recipients", {"conn_id": "smtp_default"}, "notify.to: is required"),
     ("bad address", notify_section(to=["ops at example.com"]),
-     "notify.to[0]: 'ops at example.com' has the wrong format"),
+     "notify.to[0]: 'ops at example.com' is not an e-mail address"),
     ("address with a newline", notify_section(**{"from": "a@example.com\nBcc: x@evil.test"}), "notify.from: "),
     ("conn id with a newline", notify_section(conn_id="smtp_default\n"), "notify.conn_id: 'smtp_default\\n'"),
     ("kwarg name not an identifier", notify_section(kwargs={"mime-subtype": "alternative"}), "notify.kwargs: "),
