@@ -41,8 +41,9 @@ class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
         settings_path: str,
         poll_interval: float,
         timeout: float,
+        deadline: float | None = None,
     ) -> None:
-        super().__init__(poll_interval, timeout)
+        super().__init__(poll_interval, timeout, deadline)
         self.inventory_path = inventory_path
         self.run_id = run_id or None
         self.log_dir = log_dir
