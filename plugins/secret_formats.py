@@ -111,3 +111,11 @@ def hba_word(name: str) -> str:
     if _PLAIN_HBA_WORD.fullmatch(name) and name not in _HBA_KEYWORDS:
         return name
     return '"' + name.replace('"', '""') + '"'
+
+
+def haproxy_word(value: str) -> str:
+    """``value`` as one haproxy.cfg word, read back verbatim: single-quoted (no escape, no variable
+    inside), each ``'`` written as ``'\\''``."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ValueError("a control character cannot be written into haproxy.cfg")
+    return "'" + value.replace("'", "'\\''") + "'"

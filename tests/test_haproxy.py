@@ -88,7 +88,7 @@ def make_inventory(lb: dict[str, Any], patroni: PatroniService, database: str = 
             "stats_socket": str(lb["dir"] / "admin.sock"), "inter": "1s", "fall": 2, "rise": 1, **haproxy,
         },
     )
-    raw["hosts"][0]["address"] = "localhost"  # the node uses 127.0.0.1; addresses must be unique
+    raw["hosts"][0]["address"] = "127.0.0.9"  # the node uses 127.0.0.1; addresses must be unique (all of 127/8 is loopback)
     return write_inventory(lb["dir"], raw)
 
 

@@ -91,7 +91,7 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
 
 ACCEPTED: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("https index with port and path", lambda r: r["packages"].update(pip_index_url="https://pypi.example:8443/simple/")),
-    ("proxy on an address", lambda r: r["packages"].update(apt_proxy="http://10.83.0.1:3142")),
+    ("proxy on an address", lambda r: r["packages"].update(apt_proxy="http://192.0.2.1:3142")),
     ("network with host bits", lambda r: r["cluster"].update(network="192.168.83.5/24")),
     ("custom setting", lambda r: r["postgres"]["parameters"].update({"auto_explain.log_min_duration": "250ms"})),
     ("setting with spaces", lambda r: r["postgres"]["parameters"].update(log_line_prefix="%m [%p] %q%u@%d ")),

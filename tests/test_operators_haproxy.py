@@ -8,7 +8,8 @@ import pgha.operators.haproxy as haproxy_ops
 import pytest
 from airflow.sdk.exceptions import AirflowException
 from fixture_secrets import PATRONI_REST_PASSWORD
-from pgha.operators.haproxy import HAProxySwitchOperator, InstallHAProxyOperator, haproxy_word
+from pgha.operators.haproxy import HAProxySwitchOperator, InstallHAProxyOperator
+from pgha.secret_formats import haproxy_word
 from pgha_testing import set_connection
 from recording_host import DEBIAN_12, ROCKY_9, Fleet, fleet_inventory
 
@@ -39,7 +40,7 @@ def test_install_and_switch_plan(fleet: Fleet, tmp_path: Path, os: str) -> None:
 
     switched = run(HAProxySwitchOperator, inventory)
     assert "listen postgres_write" in vm1.files[CONFIG].content
-    assert f"    stats auth 'patroni:{PATRONI_REST_PASSWORD}'\n" in vm1.files[CONFIG].content
+    assert f"    stats auth {haproxy_word('patroni:' + PATRONI_REST_PASSWORD)}\n" in vm1.files[CONFIG].content
     assert vm1.files[CONFIG].mode == "600"  # it holds the stats page's password
     assert not any(PATRONI_REST_PASSWORD in c.command for c in vm1.commands)
     assert vm1.ran(r"^haproxy -c -f /etc/haproxy/haproxy.cfg.pgha-new$")
@@ -91,5 +92,5 @@ def test_the_stats_login_comes_from_its_own_connection_when_there_is_one(
 
 def test_haproxy_word_refuses_a_line_break() -> None:
     assert haproxy_word("a'b") == "'a'\\''b'"
-    with pytest.raises(AirflowException, match="control character"):
+    with pytest.raises(ValueError, match="control character"):
         haproxy_word("a\nstats enable")

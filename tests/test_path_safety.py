@@ -28,7 +28,7 @@ from pgha.cutover import Agent, UnsafePath
 from pgha.hooks.drill import DrillProbeHook
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import parse_inventory
-from pgha.operators.haproxy import haproxy_word
+from pgha.secret_formats import haproxy_word
 from pgha.render import haproxy_context, render
 from pgha_testing import loopback_inventory, set_connection, ssh_connection
 from services import SshdService, free_port, wait_until

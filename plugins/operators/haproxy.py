@@ -15,20 +15,13 @@ from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.render import haproxy_context, render
+from pgha.secret_formats import haproxy_word
 from pgha.runtime import Credentials, credentials
 
 from pgha.operators.base import PghaOperator
 
 HAPROXY_UNIT = "haproxy.service"
 STATS_CONN_ID = "pgha_haproxy_stats"  # optional: without it the stats page takes the Patroni REST API's login
-
-
-def haproxy_word(value: str) -> str:
-    """``value`` as one haproxy.cfg word, read back verbatim: single-quoted (no escape, no variable
-    inside), each ``'`` written as ``'\\''``."""
-    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
-        raise AirflowException("a control character cannot be written into haproxy.cfg")
-    return "'" + value.replace("'", "'\\''") + "'"
 
 
 # SELinux on the HAProxy host: HAProxy's own policy lets it connect to and bind only a few port types
