@@ -41,6 +41,7 @@ from pgha.operators.postgres import (
     PrepareLogicalSourceOperator,
     SourcePreflightOperator,
     StartLogicalReplicationOperator,
+    UndoLogicalSourceOperator,
 )
 from pgha.sensors.airflow import CutoverOutcomeSensor
 from pgha.sensors.etcd import EtcdHealthSensor
@@ -131,6 +132,8 @@ OLD_LEADER = (
 )
 # The cutover run the `cutover` task armed ("" when it armed nothing: the sensor reads the one armed last).
 CUTOVER_RUN_ID = "{{ ((ti.xcom_pull(task_ids='cutover') or {}).get('result') or {}).get('run_id', '') }}"
+# What cutover_outcome judged ("success" once Airflow runs on the cluster).
+CUTOVER_OUTCOME = "{{ (ti.xcom_pull(task_ids='cutover_outcome') or {}).get('outcome', '') }}"
 
 with DAG(
     dag_id="pg_ha_migration",
@@ -264,6 +267,11 @@ with DAG(
     cutover_outcome = CutoverOutcomeSensor(
         task_id="cutover_outcome", phase=PHASES[7], run_id=CUTOVER_RUN_ID, timeout=7 * 3600,
     )
+    # Logical replication only, after a success: the source loses its replication role, pg_hba rules,
+    # publication and listen_addresses change (a rollback keeps them, for the retry).
+    undo_logical_source = UndoLogicalSourceOperator(
+        task_id="undo_logical_source", phase=PHASES[7], cutover_outcome=CUTOVER_OUTCOME,
+    )
 
     chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover,
-          cutover_outcome)
+          cutover_outcome, undo_logical_source)

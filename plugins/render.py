@@ -62,6 +62,12 @@ def patroni_bin(inventory: Inventory) -> str:
     return f"{install.venv}/bin/patroni" if install.method == "pip" else "/usr/bin/patroni"
 
 
+def superuser_sources(inventory: Inventory) -> list[str]:
+    """Addresses the cluster superuser may log in from: the hosts pgha manages (the database nodes, and the
+    HAProxy, source and Airflow hosts its tasks and the cutover agent connect from), never the whole network."""
+    return [inventory.host(name).address for name in inventory.managed_host_names]
+
+
 def node_context(inventory: Inventory, node: Host, family: OsFamily) -> dict[str, Any]:
     """The context for one database node."""
     major = inventory.postgres.major
@@ -76,6 +82,7 @@ def node_context(inventory: Inventory, node: Host, family: OsFamily) -> dict[str
         "patroni_bin": patroni_bin(inventory),
         "etcd_binary": family.etcd_bin(inventory.etcd.install.method),
         "postgres_parameters": inventory.postgres.cluster_parameters,
+        "superuser_sources": superuser_sources(inventory),
     }
 
 

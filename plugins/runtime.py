@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException, AirflowSkipException
 
 from pgha.inventory import Host, Inventory, load_inventory
 from pgha.osfamily import FAMILIES, OsFamily
@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # the hooks are imported where a task first needs one, not wi
     from pgha.hooks.drill import DrillProbeHook
     from pgha.hooks.host import HostHook
     from pgha.hooks.remote import RemoteHook
+
+
+# Patroni's pg_rewind login (``postgresql.authentication.rewind``): a role that may only read the files
+# pg_rewind needs. Without this connection the cluster superuser rewinds, as before (README, Connections).
+REWIND_CONN_ID = "pgha_rewind"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,15 @@ def credentials(conn_id: str, purpose: str) -> Credentials:
     if not conn.login or not conn.password:
         raise AirflowException(f"Airflow connection {conn_id!r} ({purpose}) needs both login and password")
     return Credentials(conn.login, conn.password)
+
+
+def optional_credentials(conn_id: str, purpose: str) -> Credentials | None:
+    """``credentials``, or None when the connection does not exist (an incomplete one is still an error)."""
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return credentials(conn_id, purpose)
 
 
 class InventoryMixin:

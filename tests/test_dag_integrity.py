@@ -58,7 +58,11 @@ def test_preflight_then_nine_phases_in_runbook_order(dag) -> None:  # type: igno
     assert {_group(t.task_id) for t in cutover.upstream_list} == {"phase9_validate"}
     # the run's last task waits for the outcome the cutover agents record
     assert [t.task_id for t in cutover.downstream_list] == ["cutover_outcome"]
-    assert not dag.get_task("cutover_outcome").downstream_list
+    # then, after a success only (a failed outcome stops it), the source loses what logical replication added
+    outcome = dag.get_task("cutover_outcome")
+    assert [t.task_id for t in outcome.downstream_list] == ["undo_logical_source"]
+    assert dag.get_task("undo_logical_source").trigger_rule == "none_failed"
+    assert not dag.get_task("undo_logical_source").downstream_list
 
 
 def test_first_task_validates_the_inventory(dag) -> None:  # type: ignore[no-untyped-def]

@@ -19,11 +19,13 @@ from pgha.operators.patroni import (
     StartPatroniOperator,
     SwitchoverTestOperator,
 )
+from pgha import pgdata
 from pgha_testing import set_connection
-from recording_host import DEBIAN_12, ROCKY_9, Fleet, fleet_inventory
-from services import free_port
+from recording_host import DEBIAN_12, ROCKY_9, ClusterApis, Fleet, fleet_inventory
+from services import PostgresService, free_port, start_postgres
 
 BOTH = [pytest.param(DEBIAN_12, id="debian12"), pytest.param(ROCKY_9, id="rocky9")]
+REWIND_PASSWORD = "rewind %40pw@h:1/'\"\\ $x#;%%"
 
 
 @pytest.fixture
@@ -66,6 +68,7 @@ def test_install_configure_start_plan(fleet: Fleet, tmp_path: Path, os: str, con
     auth = yaml.safe_load(config.content)["postgresql"]["authentication"]
     assert auth["superuser"]["password"] == PATRONI_SUPERUSER_PASSWORD
     assert auth["replication"]["password"] == PATRONI_REPLICATION_PASSWORD
+    assert auth["rewind"] == auth["superuser"]  # no pgha_rewind connection: the superuser rewinds, as before
     data_dir = "/var/lib/postgresql/15/main" if os == DEBIAN_12 else "/var/lib/pgsql/15/data"
     assert psg1.dirs[data_dir] == ("postgres", "postgres", "700")
     assert psg1.dirs["/etc/patroni"] == ("root", "postgres", "750")
@@ -101,6 +104,66 @@ def test_a_changed_config_reloads_a_running_patroni(fleet: Fleet, tmp_path: Path
     again = on_node(ConfigurePatroniOperator, inventory)
     assert "running Patroni reloaded its configuration" in again["changes"]
     assert fleet["psg1"].ran(r"^systemctl reload patroni.service$")
+
+
+def rewind_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "pgha_rewind", conn_type="generic", login="rewinder", password=REWIND_PASSWORD)
+
+
+def test_with_a_rewind_connection_a_new_cluster_rewinds_as_that_role(fleet: Fleet, tmp_path: Path, connections: None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    rewind_connection(monkeypatch)
+    inventory = prepared(fleet, tmp_path, DEBIAN_12)
+    on_node(InstallPatroniOperator, inventory)
+    result = on_node(ConfigurePatroniOperator, inventory)
+    cfg = yaml.safe_load(fleet["psg1"].files["/etc/patroni/patroni.yml"].content)
+    assert cfg["postgresql"]["authentication"]["rewind"] == {"username": "rewinder", "password": REWIND_PASSWORD}
+    assert any(u.startswith("rewind role rewinder: no running cluster") for u in result["unchanged"])
+    assert not any(REWIND_PASSWORD in c.command for c in fleet["psg1"].commands)
+
+
+@pytest.fixture(scope="module")
+def leader_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    svc = start_postgres(tmp_path_factory.mktemp("patroni-leader"), password=PATRONI_SUPERUSER_PASSWORD)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_a_running_cluster_gets_the_rewind_role_on_its_leader(fleet: Fleet, tmp_path: Path, connections: None,
+                                                              monkeypatch: pytest.MonkeyPatch, apis: ClusterApis,
+                                                              leader_pg: PostgresService) -> None:
+    """Patroni makes the rewind role only when it bootstraps: a cluster that runs already gets it from pgha,
+    with what pg_rewind needs and nothing more, before a node's patroni.yml names it."""
+    rewind_connection(monkeypatch)
+
+    def psg1_on_loopback(raw: dict) -> None:
+        raw["hosts"][1]["address"] = leader_pg.host
+
+    inventory = prepared(fleet, tmp_path, DEBIAN_12, edit=psg1_on_loopback, postgres={"port": leader_pg.port},
+                         **apis.sections())
+    admin = pgdata.Endpoint(host=leader_pg.host, port=leader_pg.port, user="postgres", dbname="postgres",
+                            password=PATRONI_SUPERUSER_PASSWORD)
+    with pgdata.session(admin) as conn:
+        assert not pgdata.role_exists(conn, "rewinder")
+    on_node(InstallPatroniOperator, inventory)
+    first = on_node(ConfigurePatroniOperator, inventory)
+    assert "rewind role rewinder on the leader psg1" in first["changes"]
+    with pgdata.session(admin) as conn:
+        assert pgdata.rows(conn, pgdata.sql.SQL(
+            "SELECT rolsuper, rolreplication, rolcanlogin, "
+            "has_function_privilege('rewinder', 'pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)', "
+            "'EXECUTE'), has_function_privilege('rewinder', 'pg_catalog.pg_ls_dir(text, boolean, boolean)', "
+            "'EXECUTE') FROM pg_roles WHERE rolname = 'rewinder'")) == [(False, False, True, True, True)]
+    rewinder = pgdata.Endpoint(host=leader_pg.host, port=leader_pg.port, user="rewinder", dbname="postgres",
+                               password=REWIND_PASSWORD)
+    with pgdata.session(rewinder) as conn:  # the password from the connection logs in; it reads no table
+        assert pgdata.scalar(conn, pgdata.sql.SQL("SELECT count(*) FROM pg_ls_dir('global', false, false)")) > 0
+        with pytest.raises(Exception, match="permission denied"):
+            pgdata.rows(conn, pgdata.sql.SQL("SELECT * FROM pg_authid"))
+    again = on_node(ConfigurePatroniOperator, inventory)
+    assert "rewind role rewinder on the leader psg1" in again["unchanged"]
 
 
 def test_a_patroni_of_another_version_is_replaced(fleet: Fleet, tmp_path: Path) -> None:

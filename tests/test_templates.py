@@ -350,7 +350,7 @@ def test_patroni_yml_follows_corrections(family: OsFamily) -> None:
     assert cfg["postgresql"]["parameters"]["password_encryption"] == "scram-sha-256"
     hba = cfg["postgresql"]["pg_hba"]
     assert any(rule.split()[0] == "local" for rule in hba)
-    assert all(rule.split()[-1] in ("scram-sha-256", "peer") for rule in hba)
+    assert all(rule.split()[-1] in ("scram-sha-256", "peer", "reject") for rule in hba)
     dcs = cfg["bootstrap"]["dcs"]
     params = dcs["postgresql"]["parameters"]
     assert "wal_keep_segments" not in text and params["wal_keep_size"] == "1600MB"  # C5
@@ -391,10 +391,57 @@ def test_a_replication_user_of_any_name_gets_its_own_pg_hba_rules() -> None:
     cfg = yaml.safe_load(patroni_yml(inv, DEBIAN, secrets={**SECRETS, "replication_user": name}))
     rules = [r for r in cfg["postgresql"]["pg_hba"] if r.startswith("host replication ")]
     assert rules[0] == 'host replication "repl ""x"": #y" 127.0.0.1/32 scram-sha-256'
-    assert len(rules) == 2 + len(inv.db_hosts)
+    assert len(rules) == 1 + len(inv.db_hosts)  # loopback and each member, never the whole network
     assert cfg["postgresql"]["authentication"]["replication"]["username"] == name
     plain = yaml.safe_load(patroni_yml(inv, DEBIAN))["postgresql"]["pg_hba"]
     assert "host replication replicator 127.0.0.1/32 scram-sha-256" in plain
+
+
+def test_the_superuser_logs_in_only_locally_and_from_the_hosts_pgha_manages() -> None:
+    """Its rules come before the network's catch-all, then a reject: nobody else on cluster.network gets in as it."""
+    inv = shipped()
+    hba = yaml.safe_load(patroni_yml(inv, DEBIAN))["postgresql"]["pg_hba"]
+    managed = [inv.host(name).address for name in inv.managed_host_names]
+    superuser = [rule for rule in hba if rule.split()[:3] == ["host", "all", "postgres"]]
+    assert superuser == [f"host all postgres {address}/32 scram-sha-256" for address in managed] + [
+        "host all postgres all reject"]
+    assert set(managed) >= {h.address for h in inv.db_hosts} | {inv.host(inv.haproxy.host).address}
+    assert hba.index("host all postgres all reject") < hba.index(f"host all all {inv.cluster.network} scram-sha-256")
+    assert "local all postgres peer" in hba
+
+
+def test_a_rewind_role_gets_the_members_only_and_the_postgres_database() -> None:
+    inv = shipped()
+    secrets = {**SECRETS, "rewind_user": 'rew "ind"', "rewind_password": 'r: "w" # \\'}
+    cfg = yaml.safe_load(patroni_yml(inv, DEBIAN, secrets=secrets))
+    assert cfg["postgresql"]["authentication"]["rewind"] == {"username": 'rew "ind"', "password": 'r: "w" # \\'}
+    hba = cfg["postgresql"]["pg_hba"]
+    rewind = [rule for rule in hba if '"rew ""ind"""' in rule]
+    assert rewind == [f'host postgres "rew ""ind""" {h.address}/32 scram-sha-256' for h in inv.db_hosts] + [
+        'host all "rew ""ind""" all reject']
+    # without a rewind connection the superuser rewinds, with no rules of its own
+    plain = yaml.safe_load(patroni_yml(inv, DEBIAN))
+    assert plain["postgresql"]["authentication"]["rewind"] == plain["postgresql"]["authentication"]["superuser"]
+    assert not [rule for rule in plain["postgresql"]["pg_hba"] if rule.startswith("host postgres ")]
+
+
+def test_the_pg_hba_rules_are_accepted_by_postgresql(tmp_path: Path) -> None:
+    """The rendered rules, with a rewind role, loaded by a real PostgreSQL 15 (pg_hba_file_rules names no error)."""
+    from services import start_postgres
+    from pgha import pgdata
+
+    secrets = {**SECRETS, "rewind_user": "rewinder", "rewind_password": "x"}
+    rules = yaml.safe_load(patroni_yml(shipped(), DEBIAN, secrets=secrets))["postgresql"]["pg_hba"]
+    svc = start_postgres(tmp_path / "hba", password="pw")
+    try:
+        admin = pgdata.Endpoint(host=svc.host, port=svc.port, user=svc.user, dbname="postgres", password="pw")
+        with pgdata.session(admin) as conn:
+            hba_file = pgdata.scalar(conn, pgdata.sql.SQL("SHOW hba_file"))
+            Path(hba_file).write_text("\n".join(rules) + "\n")
+            loaded = pgdata.rows(conn, pgdata.sql.SQL("SELECT line_number, error FROM pg_hba_file_rules"))
+    finally:
+        svc.stop()
+    assert len(loaded) == len(rules) and all(error is None for _, error in loaded), loaded
 
 
 def test_shipped_secrets_survive_the_yaml_round_trip() -> None:

@@ -62,6 +62,7 @@ SECRETS = {
     "admin_password": _token,             # Airflow UI/API user `admin`
     "pg_superuser_password": _password,   # cluster superuser `postgres` (Patroni)
     "pg_replication_password": _password,  # `replicator`
+    "pg_rewind_password": _password,      # `rewinder`: Patroni's pg_rewind login (connection pgha_rewind)
     "patroni_api_password": _password,    # Patroni REST API user `patroni`
     "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
     "jwt_secret": lambda: _secrets.token_urlsafe(48),
@@ -134,6 +135,8 @@ def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: d
                                   "password": secrets["pg_superuser_password"]}
     conns["pgha_pg_replication"] = {"conn_type": "generic", "login": "replicator",
                                     "password": secrets["pg_replication_password"]}
+    conns["pgha_rewind"] = {"conn_type": "generic", "login": "rewinder",
+                            "password": secrets["pg_rewind_password"]}
     conns["pgha_airflow_db"] = {"conn_type": "postgres", "login": DB_USER,
                                 "password": secrets["airflow_db_password"], "schema": DB_NAME}
     conns["pgha_patroni_api"] = {"conn_type": "http", "login": "patroni",

@@ -6,9 +6,11 @@ import shlex
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha import pgdata
 from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.postgres import node_endpoint
 from pgha.render import node_context, patroni_bin, render
-from pgha.runtime import credentials
+from pgha.runtime import REWIND_CONN_ID, credentials, optional_credentials
 
 from pgha.operators.base import HostOperator, PghaOperator
 
@@ -51,7 +53,11 @@ class ConfigurePatroniOperator(HostOperator):
     """
     Writes patroni.yml (credentials from Connections, 0600) and the unit,
     validates the config with Patroni itself on the node, and reloads a
-    running Patroni when its config changed.
+    running Patroni when its config changed. pg_rewind logs in as its own
+    role (connection ``pgha_rewind``; without it, as the superuser): Patroni
+    creates that role when it bootstraps the cluster; on a cluster that runs
+    already, this task creates it on the leader (password as a SCRAM
+    verifier) before any node's config names it.
     """
 
     def run(self, context: Any) -> Any:
@@ -60,6 +66,7 @@ class ConfigurePatroniOperator(HostOperator):
         ctx = node_context(inv, inv.host(self.host), host.family)
         ctx["secrets"] = self._secrets()
         self.remote(self.host).add_secret(*(v for k, v in ctx["secrets"].items() if k.endswith("password")))
+        self._rewind_role(ctx["secrets"])
         self.note(f"directory {ctx['data_dir']}",
                   host.ensure_directory(ctx["data_dir"], owner="postgres", group="postgres", mode="0700"))
         self.note(f"directory {PATRONI_DIR}",
@@ -80,14 +87,46 @@ class ConfigurePatroniOperator(HostOperator):
         superuser = credentials(inv.postgres.superuser_conn_id, "cluster superuser")
         replication = credentials(inv.postgres.replication_conn_id, "replication user")
         rest = credentials(inv.patroni.rest_conn_id, "Patroni REST API")
+        rewind = optional_credentials(REWIND_CONN_ID, "pg_rewind login")
+        if rewind is None:
+            self.log.warning("no Airflow connection %r: pg_rewind logs in as the cluster superuser (create it, "
+                             "login + password, to give pg_rewind a role of its own)", REWIND_CONN_ID)
+            rewind = superuser
         return {
             "superuser": superuser.login,
             "superuser_password": superuser.password,
             "replication_user": replication.login,
             "replication_password": replication.password,
+            "rewind_user": rewind.login,
+            "rewind_password": rewind.password,
             "rest_user": rest.login,
             "rest_password": rest.password,
         }
+
+    def _rewind_role(self, secrets: dict[str, str]) -> None:
+        """The rewind role on a running cluster's leader (a new cluster's bootstrap makes it itself)."""
+        user = secrets["rewind_user"]
+        if user == secrets["superuser"]:
+            self.unchanged(f"pg_rewind logs in as the superuser {user}")
+            return
+        inv = self.inventory
+        try:
+            leader = PatroniHook(self.patroni_api_urls(), conn_id=inv.patroni.rest_conn_id).leader()
+        except Exception as exc:  # no Patroni answers yet: the cluster is bootstrapped later, with the role
+            self.unchanged(f"rewind role {user}: no running cluster ({str(exc).strip()[:200]}); Patroni's "
+                           "bootstrap creates it")
+            return
+        if not leader:
+            raise AirflowException(f"the Patroni cluster has no single leader to create the rewind role {user} "
+                                   "on; clear this task once it has one")
+        admin = node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(leader).address, port=inv.postgres.port,
+                              database="postgres")
+        with pgdata.session(admin) as conn:
+            created = pgdata.ensure_login_role(conn, user, secrets["rewind_password"])
+            pgdata.execute(conn, pgdata.statement("rewind_role_grants.sql", role=pgdata.ident(user)))
+        self.note(f"rewind role {user} on the leader {leader}", created)
+        self.unchanged(f"password of {user} set from connection {REWIND_CONN_ID}; it may run only the file "
+                       "functions pg_rewind calls")
 
 
 class StartPatroniOperator(HostOperator):

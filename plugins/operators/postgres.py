@@ -7,9 +7,12 @@ include/sql files the cutover agent runs too; the connections come from
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from typing import Any
+
+from psycopg2 import sql
 
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from pgha import pgdata
@@ -24,6 +27,11 @@ from pgha.operators.base import HostOperator, PghaOperator
 LOGICAL = "logical_replication"
 HBA_BEGIN = "# BEGIN pgha logical replication"
 HBA_END = "# END pgha logical replication"
+# What the logical method found on the source before changing it (root 0600, beside the cutover's state):
+# UndoLogicalSourceOperator puts exactly that back after a successful cutover.
+SOURCE_RECORD_DIR = "/var/lib/pgha"
+SOURCE_RECORD = f"{SOURCE_RECORD_DIR}/logical-source.json"
+SOURCE_SETTINGS = ("wal_level", "listen_addresses")
 
 
 def major_of(version_output: str) -> int:
@@ -59,8 +67,8 @@ def source_dump_restore(op: PghaOperator, target: Endpoint) -> RemoteDumpRestore
                              owner=inv.postgres.owner)
 
 
-def with_hba_rule(current: str, rule: str) -> str:
-    """pg_hba.conf text with pgha's block (last, so earlier rules keep their precedence) holding ``rule``."""
+def without_hba_block(current: str) -> str:
+    """pg_hba.conf text without pgha's block."""
     kept, inside = [], False
     for line in current.splitlines():
         if line == HBA_BEGIN:
@@ -69,7 +77,12 @@ def with_hba_rule(current: str, rule: str) -> str:
             inside = False
         elif not inside:
             kept.append(line)
-    return "\n".join([*kept, HBA_BEGIN, rule, HBA_END]) + "\n"
+    return "".join(f"{line}\n" for line in kept)
+
+
+def with_hba_rules(current: str, rules: list[str]) -> str:
+    """pg_hba.conf text with pgha's block (last, so earlier rules keep their precedence) holding ``rules``."""
+    return without_hba_block(current) + "\n".join([HBA_BEGIN, *rules, HBA_END]) + "\n"
 
 
 class SourcePreflightOperator(PghaOperator):
@@ -222,14 +235,41 @@ def source_sql(op: PghaOperator, file: str, database: str = "postgres", /, **par
     ).stdout.strip()
 
 
+def source_rows(op: PghaOperator, file: str, database: str = "postgres", /, **parts: Any) -> list[str]:
+    """``source_sql``'s output, one row a line (none for an empty result)."""
+    return [line for line in source_sql(op, file, database, **parts).splitlines() if line]
+
+
+def replication_login(op: PghaOperator) -> Any:
+    return credentials(op.inventory.postgres.replication_conn_id, "replication user")
+
+
+def hba_file_of(op: PghaOperator) -> str:
+    return source_sql(op, "show_setting.sql", name=lit("hba_file"))
+
+
+def put_hba(op: PghaOperator, hba_file: str, text: str) -> bool:
+    """Write pg_hba.conf (its owner and mode kept) and reload the source when it changed."""
+    remote = op.remote(op.inventory.source.host)
+    owner = remote.run(f"stat -c '%U %G %a' {shlex.quote(hba_file)}", quiet=True).stdout.split()
+    changed = remote.put_file(hba_file, text, owner=owner[0], group=owner[1], mode=owner[2]).changed
+    if changed:
+        source_sql(op, "reload_conf.sql")
+    return changed
+
+
 class PrepareLogicalSourceOperator(PghaOperator):
     """
     Phase 6 (logical replication only): readies the source: wal_level =
-    logical, listening on its inventory address, a pg_hba rule and a
-    replication role for the cluster (password from its connection, sent as a
-    SCRAM verifier over stdin), then one restart of the source PostgreSQL if a
-    setting needs it (Airflow reconnects on its own). Fails, changing nothing,
-    when a table has no primary key or replica identity.
+    logical, listening on its inventory address, a pg_hba rule per database
+    node and a replication role for the cluster (password from its connection,
+    sent as a SCRAM verifier over stdin) that may enter only the migrated
+    database and read only its tables (what a subscription's initial copy
+    needs), then one restart of the source PostgreSQL if a setting needs it
+    (Airflow reconnects on its own). Before its first change it records what
+    it found (root-only /var/lib/pgha/logical-source.json on the source
+    host), which ``UndoLogicalSourceOperator`` restores after the cutover.
+    Fails, changing nothing, when a table has no primary key or replica identity.
     """
 
     def run(self, context: Any) -> Any:
@@ -241,6 +281,7 @@ class PrepareLogicalSourceOperator(PghaOperator):
         tables = [p for p in readiness if p.startswith("table ")]
         if tables:
             raise AirflowException("logical replication impossible: " + "; ".join(tables))
+        self._record_originals()
         restart = self._settings()
         self._hba()
         self._role()
@@ -252,6 +293,24 @@ class PrepareLogicalSourceOperator(PghaOperator):
 
     def _setting(self, name: str) -> str:
         return source_sql(self, "show_setting.sql", name=lit(name))
+
+    def _record_originals(self) -> None:
+        """What the source had before pgha's first change, written once (a re-run keeps the first record)."""
+        inv = self.inventory
+        remote = self.remote(inv.source.host)
+        if remote.read_file(SOURCE_RECORD) is not None:
+            self.unchanged(f"originals of the source recorded in {SOURCE_RECORD}")
+            return
+        role = replication_login(self).login
+        record = {
+            "auto_conf": {name: (source_rows(self, "auto_conf_setting.sql", name=lit(name)) or [None])[0]
+                          for name in SOURCE_SETTINGS},
+            "role": role,
+            "role_existed": source_sql(self, "role_exists.sql", role=lit(role)) == "t",
+        }
+        self.host_hook(inv.source.host).ensure_directory(SOURCE_RECORD_DIR, mode="0700")
+        remote.put_file(SOURCE_RECORD, json.dumps(record, indent=2) + "\n", mode="0600")
+        self.changed(f"originals of the source recorded in {SOURCE_RECORD}: {json.dumps(record)}")
 
     def _settings(self) -> bool:
         address = self.inventory.host(self.inventory.source.host).address
@@ -269,28 +328,148 @@ class PrepareLogicalSourceOperator(PghaOperator):
 
     def _hba(self) -> None:
         inv = self.inventory
-        repl = credentials(inv.postgres.replication_conn_id, "replication user")
-        hba_file = self._setting("hba_file")
-        remote = self.remote(inv.source.host)
-        rule = f"host {hba_word(inv.postgres.database)} {hba_word(repl.login)} {inv.cluster.network} scram-sha-256"
-        updated = with_hba_rule(remote.read_file(hba_file) or "", rule)
-        owner = remote.run(f"stat -c '%U %G %a' {shlex.quote(hba_file)}", quiet=True).stdout.split()
-        changed = remote.put_file(hba_file, updated, owner=owner[0], group=owner[1], mode=owner[2]).changed
-        if changed:
-            source_sql(self, "reload_conf.sql")
-        self.note(f"pg_hba rule for {repl.login} from {inv.cluster.network}", changed)
+        login = replication_login(self).login
+        hba_file = hba_file_of(self)
+        # from the database nodes only: the subscription runs on whichever of them leads
+        rules = [f"host {hba_word(inv.postgres.database)} {hba_word(login)} {node.address}/32 scram-sha-256"
+                 for node in inv.db_hosts]
+        current = self.remote(inv.source.host).read_file(hba_file) or ""
+        changed = put_hba(self, hba_file, with_hba_rules(current, rules))
+        self.note(f"pg_hba rules for {login} into {inv.postgres.database} from "
+                  f"{', '.join(node.name for node in inv.db_hosts)}", changed)
 
     def _role(self) -> None:
-        repl = credentials(self.inventory.postgres.replication_conn_id, "replication user")
-        self.remote(self.inventory.source.host).add_secret(repl.password)
+        inv = self.inventory
+        repl = replication_login(self)
+        database = inv.postgres.database
+        self.remote(inv.source.host).add_secret(repl.password)
         with pgdata.session(source_endpoint(self)) as conn:
             verifier = pgdata.encrypt_password(repl.password, repl.login, conn, "scram-sha-256")
+            schemas = sorted({schema for schema, _ in pgdata.list_tables(conn)})
         created = source_sql(self, "role_exists.sql", role=lit(repl.login)) != "t"
         if created:
             source_sql(self, "create_replication_role.sql", role=ident(repl.login))
-        source_sql(self, "replication_role_grants.sql", role=ident(repl.login), verifier=lit(verifier))
+        source_sql(self, "replication_role_grants.sql", role=ident(repl.login), verifier=lit(verifier),
+                   database=ident(database))
+        if schemas:
+            source_sql(self, "replication_role_schema_grants.sql", database, role=ident(repl.login),
+                       schemas=sql.SQL(", ").join(ident(schema) for schema in schemas))
         self.note(f"replication role {repl.login}", created)
-        self.unchanged(f"password of {repl.login} set from connection {self.inventory.postgres.replication_conn_id}")
+        self.unchanged(f"password of {repl.login} set from connection {inv.postgres.replication_conn_id}; "
+                       f"it may read {database} (schemas {', '.join(schemas) or '-'}) and nothing else")
+        # an earlier pgha granted pg_read_all_data (every database): take it back
+        if source_sql(self, "role_member_of.sql", granted=lit("pg_read_all_data"), member=lit(repl.login)) == "t":
+            source_sql(self, "revoke_role.sql", granted=ident("pg_read_all_data"), role=ident(repl.login))
+            self.changed(f"pg_read_all_data revoked from {repl.login}")
+
+
+class UndoLogicalSourceOperator(PghaOperator):
+    """
+    After a successful cutover by logical replication: removes from the
+    source what ``PrepareLogicalSourceOperator`` and the replication added:
+    the publication and a leftover slot, the replication role (if pgha
+    created it), pgha's pg_hba block, and postgresql.auto.conf's
+    listen_addresses / wal_level as recorded before (one restart of the
+    source PostgreSQL, which Airflow no longer uses, when a setting changes
+    back; wal_level stays logical while another logical slot exists). Skips
+    for dump_restore and unless the cutover's recorded outcome is success:
+    after a rollback everything stays, so a retry works. Logs what it
+    removed; a re-run finds nothing left to do.
+
+    :param cutover_outcome: the cutover_outcome sensor's outcome (templated), ``success`` to act.
+    """
+
+    template_fields = (*PghaOperator.template_fields, "cutover_outcome")
+
+    def __init__(self, *, cutover_outcome: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cutover_outcome = cutover_outcome
+
+    def run(self, context: Any) -> Any:
+        if method_of(context) != LOGICAL:
+            raise AirflowSkipException("migration_method is dump_restore: the source was not changed for it")
+        if (self.cutover_outcome or "").strip() != "success":
+            raise AirflowSkipException(f"the cutover's outcome is {self.cutover_outcome or 'unknown'!r}, not "
+                                       "success: the source stays ready for logical replication (a retry needs it)")
+        inv = self.inventory
+        remote = self.remote(inv.source.host)
+        text = remote.read_file(SOURCE_RECORD)
+        record = json.loads(text) if text else None
+        if record is None:
+            self.log.warning("no %s on %s: the role and settings stay as they are (nothing says what they were)",
+                             SOURCE_RECORD, inv.source.host)
+        self._publication()
+        restart = False
+        if record is not None:
+            self._role(record)
+        self._hba()
+        if record is not None:
+            restart = self._settings(record)
+        if restart:
+            service = self.os_family(inv.source.host).postgres_service
+            self.host_hook(inv.source.host).restart(service, timeout=300)
+            self.changed(f"source PostgreSQL restarted ({service}) to apply the restored settings")
+        if record is not None:
+            self.host_hook(inv.source.host).remove(SOURCE_RECORD)
+            self.changed(f"{SOURCE_RECORD} removed (its originals are back)")
+        return {"restarted": restart, "recorded": record}
+
+    def _publication(self) -> None:
+        database = self.inventory.postgres.database
+        publication = pgdata.PUBLICATION
+        exists = source_sql(self, "publication_exists.sql", database, publication=lit(publication)) == "t"
+        if exists:
+            source_sql(self, "drop_publication.sql", database, publication=ident(publication))
+        self.note(f"publication {publication} dropped from {database}" if exists
+                  else f"no publication {publication} in {database}", exists)
+        slot = pgdata.SUBSCRIPTION in source_rows(self, "logical_slots.sql")
+        if slot:  # DROP SUBSCRIPTION on the cluster normally took it along
+            source_sql(self, "drop_replication_slot.sql", slot=lit(pgdata.SUBSCRIPTION))
+        self.note(f"replication slot {pgdata.SUBSCRIPTION} dropped" if slot
+                  else f"no replication slot {pgdata.SUBSCRIPTION}", slot)
+
+    def _role(self, record: dict[str, Any]) -> None:
+        role = record["role"]
+        if record.get("role_existed"):
+            self.unchanged(f"role {role} existed before pgha: kept")
+            return
+        exists = source_sql(self, "role_exists.sql", role=lit(role)) == "t"
+        if exists:
+            source_sql(self, "drop_replication_role.sql", self.inventory.postgres.database, role=ident(role))
+        self.note(f"replication role {role} dropped" if exists else f"no replication role {role}", exists)
+
+    def _hba(self) -> None:
+        hba_file = hba_file_of(self)
+        current = self.remote(self.inventory.source.host).read_file(hba_file) or ""
+        if HBA_BEGIN not in current.splitlines():
+            self.unchanged(f"no pgha block in {hba_file}")
+            return
+        self.note(f"pgha's pg_hba block removed from {hba_file}", put_hba(self, hba_file, without_hba_block(current)))
+
+    def _settings(self, record: dict[str, Any]) -> bool:
+        """postgresql.auto.conf's settings as recorded; True when one changed (a restart applies it)."""
+        restart = False
+        for name, original in record.get("auto_conf", {}).items():
+            if name not in SOURCE_SETTINGS:
+                continue
+            current = (source_rows(self, "auto_conf_setting.sql", name=lit(name)) or [None])[0]
+            if current == original:
+                self.unchanged(f"source {name}: postgresql.auto.conf as recorded ({original or 'not set'})")
+                continue
+            if name == "wal_level":
+                slots = source_rows(self, "logical_slots.sql")
+                if slots:
+                    self.log.warning("source wal_level stays logical: logical slot(s) %s still exist (PostgreSQL "
+                                     "would not start without it); drop them, then clear this task", ", ".join(slots))
+                    self.unchanged(f"source wal_level kept logical for slot(s) {', '.join(slots)}")
+                    continue
+            if original is None:
+                source_sql(self, "alter_system_reset.sql", name=ident(name))
+            else:
+                source_sql(self, "alter_system.sql", name=ident(name), value=lit(original))
+            self.changed(f"source {name}: postgresql.auto.conf back to {original or 'not set'} (was {current})")
+            restart = True
+        return restart
 
 
 class StartLogicalReplicationOperator(PghaOperator):
@@ -334,7 +513,7 @@ class StartLogicalReplicationOperator(PghaOperator):
         self._copy = None
         if source_sql(self, "publication_exists.sql", database, publication=lit(pgdata.PUBLICATION)) != "t":
             source_sql(self, "create_publication.sql", database, publication=ident(pgdata.PUBLICATION))
-        repl = credentials(inv.postgres.replication_conn_id, "replication user")
+        repl = replication_login(self)
         source = source_endpoint(self)
         publisher = Endpoint(host=inv.host(inv.source.host).address, port=source.port, user=repl.login,
                              dbname=database, password=repl.password)

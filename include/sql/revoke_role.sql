@@ -1,0 +1,2 @@
+-- Takes role {granted} away from {role}. Both identifiers.
+REVOKE {granted} FROM {role};
