@@ -72,8 +72,8 @@ class AirflowAPI:
         query = "".join(f"&state={state}" for state in states)
         return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100{query}")["dag_runs"]
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, logical_date: str | None = None) -> str:
+        run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": logical_date, "conf": conf or {}})
         return run["dag_run_id"]
 
     def run_state(self, dag_id: str, run_id: str) -> str:

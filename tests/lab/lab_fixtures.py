@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "lab"))
 
 from pghalab import topology  # noqa: E402  (the lab's hosts table: names, addresses, ports)
+from pghalab import lab_airflow  # noqa: E402
 from pghalab.airflow_api import AirflowAPI  # noqa: E402
 from pghalab.settings import LAB_COMMAND as LAB  # noqa: E402
 from pghalab.settings import LAB_INVENTORY, SECRETS  # noqa: E402
@@ -198,3 +199,15 @@ class Lab:
             print(f"[{time.monotonic() - started:6.0f}s] {dag_id} {run_id}: {state}", flush=True)
 
         return show
+
+
+def wait_for_mail(matches: Callable[[dict[str, Any]], bool], timeout: float = 300) -> dict[str, Any]:
+    """The first alert the lab's SMTP sink kept that ``matches``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [m for m in lab_airflow.delivered_mail() if matches(m)]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no such alert; the sink has: {[m['subject'] for m in lab_airflow.delivered_mail()]}")
+        time.sleep(5)

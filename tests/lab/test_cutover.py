@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lab_fixtures import VM1, WRITE_PORT, Lab
+from lab_fixtures import VM1, WRITE_PORT, Lab, wait_for_mail
 
 pytestmark = pytest.mark.lab
 
@@ -97,6 +97,8 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     assert outcome["state"] == "failed", outcome
     log = "\n".join(lab.api.task_log(DAG, run_id, "cutover_outcome", try_number=outcome["try_number"]))
     assert "rolled_back" in log and "primary" in log, log[-3000:]
+    mail = wait_for_mail(lambda m: "cutover_outcome" in m["subject"] and run_id in m["body"])
+    assert "failed" in mail["subject"] and "rolled_back" in mail["body"] and "db_check" in mail["body"], mail
     conf = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg")
     assert "@127.0.0.1:5432/airflow_db" in conf, "the old airflow.cfg is back"
     smoke = lab.api.trigger("lab_smoke")

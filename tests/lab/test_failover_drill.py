@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, VM1, WRITE_PORT, Lab
+from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, VM1, WRITE_PORT, Lab, wait_for_mail
 
 pytestmark = pytest.mark.lab
 
@@ -107,3 +107,59 @@ def test_drill_keeps_every_write_and_the_cluster_whole(lab: Lab, migrated: None,
         assert leader_after != row["old_leader"], (row, view)
     assert etcd_members() == ["psg1", "psg2", "psg3"]
     assert lab.api.run_state(DAG, run_id) == "success"  # the drilled cluster holds Airflow's own DB
+
+
+def test_a_degraded_cluster_skips_the_drill_and_mails_why(lab: Lab, migrated: None) -> None:
+    """A drill on a cluster that is not whole would test nothing and risk everything: the precheck
+    skips, and the skip is news (a night without a drill), so it is mailed with the reason."""
+    wait_whole()
+    replica = next(m["name"] for m in cluster_view()["members"] if m["role"] != "leader")
+    lab.ssh(replica, "systemctl stop patroni")
+    try:
+        run_id = lab.api.trigger(DAG, {"scenario": "switchover"})
+        lab.api.wait(DAG, run_id, timeout=900)
+        precheck = next(t for t in lab.api.task_instances(DAG, run_id) if t["task_id"] == "precheck")
+        assert precheck["state"] == "skipped", precheck
+        mail = wait_for_mail(lambda m: "precheck" in m["subject"] and run_id in m["body"])
+        assert "skipped" in mail["subject"] and "cluster not healthy" in mail["body"], mail
+        assert replica in mail["body"], mail
+    finally:
+        lab.ssh(replica, "systemctl start patroni")
+    wait_whole(300)
+
+
+def test_two_nightly_drills_in_a_row_drill_different_scenarios(lab: Lab, migrated: None) -> None:
+    """The rotation: each night's scenario comes from its date, so consecutive nights differ."""
+    scenarios = []
+    for day in ("2026-11-30T03:00:00+00:00", "2026-12-01T03:00:00+00:00"):
+        wait_whole(300)
+        run_id = lab.api.trigger(DAG, {}, logical_date=day)  # the Param's default: the rotation
+        state = lab.api.wait(DAG, run_id, timeout=1800, progress=lab.progress(DAG, run_id))
+        assert state == "success", lab.failure_report(DAG, run_id)
+        row = history_row(lab, run_id)
+        assert row["passed"] is True and row["rpo_missing"] == 0, row
+        scenarios.append(row["scenario"])
+    assert scenarios[0] != scenarios[1], scenarios
+    wait_whole(300)
+
+
+def test_the_drill_page_shows_the_history_in_a_browser(lab: Lab, migrated: None) -> None:
+    """An operator's view: log into Airflow's UI in a real (headless) Chromium, open the drill page
+    from Airflow's menu, and read per scenario what pgha_drill_history holds."""
+    from drill_page_browser import drill_page_in_browser
+    from lab_fixtures import REPO_ROOT, topology
+
+    with lab.connect(VM1, WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT scenario, count(*), count(*) FILTER (WHERE passed), count(*) FILTER (WHERE NOT passed) "
+                    "FROM pgha_drill_history GROUP BY scenario ORDER BY scenario")
+        history = cur.fetchall()
+    assert history, "the drills above left history"
+    shots = REPO_ROOT / "lab" / ".state" / "screenshots"
+    view = drill_page_in_browser(topology.api_url(), "admin", lab.secrets["admin_password"],
+                                 shots / "drill-page-in-airflow.png", inside_airflow_ui=True)
+    rows = view.table.splitlines()
+    for scenario, drills, passed, failed in history:
+        assert any(line.startswith(f"{scenario} {drills} {passed} {failed} ") for line in rows), (scenario, rows)
+    leader = next(m["name"] for m in cluster_view()["members"] if m["role"] == "leader")
+    assert f"Leader {leader}" in view.text or leader in view.text.split("Leader", 1)[-1][:200], view.text[:2000]
+    assert view.screenshot.stat().st_size > 10_000
