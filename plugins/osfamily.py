@@ -12,6 +12,20 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class PgBouncerOs:
+    """Where a family's PgBouncer package puts things, and who runs it."""
+
+    packages: tuple[str, ...]
+    service: str
+    config: str
+    auth_file: str
+    hba_file: str
+    socket_dir: str
+    user: str  # runs PgBouncer; also its only admin user (peer on the Unix socket)
+    psql: str  # reaches the admin console on the host
+
+
+@dataclass(frozen=True)
 class OsFamily:
     name: str
     install_cmd: str  # takes the package list appended
@@ -32,6 +46,7 @@ class OsFamily:
     python_packages: tuple[str, ...]
     python: str
     firewall: str  # "firewalld" or "none"
+    pgbouncer: PgBouncerOs
 
     def postgres_bin(self, major: int) -> str:
         return self.postgres_bin_dir.format(major=major)
@@ -83,6 +98,12 @@ DEBIAN = OsFamily(
     python_packages=("python3", "python3-venv"),
     python="/usr/bin/python3",
     firewall="none",
+    pgbouncer=PgBouncerOs(
+        packages=("pgbouncer", "postgresql-client"), service="pgbouncer.service",
+        config="/etc/pgbouncer/pgbouncer.ini", auth_file="/etc/pgbouncer/userlist.txt",
+        hba_file="/etc/pgbouncer/pgbouncer_hba.conf", socket_dir="/var/run/postgresql", user="postgres",
+        psql="/usr/bin/psql",
+    ),
 )
 
 RHEL = OsFamily(
@@ -105,6 +126,12 @@ RHEL = OsFamily(
     python_packages=("python3", "python3-pip"),
     python="/usr/bin/python3",
     firewall="firewalld",
+    pgbouncer=PgBouncerOs(  # the PGDG/EPEL package: its unit runs PgBouncer as user pgbouncer
+        packages=("pgbouncer", "postgresql"), service="pgbouncer.service",
+        config="/etc/pgbouncer/pgbouncer.ini", auth_file="/etc/pgbouncer/userlist.txt",
+        hba_file="/etc/pgbouncer/pgbouncer_hba.conf", socket_dir="/run/pgbouncer", user="pgbouncer",
+        psql="/usr/bin/psql",
+    ),
 )
 
 FAMILIES = {"debian": DEBIAN, "rhel": RHEL}
