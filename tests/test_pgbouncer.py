@@ -1,0 +1,280 @@
+"""PgBouncer: its file formats, and PgBouncerAdminHook against a REAL PgBouncer 1.18 (run by the
+postgres OS user on loopback, rendered from include/templates/pgbouncer.ini.j2) in front of two
+real PostgreSQL 15 servers (the migration's source and cluster), reached over a real sshd."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
+from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, sql, superuser
+from pgha_testing import set_connection, ssh_connection
+from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
+
+from pgha import pgbouncer, pgdata
+from pgha.hooks.pgbouncer import PgBouncerAdminHook
+from pgha.hooks.remote import RemoteHook
+from pgha.pgbouncer import Backend, PauseTimedOut
+from pgha.render import render
+
+HOSTILE = "app %40pw@h:1/'\"\\ $x#;%s\\ end"
+ODD_ROLE = 'odd "role" $x'
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_auth_file_line_doubles_quotes_and_keeps_everything_else() -> None:
+    assert pgbouncer.auth_file_line('a"b', 'p"w\\ $#;') == '"a""b" "p""w\\ $#;"\n'
+
+
+def test_auth_file_holds_only_scram_verifiers() -> None:
+    with pytest.raises(ValueError, match="no SCRAM-SHA-256 password"):
+        pgbouncer.auth_file({"airflow_user": "md5" + "0" * 32})
+    with pytest.raises(ValueError, match="line break"):
+        pgbouncer.auth_file_line("a\nb", "x")
+
+
+def test_connstr_values_are_single_quoted_with_quotes_doubled() -> None:
+    assert pgbouncer.connstr(host="h'x", port=5432) == "host='h''x' port='5432'"
+
+
+def test_a_database_name_pgbouncer_cannot_read_is_refused() -> None:
+    assert pgbouncer.ini_key("airflow_db") == "airflow_db"
+    with pytest.raises(ValueError, match="cannot be quoted"):
+        pgbouncer.ini_key("airflow db")
+
+
+# ----------------------------------------------------------------------------- real services
+
+
+def verifier(svc: PostgresService, role: str = OWNER) -> str:
+    return sql(superuser(svc), "SELECT rolpassword FROM pg_authid WHERE rolname = %s", params=(role,))[0][0]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresService, PostgresService]]:
+    """Source and cluster, each with airflow_db and a ``ticks`` table; the cluster's role carries the
+    source's SCRAM verifier (what pass-through needs)."""
+    workdir = tmp_path_factory.mktemp("pgbouncer-pair")
+    source = start_postgres(workdir, POSTGRES_PASSWORD)
+    try:
+        cluster = start_postgres(workdir, POSTGRES_PASSWORD)
+    except BaseException:
+        source.stop()
+        raise
+    try:
+        fill_source(source)
+        ensure_owner(cluster)
+        with pgdata.session(superuser(cluster)) as conn:
+            pgdata.recreate_database(conn, DATABASE, OWNER)
+        sql(superuser(cluster), "ALTER ROLE airflow_user PASSWORD %s", params=(verifier(source),))
+        for svc in (source, cluster):
+            sql(owner(svc), "CREATE TABLE ticks (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        yield source, cluster
+    finally:
+        source.stop()
+        cluster.stop()
+
+
+def settings(base: Path, port: int, backend: PostgresService) -> pgbouncer.Settings:
+    return pgbouncer.Settings(
+        config=str(base / "pgbouncer.ini"), auth_file=str(base / "userlist.txt"),
+        hba_file=str(base / "pgbouncer_hba.conf"), socket_dir=str(base / "sock"), os_user="postgres",
+        listen_port=port, database=DATABASE, owner=OWNER, backend=Backend(backend.host, backend.port))
+
+
+def ini(base: Path, port: int, backend: PostgresService) -> str:
+    return render("pgbouncer.ini.j2", **pgbouncer.ini_context(settings(base, port, backend)))
+
+
+@pytest.fixture
+def bouncer(pair: tuple[PostgresService, PostgresService], tmp_path: Path) -> Iterator[PgBouncerService]:
+    """PgBouncer in front of the source, its files as the install writes them."""
+    source, _ = pair
+    sql(owner(source), "TRUNCATE ticks")
+    sql(owner(pair[1]), "TRUNCATE ticks")
+
+    def files(base: Path, port: int) -> dict[str, str]:
+        return {
+            "pgbouncer.ini": ini(base, port, source),
+            "userlist.txt": pgbouncer.auth_file({OWNER: verifier(source)}, admin_user="postgres"),
+            "pgbouncer_hba.conf": pgbouncer.hba(settings(base, port, source)),
+        }
+
+    svc = start_pgbouncer(tmp_path, files)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def admin(sshd: SshdService, monkeypatch: pytest.MonkeyPatch, bouncer: PgBouncerService,
+          pair: tuple[PostgresService, PostgresService]) -> Iterator[PgBouncerAdminHook]:
+    set_connection(monkeypatch, "ssh_airflow", **ssh_connection(sshd))
+    remote = RemoteHook("ssh_airflow", host_name="airflow-1", command_timeout=60)
+    yield PgBouncerAdminHook(remote, os_user="postgres", socket_dir=str(bouncer.socket_dir), port=bouncer.port,
+                             server=superuser(pair[0]), psql="/usr/bin/psql")
+    remote.close()
+
+
+def through(bouncer: PgBouncerService, application_name: str = "pgha-test", user: str = OWNER,
+            password: str = AIRFLOW_DB_PASSWORD) -> psycopg2.extensions.connection:
+    return psycopg2.connect(host=bouncer.host, port=bouncer.port, user=user, password=password, dbname=DATABASE,
+                            application_name=application_name, connect_timeout=5)
+
+
+def server_port(conn: psycopg2.extensions.connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_setting('port')::int")
+        port = cur.fetchone()[0]
+    conn.commit()
+    return port
+
+
+def test_airflow_logs_in_with_a_hostile_password_and_no_file_holds_it(
+        bouncer: PgBouncerService, pair: tuple[PostgresService, PostgresService]) -> None:
+    conn = through(bouncer)
+    try:
+        assert server_port(conn) == pair[0].port
+    finally:
+        conn.close()
+    for path in bouncer.base_dir.iterdir():
+        if path.is_file():
+            assert AIRFLOW_DB_PASSWORD not in path.read_text(), path
+    with pytest.raises(psycopg2.OperationalError):
+        through(bouncer, password=AIRFLOW_DB_PASSWORD + "x")
+
+
+def test_the_admin_console_admits_only_its_os_user_on_the_socket(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService) -> None:
+    assert admin.backend(DATABASE) is not None
+    through(bouncer).close()  # a pool exists once a client used it
+    assert {row["database"] for row in admin.show_pools()} >= {DATABASE}
+    for user, password in (("postgres", ""), ("postgres", "x"), (OWNER, AIRFLOW_DB_PASSWORD)):
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(host=bouncer.host, port=bouncer.port, user=user, password=password, dbname="pgbouncer",
+                             connect_timeout=5)
+
+
+def test_a_hostile_role_name_and_plain_password_round_trip_through_the_auth_file(
+        bouncer: PgBouncerService, admin: PgBouncerAdminHook, pair: tuple[PostgresService, PostgresService]) -> None:
+    """The auth_file format itself, with the worst values: a plain-text password there (which pgha never
+    writes) and a role name with quotes, each read back by PgBouncer exactly."""
+    source = pair[0]
+    with pgdata.session(superuser(source)) as conn:
+        pgdata.ensure_login_role(conn, ODD_ROLE, HOSTILE)
+    s = settings(bouncer.base_dir, bouncer.port, source)
+    bouncer.write("userlist.txt", pgbouncer.auth_file({OWNER: verifier(source)}, admin_user="postgres")
+                  + pgbouncer.auth_file_line(ODD_ROLE, HOSTILE))
+    bouncer.write("pgbouncer_hba.conf", pgbouncer.hba(s) + f"host {DATABASE} {pgbouncer.hba_word(ODD_ROLE)} "
+                  "127.0.0.1/32 scram-sha-256\n")
+    admin.reload()
+    conn = through(bouncer, user=ODD_ROLE, password=HOSTILE)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert cur.fetchone()[0] == ODD_ROLE
+    finally:
+        conn.close()
+    with pytest.raises(psycopg2.OperationalError):
+        through(bouncer, user=ODD_ROLE, password=HOSTILE[:-1])
+
+
+class Writer(threading.Thread):
+    """Airflow's stand-in: one committed INSERT every 50 ms through PgBouncer, on one connection."""
+
+    def __init__(self, bouncer: PgBouncerService) -> None:
+        super().__init__(daemon=True)
+        self.bouncer = bouncer
+        self.stop_event = threading.Event()
+        self.commits: list[tuple[int, int, float]] = []  # (n, server port, seconds the commit took)
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        conn = through(self.bouncer, application_name="airflow-scheduler")
+        n = 0
+        try:
+            while not self.stop_event.is_set():
+                n += 1
+                started = time.monotonic()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO ticks (n) VALUES (%s) RETURNING current_setting('port')::int", (n,))
+                        port = cur.fetchone()[0]
+                    conn.commit()
+                    self.commits.append((n, port, time.monotonic() - started))
+                except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                    self.failures.append(f"{n}: {type(exc).__name__}: {exc}")
+                    conn.rollback()
+                time.sleep(0.05)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+
+def test_pause_switch_reload_resume_loses_no_commit_and_moves_to_the_other_server(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService, pair: tuple[PostgresService, PostgresService]) -> None:
+    source, cluster = pair
+    writer = Writer(bouncer)
+    writer.start()
+    try:
+        time.sleep(1.0)
+        admin.pause(DATABASE, timeout=5)
+        assert admin.paused(DATABASE)
+        bouncer.write("pgbouncer.ini", ini(bouncer.base_dir, bouncer.port, cluster))
+        admin.reload()
+        assert admin.backend(DATABASE) == Backend(cluster.host, cluster.port)
+        time.sleep(0.3)  # the writer's commits queue in PgBouncer meanwhile
+        admin.resume(DATABASE)
+        assert not admin.paused(DATABASE)
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    assert writer.failures == []
+    ports = [port for _, port, _ in writer.commits]
+    switched_at = ports.index(cluster.port)
+    assert set(ports[:switched_at]) == {source.port} and set(ports[switched_at:]) == {cluster.port}
+    on_source = sql(owner(source), "SELECT count(*) FROM ticks")[0][0]
+    on_cluster = sql(owner(cluster), "SELECT count(*) FROM ticks")[0][0]
+    assert (on_source, on_cluster) == (switched_at, len(ports) - switched_at)
+    assert on_source > 5 and on_cluster > 5
+    assert max(took for _, _, took in writer.commits) < 5  # the pause cost a wait, not an error
+
+
+def test_a_transaction_held_open_times_the_pause_out_which_resumes_names_it_and_changes_nothing(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService, pair: tuple[PostgresService, PostgresService]) -> None:
+    source = pair[0]
+    holder = through(bouncer, application_name="airflow-long-task")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            holder_pid = cur.fetchone()[0]  # a transaction is now open and holds its server connection
+        started = time.monotonic()
+        with pytest.raises(PauseTimedOut) as raised:
+            admin.pause(DATABASE, timeout=2)
+        assert 2 <= time.monotonic() - started < 15
+        blockers = raised.value.blockers
+        assert [b.pid for b in blockers] == [holder_pid]
+        assert blockers[0].application_name == "airflow-long-task" and blockers[0].xact_start
+        assert f"pid {holder_pid}" in str(raised.value) and "airflow-long-task" in str(raised.value)
+        assert not admin.paused(DATABASE)
+        assert admin.backend(DATABASE) == Backend(source.host, source.port)
+        other = through(bouncer)  # nobody is left waiting behind the abandoned pause
+        try:
+            assert server_port(other) == source.port
+        finally:
+            other.close()
+        holder.rollback()
+        assert admin.blocking_transactions(DATABASE) == []
+    finally:
+        holder.close()
