@@ -15,7 +15,7 @@ import time
 from airflow.sdk import BaseHook
 
 from pgha import pgdata
-from pgha.hooks.remote import CommandFailed, RemoteHook
+from pgha.hooks.remote import CommandFailed, CommandResult, RemoteHook
 from pgha.pgbouncer import ADMIN_DATABASE, Backend, Blocker, PauseTimedOut, backend_of, ini_key, parse_csv
 from pgha.pgdata import Endpoint
 
@@ -50,7 +50,8 @@ class PgBouncerAdminHook(BaseHook):
     def get_conn(self) -> RemoteHook:
         return self.remote
 
-    def admin_command(self, statement: str, *, timeout: float = 10, quiet: bool = False, check: bool = True):
+    def admin_command(self, statement: str, *, timeout: float = 10, quiet: bool = False,
+                      check: bool = True) -> CommandResult:
         """Run one admin console statement on the host, bounded by ``timeout`` seconds there."""
         argv = ["runuser", "-u", self.os_user, "--", "timeout", "--kill-after=2", f"{timeout:g}",
                 self.psql, "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir,
