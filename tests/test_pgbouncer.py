@@ -7,18 +7,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg2
 import pytest
+from airflow.sdk.exceptions import AirflowException
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
-from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, sql, superuser
-from pgha_testing import set_connection, ssh_connection
+from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, restart_with, sql, superuser
+from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
 from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
 
 from pgha import pgbouncer, pgdata
 from pgha.hooks.pgbouncer import PgBouncerAdminHook
 from pgha.hooks.remote import RemoteHook
+from pgha.operators.pgbouncer import PausedSwitchOperator, _PgBouncerTask, role_verifiers
+from pgha.osfamily import DEBIAN, PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut
 from pgha.render import render
 
@@ -75,7 +79,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresSer
             pgdata.recreate_database(conn, DATABASE, OWNER)
         sql(superuser(cluster), "ALTER ROLE airflow_user PASSWORD %s", params=(verifier(source),))
         for svc in (source, cluster):
-            sql(owner(svc), "CREATE TABLE ticks (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+            sql(owner(svc), "CREATE TABLE IF NOT EXISTS ticks (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
         yield source, cluster
     finally:
         source.stop()
@@ -276,5 +280,138 @@ def test_a_transaction_held_open_times_the_pause_out_which_resumes_names_it_and_
             other.close()
         holder.rollback()
         assert admin.blocking_transactions(DATABASE) == []
+    finally:
+        holder.close()
+
+
+# ----------------------------------------------------------------------------- PausedSwitchOperator
+
+
+@pytest.fixture
+def logical_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresService, PostgresService]]:
+    """A source (wal_level logical, publication) and a cluster subscribed to it, the app role's verifier
+    NOT yet the source's on the cluster (the operator sees to it)."""
+    workdir = tmp_path_factory.mktemp("pgbouncer-logical")
+    source = start_postgres(workdir, POSTGRES_PASSWORD)
+    cluster = None
+    try:
+        cluster = start_postgres(workdir, POSTGRES_PASSWORD)
+        fill_source(source)
+        restart_with(source, wal_level="logical")
+        ensure_owner(cluster)
+        with pgdata.session(superuser(cluster)) as conn:
+            pgdata.recreate_database(conn, DATABASE, OWNER)
+        for svc in (source, cluster):
+            sql(owner(svc), *SCHEMA)
+        with pgdata.session(superuser(source, DATABASE)) as conn:
+            pgdata.ensure_publication(conn)
+        with pgdata.session(superuser(cluster, DATABASE)) as conn:
+            pgdata.create_subscription(conn, superuser(source, DATABASE))
+        yield source, cluster
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        source.stop()
+
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS dag_run (id serial PRIMARY KEY, dag_id text NOT NULL, run_id text NOT NULL, "
+    "start_date timestamptz DEFAULT now(), conf jsonb, duration double precision)",
+    "CREATE TABLE IF NOT EXISTS log (id bigserial PRIMARY KEY, event text, dttm timestamptz DEFAULT now())",
+    "CREATE TABLE ticks (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+]
+
+
+@pytest.fixture
+def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPatch,
+                logical_pair: tuple[PostgresService, PostgresService]) -> Iterator[tuple[PgBouncerService, str]]:
+    """PgBouncer in front of the logical pair's source, at the paths the operators are told, and an inventory
+    whose Airflow, source and HAProxy host is this machine (HAProxy's write port: the cluster itself)."""
+    source, cluster = logical_pair
+
+    def files(base: Path, port: int) -> dict[str, str]:
+        return {"pgbouncer.ini": ini(base, port, source),
+                "userlist.txt": pgbouncer.auth_file({OWNER: verifier(source)}, admin_user="postgres"),
+                "pgbouncer_hba.conf": pgbouncer.hba(settings(base, port, source))}
+
+    bouncer = start_pgbouncer(tmp_path, files)
+    paths = PgBouncerOs(packages=("pgbouncer",), service="pgbouncer.service",
+                        config=str(bouncer.config_path), auth_file=str(bouncer.path("userlist.txt")),
+                        hba_file=str(bouncer.path("pgbouncer_hba.conf")), socket_dir=str(bouncer.socket_dir),
+                        user="postgres", psql="/usr/bin/psql")
+    monkeypatch.setattr(_PgBouncerTask, "os_family", lambda self, host: replace(DEBIAN, pgbouncer=paths),
+                        raising=False)
+    # the one seam: the test source's socket is not where psql on "the source host" looks for it
+    monkeypatch.setattr(_PgBouncerTask, "source_verifiers", lambda self, roles: role_verifiers(superuser(source), roles))
+    inventory = write_inventory(tmp_path, loopback_inventory(
+        [("pg-1", "127.0.0.41"), ("pg-2", "127.0.0.42"), ("pg-3", "127.0.0.43")],
+        haproxy={"host": "lb", "write_port": cluster.port}, source={"host": "lb", "major": 15}))
+    set_connection(monkeypatch, "ssh_lb", **ssh_connection(sshd))
+    set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
+                   login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
+    set_connection(monkeypatch, "pgha_pg_superuser", conn_type="postgres", login="postgres", password=POSTGRES_PASSWORD)
+    try:
+        yield bouncer, inventory
+    finally:
+        bouncer.stop()
+
+
+def test_paused_switch_operator_cuts_over_without_a_failed_commit(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService]) -> None:
+    """The cutover core end to end: a writer commits every 50 ms through PgBouncer while the operator
+    pauses it, waits for the subscription, copies the sequences, compares the tables, points PgBouncer
+    at the cluster (HAProxy's write port, here the cluster itself) and resumes it."""
+    source, cluster = logical_pair
+    bouncer, inventory = cutover_env
+    verifier_before = verifier(source)
+    assert verifier(cluster) != verifier_before
+    writer = Writer(bouncer)
+    writer.start()
+    try:
+        time.sleep(1.0)
+        summary = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
+                                       pause_timeout=5, pause_retry_delay=1).execute({})
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    again = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory,
+                                 listen_port=bouncer.port).execute({})
+    assert writer.failures == []
+    assert summary["result"]["mode"] == "cutover" and summary["result"]["paused_s"] < 5
+    assert any("SCRAM verifier" in change for change in summary["changes"])
+    assert verifier(cluster) == verifier(source) == verifier_before
+    ports = [port for _, port, _ in writer.commits]
+    switched_at = ports.index(cluster.port)
+    assert set(ports[:switched_at]) == {source.port} and set(ports[switched_at:]) == {cluster.port}
+    assert sql(owner(cluster), "SELECT count(*), max(n) FROM ticks")[0] == (len(ports), len(ports))
+    assert sql(owner(source), "SELECT count(*) FROM ticks")[0][0] == switched_at
+    assert sql(owner(cluster), "SELECT last_value FROM dag_run_id_seq")[0][0] == 500  # sequences copied
+    assert again["changed"] is False  # re-run after success: nothing to do
+
+
+def test_paused_switch_operator_that_cannot_pause_fails_with_every_pgbouncer_running_on_the_source(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    source, _ = logical_pair
+    bouncer, inventory = cutover_env
+    holder = through(bouncer, application_name="airflow-long-task")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            holder_pid = cur.fetchone()[0]
+        with pytest.raises(AirflowException, match=r"in 2 attempts: every PgBouncer sends where it did and runs"):
+            PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
+                                 pause_timeout=1, max_transaction_age=60, attempts=2, pause_retry_delay=0.2).execute({})
+        logged = capsys.readouterr().out
+        assert logged.count(f"held by: pid {holder_pid} (airflow_user, application_name 'airflow-long-task'") == 2
+        other = through(bouncer)
+        try:
+            assert server_port(other) == source.port  # not paused, still on the source
+        finally:
+            other.close()
+        with pytest.raises(AirflowException, match=r"in 1 attempts"):  # an old transaction: not even paused
+            PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
+                                 pause_timeout=1, max_transaction_age=0.5, attempts=1).execute({})
+        assert "postponed: 1 transaction(s) older than 0.5s" in capsys.readouterr().out
     finally:
         holder.close()

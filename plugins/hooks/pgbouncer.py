@@ -56,7 +56,8 @@ class PgBouncerAdminHook(BaseHook):
         argv = ["runuser", "-u", self.os_user, "--", "timeout", "--kill-after=2", f"{timeout:g}",
                 self.psql, "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir,
                 "-p", str(int(self.port)), "-U", self.os_user, "-d", ADMIN_DATABASE, "-c", statement]
-        return self.remote.run(shlex.join(argv), timeout=timeout + 30, quiet=quiet, check=check)
+        # from /: psql run as that user warns when it cannot enter the SSH login's home
+        return self.remote.run("cd / && " + shlex.join(argv), timeout=timeout + 30, quiet=quiet, check=check)
 
     def show(self, what: str) -> list[dict[str, str]]:
         return parse_csv(self.admin_command(f"SHOW {what}", quiet=True).stdout)

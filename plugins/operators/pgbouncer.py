@@ -43,7 +43,7 @@ MODES = ("cutover", "switchover")
 
 
 def role_verifiers(server: Endpoint, roles: list[str]) -> dict[str, str]:
-    """Each role's stored SCRAM verifier on ``server`` (superuser login)."""
+    """Each role's stored SCRAM verifier on ``server`` (a superuser login)."""
     with pgdata.session(server) as conn:
         found = pgdata.rows(conn, pgdata.statement("pgbouncer_role_verifiers.sql", roles=pgdata.lit(roles)))
     return {role: verifier for role, verifier in found}
@@ -81,8 +81,23 @@ class _PgBouncerTask:
         address = "127.0.0.1" if airflow_host == inv.haproxy.host else inv.host(inv.haproxy.host).address
         return Backend(address, inv.haproxy.write_port)
 
-    def source_admin(self) -> Endpoint:
-        return node_endpoint(self.inventory.source.conn_id, database="postgres")
+    def source_app(self) -> Endpoint:
+        """The source as the app role (its connection): it sees its own sessions, the ones behind PgBouncer."""
+        return node_endpoint(self.inventory.source.conn_id, database=self.inventory.postgres.database)
+
+    def source_verifiers(self, roles: list[str]) -> dict[str, str]:
+        """The roles' SCRAM verifiers on the source, read by psql on the source host as the postgres OS user
+        (peer: the source connection need not be a superuser); the statement goes over stdin."""
+        inv = self.inventory
+        source = self.source_app()
+        with pgdata.session(source) as conn:
+            text = pgdata.statement("pgbouncer_role_verifiers.sql", roles=pgdata.lit(roles)).as_string(conn)
+        remote = self.remote(inv.source.host)
+        result = remote.run(f"runuser -u postgres -- psql -X -q --csv -v ON_ERROR_STOP=1 -p {int(source.port)} "
+                            "-d postgres -f -", stdin=text, log_as="psql -d postgres -f pgbouncer_role_verifiers.sql")
+        verifiers = {row["role"]: row["verifier"] for row in pgbouncer.parse_csv(result.stdout)}
+        remote.add_secret(*verifiers.values())
+        return verifiers
 
     def cluster_admin(self) -> Endpoint:
         inv = self.inventory
@@ -120,7 +135,7 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
         self.note(f"packages {' '.join(paths.packages)}", host.ensure_packages(list(paths.packages)))
         running = host.unit_active(paths.service)
         backend = self._current_backend(running) or self.source_backend(self.host)
-        verifiers = role_verifiers(self.source_admin(), [inv.postgres.owner])
+        verifiers = self.source_verifiers([inv.postgres.owner])
         if inv.postgres.owner not in verifiers:
             raise AirflowException(f"role {inv.postgres.owner!r} does not exist on the source")
         settings = host_settings(paths, inv.postgres.database, inv.postgres.owner, backend, self.listen_port)
@@ -294,13 +309,13 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     :param pause_timeout: seconds a PAUSE may wait for open transactions.
     :param max_transaction_age: a transaction older than this on the source postpones the attempt.
     :param attempts: PAUSE attempts before the task fails.
-    :param retry_delay: seconds between attempts.
+    :param pause_retry_delay: seconds between attempts.
     :param catch_up_timeout: seconds the subscription has to confirm the source's last position.
     :param switchover_timeout: seconds the new leader has to take HAProxy's write port.
     """
 
     def __init__(self, *, mode: str = "cutover", listen_port: int = DEFAULT_PORT, pause_timeout: float = 10,
-                 max_transaction_age: float = 5, attempts: int = 3, retry_delay: float = 15,
+                 max_transaction_age: float = 5, attempts: int = 3, pause_retry_delay: float = 15,
                  catch_up_timeout: float = 60, switchover_timeout: float = 60, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in MODES:
@@ -310,7 +325,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         self.pause_timeout = pause_timeout
         self.max_transaction_age = max_transaction_age
         self.attempts = attempts
-        self.retry_delay = retry_delay
+        self.pause_retry_delay = pause_retry_delay
         self.catch_up_timeout = catch_up_timeout
         self.switchover_timeout = switchover_timeout
 
@@ -318,9 +333,12 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         inv = self.inventory
         hosts = [a.host for a in inv.airflow_hosts]
         database = inv.postgres.database
-        server = self.source_admin() if self.mode == "cutover" else self.cluster_admin()
+        server = self.source_app() if self.mode == "cutover" else self.cluster_admin().on(database)
         consoles = {host: self.console(host, server) for host in hosts}
         current = {host: consoles[host].backend(database) for host in hosts}
+        missing = [h for h in hosts if current[h] is None]
+        if missing:
+            raise AirflowException(f"PgBouncer on {missing} does not serve {database}: run InstallPgBouncerOperator")
         if self.mode == "cutover":
             targets = {host: self.cluster_backend(host) for host in hosts}
             if all(current[h] == targets[h] for h in hosts):
@@ -351,7 +369,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                     return {"mode": self.mode, "paused_s": round(paused_for, 2), "attempt": attempt,
                             "backends": {h: str(b) for h, b in targets.items()}}
             if attempt < self.attempts:
-                time.sleep(self.retry_delay)
+                time.sleep(self.pause_retry_delay)
         raise AirflowException(f"no PAUSE within {self.pause_timeout:g}s in {self.attempts} attempts: every "
                                "PgBouncer sends where it did and runs (nothing was changed)")
 
@@ -385,7 +403,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
 
     def _same_verifier(self) -> None:
         owner = self.inventory.postgres.owner
-        source = role_verifiers(self.source_admin(), [owner])
+        source = self.source_verifiers([owner])
         cluster = role_verifiers(self.cluster_admin(), [owner])
         if not pgbouncer.verifier_mismatch(source, cluster):
             self.unchanged(f"{owner}'s SCRAM verifier is the same on the source and the cluster")
@@ -436,7 +454,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     def _catch_up(self) -> None:
         """While paused (logical method): the subscription has all, sequences copied, every table compared."""
         inv = self.inventory
-        source_db = self.source_admin().on(inv.postgres.database)
+        source_db = self.source_app()
         cluster_db = self.cluster_admin().on(inv.postgres.database)
         deadline = time.monotonic() + self.catch_up_timeout
         with pgdata.session(source_db) as conn:
