@@ -22,6 +22,10 @@ from pgha.pgdata import Endpoint
 TIMED_OUT = 124  # timeout(1)'s exit code
 
 
+def _paused(databases: list[dict[str, str]], database: str) -> bool:
+    return any(row.get("name") == database and row.get("paused") == "1" for row in databases)
+
+
 class PgBouncerAdminHook(BaseHook):
     """
     PAUSE, RESUME, RELOAD and SHOW on one host's PgBouncer.
@@ -50,14 +54,20 @@ class PgBouncerAdminHook(BaseHook):
     def get_conn(self) -> RemoteHook:
         return self.remote
 
-    def admin_command(self, statement: str, *, timeout: float = 10, quiet: bool = False,
-                      check: bool = True) -> CommandResult:
-        """Run one admin console statement on the host, bounded by ``timeout`` seconds there."""
+    def _psql(self, statements: tuple[str, ...], timeout: float) -> str:
         argv = ["runuser", "-u", self.os_user, "--", "timeout", "--kill-after=2", f"{timeout:g}",
                 self.psql, "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir,
-                "-p", str(int(self.port)), "-U", self.os_user, "-d", ADMIN_DATABASE, "-c", statement]
+                "-p", str(int(self.port)), "-U", self.os_user, "-d", ADMIN_DATABASE]
+        for statement in statements:
+            argv += ["-c", statement]
         # from /: psql run as that user warns when it cannot enter the SSH login's home
-        return self.remote.run("cd / && " + shlex.join(argv), timeout=timeout + 30, quiet=quiet, check=check)
+        return "cd / && " + shlex.join(argv)
+
+    def admin_command(self, *statements: str, timeout: float = 10, quiet: bool = False,
+                      check: bool = True) -> CommandResult:
+        """Run admin console statements (in order, stopping at the first error) in one round trip,
+        bounded by ``timeout`` seconds on the host; stdout is the CSV of the last one that returns rows."""
+        return self.remote.run(self._psql(statements, timeout), timeout=timeout + 30, quiet=quiet, check=check)
 
     def show(self, what: str) -> list[dict[str, str]]:
         return parse_csv(self.admin_command(f"SHOW {what}", quiet=True).stdout)
@@ -73,17 +83,27 @@ class PgBouncerAdminHook(BaseHook):
         return backend_of(self.show_databases(), database)
 
     def paused(self, database: str) -> bool:
-        return any(row.get("name") == database and row.get("paused") == "1" for row in self.show_databases())
+        return _paused(self.show_databases(), database)
 
     def reload(self) -> None:
         """RELOAD: re-read pgbouncer.ini and the auth files (a changed [databases] host applies to new
         server connections; during a PAUSE no old one is left in use)."""
         self.admin_command("RELOAD")
 
+    def install_and_reload(self, staged: str, config: str, database: str) -> Backend | None:
+        """Move ``staged`` (written by put_file) over ``config`` and RELOAD, in ONE round trip (inside a
+        PAUSE every one is time Airflow waits); returns where ``database`` goes after it."""
+        result = self.remote.run(f"mv -f -T -- {shlex.quote(staged)} {shlex.quote(config)} && "
+                                 + self._psql(("RELOAD", "SHOW DATABASES"), 10), timeout=40)
+        return backend_of(parse_csv(result.stdout), database)
+
     def resume(self, database: str) -> None:
-        self.admin_command(f"RESUME {ini_key(database)}", check=False)
+        """RESUME ``database``, checked with SHOW DATABASES in the same round trip."""
+        result = self.admin_command(f"RESUME {ini_key(database)}", "SHOW DATABASES", check=False)
+        if result.ok and not _paused(parse_csv(result.stdout), database):
+            return
         if self.paused(database):
-            raise CommandFailed(self.admin_command(f"RESUME {ini_key(database)}"))
+            raise CommandFailed(result)
 
     def pause(self, database: str, timeout: float) -> float:
         """
@@ -97,7 +117,7 @@ class PgBouncerAdminHook(BaseHook):
         if result.ok:
             return time.monotonic() - started
         blockers = self.blocking_transactions(database) if result.exit_code == TIMED_OUT else []
-        self.resume(database)
+        self.resume(database)  # the pause outlives the admin connection that asked for it
         if result.exit_code != TIMED_OUT:
             raise CommandFailed(result)
         raise PauseTimedOut(database, timeout, blockers)

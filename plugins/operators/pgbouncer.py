@@ -418,6 +418,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         """PAUSE all, ``work``, point each at its target, RESUME all; on any failure every PgBouncer is
         back as it was (a switchover already done stays done: Patroni's cluster is consistent)."""
         database = self.inventory.postgres.database
+        staged = {host: self._stage(host, targets[host]) for host in consoles if current[host] != targets[host]}
         paused: list[str] = []
         switched: list[str] = []
         started = time.monotonic()
@@ -427,9 +428,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 paused.append(host)
                 self.log.info("[%s] PAUSE %s done in %.2fs", host, database, took)
             work()
-            for host in consoles:
-                if current[host] != targets[host]:
-                    self._point(host, targets[host])
+            for host in staged:
+                self._point(host, targets[host], staged[host])
                 switched.append(host)
         except BaseException:
             self._undo(consoles, switched, paused, current)
@@ -474,16 +474,22 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             raise AirflowException("the cluster differs from the source: " + "; ".join(differences[:20]))
         self.log.info("caught up; %d sequences copied; %d tables identical", len(values), len(source_prints))
 
-    def _point(self, host: str, backend: Backend) -> None:
-        """Rewrite ``host``'s [databases] entry to ``backend`` and RELOAD; SHOW DATABASES must agree."""
+    def _stage(self, host: str, backend: Backend) -> str:
+        """``host``'s pgbouncer.ini sending to ``backend``, written beside the live one (before the PAUSE)."""
         inv = self.inventory
         paths = self.os_family(host).pgbouncer
         settings = host_settings(paths, inv.postgres.database, inv.postgres.owner, backend, self.listen_port)
-        self.remote(host).put_file(paths.config, ini_text(settings), owner=paths.user,
-                                   group=paths.user, mode="0640")
-        console = self.console(host)
-        console.reload()
-        now = console.backend(inv.postgres.database)
+        staged = f"{paths.config}.pgha-new"
+        self.remote(host).put_file(staged, ini_text(settings), owner=paths.user, group=paths.user, mode="0640")
+        return staged
+
+    def _point(self, host: str, backend: Backend, staged: str | None = None) -> None:
+        """Put ``host``'s [databases] entry on ``backend`` and RELOAD (one round trip when staged before);
+        SHOW DATABASES must agree."""
+        inv = self.inventory
+        staged = staged or self._stage(host, backend)
+        now = self.console(host).install_and_reload(staged, self.os_family(host).pgbouncer.config,
+                                                    inv.postgres.database)
         if now != backend:
             raise AirflowException(f"[{host}] after RELOAD PgBouncer sends to {now}, not {backend}")
         self.log.info("[%s] PgBouncer now sends %s to %s", host, inv.postgres.database, backend)
