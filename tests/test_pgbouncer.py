@@ -4,6 +4,8 @@ real PostgreSQL 15 servers (the migration's source and cluster), reached over a 
 
 from __future__ import annotations
 
+import re
+import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -12,16 +14,25 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from sqlalchemy.engine import make_url
 from airflow.sdk.exceptions import AirflowException
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
 from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, restart_with, sql, superuser
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
+from recording_host import CATALOGUE, DEBIAN_12, FakeFile, FakeHost, Fleet, Package, Unit, fleet_inventory, rule
 from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
 
 from pgha import pgbouncer, pgdata
 from pgha.hooks.pgbouncer import PgBouncerAdminHook
 from pgha.hooks.remote import RemoteHook
-from pgha.operators.pgbouncer import PausedSwitchOperator, _PgBouncerTask, role_verifiers
+from pgha.airflowcfg import get_option
+from pgha.operators.pgbouncer import (
+    InstallPgBouncerOperator,
+    MoveAirflowOntoPgBouncerOperator,
+    PausedSwitchOperator,
+    _PgBouncerTask,
+    role_verifiers,
+)
 from pgha.osfamily import DEBIAN, PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut
 from pgha.render import render
@@ -415,3 +426,138 @@ def test_paused_switch_operator_that_cannot_pause_fails_with_every_pgbouncer_run
         assert "postponed: 1 transaction(s) older than 0.5s" in capsys.readouterr().out
     finally:
         holder.close()
+
+
+# ----------------------------------------------------------------------------- install and move (recorded hosts)
+# The Airflow host is a FakeHost (tests/recording_host.py); its PgBouncer is simulated below: the admin
+# console answers from what the host's pgbouncer.ini says after the last RELOAD, and Airflow's units
+# connect through it when (re)started. The source's pg_authid is the real loopback source.
+
+PGB_INI = "/etc/pgbouncer/pgbouncer.ini"
+AIRFLOW_CFG = "/tmp/airflow.cfg"
+
+
+@rule(r"cd / && runuser -u postgres -- timeout --kill-after=2 \S+ /usr/bin/psql -X -q --csv -v ON_ERROR_STOP=1 "
+      r"-h /var/run/postgresql -p 6432 -U postgres -d pgbouncer (.+)", mutating=None)
+def _pgbouncer_console(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    state = h.__dict__.setdefault("pgbouncer", {"backend": None, "clients": 0})
+    unit = h.unit("pgbouncer.service")
+    if unit is None or not unit.active:
+        return 2, "", 'psql: error: connection to server on socket "/var/run/postgresql/.s.PGSQL.6432" failed\n'
+    out = ""
+    for statement in shlex.split(m[1])[1::2]:
+        if statement == "RELOAD":
+            found = re.search(r"^airflow_db = host='([^']*)' port='(\d+)'", h.files[PGB_INI].content, re.M)
+            state["backend"] = (found[1], int(found[2])) if found else None
+        elif statement == "SHOW DATABASES":
+            out = "name,host,port,paused\n" + (f"airflow_db,{state['backend'][0]},{state['backend'][1]},0\n"
+                                                 if state["backend"] else "")
+        elif statement == "SHOW CLIENTS":
+            out = "type,user,database\n" + "C,airflow_user,airflow_db\n" * state["clients"]
+    return 0, out, ""
+
+
+@rule(r"PGPASSFILE=(\S+) PGCONNECT_TIMEOUT=10 timeout 30 /usr/bin/psql -X -At -h 127.0.0.1 -p 6432 .+", mutating=False)
+def _login_through_pgbouncer(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    backend = h.__dict__.get("pgbouncer", {}).get("backend")
+    if m[1] not in h.files or not backend:
+        return 2, "", "psql: error: FATAL:  no such database: airflow_db\n"
+    return 0, f"{backend[0]}:{backend[1]}\n", ""
+
+
+@pytest.fixture
+def airflow_host(fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 pair: tuple[PostgresService, PostgresService]) -> tuple[FakeHost, str]:
+    """vm1: the Airflow host, the source host and the HAProxy host of a fleet inventory (Debian 12)."""
+    source = pair[0]
+    monkeypatch.setitem(CATALOGUE[DEBIAN_12], "pgbouncer", Package(
+        binaries={"/usr/sbin/pgbouncer": "PgBouncer 1.18.0"}, units={"pgbouncer.service": (True, True)},
+        files={PGB_INI: "[databases]\n[pgbouncer]\n"}, users=("postgres",)))
+    monkeypatch.setitem(CATALOGUE[DEBIAN_12], "postgresql-client", Package(binaries={"/usr/bin/psql": "psql 15"}))
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, lb_address="127.0.0.1")
+    vm1 = fleet["vm1"]
+    vm1.users.update({"postgres", "airflow"})
+    vm1.postgres = superuser(source)
+    set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
+                   login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
+    set_connection(monkeypatch, "pgha_airflow_db", conn_type="postgres", login=OWNER, password=AIRFLOW_DB_PASSWORD)
+    return vm1, inventory
+
+
+def test_install_writes_no_password_starts_proves_a_login_and_keeps_a_switched_backend(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    source = pair[0]
+    first = InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    assert first["result"] == {"backend": f"127.0.0.1:{source.port}", "listen": "127.0.0.1:6432",
+                               "reached": f"127.0.0.1:{source.port}"}
+    auth = vm1.files["/etc/pgbouncer/userlist.txt"]
+    assert (auth.owner, auth.mode) == ("postgres", "640")
+    assert f'"{OWNER}" "{verifier(source)}"' in auth.content
+    for path in ("/etc/pgbouncer/userlist.txt", "/etc/pgbouncer/pgbouncer_hba.conf", PGB_INI):
+        assert AIRFLOW_DB_PASSWORD not in vm1.files[path].content
+    assert "local  pgbouncer  postgres  peer" in vm1.files["/etc/pgbouncer/pgbouncer_hba.conf"].content
+    assert "pool_mode = transaction" in vm1.files[PGB_INI].content
+    assert "/var/lib/pgha/pgbouncer-check.pgpass" not in vm1.files  # the check's password file is gone
+    assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)
+
+    vm1.forget()
+    again = InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    assert again["changes"] == []
+    vm1.pgbouncer["backend"] = ("127.0.0.1", 5433)  # after the cutover: HAProxy's write port
+    vm1.files[PGB_INI].content = vm1.files[PGB_INI].content.replace(f"port='{source.port}'", "port='5433'")
+    kept = InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    assert kept["result"]["backend"] == "127.0.0.1:5433" and kept["changes"] == []
+
+
+def airflow_cfg(port: int) -> str:
+    return ("[core]\nexecutor = LocalExecutor\n\n[database]\n"
+            f"sql_alchemy_conn = postgresql+psycopg2://airflow_user:old@127.0.0.1:{port}/airflow_db\n")
+
+
+def test_moving_airflow_onto_pgbouncer_restarts_it_there_and_a_rerun_changes_nothing(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    source = pair[0]
+    InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
+    vm1.units["airflow-scheduler.service"] = Unit(enabled=True, active=True)
+    vm1.on_start["airflow-scheduler.service"] = lambda: vm1.pgbouncer.update(clients=2)
+    vm1.forget()
+    moved = MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert moved["result"] == {"moved": True, "units": ["airflow-scheduler"]}
+    cfg = vm1.files[AIRFLOW_CFG]
+    assert (cfg.owner, cfg.group, cfg.mode) == ("airflow", "airflow", "600")
+    url = get_option(cfg.content, "database", "sql_alchemy_conn")
+    assert make_url(url).password == AIRFLOW_DB_PASSWORD and (make_url(url).host, make_url(url).port) == (
+        "127.0.0.1", 6432)
+    assert vm1.files["/var/lib/pgha/airflow.cfg.pre-pgbouncer"].content == airflow_cfg(source.port)
+    assert "systemctl restart airflow-scheduler" in vm1.mutations()
+    again = MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert again["result"] == {"moved": False}
+
+
+def test_airflow_that_does_not_come_back_through_pgbouncer_is_put_back_as_it_was(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    source = pair[0]
+    InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
+    vm1.units["airflow-scheduler.service"] = Unit(enabled=True, active=True)
+    vm1.forget()
+    with pytest.raises(AirflowException, match="Airflow sessions through PgBouncer: 0"):
+        MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1",
+                                         settle_timeout=0).execute({})
+    assert vm1.files[AIRFLOW_CFG] == FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
+    assert vm1.mutations().count("systemctl restart airflow-scheduler") == 2  # onto PgBouncer, and back
+
+
+def test_moving_airflow_refuses_a_pgbouncer_that_sends_elsewhere(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(5999), "airflow", "airflow", "600")
+    vm1.forget()
+    with pytest.raises(AirflowException, match=r"Airflow uses 127.0.0.1:5999 but PgBouncer sends to .*nothing was"):
+        MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert vm1.mutations() == []

@@ -93,11 +93,12 @@ class _PgBouncerTask:
         with pgdata.session(source) as conn:
             text = pgdata.statement("pgbouncer_role_verifiers.sql", roles=pgdata.lit(roles)).as_string(conn)
         remote = self.remote(inv.source.host)
-        result = remote.run(f"runuser -u postgres -- psql -X -q --csv -v ON_ERROR_STOP=1 -p {int(source.port)} "
+        result = remote.run(f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {int(source.port)} "
                             "-d postgres -f -", stdin=text, log_as="psql -d postgres -f pgbouncer_role_verifiers.sql")
-        verifiers = {row["role"]: row["verifier"] for row in pgbouncer.parse_csv(result.stdout)}
-        remote.add_secret(*verifiers.values())
-        return verifiers
+        # role|verifier: a verifier holds no "|", a role name may
+        # Not added to the remote's secrets: it would mask them in the next read. They are never logged
+        # (the command's output only on failure, the auth_file as a secret file: no diff).
+        return dict(line.rsplit("|", 1) for line in result.stdout.splitlines() if "|" in line)
 
     def cluster_admin(self) -> Endpoint:
         inv = self.inventory
