@@ -354,9 +354,12 @@ def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPat
                         raising=False)
     # the one seam: the test source's socket is not where psql on "the source host" looks for it
     monkeypatch.setattr(_PgBouncerTask, "source_verifiers", lambda self, roles: role_verifiers(superuser(source), roles))
+    config = tmp_path / "airflow.cfg"  # Airflow here already goes through PgBouncer
+    config.write_text(f"[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:{bouncer.port}/airflow_db\n")
     inventory = write_inventory(tmp_path, loopback_inventory(
         [("pg-1", "127.0.0.41"), ("pg-2", "127.0.0.42"), ("pg-3", "127.0.0.43")],
-        haproxy={"host": "lb", "write_port": cluster.port}, source={"host": "lb", "major": 15}))
+        haproxy={"host": "lb", "write_port": cluster.port}, source={"host": "lb", "major": 15},
+        airflow={"hosts": [{"host": "lb", "config": str(config), "units": ["airflow-scheduler"]}]}))
     set_connection(monkeypatch, "ssh_lb", **ssh_connection(sshd))
     set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
                    login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
@@ -398,6 +401,24 @@ def test_paused_switch_operator_cuts_over_without_a_failed_commit(
     assert sql(owner(source), "SELECT count(*) FROM ticks")[0][0] == switched_at
     assert sql(owner(cluster), "SELECT last_value FROM dag_run_id_seq")[0][0] == 500  # sequences copied
     assert again["changed"] is False  # re-run after success: nothing to do
+
+
+def test_paused_switch_operator_refuses_while_airflow_goes_to_the_server_directly(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        tmp_path: Path) -> None:
+    source, cluster = logical_pair
+    bouncer, inventory = cutover_env
+    (tmp_path / "airflow.cfg").write_text(
+        f"[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:{source.port}/airflow_db\n")
+    with pytest.raises(AirflowException, match=rf"does not go through its local PgBouncer on lb .*:{source.port}\).*"
+                                               "nothing was changed"):
+        PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port).execute({})
+    other = through(bouncer)
+    try:
+        assert server_port(other) == source.port
+    finally:
+        other.close()
+    assert verifier(cluster) != verifier(source)  # not even the verifier was touched
 
 
 def test_paused_switch_operator_that_cannot_pause_fails_with_every_pgbouncer_running_on_the_source(

@@ -15,6 +15,7 @@ Why SCRAM verifiers in auth_file and a peer-only admin console: see ``pgha.pgbou
 from __future__ import annotations
 
 import shlex
+import socket
 import time
 from collections.abc import Callable
 from functools import partial
@@ -209,6 +210,10 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
     host's Airflow units and waits until they are active and their sessions come through
     PgBouncer. Any failure restores the previous airflow.cfg and restarts the units again.
 
+    A task cannot watch the restart of the unit it runs in (LocalExecutor: the scheduler): such
+    a host is refused before anything changes (run the step from a worker outside those units;
+    a systemd-run agent as the cutover uses is still to come).
+
     :param listen_port: PgBouncer's port on 127.0.0.1.
     :param settle_timeout: seconds the units have to come up and connect through PgBouncer.
     """
@@ -235,6 +240,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         if wanted == current:
             self.unchanged(f"{airflow_host.config} already points at PgBouncer 127.0.0.1:{self.listen_port}")
             return {"moved": False}
+        self._not_my_own_unit(airflow_host.units)
         console = self.console(self.host)
         self._same_server(live_url, console.backend(inv.postgres.database))
         self.host_hook(self.host).ensure_directory(STATE_DIR, mode="0700")
@@ -254,6 +260,21 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
             self.changed(f"rolled back: {airflow_host.config} restored, units restarted")
             raise
         return {"moved": True, "units": list(airflow_host.units)}
+
+    def _not_my_own_unit(self, units: tuple[str, ...]) -> None:
+        """Refuse to restart the unit this task's own process runs in (its restart would kill the task
+        before it could check the outcome or roll back)."""
+        try:
+            with open("/proc/self/cgroup") as cgroup:
+                mine = cgroup.read()
+        except OSError:
+            return
+        if self.host_hook(self.host).hostname() != socket.gethostname():
+            return
+        inside = [unit for unit in units if f"/{unit if '.' in unit else unit + '.service'}" in mine]
+        if inside:
+            raise AirflowException(f"[{self.host}] this task runs inside {inside}, which this step restarts: run it "
+                                   "from a worker outside those units; nothing was changed")
 
     def _same_server(self, live_url: str, backend: Backend | None) -> None:
         """PgBouncer must send where Airflow goes now: moving Airflow must not move its data."""
@@ -340,6 +361,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         missing = [h for h in hosts if current[h] is None]
         if missing:
             raise AirflowException(f"PgBouncer on {missing} does not serve {database}: run InstallPgBouncerOperator")
+        self._airflow_goes_through_pgbouncer(hosts)
         if self.mode == "cutover":
             targets = {host: self.cluster_backend(host) for host in hosts}
             if all(current[h] == targets[h] for h in hosts):
@@ -373,6 +395,20 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 time.sleep(self.pause_retry_delay)
         raise AirflowException(f"no PAUSE within {self.pause_timeout:g}s in {self.attempts} attempts: every "
                                "PgBouncer sends where it did and runs (nothing was changed)")
+
+    def _airflow_goes_through_pgbouncer(self, hosts: list[str]) -> None:
+        """Every Airflow host's config points at its local PgBouncer: one that went to the server directly
+        would keep writing to the source after the switch."""
+        direct = []
+        for host in hosts:
+            config = self.inventory.airflow_host(host).config
+            url = airflowcfg.get_option(self.remote(host).read_file(config) or "", "database", "sql_alchemy_conn")
+            parts = urlsplit(url or "")
+            if (parts.hostname, parts.port) != ("127.0.0.1", self.listen_port):
+                direct.append(f"{host} ({config}: {parts.hostname}:{parts.port})")
+        if direct:
+            raise AirflowException("Airflow does not go through its local PgBouncer on " + ", ".join(direct)
+                                   + ": run MoveAirflowOntoPgBouncerOperator first; nothing was changed")
 
     def _leader(self) -> str:
         leader = PatroniHook(self.patroni_api_urls()).leader()
