@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
 from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, restart_with, sql, superuser
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
@@ -26,6 +26,7 @@ from pgha import pgbouncer, pgdata
 from pgha.hooks.pgbouncer import PgBouncerAdminHook
 from pgha.hooks.remote import RemoteHook
 from pgha.airflowcfg import get_option
+from pgha.operators.airflow import CutoverOperator
 from pgha.operators.pgbouncer import (
     InstallPgBouncerOperator,
     MoveAirflowOntoPgBouncerOperator,
@@ -582,3 +583,19 @@ def test_moving_airflow_refuses_a_pgbouncer_that_sends_elsewhere(
     with pytest.raises(AirflowException, match=r"Airflow uses 127.0.0.1:5999 but PgBouncer sends to .*nothing was"):
         MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
     assert vm1.mutations() == []
+
+
+def test_in_the_migration_dag_the_pgbouncer_steps_run_only_with_pooler_pgbouncer_and_the_logical_method(
+        tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path, loopback_inventory([("pg-1", "127.0.0.41"), ("pg-2", "127.0.0.42"),
+                                                              ("pg-3", "127.0.0.43")]))
+    steps = [InstallPgBouncerOperator(task_id="i", inventory_path=inventory, host="lb"),
+             MoveAirflowOntoPgBouncerOperator(task_id="m", inventory_path=inventory, host="lb"),
+             PausedSwitchOperator(task_id="p", inventory_path=inventory)]
+    for step in steps:
+        with pytest.raises(AirflowSkipException, match="pooler is none"):
+            step.execute({"params": {"pooler": "none", "migration_method": "logical_replication"}})
+        with pytest.raises(AirflowException, match="needs migration_method logical_replication"):
+            step.execute({"params": {"pooler": "pgbouncer", "migration_method": "dump_restore"}})
+    with pytest.raises(AirflowSkipException, match="paused_cutover"):
+        CutoverOperator(task_id="cutover", inventory_path=inventory).execute({"params": {"pooler": "pgbouncer"}})

@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from pgha import airflowcfg, pgbouncer, pgdata
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
@@ -68,6 +68,18 @@ class _PgBouncerTask:
     listen_port: int
     os_family: Any
     remote: Any
+
+    def skip_unless_pooler(self, context: Any) -> None:
+        """In the migration DAG (its ``pooler`` param present): skip unless it is "pgbouncer", which needs
+        the logical method (the cutover through the pause only catches up). Used alone: always runs."""
+        params = context.get("params") or {}
+        if "pooler" not in params:
+            return
+        if params["pooler"] != "pgbouncer":
+            raise AirflowSkipException(f"pooler is {params['pooler']}")
+        if params.get("migration_method") != "logical_replication":
+            raise AirflowException("pooler pgbouncer needs migration_method logical_replication (the cutover "
+                                   "through PgBouncer's pause catches up instead of copying); nothing was changed")
 
     def source_backend(self, airflow_host: str) -> Backend:
         """The source as PgBouncer on ``airflow_host`` reaches it."""
@@ -131,6 +143,7 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
         self.listen_port = listen_port
 
     def run(self, context: Any) -> Any:
+        self.skip_unless_pooler(context)
         inv = self.inventory
         host = self.host_hook(self.host)
         paths = host.family.pgbouncer
@@ -224,6 +237,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         self.settle_timeout = settle_timeout
 
     def run(self, context: Any) -> Any:
+        self.skip_unless_pooler(context)
         inv = self.inventory
         airflow_host = self.inventory.airflow_host(self.host)
         remote = self.remote(self.host)
@@ -352,6 +366,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         self.switchover_timeout = switchover_timeout
 
     def run(self, context: Any) -> Any:
+        self.skip_unless_pooler(context)
         inv = self.inventory
         hosts = [a.host for a in inv.airflow_hosts]
         database = inv.postgres.database
