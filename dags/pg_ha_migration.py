@@ -27,6 +27,11 @@ from pgha.operators.host import (
     PrepareHostOperator,
     ValidateInventoryOperator,
 )
+from pgha.operators.pgbouncer import (
+    InstallPgBouncerOperator,
+    MoveAirflowOntoPgBouncerOperator,
+    PausedSwitchOperator,
+)
 from pgha.operators.patroni import (
     ApplyDcsConfigOperator,
     ConfigurePatroniOperator,
@@ -102,6 +107,17 @@ params = {
         ),
         section="Data",
     ),
+    "pooler": Param(
+        "none",
+        enum=["none", "pgbouncer"],
+        title="Connection pooler (in progress)",
+        description=(
+            "none: the cutover stops Airflow for its window. pgbouncer (needs logical_replication): a PgBouncer "
+            "on every Airflow host, Airflow moved onto it (one restart, before the migration), and the cutover "
+            "done under PgBouncer's PAUSE without restarting Airflow."
+        ),
+        section="Data",
+    ),
     "run_failover_test": Param(
         True,
         type="boolean",
@@ -167,6 +183,16 @@ with DAG(
         )
         source_ok = SourcePreflightOperator(task_id="check_source_db")
         chain(inventory, [managed_hosts, db_nodes, airflow_hosts], hosts_ok, airflow_ok, source_ok)
+
+    with TaskGroup("pgbouncer", tooltip="pooler pgbouncer: PgBouncer in front of the source, Airflow onto it") as bouncer:
+        chain(
+            InstallPgBouncerOperator.partial(task_id="install_pgbouncer", map_index_template=HOST).expand(
+                host=airflow_hosts.output
+            ),
+            MoveAirflowOntoPgBouncerOperator.partial(  # its own restart and rollback, one host at a time
+                task_id="move_airflow_onto_pgbouncer", map_index_template=HOST, max_active_tis_per_dagrun=1
+            ).expand(host=airflow_hosts.output),
+        )
 
     with TaskGroup("phase1_prepare_hosts", tooltip=PHASE_TITLES[PHASES[0]]) as phase1:
         PrepareHostOperator.partial(task_id="prepare_host", map_index_template=HOST, phase=PHASES[0]).expand(
@@ -264,8 +290,10 @@ with DAG(
     cutover = CutoverOperator(task_id="cutover", phase=PHASES[7])
     # The agents move Airflow after `cutover` succeeded; this wait turns the run red on their rollback.
     # Its timeout covers the agent's longest copy (6 h); a poke killed by the agents' stop is retried.
+    # all_success: it skips with a skipped cutover (pooler pgbouncer).
     cutover_outcome = CutoverOutcomeSensor(
         task_id="cutover_outcome", phase=PHASES[7], run_id=CUTOVER_RUN_ID, timeout=7 * 3600,
+        trigger_rule="all_success",
     )
     # Logical replication only, after a success: the source loses its replication role, pg_hba rules,
     # publication and listen_addresses change (a rollback keeps them, for the retry).
@@ -273,5 +301,9 @@ with DAG(
         task_id="undo_logical_source", phase=PHASES[7], cutover_outcome=CUTOVER_OUTCOME,
     )
 
-    chain(preflight, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9, cutover,
-          cutover_outcome, undo_logical_source)
+    # pooler pgbouncer: the cutover under PgBouncer's PAUSE instead (Airflow keeps running); else it skips
+    paused_cutover = PausedSwitchOperator(task_id="paused_cutover", phase=PHASES[7], mode="cutover")
+
+    chain(preflight, bouncer, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9,
+          [cutover, paused_cutover])
+    chain(cutover, cutover_outcome, undo_logical_source)

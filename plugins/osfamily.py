@@ -16,6 +16,20 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class PgBouncerOs:
+    """Where a family's PgBouncer package puts things, and who runs it."""
+
+    packages: tuple[str, ...]
+    service: str
+    config: str
+    auth_file: str
+    hba_file: str
+    socket_dir: str
+    user: str  # runs PgBouncer; also its only admin user (peer on the Unix socket)
+    psql: str  # reaches the admin console on the host
+
+
+@dataclass(frozen=True)
 class OsFamily:
     name: str
     install_cmd: str  # takes the package list appended
@@ -37,6 +51,7 @@ class OsFamily:
     python_packages: tuple[str, ...]
     python: str
     firewall: str  # "firewalld" or "none"
+    pgbouncer: PgBouncerOs
     release: str = ""  # the major release the data is for ("" when it does not matter)
     postgres_unit: str = "postgresql"  # the installed PostgreSQL's unit ({major}), disabled: Patroni runs PostgreSQL
     # Where the source server's binaries are ("" as on the cluster's nodes): the runbook's source is the
@@ -124,6 +139,12 @@ DEBIAN = OsFamily(
     python_packages=("python3", "python3-venv"),
     python="/usr/bin/python3",
     firewall="none",
+    pgbouncer=PgBouncerOs(
+        packages=("pgbouncer", "postgresql-client"), service="pgbouncer.service",
+        config="/etc/pgbouncer/pgbouncer.ini", auth_file="/etc/pgbouncer/userlist.txt",
+        hba_file="/etc/pgbouncer/pgbouncer_hba.conf", socket_dir="/var/run/postgresql", user="postgres",
+        psql="/usr/bin/psql",
+    ),
 )
 
 PGDG_REPO_RPM = "https://download.postgresql.org/pub/repos/yum/reporpms/EL-{release}-x86_64/pgdg-redhat-repo-latest.noarch.rpm"
@@ -169,6 +190,12 @@ def rhel(release: int) -> OsFamily:
         selinux=True,
         selinux_packages=("policycoreutils-python-utils",),
         haproxy_socket_dir="/var/lib/haproxy",
+        pgbouncer=PgBouncerOs(  # the PGDG/EPEL package: its unit runs PgBouncer as user pgbouncer
+            packages=("pgbouncer", "postgresql"), service="pgbouncer.service",
+            config="/etc/pgbouncer/pgbouncer.ini", auth_file="/etc/pgbouncer/userlist.txt",
+            hba_file="/etc/pgbouncer/pgbouncer_hba.conf", socket_dir="/run/pgbouncer", user="pgbouncer",
+            psql="/usr/bin/psql",
+        ),
     )
 
 

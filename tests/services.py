@@ -1,4 +1,4 @@
-"""Real loopback services for pgha tests: sshd, etcd, PostgreSQL, Patroni, HAProxy.
+"""Real loopback services for pgha tests: sshd, etcd, PostgreSQL, Patroni, HAProxy, PgBouncer.
 
 Plain helpers (no pytest): each ``start_*`` runs the real binary on 127.0.0.1 with
 free ports and returns a small dataclass whose ``stop()`` ends exactly the
@@ -37,6 +37,7 @@ LOOPBACK = "127.0.0.1"
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 ETCD_BIN = Path("/usr/bin/etcd")
 HAPROXY_BIN = Path("/usr/sbin/haproxy")
+PGBOUNCER_BIN = Path("/usr/sbin/pgbouncer")
 SSHD_BIN = Path("/usr/sbin/sshd")
 SSH_KEYGEN_BIN = Path("/usr/bin/ssh-keygen")
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -1165,6 +1166,78 @@ def haproxy_reload(service: HAProxyService, timeout: float = 15.0) -> list[int]:
 
     wait_until(reloaded, timeout, "haproxy reload", check=check)
     return list(state["workers"])
+
+
+# --------------------------------------------------------------------------- PgBouncer
+
+@dataclass
+class PgBouncerService:
+    """PgBouncer run by the postgres OS user on 127.0.0.1, its files in ``base_dir`` (postgres, 0700)."""
+
+    host: str
+    port: int
+    base_dir: Path
+    socket_dir: Path
+    config_path: Path
+    log_file: Path
+    pid: int
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def path(self, name: str) -> Path:
+        return self.base_dir / name
+
+    def write(self, name: str, text: str) -> None:
+        """Replace one of its files (readable by the postgres user only)."""
+        write_postgres_file(self.base_dir / name, text)
+
+    def stop(self) -> None:
+        """SIGINT (PgBouncer's fast shutdown), then what is left by pid; removes ``base_dir``."""
+        terminate(self.pid, self.proc, sig=signal.SIGINT)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+        _unregister(self)
+
+
+def start_pgbouncer(workdir: Path | str, files: Callable[[Path, int], dict[str, str]],
+                    timeout: float = 15.0) -> PgBouncerService:
+    """
+    Run ``pgbouncer pgbouncer.ini`` as the postgres OS user on a free 127.0.0.1 port.
+
+    ``files(base_dir, port)`` gives the files to write into ``base_dir`` (``pgbouncer.ini``
+    among them), so the config can name its own paths and port; its Unix socket directory
+    is ``base_dir/sock``.
+    """
+    require_binary(PGBOUNCER_BIN, "pgbouncer")
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = make_postgres_dir("pgbouncer")
+    socket_dir = base / "sock"
+    uid, gid, _ = _postgres_ids()
+    socket_dir.mkdir(mode=0o700)
+    os.chown(socket_dir, uid, gid)
+    port = free_port()
+    try:
+        for name, text in files(base, port).items():
+            write_postgres_file(base / name, text)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    log_file = workdir / f"pgbouncer-{port}.log"
+    config = base / "pgbouncer.ini"
+    proc = spawn([str(PGBOUNCER_BIN), str(config)], log_file, as_postgres=True, env=_postgres_env(base), cwd=base)
+    svc = PgBouncerService(host=LOOPBACK, port=port, base_dir=base, socket_dir=socket_dir, config_path=config,
+                           log_file=log_file, pid=proc.pid, proc=proc)
+    _register(svc)
+
+    def check() -> None:
+        if proc.poll() is not None:
+            raise ServiceError(f"pgbouncer exited with {proc.returncode}:\n{log_tail(log_file)}")
+
+    try:
+        wait_until(lambda: tcp_accepts(LOOPBACK, port), timeout, f"pgbouncer on port {port}", check=check)
+    except BaseException:
+        svc.stop()
+        raise
+    return svc
 
 
 # --------------------------------------------------------------------------- CLI

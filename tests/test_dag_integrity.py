@@ -97,7 +97,8 @@ def test_per_node_work_is_mapped_not_copied(dag) -> None:  # type: ignore[no-unt
 
 def test_params_form_has_no_password(dag) -> None:  # type: ignore[no-untyped-def]
     params = dag.params
-    assert set(params.keys()) == {"inventory_path", "phases", "migration_method", "run_failover_test", "defer_waits"}
+    assert set(params.keys()) == {"inventory_path", "phases", "migration_method", "pooler", "run_failover_test",
+                                   "defer_waits"}
     for key in params.keys():
         assert "pass" not in key.lower() and "secret" not in key.lower()
         param = params.get_param(key)

@@ -8,7 +8,7 @@ import shlex
 import time
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from pgha import airflowcfg, airflowenv, pgdata
 from pgha.cutover import BACKUP_DIR, PGPASS, STAGED_CONFIG, STATE_DIR
 from pgha.hooks.postgres import node_endpoint
@@ -133,6 +133,8 @@ class CutoverOperator(PghaOperator):
         self.delay = delay
 
     def run(self, context: Any) -> Any:
+        if (context.get("params") or {}).get("pooler") == "pgbouncer":
+            raise AirflowSkipException("pooler is pgbouncer: paused_cutover moves Airflow's database instead")
         inv = self.inventory
         missing = [a.host for a in inv.airflow_hosts if not self._staged(a.host)]
         if missing:

@@ -1,0 +1,138 @@
+"""PgBouncer's admin console on an Airflow host, over SSH.
+
+The console is reached with ``psql`` run on the host itself, as the OS user PgBouncer runs as,
+on its Unix socket: the HBA file admits that user there by ``peer`` and nobody anywhere else,
+so no password exists to leak onto a command line. ``timeout`` bounds every command on the
+host side: a PAUSE blocks its admin connection until every server connection is released,
+and must never hang the task (or Airflow behind it).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+from airflow.sdk import BaseHook
+
+from pgha import pgdata
+from pgha.hooks.remote import CommandFailed, CommandResult, RemoteHook
+from pgha.pgbouncer import ADMIN_DATABASE, Backend, Blocker, PauseTimedOut, backend_of, ini_key, parse_csv
+from pgha.pgdata import Endpoint
+
+TIMED_OUT = 124  # timeout(1)'s exit code
+
+
+def _paused(databases: list[dict[str, str]], database: str) -> bool:
+    return any(row.get("name") == database and row.get("paused") == "1" for row in databases)
+
+
+class PgBouncerAdminHook(BaseHook):
+    """
+    PAUSE, RESUME, RELOAD and SHOW on one host's PgBouncer.
+
+    :param remote: the RemoteHook of the Airflow host.
+    :param os_user: the OS user PgBouncer runs as (its admin user).
+    :param socket_dir: PgBouncer's ``unix_socket_dir``.
+    :param port: PgBouncer's ``listen_port`` (names the socket).
+    :param server: a superuser login on the server PgBouncer currently sends its connections
+        to, for ``blocking_transactions`` (pg_stat_activity); None: not reported.
+    :param psql: the psql executable on the host.
+    """
+
+    hook_name = "PgBouncer admin console"
+
+    def __init__(self, remote: RemoteHook, *, os_user: str, socket_dir: str, port: int,
+                 server: Endpoint | None = None, psql: str = "psql") -> None:
+        super().__init__()
+        self.remote = remote
+        self.os_user = os_user
+        self.socket_dir = socket_dir
+        self.port = port
+        self.server = server
+        self.psql = psql
+
+    def get_conn(self) -> RemoteHook:
+        return self.remote
+
+    def _psql(self, statements: tuple[str, ...], timeout: float) -> str:
+        argv = ["runuser", "-u", self.os_user, "--", "timeout", "--kill-after=2", f"{timeout:g}",
+                self.psql, "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir,
+                "-p", str(int(self.port)), "-U", self.os_user, "-d", ADMIN_DATABASE]
+        for statement in statements:
+            argv += ["-c", statement]
+        # from /: psql run as that user warns when it cannot enter the SSH login's home
+        return "cd / && " + shlex.join(argv)
+
+    def admin_command(self, *statements: str, timeout: float = 10, quiet: bool = False,
+                      check: bool = True) -> CommandResult:
+        """Run admin console statements (in order, stopping at the first error) in one round trip,
+        bounded by ``timeout`` seconds on the host; stdout is the CSV of the last one that returns rows."""
+        return self.remote.run(self._psql(statements, timeout), timeout=timeout + 30, quiet=quiet, check=check)
+
+    def show(self, what: str) -> list[dict[str, str]]:
+        return parse_csv(self.admin_command(f"SHOW {what}", quiet=True).stdout)
+
+    def show_pools(self) -> list[dict[str, str]]:
+        return self.show("POOLS")
+
+    def show_databases(self) -> list[dict[str, str]]:
+        return self.show("DATABASES")
+
+    def backend(self, database: str) -> Backend | None:
+        """Where PgBouncer sends ``database``'s server connections now."""
+        return backend_of(self.show_databases(), database)
+
+    def paused(self, database: str) -> bool:
+        return _paused(self.show_databases(), database)
+
+    def reload(self) -> None:
+        """RELOAD: re-read pgbouncer.ini and the auth files (a changed [databases] host applies to new
+        server connections; during a PAUSE no old one is left in use)."""
+        self.admin_command("RELOAD")
+
+    def install_and_reload(self, staged: str, config: str, database: str) -> Backend | None:
+        """Move ``staged`` (written by put_file) over ``config`` and RELOAD, in ONE round trip (inside a
+        PAUSE every one is time Airflow waits); returns where ``database`` goes after it."""
+        result = self.remote.run(f"mv -f -T -- {shlex.quote(staged)} {shlex.quote(config)} && "
+                                 + self._psql(("RELOAD", "SHOW DATABASES"), 10), timeout=40)
+        return backend_of(parse_csv(result.stdout), database)
+
+    def resume(self, database: str) -> None:
+        """RESUME ``database``, checked with SHOW DATABASES in the same round trip."""
+        result = self.admin_command(f"RESUME {ini_key(database)}", "SHOW DATABASES", check=False)
+        if result.ok and not _paused(parse_csv(result.stdout), database):
+            return
+        if self.paused(database):
+            raise CommandFailed(result)
+
+    def pause(self, database: str, timeout: float) -> float:
+        """
+        PAUSE ``database``: returns the seconds it took once every server connection is
+        released. When that takes longer than ``timeout``, the host's ``timeout`` ends the
+        admin connection, PgBouncer is RESUMEd (the pause outlives the connection that asked
+        for it) and PauseTimedOut names the sessions that held it.
+        """
+        started = time.monotonic()
+        result = self.admin_command(f"PAUSE {ini_key(database)}", timeout=timeout, check=False)
+        if result.ok:
+            return time.monotonic() - started
+        blockers = self.blocking_transactions(database) if result.exit_code == TIMED_OUT else []
+        self.resume(database)  # the pause outlives the admin connection that asked for it
+        if result.exit_code != TIMED_OUT:
+            raise CommandFailed(result)
+        raise PauseTimedOut(database, timeout, blockers)
+
+    def blocking_transactions(self, database: str, min_age: float = 0.0) -> list[Blocker]:
+        """The sessions holding a transaction in ``database`` open for ``min_age`` seconds or more,
+        on the server PgBouncer sends to (``server``), oldest first; [] when no server is known."""
+        if self.server is None:
+            return []
+        query = pgdata.statement("pgbouncer_open_transactions.sql", database=pgdata.lit(database),
+                                 min_age=pgdata.lit(float(min_age)))
+        with pgdata.session(self.server) as conn:
+            found = pgdata.rows(conn, query)
+        blockers = [Blocker(int(pid), user or "", app, addr, xact, qstart, state, float(age))
+                    for pid, user, app, addr, xact, qstart, state, age in found]
+        for blocker in blockers:
+            self.log.warning("[%s] open transaction on %s: %s", self.remote.host_name, self.server.host, blocker)
+        return blockers

@@ -1,0 +1,547 @@
+"""PgBouncer on every Airflow host: install it, move Airflow onto it, and switch its server under a PAUSE.
+
+Three steps, each with its own restart and its own way back:
+
+- InstallPgBouncerOperator: PgBouncer in front of the source (Airflow does not use it yet);
+- MoveAirflowOntoPgBouncerOperator: Airflow's config points at 127.0.0.1:<port>, its units
+  restarted; any failure puts the previous config back and restarts them again;
+- PausedSwitchOperator: PAUSE every PgBouncer, do the work that needs no write in flight
+  (catch up, sequences, verify), point each at the cluster behind HAProxy, RESUME. Airflow is
+  not restarted: its transactions wait in PgBouncer for the length of the pause.
+
+Why SCRAM verifiers in auth_file and a peer-only admin console: see ``pgha.pgbouncer``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha import airflowcfg, pgbouncer, pgdata
+from pgha.hooks.haproxy import HAProxyHook
+from pgha.hooks.patroni import PatroniHook
+from pgha.hooks.pgbouncer import PgBouncerAdminHook
+from pgha.hooks.postgres import node_endpoint
+from pgha.osfamily import PgBouncerOs
+from pgha.pgbouncer import Backend, PauseTimedOut
+from pgha.pgdata import Endpoint
+from pgha.render import render
+from pgha.runtime import credentials
+
+from pgha.operators.base import HostOperator, PghaOperator
+
+DEFAULT_PORT = 6432
+STATE_DIR = "/var/lib/pgha"  # root 0700: the check's pgpass and airflow.cfg's backup
+CHECK_PGPASS = f"{STATE_DIR}/pgbouncer-check.pgpass"
+CONFIG_BACKUP = f"{STATE_DIR}/airflow.cfg.pre-pgbouncer"
+MODES = ("cutover", "switchover")
+
+
+def role_verifiers(server: Endpoint, roles: list[str]) -> dict[str, str]:
+    """Each role's stored SCRAM verifier on ``server`` (a superuser login)."""
+    with pgdata.session(server) as conn:
+        found = pgdata.rows(conn, pgdata.statement("pgbouncer_role_verifiers.sql", roles=pgdata.lit(roles)))
+    return {role: verifier for role, verifier in found}
+
+
+def host_settings(paths: PgBouncerOs, database: str, owner: str, backend: Backend, port: int) -> pgbouncer.Settings:
+    return pgbouncer.Settings(config=paths.config, auth_file=paths.auth_file, hba_file=paths.hba_file,
+                              socket_dir=paths.socket_dir, os_user=paths.user, listen_port=port,
+                              database=database, owner=owner, backend=backend)
+
+
+def ini_text(settings: pgbouncer.Settings) -> str:
+    return render("pgbouncer.ini.j2", **pgbouncer.ini_context(settings))
+
+
+class _PgBouncerTask:
+    """What the PgBouncer operators ask of the inventory (mixed into each; no code shared by subclassing
+    another operator)."""
+
+    inventory: Any
+    listen_port: int
+    os_family: Any
+    remote: Any
+
+    def skip_unless_pooler(self, context: Any) -> None:
+        """In the migration DAG (its ``pooler`` param present): skip unless it is "pgbouncer", which needs
+        the logical method (the cutover through the pause only catches up). Used alone: always runs."""
+        params = context.get("params") or {}
+        if "pooler" not in params:
+            return
+        if params["pooler"] != "pgbouncer":
+            raise AirflowSkipException(f"pooler is {params['pooler']}")
+        if params.get("migration_method") != "logical_replication":
+            raise AirflowException("pooler pgbouncer needs migration_method logical_replication (the cutover "
+                                   "through PgBouncer's pause catches up instead of copying); nothing was changed")
+
+    def source_backend(self, airflow_host: str) -> Backend:
+        """The source as PgBouncer on ``airflow_host`` reaches it."""
+        inv = self.inventory
+        port = node_endpoint(inv.source.conn_id).port
+        address = "127.0.0.1" if airflow_host == inv.source.host else inv.host(inv.source.host).address
+        return Backend(address, port)
+
+    def cluster_backend(self, airflow_host: str) -> Backend:
+        """HAProxy's write port as PgBouncer on ``airflow_host`` reaches it."""
+        inv = self.inventory
+        address = "127.0.0.1" if airflow_host == inv.haproxy.host else inv.host(inv.haproxy.host).address
+        return Backend(address, inv.haproxy.write_port)
+
+    def source_app(self) -> Endpoint:
+        """The source as the app role (its connection): it sees its own sessions, the ones behind PgBouncer."""
+        return node_endpoint(self.inventory.source.conn_id, database=self.inventory.postgres.database)
+
+    def source_verifiers(self, roles: list[str]) -> dict[str, str]:
+        """The roles' SCRAM verifiers on the source, read by psql on the source host as the postgres OS user
+        (peer: the source connection need not be a superuser); the statement goes over stdin."""
+        inv = self.inventory
+        source = self.source_app()
+        with pgdata.session(source) as conn:
+            text = pgdata.statement("pgbouncer_role_verifiers.sql", roles=pgdata.lit(roles)).as_string(conn)
+        remote = self.remote(inv.source.host)
+        result = remote.run(f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {int(source.port)} "
+                            "-d postgres -f -", stdin=text, log_as="psql -d postgres -f pgbouncer_role_verifiers.sql")
+        # role|verifier: a verifier holds no "|", a role name may
+        # Not added to the remote's secrets: it would mask them in the next read. They are never logged
+        # (the command's output only on failure, the auth_file as a secret file: no diff).
+        return dict(line.rsplit("|", 1) for line in result.stdout.splitlines() if "|" in line)
+
+    def cluster_admin(self) -> Endpoint:
+        inv = self.inventory
+        return node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                             port=inv.haproxy.write_port, database="postgres")
+
+    def console(self, host: str, server: Endpoint | None = None) -> PgBouncerAdminHook:
+        """The admin console of ``host``'s PgBouncer; ``server``: where to read blocking transactions."""
+        paths = self.os_family(host).pgbouncer
+        return PgBouncerAdminHook(self.remote(host), os_user=paths.user, socket_dir=paths.socket_dir,
+                                  port=self.listen_port, server=server, psql=paths.psql)
+
+
+class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
+    """
+    PgBouncer on one Airflow host, in front of the source; Airflow keeps its own connection
+    until MoveAirflowOntoPgBouncerOperator moves it. Installs the package, writes
+    pgbouncer.ini (transaction pooling, listening on 127.0.0.1 only), the auth_file (the app
+    role's SCRAM verifier copied from the source's pg_authid: no password in any file) and
+    the HBA file (admin console: PgBouncer's OS user by peer on the Unix socket, nobody else),
+    starts it (reloads it when a file changed), and proves that the app login reaches the
+    source through it. A re-run after the cutover keeps the server PgBouncer uses now.
+
+    :param listen_port: PgBouncer's port on 127.0.0.1.
+    """
+
+    def __init__(self, *, listen_port: int = DEFAULT_PORT, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listen_port = listen_port
+
+    def run(self, context: Any) -> Any:
+        self.skip_unless_pooler(context)
+        inv = self.inventory
+        host = self.host_hook(self.host)
+        paths = host.family.pgbouncer
+        self.note(f"packages {' '.join(paths.packages)}", host.ensure_packages(list(paths.packages)))
+        running = host.unit_active(paths.service)
+        backend = self._current_backend(running) or self.source_backend(self.host)
+        verifiers = self.source_verifiers([inv.postgres.owner])
+        if inv.postgres.owner not in verifiers:
+            raise AirflowException(f"role {inv.postgres.owner!r} does not exist on the source")
+        settings = host_settings(paths, inv.postgres.database, inv.postgres.owner, backend, self.listen_port)
+        files = [
+            (paths.auth_file, pgbouncer.auth_file(verifiers, admin_user=paths.user), True),
+            (paths.hba_file, pgbouncer.hba(settings), False),
+            (paths.config, ini_text(settings), False),
+        ]
+        changed = False
+        for path, text, secret in files:
+            put = host.put_file(path, text, owner=paths.user, group=paths.user, mode="0640", secret=secret)
+            self.note(path, put.changed)
+            changed |= put.changed
+        self.note(f"{paths.service} enabled", host.enable(paths.service))
+        if not running:
+            host.start(paths.service)
+            self.changed(f"{paths.service} started")
+        elif changed:
+            self.console(self.host).reload()
+            self.changed("pgbouncer reloaded (RELOAD)")
+        reached = self._check_login(backend)
+        return {"backend": str(backend), "listen": f"127.0.0.1:{self.listen_port}", "reached": reached}
+
+    def _current_backend(self, running: bool) -> Backend | None:
+        if not running:
+            return None
+        try:
+            current = self.console(self.host).backend(self.inventory.postgres.database)
+        except Exception as exc:  # noqa: BLE001 - a PgBouncer not set up by pgha yet
+            self.log.info("[%s] no current PgBouncer backend read (%s): the source", self.host, exc)
+            return None
+        if current:
+            self.log.info("[%s] PgBouncer already sends to %s: kept", self.host, current)
+        return current
+
+    def _check_login(self, backend: Backend) -> str:
+        """The app login through PgBouncer on the host (its password in a 0600 file for that one command)."""
+        inv = self.inventory
+        app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
+        remote = self.remote(self.host)
+        remote.add_secret(app.password)
+        host = self.host_hook(self.host)
+        host.ensure_directory(STATE_DIR, mode="0700")
+        remote.put_file(CHECK_PGPASS, pgdata.pgpass(Endpoint("127.0.0.1", self.listen_port, app.login,
+                                                             inv.postgres.database, app.password)),
+                        mode="0600", secret=True)
+        argv = [host.family.pgbouncer.psql, "-X", "-At", "-h", "127.0.0.1", "-p", str(self.listen_port),
+                "-U", app.login, "-d", inv.postgres.database, "-c",
+                "SELECT coalesce(inet_server_addr()::text, 'socket') || ':' || current_setting('port')"]
+        try:
+            result = remote.run(f"PGPASSFILE={shlex.quote(CHECK_PGPASS)} PGCONNECT_TIMEOUT=10 timeout 30 "
+                                + shlex.join(argv), check=False)
+        finally:
+            remote.run(f"rm -f {shlex.quote(CHECK_PGPASS)}")
+        if not result.ok:
+            raise AirflowException(f"[{self.host}] {app.login} cannot log in through PgBouncer to {backend}: "
+                                   f"{(result.stderr or result.stdout).strip()} (does the server's pg_hba.conf "
+                                   f"admit {app.login} from this host over TCP with scram-sha-256?)")
+        reached = result.stdout.strip()
+        self.log.info("[%s] through PgBouncer 127.0.0.1:%d -> %s", self.host, self.listen_port, reached)
+        return reached
+
+
+class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
+    """
+    Its own step, with its own restart and its own rollback, before the migration: points
+    Airflow on one host at its local PgBouncer (which sends to the same server Airflow uses
+    now). Writes ``[database] sql_alchemy_conn`` (and Celery's ``result_backend``) as
+    127.0.0.1:<port>, keeping a root-only copy of the previous airflow.cfg, restarts the
+    host's Airflow units and waits until they are active and their sessions come through
+    PgBouncer. Any failure restores the previous airflow.cfg and restarts the units again.
+
+    A task cannot watch the restart of the unit it runs in (LocalExecutor: the scheduler): such
+    a host is refused before anything changes (run the step from a worker outside those units;
+    a systemd-run agent as the cutover uses is still to come).
+
+    :param listen_port: PgBouncer's port on 127.0.0.1.
+    :param settle_timeout: seconds the units have to come up and connect through PgBouncer.
+    """
+
+    def __init__(self, *, listen_port: int = DEFAULT_PORT, settle_timeout: int = 120, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listen_port = listen_port
+        self.settle_timeout = settle_timeout
+
+    def run(self, context: Any) -> Any:
+        self.skip_unless_pooler(context)
+        inv = self.inventory
+        airflow_host = self.inventory.airflow_host(self.host)
+        remote = self.remote(self.host)
+        current = remote.read_file(airflow_host.config)
+        if current is None:
+            raise AirflowException(f"[{self.host}] {airflow_host.config} does not exist (airflow.hosts[].config)")
+        app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
+        remote.add_secret(app.password)
+        live_url = airflowcfg.get_option(current, "database", "sql_alchemy_conn") or "postgresql://"
+        scheme = live_url.split("://")[0]
+        url = airflowcfg.database_url(app.login, app.password, "127.0.0.1", self.listen_port, inv.postgres.database,
+                                      scheme=scheme)
+        wanted = airflowcfg.repoint(current, url, "db+" + url)
+        if wanted == current:
+            self.unchanged(f"{airflow_host.config} already points at PgBouncer 127.0.0.1:{self.listen_port}")
+            return {"moved": False}
+        self._not_my_own_unit(airflow_host.units)
+        console = self.console(self.host)
+        self._same_server(live_url, console.backend(inv.postgres.database))
+        self.host_hook(self.host).ensure_directory(STATE_DIR, mode="0700")
+        remote.put_file(CONFIG_BACKUP, current, mode="0600", secret=True)
+        owner, group, mode = remote.run(f"stat -c '%U %G %a' {shlex.quote(airflow_host.config)}",
+                                        quiet=True).stdout.split()
+        try:
+            remote.put_file(airflow_host.config, wanted, owner=owner, group=group, mode="0" + mode, secret=True)
+            self.changed(f"{airflow_host.config} points at PgBouncer 127.0.0.1:{self.listen_port} "
+                         f"(previous kept as {CONFIG_BACKUP})")
+            self._restart_and_wait(console, airflow_host.units)
+        except Exception:
+            self.log.error("[%s] moving Airflow onto PgBouncer failed: restoring %s", self.host, airflow_host.config)
+            remote.put_file(airflow_host.config, current, owner=owner, group=group, mode="0" + mode, secret=True)
+            for unit in airflow_host.units:
+                self.host_hook(self.host).restart(unit)
+            self.changed(f"rolled back: {airflow_host.config} restored, units restarted")
+            raise
+        return {"moved": True, "units": list(airflow_host.units)}
+
+    def _not_my_own_unit(self, units: tuple[str, ...]) -> None:
+        """Refuse to restart the unit this task's own process runs in (its restart would kill the task
+        before it could check the outcome or roll back)."""
+        try:
+            with open("/proc/self/cgroup") as cgroup:
+                mine = cgroup.read()
+        except OSError:
+            return
+        if self.host_hook(self.host).hostname() != socket.gethostname():
+            return
+        inside = [unit for unit in units if f"/{unit if '.' in unit else unit + '.service'}" in mine]
+        if inside:
+            raise AirflowException(f"[{self.host}] this task runs inside {inside}, which this step restarts: run it "
+                                   "from a worker outside those units; nothing was changed")
+
+    def _same_server(self, live_url: str, backend: Backend | None) -> None:
+        """PgBouncer must send where Airflow goes now: moving Airflow must not move its data."""
+        parts = urlsplit(live_url)
+        if backend is None:
+            raise AirflowException(f"[{self.host}] PgBouncer does not serve {self.inventory.postgres.database}: "
+                                   "run InstallPgBouncerOperator first")
+        host = {"localhost": "127.0.0.1"}.get(parts.hostname or "", parts.hostname)
+        if (host, parts.port or 5432) != (backend.host, backend.port):
+            raise AirflowException(f"[{self.host}] Airflow uses {host}:{parts.port or 5432} but PgBouncer sends to "
+                                   f"{backend}: nothing was changed")
+
+    def _restart_and_wait(self, console: PgBouncerAdminHook, units: tuple[str, ...]) -> None:
+        host = self.host_hook(self.host)
+        for unit in units:
+            host.restart(unit)
+            self.changed(f"{unit} restarted")
+        deadline = time.monotonic() + self.settle_timeout
+        database = self.inventory.postgres.database
+        while True:
+            down = [unit for unit in units if not host.unit_active(unit)]
+            clients = sum(row.get("database") == database for row in console.show("CLIENTS"))
+            if not down and clients:
+                self.log.info("[%s] Airflow is up and connects through PgBouncer", self.host)
+                return
+            if time.monotonic() > deadline:
+                raise AirflowException(f"[{self.host}] after {self.settle_timeout}s: units not active {down}, "
+                                       f"Airflow sessions through PgBouncer: {clients}")
+            time.sleep(2)
+
+
+class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
+    """
+    Work that must see no write in flight, done while every Airflow host's PgBouncer holds
+    Airflow's transactions back (PAUSE), so that Airflow is never restarted.
+
+    ``mode="cutover"`` (logical method). Before anything changes: every
+    Airflow host's PgBouncer answers, the cluster's app role carries the source's SCRAM
+    verifier (set when not: the same password; pass-through needs the same salt), and no
+    transaction on the source is older than ``max_transaction_age`` seconds. Then PAUSE on
+    every PgBouncer, each bounded by ``pause_timeout`` (a PAUSE that times out is undone
+    and names the sessions that held it); while paused: wait until the subscription confirmed
+    the source's last position, copy the sequences, compare every table; then point each
+    PgBouncer at HAProxy's write port (pgbouncer.ini rewritten, RELOAD, checked with SHOW
+    DATABASES) and RESUME. A failed attempt puts every PgBouncer back on the source and
+    resumes it; after ``attempts`` the task fails with nothing changed.
+
+    ``mode="switchover"`` (a planned switchover, PgBouncer already on the cluster): the same
+    checks and PAUSE on HAProxy's write port; while paused, Patroni's switchover and a wait
+    until HAProxy routes writes to the new leader; RESUME.
+
+    :param mode: "cutover" or "switchover".
+    :param listen_port: PgBouncer's port on 127.0.0.1.
+    :param pause_timeout: seconds a PAUSE may wait for open transactions.
+    :param max_transaction_age: a transaction older than this on the source postpones the attempt.
+    :param attempts: PAUSE attempts before the task fails.
+    :param pause_retry_delay: seconds between attempts.
+    :param catch_up_timeout: seconds the subscription has to confirm the source's last position.
+    :param switchover_timeout: seconds the new leader has to take HAProxy's write port.
+    """
+
+    def __init__(self, *, mode: str = "cutover", listen_port: int = DEFAULT_PORT, pause_timeout: float = 10,
+                 max_transaction_age: float = 5, attempts: int = 3, pause_retry_delay: float = 15,
+                 catch_up_timeout: float = 60, switchover_timeout: float = 60, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.mode = mode
+        self.listen_port = listen_port
+        self.pause_timeout = pause_timeout
+        self.max_transaction_age = max_transaction_age
+        self.attempts = attempts
+        self.pause_retry_delay = pause_retry_delay
+        self.catch_up_timeout = catch_up_timeout
+        self.switchover_timeout = switchover_timeout
+
+    def run(self, context: Any) -> Any:
+        self.skip_unless_pooler(context)
+        inv = self.inventory
+        hosts = [a.host for a in inv.airflow_hosts]
+        database = inv.postgres.database
+        server = self.source_app() if self.mode == "cutover" else self.cluster_admin().on(database)
+        consoles = {host: self.console(host, server) for host in hosts}
+        current = {host: consoles[host].backend(database) for host in hosts}
+        missing = [h for h in hosts if current[h] is None]
+        if missing:
+            raise AirflowException(f"PgBouncer on {missing} does not serve {database}: run InstallPgBouncerOperator")
+        self._airflow_goes_through_pgbouncer(hosts)
+        if self.mode == "cutover":
+            targets = {host: self.cluster_backend(host) for host in hosts}
+            if all(current[h] == targets[h] for h in hosts):
+                self.unchanged("every PgBouncer already sends to the cluster")
+                return {"switched": False}
+            self._same_verifier()
+            work = self._catch_up
+        else:
+            targets = {host: self.cluster_backend(host) for host in hosts}
+            off = [h for h in hosts if current[h] != targets[h]]
+            if off:
+                raise AirflowException(f"PgBouncer on {off} does not send to the cluster: a switchover through "
+                                       "the pause needs the cutover done")
+            leader = self._leader()
+            work = partial(self._switchover, leader)
+        for attempt in range(1, self.attempts + 1):
+            old = consoles[hosts[0]].blocking_transactions(database, self.max_transaction_age)
+            if old:
+                self.log.warning("attempt %d/%d postponed: %d transaction(s) older than %gs: %s", attempt,
+                                 self.attempts, len(old), self.max_transaction_age, "; ".join(map(str, old)))
+            else:
+                try:
+                    paused_for = self._paused(consoles, current, targets, work)
+                except PauseTimedOut as exc:
+                    self.log.warning("attempt %d/%d: %s", attempt, self.attempts, exc)
+                else:
+                    self.changed(f"{self.mode} done through the pause: Airflow waited {paused_for:.2f}s")
+                    return {"mode": self.mode, "paused_s": round(paused_for, 2), "attempt": attempt,
+                            "backends": {h: str(b) for h, b in targets.items()}}
+            if attempt < self.attempts:
+                time.sleep(self.pause_retry_delay)
+        raise AirflowException(f"no PAUSE within {self.pause_timeout:g}s in {self.attempts} attempts: every "
+                               "PgBouncer sends where it did and runs (nothing was changed)")
+
+    def _airflow_goes_through_pgbouncer(self, hosts: list[str]) -> None:
+        """Every Airflow host's config points at its local PgBouncer: one that went to the server directly
+        would keep writing to the source after the switch."""
+        direct = []
+        for host in hosts:
+            config = self.inventory.airflow_host(host).config
+            url = airflowcfg.get_option(self.remote(host).read_file(config) or "", "database", "sql_alchemy_conn")
+            parts = urlsplit(url or "")
+            if (parts.hostname, parts.port) != ("127.0.0.1", self.listen_port):
+                direct.append(f"{host} ({config}: {parts.hostname}:{parts.port})")
+        if direct:
+            raise AirflowException("Airflow does not go through its local PgBouncer on " + ", ".join(direct)
+                                   + ": run MoveAirflowOntoPgBouncerOperator first; nothing was changed")
+
+    def _leader(self) -> str:
+        leader = PatroniHook(self.patroni_api_urls()).leader()
+        if not leader:
+            raise AirflowException("Patroni has no single leader: no switchover")
+        credentials(self.inventory.patroni.rest_conn_id, "Patroni REST API (POST /switchover)")
+        return leader
+
+    def _switchover(self, leader: str) -> None:
+        """While paused: Patroni switchover, then HAProxy's write port on the new leader."""
+        inv = self.inventory
+        patroni = PatroniHook(self.patroni_api_urls(), conn_id=inv.patroni.rest_conn_id)
+        response = patroni.switchover(leader)
+        if response.status_code != 200:
+            raise AirflowException(f"Patroni refused the switchover ({response.status_code}): {response.text[:500]}")
+        haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
+        deadline = time.monotonic() + self.switchover_timeout
+        while True:
+            cluster = patroni.cluster()
+            routing = haproxy.routing(cluster)
+            if cluster.leaders and cluster.leaders != [leader] and not routing.problems:
+                self.log.info("switched over from %s to %s; HAProxy routes writes to %s", leader,
+                              cluster.leaders[0], routing.write)
+                return
+            if time.monotonic() > deadline:
+                raise AirflowException(f"after {self.switchover_timeout:g}s HAProxy does not route like Patroni: "
+                                       + "; ".join(routing.problems or [f"leader still {cluster.leaders}"]))
+            time.sleep(0.2)
+
+    def _same_verifier(self) -> None:
+        owner = self.inventory.postgres.owner
+        source = self.source_verifiers([owner])
+        cluster = role_verifiers(self.cluster_admin(), [owner])
+        if not pgbouncer.verifier_mismatch(source, cluster):
+            self.unchanged(f"{owner}'s SCRAM verifier is the same on the source and the cluster")
+            return
+        with pgdata.session(self.cluster_admin()) as conn:
+            pgdata.execute(conn, pgdata.statement("pgbouncer_set_verifier.sql", role=pgdata.ident(owner),
+                                                  verifier=pgdata.lit(source[owner])))
+        self.changed(f"{owner} on the cluster carries the source's SCRAM verifier (same password)")
+
+    def _paused(self, consoles: dict[str, PgBouncerAdminHook], current: dict[str, Backend | None],
+                targets: dict[str, Backend], work: Callable[[], None]) -> float:
+        """PAUSE all, ``work``, point each at its target, RESUME all; on any failure every PgBouncer is
+        back as it was (a switchover already done stays done: Patroni's cluster is consistent)."""
+        database = self.inventory.postgres.database
+        staged = {host: self._stage(host, targets[host]) for host in consoles if current[host] != targets[host]}
+        paused: list[str] = []
+        switched: list[str] = []
+        started = time.monotonic()
+        try:
+            for host, console in consoles.items():
+                took = console.pause(database, self.pause_timeout)
+                paused.append(host)
+                self.log.info("[%s] PAUSE %s done in %.2fs", host, database, took)
+            work()
+            for host in staged:
+                self._point(host, targets[host], staged[host])
+                switched.append(host)
+        except BaseException:
+            self._undo(consoles, switched, paused, current)
+            raise
+        for host in paused:
+            consoles[host].resume(database)
+        return time.monotonic() - started
+
+    def _undo(self, consoles: dict[str, PgBouncerAdminHook], switched: list[str], paused: list[str],
+              current: dict[str, Backend | None]) -> None:
+        """Every PgBouncer back on the server it had, and resumed; one that fails does not stop the others."""
+        steps = [(f"[{h}] back to {current[h] or self.source_backend(h)}",
+                  lambda h=h: self._point(h, current[h] or self.source_backend(h))) for h in switched]
+        steps += [(f"[{h}] RESUME", lambda h=h: consoles[h].resume(self.inventory.postgres.database)) for h in paused]
+        for what, step in steps:
+            try:
+                step()
+                self.log.warning("undone: %s", what)
+            except Exception:
+                self.log.exception("could NOT undo %s: do it by hand (see the README, PgBouncer)", what)
+
+    def _catch_up(self) -> None:
+        """While paused (logical method): the subscription has all, sequences copied, every table compared."""
+        inv = self.inventory
+        source_db = self.source_app()
+        cluster_db = self.cluster_admin().on(inv.postgres.database)
+        deadline = time.monotonic() + self.catch_up_timeout
+        with pgdata.session(source_db) as conn:
+            while not pgdata.slot_caught_up(conn):
+                if time.monotonic() > deadline:
+                    raise AirflowException(f"the subscription did not confirm the source's position in "
+                                           f"{self.catch_up_timeout:g}s")
+                time.sleep(0.1)
+            values = pgdata.sequence_values(conn)
+        with pgdata.session(cluster_db) as conn:
+            pgdata.set_sequences(conn, values)
+        with pgdata.session(source_db) as conn:
+            source_prints = pgdata.fingerprints(conn)
+        with pgdata.session(cluster_db) as conn:
+            differences = pgdata.compare_fingerprints(source_prints, pgdata.fingerprints(conn))
+        if differences:
+            raise AirflowException("the cluster differs from the source: " + "; ".join(differences[:20]))
+        self.log.info("caught up; %d sequences copied; %d tables identical", len(values), len(source_prints))
+
+    def _stage(self, host: str, backend: Backend) -> str:
+        """``host``'s pgbouncer.ini sending to ``backend``, written beside the live one (before the PAUSE)."""
+        inv = self.inventory
+        paths = self.os_family(host).pgbouncer
+        settings = host_settings(paths, inv.postgres.database, inv.postgres.owner, backend, self.listen_port)
+        staged = f"{paths.config}.pgha-new"
+        self.remote(host).put_file(staged, ini_text(settings), owner=paths.user, group=paths.user, mode="0640")
+        return staged
+
+    def _point(self, host: str, backend: Backend, staged: str | None = None) -> None:
+        """Put ``host``'s [databases] entry on ``backend`` and RELOAD (one round trip when staged before);
+        SHOW DATABASES must agree."""
+        inv = self.inventory
+        staged = staged or self._stage(host, backend)
+        now = self.console(host).install_and_reload(staged, self.os_family(host).pgbouncer.config,
+                                                    inv.postgres.database)
+        if now != backend:
+            raise AirflowException(f"[{host}] after RELOAD PgBouncer sends to {now}, not {backend}")
+        self.log.info("[%s] PgBouncer now sends %s to %s", host, inv.postgres.database, backend)

@@ -1,0 +1,601 @@
+"""PgBouncer: its file formats, and PgBouncerAdminHook against a REAL PgBouncer 1.18 (run by the
+postgres OS user on loopback, rendered from include/templates/pgbouncer.ini.j2) in front of two
+real PostgreSQL 15 servers (the migration's source and cluster), reached over a real sshd."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
+from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, restart_with, sql, superuser
+from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
+from recording_host import CATALOGUE, DEBIAN_12, FakeFile, FakeHost, Fleet, Package, Unit, fleet_inventory, rule
+from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
+
+from pgha import pgbouncer, pgdata
+from pgha.hooks.pgbouncer import PgBouncerAdminHook
+from pgha.hooks.remote import RemoteHook
+from pgha.airflowcfg import get_option
+from pgha.operators.airflow import CutoverOperator
+from pgha.operators.pgbouncer import (
+    InstallPgBouncerOperator,
+    MoveAirflowOntoPgBouncerOperator,
+    PausedSwitchOperator,
+    _PgBouncerTask,
+    role_verifiers,
+)
+from pgha.osfamily import DEBIAN, PgBouncerOs
+from pgha.pgbouncer import Backend, PauseTimedOut
+from pgha.render import render
+
+HOSTILE = "app %40pw@h:1/'\"\\ $x#;%s\\ end"
+ODD_ROLE = 'odd "role" $x'
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_auth_file_line_doubles_quotes_and_keeps_everything_else() -> None:
+    assert pgbouncer.auth_file_line('a"b', 'p"w\\ $#;') == '"a""b" "p""w\\ $#;"\n'
+
+
+def test_auth_file_holds_only_scram_verifiers() -> None:
+    with pytest.raises(ValueError, match="no SCRAM-SHA-256 password"):
+        pgbouncer.auth_file({"airflow_user": "md5" + "0" * 32})
+    with pytest.raises(ValueError, match="line break"):
+        pgbouncer.auth_file_line("a\nb", "x")
+
+
+def test_connstr_values_are_single_quoted_with_quotes_doubled() -> None:
+    assert pgbouncer.connstr(host="h'x", port=5432) == "host='h''x' port='5432'"
+
+
+def test_a_database_name_pgbouncer_cannot_read_is_refused() -> None:
+    assert pgbouncer.ini_key("airflow_db") == "airflow_db"
+    with pytest.raises(ValueError, match="cannot be quoted"):
+        pgbouncer.ini_key("airflow db")
+
+
+# ----------------------------------------------------------------------------- real services
+
+
+def verifier(svc: PostgresService, role: str = OWNER) -> str:
+    return sql(superuser(svc), "SELECT rolpassword FROM pg_authid WHERE rolname = %s", params=(role,))[0][0]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresService, PostgresService]]:
+    """Source and cluster, each with airflow_db and a ``ticks`` table; the cluster's role carries the
+    source's SCRAM verifier (what pass-through needs)."""
+    workdir = tmp_path_factory.mktemp("pgbouncer-pair")
+    source = start_postgres(workdir, POSTGRES_PASSWORD)
+    try:
+        cluster = start_postgres(workdir, POSTGRES_PASSWORD)
+    except BaseException:
+        source.stop()
+        raise
+    try:
+        fill_source(source)
+        ensure_owner(cluster)
+        with pgdata.session(superuser(cluster)) as conn:
+            pgdata.recreate_database(conn, DATABASE, OWNER)
+        sql(superuser(cluster), "ALTER ROLE airflow_user PASSWORD %s", params=(verifier(source),))
+        for svc in (source, cluster):
+            sql(owner(svc), "CREATE TABLE IF NOT EXISTS ticks (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        yield source, cluster
+    finally:
+        source.stop()
+        cluster.stop()
+
+
+def settings(base: Path, port: int, backend: PostgresService) -> pgbouncer.Settings:
+    return pgbouncer.Settings(
+        config=str(base / "pgbouncer.ini"), auth_file=str(base / "userlist.txt"),
+        hba_file=str(base / "pgbouncer_hba.conf"), socket_dir=str(base / "sock"), os_user="postgres",
+        listen_port=port, database=DATABASE, owner=OWNER, backend=Backend(backend.host, backend.port))
+
+
+def ini(base: Path, port: int, backend: PostgresService) -> str:
+    return render("pgbouncer.ini.j2", **pgbouncer.ini_context(settings(base, port, backend)))
+
+
+@pytest.fixture
+def bouncer(pair: tuple[PostgresService, PostgresService], tmp_path: Path) -> Iterator[PgBouncerService]:
+    """PgBouncer in front of the source, its files as the install writes them."""
+    source, _ = pair
+    sql(owner(source), "TRUNCATE ticks")
+    sql(owner(pair[1]), "TRUNCATE ticks")
+
+    def files(base: Path, port: int) -> dict[str, str]:
+        return {
+            "pgbouncer.ini": ini(base, port, source),
+            "userlist.txt": pgbouncer.auth_file({OWNER: verifier(source)}, admin_user="postgres"),
+            "pgbouncer_hba.conf": pgbouncer.hba(settings(base, port, source)),
+        }
+
+    svc = start_pgbouncer(tmp_path, files)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def admin(sshd: SshdService, monkeypatch: pytest.MonkeyPatch, bouncer: PgBouncerService,
+          pair: tuple[PostgresService, PostgresService]) -> Iterator[PgBouncerAdminHook]:
+    set_connection(monkeypatch, "ssh_airflow", **ssh_connection(sshd))
+    remote = RemoteHook("ssh_airflow", host_name="airflow-1", command_timeout=60)
+    yield PgBouncerAdminHook(remote, os_user="postgres", socket_dir=str(bouncer.socket_dir), port=bouncer.port,
+                             server=superuser(pair[0]), psql="/usr/bin/psql")
+    remote.close()
+
+
+def through(bouncer: PgBouncerService, application_name: str = "pgha-test", user: str = OWNER,
+            password: str = AIRFLOW_DB_PASSWORD) -> psycopg2.extensions.connection:
+    return psycopg2.connect(host=bouncer.host, port=bouncer.port, user=user, password=password, dbname=DATABASE,
+                            application_name=application_name, connect_timeout=5)
+
+
+def server_port(conn: psycopg2.extensions.connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_setting('port')::int")
+        port = cur.fetchone()[0]
+    conn.commit()
+    return port
+
+
+def test_airflow_logs_in_with_a_hostile_password_and_no_file_holds_it(
+        bouncer: PgBouncerService, pair: tuple[PostgresService, PostgresService]) -> None:
+    conn = through(bouncer)
+    try:
+        assert server_port(conn) == pair[0].port
+    finally:
+        conn.close()
+    for path in bouncer.base_dir.iterdir():
+        if path.is_file():
+            assert AIRFLOW_DB_PASSWORD not in path.read_text(), path
+    with pytest.raises(psycopg2.OperationalError):
+        through(bouncer, password=AIRFLOW_DB_PASSWORD + "x")
+
+
+def test_the_admin_console_admits_only_its_os_user_on_the_socket(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService) -> None:
+    assert admin.backend(DATABASE) is not None
+    through(bouncer).close()  # a pool exists once a client used it
+    assert {row["database"] for row in admin.show_pools()} >= {DATABASE}
+    for user, password in (("postgres", ""), ("postgres", "x"), (OWNER, AIRFLOW_DB_PASSWORD)):
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(host=bouncer.host, port=bouncer.port, user=user, password=password, dbname="pgbouncer",
+                             connect_timeout=5)
+
+
+def test_a_hostile_role_name_and_plain_password_round_trip_through_the_auth_file(
+        bouncer: PgBouncerService, admin: PgBouncerAdminHook, pair: tuple[PostgresService, PostgresService]) -> None:
+    """The auth_file format itself, with the worst values: a plain-text password there (which pgha never
+    writes) and a role name with quotes, each read back by PgBouncer exactly."""
+    source = pair[0]
+    with pgdata.session(superuser(source)) as conn:
+        pgdata.ensure_login_role(conn, ODD_ROLE, HOSTILE)
+    s = settings(bouncer.base_dir, bouncer.port, source)
+    bouncer.write("userlist.txt", pgbouncer.auth_file({OWNER: verifier(source)}, admin_user="postgres")
+                  + pgbouncer.auth_file_line(ODD_ROLE, HOSTILE))
+    bouncer.write("pgbouncer_hba.conf", pgbouncer.hba(s) + f"host {DATABASE} {pgbouncer.hba_word(ODD_ROLE)} "
+                  "127.0.0.1/32 scram-sha-256\n")
+    admin.reload()
+    conn = through(bouncer, user=ODD_ROLE, password=HOSTILE)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert cur.fetchone()[0] == ODD_ROLE
+    finally:
+        conn.close()
+    with pytest.raises(psycopg2.OperationalError):
+        through(bouncer, user=ODD_ROLE, password=HOSTILE[:-1])
+
+
+class Writer(threading.Thread):
+    """Airflow's stand-in: one committed INSERT every 50 ms through PgBouncer, on one connection."""
+
+    def __init__(self, bouncer: PgBouncerService) -> None:
+        super().__init__(daemon=True)
+        self.bouncer = bouncer
+        self.stop_event = threading.Event()
+        self.commits: list[tuple[int, int, float]] = []  # (n, server port, seconds the commit took)
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        conn = through(self.bouncer, application_name="airflow-scheduler")
+        n = 0
+        try:
+            while not self.stop_event.is_set():
+                n += 1
+                started = time.monotonic()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO ticks (n) VALUES (%s) RETURNING current_setting('port')::int", (n,))
+                        port = cur.fetchone()[0]
+                    conn.commit()
+                    self.commits.append((n, port, time.monotonic() - started))
+                except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                    self.failures.append(f"{n}: {type(exc).__name__}: {exc}")
+                    conn.rollback()
+                time.sleep(0.05)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+
+def test_pause_switch_reload_resume_loses_no_commit_and_moves_to_the_other_server(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService, pair: tuple[PostgresService, PostgresService]) -> None:
+    source, cluster = pair
+    writer = Writer(bouncer)
+    writer.start()
+    try:
+        time.sleep(1.0)
+        admin.pause(DATABASE, timeout=5)
+        assert admin.paused(DATABASE)
+        bouncer.write("pgbouncer.ini", ini(bouncer.base_dir, bouncer.port, cluster))
+        admin.reload()
+        assert admin.backend(DATABASE) == Backend(cluster.host, cluster.port)
+        time.sleep(0.3)  # the writer's commits queue in PgBouncer meanwhile
+        admin.resume(DATABASE)
+        assert not admin.paused(DATABASE)
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    assert writer.failures == []
+    ports = [port for _, port, _ in writer.commits]
+    switched_at = ports.index(cluster.port)
+    assert set(ports[:switched_at]) == {source.port} and set(ports[switched_at:]) == {cluster.port}
+    on_source = sql(owner(source), "SELECT count(*) FROM ticks")[0][0]
+    on_cluster = sql(owner(cluster), "SELECT count(*) FROM ticks")[0][0]
+    assert (on_source, on_cluster) == (switched_at, len(ports) - switched_at)
+    assert on_source > 5 and on_cluster > 5
+    assert max(took for _, _, took in writer.commits) < 5  # the pause cost a wait, not an error
+
+
+def test_a_transaction_held_open_times_the_pause_out_which_resumes_names_it_and_changes_nothing(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService, pair: tuple[PostgresService, PostgresService]) -> None:
+    source = pair[0]
+    holder = through(bouncer, application_name="airflow-long-task")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            holder_pid = cur.fetchone()[0]  # a transaction is now open and holds its server connection
+        started = time.monotonic()
+        with pytest.raises(PauseTimedOut) as raised:
+            admin.pause(DATABASE, timeout=2)
+        assert 2 <= time.monotonic() - started < 15
+        blockers = raised.value.blockers
+        assert [b.pid for b in blockers] == [holder_pid]
+        assert blockers[0].application_name == "airflow-long-task" and blockers[0].xact_start
+        assert f"pid {holder_pid}" in str(raised.value) and "airflow-long-task" in str(raised.value)
+        assert not admin.paused(DATABASE)
+        assert admin.backend(DATABASE) == Backend(source.host, source.port)
+        other = through(bouncer)  # nobody is left waiting behind the abandoned pause
+        try:
+            assert server_port(other) == source.port
+        finally:
+            other.close()
+        holder.rollback()
+        assert admin.blocking_transactions(DATABASE) == []
+    finally:
+        holder.close()
+
+
+# ----------------------------------------------------------------------------- PausedSwitchOperator
+
+
+@pytest.fixture
+def logical_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresService, PostgresService]]:
+    """A source (wal_level logical, publication) and a cluster subscribed to it, the app role's verifier
+    NOT yet the source's on the cluster (the operator sees to it)."""
+    workdir = tmp_path_factory.mktemp("pgbouncer-logical")
+    source = start_postgres(workdir, POSTGRES_PASSWORD)
+    cluster = None
+    try:
+        cluster = start_postgres(workdir, POSTGRES_PASSWORD)
+        fill_source(source)
+        restart_with(source, wal_level="logical")
+        ensure_owner(cluster)
+        with pgdata.session(superuser(cluster)) as conn:
+            pgdata.recreate_database(conn, DATABASE, OWNER)
+        for svc in (source, cluster):
+            sql(owner(svc), *SCHEMA)
+        with pgdata.session(superuser(source, DATABASE)) as conn:
+            pgdata.ensure_publication(conn)
+        with pgdata.session(superuser(cluster, DATABASE)) as conn:
+            pgdata.create_subscription(conn, superuser(source, DATABASE))
+        yield source, cluster
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        source.stop()
+
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS dag_run (id serial PRIMARY KEY, dag_id text NOT NULL, run_id text NOT NULL, "
+    "start_date timestamptz DEFAULT now(), conf jsonb, duration double precision)",
+    "CREATE TABLE IF NOT EXISTS log (id bigserial PRIMARY KEY, event text, dttm timestamptz DEFAULT now())",
+    "CREATE TABLE ticks (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+]
+
+
+@pytest.fixture
+def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPatch,
+                logical_pair: tuple[PostgresService, PostgresService]) -> Iterator[tuple[PgBouncerService, str]]:
+    """PgBouncer in front of the logical pair's source, at the paths the operators are told, and an inventory
+    whose Airflow, source and HAProxy host is this machine (HAProxy's write port: the cluster itself)."""
+    source, cluster = logical_pair
+
+    def files(base: Path, port: int) -> dict[str, str]:
+        return {"pgbouncer.ini": ini(base, port, source),
+                "userlist.txt": pgbouncer.auth_file({OWNER: verifier(source)}, admin_user="postgres"),
+                "pgbouncer_hba.conf": pgbouncer.hba(settings(base, port, source))}
+
+    bouncer = start_pgbouncer(tmp_path, files)
+    paths = PgBouncerOs(packages=("pgbouncer",), service="pgbouncer.service",
+                        config=str(bouncer.config_path), auth_file=str(bouncer.path("userlist.txt")),
+                        hba_file=str(bouncer.path("pgbouncer_hba.conf")), socket_dir=str(bouncer.socket_dir),
+                        user="postgres", psql="/usr/bin/psql")
+    monkeypatch.setattr(_PgBouncerTask, "os_family", lambda self, host: replace(DEBIAN, pgbouncer=paths),
+                        raising=False)
+    # the one seam: the test source's socket is not where psql on "the source host" looks for it
+    monkeypatch.setattr(_PgBouncerTask, "source_verifiers", lambda self, roles: role_verifiers(superuser(source), roles))
+    config = tmp_path / "airflow.cfg"  # Airflow here already goes through PgBouncer
+    config.write_text(f"[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:{bouncer.port}/airflow_db\n")
+    inventory = write_inventory(tmp_path, loopback_inventory(
+        [("pg-1", "127.0.0.41"), ("pg-2", "127.0.0.42"), ("pg-3", "127.0.0.43")],
+        haproxy={"host": "lb", "write_port": cluster.port}, source={"host": "lb", "major": 15},
+        airflow={"hosts": [{"host": "lb", "config": str(config), "units": ["airflow-scheduler"]}]}))
+    set_connection(monkeypatch, "ssh_lb", **ssh_connection(sshd))
+    set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
+                   login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
+    set_connection(monkeypatch, "pgha_pg_superuser", conn_type="postgres", login="postgres", password=POSTGRES_PASSWORD)
+    try:
+        yield bouncer, inventory
+    finally:
+        bouncer.stop()
+
+
+def test_paused_switch_operator_cuts_over_without_a_failed_commit(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService]) -> None:
+    """The cutover core end to end: a writer commits every 50 ms through PgBouncer while the operator
+    pauses it, waits for the subscription, copies the sequences, compares the tables, points PgBouncer
+    at the cluster (HAProxy's write port, here the cluster itself) and resumes it."""
+    source, cluster = logical_pair
+    bouncer, inventory = cutover_env
+    verifier_before = verifier(source)
+    assert verifier(cluster) != verifier_before
+    writer = Writer(bouncer)
+    writer.start()
+    try:
+        time.sleep(1.0)
+        summary = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
+                                       pause_timeout=5, pause_retry_delay=1).execute({})
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    again = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory,
+                                 listen_port=bouncer.port).execute({})
+    assert writer.failures == []
+    assert summary["result"]["mode"] == "cutover" and summary["result"]["paused_s"] < 30
+    assert any("SCRAM verifier" in change for change in summary["changes"])
+    assert verifier(cluster) == verifier(source) == verifier_before
+    ports = [port for _, port, _ in writer.commits]
+    switched_at = ports.index(cluster.port)
+    assert set(ports[:switched_at]) == {source.port} and set(ports[switched_at:]) == {cluster.port}
+    assert sql(owner(cluster), "SELECT count(*), max(n) FROM ticks")[0] == (len(ports), len(ports))
+    assert sql(owner(source), "SELECT count(*) FROM ticks")[0][0] == switched_at
+    assert sql(owner(cluster), "SELECT last_value FROM dag_run_id_seq")[0][0] == 500  # sequences copied
+    assert again["changed"] is False  # re-run after success: nothing to do
+
+
+def test_paused_switch_operator_refuses_while_airflow_goes_to_the_server_directly(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        tmp_path: Path) -> None:
+    source, cluster = logical_pair
+    bouncer, inventory = cutover_env
+    (tmp_path / "airflow.cfg").write_text(
+        f"[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:{source.port}/airflow_db\n")
+    with pytest.raises(AirflowException, match=rf"does not go through its local PgBouncer on lb .*:{source.port}\).*"
+                                               "nothing was changed"):
+        PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port).execute({})
+    other = through(bouncer)
+    try:
+        assert server_port(other) == source.port
+    finally:
+        other.close()
+    assert verifier(cluster) != verifier(source)  # not even the verifier was touched
+
+
+def test_paused_switch_operator_that_cannot_pause_fails_with_every_pgbouncer_running_on_the_source(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    source, _ = logical_pair
+    bouncer, inventory = cutover_env
+    holder = through(bouncer, application_name="airflow-long-task")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            holder_pid = cur.fetchone()[0]
+        with pytest.raises(AirflowException, match=r"in 2 attempts: every PgBouncer sends where it did and runs"):
+            PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
+                                 pause_timeout=1, max_transaction_age=60, attempts=2, pause_retry_delay=0.2).execute({})
+        logged = capsys.readouterr().out
+        assert logged.count(f"held by: pid {holder_pid} (airflow_user, application_name 'airflow-long-task'") == 2
+        other = through(bouncer)
+        try:
+            assert server_port(other) == source.port  # not paused, still on the source
+        finally:
+            other.close()
+        with pytest.raises(AirflowException, match=r"in 1 attempts"):  # an old transaction: not even paused
+            PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
+                                 pause_timeout=1, max_transaction_age=0.5, attempts=1).execute({})
+        assert "postponed: 1 transaction(s) older than 0.5s" in capsys.readouterr().out
+    finally:
+        holder.close()
+
+
+# ----------------------------------------------------------------------------- install and move (recorded hosts)
+# The Airflow host is a FakeHost (tests/recording_host.py); its PgBouncer is simulated below: the admin
+# console answers from what the host's pgbouncer.ini says after the last RELOAD, and Airflow's units
+# connect through it when (re)started. The source's pg_authid is the real loopback source.
+
+PGB_INI = "/etc/pgbouncer/pgbouncer.ini"
+AIRFLOW_CFG = "/tmp/airflow.cfg"
+
+
+@rule(r"cd / && runuser -u postgres -- timeout --kill-after=2 \S+ /usr/bin/psql -X -q --csv -v ON_ERROR_STOP=1 "
+      r"-h /var/run/postgresql -p 6432 -U postgres -d pgbouncer (.+)", mutating=None)
+def _pgbouncer_console(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    state = h.__dict__.setdefault("pgbouncer", {"backend": None, "clients": 0})
+    unit = h.unit("pgbouncer.service")
+    if unit is None or not unit.active:
+        return 2, "", 'psql: error: connection to server on socket "/var/run/postgresql/.s.PGSQL.6432" failed\n'
+    out = ""
+    for statement in shlex.split(m[1])[1::2]:
+        if statement == "RELOAD":
+            found = re.search(r"^airflow_db = host='([^']*)' port='(\d+)'", h.files[PGB_INI].content, re.M)
+            state["backend"] = (found[1], int(found[2])) if found else None
+        elif statement == "SHOW DATABASES":
+            out = "name,host,port,paused\n" + (f"airflow_db,{state['backend'][0]},{state['backend'][1]},0\n"
+                                                 if state["backend"] else "")
+        elif statement == "SHOW CLIENTS":
+            out = "type,user,database\n" + "C,airflow_user,airflow_db\n" * state["clients"]
+    return 0, out, ""
+
+
+@rule(r"PGPASSFILE=(\S+) PGCONNECT_TIMEOUT=10 timeout 30 /usr/bin/psql -X -At -h 127.0.0.1 -p 6432 .+", mutating=False)
+def _login_through_pgbouncer(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int, str, str]:
+    backend = h.__dict__.get("pgbouncer", {}).get("backend")
+    if m[1] not in h.files or not backend:
+        return 2, "", "psql: error: FATAL:  no such database: airflow_db\n"
+    return 0, f"{backend[0]}:{backend[1]}\n", ""
+
+
+@pytest.fixture
+def airflow_host(fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 pair: tuple[PostgresService, PostgresService]) -> tuple[FakeHost, str]:
+    """vm1: the Airflow host, the source host and the HAProxy host of a fleet inventory (Debian 12)."""
+    source = pair[0]
+    monkeypatch.setitem(CATALOGUE[DEBIAN_12], "pgbouncer", Package(
+        binaries={"/usr/sbin/pgbouncer": "PgBouncer 1.18.0"}, units={"pgbouncer.service": (True, True)},
+        files={PGB_INI: "[databases]\n[pgbouncer]\n"}, users=("postgres",)))
+    monkeypatch.setitem(CATALOGUE[DEBIAN_12], "postgresql-client", Package(binaries={"/usr/bin/psql": "psql 15"}))
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, lb_address="127.0.0.1")
+    vm1 = fleet["vm1"]
+    vm1.users.update({"postgres", "airflow"})
+    vm1.postgres = superuser(source)
+    set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
+                   login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
+    set_connection(monkeypatch, "pgha_airflow_db", conn_type="postgres", login=OWNER, password=AIRFLOW_DB_PASSWORD)
+    return vm1, inventory
+
+
+def test_install_writes_no_password_starts_proves_a_login_and_keeps_a_switched_backend(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    source = pair[0]
+    first = InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    assert first["result"] == {"backend": f"127.0.0.1:{source.port}", "listen": "127.0.0.1:6432",
+                               "reached": f"127.0.0.1:{source.port}"}
+    auth = vm1.files["/etc/pgbouncer/userlist.txt"]
+    assert (auth.owner, auth.mode) == ("postgres", "640")
+    assert f'"{OWNER}" "{verifier(source)}"' in auth.content
+    for path in ("/etc/pgbouncer/userlist.txt", "/etc/pgbouncer/pgbouncer_hba.conf", PGB_INI):
+        assert AIRFLOW_DB_PASSWORD not in vm1.files[path].content
+    assert "local  pgbouncer  postgres  peer" in vm1.files["/etc/pgbouncer/pgbouncer_hba.conf"].content
+    assert "pool_mode = transaction" in vm1.files[PGB_INI].content
+    assert "/var/lib/pgha/pgbouncer-check.pgpass" not in vm1.files  # the check's password file is gone
+    assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)
+
+    vm1.forget()
+    again = InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    assert again["changes"] == []
+    vm1.pgbouncer["backend"] = ("127.0.0.1", 5433)  # after the cutover: HAProxy's write port
+    vm1.files[PGB_INI].content = vm1.files[PGB_INI].content.replace(f"port='{source.port}'", "port='5433'")
+    kept = InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    assert kept["result"]["backend"] == "127.0.0.1:5433" and kept["changes"] == []
+
+
+def airflow_cfg(port: int) -> str:
+    return ("[core]\nexecutor = LocalExecutor\n\n[database]\n"
+            f"sql_alchemy_conn = postgresql+psycopg2://airflow_user:old@127.0.0.1:{port}/airflow_db\n")
+
+
+def test_moving_airflow_onto_pgbouncer_restarts_it_there_and_a_rerun_changes_nothing(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    source = pair[0]
+    InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
+    vm1.units["airflow-scheduler.service"] = Unit(enabled=True, active=True)
+    vm1.on_start["airflow-scheduler.service"] = lambda: vm1.pgbouncer.update(clients=2)
+    vm1.forget()
+    moved = MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert moved["result"] == {"moved": True, "units": ["airflow-scheduler"]}
+    cfg = vm1.files[AIRFLOW_CFG]
+    assert (cfg.owner, cfg.group, cfg.mode) == ("airflow", "airflow", "600")
+    url = get_option(cfg.content, "database", "sql_alchemy_conn")
+    assert make_url(url).password == AIRFLOW_DB_PASSWORD and (make_url(url).host, make_url(url).port) == (
+        "127.0.0.1", 6432)
+    assert vm1.files["/var/lib/pgha/airflow.cfg.pre-pgbouncer"].content == airflow_cfg(source.port)
+    assert "systemctl restart airflow-scheduler" in vm1.mutations()
+    again = MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert again["result"] == {"moved": False}
+
+
+def test_airflow_that_does_not_come_back_through_pgbouncer_is_put_back_as_it_was(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    source = pair[0]
+    InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
+    vm1.units["airflow-scheduler.service"] = Unit(enabled=True, active=True)
+    vm1.forget()
+    with pytest.raises(AirflowException, match="Airflow sessions through PgBouncer: 0"):
+        MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1",
+                                         settle_timeout=0).execute({})
+    assert vm1.files[AIRFLOW_CFG] == FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
+    assert vm1.mutations().count("systemctl restart airflow-scheduler") == 2  # onto PgBouncer, and back
+
+
+def test_moving_airflow_refuses_a_pgbouncer_that_sends_elsewhere(
+        airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
+    vm1, inventory = airflow_host
+    InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
+    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(5999), "airflow", "airflow", "600")
+    vm1.forget()
+    with pytest.raises(AirflowException, match=r"Airflow uses 127.0.0.1:5999 but PgBouncer sends to .*nothing was"):
+        MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert vm1.mutations() == []
+
+
+def test_in_the_migration_dag_the_pgbouncer_steps_run_only_with_pooler_pgbouncer_and_the_logical_method(
+        tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path, loopback_inventory([("pg-1", "127.0.0.41"), ("pg-2", "127.0.0.42"),
+                                                              ("pg-3", "127.0.0.43")]))
+    steps = [InstallPgBouncerOperator(task_id="i", inventory_path=inventory, host="lb"),
+             MoveAirflowOntoPgBouncerOperator(task_id="m", inventory_path=inventory, host="lb"),
+             PausedSwitchOperator(task_id="p", inventory_path=inventory)]
+    for step in steps:
+        with pytest.raises(AirflowSkipException, match="pooler is none"):
+            step.execute({"params": {"pooler": "none", "migration_method": "logical_replication"}})
+        with pytest.raises(AirflowException, match="needs migration_method logical_replication"):
+            step.execute({"params": {"pooler": "pgbouncer", "migration_method": "dump_restore"}})
+    with pytest.raises(AirflowSkipException, match="paused_cutover"):
+        CutoverOperator(task_id="cutover", inventory_path=inventory).execute({"params": {"pooler": "pgbouncer"}})
