@@ -299,7 +299,8 @@ class Agent:
         self.s = settings
         self.settings_path = settings_path
         self.resuming = resuming
-        self.phase = "armed"
+        self.phase = "begin"
+        self.armed = resuming  # a state file (and resume unit) is kept only once armed
         self.stop_failed = False
         self.started = time.time()
         self.steps: list[dict[str, Any]] = []
@@ -308,7 +309,8 @@ class Agent:
         self.backup: Path | None = None
         self.original: tuple[bytes, int, int, int] | None = None  # the config replaced: content, uid, gid, mode
         self.units = units or AirflowUnits(settings, self.log)
-        self.units.no_block = resuming
+        if resuming:
+            self.units.no_block = True
         self.database = settings["database"]
         self.cluster_admin = endpoint(settings, "cluster", "postgres")
         self.cluster_db = endpoint(settings, "cluster", self.database)
@@ -499,6 +501,8 @@ class Agent:
     def save_state(self, phase: str) -> None:
         """What a restart of this host must know to complete the cutover (root 0600, root-only directory)."""
         self.phase = phase
+        if not self.armed:
+            return
         state = {"run_id": self.s["run_id"], "role": self.s["role"], "settings": self.settings_path, "phase": phase,
                  "backup": str(self.backup) if self.backup else None,
                  "original": list(self.original[1:]) if self.original else None}
@@ -527,6 +531,7 @@ class Agent:
 
     def arm_resume(self) -> None:
         """Before the stop: the state file and the boot-time unit that completes this cutover after a crash."""
+        self.armed = True
         self.save_state("stopping")
         text = self.s.get("resume_unit")
         if not text:
