@@ -382,8 +382,8 @@ def primary_recorded(cluster: PostgresService, run_id: str, outcome: str) -> Non
 
 
 def follower(tmp_path: Path, source: PostgresService, cluster: PostgresService, **extra: Any) -> dict[str, Any]:
-    return settings(tmp_path, source, cluster, role="follower", follower_timeout=10, follower_retry_seconds=0.1,
-                    **extra)
+    return settings(tmp_path, source, cluster, **{"role": "follower", "follower_timeout": 10,
+                                                  "follower_retry_seconds": 0.1, **extra})
 
 
 def assert_disarmed(s: dict[str, Any], units: RecordingUnits) -> None:
@@ -532,4 +532,16 @@ def test_a_resume_with_nothing_unfinished_only_removes_itself(tmp_path: Path, so
     units = RecordingUnits()
     assert Agent(s, units=units, resuming=True).resume() == 0
     assert units.calls == []
+    assert_disarmed(s, units)
+
+
+def test_a_follower_without_the_primarys_outcome_stays_stopped(tmp_path: Path, source: PostgresService,
+                                                               cluster: PostgresService) -> None:
+    """Only the primary decides a rollback: without its outcome the follower neither moves nor goes back."""
+    s = follower(tmp_path, source, cluster, follower_timeout=1)
+    units = RecordingUnits()
+    assert Agent(s, units=units).run() == 1
+    record = record_of(cluster, s["run_id"], "follower")
+    assert record["outcome"] == "stuck" and "no outcome from the source host's cutover agent" in record["detail"]
+    assert units.calls == ["stop"] and Path(s["config"]).read_text() == OLD_CFG
     assert_disarmed(s, units)
