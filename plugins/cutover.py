@@ -29,10 +29,26 @@ database):
   start     start the units
   healthy   a scheduler job started after the cutover heartbeats in the new DB
 
-Any failure after ``stop`` rolls back: the old airflow.cfg goes back, the live
-mark is cleared, the units start on the source database (which the agent only
-reads), and the failure is recorded. A follower stops its units, waits for the
-primary's recorded outcome, then repoints and starts (or rolls back).
+Any failure of the primary after ``stop`` rolls back: the old airflow.cfg goes
+back, the live mark is cleared, the units start on the source database (which
+the agent only reads), and the failure is recorded.
+
+A follower stops its units and waits for the primary's recorded outcome: the
+primary alone decides, for every host together. On its rollback the follower
+rolls back; on its success the follower only moves forward (repoint, ``db
+check`` every ``follower_retry_seconds`` for up to ``follower_forward_timeout``,
+start). A follower that cannot (or hears no outcome within ``follower_timeout``)
+records "stuck", keeps its units stopped and never starts them on the source.
+
+A crash of the host: before its stop every agent writes a root-only state file
+(``STATE_FILE``: run, role, phase, the config backup) and enables
+``pgha-cutover-resume.service`` (rendered by CutoverOperator into the settings),
+ordered Before= this host's Airflow units. At boot it runs ``python -m
+pgha.cutover --resume SETTINGS`` (``Agent.resume``): a follower waits for the
+primary's outcome and goes forward or back as above; the primary never continues
+a copy: it keeps an outcome it had recorded, else rolls back (and so every
+follower). Whatever the outcome, the agent then removes the unit and the state
+file, and the pgpass file goes only once no state file is left.
 """
 
 from __future__ import annotations
