@@ -29,10 +29,26 @@ database):
   start     start the units
   healthy   a scheduler job started after the cutover heartbeats in the new DB
 
-Any failure after ``stop`` rolls back: the old airflow.cfg goes back, the live
-mark is cleared, the units start on the source database (which the agent only
-reads), and the failure is recorded. A follower stops its units, waits for the
-primary's recorded outcome, then repoints and starts (or rolls back).
+Any failure of the primary after ``stop`` rolls back: the old airflow.cfg goes
+back, the live mark is cleared, the units start on the source database (which
+the agent only reads), and the failure is recorded.
+
+A follower stops its units and waits for the primary's recorded outcome: the
+primary alone decides, for every host together. On its rollback the follower
+rolls back; on its success the follower only moves forward (repoint, ``db
+check`` every ``follower_retry_seconds`` for up to ``follower_forward_timeout``,
+start). A follower that cannot (or hears no outcome within ``follower_timeout``)
+records "stuck", keeps its units stopped and never starts them on the source.
+
+A crash of the host: before its stop every agent writes a root-only state file
+(``STATE_FILE``: run, role, phase, the config backup) and enables
+``pgha-cutover-resume.service`` (rendered by CutoverOperator into the settings),
+ordered Before= this host's Airflow units. At boot it runs ``python -m
+pgha.cutover --resume SETTINGS`` (``Agent.resume``): a follower waits for the
+primary's outcome and goes forward or back as above; the primary never continues
+a copy: it keeps an outcome it had recorded, else rolls back (and so every
+follower). Whatever the outcome, the agent then removes the unit and the state
+file, and the pgpass file goes only once no state file is left.
 """
 
 from __future__ import annotations
@@ -62,6 +78,10 @@ STAGED_CONFIG = f"{STATE_DIR}/airflow.cfg.pgha-new"  # phase 8 writes it, the ag
 BACKUP_DIR = f"{STATE_DIR}/backup"
 KEEP_BACKUPS = 5  # airflow.cfg backups kept per host (they hold the old database password)
 PGPASS = "/etc/pgha/cutover.pgpass"
+STATE_FILE = f"{STATE_DIR}/cutover-state.json"  # an unfinished cutover on this host (see Agent.resume)
+RESUME_UNIT = "pgha-cutover-resume.service"
+UNIT_DIR = "/etc/systemd/system"
+FOLLOWER_TIMEOUT = 6 * 3600 + 1800  # the primary's longest run (copy_timeout) and some: it alone decides a rollback
 
 
 class UnsafePath(RuntimeError):
@@ -217,6 +237,9 @@ class AirflowUnits:
         self.log = log
         self.names: list[str] = list(settings.get("units") or [])
         self.environment: dict[str, str] = {}
+        # Resuming at boot: the units are ordered after the resume unit that runs us, so a blocking
+        # `systemctl start` of them would wait for us forever; --no-block queues the job (or cancels one).
+        self.no_block = False
 
     @property
     def runs_scheduler(self) -> bool:
@@ -230,10 +253,13 @@ class AirflowUnits:
             raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): "
                                f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
 
+    def systemctl(self, verb: str, *units: str) -> None:
+        self.sh(["systemctl", verb, *(["--no-block"] if self.no_block else []), *units])
+
     def stop(self) -> None:
         if self.names:
             self.environment = self.units_environment()
-            self.sh(["systemctl", "stop", *self.names])
+            self.systemctl("stop", *self.names)
 
     def main_pid(self, unit: str) -> int:
         shown = subprocess.run(["systemctl", "show", "-P", "MainPID", unit], capture_output=True, text=True)
@@ -253,17 +279,28 @@ class AirflowUnits:
 
     def start(self) -> None:
         if self.names:
-            self.sh(["systemctl", "start", *self.names])
+            self.systemctl("start", *self.names)
 
     def restart(self) -> None:
         """Back onto the restored config: a unit that already runs holds the cluster's URL in memory,
         which `start` would leave running."""
         if self.names:
-            self.sh(["systemctl", "restart", *self.names])
+            self.systemctl("restart", *self.names)
 
     def check_active(self) -> None:
         if self.names:
             self.sh(["systemctl", "is-active", *self.names])
+
+    def enable_resume(self, unit: str) -> None:
+        """The resume unit (its file just written) runs at the next boot, before the Airflow units."""
+        self.sh(["systemctl", "daemon-reload"])
+        self.sh(["systemctl", "enable", unit])
+
+    def disable_resume(self, unit: str) -> None:
+        self.sh(["systemctl", "disable", unit])
+
+    def daemon_reload(self) -> None:
+        self.sh(["systemctl", "daemon-reload"])
 
     def db_check(self) -> None:
         environment = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -273,8 +310,14 @@ class AirflowUnits:
 
 
 class Agent:
-    def __init__(self, settings: dict[str, Any], units: AirflowUnits | None = None) -> None:
+    def __init__(self, settings: dict[str, Any], units: AirflowUnits | None = None, *,
+                 settings_path: str | None = None, resuming: bool = False) -> None:
         self.s = settings
+        self.settings_path = settings_path
+        self.resuming = resuming
+        self.phase = "begin"
+        self.armed = resuming  # a state file (and resume unit) is kept only once armed
+        self.stop_failed = False
         self.started = time.time()
         self.steps: list[dict[str, Any]] = []
         self.log_path = Path(settings["log_dir"]) / f"cutover-{settings['run_id']}.log"
@@ -282,6 +325,8 @@ class Agent:
         self.backup: Path | None = None
         self.original: tuple[bytes, int, int, int] | None = None  # the config replaced: content, uid, gid, mode
         self.units = units or AirflowUnits(settings, self.log)
+        if resuming:
+            self.units.no_block = True
         self.database = settings["database"]
         self.cluster_admin = endpoint(settings, "cluster", "postgres")
         self.cluster_db = endpoint(settings, "cluster", self.database)
@@ -292,6 +337,9 @@ class Agent:
         print(line, flush=True)
         with self.log_path.open("a") as fh:
             fh.write(line + "\n")
+            if message.startswith("RECORD "):  # on disk before the cluster has it: a resume reads it back
+                fh.flush()
+                os.fsync(fh.fileno())
 
     def timeout(self, name: str, default: float) -> float:
         return float(self.s.get(name, default))
@@ -396,10 +444,15 @@ class Agent:
                     new, _ = read_at(staged_dir, staged.name, str(staged))
                 except FileNotFoundError:
                     raise RuntimeError(f"staged config {staged} is missing") from None
-                self.backup = self.keep_backup(config.name, current)
                 mode = stat.S_IMODE(info.st_mode)
-                write_at(config_dir, config.name, new, uid=info.st_uid, gid=info.st_gid, mode=mode, shown=str(config))
-                self.original = (current, info.st_uid, info.st_gid, mode)
+                if current == new and self.original:  # installed before a restart cut this run short
+                    self.log(f"{config} already is the staged config (installed before the restart)")
+                else:
+                    self.backup = self.keep_backup(config.name, current)
+                    self.original = (current, info.st_uid, info.st_gid, mode)
+                    self.save_state("repointing")  # a restart from here on finds the way back in the state file
+                    write_at(config_dir, config.name, new, uid=info.st_uid, gid=info.st_gid, mode=mode,
+                             shown=str(config))
                 os.unlink(staged.name, dir_fd=staged_dir)
             finally:
                 os.close(staged_dir)
@@ -452,6 +505,96 @@ class Agent:
             time.sleep(2)
         raise RuntimeError("no scheduler heartbeat in the new database after the restart")
 
+    # ------------------------------------------------------------------ crash safety
+    @property
+    def state_path(self) -> Path:
+        return Path(self.s.get("state_file") or STATE_FILE)
+
+    @property
+    def resume_unit_path(self) -> Path:
+        return Path(self.s.get("unit_dir") or UNIT_DIR) / RESUME_UNIT
+
+    def save_state(self, phase: str) -> None:
+        """What a restart of this host must know to complete the cutover (root 0600, root-only directory)."""
+        self.phase = phase
+        if not self.armed:
+            return
+        state = {"run_id": self.s["run_id"], "role": self.s["role"], "settings": self.settings_path, "phase": phase,
+                 "backup": str(self.backup) if self.backup else None,
+                 "original": list(self.original[1:]) if self.original else None}
+        path = self.state_path
+        fd = root_only_directory(str(path.parent), create=True)
+        try:
+            write_at(fd, path.name, json.dumps(state).encode(), uid=0, gid=0, mode=0o600, shown=str(path))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.log(f"state {path}: phase {phase}")
+
+    def load_state(self) -> dict[str, Any] | None:
+        path = self.state_path
+        try:
+            fd = root_only_directory(str(path.parent))
+        except FileNotFoundError:
+            return None
+        try:
+            content, _ = read_at(fd, path.name, str(path))
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(fd)
+        return json.loads(content)
+
+    def arm_resume(self) -> None:
+        """Before the stop: the state file and the boot-time unit that completes this cutover after a crash."""
+        self.armed = True
+        self.save_state("stopping")
+        text = self.s.get("resume_unit")
+        if not text:
+            raise RuntimeError("the settings carry no resume unit (armed by an older CutoverOperator)")
+        unit = self.resume_unit_path
+        fd = open_directory(str(unit.parent))
+        try:
+            write_at(fd, unit.name, text.encode(), uid=0, gid=0, mode=0o644, shown=str(unit))
+        finally:
+            os.close(fd)
+        self.units.enable_resume(RESUME_UNIT)
+
+    def disarm_resume(self) -> None:
+        """The cutover is over on this host (whatever its outcome): the resume unit goes, the state file last."""
+        unit = self.resume_unit_path
+        try:
+            if unit.exists():
+                self.units.disable_resume(RESUME_UNIT)
+            unit.unlink(missing_ok=True)
+            self.units.daemon_reload()
+        except Exception as exc:  # the state file goes anyway: the unit then finds nothing to resume
+            self.log(f"could not remove {unit}: {exc}")
+        self.state_path.unlink(missing_ok=True)
+        self.log(f"state {self.state_path} and {RESUME_UNIT} removed")
+
+    def load_original(self, state: dict[str, Any]) -> None:
+        """The config the repoint replaced, from the backup the state file names (for a rollback)."""
+        if not state.get("backup") or not state.get("original"):
+            return
+        backup = Path(state["backup"])
+        fd = root_only_directory(str(backup.parent))
+        try:
+            content, _ = read_at(fd, backup.name, str(backup))
+        finally:
+            os.close(fd)
+        uid, gid, mode = state["original"]
+        self.backup, self.original = backup, (content, uid, gid, mode)
+
+    def own_outcome(self) -> str | None:
+        """This host's outcome as its agent recorded it in its log (fsynced before the cluster has it)."""
+        try:
+            lines = self.log_path.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        outcomes = [json.loads(line.split(" RECORD ", 1)[1]).get("outcome") for line in lines if " RECORD " in line]
+        return outcomes[-1] if outcomes else None
+
     # ------------------------------------------------------------------ outcome
     def record(self, outcome: str, detail: str, result: dict[str, Any] | None = None) -> None:
         host = os.uname().nodename
@@ -459,11 +602,36 @@ class Agent:
                   "detail": detail, "seconds": round(time.time() - self.started, 2), "steps": self.steps,
                   "result": result or {}}
         self.log("RECORD " + json.dumps({k: v for k, v in record.items() if k != "result"}))
+        self.send_record(record)
+
+    def send_record(self, record: dict[str, Any]) -> None:
+        """The record into pgha_cutover_log; after a restart (the network maybe just up) retried a while:
+        the followers wait for the primary's, the outcome task for everyone's."""
+        deadline = time.time() + (self.timeout("record_timeout", 300) if self.resuming else 0)
+        while True:
+            try:
+                with pgdata.session(self.cluster_admin) as conn:
+                    pgdata.record_cutover(conn, self.s["run_id"], record["host"], self.s["role"], record["outcome"],
+                                          json.dumps(record))
+                return
+            except Exception as exc:  # the log file already has it
+                self.log(f"could not write pgha_cutover_log on the cluster: {exc}")
+                if time.time() >= deadline:
+                    return
+                time.sleep(5)
+
+    def resend_own_record(self) -> None:
+        """After a restart: the record this host's log has, into the cluster if it did not get there."""
+        lines = [line for line in self.log_path.read_text().splitlines() if " RECORD " in line]
+        record = json.loads(lines[-1].split(" RECORD ", 1)[1])
         try:
             with pgdata.session(self.cluster_admin) as conn:
-                pgdata.record_cutover(conn, self.s["run_id"], host, self.s["role"], outcome, json.dumps(record))
-        except Exception as exc:  # the log file already has it
-            self.log(f"could not write pgha_cutover_log on the cluster: {exc}")
+                hosts = {r.host for r in pgdata.cutover_records(conn, self.s["run_id"])}
+        except Exception as exc:
+            self.log(f"could not read pgha_cutover_log on the cluster: {exc}")
+            hosts = set()
+        if record.get("host") not in hosts:
+            self.send_record(record)
 
     def rollback(self, clear_mark: bool = True) -> None:
         self.log("ROLLBACK: back to the source database")
@@ -494,9 +662,9 @@ class Agent:
         self.original = None
         self.log(f"restored {config} (as kept in {self.backup})")
 
-    def outcome_of_primary(self) -> None:
-        """Follower: wait until the source host's agent records its outcome on the cluster."""
-        deadline = time.time() + self.timeout("follower_timeout", 1800)
+    def outcome_of_primary(self) -> str | None:
+        """Follower: the outcome the source host's agent records on the cluster (None: none in time)."""
+        deadline = time.time() + self.timeout("follower_timeout", FOLLOWER_TIMEOUT)
         while time.time() < deadline:
             try:
                 with pgdata.session(self.cluster_admin) as conn:
@@ -504,74 +672,181 @@ class Agent:
             except Exception as exc:  # HAProxy switching, cluster busy: keep asking
                 outcome = None
                 self.log(f"waiting for the primary agent: {str(exc).strip()}")
-            if outcome == "success":
-                return
             if outcome:
-                raise RuntimeError(f"the source host's cutover ended with {outcome!r}")
+                self.log(f"the source host's agent recorded {outcome!r}")
+                return outcome
             time.sleep(2)
-        raise RuntimeError("no outcome from the source host's cutover agent in time")
+        return None
+
+    def db_check_until_reachable(self) -> None:
+        """After the primary committed there is no way back: `db check` again until the cluster answers."""
+        interval = self.timeout("follower_retry_seconds", 10)
+        deadline = time.time() + self.timeout("follower_forward_timeout", 1800)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self.units.db_check()
+                return
+            except Exception as exc:
+                if time.time() + interval > deadline:
+                    raise RuntimeError(f"airflow db check still failing after {tries} tries: {exc}") from exc
+                self.log(f"db check try {tries} failed, again in {interval:g}s: {str(exc).strip()[-300:]}")
+                time.sleep(interval)
+
+    def move_forward(self) -> None:
+        """Follower after the primary's success (also a resume): repoint, db check until it passes, start."""
+        if Path(self.s["staged"]).exists() or self.phase not in ("repointing", "repointed"):
+            self.step("repoint", self.repoint)
+            self.save_state("repointed")
+        self.step("db_check", self.db_check_until_reachable)
+        self.step("start", self.units.restart if self.stop_failed else self.units.start)
+        if self.resuming:  # the units start once this resume unit has ended (they are ordered after it)
+            self.log("units queued to start after this resume unit; the outcome task awaits their heartbeat")
+        else:
+            self.step("healthy", self.healthy)
+
+    def follow(self) -> int:
+        """Follower, its units stopped: the primary alone decides forward (success) or back (anything else)."""
+        outcome = self.step("wait_primary", self.outcome_of_primary)
+        if outcome is None:
+            return self.stuck("no outcome from the source host's cutover agent in time; its decision is not "
+                              "known, so this host's units stay stopped on the old config")
+        if outcome != "success":
+            try:
+                self.rollback(clear_mark=False)
+            finally:
+                self.record("rolled_back", f"the source host's cutover ended with {outcome!r}")
+            return 1
+        try:
+            self.move_forward()
+        except Exception as exc:
+            return self.stuck(f"the source host committed, but this host could not follow: {exc}")
+        self.record("success", "repointed" + (" (resumed after a restart)" if self.resuming else ""))
+        return 0
+
+    def stuck(self, reason: str) -> int:
+        """Never back onto the source once it may have been left: units stopped, a red run naming this host."""
+        if self.resuming:
+            try:  # cancels the start the boot queued behind this resume unit
+                self.units.stop()
+            except Exception as exc:
+                self.log(f"could not keep the units stopped: {exc}")
+        self.log(f"STUCK: {reason}")
+        self.record("stuck", reason)
+        return 1
 
     def run_follower(self) -> int:
         self.log(f"cutover {self.s['run_id']} (follower) begins on {os.uname().nodename}")
         try:
-            self.step("stop", self.units.stop)  # inside: a unit that failed to stop is started again
-            self.step("wait_primary", self.outcome_of_primary)
-            self.step("repoint", self.repoint)
-            self.step("db_check", self.units.db_check)
-            self.step("start", self.units.start)
-            self.step("healthy", self.healthy)
-        except Exception as exc:
             try:
-                self.rollback(clear_mark=False)
-            finally:
-                self.record("rolled_back", str(exc))
-            return 1
-        self.record("success", "repointed")
-        return 0
+                self.step("arm_resume", self.arm_resume)
+            except Exception as exc:  # the primary decides; without the safety net this host still follows
+                self.log(f"WARNING: no resume after a crash of this host: {exc}")
+            try:
+                self.step("stop", self.units.stop)
+            except Exception as exc:  # still the primary's call: its drain sees a unit left on the source
+                self.stop_failed = True
+                self.log(f"a unit did not stop ({exc}); following the source host's decision all the same")
+            self.save_state("waiting")
+            return self.follow()
+        finally:
+            self.disarm_resume()
 
     def run(self) -> int:
         if self.s["role"] == "follower":
             return self.run_follower()
         self.log(f"cutover {self.s['run_id']} begins on {os.uname().nodename}")
         try:
-            self.step("stop", self.units.stop)  # inside: a unit that failed to stop is started again
-            self.step("drain", self.drain)
-            if self.s.get("method") == "logical_replication":
-                self.step("catch_up", self.catch_up)
-                self.step("sync_sequences", self.sync_sequences)
-                self.step("drop_subscription", self.drop_subscription)
-            else:
-                self.step("copy", self.copy)
-            result = self.step("verify", self.verify)
-            if self.s.get("config"):  # the source host also runs Airflow (the runbook's VM1)
-                self.step("repoint", self.repoint)
-                self.step("db_check", self.units.db_check)
-            self.step("mark", self.mark_live)
-            self.step("start", self.units.start)
-            self.step("healthy", self.healthy)
-        except Exception as exc:
+            try:
+                self.step("arm_resume", self.arm_resume)
+                self.step("stop", self.units.stop)  # inside: a unit that failed to stop is started again
+                self.save_state("copying")
+                self.step("drain", self.drain)
+                if self.s.get("method") == "logical_replication":
+                    self.step("catch_up", self.catch_up)
+                    self.step("sync_sequences", self.sync_sequences)
+                    self.step("drop_subscription", self.drop_subscription)
+                else:
+                    self.step("copy", self.copy)
+                result = self.step("verify", self.verify)
+                if self.s.get("config"):  # the source host also runs Airflow (the runbook's VM1)
+                    self.step("repoint", self.repoint)
+                    self.save_state("repointed")
+                    self.step("db_check", self.units.db_check)
+                self.step("mark", self.mark_live)
+                self.step("start", self.units.start)
+                self.step("healthy", self.healthy)
+            except Exception as exc:
+                try:
+                    self.rollback()
+                finally:
+                    self.record("rolled_back", str(exc))
+                return 1
+            self.record("success", f"{result['tables']} tables, {result['rows']} rows verified", result)
+            self.log(f"cutover done in {time.time() - self.started:.1f}s")
+            return 0
+        finally:
+            self.disarm_resume()
+
+    # ------------------------------------------------------------------ after a restart
+    def resume(self) -> int:
+        """
+        At boot (the resume unit, ordered before this host's Airflow units): complete the cutover a
+        restart interrupted. A follower waits for the primary's outcome and moves forward on success,
+        back on anything else. The primary never continues a copy: forward if its own outcome was
+        already success, else it rolls back (and so every follower with it).
+        """
+        state = self.load_state()
+        if state is None:
+            self.log(f"resume: no unfinished cutover ({self.state_path} absent)")
+            self.disarm_resume()
+            return 0
+        if state.get("run_id") != self.s["run_id"] or state.get("role") != self.s["role"]:
+            self.log(f"resume: {self.state_path} is of run {state.get('run_id')} ({state.get('role')}), the settings "
+                     f"of {self.s['run_id']} ({self.s['role']}): left for an operator")
+            return 1
+        self.phase = state.get("phase") or "stopping"
+        self.log(f"cutover {self.s['run_id']} ({self.s['role']}) resumed on {os.uname().nodename} after a restart "
+                 f"in phase {self.phase}")
+        try:
+            self.load_original(state)
+            mine = self.own_outcome()
+            if mine:  # recorded before the restart: only the cleanup was left
+                self.log(f"resume: this host had already recorded {mine!r}")
+                self.resend_own_record()
+                if mine == "stuck":
+                    self.units.stop()
+                return 0 if mine == "success" else 1
+            if self.s["role"] == "follower":
+                return self.follow()
             try:
                 self.rollback()
             finally:
-                self.record("rolled_back", str(exc))
+                self.record("rolled_back", f"the source host restarted during the cutover (phase {self.phase}); "
+                                           "the copy is not continued")
             return 1
-        self.record("success", f"{result['tables']} tables, {result['rows']} rows verified", result)
-        self.log(f"cutover done in {time.time() - self.started:.1f}s")
-        return 0
+        finally:
+            self.disarm_resume()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    resuming = args[:1] == ["--resume"]
+    args = args[1:] if resuming else args
     if len(args) != 1:
-        print("usage: python -m pgha.cutover SETTINGS.json", file=sys.stderr)
+        print("usage: python -m pgha.cutover [--resume] SETTINGS.json", file=sys.stderr)
         return 2
-    pgpass = PGPASS
+    pgpass, state = PGPASS, Path(STATE_FILE)
     try:
         settings = json.loads(Path(args[0]).read_text())
         pgpass = settings.get("pgpass") or PGPASS
-        return Agent(settings).run()
-    finally:  # the passwords' file has done its work, whatever the outcome (the log and record stay)
-        Path(pgpass).unlink(missing_ok=True)
+        state = Path(settings.get("state_file") or STATE_FILE)
+        agent = Agent(settings, settings_path=args[0], resuming=resuming)
+        return agent.resume() if resuming else agent.run()
+    finally:  # the passwords' file has done its work once no resume can need it (the log and record stay)
+        if not state.exists():
+            Path(pgpass).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

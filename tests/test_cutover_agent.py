@@ -30,9 +30,9 @@ from pg_pair import (
 )
 from services import PostgresService, start_postgres
 
-from pgha import pgdata
-from pgha import cutover
-from pgha.cutover import Agent
+from pgha import cutover, pgdata
+from pgha.cutover import RESUME_UNIT, Agent
+from pgha.render import render
 
 OLD_CFG = "[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:5432/airflow_db\n"
 NEW_CFG = "[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:5433/airflow_db\n"
@@ -58,14 +58,32 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServic
 
 
 class RecordingUnits:
-    """This host's Airflow units: records what the agent asks; ``db_check`` can be made to fail."""
+    """This host's Airflow units: records what the agent asks; ``db_check`` can be made to fail (always,
+    or its first ``db_check_failures`` tries). The resume unit's systemctl calls go to ``resume_calls``."""
 
     runs_scheduler = False
 
-    def __init__(self, db_check_error: str | None = None, stop_error: str | None = None) -> None:
+    def __init__(self, db_check_error: str | None = None, stop_error: str | None = None,
+                 db_check_failures: int | None = None) -> None:
         self.calls: list[str] = []
+        self.resume_calls: list[str] = []
+        self.resume_unit_text: str | None = None
         self.db_check_error = db_check_error
+        self.db_check_failures = db_check_failures
         self.stop_error = stop_error
+        self.no_block = False
+        self.unit_dir: Path | None = None
+
+    def enable_resume(self, unit: str) -> None:
+        self.resume_calls.append(f"enable {unit}")
+        if self.unit_dir:
+            self.resume_unit_text = (self.unit_dir / unit).read_text()
+
+    def disable_resume(self, unit: str) -> None:
+        self.resume_calls.append(f"disable {unit}")
+
+    def daemon_reload(self) -> None:
+        self.resume_calls.append("daemon-reload")
 
     def stop(self) -> None:
         self.calls.append("stop")
@@ -83,7 +101,10 @@ class RecordingUnits:
 
     def db_check(self) -> None:
         self.calls.append("db_check")
-        if self.db_check_error:
+        if self.db_check_failures is not None:
+            if self.calls.count("db_check") <= self.db_check_failures:
+                raise RuntimeError("connection to 127.0.0.1:5433 timed out")
+        elif self.db_check_error:
             raise RuntimeError(self.db_check_error)
 
 
@@ -92,6 +113,7 @@ def settings(tmp_path: Path, source: PostgresService, cluster: PostgresService, 
     config.write_text(OLD_CFG)
     staged.write_text(NEW_CFG)
     pgpass = write_pgpass(tmp_path / "cutover.pgpass", superuser(cluster), owner(source))
+    (tmp_path / "systemd").mkdir(exist_ok=True)
     return {
         "role": "primary", "run_id": f"pgha-cutover-test-{tmp_path.name}", "method": "dump_restore",
         "database": DATABASE, "owner": OWNER, "log_dir": str(tmp_path / "log"), "pgpass": pgpass,
@@ -100,6 +122,10 @@ def settings(tmp_path: Path, source: PostgresService, cluster: PostgresService, 
         "bin_dir": BIN_DIR, "units": ["airflow-api-server"], "config": str(config), "staged": str(staged),
         "backup_dir": str(tmp_path / "backup"),
         "settle_seconds": 0, "drain_timeout": 10, "catch_up_timeout": 30,
+        "state_file": str(tmp_path / "state" / "cutover-state.json"), "unit_dir": str(tmp_path / "systemd"),
+        "resume_unit": render("pgha-cutover-resume.service.j2", python="/opt/airflow/bin/python",
+                              module="pgha.cutover", settings="/etc/pgha/cutover.json",
+                              units=["airflow-api-server.service"]),
         **extra,
     }
 
@@ -131,8 +157,8 @@ def test_dump_restore_moves_identical_data_and_repoints(tmp_path: Path, source: 
 
     record = latest_record(cluster, s["run_id"])
     assert record["outcome"] == "success", record
-    assert [st["step"] for st in record["steps"]] == ["stop", "drain", "copy", "verify", "repoint", "db_check",
-                                                      "mark", "start", "healthy"]
+    assert [st["step"] for st in record["steps"]] == ["arm_resume", "stop", "drain", "copy", "verify", "repoint",
+                                                      "db_check", "mark", "start", "healthy"]
     assert record["result"]["fingerprints"] == before == source_fingerprints(source)
     with pgdata.session(superuser(cluster, DATABASE)) as conn:
         assert pgdata.as_text(pgdata.fingerprints(conn)) == before
@@ -206,9 +232,22 @@ def test_the_agent_removes_its_passwords_file_whatever_the_outcome(tmp_path: Pat
     s = settings(tmp_path, source, cluster)
     settings_file = tmp_path / "cutover.json"
     settings_file.write_text(json.dumps(s))
-    monkeypatch.setattr(cutover, "Agent", lambda settings: type("Failing", (), {"run": lambda self: 1})())
+    monkeypatch.setattr(cutover, "Agent", lambda settings, **kw: type("Failing", (), {"run": lambda self: 1})())
     assert cutover.main([str(settings_file)]) == 1
     assert not Path(s["pgpass"]).exists()
+
+
+def test_the_passwords_file_stays_while_a_resume_may_need_it(tmp_path: Path, source: PostgresService,
+                                                             cluster: PostgresService,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings(tmp_path, source, cluster)
+    settings_file = tmp_path / "cutover.json"
+    settings_file.write_text(json.dumps(s))
+    Path(s["state_file"]).parent.mkdir(mode=0o700)
+    Path(s["state_file"]).write_text("{}")  # the host went down mid-cutover: unfinished
+    monkeypatch.setattr(cutover, "Agent", lambda settings, **kw: type("Crashed", (), {"run": lambda self: 1})())
+    assert cutover.main([str(settings_file)]) == 1
+    assert Path(s["pgpass"]).exists()
 
 
 def test_drain_waits_for_airflow_sessions_then_gives_up(tmp_path: Path, source: PostgresService,
@@ -325,3 +364,184 @@ def test_db_check_runs_with_the_environment_of_the_running_unit(tmp_path: Path) 
     env = dict(line.split("=", 1) for line in seen.read_text().splitlines())
     assert env["PGHA_UNIT_ONLY"] == "a b%c" and env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW_HOME"] == str(tmp_path)
+
+
+# ------------------------------------------------------------------ followers: forward only; crash safety
+
+
+def record_of(cluster: PostgresService, run_id: str, role: str) -> dict[str, Any]:
+    rows = sql(superuser(cluster), "SELECT outcome, record FROM pgha_cutover_log WHERE run_id = %s AND role = %s "
+               "ORDER BY id", params=(run_id, role))
+    assert rows, f"no {role} record"
+    return {"outcome": rows[-1][0], **rows[-1][1]}
+
+
+def primary_recorded(cluster: PostgresService, run_id: str, outcome: str) -> None:
+    with pgdata.session(superuser(cluster)) as conn:
+        pgdata.record_cutover(conn, run_id, "vm1", "primary", outcome, json.dumps({}))
+
+
+def follower(tmp_path: Path, source: PostgresService, cluster: PostgresService, **extra: Any) -> dict[str, Any]:
+    return settings(tmp_path, source, cluster, **{"role": "follower", "follower_timeout": 10,
+                                                  "follower_retry_seconds": 0.1, **extra})
+
+
+def assert_disarmed(s: dict[str, Any], units: RecordingUnits) -> None:
+    """The cutover is over on the host: no state file, the resume unit disabled and its file gone."""
+    assert not Path(s["state_file"]).exists()
+    assert not (Path(s["unit_dir"]) / RESUME_UNIT).exists()
+    assert units.resume_calls[-2:] == [f"disable {RESUME_UNIT}", "daemon-reload"]
+
+
+def test_a_follower_keeps_checking_the_cluster_after_the_primary_committed(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService) -> None:
+    """vm4's `db check` through HAProxy timed out while vm1 had committed: it waits, it never goes back."""
+    s = follower(tmp_path, source, cluster)
+    primary_recorded(cluster, s["run_id"], "success")
+    units = RecordingUnits(db_check_failures=3)
+    units.unit_dir = Path(s["unit_dir"])
+    assert Agent(s, units=units).run() == 0
+    assert record_of(cluster, s["run_id"], "follower")["outcome"] == "success"
+    assert units.calls == ["stop", "db_check", "db_check", "db_check", "db_check", "start", "check_active"]
+    assert Path(s["config"]).read_text() == NEW_CFG
+    assert units.resume_calls[0] == f"enable {RESUME_UNIT}"
+    unit = units.resume_unit_text or ""
+    assert "Before=airflow-api-server.service" in unit and "Type=oneshot" in unit
+    assert "ExecStart=/opt/airflow/bin/python -m pgha.cutover --resume /etc/pgha/cutover.json" in unit
+    assert_disarmed(s, units)
+
+
+def test_a_follower_that_cannot_reach_the_cluster_is_stuck_never_rolled_back(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService) -> None:
+    s = follower(tmp_path, source, cluster, follower_forward_timeout=0.5)
+    primary_recorded(cluster, s["run_id"], "success")
+    units = RecordingUnits(db_check_error="connection to 127.0.0.1:5433 timed out")
+    assert Agent(s, units=units).run() == 1
+    record = record_of(cluster, s["run_id"], "follower")
+    assert record["outcome"] == "stuck" and "airflow db check still failing" in record["detail"]
+    assert Path(s["config"]).read_text() == NEW_CFG, "never back onto the source once the primary committed"
+    assert "start" not in units.calls and "restart" not in units.calls
+    assert_disarmed(s, units)
+
+
+def test_a_follower_rolls_back_when_the_primary_did(tmp_path: Path, source: PostgresService,
+                                                    cluster: PostgresService) -> None:
+    s = follower(tmp_path, source, cluster)
+    primary_recorded(cluster, s["run_id"], "rolled_back")
+    units = RecordingUnits()
+    assert Agent(s, units=units).run() == 1
+    assert record_of(cluster, s["run_id"], "follower")["outcome"] == "rolled_back"
+    assert units.calls == ["stop", "restart"] and Path(s["config"]).read_text() == OLD_CFG
+    assert_disarmed(s, units)
+
+
+def crash_after_stop(s: dict[str, Any], *, repointed: bool = False) -> None:
+    """The agent's steps up to the stop (and the repoint), then the host goes down."""
+    agent = Agent(s, units=RecordingUnits(), settings_path="/etc/pgha/cutover.json")
+    agent.arm_resume()
+    agent.units.stop()
+    agent.save_state("waiting")
+    if repointed:
+        agent.repoint()
+        agent.save_state("repointed")
+    state = json.loads(Path(s["state_file"]).read_text())
+    assert state["run_id"] == s["run_id"] and state["role"] == s["role"] and state["phase"] in ("waiting", "repointed")
+    assert oct(Path(s["state_file"]).stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("repointed", [False, True])
+def test_a_follower_restarted_mid_cutover_completes_forward(tmp_path: Path, source: PostgresService,
+                                                            cluster: PostgresService, repointed: bool) -> None:
+    s = follower(tmp_path, source, cluster)
+    crash_after_stop(s, repointed=repointed)
+    primary_recorded(cluster, s["run_id"], "success")
+    units = RecordingUnits(db_check_failures=1)
+    assert Agent(s, units=units, resuming=True).resume() == 0
+    assert units.no_block, "ordered before the units: a blocking start would wait for itself"
+    assert units.calls == ["db_check", "db_check", "start"]
+    assert Path(s["config"]).read_text() == NEW_CFG
+    assert record_of(cluster, s["run_id"], "follower")["outcome"] == "success"
+    assert_disarmed(s, units)
+
+
+@pytest.mark.parametrize("repointed", [False, True])
+def test_a_follower_restarted_mid_cutover_goes_back_when_the_primary_did(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService, repointed: bool) -> None:
+    s = follower(tmp_path, source, cluster)
+    crash_after_stop(s, repointed=repointed)
+    primary_recorded(cluster, s["run_id"], "rolled_back")
+    units = RecordingUnits()
+    assert Agent(s, units=units, resuming=True).resume() == 1
+    assert units.calls == ["restart"]
+    assert Path(s["config"]).read_text() == OLD_CFG, "the old config back from the backup the state file names"
+    assert record_of(cluster, s["run_id"], "follower")["outcome"] == "rolled_back"
+    assert_disarmed(s, units)
+
+
+def test_a_primary_restarted_mid_copy_rolls_back_everyone(tmp_path: Path, source: PostgresService,
+                                                          cluster: PostgresService) -> None:
+    fill_source(source)
+    s = settings(tmp_path, source, cluster)
+    agent = Agent(s, units=RecordingUnits(), settings_path="/etc/pgha/cutover.json")
+    agent.arm_resume()
+    agent.units.stop()
+    agent.save_state("copying")
+    units = RecordingUnits()
+    assert Agent(s, units=units, resuming=True).resume() == 1
+    record = latest_record(cluster, s["run_id"])
+    assert record["outcome"] == "rolled_back" and "restarted during the cutover (phase copying)" in record["detail"]
+    assert units.calls == ["restart"] and Path(s["config"]).read_text() == OLD_CFG
+    assert cluster_comment(cluster) is None
+    assert_disarmed(s, units)
+
+
+def test_a_primary_restarted_after_its_success_keeps_it(tmp_path: Path, source: PostgresService,
+                                                        cluster: PostgresService) -> None:
+    """Committed, then down before the cleanup: the resume neither rolls back nor copies again."""
+    fill_source(source)
+    s = settings(tmp_path, source, cluster)
+    agent = Agent(s, units=RecordingUnits())
+    agent.disarm_resume = lambda: None  # type: ignore[method-assign]  # the host went down before it
+    assert agent.run() == 0
+    assert Path(s["state_file"]).exists()
+    units = RecordingUnits()
+    assert Agent(s, units=units, resuming=True).resume() == 0
+    assert units.calls == [] and Path(s["config"]).read_text() == NEW_CFG
+    assert latest_record(cluster, s["run_id"])["outcome"] == "success"
+    assert_disarmed(s, units)
+
+
+def test_the_primary_disarms_after_success_and_rollback(tmp_path: Path, source: PostgresService,
+                                                        cluster: PostgresService) -> None:
+    fill_source(source)
+    units = RecordingUnits()
+    s = settings(tmp_path, source, cluster)
+    assert Agent(s, units=units).run() == 0
+    assert_disarmed(s, units)
+    units = RecordingUnits(db_check_error="login failed")
+    (tmp_path / "again").mkdir()
+    s = settings(tmp_path / "again", source, cluster)
+    assert Agent(s, units=units).run() == 1
+    assert_disarmed(s, units)
+
+
+def test_a_resume_with_nothing_unfinished_only_removes_itself(tmp_path: Path, source: PostgresService,
+                                                              cluster: PostgresService) -> None:
+    s = follower(tmp_path, source, cluster)
+    (Path(s["unit_dir"]) / RESUME_UNIT).write_text("[Unit]\n")
+    units = RecordingUnits()
+    assert Agent(s, units=units, resuming=True).resume() == 0
+    assert units.calls == []
+    assert_disarmed(s, units)
+
+
+def test_a_follower_without_the_primarys_outcome_stays_stopped(tmp_path: Path, source: PostgresService,
+                                                               cluster: PostgresService) -> None:
+    """Only the primary decides a rollback: without its outcome the follower neither moves nor goes back."""
+    s = follower(tmp_path, source, cluster, follower_timeout=1)
+    units = RecordingUnits()
+    assert Agent(s, units=units).run() == 1
+    record = record_of(cluster, s["run_id"], "follower")
+    assert record["outcome"] == "stuck" and "no outcome from the source host's cutover agent" in record["detail"]
+    assert units.calls == ["stop"] and Path(s["config"]).read_text() == OLD_CFG
+    assert_disarmed(s, units)

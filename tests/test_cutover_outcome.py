@@ -178,3 +178,14 @@ def test_waits_in_the_triggerer_when_the_run_defers_and_judges_alike(
     assert problems == [] and value["outcome"] == "rolled_back"
     with pytest.raises(AirflowFailException, match="no scheduler heartbeat in the new database"):
         waiting.execute_complete({}, {"status": "success", "value": value})
+
+
+def test_a_stuck_follower_fails_the_task_naming_the_host(inventory: str, cutover_db: PostgresService) -> None:
+    """The primary committed; vm4's follower could not reach the cluster and keeps its units stopped."""
+    record(cutover_db, "lb", "primary", "success", "2 tables, 550 rows verified")
+    record(cutover_db, "wk", "follower", "stuck",
+           "the source host committed, but this host could not follow: airflow db check still failing after "
+           "180 tries: connection timed out")
+    mark_live(cutover_db)
+    with pytest.raises(AirflowFailException, match=r"stuck: wk \(follower\): stuck: .*db check still failing"):
+        sensor(inventory).poke({})

@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from pgha import airflowcfg, airflowenv, pgdata
 from pgha.cutover import BACKUP_DIR, PGPASS, STAGED_CONFIG, STATE_DIR
+from pgha.render import render
 from pgha.hooks.postgres import node_endpoint
 from pgha.hooks.remote import RemoteHook
 from pgha.pgdata import Endpoint
@@ -115,10 +116,15 @@ class CutoverOperator(PghaOperator):
     verifies every table, swaps in the staged airflow.cfg, runs
     ``airflow db check``, marks the cluster database live, starts Airflow
     and waits for a scheduler heartbeat in the new database. The
-    followers stop their units, wait for the primary's recorded outcome, then
-    repoint and start (or roll back). Any failure rolls back to the source,
-    which is never modified. Every step is timed in
-    /var/log/pgha/cutover-<run>.log and in table ``pgha_cutover_log``.
+    followers stop their units and wait for the primary's recorded outcome:
+    it alone decides. On its rollback they roll back; on its success they only
+    move forward (repoint, ``db check`` retried, start) or, failing that, stay
+    stopped and record "stuck". Any failure of the primary rolls back to the
+    source, which is never modified. Before its stop each agent enables
+    ``pgha-cutover-resume.service`` (rendered here into the settings), which
+    completes the cutover after a crash of its host, before the Airflow units
+    start. Every step is timed in /var/log/pgha/cutover-<run>.log and in table
+    ``pgha_cutover_log``.
 
     :param delay: seconds between this task's success and the agents' start.
     """
@@ -188,7 +194,7 @@ class CutoverOperator(PghaOperator):
         settings, passwords = self.agent_settings(host, role, run_id, method)
         for endpoint in passwords:
             remote.add_secret(endpoint.password)
-        python = settings.get("python") or "/usr/bin/python3"
+        python = settings["python"]
         if not remote.run(f"{shlex.quote(python)} -c 'import {self.AGENT_MODULE}'", check=False).ok:
             raise AirflowException(f"[{host}] {python} cannot import {self.AGENT_MODULE}: pip-install pgha "
                                    "into the Python of this host's Airflow units")
@@ -219,12 +225,20 @@ class CutoverOperator(PghaOperator):
             "pgpass": self.PGPASS,
             "log_dir": self.LOG_DIR,
         }
+        settings.setdefault("python", "/usr/bin/python3")
+        settings["resume_unit"] = self.resume_unit(settings["python"], settings["units"])
         if role != "primary":
             return settings, [cluster]
         source = node_endpoint(inv.source.conn_id)  # its host as the worker reaches it: loopback or the source's own
         settings.update(source={"host": source.host, "port": source.port, "user": source.user},
                         bin_dir=self.os_family(host).source_postgres_bin(inv.source.major))
         return settings, [cluster, source]
+
+    def resume_unit(self, python: str, units: list[str]) -> str:
+        """The boot-time unit the agent enables while it works: a restart of the host mid-cutover completes
+        the cutover (``--resume``) before any Airflow unit can start on the old database."""
+        return render("pgha-cutover-resume.service.j2", python=python, module=self.AGENT_MODULE,
+                      settings=self.SETTINGS, units=[u if "." in u else f"{u}.service" for u in units])
 
     def _airflow_settings(self, host: str) -> dict[str, Any]:
         """Units, config, owner and executables of ``host``'s Airflow (none if it runs no Airflow)."""

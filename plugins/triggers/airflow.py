@@ -17,14 +17,16 @@ from pgha.runtime import InventoryMixin
 from pgha.triggers.base import PollingTrigger
 
 SUCCESS = "success"
+STUCK = "stuck"
 
 
 class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
     """
     Done once the cutover run ``run_id`` has an outcome: a value with ``outcome`` "success" once every
     agent host (the source host, primary, and every other Airflow host) recorded success and a scheduler
-    started after the cutover heartbeats in the cluster's Airflow database; "rolled_back" (with the
-    reason) as soon as any agent recorded anything else.
+    started after the cutover heartbeats in the cluster's Airflow database; "stuck" (a follower that
+    could not follow the primary's commit keeps its units stopped) or "rolled_back", with each failed
+    host's reason, as soon as any agent recorded anything else.
 
     It reads only: ``pgha_cutover_log`` on the cluster (through HAProxy, whichever database Airflow
     came back on), and, when the cluster cannot be read, the agents' own logs on the hosts (the record
@@ -135,7 +137,9 @@ class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
         failed = {host: r for host, r in latest.items() if r.outcome != SUCCESS}
         if failed:
             reason = "; ".join(f"{host} ({r.role}): {r.outcome}: {r.detail}" for host, r in failed.items())
-            return [], {"outcome": "rolled_back", "reason": reason, **summary}
+            # "stuck": a follower that could not follow the primary's commit, its units stopped (by hand from here)
+            outcome = STUCK if any(r.outcome == STUCK for r in failed.values()) else "rolled_back"
+            return [], {"outcome": outcome, "reason": reason, **summary}
         missing = [f"{host} ({role})" for host, role in roles.items() if host not in latest]
         if missing:
             return problems + [f"no outcome recorded yet by the agent on {', '.join(missing)} "
