@@ -15,7 +15,7 @@ import shlex
 import attrs
 import psycopg2
 from airflow.providers.postgres.hooks.postgres import PostgresHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha import pgdata
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.remote import RemoteHook

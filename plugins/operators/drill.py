@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Callable
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import (
     ATTEMPTED,
     CONFIRMED,

@@ -11,7 +11,7 @@ import re
 import shlex
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from pgha import pgdata
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
