@@ -11,7 +11,7 @@ Then prints: release | parse | unit (passed/failed) | duration.
 
     .venv/bin/python bench/airflow_matrix.py                 # every supported release
     .venv/bin/python bench/airflow_matrix.py 3.0.6 --no-unit # parse only
-    .venv/bin/python bench/airflow_matrix.py -- tests/test_dag_integrity.py  # another pytest selection
+    .venv/bin/python bench/airflow_matrix.py 3.3.2 -- tests/test_dag_integrity.py  # another pytest selection
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def unit(venv: Path, selection: list[str], log: Path) -> str:
     result = subprocess.run([venv / "bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
                             cwd=REPO_ROOT, env=outside_env(), capture_output=True, text=True)
     log.write_text(result.stdout + result.stderr)
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-200:]
+    summaries = [line for line in result.stdout.splitlines() if re.search(r"\b\d+ (passed|failed|errors?)\b.* in [\d.]+s", line)]
+    summary = summaries[-1] if summaries else ""
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped)", summary)}
     errors = counts.get("error", 0) + counts.get("errors", 0)
     text = f"{counts.get('passed', 0)}/{counts.get('failed', 0)}"
@@ -84,9 +85,10 @@ def main() -> int:
     parser.add_argument("releases", nargs="*", default=list(SUPPORTED), help="Airflow releases (default: all supported)")
     parser.add_argument("--no-unit", action="store_true", help="only install and parse")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "pgha-airflow-matrix")
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest selection instead of the unit suite")
-    args = parser.parse_args()
-    selection = [a for a in args.pytest_args if a != "--"] or UNIT_SELECTION
+    argv = sys.argv[1:]
+    ours, pytest_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = parser.parse_args(ours)
+    selection = pytest_args or UNIT_SELECTION
     args.log_dir.mkdir(parents=True, exist_ok=True)
 
     rows = []

@@ -23,7 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUPPORTED = ("3.0.6", "3.1.8", "3.2.2", "3.3.2")  # oldest first
+# release -> pins that release needs beside it, where the newest of a dependency breaks it.
+RELEASE_PINS = {
+    "3.0.6": (),
+    "3.1.8": (),
+    # cadwyn 9 (with its fastapi >= 0.137) fails on 3.2.2's execution API models at import
+    # ("TITerminalStatePayload needs a discriminator field"): the versions the tests' 3.3.2 uses.
+    "3.2.2": ("cadwyn==7.0.0", "fastapi==0.136.3"),
+    "3.3.2": (),
+}
+SUPPORTED = tuple(RELEASE_PINS)  # oldest first
 PROVIDERS = ("apache-airflow-providers-ssh==7.0.1", "apache-airflow-providers-postgres==7.1.1")
 CACHE = Path(os.environ.get("PGHA_TEST_CACHE", "/var/cache/pgha-test"))
 PIP = ("-m", "pip", "install", "-q", "--disable-pip-version-check")
@@ -62,16 +71,19 @@ def deployment_venv(version: str) -> Path:
 
     Call under `locked(venv_path(version))`."""
     venv = venv_path(version)
-    if not (venv / ".complete").exists():
+    wanted = [f"apache-airflow=={version}", *PROVIDERS, *RELEASE_PINS.get(version, ())]
+    marker = venv / ".complete"
+    if not marker.exists() or marker.read_text() != "\n".join(wanted):
         run([sys.executable, "-m", "venv", "--clear", venv])
-        run([venv / "bin/python", *PIP, f"apache-airflow=={version}", *PROVIDERS])
-        (venv / ".complete").touch()
+        run([venv / "bin/python", *PIP, *wanted])
+        marker.write_text("\n".join(wanted))
     return venv
 
 
 def airflow_pins(version: str) -> str:
-    """A constraints file's text that keeps the release's Airflow where it is."""
-    return f"apache-airflow=={version}\napache-airflow-core=={version}\n"
+    """A constraints file's text that keeps the release's Airflow (and its RELEASE_PINS) where they are."""
+    return "".join(f"{pin}\n" for pin in (f"apache-airflow=={version}", f"apache-airflow-core=={version}",
+                                          *RELEASE_PINS.get(version, ())))
 
 
 def install_test_requirements(venv: Path, version: str) -> None:
