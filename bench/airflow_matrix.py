@@ -17,12 +17,12 @@ Then prints: release | parse | unit (passed/failed) | duration.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -65,19 +65,28 @@ def parse(venv: Path) -> str:
 
 
 def unit(venv: Path, selection: list[str], log: Path) -> str:
-    result = subprocess.run([venv / "bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
+    """passed/failed of the selection, counted from pytest's JUnit XML (the console's summary varies with -q)."""
+    report = log.with_suffix(".xml")
+    report.unlink(missing_ok=True)
+    result = subprocess.run([venv / "bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             f"--junitxml={report}", *selection],
                             cwd=REPO_ROOT, env=outside_env(), capture_output=True, text=True)
     log.write_text(result.stdout + result.stderr)
-    summaries = [line for line in result.stdout.splitlines() if re.search(r"\b\d+ (passed|failed|errors?)\b.* in [\d.]+s", line)]
-    summary = summaries[-1] if summaries else ""
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped)", summary)}
-    errors = counts.get("error", 0) + counts.get("errors", 0)
-    text = f"{counts.get('passed', 0)}/{counts.get('failed', 0)}"
+    if not report.exists():
+        return f"FAIL (exit {result.returncode}, no report; {log})"
+    suites = ElementTree.parse(report).getroot().iter("testsuite")
+    tests = failures = errors = skipped = 0
+    for suite in suites:
+        tests += int(suite.get("tests", 0))
+        failures += int(suite.get("failures", 0))
+        errors += int(suite.get("errors", 0))
+        skipped += int(suite.get("skipped", 0))
+    text = f"{tests - failures - errors - skipped}/{failures}"
     if errors:
         text += f" ({errors} errors)"
-    if counts.get("skipped"):
-        text += f" ({counts['skipped']} skipped)"
-    return text if result.returncode == 0 else f"{text} FAIL (exit {result.returncode})"
+    if skipped:
+        text += f" ({skipped} skipped)"
+    return text if result.returncode == 0 else f"{text} FAIL"
 
 
 def main() -> int:
