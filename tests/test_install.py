@@ -63,20 +63,20 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
 def test_pip_install_keeps_the_deployments_airflow_and_its_dag_processor_parses_both_dags(
     deployment: tuple[str, Path], tmp_path: Path
 ) -> None:
-    release, deployment_venv = deployment
-    assert airflow_version(deployment_venv) == release
-    run([deployment_venv / "bin/pip", "install", "-q", "--disable-pip-version-check", REPO_ROOT])
-    assert airflow_version(deployment_venv) == release
+    release, venv = deployment
+    assert airflow_version(venv) == release
+    run([venv / "bin/pip", "install", "-q", "--disable-pip-version-check", REPO_ROOT])
+    assert airflow_version(venv) == release
 
     home = tmp_path / "airflow"
     for package in ("operators", "hooks"):  # the deployment's own, named like pgha's subpackages
         (home / "plugins" / package).mkdir(parents=True)
         (home / "plugins" / package / "__init__.py").write_text('OWNER = "the deployment"\n')
     (home / "plugins" / "operators" / "etcd.py").write_text('OWNER = "the deployment"\n')
-    dag_ids, import_errors = parse_dags(deployment_venv, home)
+    dag_ids, import_errors = parse_dags(venv, home)
     assert import_errors == []
     assert dag_ids >= {"pg_ha_migration", "pg_ha_failover_drill"}
-    assert "pgha" in plugin_names(deployment_venv, home)
+    assert "pgha" in plugin_names(venv, home)
 
 
 def test_the_wheel_ships_the_package_data_and_no_top_level_module(tmp_path: Path) -> None:
