@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowNotFoundException, AirflowSkipException, BaseHook
 
 from pgha.inventory import Host, Inventory, load_inventory
 from pgha.osfamily import FAMILIES, OsFamily

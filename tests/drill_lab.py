@@ -295,7 +295,7 @@ def airflow_metadata_db() -> None:
 
 def drill_dag() -> Any:
     """The drill DAG freshly parsed from dags/ (the test reuses no task object of an earlier run)."""
-    from airflow.dag_processing.dagbag import DagBag
+    from pgha_testing import DagBag
 
     bag = DagBag(dag_folder=str(DRILL_DAG_FILE))
     assert bag.import_errors == {}, bag.import_errors
@@ -322,7 +322,7 @@ def drill_through_dag(inventory: str, scenario: str, target: str = "leader") -> 
 
 def run_drill(inventory: str, scenario: str, target: str = "leader") -> dict[str, Any]:
     """The verdict of one drill through the DAG; AirflowSkipException when its precheck skipped."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    from pgha.compat import AirflowSkipException
 
     drill = drill_through_dag(inventory, scenario, target)
     if drill.states.get("precheck") == "skipped":

@@ -11,6 +11,13 @@ from typing import Any
 import yaml
 from services import SshdService
 
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:  # Airflow 3.0 keeps it in airflow.models (README "Supported Airflow releases")
+    from airflow.models import dagbag as _models_dagbag
+
+    DagBag = _models_dagbag.DagBag  # type: ignore[misc]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

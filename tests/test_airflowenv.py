@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha import airflowenv
 from pgha.hooks.remote import CommandResult
 from pgha.operators.airflow import AirflowHostPreflightOperator

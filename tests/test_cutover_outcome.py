@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from pgha.compat import AirflowFailException, TaskDeferred
 from fixture_secrets import POSTGRES_PASSWORD
 from pg_pair import DATABASE, OWNER, ensure_owner, sql, superuser
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
+from pgha_testing import DagBag
 from airflow.sdk import BaseSensorOperator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ def test_bad_inventory_does_not_break_parsing_and_fails_the_first_task(
 
 
 def test_missing_connections_are_named_before_any_host_is_touched(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow.sdk.exceptions import AirflowException
+    from pgha.compat import AirflowException
     from pgha.operators.host import ValidateInventoryOperator
 
     for conn_id in ("ssh_vm1", "ssh_psg1", "ssh_psg2", "pgha_source_db", "pgha_pg_superuser", "pgha_pg_replication",

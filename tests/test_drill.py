@@ -20,7 +20,7 @@ from typing import Any
 import psycopg2
 import pytest
 import requests
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from pgha.compat import AirflowFailException, AirflowSkipException
 from drill_lab import FAULT_GATE, NODES, DrillRun, Lab, drill_through_dag, fault_injector, loopback_lab
 from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER, PATRONI_SUPERUSER_PASSWORD
 from pgha.drill import (
@@ -242,7 +242,7 @@ WAITS = {"new_leader", "client_writes", "routing", "cluster_whole"}
 
 def test_dag_parses_with_a_broken_inventory_and_keeps_its_safety_rails(monkeypatch: pytest.MonkeyPatch,
                                                                        tmp_path: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
+    from pgha_testing import DagBag
     from airflow.sdk import BaseSensorOperator
 
     broken = tmp_path / "broken.yml"
@@ -278,7 +278,7 @@ def _worst_case_s(task: Any) -> float:
 
 
 def test_the_run_timeout_never_cuts_the_heal_short() -> None:
-    from airflow.dag_processing.dagbag import DagBag
+    from pgha_testing import DagBag
 
     dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["pg_ha_failover_drill"]
     assert all(t.execution_timeout is not None for t in dag.tasks)
@@ -300,7 +300,7 @@ class _FakeTI:
 
 @pytest.mark.parametrize("planned", [True, False], ids=["planned", "precheck-skipped"])
 def test_plan_and_step_xcoms_reach_the_operators_as_objects(planned: bool) -> None:
-    from airflow.dag_processing.dagbag import DagBag
+    from pgha_testing import DagBag
 
     dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["pg_ha_failover_drill"]
     plan = {"drill_id": "x", "leader": "psg1", "must_leave": "psg1", "rto_slo_s": 3.0}

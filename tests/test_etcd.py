@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
+from pgha.compat import AirflowSensorTimeout, TaskDeferred
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.patroni import PatroniCluster
 from pgha.sensors.etcd import EtcdHealthSensor

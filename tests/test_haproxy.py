@@ -18,9 +18,9 @@ from typing import Any
 import pgha.operators.haproxy as haproxy_ops
 import psycopg2
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
-from airflow.sdk.exceptions import AirflowSensorTimeout
+from pgha.compat import AirflowSensorTimeout
 from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv, routing_problems
 from pgha.hooks.remote import RemoteHook
 from pgha.operators.haproxy import ClusterRoutingCheckOperator, HAProxySwitchOperator

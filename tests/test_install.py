@@ -1,84 +1,82 @@
 """pgha installs into an existing Airflow the way a deployment does, and keeps that Airflow.
 
-A virtualenv holding another patch release of Airflow 3.3 than the tests' own (built once per
-machine and cached, as the lab's images are) gets `pip install <this checkout>` with its
-dependencies; its Airflow release must stay. Then that Airflow's own DAG processor parses both
-DAGs beside a plugins folder of the deployment's own that has `operators` and `hooks` packages
-(named like pgha's subpackages), and `airflow plugins` lists pgha's plugin from its entry point.
+For each supported Airflow release (tests/airflow_releases.py; by default the oldest and the
+newest, PGHA_AIRFLOW_RELEASES=all or a comma-separated list for others), a virtualenv holding that
+release and the providers (built once per machine and cached, as the lab's images are) gets
+`pip install <this checkout>` with its dependencies; its Airflow release must stay. Then that
+Airflow's own DAG processor parses both DAGs beside a plugins folder of the deployment's own that
+has `operators` and `hooks` packages (named like pgha's subpackages), and `airflow plugins` lists
+pgha's plugin from its entry point. bench/airflow_matrix.py runs the unit tests on every release.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from airflow_releases import (
+    SUPPORTED,
+    airflow_version,
+    deployment_venv,
+    locked,
+    outside_env,
+    parse_dags,
+    plugin_names,
+    venv_path,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OTHER_AIRFLOW = "3.3.1"  # the tests' own venv runs 3.3.2
-PROVIDERS = ("apache-airflow-providers-ssh==7.0.1", "apache-airflow-providers-postgres==7.1.1")
-CACHE = Path(os.environ.get("PGHA_TEST_CACHE", "/var/cache/pgha-test"))
 
 pytestmark = pytest.mark.install
 
 
-def outside_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the test session's Airflow settings (conftest sets them)."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}, **extra}
+def releases_under_test() -> list[str]:
+    wanted = os.environ.get("PGHA_AIRFLOW_RELEASES", "")
+    if wanted == "all":
+        return list(SUPPORTED)
+    if wanted:
+        return [release.strip() for release in wanted.split(",")]
+    return [SUPPORTED[0], SUPPORTED[-1]]
 
 
-def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("env", outside_env())
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, f"{' '.join(map(str, argv))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-@pytest.fixture(scope="module")
-def deployment_venv() -> Path:
-    """A virtualenv with Airflow OTHER_AIRFLOW and the providers, as a deployment's image has."""
-    venv = CACHE / f"airflow-{OTHER_AIRFLOW}-py{sys.version_info.major}{sys.version_info.minor}"
-    if not (venv / ".complete").exists():
-        run([sys.executable, "-m", "venv", "--clear", venv])
-        run([venv / "bin/pip", "install", "-q", "--disable-pip-version-check", f"apache-airflow=={OTHER_AIRFLOW}",
-             *PROVIDERS])
-        (venv / ".complete").touch()
-    run([venv / "bin/pip", "uninstall", "-q", "-y", "pgha"])
-    return venv
-
-
-def airflow_version(venv: Path) -> str:
-    return run([venv / "bin/python", "-c", "import airflow; print(airflow.__version__)"]).stdout.strip()
+@pytest.fixture(scope="module", params=releases_under_test())
+def deployment(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
+    """(release, a virtualenv with that Airflow and the providers, without pgha), as a deployment's image has."""
+    release = request.param
+    with locked(venv_path(release)):
+        venv = deployment_venv(release)
+        run([venv / "bin/pip", "uninstall", "-q", "-y", "pgha"])
+        yield release, venv
 
 
 def test_pip_install_keeps_the_deployments_airflow_and_its_dag_processor_parses_both_dags(
-    deployment_venv: Path, tmp_path: Path
+    deployment: tuple[str, Path], tmp_path: Path
 ) -> None:
-    assert airflow_version(deployment_venv) == OTHER_AIRFLOW
-    run([deployment_venv / "bin/pip", "install", "-q", "--disable-pip-version-check", REPO_ROOT])
-    assert airflow_version(deployment_venv) == OTHER_AIRFLOW
+    release, venv = deployment
+    assert airflow_version(venv) == release
+    run([venv / "bin/pip", "install", "-q", "--disable-pip-version-check", REPO_ROOT])
+    assert airflow_version(venv) == release
 
     home = tmp_path / "airflow"
     for package in ("operators", "hooks"):  # the deployment's own, named like pgha's subpackages
         (home / "plugins" / package).mkdir(parents=True)
         (home / "plugins" / package / "__init__.py").write_text('OWNER = "the deployment"\n')
     (home / "plugins" / "operators" / "etcd.py").write_text('OWNER = "the deployment"\n')
-    env = outside_env(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-                      AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
-                      AIRFLOW__CORE__PLUGINS_FOLDER=str(home / "plugins"))
-    airflow = deployment_venv / "bin/airflow"
-    run([airflow, "db", "migrate"], env=env)
-    run([airflow, "dag-processor", "--num-runs", "1"], env=env)
-
-    dags = json.loads(run([airflow, "dags", "list", "-o", "json"], env=env).stdout.strip().splitlines()[-1])
-    assert {d["dag_id"] for d in dags} >= {"pg_ha_migration", "pg_ha_failover_drill"}
-    errors = run([airflow, "dags", "list-import-errors", "-o", "json"], env=env).stdout.strip().splitlines()[-1]
-    assert json.loads(errors) == []
-    plugins = json.loads(run([airflow, "plugins", "-o", "json"], env=env).stdout.strip().splitlines()[-1])
-    assert "pgha" in {p["name"] for p in plugins}
+    dag_ids, import_errors = parse_dags(venv, home)
+    assert import_errors == []
+    assert dag_ids >= {"pg_ha_migration", "pg_ha_failover_drill"}
+    assert "pgha" in plugin_names(venv, home)
 
 
 def test_the_wheel_ships_the_package_data_and_no_top_level_module(tmp_path: Path) -> None:

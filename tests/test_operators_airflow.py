@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
 from pgha.cutover import STAGED_CONFIG
 from pgha.operators.airflow import CutoverOperator, StageAirflowConfigOperator

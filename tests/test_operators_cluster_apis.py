@@ -7,7 +7,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from fixture_secrets import PATRONI_REST_PASSWORD
 from pgha.operators.etcd import EtcdLeaderPlacementOperator
 from pgha.operators.patroni import ApplyDcsConfigOperator

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import recording_host
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowFailException, AirflowSkipException
 from fixture_secrets import PATRONI_REST_PASSWORD, POSTGRES_PASSWORD
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.operators import drill as drill_operators

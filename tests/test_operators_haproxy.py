@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pgha.operators.haproxy as haproxy_ops
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from fixture_secrets import PATRONI_REST_PASSWORD
 from pgha.operators.haproxy import HAProxySwitchOperator, InstallHAProxyOperator
 from pgha.secret_formats import haproxy_word

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha.operators.host import (
     NEIGHBOUR_SETTINGS,
     NEIGHBOUR_SYSCTL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha.hooks.remote import CommandFailed
 from pgha.operators.postgres import InstallPostgresOperator
 from recording_host import DEBIAN_12, ROCKY_9, FakeFile, Fleet, fleet_inventory

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from fixture_secrets import AIRFLOW_DB_PASSWORD, PATRONI_REPLICATION_PASSWORD, POSTGRES_PASSWORD
 from pg_pair import DATABASE, OWNER, fill_source, restart_with, sql, superuser
 from pgha import pgdata

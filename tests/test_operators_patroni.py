@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from fixture_secrets import PATRONI_REPLICATION_PASSWORD, PATRONI_REST_PASSWORD, PATRONI_SUPERUSER_PASSWORD
 from pgha.operators.patroni import (
     ConfigurePatroniOperator,

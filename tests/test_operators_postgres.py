@@ -158,7 +158,7 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
 
 
 def test_start_logical_replication_skips_for_dump_restore(inventory: str) -> None:
-    from airflow.sdk.exceptions import AirflowSkipException
+    from pgha.compat import AirflowSkipException
 
     with pytest.raises(AirflowSkipException):
         StartLogicalReplicationOperator(task_id="start", inventory_path=inventory).execute(DUMP)

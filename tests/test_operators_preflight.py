@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha.inventory import InventoryError
 from pgha.operators.host import InventoryHostsOperator, ValidateInventoryOperator
 from pgha_testing import set_connection

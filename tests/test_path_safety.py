@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha import cutover
 from pgha.cutover import Agent, UnsafePath
 from pgha.hooks.drill import DrillProbeHook

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, TaskDeferred
+from pgha.compat import AirflowException, AirflowSensorTimeout, TaskDeferred
 from fixture_secrets import PATRONI_REST_PASSWORD, PATRONI_REST_USER
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.operators.patroni import ApplyDcsConfigOperator

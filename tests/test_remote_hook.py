@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha.hooks.remote import CommandFailed, RemoteHook
 from pgha_testing import set_connection, ssh_connection
 from services import SshdService, free_port

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
-from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
+from pgha.compat import AirflowSensorTimeout, TaskDeferred
 from pgha.sensors.base import CheckSensor
 from pgha.triggers.base import PollingTrigger
 

@@ -13,8 +13,7 @@ import shlex
 import time
 from typing import Any
 
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException, BaseHook
 
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.hooks.remote import RemoteHook

@@ -11,8 +11,7 @@ from typing import Any
 
 import httpx
 import requests
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException, BaseHook
 
 from pgha.hooks.patroni import PatroniCluster
 

@@ -8,7 +8,7 @@ import shlex
 from dataclasses import dataclass
 from functools import cached_property
 
-from airflow.sdk import BaseHook
+from pgha.compat import BaseHook
 
 from pgha.hooks.patroni import PatroniCluster
 from pgha.hooks.remote import RemoteHook

@@ -13,8 +13,7 @@ import shlex
 import time
 from functools import cached_property
 
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException, BaseHook
 
 from pgha import airflowenv
 from pgha.hooks.remote import CommandResult, FileChange, RemoteHook

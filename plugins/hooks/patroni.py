@@ -7,8 +7,7 @@ from typing import Any
 
 import httpx
 import requests
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException, BaseHook
 
 REPLICA_ROLES = {"replica", "sync_standby", "quorum_standby"}
 SYNC_ROLES = {"sync_standby", "quorum_standby"}

@@ -15,7 +15,7 @@ import shlex
 import attrs
 import psycopg2
 from airflow.providers.postgres.hooks.postgres import PostgresHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha import pgdata
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.remote import RemoteHook
@@ -68,12 +68,13 @@ class NodePostgresHook(PostgresHook):
     def connection(self) -> Any:
         if self._connection is None:
             base = self.get_connection(self.postgres_conn_id)
-            self._connection = attrs.evolve(
-                base,
-                host=self.override_host or base.host,
-                port=self.override_port or base.port,
-                extra=base.extra or '{"connect_timeout": 10}',
-            )
+            overrides = {"host": self.override_host or base.host, "port": self.override_port or base.port,
+                         "extra": base.extra or '{"connect_timeout": 10}'}
+            if attrs.has(type(base)):  # the Task SDK's Connection
+                self._connection = attrs.evolve(base, **overrides)
+            else:  # Airflow 3.0's provider hook returns airflow.models.Connection, an ORM model
+                self._connection = type(base)(conn_id=base.conn_id, conn_type=base.conn_type, schema=base.schema,
+                                              login=base.login, password=base.password, **overrides)
         return self._connection
 
     @connection.setter

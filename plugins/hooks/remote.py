@@ -18,8 +18,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from airflow.providers.ssh.hooks.ssh import SSHHook
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException, BaseHook
 
 if TYPE_CHECKING:
     import paramiko

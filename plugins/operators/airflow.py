@@ -8,7 +8,7 @@ import shlex
 import time
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowcfg, airflowenv, pgdata
 from pgha.cutover import BACKUP_DIR, PGPASS, STAGED_CONFIG, STATE_DIR
 from pgha.render import render

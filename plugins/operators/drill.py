@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any, Callable, NoReturn
 
 from airflow.sdk import Asset
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import (
     ATTEMPTED,
     CONFIRMED,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.patroni import PatroniHook
 from pgha.render import node_context, render

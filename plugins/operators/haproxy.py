@@ -9,8 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException, BaseHook
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.postgres import NodePostgresHook

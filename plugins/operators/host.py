@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from airflow.sdk import BaseHook, BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import BaseOperator
+from pgha.compat import AirflowException, BaseHook
 from pgha.render import plain_http_hosts, render
 from pgha.runtime import InventoryMixin
 

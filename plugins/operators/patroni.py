@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from pgha import pgdata
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.postgres import node_endpoint

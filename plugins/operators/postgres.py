@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from pgha import pgdata
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host

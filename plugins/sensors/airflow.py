@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import PokeReturnValue
-from airflow.sdk.exceptions import AirflowFailException
+from pgha.compat import AirflowFailException
 from pgha.triggers.airflow import SUCCESS, CutoverOutcomeTrigger, first_line
 
 from pgha.sensors.base import CheckSensor

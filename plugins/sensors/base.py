@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout
+from pgha.compat import AirflowSensorTimeout
 from pgha.runtime import InventoryMixin
 from pgha.triggers.base import PollingTrigger
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg2
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowFailException, AirflowSkipException
 from pgha.drill import first_ack_on, parse_probe_log
 from pgha.hooks.drill import DrillProbeHook, drill_database
 from pgha.hooks.haproxy import HAProxyHook

@@ -6,7 +6,7 @@ import inspect
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowException
+from pgha.compat import AirflowException
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
 from pgha.runtime import InventoryMixin

@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowSkipException
+from pgha.compat import AirflowSkipException
 from pgha import pgdata
 from pgha.hooks.postgres import leader_host, node_endpoint
 from pgha.runtime import InventoryMixin
