@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 from aiosmtpd.controller import Controller
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from pgha.compat import AirflowFailException, AirflowSkipException
 from fixture_secrets import PATRONI_REST_PASSWORD, POSTGRES_PASSWORD
 from pgha.inventory import InventoryError, parse_inventory
 from pgha.operators.drill import DrillPrecheckOperator

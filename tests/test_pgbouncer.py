@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
 from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, restart_with, sql, superuser
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory

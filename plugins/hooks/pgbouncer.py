@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import time
 
-from airflow.sdk import BaseHook
+from pgha.compat import BaseHook
 
 from pgha import pgdata
 from pgha.hooks.remote import CommandFailed, CommandResult, RemoteHook

@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowcfg, pgbouncer, pgdata
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
