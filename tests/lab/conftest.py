@@ -34,5 +34,5 @@ def lab(lab_hosts: Lab) -> Lab:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The failover drills last: they drill the cluster the migration tests leave behind; then the secret
     scan, which searches the hosts all of them leave."""
-    last = ("lab/test_failover_drill.py", "lab/test_secret_scan.py")
+    last = ("lab/test_failover_drill.py", "lab/test_secrets_left_on_hosts.py")
     items.sort(key=lambda item: next((i + 1 for i, name in enumerate(last) if name in item.nodeid), 0))

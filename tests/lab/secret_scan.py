@@ -1,6 +1,6 @@
 """Where the lab's secrets ended up: every host searched for every secret, in each form pgha writes it.
 
-Not a test itself: ``tests/lab/test_secret_scan.py`` runs it on the lab after a migration and a
+Not a test itself: ``tests/lab/test_secrets_left_on_hosts.py`` runs it on the lab after a migration and a
 drill, ``tests/test_secret_scan.py`` runs its remote part (``SCAN_SCRIPT``) on this machine
 against planted files.
 
