@@ -33,7 +33,7 @@ def stop(*_: object) -> None:
 
 
 def dsn() -> str:
-    parser = configparser.ConfigParser(interpolation=None)
+    parser = configparser.ConfigParser()  # interpolating, as Airflow reads it: a password's '%' is written '%%'
     parser.read(CONFIG)
     url = parser.get("database", "sql_alchemy_conn")
     return "postgresql://" + url.split("://", 1)[1]
