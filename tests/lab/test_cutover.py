@@ -98,7 +98,7 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     log = "\n".join(lab.api.task_log(DAG, run_id, "cutover_outcome", try_number=outcome["try_number"]))
     assert "rolled_back" in log and "primary" in log, log[-3000:]
     mail = wait_for_mail(lambda m: "cutover_outcome" in m["subject"] and run_id in m["body"])
-    assert "failed" in mail["subject"] and "rolled_back" in mail["body"] and "db_check" in mail["body"], mail
+    assert "failed" in mail["subject"] and "rolled_back" in mail["body"] and "vm1 (primary)" in mail["body"], mail
     conf = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg")
     assert "@127.0.0.1:5432/airflow_db" in conf, "the old airflow.cfg is back"
     smoke = lab.api.trigger("lab_smoke")
