@@ -9,6 +9,8 @@ where nothing listens (down) or the real single-node Patroni of the fixtures.
 
 from __future__ import annotations
 
+import time
+
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,10 +215,15 @@ def test_a_live_leader_and_members_down(logged_in: Any, patroni: PatroniService,
     etcd_host, etcd_port = patroni.etcd_hosts[0].rsplit(":", 1)
     use_inventory(monkeypatch, tmp_path, [(patroni.name, "127.0.0.1"), *DOWN[1:]], ("127.0.0.74", free_port()),
                   patroni={"rest_port": rest_port}, etcd={"client_port": int(etcd_port)})
-    answer = logged_in.get("/pgha/api/cluster")
-    assert answer.status_code == 200, answer.text
-    cluster = answer.json()
-    live, down, _ = cluster["members"]
+    deadline = time.monotonic() + 30  # a leader just elected reports its timeline a moment later
+    while True:
+        answer = logged_in.get("/pgha/api/cluster")
+        assert answer.status_code == 200, answer.text
+        cluster = answer.json()
+        live, down, _ = cluster["members"]
+        if live["timeline"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert cluster["leader"] == patroni.name and cluster["patroni_error"] is None
     assert (live["up"], live["role"], live["state"], live["timeline"]) == (True, "leader", "running", 1)
     assert down == {"name": "pg-b", "address": "127.0.0.72", "up": False, "role": None, "state": None,
