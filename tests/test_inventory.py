@@ -75,7 +75,7 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("path climbing out", lambda r: r["airflow"]["hosts"][0].update(config="/etc/../root/airflow.cfg"),
      "airflow.hosts[0].config: '/etc/../root/airflow.cfg' is not an absolute path without '..'"),
     ("path with a space", lambda r: r["patroni"]["install"].update(venv="/opt/my patroni"), "patroni.install.venv"),
-    ("network without prefix", lambda r: r["cluster"].update(network="192.168.83.0"), "cluster.network"),
+    ("network without prefix", lambda r: r["cluster"].update(network="198.51.100.0"), "cluster.network"),
     ("database name with a dash", lambda r: r["postgres"].update(database="airflow-db"), "postgres.database"),
     ("setting name with a space", lambda r: r["postgres"]["parameters"].update({"work mem": "4MB"}),
      "postgres.parameters: 'work mem' is not a PostgreSQL setting name"),
@@ -92,7 +92,7 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
 ACCEPTED: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("https index with port and path", lambda r: r["packages"].update(pip_index_url="https://pypi.example:8443/simple/")),
     ("proxy on an address", lambda r: r["packages"].update(apt_proxy="http://192.0.2.1:3142")),
-    ("network with host bits", lambda r: r["cluster"].update(network="192.168.83.5/24")),
+    ("network with host bits", lambda r: r["cluster"].update(network="198.51.100.5/24")),
     ("custom setting", lambda r: r["postgres"]["parameters"].update({"auto_explain.log_min_duration": "250ms"})),
     ("setting with spaces", lambda r: r["postgres"]["parameters"].update(log_line_prefix="%m [%p] %q%u@%d ")),
     ("templated unit", lambda r: r["airflow"]["hosts"][0]["units"].append("airflow-worker@1.service")),
