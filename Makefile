@@ -26,7 +26,7 @@ test: deps venv
 	$(VENV)/bin/pytest -q tests
 
 unit: deps venv
-	$(VENV)/bin/pytest -q -m "not lab" tests
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests
 
 lab-up:
 	lab/lab up

@@ -1123,7 +1123,7 @@ def start_haproxy(config_path: Path | str, workdir: Path | str,
     tag = secrets.token_hex(3)
     own_dir: Path | None = None
     master_socket = workdir / f"haproxy-master-{tag}.sock"
-    if len(str(master_socket)) > 100:  # sun_path limit is 108 bytes
+    if len(str(master_socket)) > 97:  # HAProxy refuses a socket path longer than 97 bytes
         own_dir = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}haproxy-", dir=SCRATCH_ROOT))
         master_socket = own_dir / "master.sock"
     log_file = workdir / f"haproxy-{tag}.log"

@@ -45,6 +45,9 @@ from pgha.inventory import DRILL_SCENARIOS, Drill, FaultCommands, FaultInjector,
 from pgha_testing import shipped_inventory, write_inventory
 from services import wait_until
 
+# The loopback drill cluster has fixed addresses and ports (127.0.0.11-13): one pytest-xdist worker at a time.
+pytestmark = pytest.mark.xdist_group("drill_lab")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

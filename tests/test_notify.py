@@ -23,6 +23,9 @@ from pgha_testing import set_connection, shipped_inventory, write_inventory
 from recording_host import DEBIAN_12, ClusterApis, Fleet, Unit, fleet_inventory
 from services import free_port
 
+# The loopback drill cluster has fixed addresses and ports (127.0.0.11-13): one pytest-xdist worker at a time.
+pytestmark = pytest.mark.xdist_group("drill_lab")
+
 BASE_URL = "http://airflow.example.test:8080"
 OPS = "ops@example.com"
 SMTP_NOTIFIER = "airflow.providers.smtp.notifications.smtp:SmtpNotifier"

@@ -40,6 +40,9 @@ from pgha.operators.postgres import (
 )
 from pgha.sensors.postgres import LogicalSyncSensor
 
+# Asserts that no killable command's pid file is left in /run/pgha: one pytest-xdist worker runs these files.
+pytestmark = pytest.mark.xdist_group("run_dir")
+
 DUMP = {"params": {"migration_method": "dump_restore"}}
 
 

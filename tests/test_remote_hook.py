@@ -12,6 +12,9 @@ from pgha.hooks.remote import CommandFailed, RemoteHook
 from pgha_testing import set_connection, ssh_connection
 from services import SshdService, free_port
 
+# Asserts that no killable command's pid file is left in /run/pgha: one pytest-xdist worker runs these files.
+pytestmark = pytest.mark.xdist_group("run_dir")
+
 SECRET = "s3cr3t-Pa55-word"
 _seen: list[str] = []
 
