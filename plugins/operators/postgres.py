@@ -88,6 +88,8 @@ def with_hba_rules(current: str, rules: list[str]) -> str:
 class SourcePreflightOperator(PghaOperator):
     """Checks the source database: reachable, the expected major, the database present; logs its size."""
 
+    dry_run_mode = "check"  # it only reads: a dry run runs it as any run does
+
     def run(self, context: Any) -> Any:
         inv = self.inventory
         try:
@@ -125,6 +127,8 @@ class InstallPostgresOperator(HostOperator):
 
     :param host: database node (mapped).
     """
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def run(self, context: Any) -> Any:
         major = self.inventory.postgres.major
