@@ -84,8 +84,8 @@ class InventoryMixin:
         self.in_dry_run = bool(params.get("dry_run"))
         if self.in_dry_run and self.dry_run_mode == "skip":
             what = (inspect.getdoc(type(self)) or type(self).__name__).split("\n\n")[0]
-            raise AirflowSkipException(f"dry run: this task changes what a dry run may not change or waits "
-                                       f"for a change a dry run does not make; it would: {' '.join(what.split())}")
+            raise AirflowSkipException(f"dry run: not run (a dry run changes nothing and waits for nothing); "
+                                       f"this task would: {' '.join(what.split())}")
 
     @cached_property
     def inventory(self) -> Inventory:

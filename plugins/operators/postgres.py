@@ -102,6 +102,7 @@ class SourcePreflightOperator(PghaOperator):
         try:
             major = pgdata.scalar(conn, pgdata.statement("server_major.sql"))
             size = pgdata.scalar(conn, pgdata.statement("database_size.sql"))
+            size_bytes = pgdata.scalar(conn, pgdata.statement("database_size_bytes.sql"))
             tables = len(pgdata.list_tables(conn))
             logical = [r[0] for r in pgdata.rows(conn, pgdata.statement("logical_readiness.sql"))]
         finally:
@@ -115,7 +116,8 @@ class SourcePreflightOperator(PghaOperator):
         self.log.info("logical replication readiness: %s", "; ".join(logical) or "ready")
         if method_of(context) == LOGICAL and any(p.startswith("table ") for p in logical):
             raise AirflowException("migration_method logical_replication is impossible: " + "; ".join(logical))
-        return {"major": major, "size": size, "tables": tables, "logical_replication_needs": logical}
+        return {"major": major, "size": size, "size_bytes": size_bytes, "tables": tables,
+                "logical_replication_needs": logical}
 
 
 class InstallPostgresOperator(HostOperator):
