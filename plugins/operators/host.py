@@ -85,6 +85,7 @@ class InventoryHostsOperator(InventoryMixin, BaseOperator):
 
     template_fields = ("inventory_path",)
     ROLES = ("database", "managed", "airflow")
+    dry_run_mode = "check"  # it only reads the inventory: a dry run runs it as any run does
 
     def __init__(self, *, role: str, inventory_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(**{"doc_md": inspect.getdoc(type(self)), **kwargs})
