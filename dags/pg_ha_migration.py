@@ -2,8 +2,11 @@
 pg_ha_migration: Airflow's single PostgreSQL becomes a 3-node Patroni + etcd + HAProxy cluster.
 
 Follows the nine-phase manual runbook (with its mistakes corrected, see README):
-preflight, then the nine phases in order, then the cutover. Per-node work is
-mapped over the inventory; every task is safe to clear and run again.
+preflight, then the nine phases in order, then the cutover (approved by a person
+first with the approve_cutover param). Per-node work is mapped over the inventory;
+every task is safe to clear and run again. With the dry_run param the run only
+plans: each installing task logs the diff of every file and the commands it would
+run on each host, and everything that would change a database, wait or cut over skips.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, TaskGroup, chain
 from pgha.notify import on_failure_callback
 from pgha.operators.airflow import AirflowHostPreflightOperator, CutoverOperator, StageAirflowConfigOperator
+from pgha.operators.approval import CutoverApprovalOperator
 from pgha.operators.drill import NoDrillRunningOperator
 from pgha.operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
 from pgha.operators.haproxy import (
@@ -117,6 +121,28 @@ params = {
             "done under PgBouncer's PAUSE without restarting Airflow."
         ),
         section="Data",
+    ),
+    "dry_run": Param(
+        False,
+        type="boolean",
+        title="Dry run: plan only, change nothing",
+        description=(
+            "Preflight runs; then every task that installs or configures renders its files and logs the diff "
+            "against each host and the commands it would run (secrets masked), changing nothing on any host "
+            "or database. Tasks that change databases, wait for a change, or cut over skip."
+        ),
+        section="Scope",
+    ),
+    "approve_cutover": Param(
+        False,
+        type="boolean",
+        title="Ask a person to approve the cutover",
+        description=(
+            "Before the cutover, the run waits for Approve or Reject (Browse > Required Actions) with what the "
+            "cutover will do: database size, method, expected stopped window, hosts to restart. Needs "
+            "Airflow 3.1 or later; on 3.0 the run stops before the cutover instead."
+        ),
+        section="Scope",
     ),
     "run_failover_test": Param(
         True,
@@ -287,6 +313,8 @@ with DAG(
             EtcdLeaderPlacementOperator(task_id="etcd_leader_off_patroni_leader", phase=PHASES[8]),
         )
 
+    # approve_cutover: a person reads what the cutover will do and approves it (a timeout or Reject: no cutover)
+    approval = CutoverApprovalOperator(task_id="approve_cutover", phase=PHASES[7], retries=0)
     cutover = CutoverOperator(task_id="cutover", phase=PHASES[7])
     # The agents move Airflow after `cutover` succeeded; this wait turns the run red on their rollback.
     # Its timeout covers the agent's longest copy (6 h); a poke killed by the agents' stop is retried.
@@ -305,5 +333,5 @@ with DAG(
     paused_cutover = PausedSwitchOperator(task_id="paused_cutover", phase=PHASES[7], mode="cutover")
 
     chain(preflight, bouncer, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9,
-          [cutover, paused_cutover])
+          approval, [cutover, paused_cutover])
     chain(cutover, cutover_outcome, undo_logical_source)

@@ -7,6 +7,7 @@ instead of breaking the DAG.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -65,12 +66,26 @@ class InventoryMixin:
 
     inventory_path: str | None
     phase: str | None = None
+    # What the task does in a run with the ``dry_run`` param (README "Dry run"): "skip" (the default, so a
+    # new task never acts in a dry run), "plan" (it runs with every host in dry-run mode: reads happen,
+    # changes are logged as what would happen) or "check" (it only reads; it runs as in any run, its hosts
+    # in dry-run mode all the same).
+    dry_run_mode: str = "skip"
+    in_dry_run: bool = False
 
     def skip_unless_selected(self, context: Any) -> None:
-        """Skip this task when the run's ``phases`` param leaves its phase out."""
-        selected = (context.get("params") or {}).get("phases")
+        """Skip this task when the run's ``phases`` param leaves its phase out, or when the run is a
+        dry run and the task has nothing to plan (``dry_run_mode``); in a dry run the hosts it reaches
+        are only read."""
+        params = context.get("params") or {}
+        selected = params.get("phases")
         if self.phase and selected is not None and self.phase not in selected:
             raise AirflowSkipException(f"phase {self.phase!r} is not selected in this run's 'phases' param")
+        self.in_dry_run = bool(params.get("dry_run"))
+        if self.in_dry_run and self.dry_run_mode == "skip":
+            what = (inspect.getdoc(type(self)) or type(self).__name__).split("\n\n")[0]
+            raise AirflowSkipException(f"dry run: not run (a dry run changes nothing and waits for nothing); "
+                                       f"this task would: {' '.join(what.split())}")
 
     @cached_property
     def inventory(self) -> Inventory:
@@ -85,19 +100,34 @@ class InventoryMixin:
         return {}
 
     def remote(self, host: str | Host) -> RemoteHook:
-        """A RemoteHook for an inventory host, created on first use."""
-        from pgha.hooks.remote import RemoteHook
-
+        """A RemoteHook for an inventory host, created on first use; in a dry run, one that only reads
+        (``pgha.hooks.dryrun.DryRunRemote``)."""
         name = host if isinstance(host, str) else host.name
         if name not in self._remotes:
-            entry = self.inventory.host(name)
-            self._remotes[name] = RemoteHook(
-                ssh_conn_id=entry.ssh_conn_id,
-                host_name=name,
-                allow_unverified_host_keys=self.inventory.ssh.allow_unverified_host_keys,
-                command_timeout=self.inventory.ssh.command_timeout,
-            )
+            connection = self.connect_remote(name)
+            if self.in_dry_run:
+                from pgha.hooks.dryrun import DryRunRemote
+
+                connection = DryRunRemote(connection)
+            self._remotes[name] = connection
         return self._remotes[name]
+
+    def connect_remote(self, name: str) -> RemoteHook:
+        """The SSH RemoteHook of inventory host ``name`` (tests stand a fake host here)."""
+        from pgha.hooks.remote import RemoteHook
+
+        entry = self.inventory.host(name)
+        return RemoteHook(
+            ssh_conn_id=entry.ssh_conn_id,
+            host_name=name,
+            allow_unverified_host_keys=self.inventory.ssh.allow_unverified_host_keys,
+            command_timeout=self.inventory.ssh.command_timeout,
+        )
+
+    def dry_run_plan(self) -> list[str]:
+        """What this task would have changed on each host it reached (a dry run's plan), one line each."""
+        return [f"[{name}] {line}" for name, remote in self._remotes.items()
+                for line in getattr(remote, "plan_lines", lambda: [])()]
 
     def host_hook(self, host: str | Host) -> HostHook:
         """The HostHook of an inventory host (over ``self.remote(host)``), created on first use."""

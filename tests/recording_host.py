@@ -7,7 +7,7 @@ send, by a rule table. It records every command in order, marking the ones
 that change the host. A command no rule knows is recorded and fails the test
 (``UnknownCommand``), so a new command is noticed and given a rule here.
 
-``fleet`` (pytest fixture) makes ``InventoryMixin.remote(host)`` return the
+``fleet`` (pytest fixture) makes ``InventoryMixin.connect_remote(host)`` return the
 fleet's FakeHost for that host name, so operators and HostHook run unchanged.
 """
 
@@ -872,9 +872,9 @@ class Fleet:
 
 @pytest.fixture
 def fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
-    """Operators reach the fleet's FakeHosts wherever they would open SSH (``InventoryMixin.remote``)."""
+    """Operators reach the fleet's FakeHosts wherever they would open SSH (``InventoryMixin.connect_remote``)."""
     fleet = Fleet()
-    monkeypatch.setattr(InventoryMixin, "remote", lambda self, host: fleet[host if isinstance(host, str) else host.name])
+    monkeypatch.setattr(InventoryMixin, "connect_remote", lambda self, name: fleet[name])
     yield fleet
 
 

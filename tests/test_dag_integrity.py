@@ -54,8 +54,11 @@ def test_preflight_then_nine_phases_in_runbook_order(dag) -> None:  # type: igno
             a, b = _group(upstream.task_id), _group(task.task_id)
             if a in order and b in order:
                 assert order[a] <= order[b], f"{upstream.task_id} -> {task.task_id} goes backwards"
+    # after phase 9, the approval a person gives (with approve_cutover), then the cutover
+    approval = dag.get_task("approve_cutover")
+    assert {_group(t.task_id) for t in approval.upstream_list} == {"phase9_validate"}
+    assert _next(dag, "approve_cutover") == ["cutover", "paused_cutover"]
     cutover = dag.get_task("cutover")
-    assert {_group(t.task_id) for t in cutover.upstream_list} == {"phase9_validate"}
     # the run's last task waits for the outcome the cutover agents record
     assert [t.task_id for t in cutover.downstream_list] == ["cutover_outcome"]
     # then, after a success only (a failed outcome stops it), the source loses what logical replication added
@@ -74,7 +77,8 @@ def test_first_task_validates_the_inventory(dag) -> None:  # type: ignore[no-unt
 
 def test_retries_are_set(dag) -> None:  # type: ignore[no-untyped-def]
     for task in dag.tasks:
-        if task.task_id != "preflight.validate_inventory":  # a bad inventory does not fix itself
+        # a bad inventory does not fix itself; a person's answer (or its timeout) is not asked for again
+        if task.task_id not in ("preflight.validate_inventory", "approve_cutover"):
             assert task.retries >= 1, task.task_id
 
 
@@ -98,7 +102,8 @@ def test_per_node_work_is_mapped_not_copied(dag) -> None:  # type: ignore[no-unt
 def test_params_form_has_no_password(dag) -> None:  # type: ignore[no-untyped-def]
     params = dag.params
     assert set(params.keys()) == {"inventory_path", "phases", "migration_method", "pooler", "run_failover_test",
-                                   "defer_waits"}
+                                   "defer_waits", "dry_run", "approve_cutover"}
+    assert params["dry_run"] is False and params["approve_cutover"] is False  # a plain trigger migrates, unasked
     for key in params.keys():
         assert "pass" not in key.lower() and "secret" not in key.lower()
         param = params.get_param(key)

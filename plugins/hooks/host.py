@@ -48,6 +48,11 @@ class HostHook(BaseHook):
     def name(self) -> str:
         return self.remote.host_name
 
+    @property
+    def dry_run(self) -> bool:
+        """The host is seen through a dry run (``pgha.hooks.dryrun``): changes are planned, not made."""
+        return bool(getattr(self.remote, "dry_run", False))
+
     def run(self, command: str, **kwargs: object) -> CommandResult:
         return self.remote.run(command, **kwargs)  # type: ignore[arg-type]
 
@@ -84,6 +89,8 @@ class HostHook(BaseHook):
             return False
         self.remote.run(self.family.refresh_cmd, timeout=900)
         self.remote.run(self.family.install_command(missing, repo), timeout=1800)
+        if self.dry_run:  # planned, not installed: nothing to verify
+            return True
         still = self.missing_packages(missing)
         if still:
             raise AirflowException(f"[{self.name}] the package manager succeeded but {still} are not installed")
@@ -94,7 +101,7 @@ class HostHook(BaseHook):
         if not self.missing_packages([name]):
             return False
         self.remote.run(self.family.install_command([source]), timeout=900)
-        if self.missing_packages([name]):
+        if not self.dry_run and self.missing_packages([name]):
             raise AirflowException(f"[{self.name}] installing {source} did not install {name}")
         return True
 

@@ -28,6 +28,8 @@ class AirflowHostPreflightOperator(HostOperator):
     after the cutover: refused here, before any change, with the place named.
     """
 
+    dry_run_mode = "check"  # it only reads: a dry run runs it as any run does
+
     def run(self, context: Any) -> Any:
         airflow_host = self.inventory.airflow_host(self.host)
         host = self.host_hook(self.host)
@@ -64,6 +66,8 @@ class StageAirflowConfigOperator(HostOperator):
     A host that is not the HAProxy host uses HAProxy's address, never
     localhost.
     """
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def run(self, context: Any) -> Any:
         inv = self.inventory

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from pgha.compat import AirflowSkipException
 from pgha.runtime import InventoryMixin
 
 
@@ -55,8 +56,22 @@ class PghaOperator(InventoryMixin, BaseOperator):
         started = time.monotonic()
         try:
             value = self.run(context)
+        except AirflowSkipException:
+            raise
+        except Exception as exc:
+            if not self.planning:
+                raise
+            self._log_plan()
+            raise AirflowSkipException(
+                f"dry run: the plan stops here, at: {str(exc).strip()[:1000]} (a step that needs a change a dry "
+                "run does not make, or something to fix before the real run); the log shows what it planned"
+            ) from exc
         finally:
             self.close_remotes()
+        if self.planning or self.dry_run_plan():
+            self._log_plan()
+        if self.planning:
+            return {"dry_run": True, "plan": self.dry_run_plan(), "result": value}
         summary = {
             "changed": bool(self._changes),
             "changes": self._changes,
@@ -74,6 +89,17 @@ class PghaOperator(InventoryMixin, BaseOperator):
         if value is not None:
             summary["result"] = value
         return summary
+
+    @property
+    def planning(self) -> bool:
+        """This is a dry run and the task plans (``dry_run_mode`` "plan"): its changes are only logged."""
+        return self.in_dry_run and self.dry_run_mode == "plan"
+
+    def _log_plan(self) -> None:
+        plan = self.dry_run_plan() + [f"would: {what}" for what in self._changes]
+        self.log.info("DRY RUN PLAN %s: %s\n%s", self.task_id,
+                      f"{len(plan)} change(s) it would make" if plan else "no change",
+                      "\n".join(f"  {line}" for line in plan) or "  (the hosts are as this task wants them)")
 
     def on_kill(self) -> None:
         """A killed task leaves no remote work running: its killable commands are stopped."""

@@ -584,6 +584,8 @@ class NoDrillRunningOperator(PghaOperator):
     while a migration is queued or running.
     """
 
+    dry_run_mode = "check"  # it only reads: a dry run runs it as any run does
+
     def run(self, context: Any) -> Any:
         runs = context["ti"].get_dr_count(dag_id=DRILL_DAG_ID, states=["running"])
         if runs:

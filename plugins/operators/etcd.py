@@ -23,6 +23,8 @@ class InstallEtcdOperator(HostOperator):
     :param host: database node (mapped).
     """
 
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
+
     def run(self, context: Any) -> Any:
         install = self.inventory.etcd.install
         host = self.host_hook(self.host)
@@ -70,6 +72,8 @@ class ConfigureEtcdOperator(HostOperator):
     :param host: database node (mapped, one at a time).
     :param rejoin_timeout: seconds a restarted member of a whole cluster has to rejoin.
     """
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def __init__(self, *, rejoin_timeout: float = 90, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -37,6 +37,8 @@ class InstallHAProxyOperator(PghaOperator):
     ports and labels its own.
     """
 
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
+
     def run(self, context: Any) -> Any:
         haproxy = self.inventory.haproxy
         host = self.host_hook(haproxy.host)
@@ -71,6 +73,8 @@ class HAProxySwitchOperator(PghaOperator):
     first check). Starts HAProxy if it is not running. HAProxyRoutingSensor
     then waits until HAProxy routes like Patroni.
     """
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def run(self, context: Any) -> Any:
         haproxy = self.inventory.haproxy

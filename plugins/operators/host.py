@@ -47,6 +47,8 @@ class ValidateInventoryOperator(PghaOperator):
     names exists, before any host is touched.
     """
 
+    dry_run_mode = "check"  # it only reads: a dry run runs it as any run does
+
     ui_color = "#f6e3db"
 
     def run(self, context: Any) -> Any:
@@ -83,6 +85,7 @@ class InventoryHostsOperator(InventoryMixin, BaseOperator):
 
     template_fields = ("inventory_path",)
     ROLES = ("database", "managed", "airflow")
+    dry_run_mode = "check"  # it only reads the inventory: a dry run runs it as any run does
 
     def __init__(self, *, role: str, inventory_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(**{"doc_md": inspect.getdoc(type(self)), **kwargs})
@@ -111,6 +114,8 @@ class HostPreflightOperator(HostOperator):
     :param host: inventory host name (mapped).
     :param min_free_mb: free space needed under /var.
     """
+
+    dry_run_mode = "check"  # it only reads: a dry run runs it as any run does
 
     def __init__(self, *, min_free_mb: int = 1024, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,6 +168,8 @@ class PrepareHostOperator(HostOperator):
 
     :param host: inventory host name (mapped).
     """
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def run(self, context: Any) -> Any:
         inv = self.inventory

@@ -22,6 +22,8 @@ PATRONI_UNIT = "patroni.service"
 class InstallPatroniOperator(HostOperator):
     """Installs Patroni into its own virtualenv (never a system-wide pip), or its OS package."""
 
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
+
     def run(self, context: Any) -> Any:
         install = self.inventory.patroni.install
         host = self.host_hook(self.host)
@@ -59,6 +61,8 @@ class ConfigurePatroniOperator(HostOperator):
     already, this task creates it on the leader (password as a SCRAM
     verifier) before any node's config names it.
     """
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
@@ -119,6 +123,10 @@ class ConfigurePatroniOperator(HostOperator):
         if not leader:
             raise AirflowException(f"the Patroni cluster has no single leader to create the rewind role {user} "
                                    "on; clear this task once it has one")
+        if self.planning:  # a dry run logs in to no database
+            self.changed(f"rewind role {user} on the leader {leader}: created or its password set if it differs "
+                         "(not checked: a dry run does not log in to the database)")
+            return
         admin = node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(leader).address, port=inv.postgres.port,
                               database="postgres")
         with pgdata.session(admin) as conn:
@@ -131,6 +139,8 @@ class ConfigurePatroniOperator(HostOperator):
 
 class StartPatroniOperator(HostOperator):
     """Enables and starts Patroni on one node (bootstraps or joins the cluster)."""
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def run(self, context: Any) -> Any:
         host = self.host_hook(self.host)

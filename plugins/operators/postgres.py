@@ -88,6 +88,8 @@ def with_hba_rules(current: str, rules: list[str]) -> str:
 class SourcePreflightOperator(PghaOperator):
     """Checks the source database: reachable, the expected major, the database present; logs its size."""
 
+    dry_run_mode = "check"  # it only reads: a dry run runs it as any run does
+
     def run(self, context: Any) -> Any:
         inv = self.inventory
         try:
@@ -100,6 +102,7 @@ class SourcePreflightOperator(PghaOperator):
         try:
             major = pgdata.scalar(conn, pgdata.statement("server_major.sql"))
             size = pgdata.scalar(conn, pgdata.statement("database_size.sql"))
+            size_bytes = pgdata.scalar(conn, pgdata.statement("database_size_bytes.sql"))
             tables = len(pgdata.list_tables(conn))
             logical = [r[0] for r in pgdata.rows(conn, pgdata.statement("logical_readiness.sql"))]
         finally:
@@ -113,7 +116,8 @@ class SourcePreflightOperator(PghaOperator):
         self.log.info("logical replication readiness: %s", "; ".join(logical) or "ready")
         if method_of(context) == LOGICAL and any(p.startswith("table ") for p in logical):
             raise AirflowException("migration_method logical_replication is impossible: " + "; ".join(logical))
-        return {"major": major, "size": size, "tables": tables, "logical_replication_needs": logical}
+        return {"major": major, "size": size, "size_bytes": size_bytes, "tables": tables,
+                "logical_replication_needs": logical}
 
 
 class InstallPostgresOperator(HostOperator):
@@ -125,6 +129,8 @@ class InstallPostgresOperator(HostOperator):
 
     :param host: database node (mapped).
     """
+
+    dry_run_mode = "plan"  # a dry run plans it: reads for real, logs the changes it would make
 
     def run(self, context: Any) -> Any:
         major = self.inventory.postgres.major
