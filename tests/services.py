@@ -655,7 +655,8 @@ def start_postgres(workdir: Path | str, password: str, timeout: float = 60.0, *,
         try:
             run_checked([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres",
                          f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"],
+                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+                         *(["--no-instructions"] if bin_dir == PG_BIN_DIR else [])],  # 14+
                         as_postgres=True, env=env, cwd=base)
         finally:
             pwfile.unlink(missing_ok=True)
