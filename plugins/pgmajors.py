@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 # Airflow release range (first, last; (major, minor)) -> the PostgreSQL majors its metadata
-# database may run on. Airflow's installation prerequisites list the PostgreSQL majors each
-# release is tested with: the 2.x pages (e.g. 2.8: 12 to 16) move the window up one major
-# about once a year, and the brief for pgha's 3.x support states 3.0 through 3.3 are tested
-# with 13 to 17 (the 3.x prerequisites page was not in our reference corpus to re-check:
-# confirm there before widening a row). A release outside every row is refused.
+# database may run on, from the PostgreSQL versions each release's installation prerequisites
+# say it is tested with (README "Supported Airflow releases" has the same table). Those pages
+# move the window up about one major a year (2.8 listed 12 to 16); 3.0 and 3.1 list 13 to 17,
+# 3.2 dropped 13 and added 18. A release outside every row is refused: add its row first.
 AIRFLOW_POSTGRES_MAJORS: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, ...]], ...] = (
-    ((3, 0), (3, 3), (13, 14, 15, 16, 17)),
+    ((3, 0), (3, 1), (13, 14, 15, 16, 17)),
+    ((3, 2), (3, 3), (14, 15, 16, 17, 18)),
 )
 
 # The source settings logical replication needs that only a restart of the source changes and that

@@ -151,8 +151,14 @@ def refusals(**kwargs: Any) -> list[str]:
 
 def test_a_13_source_to_15_or_17_is_allowed_on_every_supported_airflow() -> None:
     for airflow in ("3.0.0", "3.1.7", "3.2.1", "3.3.2"):
-        for target in (13, 15, 17):
+        for target in (15, 17):
             assert refusals(airflow_version=airflow, target_major=target) == []
+    assert refusals(airflow_version="3.1.8", target_major=13) == []
+
+
+def test_a_13_cluster_is_refused_where_airflow_dropped_13() -> None:
+    assert refusals(airflow_version="3.2.2", target_major=13) == [
+        "Airflow 3.2.2 supports PostgreSQL 14 to 18 as its metadata database, not the cluster's major 13"]
 
 
 def test_a_target_older_than_the_source_is_refused() -> None:
@@ -184,7 +190,8 @@ def test_logical_refuses_a_source_without_free_slots_or_walsenders() -> None:
 
 def test_release_of_reads_prereleases() -> None:
     assert pgmajors.release_of("3.1.0rc1") == (3, 1)
-    assert pgmajors.airflow_postgres_majors("3.3.2") == (13, 14, 15, 16, 17)
+    assert pgmajors.airflow_postgres_majors("3.3.2") == (14, 15, 16, 17, 18)
+    assert pgmajors.airflow_postgres_majors("3.0.6") == (13, 14, 15, 16, 17)
     assert pgmajors.airflow_postgres_majors("3.4.0") == ()
 
 
