@@ -203,3 +203,25 @@ def test_preflight_refuses_before_any_change(inventory: str, source13: PostgresS
     monkeypatch.setattr("pgha.operators.postgres.AIRFLOW_VERSION", "2.10.5")
     with pytest.raises(AirflowException, match=r"refused \(nothing was changed\):\n  - Airflow 2.10.5 is not"):
         SourcePreflightOperator(task_id="check_source_db", inventory_path=inventory).execute(LOGICAL)
+
+
+# ------------------------------------------------------------------ the lab's source major (files only)
+
+def test_the_lab_source_major_setting_and_the_deployed_inventory() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lab"))
+    from pghalab import topology
+    from pghalab.deploy import lab_inventory
+    from pghalab.settings import LAB_INVENTORY
+
+    assert topology.source_major({}) == 15
+    assert topology.source_major({"PGHA_LAB_SOURCE_MAJOR": "13"}) == 13
+    with pytest.raises(ValueError, match="source of major 13 or 15"):
+        topology.source_major({"PGHA_LAB_SOURCE_MAJOR": "14"})
+    import yaml
+
+    text = LAB_INVENTORY.read_text()
+    deployed = yaml.safe_load(lab_inventory(text, 13))
+    assert deployed["source"]["major"] == 13 and deployed["postgres"]["major"] == 15
+    assert yaml.safe_load(lab_inventory(text, 15)) == yaml.safe_load(text)
