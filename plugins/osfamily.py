@@ -39,6 +39,9 @@ class OsFamily:
     module_state_file: str  # where the package manager keeps a module's state ({module})
     module_disable_cmd: str  # disables a module {module} ("" where the family has none)
     postgres_packages: tuple[str, ...]
+    # pg_dump/pg_restore of a major (``{major}``), beside an older source server: the copy uses the
+    # cluster's major's tools on the source host (pgha.operators.postgres.copy_bin_dir).
+    postgres_client_packages: tuple[str, ...]
     postgres_bin_dir: str
     postgres_data_dir: str
     postgres_service: str  # the unit of a source server installed from the distribution (restarted for logical)
@@ -75,6 +78,14 @@ class OsFamily:
 
     def source_postgres_bin(self, major: int) -> str:
         return (self.source_postgres_bin_dir or self.postgres_bin_dir).format(major=major)
+
+    def copy_postgres_bin(self, source_major: int, cluster_major: int) -> str:
+        """Where the pg_dump/pg_restore that copy a ``source_major`` source into a ``cluster_major`` cluster
+        are: the cluster's major's (``postgres_client`` packages) when it is newer, a pg_dump reads older
+        servers but never newer ones; the source server's own otherwise."""
+        if cluster_major > source_major:
+            return self.postgres_bin(cluster_major)
+        return self.source_postgres_bin(source_major)
 
     def postgres_data(self, major: int) -> str:
         return self.postgres_data_dir.format(major=major)
@@ -127,6 +138,7 @@ DEBIAN = OsFamily(
     module_state_file="",
     module_disable_cmd="",
     postgres_packages=("postgresql-{major}", "postgresql-client-{major}"),
+    postgres_client_packages=("postgresql-client-{major}",),
     postgres_bin_dir="/usr/lib/postgresql/{major}/bin",
     postgres_data_dir="/var/lib/postgresql/{major}/main",
     postgres_service="postgresql",
@@ -169,6 +181,8 @@ def rhel(release: int) -> OsFamily:
         module_state_file="/etc/dnf/modules.d/{module}.module",
         module_disable_cmd="dnf -qy module disable {module}",
         postgres_packages=("postgresql{major}-server", "postgresql{major}-contrib"),
+        # PGDG's client package (/usr/pgsql-{major}/bin); the source host needs the PGDG repository for it
+        postgres_client_packages=("postgresql{major}",),
         postgres_bin_dir="/usr/pgsql-{major}/bin",
         postgres_data_dir="/var/lib/pgsql/{major}/data",
         postgres_service="postgresql",

@@ -247,7 +247,10 @@ def dump_restore_command(
     schema_only: bool = False,
 ) -> str:
     """The ``pg_dump | pg_restore`` shell pipeline (run it under ``bash -o pipefail``)."""
-    dump = [f"{bin_dir}/pg_dump", "-Fc", "--no-owner", "--no-privileges", *source.client_args()]
+    # No publications or subscriptions: the logical method's own publication (a retry finds it on the
+    # source) would be restored as the owner, and only a superuser may create a FOR ALL TABLES one.
+    dump = [f"{bin_dir}/pg_dump", "-Fc", "--no-owner", "--no-privileges", "--no-publications", "--no-subscriptions",
+            *source.client_args()]
     if snapshot:
         dump.append(f"--snapshot={snapshot}")
     if schema_only:

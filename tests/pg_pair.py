@@ -11,7 +11,6 @@ from services import (
     PG_BIN_DIR,
     PostgresService,
     _pg_ready,
-    _postgres_env,
     spawn,
     stop_postmaster,
     wait_until,
@@ -82,8 +81,8 @@ def restart_with(svc: PostgresService, **settings: str) -> None:
     stop_postmaster(svc.data_dir, svc.postmaster_pid())
     if svc.proc is not None:
         svc.proc.wait(timeout=30)
-    svc.proc = spawn([str(PG_BIN_DIR / "postgres"), "-D", str(svc.data_dir)], svc.log_file, as_postgres=True,
-                     env=_postgres_env(svc.base_dir), cwd=svc.base_dir)
+    svc.proc = spawn([str(svc.bin_dir / "postgres"), "-D", str(svc.data_dir)], svc.log_file, as_postgres=True,
+                     env=svc.env, cwd=svc.base_dir)
     svc.pid = svc.proc.pid
     wait_until(lambda: _pg_ready(svc.host, svc.port), 30, f"postgres on port {svc.port} after restart")
 

@@ -35,6 +35,11 @@ from typing import Any
 
 LOOPBACK = "127.0.0.1"
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+# PostgreSQL 13 (a migration's older source): Debian 11's postgresql-13 and the bullseye libraries it
+# needs, unpacked (dpkg -x) by .ci/install-deps into this root; its binaries run with its libraries.
+PG13_ROOT = Path(os.environ.get("PGHA_PG13_ROOT", "/var/cache/pgha-test/pg13"))
+PG13_BIN_DIR = PG13_ROOT / "usr/lib/postgresql/13/bin"
+PG13_LIB_DIR = PG13_ROOT / "usr/lib/x86_64-linux-gnu"
 ETCD_BIN = Path("/usr/bin/etcd")
 HAPROXY_BIN = Path("/usr/sbin/haproxy")
 PGBOUNCER_BIN = Path("/usr/sbin/pgbouncer")
@@ -277,9 +282,21 @@ def run_checked(argv: list[str], *, as_postgres: bool = False, env: dict[str, st
     return res.stdout
 
 
-def _postgres_env(home: Path) -> dict[str, str]:
-    return {"PATH": f"{PG_BIN_DIR}:/usr/bin:/bin", "HOME": str(home),
-            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "USER": PG_OS_USER, "LOGNAME": PG_OS_USER}
+def _postgres_env(home: Path, bin_dir: Path = PG_BIN_DIR, lib_dir: Path | None = None) -> dict[str, str]:
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home),
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "USER": PG_OS_USER, "LOGNAME": PG_OS_USER}
+    if lib_dir is not None:
+        env["LD_LIBRARY_PATH"] = str(lib_dir)
+    return env
+
+
+def pg13_missing() -> str | None:
+    """Why PostgreSQL 13 cannot run here (None: it can)."""
+    for tool in ("initdb", "postgres"):
+        if not os.access(PG13_BIN_DIR / tool, os.X_OK):
+            return (f"no PostgreSQL 13 binaries at {PG13_BIN_DIR} (Debian 11's postgresql-13 unpacked by "
+                    f"`bash .ci/install-deps`; PGHA_PG13_ROOT moves it)")
+    return None
 
 
 def make_postgres_dir(kind: str) -> Path:
@@ -581,6 +598,13 @@ class PostgresService:
     log_file: Path
     pid: int
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    bin_dir: Path = PG_BIN_DIR  # the server's own binaries (PG13_BIN_DIR for a PostgreSQL 13)
+    lib_dir: Path | None = None  # LD_LIBRARY_PATH for them (PG13_LIB_DIR)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment its postgres runs with (a restart uses it)."""
+        return _postgres_env(self.base_dir, self.bin_dir, self.lib_dir)
 
     @property
     def dsn(self) -> str:
@@ -609,10 +633,13 @@ def _pg_ready(host: str, port: int) -> bool:
     return res.returncode == 0
 
 
-def start_postgres(workdir: Path | str, password: str, timeout: float = 60.0) -> PostgresService:
-    """initdb + start a PostgreSQL 15 on a free 127.0.0.1 port (scram-sha-256 for TCP)."""
-    for tool in ("initdb", "postgres", "pg_isready"):
-        require_binary(PG_BIN_DIR / tool, "postgresql-15")
+def start_postgres(workdir: Path | str, password: str, timeout: float = 60.0, *, bin_dir: Path = PG_BIN_DIR,
+                   lib_dir: Path | None = None) -> PostgresService:
+    """initdb + start a PostgreSQL 15 (or the one in ``bin_dir``, its libraries in ``lib_dir``) on a free
+    127.0.0.1 port (scram-sha-256 for TCP)."""
+    for tool in ("initdb", "postgres"):
+        require_binary(bin_dir / tool, "postgresql-15" if bin_dir == PG_BIN_DIR else str(bin_dir))
+    require_binary(PG_BIN_DIR / "pg_isready", "postgresql-15")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     base = make_postgres_dir("pg")
@@ -622,13 +649,14 @@ def start_postgres(workdir: Path | str, password: str, timeout: float = 60.0) ->
     os.chown(socket_dir, uid, gid)
     port = free_port()
     log_file = workdir / f"postgres-{port}.log"
-    env = _postgres_env(base)
+    env = _postgres_env(base, bin_dir, lib_dir)
     try:
         pwfile = write_postgres_file(base / "pwfile", password + "\n")
         try:
-            run_checked([str(PG_BIN_DIR / "initdb"), "-D", str(data_dir), "-U", "postgres",
+            run_checked([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres",
                          f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"],
+                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+                         *(["--no-instructions"] if bin_dir == PG_BIN_DIR else [])],  # 14+
                         as_postgres=True, env=env, cwd=base)
         finally:
             pwfile.unlink(missing_ok=True)
@@ -646,11 +674,11 @@ def start_postgres(workdir: Path | str, password: str, timeout: float = 60.0) ->
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
-    proc = spawn([str(PG_BIN_DIR / "postgres"), "-D", str(data_dir)], log_file,
+    proc = spawn([str(bin_dir / "postgres"), "-D", str(data_dir)], log_file,
                  as_postgres=True, env=env, cwd=base)
     svc = PostgresService(host=LOOPBACK, port=port, user="postgres", password=password,
                           data_dir=data_dir, socket_dir=socket_dir, base_dir=base,
-                          log_file=log_file, pid=proc.pid, proc=proc)
+                          log_file=log_file, pid=proc.pid, proc=proc, bin_dir=bin_dir, lib_dir=lib_dir)
     _register(svc)
 
     def check() -> None:

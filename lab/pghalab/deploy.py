@@ -4,14 +4,26 @@ pgha is pip-installed into the host's Airflow virtualenv, as a deployment does.
 
 import hashlib
 import os
+import re
 import shlex
 
-from .topology import AIRFLOW_HOST, BRIDGE_IP, WHEEL_PORT
+from .topology import AIRFLOW_HOST, BRIDGE_IP, SOURCE_MAJOR, WHEEL_PORT
 from .settings import AIRFLOW_PIP, DEPLOY_ROOT, LAB_DAGS, LAB_DIR, PROVISION_DIR, REPO_DIR
 from .common import die
 from .ssh import ssh_run, tar_bytes
 from .cache import pgha_wheel
 from .containers import running
+
+
+SOURCE_MAJOR_LINE = re.compile(r"^(source:\n(?:[ ]+.*\n)*?[ ]+major:[ ]*)\d+", re.MULTILINE)
+
+
+def lab_inventory(text, source_major=SOURCE_MAJOR):
+    """lab/inventory.yml's text with ``source.major`` set to the lab's source major (PGHA_LAB_SOURCE_MAJOR)."""
+    new, count = SOURCE_MAJOR_LINE.subn(lambda m: f"{m.group(1)}{source_major}", text, count=1)
+    if count != 1:
+        die("deploy: lab/inventory.yml has no source.major line to set")
+    return new
 
 
 def deploy_files():
@@ -29,7 +41,7 @@ def deploy_files():
 
     add_tree(REPO_DIR / "dags", "dags")
     add_tree(LAB_DAGS, "dags")
-    files["lab/inventory.yml"] = ((LAB_DIR / "inventory.yml").read_bytes(), 0o644)
+    files["lab/inventory.yml"] = (lab_inventory((LAB_DIR / "inventory.yml").read_text()).encode(), 0o644)
     files["lab/probe_writer.py"] = ((LAB_DIR / "probe_writer.py").read_bytes(), 0o644)  # cutover tests' writer
     wheel = pgha_wheel()
     files[f"dist/{wheel.name}"] = (wheel.read_bytes(), 0o644)

@@ -5,7 +5,7 @@ vm4 (its Celery worker), each built once and kept as its `provisioned` snapshot.
 import json
 import sys
 
-from .topology import AIRFLOW_HOST, BRIDGE_IP, FAULT_GATE_PORT, HOSTS, WORKER_HOST, api_url
+from .topology import AIRFLOW_HOST, BRIDGE_IP, FAULT_GATE_PORT, HOSTS, SOURCE_MAJOR, SOURCE_SUITES, WORKER_HOST, api_url
 from .settings import PROVISIONED, PROVISION_DIR, SECRETS
 from .common import die, log, write_private
 from .record import load_secrets
@@ -37,15 +37,19 @@ PROBES = {AIRFLOW_HOST: "probe.sh", WORKER_HOST: "vm4-probe.sh"}
 
 def probe(name):
     """What tells whether the host is still as its `provisioned` snapshot left it."""
-    return ssh_run(name, "bash -s", stdin=(PROVISION_DIR / PROBES[name]).read_bytes(), check=False)
+    return ssh_run(name, f"PGHA_LAB_SOURCE_MAJOR={SOURCE_MAJOR} bash -s",
+                   stdin=(PROVISION_DIR / PROBES[name]).read_bytes(), check=False)
 
 
 def airflow_bundle(secrets):
     fault_injector = {"host": BRIDGE_IP, "port": FAULT_GATE_PORT, "host_key": pubkey(fault_gate_host_key()),
                       "key": fault_gate_key().read_text()}
-    return provision_module().bundle(secrets, HOSTS, {n: host_pubkey(n) for n in HOSTS}, client_key().read_text(),
-                                     HOSTS[AIRFLOW_HOST]["ip"], {WORKER_HOST: HOSTS[WORKER_HOST]["ip"]},
-                                     fault_injector)
+    files = provision_module().bundle(secrets, HOSTS, {n: host_pubkey(n) for n in HOSTS}, client_key().read_text(),
+                                      HOSTS[AIRFLOW_HOST]["ip"], {WORKER_HOST: HOSTS[WORKER_HOST]["ip"]},
+                                      fault_injector)
+    # vm1.sh's source major and the Debian release it comes from (lab/pghalab/topology.py)
+    files["source.env"] = (f"SOURCE_MAJOR={SOURCE_MAJOR}\nSOURCE_SUITE={SOURCE_SUITES[SOURCE_MAJOR]}\n".encode(), 0o644)
+    return files
 
 
 def worker_bundle(secrets):

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .topology import HOSTS
+from .topology import HOSTS, SOURCE_MAJOR
 from .settings import LAB_DAGS, LAB_DIR, PROVISION_DIR, SECRETS, SNAPSHOTS, WHEEL_REQUIREMENTS
 from .common import Timer, die, log, remove_tree, run, write_private
 from .record import Locked, save_record
@@ -33,6 +33,7 @@ def snapshot_key(rec):
                 h.update(f"{path.relative_to(LAB_DIR)}\0".encode() + path.read_bytes() + b"\0")
     h.update(WHEEL_REQUIREMENTS.read_bytes())
     h.update(f"image {image_key(rec)}\0".encode())
+    h.update(f"source major {SOURCE_MAJOR}\0".encode())  # vm1's PostgreSQL (PGHA_LAB_SOURCE_MAJOR)
     h.update(Path(f"{client_key()}.pub").read_bytes())
     h.update(pubkey(fault_gate_key()).encode() + pubkey(fault_gate_host_key()).encode())
     for n in HOSTS:

@@ -9,6 +9,8 @@ Pure data, standard library only: importable by the outer machine's python3
 and by the project's virtualenv alike.
 """
 
+import os
+
 # Roles mirror the runbook; `boot` says whether a plain `lab/lab up` boots it.
 HOSTS = {
     "vm1": {"ip": "10.83.0.129", "boot": True, "role": "Airflow host: old single PostgreSQL, HAProxy"},
@@ -21,6 +23,26 @@ AIRFLOW_HOST = "vm1"  # the runbook's VM1: Airflow on a single PostgreSQL, Celer
 WORKER_HOST = "vm4"  # the runbook's VM4: a Celery worker of vm1's Airflow
 AIRFLOW_HOSTS = (AIRFLOW_HOST, WORKER_HOST)  # what `deploy` copies the code to
 DATABASE_HOSTS = ("psg1", "psg2", "psg3")  # the Patroni + etcd cluster the migration builds
+
+# The source: vm1's single PostgreSQL, the major the migration starts from. 15 is Debian 12's
+# own; 13 (PGHA_LAB_SOURCE_MAJOR=13) is Debian 11's postgresql-13, which vm1.sh installs from
+# bullseye pinned low (only it and what it needs come from there). The cluster stays
+# lab/inventory.yml's postgres.major. Set it before `lab/lab provision`: it is part of the
+# provisioned snapshot's key, and `deploy` writes it into the hosts' inventory (source.major).
+SOURCE_SUITES = {13: "bullseye", 15: "bookworm"}  # the Debian release each source major comes from
+DEFAULT_SOURCE_MAJOR = 15
+
+
+def source_major(environ=os.environ):
+    """The lab's source major (PGHA_LAB_SOURCE_MAJOR, default 15); one of SOURCE_SUITES."""
+    text = environ.get("PGHA_LAB_SOURCE_MAJOR", "").strip() or str(DEFAULT_SOURCE_MAJOR)
+    if not text.isdigit() or int(text) not in SOURCE_SUITES:
+        raise ValueError(f"PGHA_LAB_SOURCE_MAJOR={text!r}: the lab runs a source of major "
+                         f"{' or '.join(map(str, SOURCE_SUITES))}")
+    return int(text)
+
+
+SOURCE_MAJOR = source_major()
 
 # The bridge: the outer machine's side of the lab network.
 BRIDGE = "pgha0"

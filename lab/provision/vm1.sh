@@ -1,6 +1,7 @@
 #!/bin/bash
 # Makes vm1 the runbook's VM1: Airflow 3.3.2 whose metadata database is a single
-# local PostgreSQL 15, with the Celery broker (Redis) for the worker on vm4. PostgreSQL
+# local PostgreSQL of the lab's source major (source.env: 15 from Debian 12, or 13 from
+# Debian 11's archive, PGHA_LAB_SOURCE_MAJOR), with the Celery broker (Redis) for the worker on vm4. PostgreSQL
 # and Redis listen on vm1's address too. Run as root on vm1 by `lab/lab provision`, from
 # /root/pgha-provision (0700), where lab/lab put this script and the files it
 # installs (rendered by airflow_host.py; the secrets are only in those files).
@@ -9,6 +10,10 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+SOURCE_MAJOR=15 SOURCE_SUITE=bookworm
+[ -f "$here/source.env" ] && . "$here/source.env"  # written by lab/lab from lab/pghalab/topology.py
+major=$SOURCE_MAJOR
+cluster="$major-main"
 proxy=http://10.83.0.1:3142
 address=10.83.0.129  # vm1 in lab/lab's HOSTS
 units=(airflow-scheduler airflow-api-server airflow-dag-processor airflow-triggerer)
@@ -25,33 +30,54 @@ changed_install() {
   install -D -m "$(stat -c %a "$1")" "$1" "$2"
 }
 
-# 1. PostgreSQL 15 and Redis from Debian; the packages create and start the cluster
-#    15/main (default pg_hba: local peer, 127.0.0.1 scram-sha-256) and redis-server.
-if ! installed postgresql-15 || ! installed redis-server; then
-  say "apt-get install postgresql-15 redis-server (through $proxy, given on the command line only)"
+# 1. PostgreSQL $major and Redis from Debian; the packages create and start the cluster
+#    $major/main (default pg_hba: local peer, 127.0.0.1 scram-sha-256) and redis-server.
+#    A major of another Debian release ($SOURCE_SUITE, e.g. 13 from bullseye): that release's
+#    archive is added pinned at priority 1, below bookworm's 500, so apt takes from it only
+#    what bookworm does not have (postgresql-13, its client and the libraries they need, such
+#    as libssl1.1 and libicu67) and never upgrades or downgrades anything else to it.
+if [ "$SOURCE_SUITE" != bookworm ]; then
+  cat > "/etc/apt/sources.list.d/pgha-lab-$SOURCE_SUITE.list" <<SRC
+deb http://deb.debian.org/debian $SOURCE_SUITE main
+deb http://deb.debian.org/debian-security $SOURCE_SUITE-security main
+SRC
+  cat > "/etc/apt/preferences.d/pgha-lab-$SOURCE_SUITE" <<PIN
+Package: *
+Pin: release n=$SOURCE_SUITE
+Pin-Priority: 1
+
+Package: *
+Pin: release n=$SOURCE_SUITE-security
+Pin-Priority: 1
+PIN
+fi
+if ! installed "postgresql-$major" || ! installed redis-server; then
+  say "apt-get install postgresql-$major ($SOURCE_SUITE) redis-server (through $proxy, given on the command line only)"
   log=/var/log/pgha-provision-apt.log
-  { apt_ update && apt_ install -y --no-install-recommends postgresql-15 postgresql-client-15 redis-server; } \
+  { apt_ update && apt_ install -y --no-install-recommends "postgresql-$major" "postgresql-client-$major" redis-server; } \
     > "$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
   apt-get clean
   rm -rf /var/lib/apt/lists/*  # like the base image: whoever installs next runs apt-get update
 fi
+runuser -u postgres -- "/usr/lib/postgresql/$major/bin/postgres" --version | grep -q "(PostgreSQL) $major\." \
+  || { echo "vm1: /usr/lib/postgresql/$major/bin/postgres is not PostgreSQL $major" >&2; exit 1; }
 
 # 1b. Both also listen on vm1's address (for vm4), so both start after host0 has it.
 restart=()
-for unit in postgresql@15-main redis-server; do
+for unit in "postgresql@$cluster" redis-server; do
   changed_install "$here/network-online.conf" "/etc/systemd/system/$unit.service.d/pgha-lab.conf" \
     && restart+=("$unit")
 done
 systemctl daemon-reload
 #    PostgreSQL: listen_addresses (conf.d) and, after Debian's rules, airflow_user from each worker.
-changed_install "$here/postgresql.conf" /etc/postgresql/15/main/conf.d/pgha-lab.conf && restart+=(postgresql@15-main)
-hba=/etc/postgresql/15/main/pg_hba.conf
+changed_install "$here/postgresql.conf" "/etc/postgresql/$major/main/conf.d/pgha-lab.conf" && restart+=("postgresql@$cluster")
+hba=/etc/postgresql/$major/main/pg_hba.conf
 begin='# BEGIN pgha lab: Celery workers' end='# END pgha lab: Celery workers'
 want=$(sed "/^$begin\$/,/^$end\$/d" "$hba"; printf '%s\n' "$begin"; cat "$here/pg_hba.lab"; printf '%s\n' "$end")
 if [ "$want" != "$(cat "$hba")" ]; then
   printf '%s\n' "$want" > "$hba.pgha-tmp" && chown postgres:postgres "$hba.pgha-tmp" && chmod 0640 "$hba.pgha-tmp"
   mv "$hba.pgha-tmp" "$hba"
-  restart+=(postgresql@15-main)
+  restart+=("postgresql@$cluster")
 fi
 #    Redis: the Celery broker, bound to 127.0.0.1 and vm1's address, password required.
 if ! grep -qx 'include /etc/redis/pgha-lab.conf' /etc/redis/redis.conf; then
@@ -62,11 +88,11 @@ if ! cmp -s "$here/redis.conf" /etc/redis/pgha-lab.conf; then
   install -o redis -g redis -m 0640 "$here/redis.conf" /etc/redis/pgha-lab.conf
   restart+=(redis-server)
 fi
-systemctl enable --quiet postgresql@15-main redis-server
+systemctl enable --quiet "postgresql@$cluster" redis-server
 if [ ${#restart[@]} -gt 0 ]; then
   systemctl restart $(printf '%s\n' "${restart[@]}" | sort -u)
 fi
-systemctl start postgresql@15-main redis-server
+systemctl start "postgresql@$cluster" redis-server
 for _ in $(seq 150); do runuser -u postgres -- pg_isready -q && break; sleep 0.2; done
 runuser -u postgres -- pg_isready
 runuser -u postgres -- pg_isready -q -h "$address"

@@ -235,7 +235,8 @@ class CutoverOperator(PghaOperator):
             return settings, [cluster]
         source = node_endpoint(inv.source.conn_id)  # its host as the worker reaches it: loopback or the source's own
         settings.update(source={"host": source.host, "port": source.port, "user": source.user},
-                        bin_dir=self.os_family(host).source_postgres_bin(inv.source.major))
+                        # the copy's tools, which phase 6 installed on the source host
+                        bin_dir=self.os_family(host).copy_postgres_bin(inv.source.major, inv.postgres.major))
         return settings, [cluster, source]
 
     def resume_unit(self, python: str, units: list[str]) -> str:

@@ -12,10 +12,11 @@ import re
 import shlex
 from typing import Any
 
+from airflow import __version__ as AIRFLOW_VERSION
 from psycopg2 import sql
 
 from pgha.compat import AirflowException, AirflowSkipException
-from pgha import pgdata
+from pgha import pgdata, pgmajors
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
@@ -59,12 +60,27 @@ def cluster_admin(op: PghaOperator, leader: Host) -> Endpoint:
                          database="postgres")
 
 
+def copy_bin_dir(op: PghaOperator) -> str:
+    """
+    Where the pg_dump and pg_restore that copy the source are, on the source host: the cluster's
+    major's when the source runs an older one (installed there first), the source's own otherwise.
+    The source connection may be one only the source host reaches (127.0.0.1), so the copy runs there.
+    """
+    inv = op.inventory
+    family = op.os_family(inv.source.host)
+    if inv.postgres.major > inv.source.major:
+        packages = family.packages_for("postgres_client", inv.postgres.major)
+        installed = op.host_hook(inv.source.host).ensure_packages(packages)
+        op.note(f"{inv.source.host}: {' '.join(packages)} (pg_dump/pg_restore of the cluster's major "
+                f"{inv.postgres.major} for the PostgreSQL {inv.source.major} source)", installed)
+    return family.copy_postgres_bin(inv.source.major, inv.postgres.major)
+
+
 def source_dump_restore(op: PghaOperator, target: Endpoint) -> RemoteDumpRestore:
-    """pg_dump | pg_restore from the source into ``target``, run on the source host."""
+    """pg_dump | pg_restore from the source into ``target``, run on the source host with the cluster's major's tools."""
     inv = op.inventory
     return RemoteDumpRestore(op.remote(inv.source.host), source_endpoint(op), target,
-                             bin_dir=op.os_family(inv.source.host).source_postgres_bin(inv.source.major),
-                             owner=inv.postgres.owner)
+                             bin_dir=copy_bin_dir(op), owner=inv.postgres.owner)
 
 
 def without_hba_block(current: str) -> str:
@@ -86,7 +102,12 @@ def with_hba_rules(current: str, rules: list[str]) -> str:
 
 
 class SourcePreflightOperator(PghaOperator):
-    """Checks the source database: reachable, the expected major, the database present; logs its size."""
+    """
+    Checks the source database: reachable, the expected major, the database present; logs its
+    size. Refuses, changing nothing, a migration ``pgha.pgmajors`` rules out: a cluster major
+    older than the source's, one the running Airflow does not support, a source that lacks what
+    the chosen method needs.
+    """
 
     dry_run_mode = "check"  # it only reads: a dry run runs it as any run does
 
@@ -105,6 +126,8 @@ class SourcePreflightOperator(PghaOperator):
             size_bytes = pgdata.scalar(conn, pgdata.statement("database_size_bytes.sql"))
             tables = len(pgdata.list_tables(conn))
             logical = [r[0] for r in pgdata.rows(conn, pgdata.statement("logical_readiness.sql"))]
+            limits = dict(pgdata.rows(conn, pgdata.statement("replication_limits.sql",
+                                                             slot=lit(pgdata.SUBSCRIPTION))))
         finally:
             conn.close()
         if major != inv.source.major:
@@ -112,12 +135,21 @@ class SourcePreflightOperator(PghaOperator):
                 f"version mismatch: source.major is {inv.source.major} in the inventory but the source server "
                 f"runs PostgreSQL {major}"
             )
-        self.log.info("source: PostgreSQL %d, %s, %d tables", major, size, tables)
+        method = method_of(context)
+        self.log.info("source: PostgreSQL %d, %s, %d tables; cluster: PostgreSQL %d; Airflow %s; method %s",
+                      major, size, tables, inv.postgres.major, AIRFLOW_VERSION, method)
         self.log.info("logical replication readiness: %s", "; ".join(logical) or "ready")
-        if method_of(context) == LOGICAL and any(p.startswith("table ") for p in logical):
-            raise AirflowException("migration_method logical_replication is impossible: " + "; ".join(logical))
-        return {"major": major, "size": size, "size_bytes": size_bytes, "tables": tables,
-                "logical_replication_needs": logical}
+        refusals = pgmajors.migration_refusals(
+            source_major=major, target_major=inv.postgres.major, airflow_version=AIRFLOW_VERSION, method=method,
+            source_settings=limits, used_slots=int(limits.get("used_slots", 0)))
+        if method == LOGICAL:
+            refusals += [p for p in logical if p.startswith("table ")]
+        if refusals:
+            raise AirflowException(f"migration_method {method} from PostgreSQL {major} to {inv.postgres.major} "
+                                   "refused (nothing was changed):\n  - " + "\n  - ".join(refusals))
+        if method == LOGICAL and any(p.startswith("wal_level") for p in logical):
+            self.log.info("the logical method will set wal_level = logical on the source and restart it once")
+        return {"major": major, "size": size, "size_bytes": size_bytes, "tables": tables, "logical_replication_needs": logical}
 
 
 class InstallPostgresOperator(HostOperator):

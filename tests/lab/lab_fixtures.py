@@ -94,6 +94,7 @@ class Lab:
 
         inventory = yaml.safe_load(LAB_INVENTORY.read_text())
         inventory["airflow"]["hosts"][0]["units"].append("airflow-probe")
+        inventory["source"]["major"] = topology.SOURCE_MAJOR  # as `deploy` writes it (PGHA_LAB_SOURCE_MAJOR)
         self.ssh("vm1", "install -d -o airflow -g airflow /var/lib/pgha-probe && rm -f /var/lib/pgha-probe/acks.log")
         self.put("vm1", "/etc/pgha/inventory-probe.yml", yaml.safe_dump(inventory))
         self.put("vm1", "/etc/systemd/system/airflow-probe.service", PROBE_UNIT)

@@ -1,0 +1,70 @@
+"""A PostgreSQL 13 source (Debian 11's postgresql-13 on vm1) migrated into the lab's 15 cluster, once
+with dump_restore and once with logical replication, with the lab's hostile passwords and the probe
+writer committing throughout. Runs only on a lab provisioned with PGHA_LAB_SOURCE_MAJOR=13:
+
+    PGHA_LAB_SOURCE_MAJOR=13 .venv/bin/python -m pytest -q tests/lab/test_pg13_source.py
+
+Each test starts from the provisioned vm1 and empty database hosts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from lab_fixtures import VM1, WRITE_PORT, Lab, topology
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(topology.SOURCE_MAJOR != 13,
+                       reason=f"the lab's source is PostgreSQL {topology.SOURCE_MAJOR}: provision it with "
+                              "PGHA_LAB_SOURCE_MAJOR=13 to run the PostgreSQL 13 source tests"),
+]
+
+DAG = "pg_ha_migration"
+
+
+def migrate(lab: Lab, method: str) -> dict[str, Any]:
+    lab.reset_to_provisioned()
+    assert lab.source_sql("SHOW server_version_num").strip().startswith("13"), "vm1 runs PostgreSQL 13"
+    inventory = lab.install_probe()
+    lab.api.unpause(DAG)
+    run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "migration_method": method,
+                                   "run_failover_test": False})
+    state = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
+    assert state == "success", lab.failure_report(DAG, run_id)
+    record = lab.wait_for_cutover()
+    assert record["outcome"] == "success", record
+    return {"run_id": run_id, "record": record}
+
+
+def assert_moved_to_15(lab: Lab, run: dict[str, Any]) -> None:
+    record = run["record"]
+    assert lab.source_fingerprints() == record["result"]["fingerprints"]
+    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
+        cur.execute("SHOW server_version_num")
+        assert cur.fetchone()[0].startswith("15"), "Airflow's database is the 15 cluster"
+        cur.execute("SELECT seq FROM pgha_probe")
+        stored = {row[0] for row in cur.fetchall()}
+    acks = lab.probe_acks()
+    assert len(acks) > 100 and set(acks) - stored == set(), "every acknowledged write is in the cluster"
+    smoke = lab.api.trigger("lab_smoke")
+    assert lab.api.wait("lab_smoke", smoke, timeout=600) == "success", "Airflow is healthy on the cluster"
+
+
+def test_dump_restore_from_13_uses_the_clusters_pg_dump(lab: Lab) -> None:
+    run = migrate(lab, "dump_restore")
+    assert_moved_to_15(lab, run)
+    log = "\n".join(lab.api.task_log(DAG, run["run_id"], "phase6_data_migration.copy_data", try_number=1))
+    assert "/usr/lib/postgresql/15/bin/pg_dump" in log and "/usr/lib/postgresql/13/bin/pg_dump" not in log, log[-3000:]
+    assert "postgresql-client-15" in log, "the copy said it installed 15's client on vm1"
+    assert "copy" in [s["step"] for s in run["record"]["steps"]]
+
+
+def test_logical_replication_from_13(lab: Lab) -> None:
+    run = migrate(lab, "logical_replication")
+    assert_moved_to_15(lab, run)
+    steps = [s["step"] for s in run["record"]["steps"]]
+    assert "catch_up" in steps and "drop_subscription" in steps and "copy" not in steps
+    # 13 has no pg_read_all_data: the replication role got only the migrated database's grants
+    assert lab.source_sql("SELECT count(*) FROM pg_roles WHERE rolname = 'pg_read_all_data'").strip() == "0"
