@@ -149,7 +149,8 @@ class SourcePreflightOperator(PghaOperator):
                                    "refused (nothing was changed):\n  - " + "\n  - ".join(refusals))
         if method == LOGICAL and any(p.startswith("wal_level") for p in logical):
             self.log.info("the logical method will set wal_level = logical on the source and restart it once")
-        return {"major": major, "size": size, "size_bytes": size_bytes, "tables": tables, "logical_replication_needs": logical}
+        return {"major": major, "size": size, "size_bytes": size_bytes, "tables": tables,
+                "logical_replication_needs": logical}
 
 
 class InstallPostgresOperator(HostOperator):
