@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +220,29 @@ def expiry_problem(what: str, cert_pem: str | None, ca_cert_pem: str, *, warn_da
     if left < warn_days:
         return f"{what}: expires on {expires(cert_pem):%Y-%m-%d}, in {left:.0f} days (re-run phase 3 to renew)"
     return None
+
+
+def node_names(inventory: Any, host_name: str) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) a database node's certificate names: the node (its own clients, peers and
+    local tools) and HAProxy, which passes PostgreSQL's TLS through: a client of HAProxy that verifies
+    the server's name (sslmode=verify-full) sees a member's certificate and must find HAProxy's name in it."""
+    node, lb = inventory.host(host_name), inventory.host(inventory.haproxy.host)
+    dns = [node.name, "localhost", lb.name, *inventory.tls.haproxy_names]
+    return list(dict.fromkeys(dns)), list(dict.fromkeys([node.address, "127.0.0.1", lb.address]))
+
+
+def certificate_problems(inventory: Any, ca_cert_pem: str, read: Callable[[str], str | None], *,
+                         warn_days: int, now: dt.datetime | None = None) -> list[str]:
+    """Every problem of the CA and of each database node's installed certificate (``read(node)`` returns
+    its PEM or None): missing, foreign, expired or expiring within ``warn_days``. [] when all is well."""
+    problems = [p for p in [expiry_problem("the cluster CA", ca_cert_pem, ca_cert_pem, warn_days=warn_days, now=now)]
+                if p]
+    for name in inventory.database_nodes:
+        problem = expiry_problem(f"{name} {POSTGRES_FILES.cert}", read(name), ca_cert_pem, warn_days=warn_days,
+                                 now=now)
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 def fingerprint(cert_pem: str) -> str:

@@ -40,7 +40,6 @@ from services import (
     ensure_patroni_venv,
     free_port,
     haproxy_command,
-    http_request,
     log_tail,
     spawn,
     terminate,
