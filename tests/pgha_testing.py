@@ -56,6 +56,9 @@ def loopback_inventory(nodes: list[tuple[str, str]], lb_host: str = "lb", **sect
         "source": {"host": lb_host, "major": 15},
         "haproxy": {"host": lb_host},
         "airflow": {"hosts": [{"host": lb_host, "config": "/tmp/airflow.cfg", "units": ["airflow-scheduler"]}]},
+        # The loopback etcd/Patroni/PostgreSQL of tests/services.py speak plain text; a test of TLS turns it on
+        # (`tls={"enabled": True}`). Everywhere else TLS is on unless the inventory says otherwise.
+        "tls": {"enabled": False},
     }
     for key, value in sections.items():
         merged = copy.deepcopy(raw.get(key, {}))

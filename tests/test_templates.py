@@ -269,7 +269,6 @@ def test_haproxy_routes_writes_to_the_patroni_leader(
                  "inter": "200ms"},
     )
     raw["hosts"][0]["address"] = "127.0.0.10"  # the HAProxy host must differ from node1's 127.0.0.1
-    raw["tls"] = {"enabled": False}  # the loopback Patroni answers plain http
     inv = parse_inventory(raw)
     svc: HAProxyService = haproxy_factory(render("haproxy.cfg.j2", **haproxy_context(inv)))
     socket_path = Path(inv.haproxy.stats_socket)
@@ -537,7 +536,8 @@ def test_etcd_unit_exec_start_forms_a_three_member_cluster(family: OsFamily, tmp
     for name, address in zip(names, DB_LOOPBACK):
         raw = loopback_inventory(list(zip(names, DB_LOOPBACK)),
                                  etcd={"client_port": client_port, "peer_port": peer_port,
-                                       "token": "pgha-test-tpl", "data_dir": str(tmp_path / f"data-{name}")})
+                                       "token": "pgha-test-tpl", "data_dir": str(tmp_path / f"data-{name}")},
+                                 tls={"enabled": True})
         inv = parse_inventory(raw)
         directory = write_tls_dir(tmp_path / f"tls-{name}", TEST_CA, common_name=name, dns_names=[name],
                                   ip_addresses=[address, "127.0.0.1"])

@@ -80,7 +80,7 @@ class DrillOperator(DrillPlanMixin, PghaOperator):
         self.plan = plan
 
     def patroni(self) -> PatroniHook:
-        return PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)
+        return PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
 
     def api_url(self, name: str) -> str:
         return f"http://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
@@ -146,7 +146,7 @@ class DrillPrecheckOperator(PghaOperator):
             "probe_python": self._probe_python(probe_host),
             "rto_slo_s": rto_slo_s(self.inventory, scenario, params.get("rto_slo_s")),
             # a crash of a host leading etcd too costs an etcd election plus a full ttl (heal keeps them apart)
-            "etcd_leader": EtcdHook(self.etcd_endpoints()).report().leader_name,
+            "etcd_leader": EtcdHook(self.etcd_endpoints(), tls=self.client_tls()).report().leader_name,
         }
         self.log.info("drill plan: %s", json.dumps(plan))
         return plan
@@ -198,13 +198,13 @@ class DrillPrecheckOperator(PghaOperator):
     def _cluster_reasons(self, max_lag_override: int | None) -> tuple[list[str], PatroniCluster | None]:
         inv = self.inventory
         try:
-            cluster = PatroniHook(self.patroni_api_urls()).cluster()
+            cluster = PatroniHook(self.patroni_api_urls(), tls=self.client_tls()).cluster()
         except AirflowException as exc:
             return [str(exc)], None
         reasons = ["Patroni is paused (maintenance mode)"] if cluster.paused else []
         lag = max_lag_override if max_lag_override is not None else inv.drill.max_lag_bytes
         reasons += cluster.problems(len(inv.database_nodes) - 1, require_sync=True, max_lag_bytes=lag)
-        reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints()).report().problems(list(inv.database_nodes))]
+        reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints(), tls=self.client_tls()).report().problems(list(inv.database_nodes))]
         if len(cluster.leaders) == 1:
             routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(cluster)
             reasons += [f"HAProxy: {p}" for p in routing.problems]

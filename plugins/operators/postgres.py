@@ -159,7 +159,7 @@ class CreateDatabaseOperator(PghaOperator):
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        leader = leader_host(inv, self.patroni_api_urls())
+        leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
         app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
         owner = inv.postgres.owner
         with pgdata.session(cluster_admin(self, leader)) as conn:
@@ -190,7 +190,7 @@ class MigrateDataOperator(PghaOperator):
             raise AirflowSkipException(f"migration_method is {method_of(context)}")
         inv = self.inventory
         database = inv.postgres.database
-        leader = leader_host(inv, self.patroni_api_urls())
+        leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
         admin = cluster_admin(self, leader)
         with pgdata.session(admin) as conn:
             if pgdata.is_live(conn, database):
@@ -489,7 +489,7 @@ class StartLogicalReplicationOperator(PghaOperator):
         if method_of(context) != LOGICAL:
             raise AirflowSkipException("migration_method is dump_restore")
         inv = self.inventory
-        leader = leader_host(inv, self.patroni_api_urls())
+        leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
         admin = cluster_admin(self, leader)
         with pgdata.session(admin) as conn:
             if pgdata.is_live(conn, inv.postgres.database):
