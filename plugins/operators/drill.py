@@ -44,7 +44,8 @@ from pgha.hooks.postgres import NodePostgresHook, load_sql
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.notify import AlertNotSent, alert_skip
-from pgha.runtime import DrillPlanMixin, credentials
+from pgha import tls
+from pgha.runtime import DrillPlanMixin, cluster_ca, credentials
 import psycopg2
 from psycopg2 import sql
 
@@ -205,10 +206,20 @@ class DrillPrecheckOperator(PghaOperator):
         lag = max_lag_override if max_lag_override is not None else inv.drill.max_lag_bytes
         reasons += cluster.problems(len(inv.database_nodes) - 1, require_sync=True, max_lag_bytes=lag)
         reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints(), tls=self.client_tls()).report().problems(list(inv.database_nodes))]
+        reasons += self._certificate_reasons()
         if len(cluster.leaders) == 1:
             routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(cluster)
             reasons += [f"HAProxy: {p}" for p in routing.problems]
         return reasons, cluster
+
+    def _certificate_reasons(self) -> list[str]:
+        """The cluster CA or a node's certificate expired, foreign or missing (phase 3 renews them)."""
+        inv = self.inventory
+        if not inv.tls.enabled:
+            return []
+        ca = cluster_ca(inv.tls.ca_conn_id)
+        return [f"TLS: {p}" for p in tls.certificate_problems(
+            inv, ca.cert_pem, lambda node: self.host_hook(node).read_file(tls.POSTGRES_FILES.cert), warn_days=1)]
 
     def _target(self, cluster: PatroniCluster, scenario: str, wanted: str) -> str:
         leader = cluster.leaders[0]
