@@ -84,7 +84,7 @@ class DrillOperator(DrillPlanMixin, PghaOperator):
         return PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
 
     def api_url(self, name: str) -> str:
-        return f"http://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
+        return f"{self.scheme}://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
 
     def injector(self) -> RemoteHook:
         """The fault injector's RemoteHook (``drill.fault_injector``)."""
