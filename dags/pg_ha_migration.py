@@ -43,6 +43,7 @@ from pgha.operators.patroni import (
     StartPatroniOperator,
     SwitchoverTestOperator,
 )
+from pgha.operators.tls import CheckCertificatesOperator, IssueCertificatesOperator
 from pgha.operators.postgres import (
     CreateDatabaseOperator,
     InstallPostgresOperator,
@@ -73,7 +74,7 @@ PHASES = [
 PHASE_TITLES = {
     "1_prepare_hosts": "Prepare hosts: names, package sources, firewall",
     "2_install_postgres": "Install PostgreSQL on the database nodes",
-    "3_etcd_cluster": "etcd cluster, one member at a time",
+    "3_etcd_cluster": "Certificates, then the etcd cluster, one member at a time",
     "4_patroni": "Install and configure Patroni",
     "5_bootstrap": "Bootstrap: first node leads, the others stream",
     "6_data_migration": "Data: role, database, copy or logical replication",
@@ -208,7 +209,8 @@ with DAG(
             host=airflow_hosts.output
         )
         source_ok = SourcePreflightOperator(task_id="check_source_db")
-        chain(inventory, [managed_hosts, db_nodes, airflow_hosts], hosts_ok, airflow_ok, source_ok)
+        certificates_ok = CheckCertificatesOperator(task_id="check_certificates")
+        chain(inventory, [managed_hosts, db_nodes, airflow_hosts], hosts_ok, airflow_ok, source_ok, certificates_ok)
 
     with TaskGroup("pgbouncer", tooltip="pooler pgbouncer: PgBouncer in front of the source, Airflow onto it") as bouncer:
         chain(
@@ -235,6 +237,10 @@ with DAG(
             InstallEtcdOperator.partial(task_id="install_etcd", map_index_template=HOST, phase=PHASES[2]).expand(
                 host=db_nodes.output
             ),
+            # the CA on every host; each node's certificate, for etcd, Patroni and PostgreSQL (TLS on every link)
+            IssueCertificatesOperator.partial(
+                task_id="issue_certificates", map_index_template=HOST, phase=PHASES[2]
+            ).expand(host=managed_hosts.output),
             ConfigureEtcdOperator.partial(  # one member at a time: a changed unit never costs quorum
                 task_id="configure_etcd", map_index_template=HOST, phase=PHASES[2], max_active_tis_per_dagrun=1
             ).expand(

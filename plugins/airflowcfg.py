@@ -10,6 +10,7 @@ as Airflow reads them; in the file they are escaped for its configparser
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 from pgha.secret_formats import ini_read, ini_value, sqlalchemy_url
 
@@ -58,9 +59,14 @@ def set_option(text: str, section: str, key: str, value: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def database_url(login: str, password: str, host: str, port: int, database: str, scheme: str = "postgresql") -> str:
-    """A SQLAlchemy URL with the credentials percent-encoded."""
-    return sqlalchemy_url(scheme, login, password, host, port, database)
+def database_url(login: str, password: str, host: str, port: int, database: str, scheme: str = "postgresql",
+                 verify_ca: str | None = None) -> str:
+    """A SQLAlchemy URL with the credentials percent-encoded; with ``verify_ca`` (a CA file on the Airflow
+    host) libpq verifies the server's certificate and name (sslmode=verify-full)."""
+    url = sqlalchemy_url(scheme, login, password, host, port, database)
+    if verify_ca:
+        url += "?" + urlencode({"sslmode": "verify-full", "sslrootcert": verify_ca})
+    return url
 
 
 def repoint(text: str, sql_alchemy_conn: str, result_backend: str | None) -> str:

@@ -82,6 +82,7 @@ CRON = re.compile(r"@(hourly|daily|weekly|monthly|yearly|annually|midnight)|[0-9
 FAULT_COMMAND = re.compile(r"[A-Za-z0-9._/:=@{}+,-]+( [A-Za-z0-9._/:=@{}+,-]+)*")
 URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/?@&+,=%-]{1,2048}")
 URL_SCHEMES = ("http", "https")
+DNS_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 class FieldTypeError(ValueError):
@@ -142,6 +143,7 @@ FIELD_TYPES: dict[str, Callable[[str], None]] = {
     "pgha-name": _matches(NAME, "a name (lower-case letters, digits and '-', at most 63, RFC 1123)"),
     "pgha-conn-id": _matches(CONN_ID, "an Airflow connection id (letters, digits, '_', '.', '-')"),
     "pgha-ipv4": _check_ipv4,
+    "pgha-dns-name": _matches(DNS_NAME, "a DNS name (letters, digits, '-' and dots)"),
     "pgha-network": _check_network,
     "pgha-abs-path": _check_abs_path,
     "pgha-url": _check_url,
@@ -298,6 +300,17 @@ class Packages:
     pip_find_links: str | None = None
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS on every link (pgha.tls): the CA's Connection, node certificates' lifetime and renewal."""
+
+    enabled: bool = True
+    ca_conn_id: str = "pgha_ca"
+    days: int = 365  # node certificates
+    renew_before_days: int = 30  # phase 3 issues a certificate again this long before it expires
+    haproxy_names: tuple[str, ...] = ()  # further names clients reach HAProxy by (DNS, a VIP's name)
+
+
 DRILL_SCENARIOS = ("switchover", "patroni_stop", "host_crash", "host_isolate", "postmaster_kill")
 FAULT_PLACEHOLDERS = {"node", "address"}
 
@@ -358,6 +371,7 @@ class Inventory:
     etcd: Etcd = field(default_factory=Etcd)
     patroni: Patroni = field(default_factory=Patroni)
     packages: Packages = field(default_factory=Packages)
+    tls: Tls = field(default_factory=Tls)
     drill: Drill = field(default_factory=Drill)
     notify: Notify | None = None
     path: str = ""
@@ -513,6 +527,14 @@ def _check_semantics(inv: Inventory) -> list[str]:
         problems.append(f"haproxy.install.method: {inv.haproxy.install.method!r} is not supported (use package)")
     if inv.etcd.install.method == "pip":
         problems.append("etcd.install.method: 'pip' is not supported for etcd (use package or tarball)")
+    if inv.tls.renew_before_days >= inv.tls.days:
+        problems.append(f"tls.renew_before_days: {inv.tls.renew_before_days} is not below tls.days = {inv.tls.days} "
+                        "(every run would issue every certificate again)")
+    if inv.tls.enabled:
+        for key in inv.postgres.parameters:
+            if key == "ssl" or key.startswith("ssl_"):
+                problems.append(f"postgres.parameters.{key}: not allowed with tls.enabled (pgha sets PostgreSQL's "
+                                "ssl settings from the cluster's certificates)")
     for key in inv.postgres.parameters:
         if key in {"wal_keep_segments", "synchronous_standby_names"}:
             why = "removed in PostgreSQL 13, use wal_keep_size" if key == "wal_keep_segments" else "owned by Patroni"
@@ -527,6 +549,12 @@ def _check_notify(notify: Notify | None) -> list[str]:
     from pgha.notify import notify_problems  # imports the notifier's module: only when there is one
 
     return notify_problems(notify)
+
+
+def _tls(raw: dict[str, Any] | None) -> Tls:
+    values = dict(raw or {})
+    values["haproxy_names"] = tuple(values.get("haproxy_names") or ())
+    return Tls(**values)
 
 
 def _install(raw: dict[str, Any] | None, default: Install) -> Install:
@@ -576,6 +604,7 @@ def _build(raw: dict[str, Any], source: str) -> Inventory:
         etcd=section(Etcd, "etcd"),
         patroni=section(Patroni, "patroni"),
         packages=section(Packages, "packages"),
+        tls=_tls(raw.get("tls")),
         drill=_drill(raw.get("drill")),
         notify=_notify(raw.get("notify")),
         path=source,

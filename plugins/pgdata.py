@@ -69,6 +69,8 @@ class Endpoint:
     password: str | None = field(default=None, repr=False)
     passfile: str | None = None
     connect_timeout: int = 10
+    sslmode: str | None = None  # libpq's default (prefer) when None
+    sslrootcert: str | None = None
 
     def on(self, dbname: str) -> Endpoint:
         return replace(self, dbname=dbname)
@@ -80,6 +82,10 @@ class Endpoint:
             kwargs["password"] = self.password
         if self.passfile:
             kwargs["passfile"] = self.passfile
+        if self.sslmode:
+            kwargs["sslmode"] = self.sslmode
+        if self.sslrootcert:
+            kwargs["sslrootcert"] = self.sslrootcert
         conn = psycopg2.connect(**kwargs)
         conn.autocommit = autocommit
         return conn
@@ -377,8 +383,11 @@ def progress_line(done: int, expected: int, elapsed: float, finishing: str = "al
 
 def conninfo(endpoint: Endpoint) -> str:
     """A libpq connection string for a subscription (values quoted as libpq wants)."""
+    ssl = {"sslmode": endpoint.sslmode} if endpoint.sslmode else {}
+    if endpoint.sslrootcert:
+        ssl["sslrootcert"] = endpoint.sslrootcert
     return secret_formats.conninfo(host=endpoint.host, port=endpoint.port, dbname=endpoint.dbname,
-                                   user=endpoint.user, password=endpoint.password or "")
+                                   user=endpoint.user, password=endpoint.password or "", **ssl)
 
 
 def publication_exists(conn: Connection) -> bool:

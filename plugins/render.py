@@ -16,6 +16,7 @@ import jinja2
 from pgha.inventory import INCLUDE_DIR, Host, Inventory, Packages
 from pgha.osfamily import OsFamily
 from pgha.secret_formats import hba_word, yaml_quote
+from pgha.tls import TLS_DIR, service_files
 
 TEMPLATE_DIR = INCLUDE_DIR / "templates"
 SOCKET_DIR = "/var/run/postgresql"
@@ -48,6 +49,19 @@ def base_context(inventory: Inventory) -> dict[str, Any]:
         "postgres": asdict(inventory.postgres),
         "haproxy": asdict(inventory.haproxy),
         "packages": asdict(inventory.packages),
+        "tls": tls_context(inventory),
+    }
+
+
+def tls_context(inventory: Inventory, directory: str = TLS_DIR) -> dict[str, Any]:
+    """Whether the links use TLS, and where the CA and each service's certificate and key lie on a host."""
+    postgres, etcd = service_files("postgres", directory), service_files("etcd", directory)
+    return {
+        "enabled": inventory.tls.enabled,
+        "scheme": "https" if inventory.tls.enabled else "http",
+        "ca": f"{directory}/ca.crt",
+        "postgres_cert": postgres.cert, "postgres_key": postgres.key,
+        "etcd_cert": etcd.cert, "etcd_key": etcd.key,
     }
 
 

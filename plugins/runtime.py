@@ -16,6 +16,7 @@ from pgha.compat import AirflowException, AirflowNotFoundException, AirflowSkipE
 
 from pgha.inventory import Host, Inventory, load_inventory
 from pgha.osfamily import FAMILIES, OsFamily
+from pgha import tls
 
 if TYPE_CHECKING:  # the hooks are imported where a task first needs one, not with the model
     from pgha.hooks.drill import DrillProbeHook
@@ -55,6 +56,32 @@ def optional_credentials(conn_id: str, purpose: str) -> Credentials | None:
     except AirflowNotFoundException:
         return None
     return credentials(conn_id, purpose)
+
+
+def cluster_ca(conn_id: str) -> tls.CertificateAuthority:
+    """The cluster CA kept in an Airflow Connection (pgha.tls: certificate in extra, key in password)."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as exc:
+        raise AirflowException(
+            f"Airflow connection {conn_id!r} (the cluster CA, tls.ca_conn_id) is missing: bring your own CA "
+            "(certificate PEM in extra 'certificate', private key PEM in password) or make one with "
+            "`python -m pgha.tls create-ca --conn-id " + conn_id + "` where the Airflow CLI runs"
+        ) from exc
+    try:
+        return tls.ca_from_connection(conn.extra, conn.password, conn_id)
+    except ValueError as exc:
+        raise AirflowException(str(exc)) from None
+
+
+_CLIENT_TLS: dict[str, tls.ClientTLS] = {}
+
+
+def client_tls(conn_id: str) -> tls.ClientTLS:
+    """pgha's own client credentials for this process: the CA to trust and a one-day client certificate."""
+    if conn_id not in _CLIENT_TLS or tls.days_left(_CLIENT_TLS[conn_id].cert_pem) < 0.5:
+        _CLIENT_TLS[conn_id] = tls.ClientTLS.for_ca(cluster_ca(conn_id))
+    return _CLIENT_TLS[conn_id]
 
 
 class InventoryMixin:
@@ -155,13 +182,26 @@ class InventoryMixin:
                 outcomes += remote.kill_running()
         return outcomes
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.inventory.tls.enabled else "http"
+
     def patroni_api_urls(self) -> list[str]:
         port = self.inventory.patroni.rest_port
-        return [f"http://{h.address}:{port}" for h in self.inventory.db_hosts]
+        return [f"{self.scheme}://{h.address}:{port}" for h in self.inventory.db_hosts]
 
     def etcd_endpoints(self) -> list[str]:
         port = self.inventory.etcd.client_port
-        return [f"http://{h.address}:{port}" for h in self.inventory.db_hosts]
+        return [f"{self.scheme}://{h.address}:{port}" for h in self.inventory.db_hosts]
+
+    def tls_conn_id(self) -> str | None:
+        """The CA Connection pgha's clients trust (None: tls.enabled is false)."""
+        return self.inventory.tls.ca_conn_id if self.inventory.tls.enabled else None
+
+    def client_tls(self) -> tls.ClientTLS | None:
+        """What pgha's own etcd, Patroni and PostgreSQL clients verify with and present (None without TLS)."""
+        conn_id = self.tls_conn_id()
+        return client_tls(conn_id) if conn_id else None
 
 
 class DrillPlanMixin:

@@ -5,6 +5,7 @@ The service fixtures are lazy: nothing starts unless a test asks for the fixture
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,13 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = os.path.join(_AIRFLOW_HOME, "plugins")
 
 import pytest  # noqa: E402
+
+# The cluster CA every test run trusts (connection pgha_ca, tls.ca_conn_id's default): TLS is on by default,
+# so the tasks' clients and IssueCertificatesOperator read it. Made per run; its key never leaves this process.
+from pgha import tls as _tls  # noqa: E402
+
+TEST_CA = _tls.make_ca("pgha test-run CA")
+os.environ.setdefault("AIRFLOW_CONN_PGHA_CA", json.dumps(_tls.connection_json(TEST_CA)))
 
 pytest_plugins = ["recording_host"]  # the `fleet` fixture: fake hosts for fast operator tests
 from fixture_secrets import (  # noqa: E402

@@ -56,6 +56,9 @@ def loopback_inventory(nodes: list[tuple[str, str]], lb_host: str = "lb", **sect
         "source": {"host": lb_host, "major": 15},
         "haproxy": {"host": lb_host},
         "airflow": {"hosts": [{"host": lb_host, "config": "/tmp/airflow.cfg", "units": ["airflow-scheduler"]}]},
+        # The loopback etcd/Patroni/PostgreSQL of tests/services.py speak plain text; a test of TLS turns it on
+        # (`tls={"enabled": True}`). Everywhere else TLS is on unless the inventory says otherwise.
+        "tls": {"enabled": False},
     }
     for key, value in sections.items():
         merged = copy.deepcopy(raw.get(key, {}))
@@ -72,3 +75,20 @@ def write_inventory(tmp_path: Path, raw: dict[str, Any]) -> str:
 
 def env_has(conn_id: str) -> bool:
     return conn_env_name(conn_id) in os.environ
+
+
+def write_tls_dir(directory: Path, ca: Any, *, common_name: str = "node", dns_names: list[str] = (),  # type: ignore[assignment]
+                  ip_addresses: list[str] = ()) -> Path:  # type: ignore[assignment]
+    """A directory laid out as pgha.tls.TLS_DIR is on a node: ca.crt, and a certificate of ``ca`` with
+    these names as postgres.crt/.key and etcd.crt/.key (keys 0600). Returns the directory."""
+    from pgha import tls
+
+    directory.mkdir(parents=True, exist_ok=True)
+    node = tls.issue(ca, common_name, dns_names=dns_names, ip_addresses=ip_addresses)
+    (directory / "ca.crt").write_text(ca.cert_pem)
+    for owner in ("postgres", "etcd"):
+        (directory / f"{owner}.crt").write_text(node.cert_pem)
+        key = directory / f"{owner}.key"
+        key.write_text(node.key_pem)
+        key.chmod(0o600)
+    return directory

@@ -44,6 +44,8 @@ def full_inventory() -> dict[str, Any]:
                           state_file="/var/lib/haproxy/server-state", connect_timeout="4s")
     raw["packages"] = {"apt_proxy": "http://proxy.example:3142", "pip_index_url": "https://pypi.example/simple",
                        "pip_find_links": "http://192.0.2.10:3141/"}
+    raw["tls"] = {"enabled": True, "ca_conn_id": "pgha_ca", "days": 365, "renew_before_days": 30,
+                  "haproxy_names": ["db.example.org"]}
     raw["drill"] = {
         "schedule": "0 3 * * *", "probe_host": "vm1", "probe_python": "/usr/bin/python3",
         "probe_conn_id": "pgha_airflow_db", "state_dir": "/var/lib/pgha/drill",

@@ -23,12 +23,14 @@ from typing import Any
 
 import psycopg2
 import pytest
+import requests
 import yaml
 from pgha.inventory import Inventory, parse_inventory
 from pgha.osfamily import DEBIAN, RHEL, OsFamily
 from pgha.operators.host import NEIGHBOUR_SETTINGS, NEIGHBOUR_SYSCTL
-from pgha.render import haproxy_context, node_context, plain_http_hosts, render
-from pgha_testing import loopback_inventory, shipped_inventory
+from pgha import tls
+from pgha.render import haproxy_context, node_context, plain_http_hosts, render, tls_context
+from pgha_testing import loopback_inventory, shipped_inventory, write_tls_dir
 from services import (
     ETCD_BIN,
     HAPROXY_BIN,
@@ -38,7 +40,6 @@ from services import (
     ensure_patroni_venv,
     free_port,
     haproxy_command,
-    http_request,
     log_tail,
     spawn,
     terminate,
@@ -91,6 +92,17 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+TEST_CA = tls.make_ca("pgha test CA")
+
+
+def render_haproxy(inv: Inventory, tmp_path: Path) -> str:
+    """haproxy.cfg with its TLS files in ``tmp_path/tls`` (a real CA: `haproxy -c` loads ca-file)."""
+    directory = tmp_path / "tls"
+    directory.mkdir(exist_ok=True)
+    (directory / "ca.crt").write_text(TEST_CA.cert_pem)
+    return render("haproxy.cfg.j2", **{**haproxy_context(inv), "tls": tls_context(inv, str(directory))})
+
+
 def write_state_file(path: Path) -> Path:
     """A server-state file as `show servers state` writes it with no servers (version line + header)."""
     path.write_text("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n")
@@ -117,7 +129,7 @@ def unit_exec_start(unit: str) -> list[str]:
     return shlex.split(lines[0].removeprefix("ExecStart="))
 
 
-BOOLEAN_ETCD_FLAGS = {"--pre-vote"}
+BOOLEAN_ETCD_FLAGS = {"--pre-vote", "--client-cert-auth", "--peer-client-cert-auth"}
 
 
 def flag_values(argv: list[str]) -> dict[str, str]:
@@ -160,7 +172,7 @@ def test_haproxy_cfg_passes_haproxy_check_and_follows_corrections(tmp_path: Path
     same file, so there is one rendering to check, not two.
     """
     inv = shipped()
-    text = render("haproxy.cfg.j2", **haproxy_context(inv))
+    text = render_haproxy(inv, tmp_path)
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(text)
     res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
@@ -174,7 +186,9 @@ def test_haproxy_cfg_passes_haproxy_check_and_follows_corrections(tmp_path: Path
     assert not any(line.startswith("http-check port") for line in lines)  # C12
     servers = [line for line in lines if line.startswith("server ")]
     assert len(servers) == 2 * len(inv.database_nodes)
-    assert all(line.endswith(f"check port {inv.patroni.rest_port}") for line in servers)  # C12
+    # C12; and the checks speak HTTPS, verifying Patroni's certificate against the cluster CA
+    assert all(line.endswith(f"check port {inv.patroni.rest_port} check-ssl verify required "
+                             f"ca-file {tmp_path}/tls/ca.crt") for line in servers)
     defaults = [line for line in lines if line.startswith("default-server ")]
     assert len(defaults) == 2 and all("on-marked-down shutdown-sessions" in d for d in defaults)  # C13
     assert any(re.fullmatch(rf"stats socket {re.escape(inv.haproxy.stats_socket)} .*level admin.*", line)
@@ -190,7 +204,7 @@ def test_haproxy_cfg_has_no_warning_once_the_state_file_exists(tmp_path: Path) -
     raw = shipped_inventory()
     raw["haproxy"]["state_file"] = str(write_state_file(tmp_path / "server-state"))
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    cfg.write_text(render_haproxy(parse_inventory(raw), tmp_path))
     res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
     assert res.returncode == 0 and "WARNING" not in output(res) and "ALERT" not in output(res), output(res)
 
@@ -213,7 +227,7 @@ def test_haproxy_cfg_takes_fastinter_and_downinter(tmp_path: Path) -> None:
     raw["haproxy"].update(inter="1s", fastinter="250ms", downinter="250ms", fall=2, rise=1,
                           state_file=str(write_state_file(tmp_path / "server-state")))
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    cfg.write_text(render_haproxy(parse_inventory(raw), tmp_path))
     res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
     assert res.returncode == 0 and "WARNING" not in output(res), output(res)
     defaults = [line.strip() for line in cfg.read_text().splitlines() if "default-server" in line]
@@ -227,13 +241,13 @@ def test_haproxy_cfg_takes_connect_timeout_and_retries(tmp_path: Path) -> None:
     raw["haproxy"].update(connect_timeout="250ms", retries=8)
     raw["haproxy"]["state_file"] = str(write_state_file(tmp_path / "server-state"))
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    cfg.write_text(render_haproxy(parse_inventory(raw), tmp_path))
     res = run([str(HAPROXY_BIN), "-c", "-f", str(cfg)])
     assert res.returncode == 0 and "WARNING" not in output(res), output(res)
     lines = [line.strip() for line in cfg.read_text().splitlines()]
     assert "timeout connect 250ms" in lines and "retries 8" in lines
     del raw["haproxy"]["connect_timeout"], raw["haproxy"]["retries"]
-    cfg.write_text(render("haproxy.cfg.j2", **haproxy_context(parse_inventory(raw))))
+    cfg.write_text(render_haproxy(parse_inventory(raw), tmp_path))
     lines = [line.strip() for line in cfg.read_text().splitlines()]
     assert "timeout connect 4s" in lines and "retries 2" in lines  # the runbook's, when the inventory is silent
 
@@ -379,8 +393,9 @@ def test_secrets_survive_the_yaml_round_trip(family: OsFamily, password: str) ->
     cfg = yaml.safe_load(patroni_yml(shipped(), family, secrets=secrets))
     auth = cfg["postgresql"]["authentication"]
     assert cfg["restapi"]["authentication"] == {"username": secrets["rest_user"], "password": password}
-    assert auth["superuser"] == {"username": secrets["superuser"], "password": password}
-    assert auth["replication"] == {"username": secrets["replication_user"], "password": password}
+    verify = {"sslmode": "verify-full", "sslrootcert": "/etc/pgha/tls/ca.crt"}
+    assert auth["superuser"] == {"username": secrets["superuser"], "password": password, **verify}
+    assert auth["replication"] == {"username": secrets["replication_user"], "password": password, **verify}
     assert auth["rewind"] == auth["superuser"]
 
 
@@ -389,9 +404,11 @@ def test_a_replication_user_of_any_name_gets_its_own_pg_hba_rules() -> None:
     inv = shipped()
     name = 'repl "x": #y'
     cfg = yaml.safe_load(patroni_yml(inv, DEBIAN, secrets={**SECRETS, "replication_user": name}))
-    rules = [r for r in cfg["postgresql"]["pg_hba"] if r.startswith("host replication ")]
+    rules = [r for r in cfg["postgresql"]["pg_hba"] if r.split()[:2] in (["host", "replication"],
+                                                                            ["hostssl", "replication"])]
     assert rules[0] == 'host replication "repl ""x"": #y" 127.0.0.1/32 scram-sha-256'
     assert len(rules) == 1 + len(inv.db_hosts)  # loopback and each member, never the whole network
+    assert all(rule.startswith("hostssl replication ") for rule in rules[1:])  # the network: TLS only
     assert cfg["postgresql"]["authentication"]["replication"]["username"] == name
     plain = yaml.safe_load(patroni_yml(inv, DEBIAN))["postgresql"]["pg_hba"]
     assert "host replication replicator 127.0.0.1/32 scram-sha-256" in plain
@@ -402,11 +419,12 @@ def test_the_superuser_logs_in_only_locally_and_from_the_hosts_pgha_manages() ->
     inv = shipped()
     hba = yaml.safe_load(patroni_yml(inv, DEBIAN))["postgresql"]["pg_hba"]
     managed = [inv.host(name).address for name in inv.managed_host_names]
-    superuser = [rule for rule in hba if rule.split()[:3] == ["host", "all", "postgres"]]
-    assert superuser == [f"host all postgres {address}/32 scram-sha-256" for address in managed] + [
-        "host all postgres all reject"]
+    superuser = [rule for rule in hba if rule.split()[:3] in (["host", "all", "postgres"], ["hostssl", "all", "postgres"])]
+    assert superuser == [f"hostssl all postgres {address}/32 scram-sha-256" for address in managed] + [
+        "host all postgres all reject"]  # `host` matches TLS and plain text: both refused
     assert set(managed) >= {h.address for h in inv.db_hosts} | {inv.host(inv.haproxy.host).address}
-    assert hba.index("host all postgres all reject") < hba.index(f"host all all {inv.cluster.network} scram-sha-256")
+    assert hba.index("host all postgres all reject") < hba.index(
+        f"hostssl all all {inv.cluster.network} scram-sha-256")
     assert "local all postgres peer" in hba
 
 
@@ -414,34 +432,70 @@ def test_a_rewind_role_gets_the_members_only_and_the_postgres_database() -> None
     inv = shipped()
     secrets = {**SECRETS, "rewind_user": 'rew "ind"', "rewind_password": 'r: "w" # \\'}
     cfg = yaml.safe_load(patroni_yml(inv, DEBIAN, secrets=secrets))
-    assert cfg["postgresql"]["authentication"]["rewind"] == {"username": 'rew "ind"', "password": 'r: "w" # \\'}
+    assert cfg["postgresql"]["authentication"]["rewind"] == {
+        "username": 'rew "ind"', "password": 'r: "w" # \\', "sslmode": "verify-full",
+        "sslrootcert": "/etc/pgha/tls/ca.crt"}
     hba = cfg["postgresql"]["pg_hba"]
     rewind = [rule for rule in hba if '"rew ""ind"""' in rule]
-    assert rewind == [f'host postgres "rew ""ind""" {h.address}/32 scram-sha-256' for h in inv.db_hosts] + [
+    assert rewind == [f'hostssl postgres "rew ""ind""" {h.address}/32 scram-sha-256' for h in inv.db_hosts] + [
         'host all "rew ""ind""" all reject']
     # without a rewind connection the superuser rewinds, with no rules of its own
     plain = yaml.safe_load(patroni_yml(inv, DEBIAN))
     assert plain["postgresql"]["authentication"]["rewind"] == plain["postgresql"]["authentication"]["superuser"]
-    assert not [rule for rule in plain["postgresql"]["pg_hba"] if rule.startswith("host postgres ")]
+    assert not [rule for rule in plain["postgresql"]["pg_hba"] if rule.startswith(("host postgres ", "hostssl postgres "))]
 
 
 def test_the_pg_hba_rules_are_accepted_by_postgresql(tmp_path: Path) -> None:
-    """The rendered rules, with a rewind role, loaded by a real PostgreSQL 15 (pg_hba_file_rules names no error)."""
-    from services import start_postgres
+    """The rendered rules, with a rewind role, loaded by a real PostgreSQL 15 with ssl on as patroni.yml sets
+    it (pg_hba_file_rules names no error: a hostssl rule is an error where ssl is off). Then the server
+    keeps only a hostssl rule for the network: a plain-text client is refused, verify-full with the
+    cluster CA logs in, and a client that trusts another CA refuses the server."""
+    from services import start_postgres, write_postgres_file
     from pgha import pgdata
 
     secrets = {**SECRETS, "rewind_user": "rewinder", "rewind_password": "x"}
-    rules = yaml.safe_load(patroni_yml(shipped(), DEBIAN, secrets=secrets))["postgresql"]["pg_hba"]
+    cfg = yaml.safe_load(patroni_yml(shipped(), DEBIAN, secrets=secrets))["postgresql"]
+    rules = cfg["pg_hba"]
     svc = start_postgres(tmp_path / "hba", password="pw")
     try:
+        node = tls.issue(TEST_CA, "node1", dns_names=["localhost"], ip_addresses=[svc.host])
+        files = {"ssl_cert_file": node.cert_pem, "ssl_key_file": node.key_pem, "ssl_ca_file": TEST_CA.cert_pem}
         admin = pgdata.Endpoint(host=svc.host, port=svc.port, user=svc.user, dbname="postgres", password="pw")
         with pgdata.session(admin) as conn:
+            for setting, text in files.items():
+                path = write_postgres_file(svc.data_dir / setting, text)
+                pgdata.execute(conn, pgdata.sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                    pgdata.sql.Identifier(setting), pgdata.sql.Literal(str(path))))
+            for setting in ("ssl", "ssl_min_protocol_version"):
+                pgdata.execute(conn, pgdata.sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                    pgdata.sql.Identifier(setting), pgdata.sql.Literal(cfg["parameters"][setting])))
+            pgdata.execute(conn, pgdata.sql.SQL("SELECT pg_reload_conf()"))
+            wait_until(lambda: pgdata.scalar(conn, pgdata.sql.SQL("SHOW ssl")) == "on", 10, "ssl on")
             hba_file = pgdata.scalar(conn, pgdata.sql.SQL("SHOW hba_file"))
             Path(hba_file).write_text("\n".join(rules) + "\n")
             loaded = pgdata.rows(conn, pgdata.sql.SQL("SELECT line_number, error FROM pg_hba_file_rules"))
+            assert len(loaded) == len(rules) and all(error is None for _, error in loaded), loaded
+            Path(hba_file).write_text(f"local all all peer\nhostssl all all {svc.host}/32 scram-sha-256\n")
+            pgdata.execute(conn, pgdata.sql.SQL("SELECT pg_reload_conf()"))
+        ca_file = tmp_path / "ca.crt"
+        ca_file.write_text(TEST_CA.cert_pem)
+        other_ca = tmp_path / "other-ca.crt"
+        other_ca.write_text(tls.make_ca("another CA").cert_pem)
+
+        def connect(**ssl: str) -> Any:
+            return psycopg2.connect(host=svc.host, port=svc.port, user=svc.user, password="pw", dbname="postgres",
+                                    connect_timeout=5, **ssl)
+
+        with pytest.raises(psycopg2.OperationalError, match="no encryption"):
+            connect(sslmode="disable").close()
+        with connect(sslmode="verify-full", sslrootcert=str(ca_file)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert cur.fetchone() == (True,)
+        conn.close()
+        with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
+            connect(sslmode="verify-full", sslrootcert=str(other_ca)).close()
     finally:
         svc.stop()
-    assert len(loaded) == len(rules) and all(error is None for _, error in loaded), loaded
 
 
 def test_shipped_secrets_survive_the_yaml_round_trip() -> None:
@@ -479,21 +533,29 @@ def test_etcd_unit_exec_start_forms_a_three_member_cluster(family: OsFamily, tmp
     peer_port = port_free_everywhere(["127.0.0.1", *DB_LOOPBACK])
     names = ["node1", "node2", "node3"]
     argvs: list[list[str]] = []
-    for name in names:
+    for name, address in zip(names, DB_LOOPBACK):
         raw = loopback_inventory(list(zip(names, DB_LOOPBACK)),
                                  etcd={"client_port": client_port, "peer_port": peer_port,
-                                       "token": "pgha-test-tpl", "data_dir": str(tmp_path / f"data-{name}")})
+                                       "token": "pgha-test-tpl", "data_dir": str(tmp_path / f"data-{name}")},
+                                 tls={"enabled": True})
         inv = parse_inventory(raw)
-        argv = unit_exec_start(render("etcd.service.j2", **node_context(inv, inv.host(name), family)))
+        directory = write_tls_dir(tmp_path / f"tls-{name}", TEST_CA, common_name=name, dns_names=[name],
+                                  ip_addresses=[address, "127.0.0.1"])
+        ctx = {**node_context(inv, inv.host(name), family), "tls": tls_context(inv, str(directory))}
+        argv = unit_exec_start(render("etcd.service.j2", **ctx))
         assert argv[0] == family.etcd_binary
         argvs.append(argv)
-    local_url = f"http://127.0.0.1:{client_port}"
+    local_url = f"https://127.0.0.1:{client_port}"
+    client_dir = write_tls_dir(tmp_path / "tls-client", TEST_CA, common_name="pgha-client")
+    client = {"verify": str(client_dir / "ca.crt"),
+              "cert": (str(client_dir / "postgres.crt"), str(client_dir / "postgres.key"))}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for index, (name, argv) in enumerate(zip(names, argvs)):
             flags = flag_values(argv)
             assert flags["--name"] == name and flags["--data-dir"] == str(tmp_path / f"data-{name}")
             assert flags["--listen-client-urls"].split(",")[-1] == local_url
+            assert flags["--client-cert-auth"] == flags["--peer-client-cert-auth"] == "true"
             if index > 0:
                 urls = flags["--listen-client-urls"].split(",")
                 argv = [*argv]
@@ -507,20 +569,45 @@ def test_etcd_unit_exec_start_forms_a_three_member_cluster(family: OsFamily, tmp
                                          f"{log_tail(tmp_path / f'{name}.log')}")
 
         client_urls = [flag_values(argv)["--advertise-client-urls"] for argv in argvs]
+        assert all(url.startswith("https://") for url in client_urls)
 
         def healthy() -> bool:
             for url in [*client_urls, local_url]:
-                status, body = http_request(f"{url}/health", timeout=1.0)
-                if status != 200 or not isinstance(body, dict) or body.get("health") != "true":
+                try:
+                    response = requests.get(f"{url}/health", timeout=1.0, **client)  # type: ignore[arg-type]
+                except requests.RequestException:
+                    return False
+                if response.status_code != 200 or response.json().get("health") != "true":
                     return False
             return True
 
-        wait_until(healthy, 20, "the rendered etcd members to be healthy", check=check)
+        wait_until(healthy, 30, "the rendered etcd members to be healthy", check=check)
         for url in client_urls:
-            status, body = http_request(f"{url}/v3/cluster/member/list", "POST", {})
-            assert status == 200, body
+            response = requests.post(f"{url}/v3/cluster/member/list", json={}, timeout=5, **client)  # type: ignore[arg-type]
+            assert response.status_code == 200, response.text
+            body = response.json()
             assert sorted(m["name"] for m in body["members"]) == names
             assert sorted(u for m in body["members"] for u in m["clientURLs"]) == sorted(client_urls)
+        # No way in without the cluster CA's certificate: plain text, TLS without a client
+        # certificate, a certificate of another CA, or a client that trusts another CA.
+        put = {"key": "L2FpcmZsb3cvbGVhZGVy", "value": "eA=="}  # /airflow/leader = x
+        url = client_urls[0]
+        try:
+            plain = requests.post(f"{url.replace('https://', 'http://')}/v3/kv/put", json=put, timeout=2.0)
+        except requests.RequestException:
+            pass
+        else:
+            assert plain.status_code == 400, plain.text  # "Client sent an HTTP request to an HTTPS server"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(f"{url}/v3/kv/put", json=put, timeout=5, verify=client["verify"])
+        other = write_tls_dir(tmp_path / "tls-other", tls.make_ca("another CA"), common_name="intruder")
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(f"{url}/v3/kv/put", json=put, timeout=5, verify=client["verify"],
+                          cert=(str(other / "etcd.crt"), str(other / "etcd.key")))
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(f"{url}/v3/kv/put", json=put, timeout=5, verify=str(other / "ca.crt"), cert=client["cert"])
+        response = requests.post(f"{url}/v3/kv/range", json={"key": put["key"]}, timeout=5, **client)  # type: ignore[arg-type]
+        assert response.status_code == 200 and "kvs" not in response.json()  # nothing was written
     finally:
         for proc in procs:
             terminate(proc.pid, proc)

@@ -68,8 +68,25 @@ SECRETS = {
     "jwt_secret": lambda: _secrets.token_urlsafe(48),
     "api_secret_key": lambda: _secrets.token_urlsafe(32),
     "redis_password": _token,             # the Celery broker (Redis on vm1), `requirepass`
+    "cluster_ca": lambda: _cluster_ca(),  # connection pgha_ca: the cluster CA pgha issues node certificates with
 }
 PASSWORDS = tuple(name for name, make in SECRETS.items() if make is _password)
+
+
+def _cluster_ca() -> str:
+    """A cluster CA (EC P-256, ten years, signs host certificates only) as JSON {certificate, key}, made with
+    openssl (this module is standard library only); the key exists only in the lab's secrets file."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pgha-lab-ca-") as tmp:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", f"{tmp}/ca.key", "-out", f"{tmp}/ca.crt", "-days", "3650", "-subj", "/CN=pgha lab CA",
+             "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
+            check=True, capture_output=True)
+        return json.dumps({"certificate": Path(f"{tmp}/ca.crt").read_text(), "key": Path(f"{tmp}/ca.key").read_text()})
 
 
 def complete(secrets: dict[str, str]) -> dict[str, str]:
@@ -141,6 +158,8 @@ def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: d
                                 "password": secrets["airflow_db_password"], "schema": DB_NAME}
     conns["pgha_patroni_api"] = {"conn_type": "http", "login": "patroni",
                                  "password": secrets["patroni_api_password"]}
+    ca = json.loads(secrets["cluster_ca"])  # pgha.tls's layout: certificate in extra, key in password
+    conns["pgha_ca"] = {"conn_type": "generic", "password": ca["key"], "extra": {"certificate": ca["certificate"]}}
     if mail_host:  # lab/inventory.yml's notify: section (plain SMTP on the lab bridge, no login)
         conns["smtp_default"] = {"conn_type": "smtp", "host": mail_host, "port": MAIL_PORT, "extra": {
             "disable_ssl": True, "disable_tls": True, "from_email": "airflow@pgha-lab.test", "timeout": 10,

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import requests
 from pgha.compat import AirflowException, BaseHook
+from pgha.tls import ClientTLS
 
-from pgha.hooks.patroni import PatroniCluster
+from pgha.hooks.patroni import PatroniCluster, async_client_options, client_options
 
 
 @dataclass
@@ -70,27 +71,33 @@ class EtcdHook(BaseHook):
     """
     Talks to etcd members over their client URLs (v3 JSON gateway).
 
-    :param endpoints: client URLs, e.g. ``http://10.0.0.1:2379``.
+    :param endpoints: client URLs, e.g. ``https://10.0.0.1:2379``.
     :param timeout: seconds per HTTP request.
+    :param tls: the cluster CA to verify etcd with and pgha's client certificate to present
+        (etcd runs ``--client-cert-auth``); None for plain-text endpoints.
     """
 
     hook_name = "etcd v3"
 
-    def __init__(self, endpoints: list[str], timeout: float = 3.0) -> None:
+    def __init__(self, endpoints: list[str], timeout: float = 3.0, tls: ClientTLS | None = None) -> None:
         super().__init__()
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
+        self.tls = tls
 
     def get_conn(self) -> requests.Session:
         return requests.Session()
 
+    def _get(self, url: str, **kwargs: Any) -> requests.Response:
+        return requests.get(url, timeout=self.timeout, **client_options(self.tls), **kwargs)
+
     def _post(self, endpoint: str, path: str) -> dict[str, Any]:
-        response = requests.post(f"{endpoint}{path}", json={}, timeout=self.timeout)
+        response = requests.post(f"{endpoint}{path}", json={}, timeout=self.timeout, **client_options(self.tls))
         response.raise_for_status()
         return response.json()
 
     def health(self, endpoint: str) -> bool:
-        response = requests.get(f"{endpoint}/health", timeout=self.timeout)
+        response = self._get(f"{endpoint}/health")
         return response.ok and _health_json(response.json())
 
     def status(self, endpoint: str) -> dict[str, Any]:
@@ -118,7 +125,8 @@ class EtcdHook(BaseHook):
             header = self.status(endpoint).get("header", {})
             if str(header.get("member_id")) == ids[leader]:
                 response = requests.post(f"{endpoint}/v3/maintenance/transfer-leadership",
-                                         json={"targetID": ids[target]}, timeout=max(self.timeout, 10))
+                                         json={"targetID": ids[target]}, timeout=max(self.timeout, 10),
+                                         **client_options(self.tls))
                 response.raise_for_status()
                 return leader
         raise ValueError(f"no endpoint of the etcd leader {leader} among {self.endpoints}")
@@ -128,7 +136,7 @@ class EtcdHook(BaseHook):
         report = EtcdReport()
         for endpoint in self.endpoints:
             try:
-                health = requests.get(f"{endpoint}/health", timeout=self.timeout)
+                health = self._get(f"{endpoint}/health")
                 record_endpoint(report, endpoint, health.ok and _health_json(health.json()),
                                 self.status(endpoint), self.members(endpoint))
             except (requests.RequestException, ValueError) as exc:
@@ -138,7 +146,7 @@ class EtcdHook(BaseHook):
     async def areport(self) -> EtcdReport:
         """``report()`` without blocking the event loop (for triggers in the triggerer)."""
         report = EtcdReport()
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
+        async with httpx.AsyncClient(timeout=self.timeout, **async_client_options(self.tls)) as client:
             for endpoint in self.endpoints:
                 try:
                     health = await client.get(f"{endpoint}/health")

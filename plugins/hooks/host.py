@@ -231,6 +231,11 @@ class HostHook(BaseHook):
         self.remote.run(f"install -d -o {q(owner)} -g {q(group)} -m {q(mode)} {q(path)}")
         return True
 
+    def file_state(self, path: str) -> str | None:
+        """``<type> <owner>:<group>:<mode>`` of ``path`` (e.g. ``regular file postgres:postgres:600``), None if absent."""
+        current = self.remote.run(f"stat -c '%F %U:%G:%a' {q(path)}", check=False, quiet=True)
+        return current.stdout.strip() if current.ok else None
+
     def replace_file(self, path: str, staged: str) -> None:
         """Move ``staged`` over ``path``, keeping the previous file as ``<path>.pgha-bak-<timestamp>``."""
         self.remote.run(

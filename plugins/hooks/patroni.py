@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import requests
 from pgha.compat import AirflowException, BaseHook
+from pgha.tls import ClientTLS, ssl_context
 
 REPLICA_ROLES = {"replica", "sync_standby", "quorum_standby"}
 SYNC_ROLES = {"sync_standby", "quorum_standby"}
@@ -79,13 +80,28 @@ def cluster_from(api_url: str, body: dict[str, Any]) -> PatroniCluster:
     return PatroniCluster(members=body.get("members", []), source=api_url, paused=bool(body.get("pause")))
 
 
+def client_options(tls: ClientTLS | None) -> dict[str, Any]:
+    """``requests`` arguments that trust only the cluster CA and present pgha's client certificate."""
+    if tls is None:
+        return {}
+    files = tls.files()
+    return {"verify": files.ca, "cert": (files.cert, files.key)}
+
+
+def async_client_options(tls: ClientTLS | None) -> dict[str, Any]:
+    """``httpx.AsyncClient`` arguments doing what ``client_options`` does."""
+    return {"verify": ssl_context(tls)} if tls is not None else {}
+
+
 class PatroniHook(BaseHook):
     """
     Talks to the Patroni REST API of the cluster members.
 
-    :param api_urls: every member's REST URL, e.g. ``http://10.0.0.1:8008``.
+    :param api_urls: every member's REST URL, e.g. ``https://10.0.0.1:8008``.
     :param conn_id: Airflow connection with login/password of ``restapi.authentication``
         (only needed for switchover and other unsafe calls).
+    :param tls: the cluster CA to verify Patroni with and pgha's client certificate (Patroni's
+        ``verify_client: optional`` wants one for unsafe calls); None for plain-text URLs.
     """
 
     conn_name_attr = "conn_id"
@@ -93,11 +109,13 @@ class PatroniHook(BaseHook):
     conn_type = "http"
     hook_name = "Patroni REST API"
 
-    def __init__(self, api_urls: list[str], conn_id: str | None = None, timeout: float = 3.0) -> None:
+    def __init__(self, api_urls: list[str], conn_id: str | None = None, timeout: float = 3.0,
+                 tls: ClientTLS | None = None) -> None:
         super().__init__()
         self.api_urls = [u.rstrip("/") for u in api_urls]
         self.conn_id = conn_id
         self.timeout = timeout
+        self.tls = tls
 
     def get_conn(self) -> tuple[str, str]:
         """The (login, password) for unsafe endpoints, from the Airflow connection."""
@@ -111,7 +129,7 @@ class PatroniHook(BaseHook):
     def status_code(self, api_url: str, path: str) -> int | None:
         """HTTP status of GET ``path`` (e.g. /primary, /replica), or None if unreachable."""
         try:
-            return requests.get(f"{api_url}{path}", timeout=self.timeout).status_code
+            return requests.get(f"{api_url}{path}", timeout=self.timeout, **client_options(self.tls)).status_code
         except requests.RequestException:
             return None
 
@@ -126,7 +144,7 @@ class PatroniHook(BaseHook):
         errors = []
         for api_url in self.api_urls:
             try:
-                response = requests.get(f"{api_url}{path}", timeout=self.timeout)
+                response = requests.get(f"{api_url}{path}", timeout=self.timeout, **client_options(self.tls))
                 response.raise_for_status()
                 return api_url, response.json()
             except (requests.RequestException, ValueError) as exc:
@@ -140,7 +158,7 @@ class PatroniHook(BaseHook):
     async def acluster(self) -> PatroniCluster:
         """``cluster()`` without blocking the event loop (for triggers in the triggerer)."""
         errors = []
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
+        async with httpx.AsyncClient(timeout=self.timeout, **async_client_options(self.tls)) as client:
             for api_url in self.api_urls:
                 try:
                     response = await client.get(f"{api_url}/cluster")
@@ -164,7 +182,8 @@ class PatroniHook(BaseHook):
         errors = []
         for api_url in self.api_urls:
             try:
-                response = requests.patch(f"{api_url}/config", json=changes, auth=auth, timeout=30)
+                response = requests.patch(f"{api_url}/config", json=changes, auth=auth, timeout=30,
+                                          **client_options(self.tls))
             except requests.RequestException as exc:
                 errors.append(f"{api_url}: {exc}")
                 continue
@@ -187,7 +206,8 @@ class PatroniHook(BaseHook):
         errors = []
         for api_url in self.api_urls:
             try:
-                return requests.post(f"{api_url}/switchover", json=body, auth=auth, timeout=30)
+                return requests.post(f"{api_url}/switchover", json=body, auth=auth, timeout=30,
+                                     **client_options(self.tls))
             except requests.RequestException as exc:
                 errors.append(f"{api_url}: {exc}")
         raise AirflowException("no Patroni member accepted POST /switchover: " + "; ".join(errors))

@@ -21,6 +21,7 @@ from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import Host, Inventory
 from pgha.pgdata import Endpoint, load_sql
+from pgha.tls import ClientTLS
 from psycopg2 import sql
 
 __all__ = ["NodePostgresHook", "RemoteDumpRestore", "leader_host", "load_sql", "node_endpoint"]
@@ -34,9 +35,9 @@ def node_endpoint(conn_id: str, host: str | None = None, port: int | None = None
     return NodePostgresHook(conn_id, host=host, port=port, database=database).endpoint()
 
 
-def leader_host(inventory: Inventory, api_urls: list[str]) -> Host:
+def leader_host(inventory: Inventory, api_urls: list[str], tls: ClientTLS | None = None) -> Host:
     """The inventory host Patroni names as the cluster's single leader."""
-    name = PatroniHook(api_urls).leader()
+    name = PatroniHook(api_urls, tls=tls).leader()
     if not name:
         raise AirflowException("the Patroni cluster has no single leader: run phase 5 first")
     return inventory.host(name)

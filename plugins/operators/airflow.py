@@ -6,10 +6,11 @@ import json
 import re
 import shlex
 import time
+from dataclasses import replace
 from typing import Any
 
 from pgha.compat import AirflowException, AirflowSkipException
-from pgha import airflowcfg, airflowenv, pgdata
+from pgha import airflowcfg, airflowenv, pgdata, tls
 from pgha.cutover import BACKUP_DIR, PGPASS, STAGED_CONFIG, STATE_DIR
 from pgha.render import render
 from pgha.hooks.postgres import node_endpoint
@@ -80,7 +81,7 @@ class StageAirflowConfigOperator(HostOperator):
         haproxy_address = "127.0.0.1" if self.host == inv.haproxy.host else inv.host(inv.haproxy.host).address
         scheme = (airflowcfg.get_option(current, "database", "sql_alchemy_conn") or "postgresql://").split("://")[0]
         url = airflowcfg.database_url(app.login, app.password, haproxy_address, inv.haproxy.write_port,
-                                      inv.postgres.database, scheme=scheme)
+                                      inv.postgres.database, scheme=scheme, verify_ca=self._verify_ca())
         new = airflowcfg.repoint(current, url, "db+" + url)
         if new == current:
             remote.run(f"rm -f {shlex.quote(STAGED_CONFIG)}")
@@ -91,6 +92,9 @@ class StageAirflowConfigOperator(HostOperator):
             self.note(f"{STAGED_CONFIG} staged (for {self.config_path})", staged.changed)
         through_haproxy = node_endpoint(inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address,
                                         port=inv.haproxy.write_port, database=inv.postgres.database)
+        client = self.client_tls()
+        if client is not None:  # as Airflow will connect: verify-full, HAProxy's address in the member's certificate
+            through_haproxy = replace(through_haproxy, sslmode="verify-full", sslrootcert=client.files().ca)
         with pgdata.session(through_haproxy) as conn:
             in_recovery = pgdata.scalar(conn, pgdata.statement("in_recovery.sql"))
         if in_recovery is not False:
@@ -100,6 +104,10 @@ class StageAirflowConfigOperator(HostOperator):
     @property
     def config_path(self) -> str:
         return self.inventory.airflow_host(self.host).config
+
+    def _verify_ca(self) -> str | None:
+        """The CA file Airflow verifies the cluster with (installed by phase 3), or None without TLS."""
+        return tls.CA_FILE if self.inventory.tls.enabled else None
 
 
 class CutoverOperator(PghaOperator):

@@ -44,7 +44,8 @@ from pgha.hooks.postgres import NodePostgresHook, load_sql
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.notify import AlertNotSent, alert_skip
-from pgha.runtime import DrillPlanMixin, credentials
+from pgha import tls
+from pgha.runtime import DrillPlanMixin, cluster_ca, credentials
 import psycopg2
 from psycopg2 import sql
 
@@ -80,10 +81,10 @@ class DrillOperator(DrillPlanMixin, PghaOperator):
         self.plan = plan
 
     def patroni(self) -> PatroniHook:
-        return PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)
+        return PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
 
     def api_url(self, name: str) -> str:
-        return f"http://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
+        return f"{self.scheme}://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
 
     def injector(self) -> RemoteHook:
         """The fault injector's RemoteHook (``drill.fault_injector``)."""
@@ -146,7 +147,7 @@ class DrillPrecheckOperator(PghaOperator):
             "probe_python": self._probe_python(probe_host),
             "rto_slo_s": rto_slo_s(self.inventory, scenario, params.get("rto_slo_s")),
             # a crash of a host leading etcd too costs an etcd election plus a full ttl (heal keeps them apart)
-            "etcd_leader": EtcdHook(self.etcd_endpoints()).report().leader_name,
+            "etcd_leader": EtcdHook(self.etcd_endpoints(), tls=self.client_tls()).report().leader_name,
         }
         self.log.info("drill plan: %s", json.dumps(plan))
         return plan
@@ -198,17 +199,27 @@ class DrillPrecheckOperator(PghaOperator):
     def _cluster_reasons(self, max_lag_override: int | None) -> tuple[list[str], PatroniCluster | None]:
         inv = self.inventory
         try:
-            cluster = PatroniHook(self.patroni_api_urls()).cluster()
+            cluster = PatroniHook(self.patroni_api_urls(), tls=self.client_tls()).cluster()
         except AirflowException as exc:
             return [str(exc)], None
         reasons = ["Patroni is paused (maintenance mode)"] if cluster.paused else []
         lag = max_lag_override if max_lag_override is not None else inv.drill.max_lag_bytes
         reasons += cluster.problems(len(inv.database_nodes) - 1, require_sync=True, max_lag_bytes=lag)
-        reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints()).report().problems(list(inv.database_nodes))]
+        reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints(), tls=self.client_tls()).report().problems(list(inv.database_nodes))]
+        reasons += self._certificate_reasons()
         if len(cluster.leaders) == 1:
             routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(cluster)
             reasons += [f"HAProxy: {p}" for p in routing.problems]
         return reasons, cluster
+
+    def _certificate_reasons(self) -> list[str]:
+        """The cluster CA or a node's certificate expired, foreign or missing (phase 3 renews them)."""
+        inv = self.inventory
+        if not inv.tls.enabled:
+            return []
+        ca = cluster_ca(inv.tls.ca_conn_id)
+        return [f"TLS: {p}" for p in tls.certificate_problems(
+            inv, ca.cert_pem, lambda node: self.host_hook(node).read_file(tls.POSTGRES_FILES.cert), warn_days=1)]
 
     def _target(self, cluster: PatroniCluster, scenario: str, wanted: str) -> str:
         leader = cluster.leaders[0]

@@ -92,7 +92,7 @@ class ConfigureEtcdOperator(HostOperator):
         if not changed and active:
             self.unchanged(f"{ETCD_UNIT} running with this unit")
             return {"restarted": False}
-        etcd = EtcdHook(self.etcd_endpoints())
+        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls())
         if active and not etcd.report().problems(list(inv.database_nodes)):
             self._rolling_restart(etcd)
         else:
@@ -116,11 +116,11 @@ class EtcdLeaderPlacementOperator(PghaOperator):
     """Keeps etcd's leader on another host than Patroni's (see EtcdHook.keep_leader_off_patroni_leader)."""
 
     def run(self, context: Any) -> Any:
-        cluster = PatroniHook(self.patroni_api_urls()).cluster()
+        cluster = PatroniHook(self.patroni_api_urls(), tls=self.client_tls()).cluster()
         if len(cluster.leaders) != 1:
             raise AirflowException(f"Patroni has no single leader ({cluster.leaders or 'none'}): "
                                    "there is nothing to keep etcd's leader away from; clear this task once it has")
-        etcd = EtcdHook(self.etcd_endpoints())
+        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls())
         moved = etcd.keep_leader_off_patroni_leader(cluster)
         if moved:
             self.changed(moved)

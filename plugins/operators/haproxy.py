@@ -143,7 +143,7 @@ class ClusterRoutingCheckOperator(PghaOperator):
     def run(self, context: Any) -> Any:
         inv = self.inventory
         routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(
-            PatroniHook(self.patroni_api_urls()).cluster()
+            PatroniHook(self.patroni_api_urls(), tls=self.client_tls()).cluster()
         )
         if routing.problems:
             raise AirflowException("HAProxy does not route like Patroni: " + "; ".join(routing.problems))

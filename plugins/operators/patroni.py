@@ -115,7 +115,7 @@ class ConfigurePatroniOperator(HostOperator):
             return
         inv = self.inventory
         try:
-            leader = PatroniHook(self.patroni_api_urls(), conn_id=inv.patroni.rest_conn_id).leader()
+            leader = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=inv.patroni.rest_conn_id).leader()
         except Exception as exc:  # no Patroni answers yet: the cluster is bootstrapped later, with the role
             self.unchanged(f"rewind role {user}: no running cluster ({str(exc).strip()[:200]}); Patroni's "
                            "bootstrap creates it")
@@ -172,7 +172,7 @@ class ApplyDcsConfigOperator(PghaOperator):
     """
 
     def run(self, context: Any) -> Any:
-        hook = PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)
+        hook = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
         wanted, current = dcs_settings(self.inventory.patroni), hook.dynamic_config()
         changes = {key: value for key, value in wanted.items() if current.get(key) != value}
         if changes:
@@ -197,7 +197,7 @@ class SwitchoverTestOperator(PghaOperator):
     def run(self, context: Any) -> Any:
         if not context["params"].get("run_failover_test", True):
             raise AirflowSkipException("run_failover_test is off for this run")
-        hook = PatroniHook(self.patroni_api_urls(), conn_id=self.inventory.patroni.rest_conn_id)
+        hook = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
         cluster = hook.cluster()
         problems = cluster.problems(len(self.inventory.database_nodes) - 1, require_sync=True)
         if problems:

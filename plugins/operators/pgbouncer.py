@@ -426,7 +426,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                                    + ": run MoveAirflowOntoPgBouncerOperator first; nothing was changed")
 
     def _leader(self) -> str:
-        leader = PatroniHook(self.patroni_api_urls()).leader()
+        leader = PatroniHook(self.patroni_api_urls(), tls=self.client_tls()).leader()
         if not leader:
             raise AirflowException("Patroni has no single leader: no switchover")
         credentials(self.inventory.patroni.rest_conn_id, "Patroni REST API (POST /switchover)")
@@ -435,7 +435,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     def _switchover(self, leader: str) -> None:
         """While paused: Patroni switchover, then HAProxy's write port on the new leader."""
         inv = self.inventory
-        patroni = PatroniHook(self.patroni_api_urls(), conn_id=inv.patroni.rest_conn_id)
+        patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=inv.patroni.rest_conn_id)
         response = patroni.switchover(leader)
         if response.status_code != 200:
             raise AirflowException(f"Patroni refused the switchover ({response.status_code}): {response.text[:500]}")

@@ -198,7 +198,7 @@ class CreateDatabaseOperator(PghaOperator):
 
     def run(self, context: Any) -> Any:
         inv = self.inventory
-        leader = leader_host(inv, self.patroni_api_urls())
+        leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
         app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
         owner = inv.postgres.owner
         with pgdata.session(cluster_admin(self, leader)) as conn:
@@ -229,7 +229,7 @@ class MigrateDataOperator(PghaOperator):
             raise AirflowSkipException(f"migration_method is {method_of(context)}")
         inv = self.inventory
         database = inv.postgres.database
-        leader = leader_host(inv, self.patroni_api_urls())
+        leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
         admin = cluster_admin(self, leader)
         with pgdata.session(admin) as conn:
             if pgdata.is_live(conn, database):
@@ -528,7 +528,7 @@ class StartLogicalReplicationOperator(PghaOperator):
         if method_of(context) != LOGICAL:
             raise AirflowSkipException("migration_method is dump_restore")
         inv = self.inventory
-        leader = leader_host(inv, self.patroni_api_urls())
+        leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
         admin = cluster_admin(self, leader)
         with pgdata.session(admin) as conn:
             if pgdata.is_live(conn, inv.postgres.database):
@@ -555,11 +555,23 @@ class StartLogicalReplicationOperator(PghaOperator):
         repl = replication_login(self)
         source = source_endpoint(self)
         publisher = Endpoint(host=inv.host(inv.source.host).address, port=source.port, user=repl.login,
-                             dbname=database, password=repl.password)
+                             dbname=database, password=repl.password, sslmode=self._source_sslmode())
         with pgdata.session(admin.on(database)) as conn:
             pgdata.create_subscription(conn, publisher)
         self.changed(f"publication {pgdata.PUBLICATION} on the source, subscription {pgdata.SUBSCRIPTION} "
                      "on the leader: the initial copy runs")
+
+    def _source_sslmode(self) -> str:
+        """The subscription's sslmode: require where the source offers TLS (its certificate is not the cluster
+        CA's, so it is encrypted but not verified); prefer, with a warning, where the source has ssl off."""
+        if source_sql(self, "show_setting.sql", name=lit("ssl")) == "on":
+            self.unchanged("the subscription connects to the source with sslmode=require (source ssl = on)")
+            return "require"
+        self.log.warning("the source %s has ssl = off: the subscription's copy of airflow_db crosses the network "
+                         "in plain text (turn ssl on at the source to encrypt it; pgha then uses sslmode=require)",
+                         self.inventory.source.host)
+        self.unchanged("the subscription connects to the source with sslmode=prefer (source ssl = off)")
+        return "prefer"
 
     def on_kill(self) -> None:
         if self._copy is not None:

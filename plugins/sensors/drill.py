@@ -50,7 +50,7 @@ class DrillSensor(DrillPlanMixin, InventoryMixin, BaseSensorOperator):
         self.inventory_path = inventory_path
 
     def patroni(self) -> PatroniHook:
-        return PatroniHook(self.patroni_api_urls())
+        return PatroniHook(self.patroni_api_urls(), tls=self.client_tls())
 
     def check(self) -> tuple[list[str], Any]:
         raise NotImplementedError

@@ -30,4 +30,5 @@ class EtcdHealthSensor(CheckSensor):
             expected_members=self.expected_members or list(self.inventory.database_nodes),
             poll_interval=self.poke_interval,
             timeout=self.timeout,
+            tls_conn_id=self.tls_conn_id(),
         )

@@ -49,7 +49,7 @@ class HAProxyRoutingSensor(InventoryMixin, BaseSensorOperator):
         inv = self.inventory
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
         try:
-            routing = haproxy.routing(PatroniHook(self.patroni_api_urls()).cluster())
+            routing = haproxy.routing(PatroniHook(self.patroni_api_urls(), tls=self.client_tls()).cluster())
         except AirflowException as exc:
             self.log.info("not yet: %s", exc)
             return PokeReturnValue(is_done=False)

@@ -52,5 +52,6 @@ class PatroniLeaderSensor(CheckSensor):
             max_lag_bytes=self.max_lag_bytes,
             poll_interval=self.poke_interval,
             timeout=self.timeout,
+            tls_conn_id=self.tls_conn_id(),
             not_leader=self.not_leader or None,
         )

@@ -48,7 +48,7 @@ class LogicalSyncSensor(InventoryMixin, BaseSensorOperator):
 
     def poke(self, context: Any) -> PokeReturnValue:
         inv = self.inventory
-        leader = leader_host(inv, self.patroni_api_urls())
+        leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
         admin = node_endpoint(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
                               database="postgres")
         with pgdata.session(admin) as conn:

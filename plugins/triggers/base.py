@@ -38,6 +38,20 @@ class PollingTrigger(BaseTrigger):
     async def acheck(self) -> tuple[list[str], Any]:
         """``check()`` for the event loop."""
 
+    tls_conn_id: str | None = None  # the cluster CA's connection, for a trigger whose service speaks TLS
+
+    def client_tls(self) -> Any:
+        """pgha's TLS client credentials from ``tls_conn_id`` (None without one)."""
+        from pgha.runtime import client_tls
+
+        return client_tls(self.tls_conn_id) if self.tls_conn_id else None
+
+    async def aclient_tls(self) -> Any:
+        """``client_tls()`` off the event loop (reading a Connection blocks)."""
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(self.client_tls)() if self.tls_conn_id else None
+
     def common_kwargs(self) -> dict[str, Any]:
         return {"poll_interval": self.poll_interval, "timeout": self.timeout, "deadline": self.deadline}
 

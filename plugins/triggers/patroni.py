@@ -22,8 +22,10 @@ class PatroniLeaderTrigger(PollingTrigger):
         timeout: float,
         not_leader: str | None = None,
         deadline: float | None = None,
+        tls_conn_id: str | None = None,
     ) -> None:
         super().__init__(poll_interval, timeout, deadline)
+        self.tls_conn_id = tls_conn_id  # the CA connection (the trigger's kwargs never hold a key)
         self.api_urls = api_urls
         self.expected_replicas = expected_replicas
         self.require_sync = require_sync
@@ -39,15 +41,16 @@ class PatroniLeaderTrigger(PollingTrigger):
                 "require_sync": self.require_sync,
                 "max_lag_bytes": self.max_lag_bytes,
                 "not_leader": self.not_leader,
+                "tls_conn_id": self.tls_conn_id,
                 **self.common_kwargs(),
             },
         )
 
     def check(self) -> tuple[list[str], Any]:
-        return self.judge(PatroniHook(self.api_urls).cluster())
+        return self.judge(PatroniHook(self.api_urls, tls=self.client_tls()).cluster())
 
     async def acheck(self) -> tuple[list[str], Any]:
-        return self.judge(await PatroniHook(self.api_urls).acluster())
+        return self.judge(await PatroniHook(self.api_urls, tls=await self.aclient_tls()).acluster())
 
     def judge(self, cluster: PatroniCluster) -> tuple[list[str], Any]:
         problems = cluster.problems(self.expected_replicas, self.require_sync, self.max_lag_bytes, self.not_leader)

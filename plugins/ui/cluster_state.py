@@ -17,6 +17,7 @@ from pgha.hooks.haproxy import READ_BACKEND, WRITE_BACKEND, HAProxyHook, Routing
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import Inventory
+from pgha.runtime import client_tls
 
 HTTP_TIMEOUT_S = 2.0  # per request to a Patroni or etcd member
 PAGE_DEADLINE_S = 12.0  # what the page waits for any part (an SSH connection to a dead host takes longer)
@@ -138,10 +139,17 @@ def read_cluster_state(inventory: Inventory, deadline: float | None = None) -> C
     """The cluster now, from Patroni, etcd and HAProxy, asked in parallel."""
     deadline = deadline if deadline is not None else time.monotonic() + PAGE_DEADLINE_S
     patroni_port, etcd_port = inventory.patroni.rest_port, inventory.etcd.client_port
-    api_urls = [f"http://{h.address}:{patroni_port}" for h in inventory.db_hosts]
-    endpoints = [f"http://{h.address}:{etcd_port}" for h in inventory.db_hosts]
-    patroni_future = submit(PatroniHook(api_urls, timeout=HTTP_TIMEOUT_S).cluster)
-    etcd_future = submit(EtcdHook(endpoints, timeout=HTTP_TIMEOUT_S).report)
+    scheme = "https" if inventory.tls.enabled else "http"
+    api_urls = [f"{scheme}://{h.address}:{patroni_port}" for h in inventory.db_hosts]
+    endpoints = [f"{scheme}://{h.address}:{etcd_port}" for h in inventory.db_hosts]
+    tls = None
+    if inventory.tls.enabled:
+        try:
+            tls = client_tls(inventory.tls.ca_conn_id)
+        except Exception:  # noqa: BLE001 - without the CA every https answer fails verification: shown per source
+            tls = None
+    patroni_future = submit(PatroniHook(api_urls, timeout=HTTP_TIMEOUT_S, tls=tls).cluster)
+    etcd_future = submit(EtcdHook(endpoints, timeout=HTTP_TIMEOUT_S, tls=tls).report)
     haproxy_future = submit(haproxy_up_servers, inventory)
 
     cluster, patroni_error = result_within(patroni_future, deadline, "Patroni")
