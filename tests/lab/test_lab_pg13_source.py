@@ -2,7 +2,7 @@
 with dump_restore and once with logical replication, with the lab's hostile passwords and the probe
 writer committing throughout. Runs only on a lab provisioned with PGHA_LAB_SOURCE_MAJOR=13:
 
-    PGHA_LAB_SOURCE_MAJOR=13 .venv/bin/python -m pytest -q tests/lab/test_pg13_source.py
+    PGHA_LAB_SOURCE_MAJOR=13 .venv/bin/python -m pytest -q tests/lab/test_lab_pg13_source.py
 
 Each test starts from the provisioned vm1 and empty database hosts.
 """
