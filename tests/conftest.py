@@ -35,10 +35,10 @@ import pytest  # noqa: E402
 
 # The cluster CA every test run trusts (connection pgha_ca, tls.ca_conn_id's default): TLS is on by default,
 # so the tasks' clients and IssueCertificatesOperator read it. Made per run; its key never leaves this process.
+from fixture_secrets import TEST_CA  # noqa: E402
 from pgha import tls as _tls  # noqa: E402
 
-TEST_CA = _tls.make_ca("pgha test-run CA")
-os.environ.setdefault("AIRFLOW_CONN_PGHA_CA", json.dumps(_tls.connection_json(TEST_CA)))
+os.environ["AIRFLOW_CONN_PGHA_CA"] = json.dumps(_tls.connection_json(TEST_CA))  # this process's own (xdist workers too)
 
 pytest_plugins = ["recording_host"]  # the `fleet` fixture: fake hosts for fast operator tests
 from fixture_secrets import (  # noqa: E402

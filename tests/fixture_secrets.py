@@ -12,3 +12,12 @@ PATRONI_REST_PASSWORD = "rest %40pw@h:1/'\"\\ $x#;"
 PATRONI_SUPERUSER_PASSWORD = "super %40pw@h:1/'\"\\ $x#;%%"
 PATRONI_REPLICATION_PASSWORD = "repl %40pw@h:1/'\"\\ $x#;\\"
 AIRFLOW_DB_PASSWORD = "app %40pw@h:1/'\"\\ $x#;%s\\"  # the app login (pgha_airflow_db) the drill probe uses
+
+
+def _test_run_ca():  # made per test process; its key never leaves it
+    from pgha import tls
+
+    return tls.make_ca("pgha test-run CA")
+
+
+TEST_CA = _test_run_ca()

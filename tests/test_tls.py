@@ -134,7 +134,7 @@ def issue_on(inventory: str, host: str) -> dict[str, Any]:
 def test_certificates_are_installed_0600_per_service_user_and_a_rerun_changes_nothing(
     fleet: Fleet, tmp_path: Path, os: str
 ) -> None:
-    from conftest import TEST_CA
+    from fixture_secrets import TEST_CA
 
     inventory = fleet_inventory(fleet, tmp_path, os, tls={"enabled": True})
     psg1, vm1 = fleet["psg1"], fleet["vm1"]
