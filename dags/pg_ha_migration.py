@@ -19,7 +19,12 @@ from pgha.notify import on_failure_callback
 from pgha.operators.airflow import AirflowHostPreflightOperator, CutoverOperator, StageAirflowConfigOperator
 from pgha.operators.approval import CutoverApprovalOperator
 from pgha.operators.drill import NoDrillRunningOperator
-from pgha.operators.etcd import ConfigureEtcdOperator, EtcdLeaderPlacementOperator, InstallEtcdOperator
+from pgha.operators.etcd import (
+    ConfigureEtcdOperator,
+    EtcdAuthOperator,
+    EtcdLeaderPlacementOperator,
+    InstallEtcdOperator,
+)
 from pgha.operators.haproxy import (
     ClusterRoutingCheckOperator,
     HAProxySwitchOperator,
@@ -247,6 +252,8 @@ with DAG(
                 host=db_nodes.output
             ),
             EtcdHealthSensor(task_id="etcd_healthy", phase=PHASES[2], mode="reschedule", timeout=SENSOR_TIMEOUT),
+            # users: root, Patroni's (its keys only), pgha's; then auth on: a certificate alone grants nothing
+            EtcdAuthOperator(task_id="etcd_auth", phase=PHASES[2]),
         )
 
     with TaskGroup("phase4_patroni", tooltip=PHASE_TITLES[PHASES[3]]) as phase4:

@@ -240,12 +240,25 @@ class Postgres:
 
 
 @dataclass(frozen=True)
+class EtcdAuth:
+    """etcd RBAC (applies when tls.enabled: passwords never cross the network in clear). Each Connection holds
+    one etcd user's login and password: root (login ``root``), Patroni's user (read-write on its keys only)
+    and pgha's own (reads Patroni's keys; health, status and members need no grant)."""
+
+    enabled: bool = True
+    root_conn_id: str = "pgha_etcd_root"
+    patroni_conn_id: str = "pgha_etcd_patroni"
+    pgha_conn_id: str = "pgha_etcd_pgha"
+
+
+@dataclass(frozen=True)
 class Etcd:
     client_port: int = 2379
     peer_port: int = 2380
     token: str = "etcd-cluster-airflow"
     data_dir: str = "/var/lib/etcd/pgha"  # not the package's own /var/lib/etcd/default
     install: Install = field(default_factory=Install)
+    auth: EtcdAuth = field(default_factory=EtcdAuth)
 
 
 @dataclass(frozen=True)
@@ -386,6 +399,17 @@ class Inventory:
     @property
     def db_hosts(self) -> list[Host]:
         return [self.host(name) for name in self.database_nodes]
+
+    @property
+    def etcd_auth_enabled(self) -> bool:
+        """etcd RBAC is on: etcd.auth.enabled and TLS (a password never crosses the network in clear)."""
+        return self.etcd.auth.enabled and self.tls.enabled
+
+    @property
+    def patroni_key_prefix(self) -> str:
+        """Where Patroni keeps this cluster's keys in etcd: ``/<namespace>/<scope>/`` (Patroni's own rule:
+        slashes collapsed), e.g. ``/airflow/airflow-cluster/``."""
+        return re.sub("/+", "/", f"/{self.cluster.namespace}/{self.cluster.name}/")
 
     @property
     def managed_host_names(self) -> list[str]:
@@ -584,6 +608,8 @@ def _build(raw: dict[str, Any], source: str) -> Inventory:
         values = dict(raw.get(key) or {})
         if "install" in values:
             values["install"] = _install(values["install"], cls().install if key != "haproxy" else Install())
+        if key == "etcd" and "auth" in values:
+            values["auth"] = EtcdAuth(**values["auth"])
         values.update(extra)
         return cls(**values)
 

@@ -50,6 +50,7 @@ def base_context(inventory: Inventory) -> dict[str, Any]:
         "haproxy": asdict(inventory.haproxy),
         "packages": asdict(inventory.packages),
         "tls": tls_context(inventory),
+        "patroni_key_prefix": inventory.patroni_key_prefix,
     }
 
 

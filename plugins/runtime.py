@@ -194,6 +194,10 @@ class InventoryMixin:
         port = self.inventory.etcd.client_port
         return [f"{self.scheme}://{h.address}:{port}" for h in self.inventory.db_hosts]
 
+    def etcd_auth_conn_id(self) -> str | None:
+        """The Connection of the etcd user pgha's own etcd calls log in as (None: etcd RBAC is off)."""
+        return self.inventory.etcd.auth.pgha_conn_id if self.inventory.etcd_auth_enabled else None
+
     def tls_conn_id(self) -> str | None:
         """The CA Connection pgha's clients trust (None: tls.enabled is false)."""
         return self.inventory.tls.ca_conn_id if self.inventory.tls.enabled else None

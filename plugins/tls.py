@@ -120,12 +120,29 @@ def make_ca(common_name: str, days: int = CA_DAYS, now: dt.datetime | None = Non
     return CertificateAuthority(_cert_pem(cert), _key_pem(key))
 
 
-def issue(ca: CertificateAuthority, common_name: str, *, dns_names: Sequence[str] = (),
+def subject(name: str) -> x509.Name:
+    """An end-entity certificate's subject: ``O=pgha, OU=<name>``, deliberately without a common name.
+
+    etcd takes a client certificate's CN as an etcd user; with RBAC on, its JSON gateway (which Patroni
+    and pgha speak) refuses every request whose certificate has a CN, and over gRPC a CN would log in
+    without a password. Without one, a cluster-CA certificate only opens the TLS link and grants no
+    etcd rights: every etcd client authenticates with a user and password (README, etcd RBAC).
+    Clients find a server's names in the subject alternative names, never in the CN."""
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pgha"),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, name)])
+
+
+def common_name(cert_pem: str) -> str | None:
+    names = load(cert_pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
+def issue(ca: CertificateAuthority, name: str, *, dns_names: Sequence[str] = (),
           ip_addresses: Sequence[str] = (), days: int = 365, now: dt.datetime | None = None) -> IssuedCertificate:
     """
-    A certificate for ``common_name`` with these subject alternative names, signed by ``ca``,
-    good for both ends of a TLS link (server and client auth: etcd peers and Patroni use one
-    certificate for both).
+    A certificate for ``name`` (``subject(name)``, no common name) with these subject alternative
+    names, signed by ``ca``, good for both ends of a TLS link (server and client auth: etcd peers
+    and Patroni use one certificate for both).
     """
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
@@ -134,7 +151,7 @@ def issue(ca: CertificateAuthority, common_name: str, *, dns_names: Sequence[str
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(ip_addresses)]
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(subject(name))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -197,6 +214,8 @@ def reissue_reason(cert_pem: str | None, ca_cert_pem: str, *, dns_names: Sequenc
         return "the installed certificate is not a PEM certificate"
     if not signed_by(cert_pem, ca_cert_pem):
         return "not signed by the current CA"
+    if common_name(cert_pem) is not None:
+        return "it has a common name (etcd's JSON gateway refuses such a client once etcd RBAC is on)"
     left = days_left(cert_pem, now)
     if left < renew_before_days:
         return f"expires {cert.not_valid_after_utc:%Y-%m-%d} ({left:.0f} days left, renewed within {renew_before_days})"

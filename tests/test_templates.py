@@ -785,3 +785,14 @@ def test_hosts_block_resolves_through_glibc(family: OsFamily, tmp_path: Path) ->
         pytest.skip(f"no private mount namespace here: {output(res).strip()}")
     assert res.returncode == 0, output(res)
     assert [line.split() for line in res.stdout.splitlines()] == [[h.address, h.name] for h in inv.hosts]
+
+
+def test_patroni_yml_logs_into_etcd_as_its_own_user_when_etcd_rbac_is_on() -> None:
+    """With etcd RBAC (ConfigurePatroniOperator passes etcd_user): username/password in etcd3, quoted for YAML;
+    without it, no login at all."""
+    password = "p'w\"d: #x"
+    etcd3 = yaml.safe_load(patroni_yml(shipped(), DEBIAN, {**SECRETS, "etcd_user": "patroni",
+                                                           "etcd_password": password}))["etcd3"]
+    assert (etcd3["username"], etcd3["password"], etcd3["protocol"]) == ("patroni", password, "https")
+    assert "username" not in yaml.safe_load(patroni_yml(shipped(), DEBIAN))["etcd3"]
+    assert shipped().patroni_key_prefix == "/airflow/airflow-cluster/"

@@ -1,18 +1,26 @@
-"""etcd v3 API (JSON gateway): health, members and leader of the cluster.
+"""etcd v3 API (JSON gateway): health, members and leader of the cluster; its RBAC users.
 
 Patroni must talk v3 (``etcd3:``; etcd 3.6 has no v2 API); so does this hook.
+
+With etcd RBAC on, a request carries a token from ``/v3/auth/authenticate`` (user and password in
+the request body, never in a URL or on a command line) in its ``Authorization`` header. Only the
+calls and answers of etcd 3.4 are used (3.5 answers them the same way).
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import requests
 from pgha.compat import AirflowException, BaseHook
 from pgha.tls import ClientTLS
+
+if TYPE_CHECKING:
+    from pgha.runtime import Credentials
 
 from pgha.hooks.patroni import PatroniCluster, async_client_options, client_options
 
@@ -67,6 +75,70 @@ def etcd_leader_target(cluster: PatroniCluster) -> str | None:
     return (async_replicas or replicas or [None])[0]
 
 
+class EtcdError(ValueError):
+    """An error answer of etcd's gateway: its message and gRPC code."""
+
+    def __init__(self, message: str, code: int | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+AUTH_NOT_ENABLED = "authentication is not enabled"
+NO_USER = "user name is empty"  # an unauthenticated request while auth is on
+INVALID_TOKEN = "invalid auth token"
+USER_NOT_FOUND = "user name not found"
+ROLE_NOT_FOUND = "role name not found"
+PERM_TYPES = ("READ", "WRITE", "READWRITE")  # authpb.Permission.Type; READ (0) is left out of JSON answers
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str | None) -> str:
+    return base64.b64decode(text or "").decode(errors="replace")
+
+
+def prefix_range_end(prefix: str) -> str:
+    """The range end etcd uses for "every key starting with ``prefix``" (its last byte plus one)."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One grant of an etcd role: READ, WRITE or READWRITE on the keys [key, range_end)."""
+
+    perm_type: str
+    key: str
+    range_end: str
+
+    @classmethod
+    def prefix(cls, perm_type: str, prefix: str) -> Permission:
+        return cls(perm_type, prefix, prefix_range_end(prefix))
+
+    def describe(self) -> str:
+        return f"{self.perm_type} on keys {self.key}* " if self.range_end == prefix_range_end(self.key) else \
+            f"{self.perm_type} on [{self.key}, {self.range_end})"
+
+
+@dataclass(frozen=True)
+class EtcdUser:
+    credentials: Credentials = field(repr=False)
+    role: str
+
+
+@dataclass(frozen=True)
+class EtcdRbac:
+    """What etcd's RBAC should be: root's credentials, the other users (each with one role) and each role's
+    grants. ``EtcdHook.apply_rbac`` makes etcd so, and changes nothing when it already is."""
+
+    root: Credentials = field(repr=False)
+    users: tuple[EtcdUser, ...]
+    roles: dict[str, tuple[Permission, ...]]
+
+
 class EtcdHook(BaseHook):
     """
     Talks to etcd members over their client URLs (v3 JSON gateway).
@@ -75,26 +147,83 @@ class EtcdHook(BaseHook):
     :param timeout: seconds per HTTP request.
     :param tls: the cluster CA to verify etcd with and pgha's client certificate to present
         (etcd runs ``--client-cert-auth``); None for plain-text endpoints.
+    :param auth_conn_id: Airflow connection (login + password) of the etcd user pgha's calls
+        authenticate as once etcd RBAC is on; before that (auth not enabled yet) they go without.
+    :param credentials: the same given directly (``apply_rbac`` uses root's); wins over ``auth_conn_id``.
     """
 
     hook_name = "etcd v3"
 
-    def __init__(self, endpoints: list[str], timeout: float = 3.0, tls: ClientTLS | None = None) -> None:
+    def __init__(self, endpoints: list[str], timeout: float = 3.0, tls: ClientTLS | None = None,
+                 auth_conn_id: str | None = None, credentials: Credentials | None = None) -> None:
         super().__init__()
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.tls = tls
+        self.auth_conn_id = auth_conn_id
+        self._credentials = credentials
+        self._tokens: dict[str, str | None] = {}  # endpoint -> token (None: auth not enabled)
 
     def get_conn(self) -> requests.Session:
         return requests.Session()
 
+    @property
+    def credentials(self) -> Credentials | None:
+        if self._credentials is None and self.auth_conn_id:
+            from pgha.runtime import credentials
+
+            self._credentials = credentials(self.auth_conn_id, "pgha's etcd user (etcd.auth.pgha_conn_id)")
+        return self._credentials
+
     def _get(self, url: str, **kwargs: Any) -> requests.Response:
         return requests.get(url, timeout=self.timeout, **client_options(self.tls), **kwargs)
 
-    def _post(self, endpoint: str, path: str) -> dict[str, Any]:
-        response = requests.post(f"{endpoint}{path}", json={}, timeout=self.timeout, **client_options(self.tls))
-        response.raise_for_status()
-        return response.json()
+    def _request(self, endpoint: str, path: str, body: dict[str, Any], token: str | None,
+                 timeout: float | None = None) -> dict[str, Any]:
+        """POST ``body`` to the gateway; the answer's JSON, or EtcdError with etcd's message."""
+        response = requests.post(f"{endpoint}{path}", json=body, timeout=timeout or self.timeout,
+                                 headers={"Authorization": token} if token else {}, **client_options(self.tls))
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.ok and isinstance(answer, dict):
+            return answer
+        if isinstance(answer, dict) and ("message" in answer or "error" in answer):
+            raise EtcdError(str(answer.get("message") or answer.get("error")), answer.get("code"),
+                            response.status_code)
+        raise EtcdError(f"HTTP {response.status_code} from {endpoint}{path}: {response.text.strip()[:200]}",
+                        status=response.status_code)
+
+    def authenticate(self, endpoint: str, who: Credentials) -> str | None:
+        """A token for ``who`` from ``endpoint``, or None when etcd's auth is not enabled (yet)."""
+        try:
+            return str(self._request(endpoint, "/v3/auth/authenticate",
+                                     {"name": who.login, "password": who.password}, None)["token"])
+        except EtcdError as exc:
+            if AUTH_NOT_ENABLED in str(exc):
+                return None
+            raise EtcdError(f"etcd user {who.login!r} cannot log in at {endpoint}: {exc}", exc.code,
+                            exc.status) from None
+
+    def _token(self, endpoint: str) -> str | None:
+        who = self.credentials
+        if who is None:
+            return None
+        if endpoint not in self._tokens:
+            self._tokens[endpoint] = self.authenticate(endpoint, who)
+        return self._tokens[endpoint]
+
+    def _post(self, endpoint: str, path: str, body: dict[str, Any] | None = None,
+              timeout: float | None = None) -> dict[str, Any]:
+        """A gateway call as this hook's user (a token is fetched again once if etcd no longer knows it)."""
+        try:
+            return self._request(endpoint, path, body or {}, self._token(endpoint), timeout)
+        except EtcdError as exc:
+            if INVALID_TOKEN not in str(exc) or self.credentials is None:
+                raise
+            self._tokens.pop(endpoint, None)
+            return self._request(endpoint, path, body or {}, self._token(endpoint), timeout)
 
     def health(self, endpoint: str) -> bool:
         response = self._get(f"{endpoint}/health")
@@ -124,10 +253,8 @@ class EtcdHook(BaseHook):
         for endpoint in self.endpoints:
             header = self.status(endpoint).get("header", {})
             if str(header.get("member_id")) == ids[leader]:
-                response = requests.post(f"{endpoint}/v3/maintenance/transfer-leadership",
-                                         json={"targetID": ids[target]}, timeout=max(self.timeout, 10),
-                                         **client_options(self.tls))
-                response.raise_for_status()
+                self._post(endpoint, "/v3/maintenance/transfer-leadership", {"targetID": ids[target]},
+                           timeout=max(self.timeout, 10))
                 return leader
         raise ValueError(f"no endpoint of the etcd leader {leader} among {self.endpoints}")
 
@@ -143,6 +270,24 @@ class EtcdHook(BaseHook):
                 report.errors[endpoint] = f"{type(exc).__name__}: {exc}"
         return report
 
+    async def _atoken(self, client: httpx.AsyncClient, endpoint: str) -> dict[str, str]:
+        """The Authorization header for an async call (empty without a user or with auth not enabled)."""
+        who = self.credentials
+        if who is None:
+            return {}
+        if endpoint not in self._tokens:
+            answer = await client.post(f"{endpoint}/v3/auth/authenticate",
+                                       json={"name": who.login, "password": who.password})
+            body = answer.json()
+            if answer.is_success:
+                self._tokens[endpoint] = str(body["token"])
+            elif AUTH_NOT_ENABLED in str(body.get("message")):
+                self._tokens[endpoint] = None
+            else:
+                raise EtcdError(f"etcd user {who.login!r} cannot log in at {endpoint}: {body.get('message')}")
+        token = self._tokens[endpoint]
+        return {"Authorization": token} if token else {}
+
     async def areport(self) -> EtcdReport:
         """``report()`` without blocking the event loop (for triggers in the triggerer)."""
         report = EtcdReport()
@@ -150,8 +295,9 @@ class EtcdHook(BaseHook):
             for endpoint in self.endpoints:
                 try:
                     health = await client.get(f"{endpoint}/health")
-                    status = await client.post(f"{endpoint}/v3/maintenance/status", json={})
-                    members = await client.post(f"{endpoint}/v3/cluster/member/list", json={})
+                    headers = await self._atoken(client, endpoint)
+                    status = await client.post(f"{endpoint}/v3/maintenance/status", json={}, headers=headers)
+                    members = await client.post(f"{endpoint}/v3/cluster/member/list", json={}, headers=headers)
                     status.raise_for_status()
                     members.raise_for_status()
                     record_endpoint(report, endpoint, health.is_success and _health_json(health.json()),
@@ -180,3 +326,101 @@ class EtcdHook(BaseHook):
                 raise AirflowException(f"etcd leadership did not move {etcd_leader} -> {target} within {timeout}s")
             time.sleep(0.5)
         return f"etcd leader moved {etcd_leader} -> {target} (off the Patroni leader {patroni_leader})"
+
+    # ------------------------------------------------------------ RBAC (users, roles, auth enable)
+
+    def first_endpoint(self) -> str:
+        """The first endpoint whose /health answers (RBAC changes go through raft: any member will do)."""
+        errors = []
+        for endpoint in self.endpoints:
+            try:
+                if self.health(endpoint):
+                    return endpoint
+                errors.append(f"{endpoint}: not healthy")
+            except (requests.RequestException, ValueError) as exc:
+                errors.append(f"{endpoint}: {type(exc).__name__}: {exc}")
+        raise AirflowException(f"no healthy etcd endpoint: {'; '.join(errors)}")
+
+    def auth_enabled(self, endpoint: str) -> bool:
+        """Whether etcd's auth is on: an unauthenticated user list is answered only while it is off."""
+        try:
+            self._request(endpoint, "/v3/auth/user/list", {}, None)
+        except EtcdError as exc:
+            if NO_USER in str(exc):
+                return True
+            raise
+        return False
+
+    def apply_rbac(self, rbac: EtcdRbac) -> list[str]:
+        """
+        Makes etcd's users, roles and grants what ``rbac`` says, then enables auth; returns what
+        changed ([] when etcd already was so). Root's password must be right once auth is on (it is
+        the only way in); the other users' passwords are checked by logging in and set when wrong.
+        Extra grants and roles of pgha's roles and users are taken away; other users are left alone.
+        """
+        endpoint = self.first_endpoint()
+        enabled = self.auth_enabled(endpoint)
+        token = self.authenticate(endpoint, rbac.root) if enabled else None
+        if enabled and token is None:
+            raise AirflowException("etcd's auth went off while pgha checked it: clear this task")
+        call = lambda path, body: self._request(endpoint, path, body, token)  # noqa: E731
+        changes: list[str] = []
+        changes += self._ensure_user(call, endpoint, rbac.root, "root", enabled)
+        for role, perms in rbac.roles.items():
+            changes += self._ensure_role(call, role, perms)
+        for user in rbac.users:
+            changes += self._ensure_user(call, endpoint, user.credentials, user.role, enabled)
+        if not enabled:
+            call("/v3/auth/enable", {})
+            changes.append("auth enabled: every etcd request now needs a user (a certificate alone grants nothing)")
+        return changes
+
+    def _ensure_user(self, call: Any, endpoint: str, who: Credentials, role: str, enabled: bool) -> list[str]:
+        changes = []
+        try:
+            roles = call("/v3/auth/user/get", {"name": who.login}).get("roles") or []
+        except EtcdError as exc:
+            if USER_NOT_FOUND not in str(exc):
+                raise
+            call("/v3/auth/user/add", {"name": who.login, "password": who.password})
+            changes.append(f"user {who.login} added")
+            roles = []
+        else:
+            if not enabled or not self._password_works(endpoint, who):
+                call("/v3/auth/user/changepw", {"name": who.login, "password": who.password})
+                changes.append(f"user {who.login}: password set from its Connection")
+        for extra in sorted(set(roles) - {role}):
+            call("/v3/auth/user/revoke", {"name": who.login, "role": extra})
+            changes.append(f"user {who.login}: role {extra} revoked (pgha grants only {role})")
+        if role not in roles:
+            call("/v3/auth/user/grant", {"user": who.login, "role": role})
+            changes.append(f"user {who.login}: role {role} granted")
+        return changes
+
+    def _password_works(self, endpoint: str, who: Credentials) -> bool:
+        try:
+            return self.authenticate(endpoint, who) is not None
+        except EtcdError:
+            return False
+
+    def _ensure_role(self, call: Any, role: str, wanted: tuple[Permission, ...]) -> list[str]:
+        changes = []
+        try:
+            answer = call("/v3/auth/role/get", {"role": role})
+        except EtcdError as exc:
+            if ROLE_NOT_FOUND not in str(exc):
+                raise
+            call("/v3/auth/role/add", {"name": role})
+            changes.append(f"role {role} added")
+            answer = {}
+        have = {Permission(str(p.get("permType") or "READ"), _unb64(p.get("key")), _unb64(p.get("range_end")))
+                for p in answer.get("perm") or []}
+        for perm in sorted(have - set(wanted), key=repr):
+            call("/v3/auth/role/revoke", {"role": role, "key": _b64(perm.key), "range_end": _b64(perm.range_end)})
+            changes.append(f"role {role}: {perm.describe()}revoked (not pgha's grant)")
+        for perm in wanted:
+            if perm not in have:
+                call("/v3/auth/role/grant", {"name": role, "perm": {
+                    "permType": perm.perm_type, "key": _b64(perm.key), "range_end": _b64(perm.range_end)}})
+                changes.append(f"role {role}: {perm.describe()}granted")
+        return changes

@@ -147,7 +147,8 @@ class DrillPrecheckOperator(PghaOperator):
             "probe_python": self._probe_python(probe_host),
             "rto_slo_s": rto_slo_s(self.inventory, scenario, params.get("rto_slo_s")),
             # a crash of a host leading etcd too costs an etcd election plus a full ttl (heal keeps them apart)
-            "etcd_leader": EtcdHook(self.etcd_endpoints(), tls=self.client_tls()).report().leader_name,
+            "etcd_leader": EtcdHook(self.etcd_endpoints(), tls=self.client_tls(),
+                                    auth_conn_id=self.etcd_auth_conn_id()).report().leader_name,
         }
         self.log.info("drill plan: %s", json.dumps(plan))
         return plan
@@ -205,7 +206,8 @@ class DrillPrecheckOperator(PghaOperator):
         reasons = ["Patroni is paused (maintenance mode)"] if cluster.paused else []
         lag = max_lag_override if max_lag_override is not None else inv.drill.max_lag_bytes
         reasons += cluster.problems(len(inv.database_nodes) - 1, require_sync=True, max_lag_bytes=lag)
-        reasons += [f"etcd: {p}" for p in EtcdHook(self.etcd_endpoints(), tls=self.client_tls()).report().problems(list(inv.database_nodes))]
+        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls(), auth_conn_id=self.etcd_auth_conn_id())
+        reasons += [f"etcd: {p}" for p in etcd.report().problems(list(inv.database_nodes))]
         reasons += self._certificate_reasons()
         if len(cluster.leaders) == 1:
             routing = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket).routing(cluster)

@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 from pgha.compat import AirflowException
-from pgha.hooks.etcd import EtcdHook
+from pgha.hooks.etcd import EtcdHook, EtcdRbac, EtcdUser, Permission
 from pgha.hooks.patroni import PatroniHook
 from pgha.render import node_context, render
+from pgha.runtime import credentials
 
 from pgha.operators.base import HostOperator, PghaOperator
 
@@ -92,7 +93,7 @@ class ConfigureEtcdOperator(HostOperator):
         if not changed and active:
             self.unchanged(f"{ETCD_UNIT} running with this unit")
             return {"restarted": False}
-        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls())
+        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls(), auth_conn_id=self.etcd_auth_conn_id())
         if active and not etcd.report().problems(list(inv.database_nodes)):
             self._rolling_restart(etcd)
         else:
@@ -120,10 +121,74 @@ class EtcdLeaderPlacementOperator(PghaOperator):
         if len(cluster.leaders) != 1:
             raise AirflowException(f"Patroni has no single leader ({cluster.leaders or 'none'}): "
                                    "there is nothing to keep etcd's leader away from; clear this task once it has")
-        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls())
+        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls(), auth_conn_id=self.etcd_auth_conn_id())
         moved = etcd.keep_leader_off_patroni_leader(cluster)
         if moved:
             self.changed(moved)
         else:
             self.unchanged(f"etcd leader {etcd.report().leader_name}, Patroni leader {cluster.leaders}: apart")
         return {"etcd_leader": etcd.report().leader_name, "patroni_leader": cluster.leaders[0]}
+
+
+PATRONI_ROLE = "pgha-patroni"  # read-write on Patroni's keys of this cluster
+PGHA_ROLE = "pgha-reader"  # read of the same keys (health, status and the member list need no grant)
+
+
+class EtcdAuthOperator(PghaOperator):
+    """
+    Turns on etcd RBAC once the cluster is healthy: user ``root`` (connection
+    ``etcd.auth.root_conn_id``), Patroni's user with role ``pgha-patroni``
+    (read-write on ``/<namespace>/<scope>/`` only) and pgha's user with role
+    ``pgha-reader`` (read of those keys); then ``auth enable``. A re-run with
+    etcd already so changes nothing; a password that differs from its
+    Connection is set again (root's must be right: it is the only way in).
+    The certificates carry no common name (pgha.tls.subject), so a cluster-CA
+    certificate opens the TLS link only and grants nothing inside etcd.
+
+    On a cluster whose Patroni runs already while auth is still off (Patroni
+    from before etcd RBAC), auth stays off: Patroni would lose its DCS and
+    demote the leader. Run phase 4 (Patroni's config gets its etcd user), then
+    clear this task. Skips when ``etcd.auth.enabled`` or ``tls.enabled`` is false.
+    """
+
+    def run(self, context: Any) -> Any:
+        inv = self.inventory
+        if not inv.etcd_auth_enabled:
+            why = "tls.enabled" if inv.etcd.auth.enabled else "etcd.auth.enabled"
+            self.unchanged(f"{why} is false: etcd RBAC stays off (any cluster-CA client may read and write)")
+            return {"auth": False}
+        rbac = self.rbac()
+        etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls(), credentials=rbac.root)
+        if not etcd.auth_enabled(etcd.first_endpoint()) and (running := self._patroni_running()):
+            raise AirflowException(
+                f"Patroni runs on {', '.join(running)} while etcd's auth is off: turning it on now would cut "
+                "Patroni off its DCS and demote the leader. Run phase 4 (Patroni's config gets its etcd user "
+                f"from {inv.etcd.auth.patroni_conn_id!r}), then clear this task")
+        changes = etcd.apply_rbac(rbac)
+        for change in changes:
+            self.changed(change)
+        if not changes:
+            self.unchanged(f"etcd RBAC on: users {', '.join(u.credentials.login for u in rbac.users)} and root, "
+                           f"roles {', '.join(rbac.roles)} as pgha grants them")
+        return {"auth": True, "prefix": inv.patroni_key_prefix, "changes": len(changes)}
+
+    def rbac(self) -> EtcdRbac:
+        auth = self.inventory.etcd.auth
+        root = credentials(auth.root_conn_id, "etcd's root user (login root)")
+        patroni = credentials(auth.patroni_conn_id, "Patroni's etcd user")
+        pgha = credentials(auth.pgha_conn_id, "pgha's etcd user")
+        if root.login != "root":
+            raise AirflowException(f"connection {auth.root_conn_id!r}: login must be root (etcd enables auth only "
+                                   f"with a user named root), not {root.login!r}")
+        if len({"root", patroni.login, pgha.login}) != 3:
+            raise AirflowException(f"connections {auth.patroni_conn_id!r} and {auth.pgha_conn_id!r} need two "
+                                   f"logins of their own, neither root (they are {patroni.login!r}, {pgha.login!r})")
+        prefix = self.inventory.patroni_key_prefix
+        return EtcdRbac(root=root,
+                        users=(EtcdUser(patroni, PATRONI_ROLE), EtcdUser(pgha, PGHA_ROLE)),
+                        roles={PATRONI_ROLE: (Permission.prefix("READWRITE", prefix),),
+                               PGHA_ROLE: (Permission.prefix("READ", prefix),)})
+
+    def _patroni_running(self) -> list[str]:
+        return [name for name in self.inventory.database_nodes
+                if self.host_hook(name).unit_active("patroni.service")]

@@ -105,7 +105,15 @@ class ConfigurePatroniOperator(HostOperator):
             "rewind_password": rewind.password,
             "rest_user": rest.login,
             "rest_password": rest.password,
+            **self._etcd_secrets(),
         }
+
+    def _etcd_secrets(self) -> dict[str, str]:
+        """Patroni's etcd user (read-write on its own keys only) when etcd RBAC is on."""
+        if not self.inventory.etcd_auth_enabled:
+            return {}
+        etcd = credentials(self.inventory.etcd.auth.patroni_conn_id, "Patroni's etcd user")
+        return {"etcd_user": etcd.login, "etcd_password": etcd.password}
 
     def _rewind_role(self, secrets: dict[str, str]) -> None:
         """The rewind role on a running cluster's leader (a new cluster's bootstrap makes it itself)."""
