@@ -36,6 +36,8 @@ def full_inventory() -> dict[str, Any]:
     raw["hosts"][0]["os_family"] = "debian"
     raw["postgres"]["data_dir"] = "/var/lib/postgresql/15/main"
     raw["etcd"]["data_dir"] = "/var/lib/etcd/pgha"
+    raw["etcd"]["auth"] = {"enabled": True, "root_conn_id": "pgha_etcd_root", "patroni_conn_id": "pgha_etcd_patroni",
+                           "pgha_conn_id": "pgha_etcd_pgha"}
     raw["etcd"]["install"] = {
         "method": "tarball", "version": "3.5.9", "sha256": "a" * 64,
         "url": "https://github.com/etcd-io/etcd/releases/download/v3.5.9/etcd-v3.5.9-linux-amd64.tar.gz",

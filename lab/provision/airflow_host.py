@@ -64,6 +64,9 @@ SECRETS = {
     "pg_replication_password": _password,  # `replicator`
     "pg_rewind_password": _password,      # `rewinder`: Patroni's pg_rewind login (connection pgha_rewind)
     "patroni_api_password": _password,    # Patroni REST API user `patroni`
+    "etcd_root_password": _password,      # etcd's `root` (connection pgha_etcd_root)
+    "etcd_patroni_password": _password,   # etcd user `patroni`: Patroni's keys only (connection pgha_etcd_patroni)
+    "etcd_pgha_password": _password,      # etcd user `pgha`: pgha's own etcd calls (connection pgha_etcd_pgha)
     "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
     "jwt_secret": lambda: _secrets.token_urlsafe(48),
     "api_secret_key": lambda: _secrets.token_urlsafe(32),
@@ -158,6 +161,9 @@ def connections(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: d
                                 "password": secrets["airflow_db_password"], "schema": DB_NAME}
     conns["pgha_patroni_api"] = {"conn_type": "http", "login": "patroni",
                                  "password": secrets["patroni_api_password"]}
+    for conn_id, login in (("pgha_etcd_root", "root"), ("pgha_etcd_patroni", "patroni"), ("pgha_etcd_pgha", "pgha")):
+        conns[conn_id] = {"conn_type": "generic", "login": login,
+                          "password": secrets[f"etcd_{login}_password"]}  # etcd RBAC (phase 3's etcd_auth)
     ca = json.loads(secrets["cluster_ca"])  # pgha.tls's layout: certificate in extra, key in password
     conns["pgha_ca"] = {"conn_type": "generic", "password": ca["key"], "extra": {"certificate": ca["certificate"]}}
     if mail_host:  # lab/inventory.yml's notify: section (plain SMTP on the lab bridge, no login)
