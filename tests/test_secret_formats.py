@@ -207,7 +207,8 @@ def lab_host() -> Any:
 def test_the_lab_makes_every_pgha_password_hostile_and_upgrades_old_ones(lab_host: Any) -> None:
     made = lab_host.complete({})
     assert set(lab_host.PASSWORDS) == {"airflow_db_password", "pg_superuser_password", "pg_replication_password",
-                                       "patroni_api_password", "pg_rewind_password"}
+                                       "patroni_api_password", "pg_rewind_password", "etcd_root_password",
+                                       "etcd_patroni_password", "etcd_pgha_password"}
     assert all(made[name].endswith(lab_host.HOSTILE_TAIL) for name in lab_host.PASSWORDS)
     assert lab_host.complete(made) == made  # made once, kept
     old = {**made, "airflow_db_password": "plain-old-token", "admin_password": "plain-admin"}
