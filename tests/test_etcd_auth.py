@@ -159,7 +159,7 @@ def test_operator_turns_rbac_on_once(tls_etcd: str, fleet: Fleet, tmp_path: Path
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     for conn_id, who in (("pgha_etcd_root", ROOT), ("pgha_etcd_patroni", PATRONI), ("pgha_etcd_pgha", PGHA)):
         set_connection(monkeypatch, conn_id, conn_type="generic", login=who.login, password=who.password)
-    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, tls={"enabled": True})
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, tls={"enabled": True}, etcd={"auth": {"enabled": True}})
     monkeypatch.setattr(EtcdAuthOperator, "etcd_endpoints", lambda self: [tls_etcd])
 
     def run() -> dict:
@@ -177,7 +177,7 @@ def test_operator_refuses_while_patroni_runs_without_its_etcd_user(tls_etcd: str
     """Auth on under a running Patroni that has no etcd user yet would cut it off its DCS: refused, nothing done."""
     for conn_id, who in (("pgha_etcd_root", ROOT), ("pgha_etcd_patroni", PATRONI), ("pgha_etcd_pgha", PGHA)):
         set_connection(monkeypatch, conn_id, conn_type="generic", login=who.login, password=who.password)
-    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, tls={"enabled": True})
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, tls={"enabled": True}, etcd={"auth": {"enabled": True}})
     monkeypatch.setattr(EtcdAuthOperator, "etcd_endpoints", lambda self: [tls_etcd])
     fleet["psg2"].units["patroni.service"] = Unit(enabled=True, active=True)
     with pytest.raises(AirflowException, match="Patroni runs on psg2 while etcd's auth is off"):
