@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
 from lab_fixtures import NODES as NODE_ADDRESSES  # noqa: E402  (the lab's hosts table, lab/pghalab/topology.py)
-from lab_fixtures import PATRONI_PORT, POSTGRES_PORT, VM1, WRITE_PORT, Lab  # noqa: E402
+from lab_fixtures import POSTGRES_PORT, VM1, WRITE_PORT, Lab  # noqa: E402
+from pghalab import cluster_api  # noqa: E402
 from lab_fixtures import lab as lab_cli  # noqa: E402
 
 DAG = "pg_ha_migration"
@@ -60,7 +61,7 @@ def cluster_exists() -> bool:
     """A Patroni leader answers on one of the database nodes (an earlier run's cluster)."""
     for address in NODES:
         try:
-            members = requests.get(f"http://{address}:{PATRONI_PORT}/cluster", timeout=3).json()["members"]
+            members = cluster_api.patroni(address, "/cluster", timeout=3).json()["members"]
         except (requests.RequestException, ValueError, KeyError):
             continue
         if any(m["role"] == "leader" for m in members):

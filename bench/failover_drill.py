@@ -176,10 +176,11 @@ def apply_lab_profile(inventory: str) -> None:
 
 def _patroni_config() -> dict[str, Any]:
     import requests
+    from pghalab import cluster_api
 
     for address in topology.database_addresses().values():
         try:
-            return requests.get(f"http://{address}:{topology.PATRONI_REST_PORT}/config", timeout=3).json()
+            return cluster_api.patroni(address, "/config", timeout=3).json()
         except (requests.RequestException, ValueError):
             continue
     return {}

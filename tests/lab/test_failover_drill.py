@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 import requests
-from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, VM1, WRITE_PORT, Lab, wait_for_mail
+from lab_fixtures import NODES, VM1, WRITE_PORT, Lab, wait_for_mail
+from pghalab import cluster_api
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +50,7 @@ def migrated(lab: Lab) -> None:
 def cluster_view() -> dict[str, Any]:
     for address in NODES.values():
         try:
-            return requests.get(f"http://{address}:{PATRONI_PORT}/cluster", timeout=5).json()
+            return cluster_api.patroni(address, "/cluster", timeout=5).json()
         except (requests.RequestException, ValueError):
             continue
     raise AssertionError("no Patroni member answers")
@@ -80,7 +81,7 @@ def history_row(lab: Lab, run_id: str) -> dict[str, Any]:
 
 
 def etcd_members() -> list[str]:
-    answer = requests.post(f"http://{NODES['psg1']}:{ETCD_PORT}/v3/cluster/member/list", json={}, timeout=5).json()
+    answer = cluster_api.etcd(NODES['psg1'], "/v3/cluster/member/list", {}, timeout=5).json()
     return sorted(m["name"] for m in answer["members"])
 
 

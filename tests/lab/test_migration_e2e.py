@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import requests
-from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, READ_PORT, VM1, WRITE_PORT, Lab
+from lab_fixtures import NODES, READ_PORT, VM1, WRITE_PORT, Lab
+from pghalab import cluster_api
 
 pytestmark = pytest.mark.lab
 
@@ -45,14 +46,14 @@ OTHER_METHOD = {"phase6_data_migration.prepare_logical_source[-1]", "phase6_data
                 "phase6_data_migration.logical_initial_sync[-1]"}
 
 
-NOT_THIS_RUN = ("pgbouncer.", "paused_cutover[", "undo_logical_source[")
+NOT_THIS_RUN = ("pgbouncer.", "paused_cutover[", "undo_logical_source[", "approve_cutover[")
 
 
 def test_every_task_succeeded(lab: Lab, migrated: dict[str, Any]) -> None:
     found = states(lab, migrated["run_id"])
     assert migrated["state"] == "success", lab.failure_report(DAG, migrated["run_id"])
     # the logical-replication branch skips itself when migration_method is dump_restore, the pooler's
-    # tasks when pooler is none, and the logical source's undo with them
+    # tasks when pooler is none, and the logical source's undo with them; the approval when approve_cutover is off
     not_this_run = {k for k in found if k.startswith(NOT_THIS_RUN)} | OTHER_METHOD
     assert {k for k, v in found.items() if v == "skipped"} == not_this_run, found
     assert len(found) > 40 and all(v == "success" for k, v in found.items() if k not in not_this_run), found
@@ -72,12 +73,12 @@ def test_the_sensors_waited_in_the_triggerer(lab: Lab, migrated: dict[str, Any])
 
 
 def test_patroni_one_leader_two_streaming_one_sync(lab: Lab, migrated: dict[str, Any]) -> None:
-    members = requests.get(f"http://{NODES['psg1']}:{PATRONI_PORT}/cluster", timeout=5).json()["members"]
+    members = cluster_api.patroni(NODES['psg1'], "/cluster", timeout=5).json()["members"]
     for _ in range(30):  # Patroni re-elects a sync standby within a loop_wait after a switchover
         if any(m["role"] == "sync_standby" for m in members):
             break
         time.sleep(1)
-        members = requests.get(f"http://{NODES['psg1']}:{PATRONI_PORT}/cluster", timeout=5).json()["members"]
+        members = cluster_api.patroni(NODES['psg1'], "/cluster", timeout=5).json()["members"]
     roles = sorted(m["role"] for m in members)
     assert roles.count("leader") == 1
     replicas = [m for m in members if m["role"] != "leader"]
@@ -87,8 +88,8 @@ def test_patroni_one_leader_two_streaming_one_sync(lab: Lab, migrated: dict[str,
 
 def test_etcd_healthy_with_exactly_three_members(lab: Lab, migrated: dict[str, Any]) -> None:
     for address in NODES.values():
-        assert requests.get(f"http://{address}:{ETCD_PORT}/health", timeout=5).json()["health"] == "true"
-    members = requests.post(f"http://{NODES['psg1']}:{ETCD_PORT}/v3/cluster/member/list", json={}, timeout=5).json()
+        assert cluster_api.etcd(address, "/health", timeout=5).json()["health"] == "true"
+    members = cluster_api.etcd(NODES['psg1'], "/v3/cluster/member/list", {}, timeout=5).json()
     assert sorted(m["name"] for m in members["members"]) == sorted(NODES)
 
 
@@ -187,7 +188,7 @@ class QuorumWatch(threading.Thread):
 
     def served(self, address: str) -> bool:
         try:
-            return requests.post(f"http://{address}:{ETCD_PORT}/v3/kv/range", json=self.body, timeout=2).ok
+            return cluster_api.etcd(address, "/v3/kv/range", self.body, timeout=2).ok
         except requests.RequestException:
             return False
 
@@ -206,7 +207,7 @@ class QuorumWatch(threading.Thread):
 
 
 def patroni_leader() -> str:
-    members = requests.get(f"http://{NODES['psg1']}:{PATRONI_PORT}/cluster", timeout=5).json()["members"]
+    members = cluster_api.patroni(NODES['psg1'], "/cluster", timeout=5).json()["members"]
     return next(m["name"] for m in members if m["role"] == "leader")
 
 
