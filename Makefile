@@ -21,9 +21,10 @@ deps:
 demo: deps venv
 	$(PY) lab/demo
 
-## Run every test: unit tests, real services on loopback, and the lab end-to-end tests.
+## Run every test: unit tests and real services on loopback (two workers), then the lab end-to-end tests.
 test: deps venv
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests
+	$(VENV)/bin/pytest -q -m lab tests
 
 unit: deps venv
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests

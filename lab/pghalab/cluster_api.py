@@ -15,25 +15,34 @@ from .record import load_secrets
 from .topology import ETCD_CLIENT_PORT, PATRONI_REST_PORT
 
 
-@functools.lru_cache(maxsize=1)
-def _session() -> Any:
-    import requests
+@functools.lru_cache(maxsize=4)
+def _tls_files(ca_json: str) -> dict[str, Any]:
     from pgha import tls
 
-    ca = json.loads(load_secrets()["cluster_ca"])
+    ca = json.loads(ca_json)
     files = tls.ClientTLS.for_ca(tls.ca_from_connection({"certificate": ca["certificate"]}, ca["key"], "cluster_ca"),
                                  "pgha-lab-client").files()
-    session = requests.Session()
-    session.verify, session.cert = files.ca, (files.cert, files.key)
-    return session
+    return {"verify": files.ca, "cert": (files.cert, files.key)}
+
+
+def _tls() -> dict[str, Any]:
+    """Per request, not on a Session: requests lets REQUESTS_CA_BUNDLE override a Session's ``verify``.
+    Read each time: restoring a snapshot may bring other secrets (and so another CA) into the lab."""
+    return _tls_files(load_secrets()["cluster_ca"])
 
 
 def patroni(address: str, path: str, timeout: float = 5) -> Any:
     """GET ``path`` from the Patroni REST API on ``address``; the response (``.json()``, ``.status_code``)."""
-    return _session().get(f"https://{address}:{PATRONI_REST_PORT}{path}", timeout=timeout)
+    import requests
+
+    return requests.get(f"https://{address}:{PATRONI_REST_PORT}{path}", timeout=timeout, **_tls())
 
 
 def etcd(address: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5) -> Any:
     """POST ``body`` to etcd's v3 gateway (``path`` such as /v3/cluster/member/list), or GET it without a body."""
+    import requests
+
     url = f"https://{address}:{ETCD_CLIENT_PORT}{path}"
-    return _session().get(url, timeout=timeout) if body is None else _session().post(url, json=body, timeout=timeout)
+    if body is None:
+        return requests.get(url, timeout=timeout, **_tls())
+    return requests.post(url, json=body, timeout=timeout, **_tls())
