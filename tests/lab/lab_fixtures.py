@@ -25,6 +25,7 @@ from pghalab.settings import LAB_INVENTORY, SECRETS  # noqa: E402
 VM1 = topology.address(topology.AIRFLOW_HOST)  # Airflow, its old PostgreSQL, HAProxy
 NODES = topology.database_addresses()  # {psg1: address, ...}
 WRITE_PORT, READ_PORT = topology.HAPROXY_WRITE_PORT, topology.HAPROXY_READ_PORT  # HAProxy on vm1
+MIGRATION = "pg_ha_migration"
 PATRONI_PORT, ETCD_PORT = topology.PATRONI_REST_PORT, topology.ETCD_CLIENT_PORT
 POSTGRES_PORT = topology.POSTGRES_PORT  # PostgreSQL on every host
 
@@ -192,6 +193,33 @@ class Lab:
             return f"\n--- {ti['task_id']}: no log ({exc})"
         return f"\n--- {ti['task_id']}[{ti['map_index']}] try {ti['try_number']}, last {lines} lines:\n" + \
             "\n".join(log[-lines:])
+
+    def airflow_on_cluster(self) -> bool:
+        """vm1's Airflow runs on the cluster (its URL goes to HAProxy's write port)."""
+        cfg = self.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg || true")
+        return f":{WRITE_PORT}/" in cfg
+
+    def ensure_migrated(self) -> None:
+        """Airflow on the cluster: reuse what earlier tests left, else migrate from a provisioned lab now."""
+        if self.airflow_on_cluster():
+            return
+        self.reset_to_provisioned()
+        self.api.unpause(MIGRATION)
+        run_id = self.api.trigger(MIGRATION, {})
+        assert self.api.wait(MIGRATION, run_id, timeout=2400) == "success", self.failure_report(MIGRATION, run_id)
+        assert self.wait_for_cutover()["outcome"] == "success"
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, timeout: float = 2400) -> None:
+        """Until ``task_id`` of the run succeeds; the failure report as soon as any task fails."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = {t["task_id"]: t["state"] for t in self.api.task_instances(dag_id, run_id)}
+            if states.get(task_id) == "success":
+                return
+            if any(s in ("failed", "upstream_failed") for s in states.values()):
+                raise AssertionError(self.failure_report(dag_id, run_id))
+            time.sleep(2)
+        raise TimeoutError(f"{task_id} not successful after {timeout}s")
 
     def progress(self, dag_id: str, run_id: str) -> Callable[[str], None]:
         started = time.monotonic()

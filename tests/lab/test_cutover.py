@@ -19,18 +19,6 @@ HISTORY = ("SELECT count(*), md5(string_agg(md5(t::text), '' ORDER BY md5(t::tex
            "WHERE dag_id = 'lab_history'")
 
 
-def wait_for_task(lab: Lab, run_id: str, task_id: str, timeout: float = 1800) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = {t["task_id"]: t["state"] for t in lab.api.task_instances(DAG, run_id)}
-        if states.get(task_id) == "success":
-            return
-        if any(s in ("failed", "upstream_failed") for s in states.values()):
-            raise AssertionError(lab.failure_report(DAG, run_id))
-        time.sleep(2)
-    raise TimeoutError(task_id)
-
-
 def wait_for_record(lab: Lab, since_id: str | None, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -82,7 +70,7 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     lab.reset_to_provisioned()
     lab.api.unpause(DAG)
     run_id = lab.api.trigger(DAG, {"run_failover_test": False})
-    wait_for_task(lab, run_id, "cutover")
+    lab.wait_for_task(DAG, run_id, "cutover", timeout=1800)
     # The agent starts 20 s after the task: break the new URL's login now (the copy keeps roles).
     with lab.connect(host=VM1, port=WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("ALTER ROLE airflow_user PASSWORD 'not-the-password-airflow-has'")

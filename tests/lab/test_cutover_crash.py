@@ -39,18 +39,6 @@ WORKER = "airflow-celery-worker"
 WAITING = '"phase": "waiting"'  # the follower's state once its units are stopped (Agent.save_state)
 
 
-def wait_for_task(lab: Lab, run_id: str, task_id: str, timeout: float = 2400) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = {t["task_id"]: t["state"] for t in lab.api.task_instances(DAG, run_id)}
-        if states.get(task_id) == "success":
-            return
-        if any(s in ("failed", "upstream_failed") for s in states.values()):
-            raise AssertionError(lab.failure_report(DAG, run_id))
-        time.sleep(2)
-    raise TimeoutError(f"{task_id} not successful after {timeout}s")
-
-
 def crash_inside_the_stopped_window(lab: Lab) -> str:
     """Wait on vm4 until its follower agent has stopped the worker (state file phase "waiting"),
     then SIGKILL the whole host at once. Returns what vm4 showed just before the crash."""
@@ -191,7 +179,7 @@ def test_a_worker_host_crashed_in_the_stopped_window_ends_with_the_others_never_
     try:
         lab.api.unpause(DAG)
         run_id = lab.api.trigger(DAG, {"run_failover_test": False})
-        wait_for_task(lab, run_id, "cutover")
+        lab.wait_for_task(DAG, run_id, "cutover", timeout=2400)
         armed = (lab.api.xcom(DAG, run_id, "cutover") or {}).get("result") or {}  # the operator's summary
         assert armed.get("armed") and armed.get("hosts", {}).get("vm4") == "follower", armed
         cutover_run = armed["run_id"]

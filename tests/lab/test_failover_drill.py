@@ -26,25 +26,12 @@ from pghalab import cluster_api
 pytestmark = pytest.mark.lab
 
 DAG = "pg_ha_failover_drill"
-MIGRATION = "pg_ha_migration"
 SCENARIOS = ("switchover", "patroni_stop", "postmaster_kill", "host_crash", "host_isolate")
-
-
-def airflow_on_cluster(lab: Lab) -> bool:
-    cfg = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg || true")
-    return f":{WRITE_PORT}/" in cfg
 
 
 @pytest.fixture(scope="module")
 def migrated(lab: Lab) -> None:
-    """Airflow on the cluster: reuse what the migration tests left, else migrate now."""
-    if airflow_on_cluster(lab):
-        return
-    lab.reset_to_provisioned()
-    lab.api.unpause(MIGRATION)
-    run_id = lab.api.trigger(MIGRATION, {})
-    assert lab.api.wait(MIGRATION, run_id, timeout=2400) == "success", lab.failure_report(MIGRATION, run_id)
-    assert lab.wait_for_cutover()["outcome"] == "success"
+    lab.ensure_migrated()
 
 
 def cluster_view() -> dict[str, Any]:

@@ -10,27 +10,16 @@ from __future__ import annotations
 
 import pytest
 import secret_scan
-from lab_fixtures import WRITE_PORT, Lab
+from lab_fixtures import Lab
 
 pytestmark = pytest.mark.lab
 
-MIGRATION = "pg_ha_migration"
 DRILL = "pg_ha_failover_drill"
-
-
-def airflow_on_cluster(lab: Lab) -> bool:
-    cfg = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg || true")
-    return f":{WRITE_PORT}/" in cfg
 
 
 @pytest.fixture(scope="module")
 def migrated_and_drilled(lab: Lab) -> None:
-    if not airflow_on_cluster(lab):
-        lab.reset_to_provisioned()
-        lab.api.unpause(MIGRATION)
-        run_id = lab.api.trigger(MIGRATION, {})
-        assert lab.api.wait(MIGRATION, run_id, timeout=2400) == "success", lab.failure_report(MIGRATION, run_id)
-        assert lab.wait_for_cutover()["outcome"] == "success"
+    lab.ensure_migrated()
     if not lab.api.runs(DRILL, ("success",)):
         lab.unpause_settled(DRILL)
         try:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, POSTGRES_PORT, WRITE_PORT, Lab
+from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, POSTGRES_PORT, Lab
 
 pytestmark = pytest.mark.lab
 
-MIGRATION = "pg_ha_migration"
 PYTHON = "/opt/airflow/venv/bin/python"
 
 ATTEMPTS = r'''
@@ -81,19 +80,9 @@ print(json.dumps(results))
 '''
 
 
-def airflow_on_cluster(lab: Lab) -> bool:
-    cfg = lab.ssh("vm1", "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg || true")
-    return f":{WRITE_PORT}/" in cfg
-
-
 @pytest.fixture(scope="module")
 def migrated(lab: Lab) -> None:
-    if not airflow_on_cluster(lab):
-        lab.reset_to_provisioned()
-        lab.api.unpause(MIGRATION)
-        run_id = lab.api.trigger(MIGRATION, {})
-        assert lab.api.wait(MIGRATION, run_id, timeout=2400) == "success", lab.failure_report(MIGRATION, run_id)
-        assert lab.wait_for_cutover()["outcome"] == "success"
+    lab.ensure_migrated()
 
 
 def test_vm4_cannot_reach_etcd_patroni_or_postgres_without_the_cluster_credentials(lab: Lab, migrated: None) -> None:
