@@ -15,6 +15,7 @@ again afterwards.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -26,6 +27,11 @@ from pghalab import cluster_api
 pytestmark = pytest.mark.lab
 
 DAG = "pg_ha_failover_drill"
+# The lab's hosts share two cores with everything else on the machine: RTO is measured by
+# bench/failover_drill.py against the inventory's SLOs; these tests judge behaviour (no acknowledged
+# write lost, the leader moved, the cluster whole again), so they give the RTO a budget no healthy
+# failover exceeds.
+BEHAVIOUR_ONLY = {"rto_slo_s": 120}
 SCENARIOS = ("switchover", "patroni_stop", "postmaster_kill", "host_crash", "host_isolate")
 
 
@@ -77,7 +83,7 @@ def test_drill_keeps_every_write_and_the_cluster_whole(lab: Lab, migrated: None,
     lab.unpause_settled(DAG)  # the scheduled drill that unpausing starts runs (and ends) first
     try:
         wait_whole()
-        run_id = lab.api.trigger(DAG, {"scenario": scenario})
+        run_id = lab.api.trigger(DAG, {"scenario": scenario, **BEHAVIOUR_ONLY})
         state = lab.api.wait(DAG, run_id, timeout=1800, progress=lab.progress(DAG, run_id))
     finally:
         lab.api.pause(DAG)  # no run of the scheduler's own during the checks below or the next test
@@ -97,9 +103,10 @@ def test_drill_keeps_every_write_and_the_cluster_whole(lab: Lab, migrated: None,
     assert lab.api.run_state(DAG, run_id) == "success"  # the drilled cluster holds Airflow's own DB
 
 
-# TODO: not yet passed on the lab. Their first CI run failed before any drill ran (the lab tests' HTTPS
-# client, fixed); they stay out of the landing gate until a lab run has passed them: unskip then.
-NOT_YET_PASSED = pytest.mark.skip(reason="new lab test, not yet passed on the lab: see the TODO above it")
+# TODO: not yet passed on the lab; they stay out of the landing gate until a lab run has passed them
+# (PGHA_LAB_UNPROVEN=1 runs them anyway): unskip then.
+NOT_YET_PASSED = pytest.mark.skipif(not os.environ.get("PGHA_LAB_UNPROVEN"),
+                                    reason="new lab test, not yet passed on the lab: see the TODO above it")
 
 
 @NOT_YET_PASSED
@@ -131,7 +138,7 @@ def test_two_nightly_drills_in_a_row_drill_different_scenarios(lab: Lab, migrate
     lab.unpause_settled(DAG)
     for day in ("2026-11-30T03:00:00+00:00", "2026-12-01T03:00:00+00:00"):
         wait_whole(300)
-        run_id = lab.api.trigger(DAG, {}, logical_date=day)  # the Param's default: the rotation
+        run_id = lab.api.trigger(DAG, dict(BEHAVIOUR_ONLY), logical_date=day)  # scenario: the rotation
         state = lab.api.wait(DAG, run_id, timeout=1800, progress=lab.progress(DAG, run_id))
         assert state == "success", lab.failure_report(DAG, run_id)
         row = history_row(lab, run_id)

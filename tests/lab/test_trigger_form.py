@@ -6,6 +6,8 @@ trigger dialog may need adjusting to the lab's Airflow release.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from lab_fixtures import Lab
 
@@ -16,7 +18,8 @@ DAG = "pg_ha_migration"
 
 # TODO: the first lab run clicked Trigger but found no dialog ([role='dialog'] never became visible):
 # the selectors of trigger_form_browser.py must be matched against Airflow 3.3's UI on a live lab.
-@pytest.mark.skip(reason="trigger dialog selectors not yet matched against the live Airflow UI (TODO in the file)")
+@pytest.mark.skipif(not os.environ.get("PGHA_LAB_UNPROVEN"),
+                    reason="trigger dialog selectors not yet matched against the live Airflow UI (TODO in the file)")
 def test_the_trigger_form_guides_an_operator(lab: Lab) -> None:
     """Phases as a multi-select with the runbook's titles, the dry_run and approve_cutover Params shown
     with their titles and help; the screenshot goes into the closing note of issue 13."""
