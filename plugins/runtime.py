@@ -10,13 +10,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pgha.compat import AirflowException, AirflowNotFoundException, AirflowSkipException, BaseHook
 
 from pgha.inventory import Host, Inventory, load_inventory
 from pgha.osfamily import FAMILIES, OsFamily
-from pgha import tls
+from pgha import airflowcfg, tls
 
 if TYPE_CHECKING:  # the hooks are imported where a task first needs one, not with the model
     from pgha.hooks.drill import DrillProbeHook
@@ -82,6 +82,33 @@ def client_tls(conn_id: str) -> tls.ClientTLS:
     if conn_id not in _CLIENT_TLS or tls.days_left(_CLIENT_TLS[conn_id].cert_pem) < 0.5:
         _CLIENT_TLS[conn_id] = tls.ClientTLS.for_ca(cluster_ca(conn_id))
     return _CLIENT_TLS[conn_id]
+
+
+class RepointedConfig(NamedTuple):
+    current: str  # the host's airflow.cfg as it is
+    live_url: str  # its [database] sql_alchemy_conn ("postgresql://" when it has none)
+    new: str  # the same text pointing at the new address (``current`` when it already does)
+
+
+def repoint_airflow_config(remote: RemoteHook, inventory: Inventory, host: str, address: str, port: int,
+                           verify_ca: str | None = None) -> RepointedConfig:
+    """
+    Airflow host ``host``'s airflow.cfg (``airflow.hosts[].config``, read through ``remote``; a missing
+    file is refused) and the same text with ``[database] sql_alchemy_conn`` (and Celery's
+    ``result_backend``) pointing at ``address:port`` as the app login (``postgres.app_conn_id``, its
+    password made a secret of ``remote``), keeping the live URL's scheme (driver). ``verify_ca``: see
+    ``airflowcfg.database_url``. Nothing is written.
+    """
+    config = inventory.airflow_host(host).config
+    current = remote.read_file(config)
+    if current is None:
+        raise AirflowException(f"[{host}] {config} does not exist (airflow.hosts[].config)")
+    app = credentials(inventory.postgres.app_conn_id, f"login of {inventory.postgres.owner}")
+    remote.add_secret(app.password)
+    live_url = airflowcfg.get_option(current, "database", "sql_alchemy_conn") or "postgresql://"
+    url = airflowcfg.database_url(app.login, app.password, address, port, inventory.postgres.database,
+                                  scheme=live_url.split("://")[0], verify_ca=verify_ca)
+    return RepointedConfig(current, live_url, airflowcfg.repoint(current, url, "db+" + url))
 
 
 class InventoryMixin:

@@ -40,7 +40,9 @@ from pgha import tls as _tls  # noqa: E402
 
 os.environ["AIRFLOW_CONN_PGHA_CA"] = json.dumps(_tls.connection_json(TEST_CA))  # this process's own (xdist workers too)
 
-pytest_plugins = ["recording_host"]  # the `fleet` fixture: fake hosts for fast operator tests
+# recording_host: the `fleet` fixture (fake hosts for fast operator tests); pg_pair: the `source` and
+# `cluster` fixtures (real loopback PostgreSQL instances, one each per test module)
+pytest_plugins = ["recording_host", "pg_pair"]
 from fixture_secrets import (  # noqa: E402
     PATRONI_REPLICATION_PASSWORD,
     PATRONI_REST_PASSWORD,

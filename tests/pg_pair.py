@@ -1,17 +1,24 @@
-"""Two loopback PostgreSQL instances as the migration's source and cluster, with an Airflow-like database."""
+"""Two loopback PostgreSQL instances as the migration's source and cluster, with an Airflow-like database.
+
+``source`` and ``cluster`` (pytest fixtures, conftest loads this module as a plugin): one real instance
+each per test module that asks for it (superuser ``postgres`` / POSTGRES_PASSWORD), stopped after it.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
-from fixture_secrets import AIRFLOW_DB_PASSWORD
+import pytest
+from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
 from services import (
     PG_BIN_DIR,
     PostgresService,
     _pg_ready,
     spawn,
+    start_postgres,
     stop_postmaster,
     wait_until,
 )
@@ -92,3 +99,23 @@ def add_bulk(svc: PostgresService, rows: int) -> None:
     sql(owner(svc), "CREATE TABLE IF NOT EXISTS bulk (id int PRIMARY KEY, payload text)", "TRUNCATE bulk")
     sql(owner(svc), "INSERT INTO bulk SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, %s) g",
         params=(rows,))
+
+
+def _instance(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[PostgresService]:
+    svc = start_postgres(tmp_path_factory.mktemp(name), password=POSTGRES_PASSWORD)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    """The migration's source: a real loopback PostgreSQL for the test module."""
+    yield from _instance(tmp_path_factory, "source")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    """The cluster (as reached through HAProxy): a real loopback PostgreSQL for the test module."""
+    yield from _instance(tmp_path_factory, "cluster")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from pg_pair import (
     superuser,
     write_pgpass,
 )
-from services import PostgresService, start_postgres
+from services import PostgresService
 
 from pgha import cutover, pgdata
 from pgha.cutover import RESUME_UNIT, Agent
@@ -39,22 +38,10 @@ NEW_CFG = "[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    svc = start_postgres(tmp_path_factory.mktemp("source"), password=POSTGRES_PASSWORD)
-    try:
-        yield svc
-    finally:
-        svc.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    svc = start_postgres(tmp_path_factory.mktemp("cluster"), password=POSTGRES_PASSWORD)
-    try:
-        ensure_owner(svc)
-        yield svc
-    finally:
-        svc.stop()
+def cluster(cluster: PostgresService) -> PostgresService:
+    """pg_pair's cluster, with the Airflow owner role every agent run logs in as."""
+    ensure_owner(cluster)
+    return cluster
 
 
 class RecordingUnits:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from pgha.compat import AirflowFailException, TaskDeferred
 from fixture_secrets import POSTGRES_PASSWORD
 from pg_pair import DATABASE, OWNER, ensure_owner, sql, superuser
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
-from services import PostgresService, SshdService, start_postgres
+from services import PostgresService, SshdService
 
 from pgha import pgdata
 from pgha.sensors.airflow import CutoverOutcomeSensor
@@ -23,15 +22,6 @@ RUN = "pgha-cutover-1780000000"
 STEPS = [{"step": "stop", "ok": True, "seconds": 1.5}, {"step": "drain", "ok": True, "seconds": 0.5},
          {"step": "copy", "ok": True, "seconds": 4.0}, {"step": "start", "ok": True, "seconds": 2.0},
          {"step": "healthy", "ok": True, "seconds": 9.0}]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    svc = start_postgres(tmp_path_factory.mktemp("outcome-cluster"), password=POSTGRES_PASSWORD)
-    try:
-        yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.fixture

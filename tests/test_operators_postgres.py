@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from pg_pair import (
     write_pgpass,
 )
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
-from services import PostgresService, SshdService, start_postgres
+from services import PostgresService, SshdService
 from test_cutover_agent import pipelines_of
 
 from pgha import pgdata
@@ -44,24 +43,6 @@ from pgha.sensors.postgres import LogicalSyncSensor
 pytestmark = pytest.mark.xdist_group("run_dir")
 
 DUMP = {"params": {"migration_method": "dump_restore"}}
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    svc = start_postgres(tmp_path_factory.mktemp("op-source"), password=POSTGRES_PASSWORD)
-    try:
-        yield svc
-    finally:
-        svc.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    svc = start_postgres(tmp_path_factory.mktemp("op-cluster"), password=POSTGRES_PASSWORD)
-    try:
-        yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.fixture

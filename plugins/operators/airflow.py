@@ -10,13 +10,13 @@ from dataclasses import replace
 from typing import Any
 
 from pgha.compat import AirflowException, AirflowSkipException
-from pgha import airflowcfg, airflowenv, pgdata, tls
+from pgha import airflowenv, pgdata, tls
 from pgha.cutover import BACKUP_DIR, PGPASS, STAGED_CONFIG, STATE_DIR
 from pgha.render import render
 from pgha.hooks.postgres import node_endpoint
 from pgha.hooks.remote import RemoteHook
 from pgha.pgdata import Endpoint
-from pgha.runtime import credentials
+from pgha.runtime import repoint_airflow_config
 
 from pgha.operators.base import HostOperator, PghaOperator
 
@@ -73,16 +73,9 @@ class StageAirflowConfigOperator(HostOperator):
     def run(self, context: Any) -> Any:
         inv = self.inventory
         remote = self.remote(self.host)
-        current = remote.read_file(self.config_path)
-        if current is None:
-            raise AirflowException(f"[{self.host}] {self.config_path} does not exist (airflow.hosts[].config)")
-        app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
-        remote.add_secret(app.password)
         haproxy_address = "127.0.0.1" if self.host == inv.haproxy.host else inv.host(inv.haproxy.host).address
-        scheme = (airflowcfg.get_option(current, "database", "sql_alchemy_conn") or "postgresql://").split("://")[0]
-        url = airflowcfg.database_url(app.login, app.password, haproxy_address, inv.haproxy.write_port,
-                                      inv.postgres.database, scheme=scheme, verify_ca=self._verify_ca())
-        new = airflowcfg.repoint(current, url, "db+" + url)
+        current, _, new = repoint_airflow_config(remote, inv, self.host, haproxy_address, inv.haproxy.write_port,
+                                                 verify_ca=self._verify_ca())
         if new == current:
             remote.run(f"rm -f {shlex.quote(STAGED_CONFIG)}")
             self.unchanged(f"{self.config_path} already points at HAProxy")

@@ -32,7 +32,7 @@ from pgha.osfamily import PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut
 from pgha.pgdata import Endpoint
 from pgha.render import render
-from pgha.runtime import credentials
+from pgha.runtime import credentials, repoint_airflow_config
 
 from pgha.operators.base import HostOperator, PghaOperator
 
@@ -241,16 +241,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         inv = self.inventory
         airflow_host = self.inventory.airflow_host(self.host)
         remote = self.remote(self.host)
-        current = remote.read_file(airflow_host.config)
-        if current is None:
-            raise AirflowException(f"[{self.host}] {airflow_host.config} does not exist (airflow.hosts[].config)")
-        app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
-        remote.add_secret(app.password)
-        live_url = airflowcfg.get_option(current, "database", "sql_alchemy_conn") or "postgresql://"
-        scheme = live_url.split("://")[0]
-        url = airflowcfg.database_url(app.login, app.password, "127.0.0.1", self.listen_port, inv.postgres.database,
-                                      scheme=scheme)
-        wanted = airflowcfg.repoint(current, url, "db+" + url)
+        current, live_url, wanted = repoint_airflow_config(remote, inv, self.host, "127.0.0.1", self.listen_port)
         if wanted == current:
             self.unchanged(f"{airflow_host.config} already points at PgBouncer 127.0.0.1:{self.listen_port}")
             return {"moved": False}
