@@ -56,6 +56,16 @@ def test_lag_bound_and_roles_from_a_cluster_document() -> None:
     assert cluster.problems(2, max_lag_bytes=1024) == ["c lags 50000000 bytes (bound 1024)"]
 
 
+def test_members_not_serving_are_named_with_why() -> None:
+    """A degraded cluster's reason names the member at fault, not only the ones that are fine."""
+    cluster = PatroniCluster(members=[
+        {"name": "a", "role": "leader", "state": "running"},
+        {"name": "b", "role": "replica", "state": "stopped"},
+    ])
+    assert cluster.not_serving(["a", "b", "c"]) == [
+        "b is replica/stopped", "c is not in the Patroni cluster (is Patroni running there?)"]
+
+
 def test_deferrable_sensor_trigger_fires_with_the_leader(patroni: PatroniService) -> None:
     sensor = PatroniLeaderSensor(task_id="p", api_urls=[patroni.rest_url], expected_replicas=1, deferrable=True,
                                  timeout=30, poke_interval=1)

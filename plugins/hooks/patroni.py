@@ -44,6 +44,20 @@ class PatroniCluster:
     def member(self, name: str) -> dict[str, Any] | None:
         return next((m for m in self.members if m["name"] == name), None)
 
+    def not_serving(self, expected_members: list[str]) -> list[str]:
+        """Each expected member that neither leads nor streams, and why (absent, stopped, lagging...)."""
+        out = []
+        serving = set(self.leaders) | set(self.streaming_replicas)
+        for name in expected_members:
+            if name in serving:
+                continue
+            member = self.member(name)
+            if member is None:
+                out.append(f"{name} is not in the Patroni cluster (is Patroni running there?)")
+            else:
+                out.append(f"{name} is {member.get('role')}/{member.get('state')}")
+        return out
+
     def problems(
         self,
         expected_replicas: int,

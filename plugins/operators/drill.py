@@ -206,6 +206,7 @@ class DrillPrecheckOperator(PghaOperator):
         reasons = ["Patroni is paused (maintenance mode)"] if cluster.paused else []
         lag = max_lag_override if max_lag_override is not None else inv.drill.max_lag_bytes
         reasons += cluster.problems(len(inv.database_nodes) - 1, require_sync=True, max_lag_bytes=lag)
+        reasons += cluster.not_serving(list(inv.database_nodes))
         etcd = EtcdHook(self.etcd_endpoints(), tls=self.client_tls(), auth_conn_id=self.etcd_auth_conn_id())
         reasons += [f"etcd: {p}" for p in etcd.report().problems(list(inv.database_nodes))]
         reasons += self._certificate_reasons()
