@@ -168,9 +168,10 @@ def test_a_drill_skipped_on_a_degraded_cluster_mails_the_reason(mailbox: Mailbox
     [message] = mailbox.wait_for()
     text = body(message)
     assert message["Subject"] == ("pgha: pg_ha_failover_drill precheck skipped: cluster not healthy, not drilling: "
-                                  "expected exactly one leader, found none")
+                                  "expected exactly one leader, found none; psg1 is replica/stopped")
     assert "task:   precheck skipped" in text and "run:    scheduled__2026-01-02T03:00:00+00:00" in text
-    assert "reason:\ncluster not healthy, not drilling: expected exactly one leader, found none" in text
+    assert ("reason:\ncluster not healthy, not drilling: expected exactly one leader, found none; "
+            "psg1 is replica/stopped") in text
     run = "scheduled__2026-01-02T03%3A00%3A00%2B00%3A00"
     assert f'log:    <a href="{BASE_URL}/dags/pg_ha_failover_drill/runs/{run}/tasks/precheck">' in text
     assert apis.changes() == []

@@ -15,7 +15,6 @@ again afterwards.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -103,13 +102,6 @@ def test_drill_keeps_every_write_and_the_cluster_whole(lab: Lab, migrated: None,
     assert lab.api.run_state(DAG, run_id) == "success"  # the drilled cluster holds Airflow's own DB
 
 
-# TODO: not yet passed on the lab; they stay out of the landing gate until a lab run has passed them
-# (PGHA_LAB_UNPROVEN=1 runs them anyway): unskip then.
-NOT_YET_PASSED = pytest.mark.skipif(not os.environ.get("PGHA_LAB_UNPROVEN"),
-                                    reason="new lab test, not yet passed on the lab: see the TODO above it")
-
-
-@NOT_YET_PASSED
 def test_a_degraded_cluster_skips_the_drill_and_mails_why(lab: Lab, migrated: None) -> None:
     """A drill on a cluster that is not whole would test nothing and risk everything: the precheck
     skips, and the skip is news (a night without a drill), so it is mailed with the reason."""
@@ -131,7 +123,6 @@ def test_a_degraded_cluster_skips_the_drill_and_mails_why(lab: Lab, migrated: No
     wait_whole(300)
 
 
-@NOT_YET_PASSED
 def test_two_nightly_drills_in_a_row_drill_different_scenarios(lab: Lab, migrated: None) -> None:
     """The rotation: each night's scenario comes from its date, so consecutive nights differ."""
     scenarios = []
@@ -149,7 +140,6 @@ def test_two_nightly_drills_in_a_row_drill_different_scenarios(lab: Lab, migrate
     wait_whole(300)
 
 
-@NOT_YET_PASSED
 def test_the_drill_page_shows_the_history_in_a_browser(lab: Lab, migrated: None) -> None:
     """An operator's view: log into Airflow's UI in a real (headless) Chromium, open the drill page
     from Airflow's menu, and read per scenario what pgha_drill_history holds."""
