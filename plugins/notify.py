@@ -171,13 +171,7 @@ def alert_failure(context: Any) -> None:
     except Exception as exc:  # the failure may be the inventory itself
         log.error("pgha alert NOT SENT for %s: the inventory cannot be read: %s", alert.subject, exc)
         return
-    try:
-        sent = send(inventory, alert, context)
-    except AlertNotSent as exc:
-        log.error("pgha alert NOT SENT for %s: %s", alert.subject, exc)
-        return
-    if sent:
-        log.info("pgha alert sent: %s", alert.subject)
+    send_or_log(inventory, alert, context)
 
 
 def alert_skip(context: Any, inventory: Inventory, reason: str) -> bool:
@@ -196,14 +190,18 @@ def ask_approver(context: Any, inventory: Inventory, subject: str, body: str) ->
     answer). Never raises: the request waits in Airflow whether or not the message went out."""
     reason = f"{subject}\n\n{body.strip()}\n\nApprove or reject it in Airflow: the task's page above, or Browse > " \
              "Required Actions. Until someone answers, nothing is stopped and nothing moves."
-    alert = alert_from_context(context, "awaits approval", reason)
+    return send_or_log(inventory, alert_from_context(context, "awaits approval", reason), context)
+
+
+def send_or_log(inventory: Inventory, alert: Alert, context: Any) -> bool:
+    """``send``, for a caller that goes on either way: a notifier's failure is logged as an error."""
     try:
         sent = send(inventory, alert, context)
     except AlertNotSent as exc:
-        log.error("pgha approval request NOT SENT for %s: %s", alert.subject, exc)
+        log.error("pgha alert NOT SENT for %s: %s", alert.subject, exc)
         return False
     if sent:
-        log.info("pgha approval request sent: %s", alert.subject)
+        log.info("pgha alert sent: %s", alert.subject)
     return sent
 
 
