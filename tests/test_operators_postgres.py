@@ -151,11 +151,10 @@ def test_start_logical_replication_skips_for_dump_restore(inventory: str) -> Non
 def test_cutover_arms_the_agent_module_with_the_airflow_python(inventory: str) -> None:
     from pgha.operators.airflow import CutoverOperator
 
-    op = CutoverOperator(task_id="cutover", inventory_path=inventory, delay=20)
+    op = CutoverOperator(task_id="cutover", inventory_path=inventory)
     assert op.agent_command("pgha-cutover-1", "/opt/airflow/venv/bin/python") == [
-        "systemd-run", "--quiet", "--collect", "--unit=pgha-cutover-1", "--on-active=20",
-        "--timer-property=AccuracySec=100ms", "/opt/airflow/venv/bin/python", "-m", "pgha.cutover",
-        "/etc/pgha/cutover.json",
+        "systemd-run", "--quiet", "--collect", "--unit=pgha-cutover-1", "/opt/airflow/venv/bin/python", "-m",
+        "pgha.cutover", "/etc/pgha/cutover.json",
     ]
 
 
