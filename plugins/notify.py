@@ -1,4 +1,5 @@
-"""Alerts through Airflow's notifiers: a task that failed for good, a drill that skipped.
+"""Alerts through Airflow's notifiers: a task that failed for good, a drill that skipped, a cutover that
+awaits a person's approval.
 
 The inventory's ``notify:`` section names the notifier: ``smtp`` (the default,
 Airflow's SMTP provider: ``conn_id``, ``to``, ``from``) or any notifier class as
@@ -187,6 +188,22 @@ def alert_skip(context: Any, inventory: Inventory, reason: str) -> bool:
     sent = send(inventory, alert, context)
     if sent:
         log.info("pgha alert sent: %s", alert.subject)
+    return sent
+
+
+def ask_approver(context: Any, inventory: Inventory, subject: str, body: str) -> bool:
+    """Tell the inventory's recipients that a cutover waits for their approval (what it will do, where to
+    answer). Never raises: the request waits in Airflow whether or not the message went out."""
+    reason = f"{subject}\n\n{body.strip()}\n\nApprove or reject it in Airflow: the task's page above, or Browse > " \
+             "Required Actions. Until someone answers, nothing is stopped and nothing moves."
+    alert = alert_from_context(context, "awaits approval", reason)
+    try:
+        sent = send(inventory, alert, context)
+    except AlertNotSent as exc:
+        log.error("pgha approval request NOT SENT for %s: %s", alert.subject, exc)
+        return False
+    if sent:
+        log.info("pgha approval request sent: %s", alert.subject)
     return sent
 
 

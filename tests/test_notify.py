@@ -381,3 +381,41 @@ def test_a_mapped_task_on_a_host_names_the_host_and_its_map_index() -> None:
         "DAG:    pg_ha_migration\nrun:    manual__1\ntask:   phase4_patroni.configure_patroni[1] failed (try 3)\n"
         f"host:   psg2\nlog:    {ti.log_url}\n\nreason:\npatroni.yml invalid\n")
     assert alert.subject == "pgha: pg_ha_migration phase4_patroni.configure_patroni[1] failed: patroni.yml invalid"
+
+
+# ------------------------------------------------------------------ a cutover that awaits approval
+
+
+class SourceFacts:
+    """The task instance as the approval reads it: the source database's size from preflight's XCom."""
+
+    dag_id, run_id, task_id, map_index, try_number = "pg_ha_migration", "manual__2026-12-04", "approve_cutover", -1, 1
+    log_url = f"{BASE_URL}/dags/pg_ha_migration/runs/manual__2026-12-04/tasks/approve_cutover"
+
+    def xcom_pull(self, task_ids: str) -> dict[str, Any]:
+        return {"result": {"size_bytes": 1180 * 1024**2, "size": "1180 MB"}}
+
+
+def test_an_approval_that_waits_is_mailed_with_what_the_cutover_will_do(
+        mailbox: Mailbox, fleet: Fleet, tmp_path: Path, logins: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgha.operators import approval
+
+    if approval.ApprovalOperator is None:
+        pytest.skip(f"no human-in-the-loop operator in this Airflow: {approval.HITL_MISSING}")
+    waited: list[str] = []
+
+    def wait_for_a_person(self: Any, context: Any) -> None:  # the HITL operator's own calls, without its supervisor
+        for notifier in self.notifiers:
+            notifier(context)
+        waited.append(self.subject)
+
+    monkeypatch.setattr(approval.ApprovalOperator, "execute", wait_for_a_person)
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, notify=notify_section())
+    op = approval.CutoverApprovalOperator(task_id="approve_cutover", inventory_path=inventory)
+    op.execute({"params": {"approve_cutover": True}, "ti": SourceFacts(), "run_id": "manual__2026-12-04"})
+    [message] = mailbox.wait_for()
+    assert message["Subject"].startswith(f"pgha: pg_ha_migration approve_cutover awaits approval: {waited[0]}")
+    text = body(message)
+    assert "1180 MB" in text and "dump_restore" in text and "Browse &gt; Required Actions" in text
+    assert f'log:    <a href="{SourceFacts.log_url}">' in text
+    assert fleet.hosts and all(host.mutations() == [] for host in fleet.hosts.values())

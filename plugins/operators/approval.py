@@ -15,16 +15,28 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from pgha.compat import AirflowFailException, AirflowSkipException
 
+from pgha import notify
 from pgha.approval import cutover_summary
 from pgha.runtime import InventoryMixin
 
 try:
     from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk.bases.notifier import BaseNotifier
 except Exception as exc:  # Airflow 3.0: "Human in the loop functionality needs Airflow 3.1+."
     ApprovalOperator = None
     HITL_MISSING: str | None = f"{type(exc).__name__}: {exc}"
 else:
     HITL_MISSING = None
+
+    class ApprovalRequest(BaseNotifier):
+        """The human-in-the-loop operator's notifier: the inventory's recipients hear that an approval waits."""
+
+        def __init__(self, *, inventory: Any, subject: str, body: str) -> None:
+            super().__init__()
+            self.inventory, self.subject, self.body = inventory, subject, body
+
+        def notify(self, context: Any) -> None:
+            notify.ask_approver(context, self.inventory, self.subject, self.body)
 
 _Approval: type = ApprovalOperator or BaseOperator
 
@@ -34,7 +46,8 @@ class CutoverApprovalOperator(InventoryMixin, _Approval):  # type: ignore[misc, 
     Before the cutover, when the run's ``approve_cutover`` param is on: asks a person (Airflow's
     Required Actions page) to approve the cutover, with what it will do: the database's size, the
     method, the expected stopped window, the hosts whose Airflow restarts. Approve: the cutover
-    starts. Reject: the cutover and every task after it skip. Skips when ``approve_cutover`` is
+    starts. Reject: the cutover and every task after it skip. The inventory's ``notify:`` recipients
+    are told that an approval waits, with the same text. Skips when ``approve_cutover`` is
     off, in a dry run and when phase 8 is not selected. On Airflow 3.0, which has no
     human-in-the-loop operator, it fails when an approval is asked for: the cutover does not start.
 
@@ -71,6 +84,8 @@ class CutoverApprovalOperator(InventoryMixin, _Approval):  # type: ignore[misc, 
                 f"or later; {HITL_MISSING}): the cutover does not start unapproved. Upgrade Airflow, or trigger "
                 "the run again without approve_cutover and watch it instead.")
         self.subject, self.body = self.summary(context)
+        self.notifiers = [*self.notifiers, ApprovalRequest(inventory=self.inventory, subject=self.subject,
+                                                           body=self.body)]
         self.log.info("asking for approval: %s\n%s", self.subject, self.body)
         return super().execute(context)
 
