@@ -10,9 +10,10 @@ task is the scheduler's child: restarting the scheduler from a task would kill
 the task), and it changes nothing until Airflow has recorded that task as a
 success (``await_task``: ``airflow tasks state`` with the units' own
 environment, every ``task_poll_seconds``): the task is then over, and none of
-its processes can be cut by the stop. A task that ends otherwise, or is not a
-success within ``task_timeout``, leaves the agent to record "not_started",
-having changed nothing. It runs as root,
+its processes can be cut by the stop. A task that ends otherwise leaves the
+agent to record "not_started", having changed nothing; so does a primary whose
+Airflow cannot confirm the success within ``task_timeout``, while a follower
+that cannot confirm it follows the primary's decision (never left behind alone). It runs as root,
 outside any task: it needs pgha and psycopg2 (installed with pgha into the
 Airflow units' Python), not Airflow's runtime. Settings come from a 0600 JSON file, passwords from a
 0600 pgpass file: nothing secret on a command line. Every PostgreSQL step is
@@ -335,6 +336,10 @@ class NotStarted(RuntimeError):
     """The agent did not begin: the task that armed it is not a success. Nothing was changed."""
 
 
+class TaskUnconfirmed(NotStarted):
+    """This host's Airflow did not say, in time, that the arming task succeeded."""
+
+
 class Agent:
     def __init__(self, settings: dict[str, Any], units: AirflowUnits | None = None, *,
                  settings_path: str | None = None, resuming: bool = False) -> None:
@@ -415,13 +420,21 @@ class Agent:
             if state in TASK_ENDED:
                 raise NotStarted(f"{shown} ended {state}: nothing was changed")
             if time.time() + interval > deadline:
-                raise NotStarted(f"{shown} not a success after {timeout:g}s (last seen: {state}): nothing was changed")
+                raise TaskUnconfirmed(f"{shown} not a success after {timeout:g}s (last seen: {state})")
             time.sleep(interval)
 
     def began(self) -> bool:
-        """The arming task succeeded (go on), else "not_started" is recorded (False)."""
+        """The arming task succeeded: go on. It ended otherwise: "not_started" is recorded, nothing changed
+        (False). Unconfirmed in time: the primary does not begin; a follower follows the primary's decision
+        (it stops its units and goes where the primary went), so that no host is left behind on its own."""
         try:
             self.step("await_task", self.await_task)
+        except TaskUnconfirmed as exc:
+            if self.s["role"] == "follower":
+                self.log(f"{exc}: following the source host's decision instead")
+                return True
+            self.record("not_started", f"{exc}: nothing was changed")
+            return False
         except NotStarted as exc:
             self.record("not_started", str(exc))
             return False

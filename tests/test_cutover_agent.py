@@ -384,11 +384,11 @@ def test_the_agent_begins_once_airflow_records_the_arming_task_a_success(tmp_pat
     assert log.index(f"{shown}: success") < log.index("step stop: begin")
 
 
-@pytest.mark.parametrize("role", ["primary", "follower"])
-@pytest.mark.parametrize(("states", "why"), [
-    (["running", "failed"], "ended failed: nothing was changed"),
-    (["up_for_retry", "upstream_failed"], "ended upstream_failed: nothing was changed"),
-    (["running"], "not a success after 0.05s (last seen: running): nothing was changed"),
+@pytest.mark.parametrize(("role", "states", "why"), [
+    ("primary", ["running", "failed"], "ended failed: nothing was changed"),
+    ("follower", ["running", "failed"], "ended failed: nothing was changed"),
+    ("follower", ["up_for_retry", "upstream_failed"], "ended upstream_failed: nothing was changed"),
+    ("primary", ["running"], "not a success after 0.05s (last seen: running): nothing was changed"),
 ])
 def test_an_arming_task_that_is_not_a_success_leaves_everything_as_it_was(
         tmp_path: Path, source: PostgresService, cluster: PostgresService, role: str, states: list[str],
@@ -403,6 +403,23 @@ def test_an_arming_task_that_is_not_a_success_leaves_everything_as_it_was(
     assert units.calls == [] and units.resume_calls == [], "no unit stopped, no resume armed"
     assert Path(s["config"]).read_text() == OLD_CFG and Path(s["staged"]).read_text() == NEW_CFG
     assert not Path(s["state_file"]).exists() and cluster_comment(cluster) == mark
+
+
+@pytest.mark.parametrize("primary", ["success", "not_started"])
+def test_a_follower_that_cannot_confirm_the_task_follows_the_primary(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService, primary: str) -> None:
+    """Its Airflow cannot say: it must not stay behind on its own config while the primary moves on."""
+    s = settings(tmp_path, source, cluster, role="follower", task_timeout=0.05, follower_timeout=10)
+    primary_recorded(cluster, s["run_id"], primary)
+    units = RecordingUnits(task_states=[RuntimeError("airflow: cannot connect to the metadata database")])
+    assert Agent(s, units=units).run() == (0 if primary == "success" else 1)
+    record = record_of(cluster, s["run_id"], "follower")
+    assert record["outcome"] == ("success" if primary == "success" else "rolled_back"), record
+    assert units.calls == (["stop", "db_check", "start", "check_active"] if primary == "success"
+                           else ["stop", "restart"])
+    log = (Path(s["log_dir"]) / f"cutover-{s['run_id']}.log").read_text()
+    assert "not a success after 0.05s (last seen: unknown (airflow: cannot connect to the metadata database)): " \
+           "following the source host's decision instead" in log
 
 
 # ------------------------------------------------------------------ followers: forward only; crash safety
