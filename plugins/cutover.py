@@ -235,7 +235,8 @@ def endpoint(settings: dict[str, Any], side: str, dbname: str) -> Endpoint:
     """The ``source`` or ``cluster`` endpoint of the settings; the password is in the pgpass file."""
     where = settings[side]
     return Endpoint(host=where["host"], port=int(where["port"]), user=where["user"], dbname=dbname,
-                    passfile=settings["pgpass"], connect_timeout=10)
+                    passfile=settings["pgpass"], connect_timeout=10, sslmode=where.get("sslmode"),
+                    sslrootcert=where.get("sslrootcert"))
 
 
 class AirflowUnits:

@@ -7,6 +7,7 @@ import configparser
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pgha.compat import AirflowException
@@ -58,8 +59,8 @@ def logins(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------ CutoverOperator: arming
 
 
-def staged_fleet(fleet: Fleet, tmp_path: Path, os: str) -> str:
-    inventory = fleet_inventory(fleet, tmp_path, os, edit=add_web_host)
+def staged_fleet(fleet: Fleet, tmp_path: Path, os: str, **sections: Any) -> str:
+    inventory = fleet_inventory(fleet, tmp_path, os, edit=add_web_host, **sections)
     for name, config, unit in (("vm1", LIVE_CFG, "airflow-scheduler"), ("web1", WEB_CFG, "airflow-api-server")):
         airflow_host(fleet[name], config, unit)
         fleet[name].dirs["/var/lib/pgha"] = ("root", "root", "700")
@@ -147,6 +148,15 @@ def test_each_agent_is_told_which_task_instance_must_succeed_before_it_begins(fl
         settings = json.loads(fleet[name].files["/etc/pgha/cutover.json"].content)
         assert settings["task"] == {"dag_id": "pg_ha_migration", "task_id": "cutover",
                                     "run_id": "manual__2026-12-04T10:00:00+00:00"}
+
+
+def test_with_tls_every_agent_verifies_the_cluster_with_its_hosts_ca(fleet: Fleet, tmp_path: Path,
+                                                                      logins: None) -> None:
+    inventory = staged_fleet(fleet, tmp_path, DEBIAN_12, tls={"enabled": True})
+    cutover(inventory)
+    for name in ("vm1", "web1"):
+        cluster = json.loads(fleet[name].files["/etc/pgha/cutover.json"].content)["cluster"]
+        assert cluster["sslmode"] == "verify-full" and cluster["sslrootcert"] == "/etc/pgha/tls/ca.crt", cluster
 
 
 def test_a_primary_that_cannot_start_stops_the_followers_agent(fleet: Fleet, tmp_path: Path, logins: None,

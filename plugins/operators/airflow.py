@@ -6,7 +6,6 @@ import json
 import re
 import shlex
 import time
-from dataclasses import replace
 from typing import Any
 
 from pgha.compat import AirflowException, AirflowSkipException
@@ -83,11 +82,9 @@ class StageAirflowConfigOperator(HostOperator):
             self.note(f"{STATE_DIR} root-only", self.host_hook(self.host).ensure_directory(STATE_DIR, mode="0700"))
             staged = remote.put_file(STAGED_CONFIG, new, mode="0600", secret=True)
             self.note(f"{STAGED_CONFIG} staged (for {self.config_path})", staged.changed)
-        through_haproxy = node_endpoint(inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address,
-                                        port=inv.haproxy.write_port, database=inv.postgres.database)
-        client = self.client_tls()
-        if client is not None:  # as Airflow will connect: verify-full, HAProxy's address in the member's certificate
-            through_haproxy = replace(through_haproxy, sslmode="verify-full", sslrootcert=client.files().ca)
+        # as Airflow will connect: verify-full with TLS on, HAProxy's address in the member's certificate
+        through_haproxy = self.verified(node_endpoint(inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address,
+                                                      port=inv.haproxy.write_port, database=inv.postgres.database))
         with pgdata.session(through_haproxy) as conn:
             in_recovery = pgdata.scalar(conn, pgdata.statement("in_recovery.sql"))
         if in_recovery is not False:
@@ -187,8 +184,8 @@ class CutoverOperator(PghaOperator):
 
     def _cluster_is_live(self) -> bool:
         inv = self.inventory
-        admin = node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                              port=inv.haproxy.write_port, database="postgres")
+        admin = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                            port=inv.haproxy.write_port, database="postgres"))
         with pgdata.session(admin) as conn:
             return pgdata.is_live(conn, inv.postgres.database)
 
@@ -227,7 +224,10 @@ class CutoverOperator(PghaOperator):
             "method": method,
             "database": inv.postgres.database,
             "owner": inv.postgres.owner,
-            "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user},
+            "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user,
+                        # verified with the CA phase 3 installed on every host (the member's certificate names
+                        # HAProxy's address and 127.0.0.1)
+                        **({"sslmode": "verify-full", "sslrootcert": tls.CA_FILE} if inv.tls.enabled else {})},
             "pgpass": self.PGPASS,
             "log_dir": self.LOG_DIR,
         }

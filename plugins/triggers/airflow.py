@@ -94,8 +94,8 @@ class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
 
     def cluster(self, database: str = "postgres") -> Endpoint:
         inv = self.inventory
-        return node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                             port=inv.haproxy.write_port, database=database)
+        return self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                           port=inv.haproxy.write_port, database=database))
 
     # ------------------------------------------------------------------ reading
     def recorded(self, run_id: str, roles: dict[str, str]) -> tuple[list[str], list[CutoverRecord], bool]:
