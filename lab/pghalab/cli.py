@@ -36,7 +36,7 @@ import time
 from .topology import (
     AIRFLOW_HOST, AIRFLOW_HOSTS, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, HOSTS, PREFIX, WHEEL_PORT, WORKER_HOST,
 )
-from .settings import CGROUP_DIR, DEPLOY_ROOT, HOST_DIRS, LOGS, NSPAWN_RUN, PROVISIONED, RECORD, STATE
+from .settings import BRIDGE_OWNER, CGROUP_DIR, DEPLOY_ROOT, HOST_DIRS, LOGS, NSPAWN_RUN, PROVISIONED, RECORD, STATE
 from .common import Timer, die, log, parallel, remove_tree, rmdir_quiet, run
 from .record import Locked, load_record, require_up, save_record
 from .procs import alive, stop_proc, wait_reaped
@@ -117,6 +117,7 @@ def cmd_down(args):
             run("nft", "delete", "table", "inet", rec["nft_table"])
         if rec.get("bridge") and link_exists(rec["bridge"]):
             run("ip", "link", "delete", rec["bridge"])
+            BRIDGE_OWNER.unlink(missing_ok=True)
         if rec.get("made_nspawn_run"):
             # only nspawn's empty bookkeeping dirs, and only if we made them
             for sub in ("propagate", "locks", "unix-export"):

@@ -3,14 +3,15 @@ bound to the bridge address (apt proxy, wheel server, the drill's fault injector
 """
 
 import json
+import os
 from pathlib import Path
 
 from .topology import (
     AIRFLOW_HOSTS, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, FAULT_GATE_NODES, FAULT_GATE_PORT, HOSTS, OUTER_PORTS,
     PREFIX, WHEEL_PORT,
 )
-from .settings import CACHE, FAULT_GATE_VERBS, LAB_COMMAND, LOGS, NFT_TABLE, RECORD, REPO_DIR, STATE
-from .common import die, run
+from .settings import BRIDGE_OWNER, CACHE, FAULT_GATE_VERBS, LAB_COMMAND, LOGS, NFT_TABLE, RECORD, REPO_DIR, STATE
+from .common import die, log, run
 from .record import save_record
 from .procs import alive, port_open, spawn, wait_port
 from .ssh import fault_gate_host_key, fault_gate_key, pubkey
@@ -52,15 +53,36 @@ def nft_table_exists():
     return run("nft", "list", "table", "inet", NFT_TABLE, check=False, capture=True).returncode == 0
 
 
+def recorded_processes(rec):
+    return [ref for ref in list(rec.get("procs", {}).values())
+            + [h.get(k) for h in rec.get("hosts", {}).values() for k in ("nspawn", "leader")] if ref]
+
+
+def reclaim_stale_lab():
+    """The bridge is another checkout's. If none of the processes its record names still runs (its
+    session was killed, not stopped), that checkout's own `lab/lab down` cleans it up; else refuse."""
+    owner = json.loads(BRIDGE_OWNER.read_text()) if BRIDGE_OWNER.exists() else {}
+    record = Path(owner.get("state", "/nonexistent")) / "run.json"
+    if not record.exists():
+        die(f"bridge {BRIDGE} exists but no lab record owns it (this lab's is {RECORD}); if no lab runs, "
+            f"remove it by hand: nft delete table inet {NFT_TABLE}; ip link delete {BRIDGE}")
+    if any(alive(ref) for ref in recorded_processes(json.loads(record.read_text()))):
+        die(f"bridge {BRIDGE} belongs to the running lab of {owner['lab']} (run its `lab/lab down`)")
+    log(f"reclaiming a stale lab: {owner['lab']} made {BRIDGE} and none of its processes runs; "
+        "running its `lab/lab down`")
+    run(owner["lab"], "down", env={**os.environ, "PGHA_LAB_STATE": owner["state"]})
+    if link_exists(BRIDGE):
+        die(f"bridge {BRIDGE} is still there after {owner['lab']} down")
+
+
 def ensure_network(rec):
     """Bridge and nftables table; existing ones are reused only if this lab made them."""
-    if link_exists(BRIDGE):
-        if not rec.get("bridge"):
-            die(f"bridge {BRIDGE} exists but this lab ({RECORD}) did not create it "
-                "(another checkout's lab? run its `lab/lab down`)")
-    else:
+    if link_exists(BRIDGE) and not rec.get("bridge"):
+        reclaim_stale_lab()
+    if not link_exists(BRIDGE):
         rec["bridge"] = BRIDGE
         save_record(rec)  # recorded before it exists: `down` cleans a half-made lab
+        BRIDGE_OWNER.write_text(json.dumps({"lab": str(LAB_COMMAND), "state": str(STATE)}) + "\n")
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         Path(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6").write_text("1\n")
         run("ip", "addr", "add", f"{BRIDGE_IP}/{PREFIX}", "dev", BRIDGE)

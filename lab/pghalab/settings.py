@@ -26,6 +26,7 @@ HOST_DIRS = STATE / "hosts"  # per host: upper/ work/ merged/ console.log
 LOGS = STATE / "logs"
 SECRETS = STATE / "secrets.json"  # every generated secret of the lab (0600), kept by `down`
 NSPAWN_RUN = Path("/run/systemd/nspawn")  # nspawn's own runtime dir
+BRIDGE_OWNER = Path("/run/pgha-lab.owner")  # which checkout's lab made the bridge (its lab command and state)
 SNAPSHOTS = CACHE / "snapshots"  # NAME-<key>/{meta.json,secrets.json}; layers/<id>/ (former upper dirs)
 
 NFT_TABLE = "pgha_lab"  # family inet
