@@ -243,8 +243,13 @@ class InventoryMixin:
         """``endpoint`` (a cluster member or HAProxy) as this process's libpq must reach it: with TLS on, the
         server's certificate verified against the cluster CA and its name against the address
         (sslmode=verify-full); a man in the middle gets no superuser password."""
+        ca_file = self.ca_file()
+        return endpoint if ca_file is None else replace(endpoint, sslmode="verify-full", sslrootcert=ca_file)
+
+    def ca_file(self) -> str | None:
+        """The cluster CA as a file of this process (None without TLS), for libpq's sslrootcert."""
         client = self.client_tls()
-        return endpoint if client is None else replace(endpoint, sslmode="verify-full", sslrootcert=client.files().ca)
+        return None if client is None else client.files().ca
 
 
 class DrillPlanMixin:
