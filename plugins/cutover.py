@@ -5,9 +5,15 @@ on the source host ("primary") and on every other Airflow host ("follower"):
 
     <the Airflow units' python> -m pgha.cutover /etc/pgha/cutover.json
 
-so it starts only after that task reported success and survives the stop of
-the scheduler that ran it (a LocalExecutor task is the scheduler's child:
-restarting the scheduler from a task would kill the task). It runs as root,
+It survives the stop of the scheduler that ran that task (a LocalExecutor
+task is the scheduler's child: restarting the scheduler from a task would kill
+the task), and it changes nothing until Airflow has recorded that task as a
+success (``await_task``: ``airflow tasks state`` with the units' own
+environment, every ``task_poll_seconds``): the task is then over, and none of
+its processes can be cut by the stop. A task that ends otherwise leaves the
+agent to record "not_started", having changed nothing; so does a primary whose
+Airflow cannot confirm the success within ``task_timeout``, while a follower
+that cannot confirm it follows the primary's decision (never left behind alone). It runs as root,
 outside any task: it needs pgha and psycopg2 (installed with pgha into the
 Airflow units' Python), not Airflow's runtime. Settings come from a 0600 JSON file, passwords from a
 0600 pgpass file: nothing secret on a command line. Every PostgreSQL step is
@@ -17,6 +23,7 @@ Steps of the primary (each timed and recorded in /var/log/pgha/cutover-<run>.log
 and, when reachable, in table ``pgha_cutover_log`` of the cluster's ``postgres``
 database):
 
+  await_task  wait until the arming task is recorded a success (every agent)
   stop      stop every Airflow unit of this host
   drain     wait until no session of the Airflow DB user is left on the source
   copy      recreate the database on the cluster (through HAProxy) and
@@ -81,6 +88,8 @@ PGPASS = "/etc/pgha/cutover.pgpass"
 STATE_FILE = f"{STATE_DIR}/cutover-state.json"  # an unfinished cutover on this host (see Agent.resume)
 RESUME_UNIT = "pgha-cutover-resume.service"
 UNIT_DIR = "/etc/systemd/system"
+TASK_TIMEOUT = 900  # the arming task reports its success in seconds; an agent never starts on a task that did not
+TASK_ENDED = {"failed", "upstream_failed", "skipped", "removed"}  # a state the arming task leaves no more
 FOLLOWER_TIMEOUT = 6 * 3600 + 1800  # the primary's longest run (copy_timeout) and some: it alone decides a rollback
 
 
@@ -226,7 +235,8 @@ def endpoint(settings: dict[str, Any], side: str, dbname: str) -> Endpoint:
     """The ``source`` or ``cluster`` endpoint of the settings; the password is in the pgpass file."""
     where = settings[side]
     return Endpoint(host=where["host"], port=int(where["port"]), user=where["user"], dbname=dbname,
-                    passfile=settings["pgpass"], connect_timeout=10)
+                    passfile=settings["pgpass"], connect_timeout=10, sslmode=where.get("sslmode"),
+                    sslrootcert=where.get("sslrootcert"))
 
 
 class AirflowUnits:
@@ -237,6 +247,7 @@ class AirflowUnits:
         self.log = log
         self.names: list[str] = list(settings.get("units") or [])
         self.environment: dict[str, str] = {}
+        self.environment_read = False
         # Resuming at boot: the units are ordered after the resume unit that runs us, so a blocking
         # `systemctl start` of them would wait for us forever; --no-block queues the job (or cancels one).
         self.no_block = False
@@ -245,13 +256,14 @@ class AirflowUnits:
     def runs_scheduler(self) -> bool:
         return any("scheduler" in u for u in self.names)
 
-    def sh(self, argv: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> None:
+    def sh(self, argv: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> str:
         started = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         self.log(f"$ {shlex.join(argv)} -> exit={proc.returncode} in {time.monotonic() - started:.2f}s")
         if proc.returncode:
             raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): "
                                f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+        return proc.stdout
 
     def systemctl(self, verb: str, *units: str) -> None:
         self.sh(["systemctl", verb, *(["--no-block"] if self.no_block else []), *units])
@@ -302,11 +314,31 @@ class AirflowUnits:
     def daemon_reload(self) -> None:
         self.sh(["systemctl", "daemon-reload"])
 
-    def db_check(self) -> None:
+    def airflow(self, *args: str, timeout: float = 300) -> str:
+        """``airflow <args>`` as the units' user with the units' environment (read before their stop)."""
         environment = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                        "AIRFLOW_HOME": str(Path(self.s["config"]).parent), **self.environment}
-        self.sh([RUNUSER, "-u", self.s["airflow_user"], "--", self.s["airflow_bin"], "db", "check"],
-                env=environment)
+        return self.sh([RUNUSER, "-u", self.s["airflow_user"], "--", self.s["airflow_bin"], *args],
+                       timeout=timeout, env=environment)
+
+    def db_check(self) -> None:
+        self.airflow("db", "check")
+
+    def task_state(self, task: dict[str, str]) -> str:
+        """The state Airflow recorded for ``task`` (dag_id, task_id, run_id): what this host's Airflow reads."""
+        if not self.environment_read:
+            self.environment, self.environment_read = self.units_environment(), True
+        shown = self.airflow("tasks", "state", task["dag_id"], task["task_id"], task["run_id"], timeout=120)
+        lines = [line.strip() for line in shown.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+class NotStarted(RuntimeError):
+    """The agent did not begin: the task that armed it is not a success. Nothing was changed."""
+
+
+class TaskUnconfirmed(NotStarted):
+    """This host's Airflow did not say, in time, that the arming task succeeded."""
 
 
 class Agent:
@@ -362,6 +394,53 @@ class Agent:
         return endpoint(self.s, "source", self.database)
 
     # ------------------------------------------------------------------ steps
+    def await_task(self) -> None:
+        """Nothing changes before Airflow has recorded the arming task a success: a LocalExecutor task is a
+        child of the scheduler this agent stops, a Celery task runs in a worker it stops."""
+        task = self.s.get("task")
+        if not task:
+            self.log("no arming task named in the settings: nothing to wait for")
+            return
+        if not self.units.names:  # the primary of a source host without Airflow: its drain waits for the others
+            self.log("no Airflow unit on this host: nothing of this host's can cut the task")
+            return
+        shown = f"task {task['task_id']} of {task['dag_id']} run {task['run_id']}"
+        timeout = self.timeout("task_timeout", TASK_TIMEOUT)
+        interval = self.timeout("task_poll_seconds", 2)
+        deadline, seen = time.time() + timeout, None
+        while True:
+            try:
+                state = self.units.task_state(task)
+            except Exception as exc:  # an Airflow that cannot answer yet: asked again until the deadline
+                state = f"unknown ({str(exc).strip()[-300:]})"
+            if state != seen:
+                self.log(f"{shown}: {state}")
+                seen = state
+            if state == "success":
+                return
+            if state in TASK_ENDED:
+                raise NotStarted(f"{shown} ended {state}: nothing was changed")
+            if time.time() + interval > deadline:
+                raise TaskUnconfirmed(f"{shown} not a success after {timeout:g}s (last seen: {state})")
+            time.sleep(interval)
+
+    def began(self) -> bool:
+        """The arming task succeeded: go on. It ended otherwise: "not_started" is recorded, nothing changed
+        (False). Unconfirmed in time: the primary does not begin; a follower follows the primary's decision
+        (it stops its units and goes where the primary went), so that no host is left behind on its own."""
+        try:
+            self.step("await_task", self.await_task)
+        except TaskUnconfirmed as exc:
+            if self.s["role"] == "follower":
+                self.log(f"{exc}: following the source host's decision instead")
+                return True
+            self.record("not_started", f"{exc}: nothing was changed")
+            return False
+        except NotStarted as exc:
+            self.record("not_started", str(exc))
+            return False
+        return True
+
     def drain(self) -> None:
         deadline, seen = time.time() + self.timeout("drain_timeout", 120), ""
         with pgdata.session(self.source_db.on("postgres")) as conn:
@@ -738,6 +817,8 @@ class Agent:
 
     def run_follower(self) -> int:
         self.log(f"cutover {self.s['run_id']} (follower) begins on {os.uname().nodename}")
+        if not self.began():
+            return 1
         try:
             try:
                 self.step("arm_resume", self.arm_resume)
@@ -757,6 +838,8 @@ class Agent:
         if self.s["role"] == "follower":
             return self.run_follower()
         self.log(f"cutover {self.s['run_id']} begins on {os.uname().nodename}")
+        if not self.began():
+            return 1
         try:
             try:
                 self.step("arm_resume", self.arm_resume)

@@ -8,7 +8,7 @@ instead of breaking the DAG.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -82,6 +82,11 @@ def client_tls(conn_id: str) -> tls.ClientTLS:
     if conn_id not in _CLIENT_TLS or tls.days_left(_CLIENT_TLS[conn_id].cert_pem) < 0.5:
         _CLIENT_TLS[conn_id] = tls.ClientTLS.for_ca(cluster_ca(conn_id))
     return _CLIENT_TLS[conn_id]
+
+
+def verified_on_host(endpoint: Any) -> Any:
+    """A verified ``endpoint`` as a managed host's libpq reaches it: with the CA file phase 3 installed there."""
+    return replace(endpoint, sslrootcert=tls.CA_FILE) if endpoint.sslrootcert else endpoint
 
 
 class RepointedConfig(NamedTuple):
@@ -233,6 +238,18 @@ class InventoryMixin:
         """What pgha's own etcd, Patroni and PostgreSQL clients verify with and present (None without TLS)."""
         conn_id = self.tls_conn_id()
         return client_tls(conn_id) if conn_id else None
+
+    def verified(self, endpoint: Any) -> Any:
+        """``endpoint`` (a cluster member or HAProxy) as this process's libpq must reach it: with TLS on, the
+        server's certificate verified against the cluster CA and its name against the address
+        (sslmode=verify-full); a man in the middle gets no superuser password."""
+        ca_file = self.ca_file()
+        return endpoint if ca_file is None else replace(endpoint, sslmode="verify-full", sslrootcert=ca_file)
+
+    def ca_file(self) -> str | None:
+        """The cluster CA as a file of this process (None without TLS), for libpq's sslrootcert."""
+        client = self.client_tls()
+        return None if client is None else client.files().ca
 
 
 class DrillPlanMixin:

@@ -51,8 +51,10 @@ class RecordingUnits:
     runs_scheduler = False
 
     def __init__(self, db_check_error: str | None = None, stop_error: str | None = None,
-                 db_check_failures: int | None = None) -> None:
+                 db_check_failures: int | None = None, task_states: list[str | Exception] | None = None) -> None:
         self.calls: list[str] = []
+        self.task_states = list(task_states or ["success"])  # what Airflow answers, in turn; the last repeats
+        self.task_asked: list[dict[str, str]] = []
         self.resume_calls: list[str] = []
         self.resume_unit_text: str | None = None
         self.db_check_error = db_check_error
@@ -60,6 +62,17 @@ class RecordingUnits:
         self.stop_error = stop_error
         self.no_block = False
         self.unit_dir: Path | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return ["airflow-api-server"]
+
+    def task_state(self, task: dict[str, str]) -> str:
+        self.task_asked.append(task)
+        answer = self.task_states.pop(0) if len(self.task_states) > 1 else self.task_states[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def enable_resume(self, unit: str) -> None:
         self.resume_calls.append(f"enable {unit}")
@@ -108,7 +121,8 @@ def settings(tmp_path: Path, source: PostgresService, cluster: PostgresService, 
         "source": {"host": source.host, "port": source.port, "user": OWNER},
         "bin_dir": BIN_DIR, "units": ["airflow-api-server"], "config": str(config), "staged": str(staged),
         "backup_dir": str(tmp_path / "backup"),
-        "settle_seconds": 0, "drain_timeout": 10, "catch_up_timeout": 30,
+        "settle_seconds": 0, "drain_timeout": 10, "catch_up_timeout": 30, "task_poll_seconds": 0.01,
+        "task": {"dag_id": "pg_ha_migration", "task_id": "cutover", "run_id": "manual__2026-12-04T10:00:00+00:00"},
         "state_file": str(tmp_path / "state" / "cutover-state.json"), "unit_dir": str(tmp_path / "systemd"),
         "resume_unit": render("pgha-cutover-resume.service.j2", python="/opt/airflow/bin/python",
                               module="pgha.cutover", settings="/etc/pgha/cutover.json",
@@ -144,8 +158,8 @@ def test_dump_restore_moves_identical_data_and_repoints(tmp_path: Path, source: 
 
     record = latest_record(cluster, s["run_id"])
     assert record["outcome"] == "success", record
-    assert [st["step"] for st in record["steps"]] == ["arm_resume", "stop", "drain", "copy", "verify", "repoint",
-                                                      "db_check", "mark", "start", "healthy"]
+    assert [st["step"] for st in record["steps"]] == ["await_task", "arm_resume", "stop", "drain", "copy", "verify",
+                                                      "repoint", "db_check", "mark", "start", "healthy"]
     assert record["result"]["fingerprints"] == before == source_fingerprints(source)
     with pgdata.session(superuser(cluster, DATABASE)) as conn:
         assert pgdata.as_text(pgdata.fingerprints(conn)) == before
@@ -353,6 +367,61 @@ def test_db_check_runs_with_the_environment_of_the_running_unit(tmp_path: Path) 
     assert env["AIRFLOW_HOME"] == str(tmp_path)
 
 
+# ------------------------------------------------------------------ the arming task's success starts it
+
+
+def test_the_agent_begins_once_airflow_records_the_arming_task_a_success(tmp_path: Path, source: PostgresService,
+                                                                        cluster: PostgresService) -> None:
+    """The arming task may be slow to report (or its worker is on this host): nothing stops before it is done."""
+    fill_source(source)
+    units = RecordingUnits(task_states=["running", RuntimeError("airflow: database is locked"), "running", "success"])
+    s = settings(tmp_path, source, cluster)
+    assert Agent(s, units=units).run() == 0
+    assert units.task_asked == [s["task"]] * 4 and units.calls[0] == "stop"
+    log = (Path(s["log_dir"]) / f"cutover-{s['run_id']}.log").read_text()
+    shown = "task cutover of pg_ha_migration run manual__2026-12-04T10:00:00+00:00"
+    assert f"{shown}: running\n" in log and f"{shown}: unknown (airflow: database is locked)" in log
+    assert log.index(f"{shown}: success") < log.index("step stop: begin")
+
+
+@pytest.mark.parametrize(("role", "states", "why"), [
+    ("primary", ["running", "failed"], "ended failed: nothing was changed"),
+    ("follower", ["running", "failed"], "ended failed: nothing was changed"),
+    ("follower", ["up_for_retry", "upstream_failed"], "ended upstream_failed: nothing was changed"),
+    ("primary", ["running"], "not a success after 0.05s (last seen: running): nothing was changed"),
+])
+def test_an_arming_task_that_is_not_a_success_leaves_everything_as_it_was(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService, role: str, states: list[str],
+        why: str) -> None:
+    units = RecordingUnits(task_states=list(states))
+    s = settings(tmp_path, source, cluster, role=role, task_timeout=0.05)
+    mark = cluster_comment(cluster)
+    assert Agent(s, units=units).run() == 1
+    record = record_of(cluster, s["run_id"], role)
+    assert record["outcome"] == "not_started" and record["detail"].endswith(why), record
+    assert [st["step"] for st in record["steps"]] == ["await_task"]
+    assert units.calls == [] and units.resume_calls == [], "no unit stopped, no resume armed"
+    assert Path(s["config"]).read_text() == OLD_CFG and Path(s["staged"]).read_text() == NEW_CFG
+    assert not Path(s["state_file"]).exists() and cluster_comment(cluster) == mark
+
+
+@pytest.mark.parametrize("primary", ["success", "not_started"])
+def test_a_follower_that_cannot_confirm_the_task_follows_the_primary(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService, primary: str) -> None:
+    """Its Airflow cannot say: it must not stay behind on its own config while the primary moves on."""
+    s = settings(tmp_path, source, cluster, role="follower", task_timeout=0.05, follower_timeout=10)
+    primary_recorded(cluster, s["run_id"], primary)
+    units = RecordingUnits(task_states=[RuntimeError("airflow: cannot connect to the metadata database")])
+    assert Agent(s, units=units).run() == (0 if primary == "success" else 1)
+    record = record_of(cluster, s["run_id"], "follower")
+    assert record["outcome"] == ("success" if primary == "success" else "rolled_back"), record
+    assert units.calls == (["stop", "db_check", "start", "check_active"] if primary == "success"
+                           else ["stop", "restart"])
+    log = (Path(s["log_dir"]) / f"cutover-{s['run_id']}.log").read_text()
+    assert "not a success after 0.05s (last seen: unknown (airflow: cannot connect to the metadata database)): " \
+           "following the source host's decision instead" in log
+
+
 # ------------------------------------------------------------------ followers: forward only; crash safety
 
 
@@ -532,3 +601,44 @@ def test_a_follower_without_the_primarys_outcome_stays_stopped(tmp_path: Path, s
     assert record["outcome"] == "stuck" and "no outcome from the source host's cutover agent" in record["detail"]
     assert units.calls == ["stop"] and Path(s["config"]).read_text() == OLD_CFG
     assert_disarmed(s, units)
+
+
+PROBE_DAG = """
+import datetime as dt
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+
+with DAG(dag_id="pgha_arming_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)):
+    EmptyOperator(task_id="cutover")
+"""
+
+
+def test_the_task_state_comes_from_the_hosts_own_airflow_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`airflow tasks state`, run as the agent runs it (runuser, the units' environment), against a real
+    metadata database in which a DAG run has just recorded its task a success."""
+    import os
+    import sys
+
+    from drill_lab import airflow_metadata_db
+    from pgha_testing import DagBag
+
+    from pgha.cutover import AirflowUnits
+
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "pgha_arming_probe.py").write_text(PROBE_DAG)
+    local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([
+        {"name": "dags-folder", "classpath": local, "kwargs": {}},
+        {"name": "arming-probe", "classpath": local, "kwargs": {"path": str(tmp_path / "dags")}}]))
+    airflow_metadata_db()
+    run = DagBag(dag_folder=str(tmp_path / "dags")).dags["pgha_arming_probe"].test()
+    home = os.environ["AIRFLOW_HOME"]
+    units = AirflowUnits({"units": ["airflow-scheduler"], "config": f"{home}/airflow.cfg", "airflow_user": "root",
+                          "airflow_bin": str(Path(sys.executable).parent / "airflow")}, log=print)
+    units.environment = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW")}
+    units.environment_read = True
+    task = {"dag_id": "pgha_arming_probe", "task_id": "cutover", "run_id": run.run_id}
+    assert units.task_state(task) == "success"
+    with pytest.raises(RuntimeError, match="tasks state pgha_arming_probe cutover no-such-run failed"):
+        units.task_state({**task, "run_id": "no-such-run"})

@@ -170,6 +170,16 @@ def test_waits_in_the_triggerer_when_the_run_defers_and_judges_alike(
         waiting.execute_complete({}, {"status": "success", "value": value})
 
 
+def test_agents_that_never_began_fail_the_task_saying_nothing_changed(inventory: str,
+                                                                      cutover_db: PostgresService) -> None:
+    for host, role in (("lb", "primary"), ("wk", "follower")):
+        record(cutover_db, host, role, "not_started",
+               "task cutover of pg_ha_migration run manual__1 ended failed: nothing was changed")
+    with pytest.raises(AirflowFailException, match=r"not_started: lb \(primary\): not_started: task cutover .* "
+                                                   r"ended failed: nothing was changed"):
+        sensor(inventory).poke({})
+
+
 def test_a_stuck_follower_fails_the_task_naming_the_host(inventory: str, cutover_db: PostgresService) -> None:
     """The primary committed; vm4's follower could not reach the cluster and keeps its units stopped."""
     record(cutover_db, "lb", "primary", "success", "2 tables, 550 rows verified")

@@ -7,6 +7,7 @@ import configparser
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pgha.compat import AirflowException
@@ -58,8 +59,8 @@ def logins(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------ CutoverOperator: arming
 
 
-def staged_fleet(fleet: Fleet, tmp_path: Path, os: str) -> str:
-    inventory = fleet_inventory(fleet, tmp_path, os, edit=add_web_host)
+def staged_fleet(fleet: Fleet, tmp_path: Path, os: str, **sections: Any) -> str:
+    inventory = fleet_inventory(fleet, tmp_path, os, edit=add_web_host, **sections)
     for name, config, unit in (("vm1", LIVE_CFG, "airflow-scheduler"), ("web1", WEB_CFG, "airflow-api-server")):
         airflow_host(fleet[name], config, unit)
         fleet[name].dirs["/var/lib/pgha"] = ("root", "root", "700")
@@ -68,7 +69,7 @@ def staged_fleet(fleet: Fleet, tmp_path: Path, os: str) -> str:
 
 
 def cutover(inventory: str) -> dict:
-    return CutoverOperator(task_id="cutover", inventory_path=inventory, delay=20).execute(
+    return CutoverOperator(task_id="cutover", inventory_path=inventory).execute(
         {"params": {"migration_method": "dump_restore"}})
 
 
@@ -84,8 +85,7 @@ def test_cutover_arms_a_primary_and_a_follower(fleet: Fleet, tmp_path: Path, os:
             "install -d -m 0711 /etc/pgha",
             "put_file /etc/pgha/cutover.json (root:root 0600)",
             "put_file /etc/pgha/cutover.pgpass (root:root 0600)",
-            f"systemd-run --quiet --collect --unit={run_id} --on-active=20 --timer-property=AccuracySec=100ms "
-            f"{AIRFLOW_PYTHON} -m pgha.cutover /etc/pgha/cutover.json",
+            f"systemd-run --quiet --collect --unit={run_id} {AIRFLOW_PYTHON} -m pgha.cutover /etc/pgha/cutover.json",
         ]
         assert host.ran(rf"^{AIRFLOW_PYTHON} -c 'import pgha.cutover'$")
         settings = json.loads(host.files["/etc/pgha/cutover.json"].content)
@@ -126,13 +126,57 @@ def test_cutover_refuses_a_host_whose_airflow_python_lacks_pgha(fleet: Fleet, tm
 
 def test_cutover_arms_nowhere_when_a_follower_cannot_run_the_agent(fleet: Fleet, tmp_path: Path,
                                                                   logins: None) -> None:
-    """Every host is checked before any timer starts: the source's agent must never start alone
+    """Every host is checked before any agent starts: the source's agent must never start alone
     (a retry would then find it armed and never arm the follower)."""
     inventory = staged_fleet(fleet, tmp_path, DEBIAN_12)
     fleet["web1"].python_modules.clear()
     with pytest.raises(AirflowException, match=r"\[web1\] .* cannot import pgha.cutover"):
         cutover(inventory)
     assert not any(host.ran(r"^systemd-run ") for host in fleet.hosts.values())
+
+
+def test_each_agent_is_told_which_task_instance_must_succeed_before_it_begins(fleet: Fleet, tmp_path: Path,
+                                                                             logins: None) -> None:
+    from airflow.sdk import DAG
+
+    inventory = staged_fleet(fleet, tmp_path, DEBIAN_12)
+    with DAG(dag_id="pg_ha_migration", schedule=None) as dag:
+        task = CutoverOperator(task_id="cutover", inventory_path=inventory)
+    task.execute({"dag": dag, "task": task, "run_id": "manual__2026-12-04T10:00:00+00:00",
+                  "params": {"migration_method": "dump_restore"}})
+    for name in ("vm1", "web1"):
+        settings = json.loads(fleet[name].files["/etc/pgha/cutover.json"].content)
+        assert settings["task"] == {"dag_id": "pg_ha_migration", "task_id": "cutover",
+                                    "run_id": "manual__2026-12-04T10:00:00+00:00"}
+
+
+def test_with_tls_every_agent_verifies_the_cluster_with_its_hosts_ca(fleet: Fleet, tmp_path: Path,
+                                                                      logins: None) -> None:
+    inventory = staged_fleet(fleet, tmp_path, DEBIAN_12, tls={"enabled": True})
+    cutover(inventory)
+    for name in ("vm1", "web1"):
+        cluster = json.loads(fleet[name].files["/etc/pgha/cutover.json"].content)["cluster"]
+        assert cluster["sslmode"] == "verify-full" and cluster["sslrootcert"] == "/etc/pgha/tls/ca.crt", cluster
+
+
+def test_a_primary_that_cannot_start_stops_the_followers_agent(fleet: Fleet, tmp_path: Path, logins: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The followers start first; each waits for this task's success, so stopping it changes nothing."""
+    inventory = staged_fleet(fleet, tmp_path, DEBIAN_12)
+    vm1 = fleet["vm1"]
+    start = vm1.run
+
+    def run(command: str, **kwargs: object) -> object:
+        if command.startswith("systemd-run "):
+            return start("systemd-run --quiet --collect --unit=x /no/such/python", **kwargs)
+        return start(command, **kwargs)
+
+    monkeypatch.setattr(vm1, "run", run)
+    with pytest.raises(Exception, match="Failed to find executable /no/such/python"):
+        cutover(inventory)
+    [agent] = fleet["web1"].transient
+    assert fleet["web1"].mutations()[-2:] == [f"systemctl stop {agent}.service", "rm -f /etc/pgha/cutover.pgpass"]
+    assert not fleet["web1"].units[f"{agent}.service"].active
 
 
 def test_cutover_names_an_airflow_unit_it_cannot_read(fleet: Fleet, tmp_path: Path, logins: None) -> None:

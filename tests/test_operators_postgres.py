@@ -151,11 +151,10 @@ def test_start_logical_replication_skips_for_dump_restore(inventory: str) -> Non
 def test_cutover_arms_the_agent_module_with_the_airflow_python(inventory: str) -> None:
     from pgha.operators.airflow import CutoverOperator
 
-    op = CutoverOperator(task_id="cutover", inventory_path=inventory, delay=20)
+    op = CutoverOperator(task_id="cutover", inventory_path=inventory)
     assert op.agent_command("pgha-cutover-1", "/opt/airflow/venv/bin/python") == [
-        "systemd-run", "--quiet", "--collect", "--unit=pgha-cutover-1", "--on-active=20",
-        "--timer-property=AccuracySec=100ms", "/opt/airflow/venv/bin/python", "-m", "pgha.cutover",
-        "/etc/pgha/cutover.json",
+        "systemd-run", "--quiet", "--collect", "--unit=pgha-cutover-1", "/opt/airflow/venv/bin/python", "-m",
+        "pgha.cutover", "/etc/pgha/cutover.json",
     ]
 
 
@@ -191,3 +190,26 @@ def test_logical_initial_sync_logs_tables_per_state_and_bytes(inventory: str, so
             pgdata.drop_subscription(conn)
         with pgdata.session(superuser(source, DATABASE)) as conn:
             pgdata.drop_publication(conn)
+
+
+def test_with_tls_pgha_verifies_the_cluster_here_and_on_the_source_host(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's own sessions verify with this process's copy of the CA; a copy run on the source
+    host verifies with the CA file phase 3 installed there. Without TLS, libpq's default."""
+    from pgha.inventory import load_inventory
+    from pgha.operators.postgres import cluster_admin
+    from pgha.runtime import verified_on_host
+
+    set_connection(monkeypatch, "pgha_pg_superuser", conn_type="postgres", login="postgres", password=POSTGRES_PASSWORD)
+    for enabled in (True, False):
+        raw = loopback_inventory([("pg1", "127.0.0.11"), ("pg2", "127.0.0.12"), ("pg3", "127.0.0.13")],
+                                 tls={"enabled": enabled})
+        path = write_inventory(tmp_path, raw)
+        op = CreateDatabaseOperator(task_id="create_database", inventory_path=path)
+        admin = cluster_admin(op, load_inventory(path).host("pg1"))
+        there = verified_on_host(admin)
+        if enabled:
+            assert admin.sslmode == "verify-full" and Path(admin.sslrootcert or "").is_file()
+            assert there.sslmode == "verify-full" and there.sslrootcert == "/etc/pgha/tls/ca.crt"
+        else:
+            assert admin.sslmode is None and admin.sslrootcert is None and there == admin

@@ -445,13 +445,16 @@ def test_a_rewind_role_gets_the_members_only_and_the_postgres_database() -> None
     assert not [rule for rule in plain["postgresql"]["pg_hba"] if rule.startswith(("host postgres ", "hostssl postgres "))]
 
 
-def test_the_pg_hba_rules_are_accepted_by_postgresql(tmp_path: Path) -> None:
+def test_the_pg_hba_rules_are_accepted_by_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rendered rules, with a rewind role, loaded by a real PostgreSQL 15 with ssl on as patroni.yml sets
     it (pg_hba_file_rules names no error: a hostssl rule is an error where ssl is off). Then the server
     keeps only a hostssl rule for the network: a plain-text client is refused, verify-full with the
-    cluster CA logs in, and a client that trusts another CA refuses the server."""
+    cluster CA logs in, and a client that trusts another CA refuses the server; pgha's NodePostgresHook
+    (the drill's and the routing check's sessions) given the CA file does the same."""
     from services import start_postgres, write_postgres_file
     from pgha import pgdata
+    from pgha.hooks.postgres import NodePostgresHook
+    from pgha_testing import set_connection
 
     secrets = {**SECRETS, "rewind_user": "rewinder", "rewind_password": "x"}
     cfg = yaml.safe_load(patroni_yml(shipped(), DEBIAN, secrets=secrets))["postgresql"]
@@ -494,6 +497,14 @@ def test_the_pg_hba_rules_are_accepted_by_postgresql(tmp_path: Path) -> None:
         conn.close()
         with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
             connect(sslmode="verify-full", sslrootcert=str(other_ca)).close()
+
+        set_connection(monkeypatch, "pgha_tls_check", conn_type="postgres", login=svc.user, password="pw")
+        hook = NodePostgresHook("pgha_tls_check", host=svc.host, port=svc.port, database="postgres",
+                                sslrootcert=str(ca_file))
+        assert hook.scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
+        with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
+            NodePostgresHook("pgha_tls_check", host=svc.host, port=svc.port, database="postgres",
+                             sslrootcert=str(other_ca)).scalar("SELECT 1")
     finally:
         svc.stop()
 

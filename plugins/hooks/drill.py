@@ -35,11 +35,12 @@ def python_with_driver(remote: RemoteHook, candidates: list[str]) -> str | None:
     return None
 
 
-def drill_database(inventory: Inventory) -> NodePostgresHook:
-    """The drill's tables: the cluster's ``postgres`` database as its superuser, through HAProxy's write port."""
+def drill_database(inventory: Inventory, ca_file: str | None = None) -> NodePostgresHook:
+    """The drill's tables: the cluster's ``postgres`` database as its superuser, through HAProxy's write port
+    (with ``ca_file``, the server verified: sslmode=verify-full)."""
     address = inventory.host(inventory.haproxy.host).address
     return NodePostgresHook(inventory.postgres.superuser_conn_id, host=address, port=inventory.haproxy.write_port,
-                            database="postgres")
+                            database="postgres", sslrootcert=ca_file)
 
 
 def python_beside_unit(remote: RemoteHook, unit: str) -> str | None:

@@ -8,6 +8,7 @@ this module is its Airflow side: connections, and the leader from Patroni.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import shlex
@@ -51,14 +52,18 @@ class NodePostgresHook(PostgresHook):
     :param host: address to connect to (default: the connection's).
     :param port: port (default: the connection's).
     :param database: database (default: the connection's schema).
+    :param sslrootcert: a CA file: the server's certificate is verified against it and its name against
+        ``host`` (sslmode=verify-full). Default: the connection's own settings.
     """
 
     def __init__(
-        self, postgres_conn_id: str, host: str | None = None, port: int | None = None, database: str | None = None
+        self, postgres_conn_id: str, host: str | None = None, port: int | None = None, database: str | None = None,
+        sslrootcert: str | None = None,
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, database=database)
         self.override_host = host
         self.override_port = port
+        self.sslrootcert = sslrootcert
 
     def _create_connection(self, conn_args: dict[str, Any]) -> Any:
         """Always psycopg2: the provider picks psycopg 3 when it is installed, and the
@@ -70,13 +75,20 @@ class NodePostgresHook(PostgresHook):
         if self._connection is None:
             base = self.get_connection(self.postgres_conn_id)
             overrides = {"host": self.override_host or base.host, "port": self.override_port or base.port,
-                         "extra": base.extra or '{"connect_timeout": 10}'}
+                         "extra": self._extra(base.extra)}
             if attrs.has(type(base)):  # the Task SDK's Connection
                 self._connection = attrs.evolve(base, **overrides)
             else:  # Airflow 3.0's provider hook returns airflow.models.Connection, an ORM model
                 self._connection = type(base)(conn_id=base.conn_id, conn_type=base.conn_type, schema=base.schema,
                                               login=base.login, password=base.password, **overrides)
         return self._connection
+
+    def _extra(self, extra: str | None) -> str:
+        """The connection's extra (libpq keywords), with verify-full against ``sslrootcert`` when given."""
+        if not self.sslrootcert:
+            return extra or '{"connect_timeout": 10}'
+        return json.dumps({"connect_timeout": 10, **json.loads(extra or "{}"),
+                           "sslmode": "verify-full", "sslrootcert": self.sslrootcert})
 
     @connection.setter
     def connection(self, value: Any) -> None:

@@ -6,7 +6,6 @@ import json
 import re
 import shlex
 import time
-from dataclasses import replace
 from typing import Any
 
 from pgha.compat import AirflowException, AirflowSkipException
@@ -83,11 +82,9 @@ class StageAirflowConfigOperator(HostOperator):
             self.note(f"{STATE_DIR} root-only", self.host_hook(self.host).ensure_directory(STATE_DIR, mode="0700"))
             staged = remote.put_file(STAGED_CONFIG, new, mode="0600", secret=True)
             self.note(f"{STAGED_CONFIG} staged (for {self.config_path})", staged.changed)
-        through_haproxy = node_endpoint(inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address,
-                                        port=inv.haproxy.write_port, database=inv.postgres.database)
-        client = self.client_tls()
-        if client is not None:  # as Airflow will connect: verify-full, HAProxy's address in the member's certificate
-            through_haproxy = replace(through_haproxy, sslmode="verify-full", sslrootcert=client.files().ca)
+        # as Airflow will connect: verify-full with TLS on, HAProxy's address in the member's certificate
+        through_haproxy = self.verified(node_endpoint(inv.postgres.app_conn_id, host=inv.host(inv.haproxy.host).address,
+                                                      port=inv.haproxy.write_port, database=inv.postgres.database))
         with pgdata.session(through_haproxy) as conn:
             in_recovery = pgdata.scalar(conn, pgdata.statement("in_recovery.sql"))
         if in_recovery is not False:
@@ -108,13 +105,16 @@ class CutoverOperator(PghaOperator):
     The final task: arms the cutover agent (``pgha.cutover``, run by the
     Python of the host's Airflow units, where pgha is installed) on the source
     host ("primary") and on every other Airflow host ("follower"), each as a
-    transient systemd unit that starts ``delay`` seconds after this task
-    reported success (with LocalExecutor this task is a child of the
-    scheduler the agents stop: runbook correction C20)::
+    transient systemd unit, outside this task's process tree (with
+    LocalExecutor this task is a child of the scheduler the agents stop:
+    runbook correction C20)::
 
-        systemd-run --quiet --collect --unit=<run id> --on-active=<delay> \
-            --timer-property=AccuracySec=100ms <python> -m pgha.cutover /etc/pgha/cutover.json
+        systemd-run --quiet --collect --unit=<run id> <python> -m pgha.cutover /etc/pgha/cutover.json
 
+    Each agent first waits until Airflow has recorded this task instance a
+    success (``airflow tasks state`` on its host): nothing is stopped while
+    this task still runs, however long its success takes to report, and a
+    task that fails after arming leaves the agents to record "not_started".
     The primary stops its Airflow units, waits until no Airflow session is
     left on the source (so every host's writers are stopped), takes the final
     copy (with every writer stopped, nothing written after it is lost),
@@ -130,18 +130,12 @@ class CutoverOperator(PghaOperator):
     completes the cutover after a crash of its host, before the Airflow units
     start. Every step is timed in /var/log/pgha/cutover-<run>.log and in table
     ``pgha_cutover_log``.
-
-    :param delay: seconds between this task's success and the agents' start.
     """
 
     AGENT_MODULE = "pgha.cutover"
     SETTINGS = "/etc/pgha/cutover.json"
     PGPASS = PGPASS
     LOG_DIR = "/var/log/pgha"
-
-    def __init__(self, *, delay: int = 20, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.delay = delay
 
     def run(self, context: Any) -> Any:
         if (context.get("params") or {}).get("pooler") == "pgbouncer":
@@ -161,22 +155,25 @@ class CutoverOperator(PghaOperator):
             return {"armed": False}
         run_id = f"pgha-cutover-{int(time.time())}"
         method = (context.get("params") or {}).get("migration_method", "dump_restore")
-        # Every host is prepared and checked before any timer starts: a host that cannot run the agent arms
-        # nothing anywhere. Then the followers' timers, the primary's last; a failure stops those started.
+        task = arming_task(context)
+        # Every host is prepared and checked before any agent starts: a host that cannot run the agent arms
+        # nothing anywhere. Then the followers' agents, the primary's last; a failure stops those started
+        # (still waiting for this task's success, they have changed nothing).
         pythons: dict[str, str] = {}
         started: list[str] = []
         try:
             for host, role in roles.items():
-                pythons[host] = self._prepare(host, role, run_id, method)
+                pythons[host] = self._prepare(host, role, run_id, method, task)
             for host in sorted(roles, key=lambda h: roles[h] == "primary"):
                 self.remote(host).run(shlex.join(self.agent_command(run_id, pythons[host])))
                 started.append(host)
-                self.changed(f"cutover agent ({roles[host]}) armed on {host}: starts in {self.delay}s, "
-                             f"log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
+                self.changed(f"cutover agent ({roles[host]}) armed on {host}: begins once this task is recorded "
+                             f"a success, log {self.LOG_DIR}/cutover-{run_id}.log, record in pgha_cutover_log")
         except Exception:
             for host in started:
-                self.remote(host).run(f"systemctl stop {shlex.quote(run_id + '.timer')}", check=False)
-                self.log.warning("[%s] cutover timer %s stopped: arming failed on another host", host, run_id)
+                self.remote(host).run(f"systemctl stop {shlex.quote(run_id + '.service')}", check=False)
+                self.log.warning("[%s] cutover agent %s stopped before it began: arming failed on another host",
+                                 host, run_id)
             for host in pythons:  # prepared, so holding a passwords file no agent will run to remove
                 self.remote(host).run(f"rm -f {shlex.quote(self.PGPASS)}", check=False)
             raise
@@ -187,16 +184,18 @@ class CutoverOperator(PghaOperator):
 
     def _cluster_is_live(self) -> bool:
         inv = self.inventory
-        admin = node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                              port=inv.haproxy.write_port, database="postgres")
+        admin = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                            port=inv.haproxy.write_port, database="postgres"))
         with pgdata.session(admin) as conn:
             return pgdata.is_live(conn, inv.postgres.database)
 
-    def _prepare(self, host: str, role: str, run_id: str, method: str) -> str:
+    def _prepare(self, host: str, role: str, run_id: str, method: str, task: dict[str, str] | None) -> str:
         """Check that ``host`` can run the agent and write its settings (0600) and pgpass (0600);
         returns the Python that will run it."""
         remote = self.remote(host)
         settings, passwords = self.agent_settings(host, role, run_id, method)
+        if task:
+            settings["task"] = task
         for endpoint in passwords:
             remote.add_secret(endpoint.password)
         python = settings["python"]
@@ -209,10 +208,9 @@ class CutoverOperator(PghaOperator):
         return python
 
     def agent_command(self, run_id: str, python: str) -> list[str]:
-        """The transient unit that runs the agent ``delay`` seconds from now. AccuracySec: a timer's default
-        is 1 min, and each host would pick its own moment in it (the agents would start a minute apart)."""
-        return ["systemd-run", "--quiet", "--collect", f"--unit={run_id}", f"--on-active={self.delay}",
-                "--timer-property=AccuracySec=100ms", python, "-m", self.AGENT_MODULE, self.SETTINGS]
+        """The transient unit that runs the agent now (it waits for this task's success itself)."""
+        return ["systemd-run", "--quiet", "--collect", f"--unit={run_id}", python, "-m", self.AGENT_MODULE,
+                self.SETTINGS]
 
     def agent_settings(self, host: str, role: str, run_id: str, method: str) -> tuple[dict[str, Any], list[Endpoint]]:
         """The agent's settings for ``host`` (no secret in them) and the endpoints its pgpass file holds."""
@@ -226,7 +224,10 @@ class CutoverOperator(PghaOperator):
             "method": method,
             "database": inv.postgres.database,
             "owner": inv.postgres.owner,
-            "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user},
+            "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user,
+                        # verified with the CA phase 3 installed on every host (the member's certificate names
+                        # HAProxy's address and 127.0.0.1)
+                        **({"sslmode": "verify-full", "sslrootcert": tls.CA_FILE} if inv.tls.enabled else {})},
             "pgpass": self.PGPASS,
             "log_dir": self.LOG_DIR,
         }
@@ -266,6 +267,14 @@ class CutoverOperator(PghaOperator):
 
     def _airflow_bin(self, host: str, unit: str) -> str:
         return airflow_executable(self.remote(host), unit)
+
+
+def arming_task(context: Any) -> dict[str, str] | None:
+    """This task instance as the agents ask Airflow about it (None outside a DAG run: they start at once)."""
+    dag, task, run_id = context.get("dag"), context.get("task"), context.get("run_id")
+    if not (dag and task and run_id):
+        return None
+    return {"dag_id": dag.dag_id, "task_id": task.task_id, "run_id": run_id}
 
 
 def airflow_executable(remote: RemoteHook, unit: str) -> str:

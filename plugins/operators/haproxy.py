@@ -150,7 +150,8 @@ class ClusterRoutingCheckOperator(PghaOperator):
         address = inv.host(inv.haproxy.host).address
         recovery = {}
         for port, expected in ((inv.haproxy.write_port, False), (inv.haproxy.read_port, True)):
-            hook = NodePostgresHook(inv.postgres.app_conn_id, host=address, port=port, database=inv.postgres.database)
+            hook = NodePostgresHook(inv.postgres.app_conn_id, host=address, port=port, database=inv.postgres.database,
+                                    sslrootcert=self.ca_file())
             recovery[port] = hook.scalar("SELECT pg_is_in_recovery()")
             if recovery[port] is not expected:
                 raise AirflowException(f"HAProxy :{port}: pg_is_in_recovery() = {recovery[port]}, expected {expected}")

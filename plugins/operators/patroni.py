@@ -135,8 +135,8 @@ class ConfigurePatroniOperator(HostOperator):
             self.changed(f"rewind role {user} on the leader {leader}: created or its password set if it differs "
                          "(not checked: a dry run does not log in to the database)")
             return
-        admin = node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(leader).address, port=inv.postgres.port,
-                              database="postgres")
+        admin = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(leader).address,
+                                            port=inv.postgres.port, database="postgres"))
         with pgdata.session(admin) as conn:
             created = pgdata.ensure_login_role(conn, user, secrets["rewind_password"])
             pgdata.execute(conn, pgdata.statement("rewind_role_grants.sql", role=pgdata.ident(user)))

@@ -115,8 +115,8 @@ class _PgBouncerTask:
 
     def cluster_admin(self) -> Endpoint:
         inv = self.inventory
-        return node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                             port=inv.haproxy.write_port, database="postgres")
+        return self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                           port=inv.haproxy.write_port, database="postgres"))
 
     def console(self, host: str, server: Endpoint | None = None) -> PgBouncerAdminHook:
         """The admin console of ``host``'s PgBouncer; ``server``: where to read blocking transactions."""

@@ -20,7 +20,7 @@ from pgha import pgdata, pgmajors
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
-from pgha.runtime import credentials
+from pgha.runtime import credentials, verified_on_host
 from pgha.secret_formats import hba_word
 
 from pgha.operators.base import HostOperator, PghaOperator
@@ -54,10 +54,10 @@ def source_endpoint(op: PghaOperator) -> Endpoint:
 
 
 def cluster_admin(op: PghaOperator, leader: Host) -> Endpoint:
-    """The cluster superuser on the leader, in the ``postgres`` database."""
+    """The cluster superuser on the leader, in the ``postgres`` database (verified, with TLS on)."""
     inv = op.inventory
-    return node_endpoint(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
-                         database="postgres")
+    return op.verified(node_endpoint(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
+                                     database="postgres"))
 
 
 def copy_bin_dir(op: PghaOperator) -> str:
@@ -79,7 +79,7 @@ def copy_bin_dir(op: PghaOperator) -> str:
 def source_dump_restore(op: PghaOperator, target: Endpoint) -> RemoteDumpRestore:
     """pg_dump | pg_restore from the source into ``target``, run on the source host with the cluster's major's tools."""
     inv = op.inventory
-    return RemoteDumpRestore(op.remote(inv.source.host), source_endpoint(op), target,
+    return RemoteDumpRestore(op.remote(inv.source.host), source_endpoint(op), verified_on_host(target),
                              bin_dir=copy_bin_dir(op), owner=inv.postgres.owner)
 
 

@@ -49,8 +49,8 @@ class LogicalSyncSensor(InventoryMixin, BaseSensorOperator):
     def poke(self, context: Any) -> PokeReturnValue:
         inv = self.inventory
         leader = leader_host(inv, self.patroni_api_urls(), self.client_tls())
-        admin = node_endpoint(inv.postgres.superuser_conn_id, host=leader.address, port=inv.postgres.port,
-                              database="postgres")
+        admin = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=leader.address,
+                                            port=inv.postgres.port, database="postgres"))
         with pgdata.session(admin) as conn:
             if pgdata.is_live(conn, inv.postgres.database):
                 self.log.info("%s on the cluster is live: nothing to wait for", inv.postgres.database)

@@ -18,6 +18,7 @@ from pgha.triggers.base import PollingTrigger
 
 SUCCESS = "success"
 STUCK = "stuck"
+NOT_STARTED = "not_started"  # the agents never began (the cutover task was not a success): nothing changed
 
 
 class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
@@ -93,8 +94,8 @@ class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
 
     def cluster(self, database: str = "postgres") -> Endpoint:
         inv = self.inventory
-        return node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                             port=inv.haproxy.write_port, database=database)
+        return self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                           port=inv.haproxy.write_port, database=database))
 
     # ------------------------------------------------------------------ reading
     def recorded(self, run_id: str, roles: dict[str, str]) -> tuple[list[str], list[CutoverRecord], bool]:
@@ -137,8 +138,7 @@ class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
         failed = {host: r for host, r in latest.items() if r.outcome != SUCCESS}
         if failed:
             reason = "; ".join(f"{host} ({r.role}): {r.outcome}: {r.detail}" for host, r in failed.items())
-            # "stuck": a follower that could not follow the primary's commit, its units stopped (by hand from here)
-            outcome = STUCK if any(r.outcome == STUCK for r in failed.values()) else "rolled_back"
+            outcome = worst_outcome([r.outcome for r in failed.values()])
             return [], {"outcome": outcome, "reason": reason, **summary}
         missing = [f"{host} ({role})" for host, role in roles.items() if host not in latest]
         if missing:
@@ -167,6 +167,14 @@ class CutoverOutcomeTrigger(InventoryMixin, PollingTrigger):
         return {"outcome": "not_armed", "run_id": None, "hosts": {}, "log": None,
                 "reason": f"no cutover was armed ({self.settings_path} missing on the source host) and the "
                           "cluster database is not live"}
+
+
+def worst_outcome(outcomes: list[str]) -> str:
+    """The run's outcome from its failed hosts': "stuck" (a follower that could not follow the primary's commit,
+    its units stopped: by hand from here) before "rolled_back"; "not_started" only when no agent began."""
+    if STUCK in outcomes:
+        return STUCK
+    return NOT_STARTED if set(outcomes) == {NOT_STARTED} else "rolled_back"
 
 
 def inventory_name(recorded: str, roles: dict[str, str]) -> str:

@@ -10,6 +10,7 @@ import psycopg2
 import psycopg2.errors
 
 from pgha.hooks.drill import drill_database
+from pgha.runtime import client_tls
 from pgha.hooks.postgres import load_sql
 from pgha.inventory import Inventory
 
@@ -96,7 +97,8 @@ def rows_from(records: list[tuple[Any, ...]], columns: list[str]) -> list[DrillR
 
 def load_drill_history(inventory: Inventory, limit: int = HISTORY_LIMIT) -> list[DrillRow]:
     """The latest ``limit`` drills, oldest first; [] before the first drill created the table."""
-    conn = drill_database(inventory).get_conn()
+    ca_file = client_tls(inventory.tls.ca_conn_id).files().ca if inventory.tls.enabled else None
+    conn = drill_database(inventory, ca_file).get_conn()
     try:
         with conn.cursor() as cur:
             try:

@@ -71,7 +71,8 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     lab.api.unpause(DAG)
     run_id = lab.api.trigger(DAG, {"run_failover_test": False})
     lab.wait_for_task(DAG, run_id, "cutover", timeout=1800)
-    # The agent starts 20 s after the task: break the new URL's login now (the copy keeps roles).
+    # The agent begins once Airflow has recorded the task's success, then stops, drains and copies before
+    # its db check: break the new URL's login now (the copy keeps roles).
     with lab.connect(host=VM1, port=WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("ALTER ROLE airflow_user PASSWORD 'not-the-password-airflow-has'")
     record = wait_for_record(lab, None)

@@ -184,7 +184,7 @@ def test_a_worker_host_crashed_in_the_stopped_window_ends_with_the_others_never_
         assert armed.get("armed") and armed.get("hosts", {}).get("vm4") == "follower", armed
         cutover_run = armed["run_id"]
 
-        # The agents start 20 s after the task: vm4's stops the worker, then waits for vm1's decision.
+        # The agents begin once the task is recorded a success: vm4's stops the worker, then waits for vm1's decision.
         seen = crash_inside_the_stopped_window(lab)
         assert "worker=inactive" in seen or "worker=failed" in seen, f"the worker was not stopped: {seen}"
         assert "resume=enabled" in seen, f"the resume unit was not enabled before the crash point: {seen}"
