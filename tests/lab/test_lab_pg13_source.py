@@ -41,12 +41,12 @@ def migrate(lab: Lab, method: str) -> dict[str, Any]:
 def assert_moved_to_15(lab: Lab, run: dict[str, Any]) -> None:
     record = run["record"]
     assert lab.source_fingerprints() == record["result"]["fingerprints"]
+    acks = lab.probe_acks()  # read first: the probe goes on writing, and every ack read must be in what we select
     with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute("SHOW server_version_num")
         assert cur.fetchone()[0].startswith("15"), "Airflow's database is the 15 cluster"
         cur.execute("SELECT seq FROM pgha_probe")
         stored = {row[0] for row in cur.fetchall()}
-    acks = lab.probe_acks()
     assert len(acks) > 100 and set(acks) - stored == set(), "every acknowledged write is in the cluster"
     smoke = lab.api.trigger("lab_smoke")
     assert lab.api.wait("lab_smoke", smoke, timeout=600) == "success", "Airflow is healthy on the cluster"
