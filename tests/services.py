@@ -87,12 +87,22 @@ def free_port(host: str = LOOPBACK) -> int:
     return free_port_on([host])
 
 
+def worker_port_range() -> tuple[int, int]:
+    """This pytest-xdist worker's share of PORT_RANGE: two workers never pick the same port in the
+    moment between "free" and a server's bind (a postgres once failed with "Address already in use")."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % count
+    size = (PORT_RANGE[1] - PORT_RANGE[0] + 1) // count
+    low = PORT_RANGE[0] + index * size
+    return low, low + size - 1
+
+
 def free_port_on(hosts: list[str]) -> int:
     """A port free on every address in ``hosts`` (members that share one port number)."""
     rng = secrets.SystemRandom()
     with _ports_lock:
         for _ in range(500):
-            port = rng.randint(*PORT_RANGE)
+            port = rng.randint(*worker_port_range())
             if port not in _ports_handed_out and all(_port_free(h, port) for h in hosts):
                 _ports_handed_out.add(port)
                 return port
