@@ -91,8 +91,12 @@ class Endpoint:
         return conn
 
     def client_args(self) -> list[str]:
-        """pg_dump/pg_restore arguments reaching this endpoint (the password from PGPASSFILE)."""
-        return ["-h", self.host, "-p", str(self.port), "-U", self.user, f"--dbname={self.dbname}"]
+        """pg_dump/pg_restore arguments reaching this endpoint (the password from PGPASSFILE). With sslmode or
+        sslrootcert the database is a connection string carrying them: the tools verify the server as a
+        session of this endpoint does."""
+        ssl = {key: value for key, value in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert)) if value}
+        dbname = secret_formats.conninfo(dbname=self.dbname, **ssl) if ssl else self.dbname
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user, f"--dbname={dbname}"]
 
     def pgpass_line(self) -> str:
         return secret_formats.pgpass_line(self.host, self.port, "*", self.user, self.password or "")

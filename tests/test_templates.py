@@ -505,6 +505,21 @@ def test_the_pg_hba_rules_are_accepted_by_postgresql(tmp_path: Path, monkeypatch
         with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
             NodePostgresHook("pgha_tls_check", host=svc.host, port=svc.port, database="postgres",
                              sslrootcert=str(other_ca)).scalar("SELECT 1")
+
+        # pg_dump | pg_restore (the copy) verify the server the same way: the endpoint's sslmode and
+        # sslrootcert travel in the database's connection string
+        passfile = tmp_path / "copy.pgpass"
+        passfile.write_text(f"{svc.host}:{svc.port}:*:{svc.user}:pw\n")
+        passfile.chmod(0o600)
+        for ca, ok in ((ca_file, True), (other_ca, False)):
+            verified = pgdata.Endpoint(host=svc.host, port=svc.port, user=svc.user, dbname="postgres",
+                                       password="pw", sslmode="verify-full", sslrootcert=str(ca))
+            dump = subprocess.run([str(svc.bin_dir / "pg_dump"), "--schema-only", *verified.client_args()],
+                                  env={"PGPASSFILE": str(passfile), "PATH": "/usr/bin:/bin"},
+                                  capture_output=True, text=True, timeout=60)
+            assert (dump.returncode == 0) is ok, dump.stderr
+            if not ok:
+                assert "certificate verify failed" in dump.stderr, dump.stderr
     finally:
         svc.stop()
 

@@ -140,16 +140,19 @@ class RemoteDumpRestore:
 
     :param remote: the host that runs the pipeline (the source host).
     :param source: the source database as that host reaches it.
-    :param target: the cluster database.
+    :param target: the cluster database as that host reaches it.
+    :param progress_target: the same as this process reaches it (the progress polls run here); default ``target``.
     """
 
     PGPASS = f"{RUN_DIR}/copy.pgpass"
     PROGRESS_INTERVAL = 15.0  # seconds between progress lines while the pipeline runs
 
-    def __init__(self, remote: RemoteHook, source: Endpoint, target: Endpoint, *, bin_dir: str, owner: str) -> None:
+    def __init__(self, remote: RemoteHook, source: Endpoint, target: Endpoint, *, bin_dir: str, owner: str,
+                 progress_target: Endpoint | None = None) -> None:
         self.remote = remote
         self.source = source
         self.target = target
+        self.progress_target = progress_target or target
         self.bin_dir = bin_dir
         self.owner = owner
 
@@ -163,7 +166,7 @@ class RemoteDumpRestore:
             if schema_only:
                 self.remote.run(pipeline, killable=True, timeout=timeout)
             else:
-                with pgdata.CopyProgress(self.target, self.source_bytes(), self.log_progress, self.PROGRESS_INTERVAL):
+                with pgdata.CopyProgress(self.progress_target, self.source_bytes(), self.log_progress, self.PROGRESS_INTERVAL):
                     self.remote.run(pipeline, killable=True, timeout=timeout)
         finally:
             self.remote.run(f"rm -f {shlex.quote(self.PGPASS)}")

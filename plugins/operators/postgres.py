@@ -80,7 +80,7 @@ def source_dump_restore(op: PghaOperator, target: Endpoint) -> RemoteDumpRestore
     """pg_dump | pg_restore from the source into ``target``, run on the source host with the cluster's major's tools."""
     inv = op.inventory
     return RemoteDumpRestore(op.remote(inv.source.host), source_endpoint(op), verified_on_host(target),
-                             bin_dir=copy_bin_dir(op), owner=inv.postgres.owner)
+                             bin_dir=copy_bin_dir(op), owner=inv.postgres.owner, progress_target=target)
 
 
 def without_hba_block(current: str) -> str:
