@@ -326,8 +326,9 @@ class AirflowUnits:
 
     def task_state(self, task: dict[str, str]) -> str:
         """The state Airflow recorded for ``task`` (dag_id, task_id, run_id): what this host's Airflow reads."""
-        if not self.environment_read:
-            self.environment, self.environment_read = self.units_environment(), True
+        if not self.environment_read:  # read until it is not empty: a restarting unit shows none
+            self.environment = self.units_environment()
+            self.environment_read = bool(self.environment)
         shown = self.airflow("tasks", "state", task["dag_id"], task["task_id"], task["run_id"], timeout=120)
         lines = [line.strip() for line in shown.splitlines() if line.strip()]
         return lines[-1] if lines else ""
