@@ -2,6 +2,7 @@
 bound to the bridge address (apt proxy, wheel server, the drill's fault injector).
 """
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -58,14 +59,28 @@ def recorded_processes(rec):
             + [h.get(k) for h in rec.get("hosts", {}).values() for k in ("nspawn", "leader")] if ref]
 
 
+def lab_command_busy(lock):
+    """Whether a lab/lab command of that checkout holds its lock now (an `up` between its steps, say)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # released: its own `down` takes it next
+    return False
+
+
 def reclaim_stale_lab():
     """The bridge is another checkout's. If none of the processes its record names still runs (its
     session was killed, not stopped), that checkout's own `lab/lab down` cleans it up; else refuse."""
     owner = json.loads(BRIDGE_OWNER.read_text()) if BRIDGE_OWNER.exists() else {}
     record = Path(owner.get("state", "/nonexistent")) / "run.json"
-    if not record.exists():
+    if not record.exists() or record.resolve() == RECORD:
         die(f"bridge {BRIDGE} exists but no lab record owns it (this lab's is {RECORD}); if no lab runs, "
             f"remove it by hand: nft delete table inet {NFT_TABLE}; ip link delete {BRIDGE}")
+    if lab_command_busy(record.parent / "lock"):
+        die(f"bridge {BRIDGE} belongs to {owner['lab']}, whose lab/lab is running now (it holds its lock)")
     if any(alive(ref) for ref in recorded_processes(json.loads(record.read_text()))):
         die(f"bridge {BRIDGE} belongs to the running lab of {owner['lab']} (run its `lab/lab down`)")
     log(f"reclaiming a stale lab: {owner['lab']} made {BRIDGE} and none of its processes runs; "
