@@ -490,3 +490,17 @@ def test_host_crash_drill_through_the_fault_gate(lab: Lab, tmp_path: Path, monke
     assert refused.exit_code == 126
     log = injector.log.read_text()
     assert f"crash {old}" in log and f"start {old}" in log and "REFUSED" in log and "rm -rf /tmp/x" in log
+
+
+def test_the_write_probe_verifies_the_cluster_when_tls_is_on() -> None:
+    """The probe's settings carry the host's CA file: the name is checked through HAProxy's address; on
+    loopback (the probe on HAProxy's own host) the chain only. Without TLS, libpq's default."""
+    from pgha.hooks.drill import probe_tls
+
+    raw = shipped_inventory()
+    raw["tls"] = {**raw.get("tls", {}), "enabled": True}
+    inventory = parse_inventory(raw)
+    assert probe_tls(inventory, local=False) == {"sslmode": "verify-full", "sslrootcert": "/etc/pgha/tls/ca.crt"}
+    assert probe_tls(inventory, local=True) == {"sslmode": "verify-ca", "sslrootcert": "/etc/pgha/tls/ca.crt"}
+    raw["tls"]["enabled"] = False
+    assert probe_tls(parse_inventory(raw), local=False) == {}

@@ -12,7 +12,8 @@ leader, outside every Airflow process, so it keeps measuring while Airflow's
 own metadata DB fails over. Stops on SIGTERM (``systemctl stop``) or after
 ``max_seconds``. Settings come from a 0600 JSON file (the only argument):
 host, port, user, password, dbname, drill_id, interval_ms, ack_file,
-max_seconds. The password is never on a command line.
+max_seconds, and with TLS sslmode and sslrootcert. The password is never on a
+command line.
 
 Needs Python 3.8+ and psycopg2 (or psycopg 3); nothing else.
 """
@@ -49,11 +50,12 @@ def connect(settings: dict[str, Any]) -> tuple[Any, str]:
     the moment its check passes; a short timeout would only add its own
     granularity (libpq's minimum is 2 s) to the measured RTO.
     """
+    tls = {key: settings[key] for key in ("sslmode", "sslrootcert") if settings.get(key)}
     conn = driver.connect(
         host=settings["host"], port=settings["port"], user=settings["user"], password=settings["password"],
         dbname=settings["dbname"], connect_timeout=settings.get("connect_timeout", 10),
         application_name="pgha-drill-probe",
-        keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2, tcp_user_timeout=2000,
+        keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2, tcp_user_timeout=2000, **tls,
     )
     conn.autocommit = True
     with conn.cursor() as cur:

@@ -18,6 +18,7 @@ from pgha.compat import AirflowException, BaseHook
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import Inventory
+from pgha import tls
 
 # The probe needs psycopg2 (what Airflow's Postgres provider ships) or psycopg 3.
 PYTHON_DRIVER_CHECK = (
@@ -41,6 +42,15 @@ def drill_database(inventory: Inventory, ca_file: str | None = None) -> NodePost
     address = inventory.host(inventory.haproxy.host).address
     return NodePostgresHook(inventory.postgres.superuser_conn_id, host=address, port=inventory.haproxy.write_port,
                             database="postgres", sslrootcert=ca_file)
+
+
+def probe_tls(inventory: Inventory, local: bool) -> dict[str, str]:
+    """The write probe's libpq TLS settings on its host, with the CA file phase 3 installed there. The
+    server's name is checked too, unless the probe reaches HAProxy on 127.0.0.1: nobody sits in the middle
+    of loopback, and no certificate names 127.0.0.1."""
+    if not inventory.tls.enabled:
+        return {}
+    return {"sslmode": "verify-ca" if local else "verify-full", "sslrootcert": tls.CA_FILE}
 
 
 def python_beside_unit(remote: RemoteHook, unit: str) -> str | None:

@@ -36,7 +36,7 @@ from pgha.drill import (
     summary,
     xcom_result,
 )
-from pgha.hooks.drill import drill_database, python_beside_unit, python_with_driver
+from pgha.hooks.drill import drill_database, probe_tls, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
@@ -270,7 +270,7 @@ class StartProbeOperator(DrillOperator):
             "host": "127.0.0.1" if local else inv.host(inv.haproxy.host).address,
             "port": inv.haproxy.write_port, "user": login.login, "password": login.password, "dbname": "postgres",
             "drill_id": plan["drill_id"], "interval_ms": inv.drill.probe_interval_ms, "ack_file": probe.ack_file,
-            "max_seconds": PROBE_MAX_SECONDS,
+            "max_seconds": PROBE_MAX_SECONDS, **probe_tls(inv, local),
         }
         self.note(f"probe files in {probe.directory}", probe.install(PROBE_SCRIPT.read_text(), settings))
         self.note(f"probe unit {probe.unit} started", probe.start(plan["probe_python"]))
