@@ -77,6 +77,11 @@ def cluster_ca(conn_id: str) -> tls.CertificateAuthority:
 _CLIENT_TLS: dict[str, tls.ClientTLS] = {}
 
 
+def cluster_ca_file(inventory: Inventory) -> str | None:
+    """The cluster CA as a file of this process, for libpq's sslrootcert (None: tls.enabled is false)."""
+    return client_tls(inventory.tls.ca_conn_id).files().ca if inventory.tls.enabled else None
+
+
 def client_tls(conn_id: str) -> tls.ClientTLS:
     """pgha's own client credentials for this process: the CA to trust and a one-day client certificate."""
     if conn_id not in _CLIENT_TLS or tls.days_left(_CLIENT_TLS[conn_id].cert_pem) < 0.5:
@@ -248,8 +253,7 @@ class InventoryMixin:
 
     def ca_file(self) -> str | None:
         """The cluster CA as a file of this process (None without TLS), for libpq's sslrootcert."""
-        client = self.client_tls()
-        return None if client is None else client.files().ca
+        return cluster_ca_file(self.inventory)
 
 
 class DrillPlanMixin:
