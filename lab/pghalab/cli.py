@@ -42,7 +42,7 @@ from .record import Locked, load_record, require_up, save_record
 from .procs import alive, stop_proc, wait_reaped
 from .ssh import client_key, ensure_keys, host_pubkey, ssh_argv
 from .cache import ensure_image, ensure_wheelhouse
-from .network import ensure_network, ensure_services, link_exists, nft_table_exists
+from .network import ensure_network, ensure_services, link_exists, nft_table_exists, recorded_processes
 from .containers import (
     cgroup_roots, check_names, in_host, kill_host, running, set_isolated, shutdown_hosts, start_hosts,
     wipe_host,
@@ -103,8 +103,7 @@ def cmd_down(args):
             log("nothing to do: the lab is not up")
             return
         rec = load_record()
-        pids = list(rec["procs"].values()) + [h.get(k) for h in rec["hosts"].values()
-                                             for k in ("nspawn", "leader")]
+        pids = recorded_processes(rec)
         shutdown_hosts(rec, list(rec["hosts"]), timeout=20)
         for name in list(rec["hosts"]):
             wipe_host(rec, name)
