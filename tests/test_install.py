@@ -12,6 +12,7 @@ pgha's plugin from its entry point. bench/airflow_matrix.py runs the unit tests 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,6 +51,17 @@ def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+def source_copy(tmp_path: Path) -> Path:
+    """This checkout's sources in a directory of the test's own.
+
+    setuptools builds in `build/` beside the sources, so two builds of one directory at once (the
+    two tests here on two xdist workers) delete each other's files mid-copy.
+    """
+    ignored = shutil.ignore_patterns(".venv", ".git", "build", ".state", "*.egg-info", "__pycache__",
+                                     ".pytest_cache")
+    return Path(shutil.copytree(REPO_ROOT, tmp_path / "source", ignore=ignored))
+
+
 @pytest.fixture(scope="module", params=releases_under_test())
 def deployment(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
     """(release, a virtualenv with that Airflow and the providers, without pgha), as a deployment's image has."""
@@ -65,7 +77,7 @@ def test_pip_install_keeps_the_deployments_airflow_and_its_dag_processor_parses_
 ) -> None:
     release, venv = deployment
     assert airflow_version(venv) == release
-    run([venv / "bin/pip", "install", "-q", "--disable-pip-version-check", REPO_ROOT])
+    run([venv / "bin/pip", "install", "-q", "--disable-pip-version-check", source_copy(tmp_path)])
     assert airflow_version(venv) == release
 
     home = tmp_path / "airflow"
@@ -81,7 +93,7 @@ def test_pip_install_keeps_the_deployments_airflow_and_its_dag_processor_parses_
 
 def test_the_wheel_ships_the_package_data_and_no_top_level_module(tmp_path: Path) -> None:
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
-         "--wheel-dir", tmp_path, REPO_ROOT])
+         "--wheel-dir", tmp_path, source_copy(tmp_path)])
     import zipfile
 
     names = zipfile.ZipFile(next(tmp_path.glob("pgha-*.whl"))).namelist()
