@@ -7,6 +7,7 @@ Reads files only: no lab, no root.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -103,3 +104,21 @@ def python_files() -> list[Path]:
 def test_only_the_table_holds_lab_addresses_among_python_files() -> None:
     holders = sorted(str(p.relative_to(REPO_ROOT)) for p in python_files() if p != TABLE and lab_addresses(p))
     assert holders == [], f"import the addresses from {TABLE.relative_to(REPO_ROOT)} instead"
+
+
+def test_a_stale_labs_command_runs_as_root_only_when_root_alone_could_have_changed_it(tmp_path: Path) -> None:
+    from pghalab.network import untrusted_part
+
+    checkout = tmp_path / "checkout" / "lab"
+    checkout.mkdir(parents=True)
+    command = checkout / "lab"
+    command.write_text("#!/bin/sh\n")
+    for part in (tmp_path, tmp_path / "checkout", checkout):
+        part.chmod(0o755)
+    command.chmod(0o755)
+    assert untrusted_part(command) is None  # the test runs as root, as `lab/lab` does
+    (tmp_path / "checkout").chmod(0o777)
+    assert untrusted_part(command) == tmp_path / "checkout"
+    (tmp_path / "checkout").chmod(0o755)
+    os.chown(command, 1000, 1000)
+    assert untrusted_part(command) == command

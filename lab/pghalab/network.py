@@ -5,6 +5,7 @@ bound to the bridge address (apt proxy, wheel server, the drill's fault injector
 import fcntl
 import json
 import os
+import stat
 from pathlib import Path
 
 from .topology import (
@@ -71,6 +72,17 @@ def lab_command_busy(lock):
     return False
 
 
+def untrusted_part(path):
+    """The first of ``path`` (resolved) and its parents that someone other than root could change, or None.
+    Root runs another checkout's lab/lab only when no one else could have swapped it."""
+    for part in [Path(path).resolve(), *Path(path).resolve().parents]:
+        st = part.stat()
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX  # /tmp: others cannot swap root's entries
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
+            return part
+    return None
+
+
 def reclaim_stale_lab():
     """The bridge is another checkout's. If none of the processes its record names still runs (its
     session was killed, not stopped), that checkout's own `lab/lab down` cleans it up; else refuse."""
@@ -83,6 +95,10 @@ def reclaim_stale_lab():
         die(f"bridge {BRIDGE} belongs to {owner['lab']}, whose lab/lab is running now (it holds its lock)")
     if any(alive(ref) for ref in recorded_processes(json.loads(record.read_text()))):
         die(f"bridge {BRIDGE} belongs to the running lab of {owner['lab']} (run its `lab/lab down`)")
+    if (part := untrusted_part(owner["lab"])) is not None:
+        die(f"bridge {BRIDGE} belongs to {owner['lab']}, but {part} is not root's alone (owner uid "
+            f"{part.stat().st_uid}, mode {part.stat().st_mode & 0o7777:o}): not running it as root; run its "
+            f"`lab/lab down` yourself")
     log(f"reclaiming a stale lab: {owner['lab']} made {BRIDGE} and none of its processes runs; "
         "running its `lab/lab down`")
     run(owner["lab"], "down", env={**os.environ, "PGHA_LAB_STATE": owner["state"]})
