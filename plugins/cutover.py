@@ -247,7 +247,6 @@ class AirflowUnits:
         self.log = log
         self.names: list[str] = list(settings.get("units") or [])
         self.environment: dict[str, str] = {}
-        self.environment_read = False
         # Resuming at boot: the units are ordered after the resume unit that runs us, so a blocking
         # `systemctl start` of them would wait for us forever; --no-block queues the job (or cancels one).
         self.no_block = False
@@ -326,9 +325,8 @@ class AirflowUnits:
 
     def task_state(self, task: dict[str, str]) -> str:
         """The state Airflow recorded for ``task`` (dag_id, task_id, run_id): what this host's Airflow reads."""
-        if not self.environment_read:  # read until it is not empty: a restarting unit shows none
+        if not self.environment:  # read until it is not empty: a restarting unit shows none
             self.environment = self.units_environment()
-            self.environment_read = bool(self.environment)
         shown = self.airflow("tasks", "state", task["dag_id"], task["task_id"], task["run_id"], timeout=120)
         lines = [line.strip() for line in shown.splitlines() if line.strip()]
         return lines[-1] if lines else ""

@@ -637,7 +637,6 @@ def test_the_task_state_comes_from_the_hosts_own_airflow_cli(tmp_path: Path, mon
     units = AirflowUnits({"units": ["airflow-scheduler"], "config": f"{home}/airflow.cfg", "airflow_user": "root",
                           "airflow_bin": str(Path(sys.executable).parent / "airflow")}, log=print)
     units.environment = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW")}
-    units.environment_read = True
     task = {"dag_id": "pgha_arming_probe", "task_id": "cutover", "run_id": run.run_id}
     assert units.task_state(task) == "success"
     with pytest.raises(RuntimeError, match="tasks state pgha_arming_probe cutover no-such-run failed"):

@@ -75,7 +75,8 @@ def lab_command_busy(lock):
 def untrusted_part(path):
     """The first of ``path`` (resolved) and its parents that someone other than root could change, or None.
     Root runs another checkout's lab/lab only when no one else could have swapped it."""
-    for part in [Path(path).resolve(), *Path(path).resolve().parents]:
+    resolved = Path(path).resolve()
+    for part in [resolved, *resolved.parents]:
         st = part.stat()
         sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX  # /tmp: others cannot swap root's entries
         if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
