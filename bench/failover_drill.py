@@ -154,6 +154,7 @@ def lab_connections() -> None:
         "pgha_airflow_db": {"conn_type": "postgres", "login": "airflow_user",
                             "password": secrets["airflow_db_password"], "schema": "airflow_db"},
         "pgha_patroni_api": {"conn_type": "http", "login": "patroni", "password": secrets["patroni_api_password"]},
+        "pgha_etcd_pgha": {"conn_type": "generic", "login": "pgha", "password": secrets["etcd_pgha_password"]},
         "pgha_fault_injector": {
             "conn_type": "ssh", "host": topology.BRIDGE_IP, "port": topology.FAULT_GATE_PORT, "login": "root",
             "extra": {"key_file": str(keys / "fault_gate_ed25519"), "no_host_key_check": False,

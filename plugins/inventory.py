@@ -245,7 +245,7 @@ class EtcdAuth:
     one etcd user's login and password: root (login ``root``), Patroni's user (read-write on its keys only)
     and pgha's own (reads Patroni's keys; health, status and members need no grant)."""
 
-    enabled: bool = False  # TODO: on by default once a lab run has passed with it (see the README)
+    enabled: bool = True
     root_conn_id: str = "pgha_etcd_root"
     patroni_conn_id: str = "pgha_etcd_patroni"
     pgha_conn_id: str = "pgha_etcd_pgha"

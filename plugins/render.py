@@ -16,7 +16,7 @@ import jinja2
 from pgha.inventory import INCLUDE_DIR, Host, Inventory, Packages
 from pgha.osfamily import OsFamily
 from pgha.secret_formats import hba_word, yaml_quote
-from pgha.tls import TLS_DIR, service_files
+from pgha.tls import TLS_DIR, haproxy_files, service_files
 
 TEMPLATE_DIR = INCLUDE_DIR / "templates"
 SOCKET_DIR = "/var/run/postgresql"
@@ -63,6 +63,7 @@ def tls_context(inventory: Inventory, directory: str = TLS_DIR) -> dict[str, Any
         "ca": f"{directory}/ca.crt",
         "postgres_cert": postgres.cert, "postgres_key": postgres.key,
         "etcd_cert": etcd.cert, "etcd_key": etcd.key,
+        "haproxy_cert": haproxy_files(directory).cert,
     }
 
 

@@ -61,6 +61,15 @@ POSTGRES_FILES = service_files("postgres")
 ETCD_FILES = service_files("etcd")
 
 
+def haproxy_files(directory: str = TLS_DIR) -> ServiceFiles:
+    """HAProxy's certificate for its stats page, root's (HAProxy reads it before it drops root). HAProxy
+    finds the key of ``crt <file>`` in ``<file>.key``, hence the names."""
+    return ServiceFiles("root", f"{directory}/haproxy.pem", f"{directory}/haproxy.pem.key")
+
+
+HAPROXY_FILES = haproxy_files()
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
     """The cluster CA: its certificate and (for issuing) its private key, both PEM."""
@@ -250,18 +259,28 @@ def node_names(inventory: Any, host_name: str) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(dns)), list(dict.fromkeys([node.address, "127.0.0.1", lb.address]))
 
 
-def certificate_problems(inventory: Any, ca_cert_pem: str, read: Callable[[str], str | None], *,
+def haproxy_names(inventory: Any) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) HAProxy's own certificate names (its stats page): the HAProxy host, its
+    address, localhost and ``tls.haproxy_names``."""
+    lb = inventory.host(inventory.haproxy.host)
+    return (list(dict.fromkeys([lb.name, "localhost", *inventory.tls.haproxy_names])),
+            list(dict.fromkeys([lb.address, "127.0.0.1"])))
+
+
+def installed_certificates(inventory: Any) -> list[tuple[str, str]]:
+    """(host, path) of every certificate pgha installs: each database node's and HAProxy's."""
+    return ([(name, POSTGRES_FILES.cert) for name in inventory.database_nodes]
+            + [(inventory.haproxy.host, HAPROXY_FILES.cert)])
+
+
+def certificate_problems(inventory: Any, ca_cert_pem: str, read: Callable[[str, str], str | None], *,
                          warn_days: int, now: dt.datetime | None = None) -> list[str]:
-    """Every problem of the CA and of each database node's installed certificate (``read(node)`` returns
-    its PEM or None): missing, foreign, expired or expiring within ``warn_days``. [] when all is well."""
-    problems = [p for p in [expiry_problem("the cluster CA", ca_cert_pem, ca_cert_pem, warn_days=warn_days, now=now)]
-                if p]
-    for name in inventory.database_nodes:
-        problem = expiry_problem(f"{name} {POSTGRES_FILES.cert}", read(name), ca_cert_pem, warn_days=warn_days,
-                                 now=now)
-        if problem:
-            problems.append(problem)
-    return problems
+    """Every problem of the CA and of each certificate pgha installs (``read(host, path)`` returns its PEM
+    or None): missing, foreign, expired or expiring within ``warn_days``. [] when all is well."""
+    problems = [expiry_problem("the cluster CA", ca_cert_pem, ca_cert_pem, warn_days=warn_days, now=now)]
+    problems += [expiry_problem(f"{host} {path}", read(host, path), ca_cert_pem, warn_days=warn_days, now=now)
+                 for host, path in installed_certificates(inventory)]
+    return [p for p in problems if p]
 
 
 def fingerprint(cert_pem: str) -> str:

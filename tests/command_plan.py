@@ -87,6 +87,9 @@ def _connections(inventory: Any) -> dict[str, str]:
 
     ids = {inventory.source.conn_id, inventory.postgres.superuser_conn_id, inventory.postgres.replication_conn_id,
            inventory.postgres.app_conn_id, inventory.patroni.rest_conn_id, *(h.ssh_conn_id for h in inventory.hosts)}
+    if inventory.etcd_auth_enabled:  # etcd RBAC (on by default with TLS): root's, Patroni's and pgha's etcd users
+        auth = inventory.etcd.auth
+        ids |= {auth.root_conn_id, auth.patroni_conn_id, auth.pgha_conn_id}
     return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
         {"conn_type": "postgres", "host": "plan.invalid", "port": 5432, "login": f"plan_{conn_id}",
          "password": PLAN_PASSWORD.format(conn_id=conn_id)}) for conn_id in sorted(ids)}

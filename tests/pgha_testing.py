@@ -80,15 +80,17 @@ def env_has(conn_id: str) -> bool:
 def write_tls_dir(directory: Path, ca: Any, *, common_name: str = "node", dns_names: list[str] = (),  # type: ignore[assignment]
                   ip_addresses: list[str] = ()) -> Path:  # type: ignore[assignment]
     """A directory laid out as pgha.tls.TLS_DIR is on a node: ca.crt, and a certificate of ``ca`` with
-    these names as postgres.crt/.key and etcd.crt/.key (keys 0600). Returns the directory."""
+    these names as postgres.crt/.key, etcd.crt/.key and HAProxy's haproxy.pem/.pem.key (keys 0600).
+    Returns the directory."""
     from pgha import tls
 
     directory.mkdir(parents=True, exist_ok=True)
     node = tls.issue(ca, common_name, dns_names=dns_names, ip_addresses=ip_addresses)
     (directory / "ca.crt").write_text(ca.cert_pem)
-    for owner in ("postgres", "etcd"):
-        (directory / f"{owner}.crt").write_text(node.cert_pem)
-        key = directory / f"{owner}.key"
+    for files in (tls.service_files("postgres", str(directory)), tls.service_files("etcd", str(directory)),
+                  tls.haproxy_files(str(directory))):
+        Path(files.cert).write_text(node.cert_pem)
+        key = Path(files.key)
         key.write_text(node.key_pem)
         key.chmod(0o600)
     return directory

@@ -11,7 +11,7 @@ from fixture_secrets import PATRONI_REST_PASSWORD
 from pgha.operators.haproxy import HAProxySwitchOperator, InstallHAProxyOperator
 from pgha.secret_formats import haproxy_word
 from pgha_testing import set_connection
-from recording_host import DEBIAN_12, ROCKY_9, Fleet, fleet_inventory
+from recording_host import DEBIAN_12, ROCKY_9, FakeFile, Fleet, fleet_inventory
 
 BOTH = [pytest.param(DEBIAN_12, id="debian12"), pytest.param(ROCKY_9, id="rocky9")]
 CONFIG = "/etc/haproxy/haproxy.cfg"
@@ -78,6 +78,24 @@ def test_an_invalid_config_is_never_installed(fleet: Fleet, tmp_path: Path, monk
         run(HAProxySwitchOperator, inventory)
     assert vm1.files[CONFIG].content == before and f"{CONFIG}.pgha-new" not in vm1.files
     assert not vm1.ran("reload|mv -f")
+
+
+def test_only_the_newest_config_backups_stay(fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replaced haproxy.cfg holds the stats login: its backups stay 0600, and only the newest 5."""
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12)
+    run(InstallHAProxyOperator, inventory)
+    run(HAProxySwitchOperator, inventory)
+    vm1 = fleet["vm1"]
+    assert vm1.files[CONFIG].mode == "600"
+    old = [f"{CONFIG}.pgha-bak-2025010{day}T000000" for day in range(1, 8)]
+    for backup in old:
+        vm1.files[backup] = FakeFile("stats auth 'stats:old'\n", mode="600")
+    monkeypatch.setattr(haproxy_ops, "render", lambda *a, **k: vm1.files[CONFIG].content + "# changed\n")
+    changes = run(HAProxySwitchOperator, inventory)["changes"]
+    backups = sorted(p for p in vm1.files if p.startswith(f"{CONFIG}.pgha-bak-"))
+    assert len(backups) == 5 and backups == sorted([*old, f"{CONFIG}.pgha-bak-20260101T000000"])[-5:]
+    assert all(vm1.files[b].mode == "600" for b in backups)
+    assert any(c.startswith("older backups removed: ") and old[0] in c and old[2] in c for c in changes), changes
 
 
 def test_the_stats_login_comes_from_its_own_connection_when_there_is_one(

@@ -9,9 +9,11 @@ the bait's content, owner and mode as they were.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
+import ssl
 import stat
 import tempfile
 import urllib.error
@@ -283,7 +285,13 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_haproxy_stats_page_needs_the_login_and_the_socket_is_roots(haproxy_factory: Any, short_tmp: Path) -> None:
+@pytest.mark.parametrize("tls_on", [False, True], ids=["plain", "tls"])
+def test_haproxy_stats_page_needs_the_login_and_the_socket_is_roots(haproxy_factory: Any, short_tmp: Path,
+                                                                    tls_on: bool) -> None:
+    from fixture_secrets import TEST_CA
+    from pgha import tls
+    from pgha.render import tls_context
+
     stats_port = free_port()
     raw = loopback_inventory(
         [("node1", "127.0.0.11"), ("node2", "127.0.0.12"), ("node3", "127.0.0.13")],
@@ -291,20 +299,40 @@ def test_haproxy_stats_page_needs_the_login_and_the_socket_is_roots(haproxy_fact
                  "stats_socket": str(short_tmp / "admin.sock"), "state_file": str(short_tmp / "server-state")},
     )
     raw["hosts"][0]["address"] = "127.0.0.1"
+    raw["tls"] = {**raw.get("tls", {}), "enabled": tls_on}
     inv = parse_inventory(raw)
     password = "it's a #1 \"pass\" $HOME:x"
-    haproxy_factory(render("haproxy.cfg.j2", **haproxy_context(inv), stats_auth=haproxy_word(f"stats:{password}")))
-    url = f"http://{inv.host(inv.haproxy.host).address}:{stats_port}/"
+    context = haproxy_context(inv)
+    if tls_on:  # HAProxy's own certificate of the cluster CA, as phase 3 issues it
+        directory = short_tmp / "tls"
+        directory.mkdir()
+        (directory / "ca.crt").write_text(TEST_CA.cert_pem)
+        issued = tls.issue(TEST_CA, "node1", dns_names=tls.haproxy_names(inv)[0], ip_addresses=tls.haproxy_names(inv)[1])
+        files = tls.haproxy_files(str(directory))
+        Path(files.cert).write_text(issued.cert_pem)
+        Path(files.key).write_text(issued.key_pem)
+        Path(files.key).chmod(0o600)
+        context["tls"] = tls_context(inv, str(directory))
+    haproxy_factory(render("haproxy.cfg.j2", **context, stats_auth=haproxy_word(f"stats:{password}")))
+    scheme = "https" if tls_on else "http"
+    url = f"{scheme}://{inv.host(inv.haproxy.host).address}:{stats_port}/"
+    cluster_ca = ssl.create_default_context(cadata=TEST_CA.cert_pem)
 
-    def status(login: str | None) -> int:
-        request = urllib.request.Request(url)
+    def status(login: str | None, trust: ssl.SSLContext | None = cluster_ca, to: str = url) -> int:
+        request = urllib.request.Request(to)
         if login:
             request.add_header("Authorization", "Basic " + b64encode(login.encode()).decode())
         try:
-            return urllib.request.urlopen(request, timeout=2).status
+            return urllib.request.urlopen(request, timeout=2, context=trust if tls_on else None).status
         except urllib.error.HTTPError as exc:
             return exc.code
 
+    if tls_on:
+        other_ca = ssl.create_default_context(cadata=tls.make_ca("another CA").cert_pem)
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            status(f"stats:{password}", other_ca)
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            status(f"stats:{password}", None, url.replace("https://", "http://"))  # no page in plain text
     wait_until(lambda: Path(inv.haproxy.stats_socket).exists(), 10, "the runtime socket")
     assert status(f"stats:{password}") == 200
     assert status(None) == 401 and status("stats:wrong") == 401

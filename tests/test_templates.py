@@ -96,10 +96,9 @@ TEST_CA = tls.make_ca("pgha test CA")
 
 
 def render_haproxy(inv: Inventory, tmp_path: Path) -> str:
-    """haproxy.cfg with its TLS files in ``tmp_path/tls`` (a real CA: `haproxy -c` loads ca-file)."""
-    directory = tmp_path / "tls"
-    directory.mkdir(exist_ok=True)
-    (directory / "ca.crt").write_text(TEST_CA.cert_pem)
+    """haproxy.cfg with its TLS files in ``tmp_path/tls`` (a real CA and certificate: `haproxy -c` loads
+    the ca-file and the stats page's crt)."""
+    directory = write_tls_dir(tmp_path / "tls", TEST_CA)
     return render("haproxy.cfg.j2", **{**haproxy_context(inv), "tls": tls_context(inv, str(directory))})
 
 

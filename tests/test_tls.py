@@ -20,6 +20,7 @@ from pgha.compat import AirflowException
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.patroni import PatroniHook
 from pgha.inventory import parse_inventory
+from pgha.operators.drill import DrillPrecheckOperator
 from pgha.operators.tls import CheckCertificatesOperator, IssueCertificatesOperator
 from pgha_testing import shipped_inventory, write_tls_dir
 from recording_host import DEBIAN_12, ROCKY_9, Fleet, Unit, fleet_inventory
@@ -82,6 +83,7 @@ def test_node_names_include_haproxy_for_verify_full_through_it() -> None:
     dns, ips = tls.node_names(inv, node.name)
     assert dns == [node.name, "localhost", lb.name, "db.example.org"]
     assert ips == [node.address, "127.0.0.1", lb.address]
+    assert tls.haproxy_names(inv) == ([lb.name, "localhost", "db.example.org"], [lb.address, "127.0.0.1"])
 
 
 def test_the_ca_connection_round_trips_and_a_mismatched_key_is_refused() -> None:
@@ -159,9 +161,20 @@ def test_certificates_are_installed_0600_per_service_user_and_a_rerun_changes_no
     assert not again["changed"] and psg1.mutations() == []
     assert psg1.files[tls.POSTGRES_FILES.key].content == key
 
-    # the HAProxy/Airflow host gets the CA only: no node key there
+    # the HAProxy host (vm1, an Airflow host) gets the CA and HAProxy's own certificate, not a node's
     assert issue_on(inventory, "vm1")["changed"]
-    assert tls.CA_FILE in vm1.files and not any(p.endswith(".key") for p in vm1.files)
+    assert tls.CA_FILE in vm1.files and tls.POSTGRES_FILES.key not in vm1.files
+    haproxy_cert = vm1.files[tls.HAPROXY_FILES.cert].content
+    assert tls.signed_by(haproxy_cert, TEST_CA.cert_pem)
+    assert tls.subject_alt_names(haproxy_cert) == (["vm1", "localhost"], ["127.0.0.40", "127.0.0.1"])
+    for path in (tls.HAPROXY_FILES.cert, tls.HAPROXY_FILES.key):
+        entry = vm1.files[path]
+        assert (entry.owner, entry.group, entry.mode) == ("root", "root", "600"), path
+    assert tls.HAPROXY_FILES.key == tls.HAPROXY_FILES.cert + ".key"  # where HAProxy looks for the key of a crt
+    haproxy_key = vm1.files[tls.HAPROXY_FILES.key].content
+    assert not any(haproxy_key in c.command for c in vm1.commands)
+    vm1.forget()
+    assert not issue_on(inventory, "vm1")["changed"] and vm1.mutations() == []
 
 
 def test_a_renewal_reissues_a_foreign_or_broken_certificate_and_reloads_patroni(fleet: Fleet, tmp_path: Path) -> None:
@@ -193,15 +206,30 @@ def test_preflight_fails_on_missing_certificates_unless_phase_3_runs(fleet: Flee
     inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, tls={"enabled": True})
     check = CheckCertificatesOperator(task_id="check_certificates", inventory_path=inventory)
     result = check.execute({"params": {"phases": ["3_etcd_cluster"]}})["result"]
-    assert len(result["problems"]) == 3 and all("no certificate installed" in p for p in result["problems"])
+    assert len(result["problems"]) == 4 and all("no certificate installed" in p for p in result["problems"])
+    assert any(p.startswith(f"vm1 {tls.HAPROXY_FILES.cert}:") for p in result["problems"])  # HAProxy's own
     with pytest.raises(AirflowException, match="certificates need phase 3"):
         check.execute({"params": {"phases": ["9_validate"]}})
-    for node in ("psg1", "psg2", "psg3"):
-        issue_on(inventory, node)
-    for node in ("psg1", "psg2", "psg3"):
-        fleet[node].forget()
+    hosts = ("psg1", "psg2", "psg3", "vm1")
+    for host in hosts:
+        issue_on(inventory, host)
+    for host in hosts:
+        fleet[host].forget()
     assert check.execute({"params": {"phases": ["9_validate"]}})["result"]["problems"] == []
-    assert all(fleet[n].mutations() == [] for n in ("psg1", "psg2", "psg3"))  # a check changes nothing
+    assert all(fleet[h].mutations() == [] for h in hosts)  # a check changes nothing
+
+
+def test_the_drill_precheck_names_a_foreign_or_missing_certificate(fleet: Fleet, tmp_path: Path) -> None:
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, tls={"enabled": True})
+    for host in ("psg1", "psg2", "psg3", "vm1"):
+        issue_on(inventory, host)
+    precheck = DrillPrecheckOperator(task_id="precheck", inventory_path=inventory)
+    assert precheck._certificate_reasons() == []
+    fleet["psg2"].files[tls.POSTGRES_FILES.cert].content = tls.issue(tls.make_ca("x"), "psg2").cert_pem
+    del fleet["vm1"].files[tls.HAPROXY_FILES.cert]
+    reasons = precheck._certificate_reasons()
+    assert reasons == [f"TLS: psg2 {tls.POSTGRES_FILES.cert}: not signed by the current CA (re-run phase 3)",
+                       f"TLS: vm1 {tls.HAPROXY_FILES.cert}: no certificate installed (phase 3 issues it)"]
 
 
 # ---------------------------------------------------------------- the clients, against a real HTTPS server

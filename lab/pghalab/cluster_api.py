@@ -38,11 +38,37 @@ def patroni(address: str, path: str, timeout: float = 5) -> Any:
     return requests.get(f"https://{address}:{PATRONI_REST_PORT}{path}", timeout=timeout, **_tls())
 
 
+ETCD_USER = "pgha"  # pgha's own etcd user (lab secret etcd_pgha_password, connection pgha_etcd_pgha): reads only
+_etcd_tokens: dict[str, str] = {}  # address -> token; etcd's simple tokens hold on the member that issued them
+
+
+def _etcd_token(address: str, fresh: bool = False) -> str | None:
+    """A token of pgha's etcd user from the member at ``address``; None while etcd's auth is not enabled."""
+    import requests
+
+    if fresh or address not in _etcd_tokens:
+        login = {"name": ETCD_USER, "password": load_secrets()["etcd_pgha_password"]}
+        answer = requests.post(f"https://{address}:{ETCD_CLIENT_PORT}/v3/auth/authenticate", json=login,
+                               timeout=5, **_tls())
+        if not answer.ok:
+            return None  # auth not enabled (yet): requests go without a token
+        _etcd_tokens[address] = answer.json()["token"]
+    return _etcd_tokens[address]
+
+
 def etcd(address: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5) -> Any:
-    """POST ``body`` to etcd's v3 gateway (``path`` such as /v3/cluster/member/list), or GET it without a body."""
+    """POST ``body`` to etcd's v3 gateway (``path`` such as /v3/cluster/member/list), or GET it without a body.
+    A POST authenticates as pgha's etcd user (etcd RBAC is on in the lab, as by default); a token the
+    member no longer knows (it restarted) is renewed once."""
     import requests
 
     url = f"https://{address}:{ETCD_CLIENT_PORT}{path}"
     if body is None:
         return requests.get(url, timeout=timeout, **_tls())
-    return requests.post(url, json=body, timeout=timeout, **_tls())
+    for fresh in (False, True):
+        token = _etcd_token(address, fresh)
+        answer = requests.post(url, json=body, timeout=timeout, headers={"Authorization": token} if token else {},
+                               **_tls())
+        if answer.ok or "token" not in answer.text and "user name is empty" not in answer.text:
+            return answer
+    return answer

@@ -20,6 +20,7 @@ from pgha.hooks.remote import CommandResult, FileChange, RemoteHook
 from pgha.osfamily import OsFamily, detect_family, installed_packages, parse_module_state, parse_selinux_ports
 
 UNIT_DIR = "/etc/systemd/system"
+KEEP_BACKUPS = 5  # the newest replaced copies of a config HostHook.replace_file keeps (they may hold a secret)
 
 
 def q(value: object) -> str:
@@ -236,12 +237,25 @@ class HostHook(BaseHook):
         current = self.remote.run(f"stat -c '%F %U:%G:%a' {q(path)}", check=False, quiet=True)
         return current.stdout.strip() if current.ok else None
 
-    def replace_file(self, path: str, staged: str) -> None:
-        """Move ``staged`` over ``path``, keeping the previous file as ``<path>.pgha-bak-<timestamp>``."""
+    def replace_file(self, path: str, staged: str) -> list[str]:
+        """Move ``staged`` over ``path``, keeping the previous file as ``<path>.pgha-bak-<timestamp>`` (its
+        mode and owner kept: a config with a secret stays 0600); only the newest KEEP_BACKUPS stay. Returns
+        the backups removed."""
         self.remote.run(
             f"if [ -f {q(path)} ]; then cp -p {q(path)} {q(path)}.pgha-bak-$(date +%Y%m%dT%H%M%S); fi; "
             f"mv -f {q(staged)} {q(path)}"
         )
+        return self.prune_backups(path)
+
+    def prune_backups(self, path: str, keep: int = KEEP_BACKUPS) -> list[str]:
+        """Remove all but the newest ``keep`` of ``<path>.pgha-bak-*`` (their timestamps sort by age)."""
+        listed = self.remote.run(f"ls {q(path)}.pgha-bak-*", check=False, quiet=True)
+        prefix = f"{path}.pgha-bak-"
+        backups = sorted(line for line in listed.stdout.splitlines() if line.startswith(prefix)) if listed.ok else []
+        old = backups[:-keep] if keep else backups
+        for backup in old:
+            self.remote.run(f"rm -f {q(backup)}")
+        return old
 
     def remove(self, path: str) -> None:
         self.remote.run(f"rm -f {q(path)}")

@@ -222,7 +222,7 @@ class DrillPrecheckOperator(PghaOperator):
             return []
         ca = cluster_ca(inv.tls.ca_conn_id)
         return [f"TLS: {p}" for p in tls.certificate_problems(
-            inv, ca.cert_pem, lambda node: self.host_hook(node).read_file(tls.POSTGRES_FILES.cert), warn_days=1)]
+            inv, ca.cert_pem, lambda host, path: self.host_hook(host).read_file(path), warn_days=1)]
 
     def _target(self, cluster: PatroniCluster, scenario: str, wanted: str) -> str:
         leader = cluster.leaders[0]

@@ -11,6 +11,7 @@ from typing import Any
 
 from pgha.compat import AirflowException, BaseHook
 from pgha.hooks.haproxy import HAProxyHook
+from pgha.hooks.host import KEEP_BACKUPS
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.postgres import NodePostgresHook
 from pgha.render import haproxy_context, render
@@ -125,8 +126,11 @@ class HAProxySwitchOperator(PghaOperator):
         if running:
             state = HAProxyHook(self.remote(haproxy.host), haproxy.stats_socket).command("show servers state")
             host.put_file(haproxy.state_file, state)
-        host.replace_file(haproxy.config, staged)
-        self.changed(f"{haproxy.config} installed (validated with haproxy -c; previous kept as .pgha-bak-*)")
+        pruned = host.replace_file(haproxy.config, staged)
+        self.changed(f"{haproxy.config} installed (validated with haproxy -c; previous kept 0600 as .pgha-bak-*, "
+                     f"the newest {KEEP_BACKUPS})")
+        if pruned:
+            self.changed(f"older backups removed: {', '.join(pruned)}")
         if running:
             host.reload(HAPROXY_UNIT)
             self.changed("haproxy reloaded (master-worker: live connections kept)")

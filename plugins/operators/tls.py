@@ -22,11 +22,12 @@ class IssueCertificatesOperator(HostOperator):
     here by the CA from connection ``tls.ca_conn_id`` (the CA key never leaves the
     worker): one copy per service user, 0600 postgres (PostgreSQL, Patroni) and
     0600 etcd. The certificate names the node, its address, localhost and
-    HAProxy (PostgreSQL's TLS passes through HAProxy). A certificate is issued
-    again when it is missing, not signed by the current CA, expires within
+    HAProxy (PostgreSQL's TLS passes through HAProxy). The HAProxy host gets a
+    certificate of its own for its HTTPS stats page (``haproxy.pem`` and
+    ``haproxy.pem.key``, 0600 root). A certificate is issued again when it is missing, not signed by the current CA, expires within
     ``tls.renew_before_days``, lacks a name, or a key file lost its owner or mode;
-    otherwise nothing changes. After a renewal a running Patroni is reloaded (etcd
-    reads its files at each new connection). Skips when ``tls.enabled`` is false.
+    otherwise nothing changes. After a renewal a running Patroni and HAProxy are
+    reloaded (etcd reads its files at each new connection). Skips when ``tls.enabled`` is false.
 
     :param host: managed host (mapped).
     """
@@ -44,38 +45,46 @@ class IssueCertificatesOperator(HostOperator):
         result: dict[str, Any] = {"ca_fingerprint": tls.fingerprint(ca.cert_pem)}
         renewed = False
         if self.host in inv.database_nodes:
-            renewed, result["certificate"] = self._node_certificate(ca)
+            renewed, result["certificate"] = self._certificate(ca, tls.node_names(inv, self.host), SERVICE_FILES)
+        if self.host == inv.haproxy.host:
+            haproxy_renewed, result["haproxy_certificate"] = self._certificate(ca, tls.haproxy_names(inv),
+                                                                               (tls.HAPROXY_FILES,))
+            renewed = renewed or haproxy_renewed
         if ca_changed or renewed:
             self._reload_services()
         return result
 
-    def _node_certificate(self, ca: tls.CertificateAuthority) -> tuple[bool, dict[str, Any]]:
+    def _certificate(self, ca: tls.CertificateAuthority, names: tuple[list[str], list[str]],
+                     copies: tuple[tls.ServiceFiles, ...]) -> tuple[bool, dict[str, Any]]:
+        """Issue a certificate with these (DNS names, addresses) into ``copies`` unless the installed one
+        may stay; (renewed, its description)."""
         inv = self.inventory
         host = self.host_hook(self.host)
-        dns_names, addresses = tls.node_names(inv, self.host)
-        installed = host.read_file(tls.POSTGRES_FILES.cert)
+        dns_names, addresses = names
+        installed = host.read_file(copies[0].cert)
         reason = tls.reissue_reason(installed, ca.cert_pem, dns_names=dns_names, ip_addresses=addresses,
-                                    renew_before_days=inv.tls.renew_before_days) or self._files_reason(installed)
+                                    renew_before_days=inv.tls.renew_before_days) or self._files_reason(installed,
+                                                                                                        copies)
         if reason is None:
-            self.unchanged(f"certificate of {self.host} (expires {tls.expires(installed or ''):%Y-%m-%d}, "
+            self.unchanged(f"{copies[0].cert} on {self.host} (expires {tls.expires(installed or ''):%Y-%m-%d}, "
                            f"names {', '.join(dns_names + addresses)})")
             return False, self._describe(installed or "")
         issued = tls.issue(ca, self.host, dns_names=dns_names, ip_addresses=addresses, days=inv.tls.days)
         host.remote.add_secret(issued.key_pem)
-        for files in SERVICE_FILES:
+        for files in copies:
             host.put_file(files.cert, issued.cert_pem, owner=files.owner, mode="0600")
             host.put_file(files.key, issued.key_pem, owner=files.owner, mode="0600", secret=True)
-        self.changed(f"certificate of {self.host} issued ({reason}): expires "
+        self.changed(f"certificate {copies[0].cert} of {self.host} issued ({reason}): expires "
                      f"{tls.expires(issued.cert_pem):%Y-%m-%d}, names {', '.join(dns_names + addresses)}; "
-                     f"installed 0600 for {', '.join(f.owner for f in SERVICE_FILES)}")
+                     f"installed 0600 for {', '.join(f.owner for f in copies)}")
         return True, self._describe(issued.cert_pem)
 
-    def _files_reason(self, installed: str | None) -> str | None:
+    def _files_reason(self, installed: str | None, copies: tuple[tls.ServiceFiles, ...]) -> str | None:
         """Why the installed copies are not usable as they are (a copy differs, a key lost owner or mode)."""
         host = self.host_hook(self.host)
-        for files in SERVICE_FILES:
-            if files is not tls.POSTGRES_FILES and host.read_file(files.cert) != installed:
-                return f"{files.cert} differs from {tls.POSTGRES_FILES.cert}"
+        for files in copies:
+            if files is not copies[0] and host.read_file(files.cert) != installed:
+                return f"{files.cert} differs from {copies[0].cert}"
             for path in (files.cert, files.key):
                 state = host.file_state(path)
                 if state != f"regular file {files.owner}:{files.owner}:600":
@@ -117,5 +126,5 @@ class CheckCertificatesOperator(PghaOperator):
         return {"ca_expires": f"{tls.expires(ca.cert_pem):%Y-%m-%d}", "ca_fingerprint": tls.fingerprint(ca.cert_pem),
                 "problems": problems}
 
-    def _installed(self, node: str) -> str | None:
-        return self.host_hook(node).read_file(tls.POSTGRES_FILES.cert)
+    def _installed(self, host: str, path: str) -> str | None:
+        return self.host_hook(host).read_file(path)

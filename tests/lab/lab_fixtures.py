@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from pghalab.settings import LAB_INVENTORY, SECRETS  # noqa: E402
 VM1 = topology.address(topology.AIRFLOW_HOST)  # Airflow, its old PostgreSQL, HAProxy
 NODES = topology.database_addresses()  # {psg1: address, ...}
 WRITE_PORT, READ_PORT = topology.HAPROXY_WRITE_PORT, topology.HAPROXY_READ_PORT  # HAProxy on vm1
+STATS_PORT = topology.HAPROXY_STATS_PORT  # HAProxy's stats page on vm1
 MIGRATION = "pg_ha_migration"
 PATRONI_PORT, ETCD_PORT = topology.PATRONI_REST_PORT, topology.ETCD_CLIENT_PORT
 POSTGRES_PORT = topology.POSTGRES_PORT  # PostgreSQL on every host
@@ -107,7 +109,7 @@ class Lab:
         return [int(x) for x in self.ssh("vm1", "cat /var/lib/pgha-probe/acks.log").split()]
 
     def put(self, node: str, path: str, content: str) -> None:
-        proc = subprocess.run([str(LAB), "ssh", node, f"cat > {path}"], input=content, text=True,
+        proc = subprocess.run([str(LAB), "ssh", node, f"umask 077 && cat > {shlex.quote(path)}"], input=content, text=True,
                               capture_output=True, timeout=60)
         if proc.returncode:
             raise RuntimeError(f"writing {node}:{path} failed: {proc.stderr}")

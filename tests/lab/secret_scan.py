@@ -130,6 +130,8 @@ ALLOWED = (
             "the lab's Redis requirepass; redis-server runs as redis"),
     Allowed("vm1", "/etc/haproxy/haproxy.cfg", ("600",), "root:root",
             "HAProxy's stats page login (HAProxy reads its config as root)"),
+    Allowed("vm1", "/etc/haproxy/haproxy.cfg.pgha-bak-*", ("600",), "root:root",
+            "replaced haproxy.cfg, its stats login (newest 5)"),
     Allowed("vm[14]", "/var/lib/pgha/airflow.cfg.pgha-new", ("600",), "root:root",
             "phase 8's staged airflow.cfg, until the cutover installs it"),
     Allowed("vm[14]", "/var/lib/pgha/backup/airflow.cfg.pgha-bak-*", ("600",), "root:root",

@@ -66,6 +66,32 @@ def test_a_database_url_in_a_units_environment_is_refused_before_any_change(lab:
         lab.ssh("vm1", f"rm -f {DROP_IN} && systemctl daemon-reload && systemctl restart airflow-dag-processor")
 
 
+def test_an_airflow_cfg_swapped_for_a_link_is_refused_before_any_change(lab: Lab) -> None:
+    """The airflow user replaces vm4's airflow.cfg with a link to a root-only file: preflight (root, over
+    SSH) refuses to read through it, names the path, and no task after preflight runs; the file is intact."""
+    lab.reset_to_provisioned()
+    bait, config = "/root/pgha-bait-cfg", "/home/airflow/airflow/airflow.cfg"
+    lab.ssh("vm4", f"umask 077 && echo 'root only: not for the airflow user' > {bait} && cp -p {config} {config}.saved")
+    before = lab.ssh("vm4", f"sha256sum {bait} && stat -c '%U:%G %a' {bait}")
+    lab.ssh("vm4", f"runuser -u airflow -- ln -sfn {bait} {config}")
+    try:
+        lab.api.unpause(DAG)
+        run_id = lab.api.trigger(DAG, {"run_failover_test": False})
+        assert lab.api.wait(DAG, run_id, timeout=900) == "failed"
+        states = {(t["task_id"], t["map_index"]): t for t in lab.api.task_instances(DAG, run_id)}
+        failed = [t for k, t in states.items() if k[0] == "preflight.check_airflow_host" and t["state"] == "failed"]
+        assert len(failed) == 1, states
+        log = "\n".join(lab.api.task_log(DAG, run_id, failed[0]["task_id"], failed[0]["try_number"],
+                                         failed[0]["map_index"]))
+        assert f"refusing {config}: it is a symbolic link; nothing was read" in log, log[-3000:]
+        assert "root only" not in log  # nothing of the bait reached the log
+        changed = [k for k, t in states.items() if not k[0].startswith("preflight.") and t["state"] == "success"]
+        assert changed == [], "nothing after preflight ran"
+        assert lab.ssh("vm4", f"sha256sum {bait} && stat -c '%U:%G %a' {bait}") == before
+    finally:
+        lab.ssh("vm4", f"rm -f {config} && mv {config}.saved {config} && rm -f {bait}")
+
+
 def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     lab.reset_to_provisioned()
     lab.api.unpause(DAG)

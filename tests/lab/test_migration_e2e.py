@@ -24,10 +24,36 @@ pytestmark = pytest.mark.lab
 DAG = "pg_ha_migration"
 
 
+AIRFLOW_HOME = "/home/airflow/airflow"  # the airflow user's own directory, where airflow.cfg lives
+AIRFLOW_HOSTS = ("vm1", "vm4")
+# Names an attacker with the airflow account would plant links at: every name pgha ever used for its work
+# beside airflow.cfg (the staged config, backups, a temp file). Each points at a root-only file of ours.
+PLANTED = ("airflow.cfg.pgha-new", "airflow.cfg.pgha-bak", "airflow.cfg.pgha-bak-20260101T000000",
+           ".airflow.cfg.pgha-tmp", ".pgha-put.tmp")
+BAITS = ("/root/pgha-bait-1", "/root/pgha-bait-2")  # nothing else on the host changes them
+
+
+def plant_links(lab: Lab) -> dict[str, str]:
+    """As the airflow user: links at PLANTED in AIRFLOW_HOME to root-only bait files; each bait's state."""
+    for host in AIRFLOW_HOSTS:
+        lab.ssh(host, "umask 077 && " + " && ".join(f"echo {n} > {b}" for n, b in enumerate(BAITS)))
+        links = " && ".join(f"ln -sfn {BAITS[n % len(BAITS)]} {AIRFLOW_HOME}/{name}" for n, name in enumerate(PLANTED))
+        lab.ssh(host, f"runuser -u airflow -- sh -c '{links}'")
+    return bait_states(lab)
+
+
+def bait_states(lab: Lab) -> dict[str, str]:
+    """host -> each bait's sha256, owner and mode, and where each planted link points."""
+    listing = " ".join(f"{AIRFLOW_HOME}/{name}" for name in PLANTED)
+    return {host: lab.ssh(host, f"sha256sum {' '.join(BAITS)} && stat -c '%n %U:%G %a' {' '.join(BAITS)} && "
+                                f"readlink {listing}") for host in AIRFLOW_HOSTS}
+
+
 @pytest.fixture(scope="module")
 def migrated(lab: Lab) -> dict[str, Any]:
     """Trigger the migration through the REST API and wait for it (survives the cutover restart)."""
     lab.reset_to_provisioned()
+    baits = plant_links(lab)
     # a writer that commits every 100 ms throughout, stopped and repointed by the cutover like any Airflow unit
     inventory = lab.install_probe()
     lab.api.unpause(DAG)
@@ -35,7 +61,7 @@ def migrated(lab: Lab) -> dict[str, Any]:
     run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "defer_waits": True})
     state = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
     record = lab.wait_for_cutover() if state == "success" else {}
-    return {"run_id": run_id, "state": state, "inventory": inventory, "cutover": record}
+    return {"run_id": run_id, "state": state, "inventory": inventory, "cutover": record, "baits": baits}
 
 
 def states(lab: Lab, run_id: str) -> dict[str, str]:
@@ -57,6 +83,16 @@ def test_every_task_succeeded(lab: Lab, migrated: dict[str, Any]) -> None:
     not_this_run = {k for k in found if k.startswith(NOT_THIS_RUN)} | OTHER_METHOD
     assert {k for k, v in found.items() if v == "skipped"} == not_this_run, found
     assert len(found) > 40 and all(v == "success" for k, v in found.items() if k not in not_this_run), found
+
+
+def test_links_the_airflow_user_planted_were_never_followed(lab: Lab, migrated: dict[str, Any]) -> None:
+    """Phase 8 and the cutover ran as root beside links the airflow user planted in its own directory:
+    the root-only files they point at are unchanged, every link still points where it did, and airflow.cfg
+    is the airflow user's regular file."""
+    assert migrated["state"] == "success" and migrated["cutover"].get("outcome") == "success", migrated["cutover"]
+    assert bait_states(lab) == migrated["baits"]
+    for host in AIRFLOW_HOSTS:
+        assert lab.ssh(host, f"stat -c '%F %U %a' {AIRFLOW_HOME}/airflow.cfg").strip() == "regular file airflow 600"
 
 
 def test_the_sensors_waited_in_the_triggerer(lab: Lab, migrated: dict[str, Any]) -> None:

@@ -4,15 +4,18 @@ without TLS and the cluster CA's credentials (issue 12, item 1).
 vm4 holds the cluster CA's certificate (/etc/pgha/tls/ca.crt, phase 3 installs it on every Airflow host)
 but no client certificate. Every attempt runs there in one Python program (Airflow's venv: requests,
 psycopg2 and cryptography), and must be refused: plain text, TLS without a client certificate, a client
-that trusts another CA, and PostgreSQL without TLS (hostssl only) on every member.
+that trusts another CA, and PostgreSQL without TLS (hostssl only) on every member. HAProxy's stats page
+on vm1 refuses plain text and another CA, and asks the cluster CA's client for a login. etcd's RBAC is on:
+the check that nothing was written reads as etcd's root, which alone sees every key.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
-from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, POSTGRES_PORT, Lab
+from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, POSTGRES_PORT, STATS_PORT, VM1, Lab
 
 pytestmark = pytest.mark.lab
 
@@ -26,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-nodes, etcd_port, patroni_port, pg_port, password = json.load(open(sys.argv[1]))
+nodes, etcd_port, patroni_port, pg_port, password, haproxy, stats_port = json.load(open(sys.argv[1]))
 CA = "/etc/pgha/tls/ca.crt"
 key = ec.generate_private_key(ec.SECP256R1())
 name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgha lab CA")])  # the same name, another key
@@ -76,6 +79,12 @@ for node, address in nodes.items():
         "postgres plain text": pg(address, sslmode="disable"),
         "postgres trusting another CA": pg(address, sslmode="verify-full", sslrootcert=other_ca.name),
     }
+stats = f"{haproxy}:{stats_port}"
+results["haproxy stats page"] = {
+    "plain text": outcome(lambda: requests.get(f"http://{stats}/", timeout=5)),
+    "trusting another CA": outcome(lambda: requests.get(f"https://{stats}/", timeout=5, verify=other_ca.name)),
+    "the cluster CA, no login": outcome(lambda: requests.get(f"https://{stats}/", timeout=5, verify=CA)),
+}
 print(json.dumps(results))
 '''
 
@@ -87,7 +96,8 @@ def migrated(lab: Lab) -> None:
 
 def test_vm4_cannot_reach_etcd_patroni_or_postgres_without_the_cluster_credentials(lab: Lab, migrated: None) -> None:
     # the password goes in a file under /root (0700), never on a command line (the secret scan reads them)
-    args = json.dumps([NODES, ETCD_PORT, PATRONI_PORT, POSTGRES_PORT, lab.secrets["pg_superuser_password"]])
+    args = json.dumps([NODES, ETCD_PORT, PATRONI_PORT, POSTGRES_PORT, lab.secrets["pg_superuser_password"], VM1,
+                       STATS_PORT])
     lab.put("vm4", "/root/pgha-tls-attempts.py", ATTEMPTS)
     lab.put("vm4", "/root/pgha-tls-attempts.json", args)
     try:
@@ -95,6 +105,10 @@ def test_vm4_cannot_reach_etcd_patroni_or_postgres_without_the_cluster_credentia
     finally:
         lab.ssh("vm4", "rm -f /root/pgha-tls-attempts.py /root/pgha-tls-attempts.json")
     results = json.loads(out.strip().splitlines()[-1])
+    stats = results.pop("haproxy stats page")  # HTTPS with a certificate of the cluster CA, and a login
+    assert stats["plain text"].startswith("refused"), stats
+    assert "CERTIFICATE_VERIFY_FAILED" in stats["trusting another CA"], stats
+    assert stats["the cluster CA, no login"].startswith("answered HTTP 401"), stats
     assert sorted(results) == sorted(NODES)
     for node, attempts in results.items():
         control = attempts.pop("patroni read with the CA (control)")
@@ -111,8 +125,20 @@ def test_vm4_cannot_reach_etcd_patroni_or_postgres_without_the_cluster_credentia
         assert "certificate verify failed" in wrong_ca or "signature failure" in wrong_ca, node
         assert "CERTIFICATE_VERIFY_FAILED" in attempts["etcd trusting another CA"], node
         assert "CERTIFICATE_VERIFY_FAILED" in attempts["patroni trusting another CA"], node
-    # and nothing was written: etcd has no intruder key (read with the cluster's own client, on psg1)
-    leftover = lab.ssh("psg1", "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:%d --cacert=/etc/pgha/tls/ca.crt "
-                               "--cert=/etc/pgha/tls/etcd.crt --key=/etc/pgha/tls/etcd.key get /airflow/pgha-lab-intruder"
-                       % ETCD_PORT)
+    # and nothing was written: etcd has no intruder key. Read on psg1 with the cluster's own client as etcd's
+    # root (etcd RBAC is on: a CA certificate alone reads nothing); the login goes in a 0600 file, not argv.
+    login = "ETCDCTL_USER=%s\n" % shlex.quote("root:" + lab.secrets["etcd_root_password"])
+    lab.put("psg1", "/root/pgha-etcd-root.env", login)
+    try:
+        leftover = lab.ssh("psg1", "set -a && . /root/pgha-etcd-root.env && set +a && ETCDCTL_API=3 etcdctl "
+                                   "--endpoints=https://127.0.0.1:%d --cacert=/etc/pgha/tls/ca.crt "
+                                   "--cert=/etc/pgha/tls/etcd.crt --key=/etc/pgha/tls/etcd.key "
+                                   "get --prefix /airflow/pgha-lab-intruder" % ETCD_PORT)
+        patroni_keys = lab.ssh("psg1", "set -a && . /root/pgha-etcd-root.env && set +a && ETCDCTL_API=3 etcdctl "
+                                       "--endpoints=https://127.0.0.1:%d --cacert=/etc/pgha/tls/ca.crt "
+                                       "--cert=/etc/pgha/tls/etcd.crt --key=/etc/pgha/tls/etcd.key "
+                                       "get --prefix --keys-only /" % ETCD_PORT)
+    finally:
+        lab.ssh("psg1", "rm -f /root/pgha-etcd-root.env")
     assert leftover.strip() == ""
+    assert "/leader" in patroni_keys  # the control: root's read does see Patroni's keys
