@@ -85,6 +85,10 @@ STAGED_CONFIG = f"{STATE_DIR}/airflow.cfg.pgha-new"  # phase 8 writes it, the ag
 BACKUP_DIR = f"{STATE_DIR}/backup"
 KEEP_BACKUPS = 5  # airflow.cfg backups kept per host (they hold the old database password)
 PGPASS = "/etc/pgha/cutover.pgpass"
+# pgha's client certificate and key (with TLS): the cluster superuser needs one from a host that is no member.
+# They live as long as the pgpass file.
+CLIENT_CERT = "/etc/pgha/cutover-client.crt"
+CLIENT_KEY = "/etc/pgha/cutover-client.key"
 STATE_FILE = f"{STATE_DIR}/cutover-state.json"  # an unfinished cutover on this host (see Agent.resume)
 RESUME_UNIT = "pgha-cutover-resume.service"
 UNIT_DIR = "/etc/systemd/system"
@@ -236,7 +240,7 @@ def endpoint(settings: dict[str, Any], side: str, dbname: str) -> Endpoint:
     where = settings[side]
     return Endpoint(host=where["host"], port=int(where["port"]), user=where["user"], dbname=dbname,
                     passfile=settings["pgpass"], connect_timeout=10, sslmode=where.get("sslmode"),
-                    sslrootcert=where.get("sslrootcert"))
+                    sslrootcert=where.get("sslrootcert"), sslcert=where.get("sslcert"), sslkey=where.get("sslkey"))
 
 
 class AirflowUnits:
@@ -919,16 +923,19 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m pgha.cutover [--resume] SETTINGS.json", file=sys.stderr)
         return 2
-    pgpass, state = PGPASS, Path(STATE_FILE)
+    secret_files, state = [PGPASS, CLIENT_CERT, CLIENT_KEY], Path(STATE_FILE)
     try:
         settings = json.loads(Path(args[0]).read_text())
-        pgpass = settings.get("pgpass") or PGPASS
+        cluster = settings.get("cluster") or {}
+        secret_files = [settings.get("pgpass") or PGPASS, cluster.get("sslcert") or CLIENT_CERT,
+                        cluster.get("sslkey") or CLIENT_KEY]
         state = Path(settings.get("state_file") or STATE_FILE)
         agent = Agent(settings, settings_path=args[0], resuming=resuming)
         return agent.resume() if resuming else agent.run()
-    finally:  # the passwords' file has done its work once no resume can need it (the log and record stay)
-        if not state.exists():
-            Path(pgpass).unlink(missing_ok=True)
+    finally:  # the passwords' file and the client key have done their work once no resume can need them
+        if not state.exists():  # (the log and the record stay)
+            for path in secret_files:
+                Path(path).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

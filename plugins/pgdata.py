@@ -71,6 +71,10 @@ class Endpoint:
     connect_timeout: int = 10
     sslmode: str | None = None  # libpq's default (prefer) when None
     sslrootcert: str | None = None
+    # the client certificate and key libpq presents: the cluster's superuser rules ask one of a session that
+    # does not come from a member (clientcert=verify-ca), so a password alone is not enough there
+    sslcert: str | None = None
+    sslkey: str | None = None
 
     def on(self, dbname: str) -> Endpoint:
         return replace(self, dbname=dbname)
@@ -82,10 +86,7 @@ class Endpoint:
             kwargs["password"] = self.password
         if self.passfile:
             kwargs["passfile"] = self.passfile
-        if self.sslmode:
-            kwargs["sslmode"] = self.sslmode
-        if self.sslrootcert:
-            kwargs["sslrootcert"] = self.sslrootcert
+        kwargs.update(self.ssl_options())
         conn = psycopg2.connect(**kwargs)
         conn.autocommit = autocommit
         return conn
@@ -94,9 +95,14 @@ class Endpoint:
         """pg_dump/pg_restore arguments reaching this endpoint (the password from PGPASSFILE). With sslmode or
         sslrootcert the database is a connection string carrying them: the tools verify the server as a
         session of this endpoint does."""
-        ssl = {key: value for key, value in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert)) if value}
+        ssl = self.ssl_options()
         dbname = secret_formats.conninfo(dbname=self.dbname, **ssl) if ssl else self.dbname
         return ["-h", self.host, "-p", str(self.port), "-U", self.user, f"--dbname={dbname}"]
+
+    def ssl_options(self) -> dict[str, str]:
+        """The libpq TLS keywords this endpoint sets (sslmode, sslrootcert, sslcert, sslkey)."""
+        return {key: value for key, value in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert),
+                                              ("sslcert", self.sslcert), ("sslkey", self.sslkey)) if value}
 
     def pgpass_line(self) -> str:
         return secret_formats.pgpass_line(self.host, self.port, "*", self.user, self.password or "")
@@ -411,6 +417,30 @@ def drop_publication(conn: Connection) -> None:
 
 def subscription_exists(conn: Connection) -> bool:
     return bool(scalar(conn, statement("subscription_exists.sql", subscription=lit(SUBSCRIPTION))))
+
+
+SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")  # PostgreSQL's "let us speak TLS" packet
+
+
+def certificate_problem(host: str, port: int, cafile: str, timeout: float = 10) -> str | None:
+    """Why a libpq client at ``host``:``port`` with sslmode=verify-full and sslrootcert=``cafile`` would not
+    accept the server's certificate (no TLS offered, another CA, a name that is not ``host``); None when it
+    would. Only the TLS handshake runs: no login, nothing on the server changes."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile)  # verifies the chain and that the certificate names host
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            raw.sendall(SSL_REQUEST)
+            if raw.recv(1) != b"S":
+                return "the server does not offer TLS (ssl = off)"
+            with context.wrap_socket(raw, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as exc:
+        return f"its certificate does not verify: {exc.verify_message}"
+    except (OSError, ssl.SSLError) as exc:
+        return f"no TLS handshake with {host}:{port}: {exc}"
 
 
 def create_subscription(conn: Connection, publisher: Endpoint) -> None:

@@ -77,9 +77,16 @@ def cluster_ca(conn_id: str) -> tls.CertificateAuthority:
 _CLIENT_TLS: dict[str, tls.ClientTLS] = {}
 
 
+def cluster_tls_files(inventory: Inventory) -> tls.TlsFiles | None:
+    """The cluster CA, pgha's client certificate and its key as files of this process, for libpq's
+    sslrootcert, sslcert and sslkey (None: tls.enabled is false)."""
+    return client_tls(inventory.tls.ca_conn_id).files() if inventory.tls.enabled else None
+
+
 def cluster_ca_file(inventory: Inventory) -> str | None:
     """The cluster CA as a file of this process, for libpq's sslrootcert (None: tls.enabled is false)."""
-    return client_tls(inventory.tls.ca_conn_id).files().ca if inventory.tls.enabled else None
+    files = cluster_tls_files(inventory)
+    return files.ca if files else None
 
 
 def client_tls(conn_id: str) -> tls.ClientTLS:
@@ -247,9 +254,16 @@ class InventoryMixin:
     def verified(self, endpoint: Any) -> Any:
         """``endpoint`` (a cluster member or HAProxy) as this process's libpq must reach it: with TLS on, the
         server's certificate verified against the cluster CA and its name against the address
-        (sslmode=verify-full); a man in the middle gets no superuser password."""
-        ca_file = self.ca_file()
-        return endpoint if ca_file is None else replace(endpoint, sslmode="verify-full", sslrootcert=ca_file)
+        (sslmode=verify-full), so a man in the middle gets no superuser password; and pgha's client
+        certificate presented, which the superuser's rules ask of a host that is no member."""
+        files = self.tls_files()
+        if files is None:
+            return endpoint
+        return replace(endpoint, sslmode="verify-full", sslrootcert=files.ca, sslcert=files.cert, sslkey=files.key)
+
+    def tls_files(self) -> tls.TlsFiles | None:
+        """The cluster CA, pgha's client certificate and key as files of this process (None without TLS)."""
+        return cluster_tls_files(self.inventory)
 
     def ca_file(self) -> str | None:
         """The cluster CA as a file of this process (None without TLS), for libpq's sslrootcert."""

@@ -395,7 +395,17 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--days", type=int, default=CA_DAYS)
     create.add_argument("--print-json", action="store_true",
                         help="print {conn_id: connection} (the key included!) for a secrets backend instead")
+    issue_cmd = sub.add_parser("issue", help="issue a server certificate of the cluster CA (e.g. for the source "
+                                             "PostgreSQL, so the logical method's subscription verifies it)")
+    issue_cmd.add_argument("--conn-id", default=DEFAULT_CA_CONN_ID, help="the CA's Connection")
+    issue_cmd.add_argument("--name", required=True, help="the host's name (subject O=pgha, OU=<name>)")
+    issue_cmd.add_argument("--dns", action="append", default=[], help="a DNS name it names (repeatable)")
+    issue_cmd.add_argument("--ip", action="append", default=[], help="an address it names (repeatable)")
+    issue_cmd.add_argument("--days", type=int, default=365)
+    issue_cmd.add_argument("--out", required=True, help="writes <out>.crt and <out>.key (0600)")
     args = parser.parse_args(argv)
+    if args.command == "issue":
+        return _issue_files(args)
     ca = make_ca(args.name, args.days)
     if args.print_json:
         json.dump({args.conn_id: connection_json(ca)}, sys.stdout, indent=2)
@@ -404,6 +414,22 @@ def main(argv: list[str] | None = None) -> int:
         _store_connection(args.conn_id, ca)
         print(f"connection {args.conn_id!r}: CA {args.name!r}, valid until {expires(ca.cert_pem):%Y-%m-%d}, "
               f"sha256 {fingerprint(ca.cert_pem)}")
+    return 0
+
+
+def _issue_files(args: argparse.Namespace) -> int:
+    from pgha.runtime import cluster_ca
+
+    for address in args.ip:
+        ipaddress.ip_address(address)  # a clear error before anything is written
+    issued = issue(cluster_ca(args.conn_id), args.name, dns_names=args.dns, ip_addresses=args.ip, days=args.days)
+    for suffix, text in ((".crt", issued.cert_pem), (".key", issued.key_pem)):
+        fd = os.open(args.out + suffix, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    print(f"{args.out}.crt and {args.out}.key (0600): names {', '.join(args.dns + args.ip)}, "
+          f"valid until {expires(issued.cert_pem):%Y-%m-%d}; install them as the server's ssl_cert_file and "
+          "ssl_key_file (owned by postgres) and reload it")
     return 0
 
 

@@ -8,6 +8,7 @@ Airflow units (systemctl, ``airflow db check``) are a recording stand-in.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -318,8 +319,13 @@ def test_run_pipeline_leaves_no_process_when_interrupted(tmp_path: Path, source:
     pgpass = write_pgpass(tmp_path / "copy.pgpass", owner(source), superuser(cluster, DATABASE))
     command = pgdata.dump_restore_command(owner(source), superuser(cluster, DATABASE), bin_dir=BIN_DIR, owner=OWNER,
                                           passfile=pgpass)
-    with pytest.raises(Exception):
-        pgdata.run_pipeline(command, timeout=0.5)
+    # a lock pg_dump must wait for holds the pipeline open, however fast this machine copies 100 000 rows
+    with pgdata.session(owner(source)) as holder:
+        holder.autocommit = False
+        holder.cursor().execute("LOCK TABLE bulk IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(subprocess.TimeoutExpired):
+            pgdata.run_pipeline(command, timeout=1.0)
+        holder.rollback()
     assert pipelines_of(pgpass) == []
 
 

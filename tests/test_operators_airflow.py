@@ -175,7 +175,9 @@ def test_a_primary_that_cannot_start_stops_the_followers_agent(fleet: Fleet, tmp
     with pytest.raises(Exception, match="Failed to find executable /no/such/python"):
         cutover(inventory)
     [agent] = fleet["web1"].transient
-    assert fleet["web1"].mutations()[-2:] == [f"systemctl stop {agent}.service", "rm -f /etc/pgha/cutover.pgpass"]
+    assert fleet["web1"].mutations()[-4:] == [f"systemctl stop {agent}.service", "rm -f /etc/pgha/cutover.pgpass",
+                                               "rm -f /etc/pgha/cutover-client.crt", "rm -f /etc/pgha/cutover-client.key"]
+    assert not any(path.startswith("/etc/pgha/cutover") for path in fleet["web1"].files if path != "/etc/pgha/cutover.json")
     assert not fleet["web1"].units[f"{agent}.service"].active
 
 

@@ -363,7 +363,8 @@ def test_patroni_yml_follows_corrections(family: OsFamily) -> None:
     assert cfg["postgresql"]["parameters"]["password_encryption"] == "scram-sha-256"
     hba = cfg["postgresql"]["pg_hba"]
     assert any(rule.split()[0] == "local" for rule in hba)
-    assert all(rule.split()[-1] in ("scram-sha-256", "peer", "reject") for rule in hba)
+    assert all(rule.split()[-1] in ("scram-sha-256", "peer", "reject") or rule.endswith(
+        " scram-sha-256 clientcert=verify-ca") for rule in hba)
     dcs = cfg["bootstrap"]["dcs"]
     params = dcs["postgresql"]["parameters"]
     assert "wal_keep_segments" not in text and params["wal_keep_size"] == "1600MB"  # C5
@@ -414,13 +415,18 @@ def test_a_replication_user_of_any_name_gets_its_own_pg_hba_rules() -> None:
 
 
 def test_the_superuser_logs_in_only_locally_and_from_the_hosts_pgha_manages() -> None:
-    """Its rules come before the network's catch-all, then a reject: nobody else on cluster.network gets in as it."""
+    """Its rules come before the network's catch-all, then a reject: nobody else on cluster.network gets in as it.
+    From a host that is no member (HAProxy's, whose address every session through HAProxy has; an Airflow
+    host; the source) the password is not enough: a certificate of the cluster CA too (only pgha mints them)."""
     inv = shipped()
     hba = yaml.safe_load(patroni_yml(inv, DEBIAN))["postgresql"]["pg_hba"]
     managed = [inv.host(name).address for name in inv.managed_host_names]
+    members = {h.address for h in inv.db_hosts}
     superuser = [rule for rule in hba if rule.split()[:3] in (["host", "all", "postgres"], ["hostssl", "all", "postgres"])]
-    assert superuser == [f"hostssl all postgres {address}/32 scram-sha-256" for address in managed] + [
+    assert superuser == [f"hostssl all postgres {address}/32 scram-sha-256" + (
+        "" if address in members else " clientcert=verify-ca") for address in managed] + [
         "host all postgres all reject"]  # `host` matches TLS and plain text: both refused
+    assert f"hostssl all postgres {inv.host(inv.haproxy.host).address}/32 scram-sha-256 clientcert=verify-ca" in hba
     assert set(managed) >= {h.address for h in inv.db_hosts} | {inv.host(inv.haproxy.host).address}
     assert hba.index("host all postgres all reject") < hba.index(
         f"hostssl all all {inv.cluster.network} scram-sha-256")

@@ -103,6 +103,22 @@ def test_create_ca_prints_a_connection_for_a_secrets_backend(capsys: pytest.Capt
     assert 29 < tls.days_left(ca.cert_pem) <= 30
 
 
+def test_issue_writes_a_server_certificate_of_the_ca_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pgha_testing import set_connection
+
+    values = tls.connection_json(CA)
+    set_connection(monkeypatch, "pgha_ca", conn_type="generic", password=values["password"], extra=values["extra"])
+    out = tmp_path / "source"
+    assert tls.main(["issue", "--name", "source", "--dns", "db1", "--ip", "10.0.0.7", "--out", str(out)]) == 0
+    cert = Path(f"{out}.crt").read_text()
+    assert tls.signed_by(cert, CA.cert_pem) and tls.subject_alt_names(cert) == (["db1"], ["10.0.0.7"])
+    assert all(Path(f"{out}{suffix}").stat().st_mode & 0o777 == 0o600 for suffix in (".crt", ".key"))
+    assert "valid until" in capsys.readouterr().out
+    with pytest.raises(FileExistsError):  # never over an existing file (nor through a link)
+        tls.main(["issue", "--name", "source", "--ip", "10.0.0.7", "--out", str(out)])
+
+
 def test_client_files_are_private(tmp_path: Path) -> None:
     files = tls.ClientTLS.for_ca(CA).files()
     for path in (files.ca, files.cert, files.key):
@@ -297,3 +313,106 @@ def test_a_server_of_another_ca_is_refused(impostor: str) -> None:
     report = EtcdHook([impostor], tls=client).report()
     assert "CERTIFICATE_VERIFY_FAILED" in report.errors[impostor]
     assert PatroniHook([impostor], tls=client).status_code(impostor, "/primary") is None
+
+
+# ---------------------------------------------------------------- the superuser from a host that is no member
+
+
+def test_the_superuser_from_a_host_that_is_no_member_needs_a_certificate_of_the_cluster_ca(tmp_path: Path) -> None:
+    """A real PostgreSQL with the superuser rules patroni.yml renders for the HAProxy host (127.0.0.1 here,
+    the address every session through HAProxy comes from): the right password with a verified server is
+    refused without a client certificate and with one of another CA; pgha's own certificate gets in."""
+    import psycopg2
+    import yaml
+    from fixture_secrets import TEST_CA
+    from pgha.osfamily import FAMILIES
+    from pgha.render import node_context, render
+    from pgha_testing import loopback_inventory
+    from services import start_postgres, write_postgres_file
+
+    raw = loopback_inventory([("node1", "127.0.0.11"), ("node2", "127.0.0.12"), ("node3", "127.0.0.13")],
+                             tls={"enabled": True})
+    raw["hosts"][0]["address"] = "127.0.0.1"  # the HAProxy host (an Airflow host, no member)
+    inv = parse_inventory(raw)
+    assert inv.haproxy.host == raw["hosts"][0]["name"] and inv.host(inv.haproxy.host).address not in {
+        h.address for h in inv.db_hosts}
+    secrets = {"rest_user": "patroni", "rest_password": "p", "superuser": "postgres",
+               "superuser_password": "s3cret: 'x' \\", "replication_user": "replicator", "replication_password": "r"}
+    rendered = yaml.safe_load(render("patroni.yml.j2", secrets=secrets,
+                                     **node_context(inv, inv.db_hosts[0], FAMILIES["debian"])))
+    # a member's own loopback rules go: on this one machine 127.0.0.1 stands for the HAProxy host instead
+    hba = [rule for rule in rendered["postgresql"]["pg_hba"]
+           if not rule.startswith("local") and not (" 127.0.0.1/32 " in rule and " postgres " not in rule)]
+    assert "hostssl all postgres 127.0.0.1/32 scram-sha-256 clientcert=verify-ca" in hba
+    server = tls.issue(TEST_CA, "node", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    pg = start_postgres(tmp_path / "pg", secrets["superuser_password"])
+    try:
+        files = {"server.crt": server.cert_pem, "server.key": server.key_pem, "ca.crt": TEST_CA.cert_pem}
+        for name, text in files.items():
+            write_postgres_file(pg.data_dir / name, text)
+        write_postgres_file(pg.data_dir / "pg_hba.conf", "local all all trust\n" + "\n".join(hba) + "\n")
+        with open(pg.data_dir / "postgresql.conf", "a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'\n")
+        with psycopg2.connect(host=str(pg.socket_dir), port=pg.port, user="postgres", dbname="postgres") as local:
+            local.cursor().execute("SELECT pg_reload_conf()")
+        client = tls.ClientTLS.for_ca(TEST_CA).files()
+        other = tls.ClientTLS.for_ca(tls.make_ca("another CA")).files()
+
+        def login(**ssl: str) -> str:
+            try:
+                psycopg2.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="postgres",
+                                 password=secrets["superuser_password"], connect_timeout=5, sslmode="verify-full",
+                                 sslrootcert=client.ca, **ssl).close()
+            except psycopg2.Error as exc:
+                return f"refused: {str(exc).strip()}"
+            return "in"
+
+        import time
+        deadline = time.monotonic() + 10
+        while login(sslcert=client.cert, sslkey=client.key) != "in" and time.monotonic() < deadline:
+            time.sleep(0.2)  # the reload takes a moment
+        assert login(sslcert=client.cert, sslkey=client.key) == "in"
+        assert "certificate" in login(), login()  # the password alone: "connection requires a valid client certificate"
+        refused = login(sslcert=other.cert, sslkey=other.key)
+        assert refused.startswith("refused"), refused
+    finally:
+        pg.stop()
+
+
+def test_the_subscription_verifies_a_source_whose_certificate_is_the_cluster_cas(tmp_path: Path) -> None:
+    """pgdata.certificate_problem, against a real PostgreSQL: what the logical method's subscription would
+    meet with sslmode=verify-full and the cluster CA (the TLS handshake only, no login)."""
+    from fixture_secrets import TEST_CA
+    from pgha import pgdata
+    from services import start_postgres, wait_until, write_postgres_file
+
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(TEST_CA.cert_pem)
+    other_ca = tmp_path / "other.crt"
+    other_ca.write_text(tls.make_ca("another CA").cert_pem)
+    pg = start_postgres(tmp_path / "pg", "pw")
+    try:
+        assert pgdata.certificate_problem("127.0.0.1", pg.port, str(ca_file)) == \
+            "the server does not offer TLS (ssl = off)"
+        source = tls.issue(TEST_CA, "source", ip_addresses=["127.0.0.1"])
+        write_postgres_file(pg.data_dir / "server.crt", source.cert_pem)
+        write_postgres_file(pg.data_dir / "server.key", source.key_pem)
+        with open(pg.data_dir / "postgresql.conf", "a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        import psycopg2
+        with psycopg2.connect(host=str(pg.socket_dir), port=pg.port, user="postgres", dbname="postgres") as local:
+            local.cursor().execute("SELECT pg_reload_conf()")
+        wait_until(lambda: pgdata.certificate_problem("127.0.0.1", pg.port, str(ca_file)) is None, 10,
+                   "the source to serve its certificate")
+        assert "unable to get local issuer certificate" in pgdata.certificate_problem("127.0.0.1", pg.port,
+                                                                                     str(other_ca))
+        misnamed = tls.issue(TEST_CA, "source", ip_addresses=["127.0.0.9"])
+        write_postgres_file(pg.data_dir / "server.crt", misnamed.cert_pem)
+        write_postgres_file(pg.data_dir / "server.key", misnamed.key_pem)
+        with psycopg2.connect(host=str(pg.socket_dir), port=pg.port, user="postgres", dbname="postgres") as local:
+            local.cursor().execute("SELECT pg_reload_conf()")
+        wait_until(lambda: pgdata.certificate_problem("127.0.0.1", pg.port, str(ca_file)) is not None, 10,
+                   "the misnamed certificate")
+        assert "IP address mismatch" in pgdata.certificate_problem("127.0.0.1", pg.port, str(ca_file))
+    finally:
+        pg.stop()

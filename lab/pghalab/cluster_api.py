@@ -58,8 +58,8 @@ def _etcd_token(address: str, fresh: bool = False) -> str | None:
 
 def etcd(address: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5) -> Any:
     """POST ``body`` to etcd's v3 gateway (``path`` such as /v3/cluster/member/list), or GET it without a body.
-    A POST authenticates as pgha's etcd user (etcd RBAC is on in the lab, as by default); a token the
-    member no longer knows (it restarted) is renewed once."""
+    A POST authenticates as pgha's etcd user (etcd RBAC is on in the lab, as by default: that user reads
+    Patroni's keys only); a token the member no longer takes (it restarted, or auth changed) is renewed once."""
     import requests
 
     url = f"https://{address}:{ETCD_CLIENT_PORT}{path}"
@@ -69,6 +69,6 @@ def etcd(address: str, path: str, body: dict[str, Any] | None = None, timeout: f
         token = _etcd_token(address, fresh)
         answer = requests.post(url, json=body, timeout=timeout, headers={"Authorization": token} if token else {},
                                **_tls())
-        if answer.ok or "token" not in answer.text and "user name is empty" not in answer.text:
+        if answer.ok or not any(why in answer.text for why in ("token", "revision of auth", "user name is empty")):
             return answer
     return answer

@@ -92,6 +92,28 @@ def _cluster_ca() -> str:
         return json.dumps({"certificate": Path(f"{tmp}/ca.crt").read_text(), "key": Path(f"{tmp}/ca.key").read_text()})
 
 
+def source_certificate(secrets: dict[str, str], address: str) -> tuple[str, str]:
+    """vm1's PostgreSQL (the source) certificate and key, issued by the lab's cluster CA for vm1's name and
+    address: what an operator whose CA also signed the source's certificate has, so the logical method's
+    subscription verifies the source (sslmode=verify-full)."""
+    import subprocess
+    import tempfile
+
+    ca = json.loads(secrets["cluster_ca"])
+    with tempfile.TemporaryDirectory(prefix="pgha-lab-source-") as tmp:
+        Path(f"{tmp}/ca.crt").write_text(ca["certificate"])
+        Path(f"{tmp}/ca.key").write_text(ca["key"])
+        Path(f"{tmp}/ext").write_text(f"subjectAltName=IP:{address},DNS:vm1\nbasicConstraints=critical,CA:FALSE\n"
+                                      "keyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth\n")
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", f"{tmp}/source.key", "-out", f"{tmp}/source.csr", "-subj", "/O=pgha lab"],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", f"{tmp}/source.csr", "-CA", f"{tmp}/ca.crt", "-CAkey",
+                        f"{tmp}/ca.key", "-CAcreateserial", "-days", "3650", "-extfile", f"{tmp}/ext",
+                        "-out", f"{tmp}/source.crt"], check=True, capture_output=True)
+        return Path(f"{tmp}/source.crt").read_text(), Path(f"{tmp}/source.key").read_text()
+
+
 def complete(secrets: dict[str, str]) -> dict[str, str]:
     """`secrets` plus any missing one, generated. An existing value is kept, except a
     password made before passwords ended with HOSTILE_TAIL: that one is made again (safe:
@@ -212,6 +234,7 @@ def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[s
     `fault_injector`: host, port, host_key and (private) key of the drill's fault gate."""
     hba = "".join(f"host    {DB_NAME}    {DB_USER}    {ip}/32    scram-sha-256    # Celery worker {name}\n"
                   for name, ip in sorted(workers.items()))
+    source_cert, source_key = source_certificate(secrets, address)
     files = {
         "vm1.sh": ((HERE / "vm1.sh").read_bytes(), 0o700),
         "airflow-host.sh": ((HERE / "airflow-host.sh").read_bytes(), 0o600),
@@ -224,6 +247,8 @@ def bundle(secrets: dict[str, str], hosts: dict[str, dict], host_pubkeys: dict[s
         "db.sql": (render("db.sql.in", db_user=DB_USER, db_name=DB_NAME,
                           verifier=scram_verifier(secrets["airflow_db_password"])).encode(), 0o600),
         "postgresql.conf": (render("postgresql.conf.in", address=address).encode(), 0o644),
+        "source.crt": (source_cert.encode(), 0o644),
+        "source.key": (source_key.encode(), 0o600),
         "pg_hba.lab": (hba.encode(), 0o644),
         "redis.conf": (render("redis.conf.in", address=address, port=REDIS_PORT,
                               redis_password=secrets["redis_password"]).encode(), 0o640),

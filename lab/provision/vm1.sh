@@ -69,7 +69,14 @@ for unit in "postgresql@$cluster" redis-server; do
     && restart+=("$unit")
 done
 systemctl daemon-reload
-#    PostgreSQL: listen_addresses (conf.d) and, after Debian's rules, airflow_user from each worker.
+#    PostgreSQL: listen_addresses and TLS with the source's certificate (conf.d) and, after Debian's rules,
+#    airflow_user from each worker.
+for part in crt key; do
+  if ! cmp -s "$here/source.$part" "/var/lib/postgresql/pgha-lab-source.$part"; then
+    install -o postgres -g postgres -m 0600 "$here/source.$part" "/var/lib/postgresql/pgha-lab-source.$part"
+    restart+=("postgresql@$cluster")
+  fi
+done
 changed_install "$here/postgresql.conf" "/etc/postgresql/$major/main/conf.d/pgha-lab.conf" && restart+=("postgresql@$cluster")
 hba=/etc/postgresql/$major/main/pg_hba.conf
 begin='# BEGIN pgha lab: Celery workers' end='# END pgha lab: Celery workers'

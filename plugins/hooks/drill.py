@@ -19,6 +19,7 @@ from pgha.hooks.postgres import NodePostgresHook
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import Inventory
 from pgha import tls
+from pgha.tls import TlsFiles
 
 # The probe needs psycopg2 (what Airflow's Postgres provider ships) or psycopg 3.
 PYTHON_DRIVER_CHECK = (
@@ -36,12 +37,12 @@ def python_with_driver(remote: RemoteHook, candidates: list[str]) -> str | None:
     return None
 
 
-def drill_database(inventory: Inventory, ca_file: str | None = None) -> NodePostgresHook:
+def drill_database(inventory: Inventory, tls_files: TlsFiles | None = None) -> NodePostgresHook:
     """The drill's tables: the cluster's ``postgres`` database as its superuser, through HAProxy's write port
-    (with ``ca_file``, the server verified: sslmode=verify-full)."""
+    (with ``tls_files``, the server verified, sslmode=verify-full, and pgha's client certificate shown)."""
     address = inventory.host(inventory.haproxy.host).address
     return NodePostgresHook(inventory.postgres.superuser_conn_id, host=address, port=inventory.haproxy.write_port,
-                            database="postgres", sslrootcert=ca_file)
+                            database="postgres", tls_files=tls_files)
 
 
 def probe_tls(inventory: Inventory, local: bool) -> dict[str, str]:

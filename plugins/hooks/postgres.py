@@ -9,6 +9,7 @@ this module is its Airflow side: connections, and the leader from Patroni.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import shlex
@@ -22,7 +23,7 @@ from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import Host, Inventory
 from pgha.pgdata import Endpoint, load_sql
-from pgha.tls import ClientTLS
+from pgha.tls import ClientTLS, TlsFiles
 from psycopg2 import sql
 
 __all__ = ["NodePostgresHook", "RemoteDumpRestore", "leader_host", "load_sql", "node_endpoint"]
@@ -54,16 +55,20 @@ class NodePostgresHook(PostgresHook):
     :param database: database (default: the connection's schema).
     :param sslrootcert: a CA file: the server's certificate is verified against it and its name against
         ``host`` (sslmode=verify-full). Default: the connection's own settings.
+    :param tls_files: this process's cluster CA, client certificate and key (``runtime.cluster_tls_files``):
+        the server verified as with ``sslrootcert``, and the certificate presented (the cluster superuser
+        needs one from a host that is no member). Wins over ``sslrootcert``.
     """
 
     def __init__(
         self, postgres_conn_id: str, host: str | None = None, port: int | None = None, database: str | None = None,
-        sslrootcert: str | None = None,
+        sslrootcert: str | None = None, tls_files: TlsFiles | None = None,
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, database=database)
         self.override_host = host
         self.override_port = port
         self.sslrootcert = sslrootcert
+        self.tls_files = tls_files
 
     def _create_connection(self, conn_args: dict[str, Any]) -> Any:
         """Always psycopg2: the provider picks psycopg 3 when it is installed, and the
@@ -84,11 +89,18 @@ class NodePostgresHook(PostgresHook):
         return self._connection
 
     def _extra(self, extra: str | None) -> str:
-        """The connection's extra (libpq keywords), with verify-full against ``sslrootcert`` when given."""
-        if not self.sslrootcert:
+        """The connection's extra (libpq keywords), with verify-full against ``sslrootcert`` (or ``tls_files``'
+        CA, then with its client certificate) when given."""
+        ssl = self.ssl_options()
+        if not ssl:
             return extra or '{"connect_timeout": 10}'
-        return json.dumps({"connect_timeout": 10, **json.loads(extra or "{}"),
-                           "sslmode": "verify-full", "sslrootcert": self.sslrootcert})
+        return json.dumps({"connect_timeout": 10, **json.loads(extra or "{}"), **ssl})
+
+    def ssl_options(self) -> dict[str, str]:
+        files = self.tls_files
+        if files:
+            return {"sslmode": "verify-full", "sslrootcert": files.ca, "sslcert": files.cert, "sslkey": files.key}
+        return {"sslmode": "verify-full", "sslrootcert": self.sslrootcert} if self.sslrootcert else {}
 
     @connection.setter
     def connection(self, value: Any) -> None:
@@ -98,7 +110,8 @@ class NodePostgresHook(PostgresHook):
         """Host, port, login, password and database of this hook, for ``pgha.pgdata``."""
         conn = self.connection
         return Endpoint(host=conn.host or "127.0.0.1", port=int(conn.port or 5432), user=conn.login,
-                        dbname=self.database or conn.schema or "postgres", password=conn.password)
+                        dbname=self.database or conn.schema or "postgres", password=conn.password,
+                        **self.ssl_options())
 
     def scalar(self, query: str | sql.Composable, parameters: Any = None) -> Any:
         """First column of the first row, without logging the parameters."""
@@ -145,6 +158,9 @@ class RemoteDumpRestore:
     """
 
     PGPASS = f"{RUN_DIR}/copy.pgpass"
+    CLIENT_CERT = f"{RUN_DIR}/copy-client.crt"  # pgha's client certificate and key, for the copy's duration:
+    CLIENT_KEY = f"{RUN_DIR}/copy-client.key"  # the cluster superuser needs one from a host that is no member
+    SECRET_FILES = (PGPASS, CLIENT_CERT, CLIENT_KEY)  # removed when the copy ends, whatever its outcome
     PROGRESS_INTERVAL = 15.0  # seconds between progress lines while the pipeline runs
 
     def __init__(self, remote: RemoteHook, source: Endpoint, target: Endpoint, *, bin_dir: str, owner: str,
@@ -159,17 +175,31 @@ class RemoteDumpRestore:
     def run(self, snapshot: str | None = None, schema_only: bool = False, timeout: float = 6 * 3600) -> None:
         self.remote.add_secret(self.source.password, self.target.password)
         self.remote.run(f"install -d -m 0711 {RUN_DIR}")
-        self.remote.put_file(self.PGPASS, pgdata.pgpass(self.source, self.target), mode="0600", secret=True)
-        pipeline = pgdata.dump_restore_command(self.source, self.target, bin_dir=self.bin_dir, owner=self.owner,
-                                               passfile=self.PGPASS, snapshot=snapshot, schema_only=schema_only)
         try:
+            self.remote.put_file(self.PGPASS, pgdata.pgpass(self.source, self.target), mode="0600", secret=True)
+            target = self._with_client_certificate(self.target)
+            pipeline = pgdata.dump_restore_command(self.source, target, bin_dir=self.bin_dir, owner=self.owner,
+                                                   passfile=self.PGPASS, snapshot=snapshot, schema_only=schema_only)
             if schema_only:
                 self.remote.run(pipeline, killable=True, timeout=timeout)
             else:
                 with pgdata.CopyProgress(self.progress_target, self.source_bytes(), self.log_progress, self.PROGRESS_INTERVAL):
                     self.remote.run(pipeline, killable=True, timeout=timeout)
         finally:
-            self.remote.run(f"rm -f {shlex.quote(self.PGPASS)}")
+            for path in self.SECRET_FILES:
+                self.remote.run(f"rm -f {shlex.quote(path)}")
+
+    def _with_client_certificate(self, target: Endpoint) -> Endpoint:
+        """``target`` with the client certificate this process presents (its local files), copied to the host
+        (0600) for the copy; ``target`` itself when it presents none."""
+        if not (target.sslcert and target.sslkey):
+            return target
+        with open(target.sslcert) as cert, open(target.sslkey) as key:
+            cert_pem, key_pem = cert.read(), key.read()
+        self.remote.add_secret(key_pem)
+        self.remote.put_file(self.CLIENT_CERT, cert_pem, mode="0600")
+        self.remote.put_file(self.CLIENT_KEY, key_pem, mode="0600", secret=True)
+        return replace(target, sslcert=self.CLIENT_CERT, sslkey=self.CLIENT_KEY)
 
     def source_bytes(self) -> int:
         """The source database's size, what the copy's progress is measured against (0 if unknown)."""
@@ -185,4 +215,4 @@ class RemoteDumpRestore:
 
     def stop(self) -> str:
         """Stop the pipeline's process group and remove the pgpass file (over a connection of its own)."""
-        return "; ".join(self.remote.kill_running(remove=(self.PGPASS,))) or "nothing was running"
+        return "; ".join(self.remote.kill_running(remove=self.SECRET_FILES)) or "nothing was running"

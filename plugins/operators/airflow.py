@@ -10,7 +10,7 @@ from typing import Any
 
 from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowenv, pgdata, tls
-from pgha.cutover import BACKUP_DIR, PGPASS, STAGED_CONFIG, STATE_DIR
+from pgha.cutover import BACKUP_DIR, CLIENT_CERT, CLIENT_KEY, PGPASS, STAGED_CONFIG, STATE_DIR
 from pgha.render import render
 from pgha.hooks.postgres import node_endpoint
 from pgha.hooks.remote import RemoteHook
@@ -135,6 +135,8 @@ class CutoverOperator(PghaOperator):
     AGENT_MODULE = "pgha.cutover"
     SETTINGS = "/etc/pgha/cutover.json"
     PGPASS = PGPASS
+    CLIENT_CERT, CLIENT_KEY = CLIENT_CERT, CLIENT_KEY
+    SECRET_FILES = (PGPASS, CLIENT_CERT, CLIENT_KEY)  # the agent removes them when it ends
     LOG_DIR = "/var/log/pgha"
 
     def run(self, context: Any) -> Any:
@@ -175,7 +177,8 @@ class CutoverOperator(PghaOperator):
                 self.log.warning("[%s] cutover agent %s stopped before it began: arming failed on another host",
                                  host, run_id)
             for host in pythons:  # prepared, so holding a passwords file no agent will run to remove
-                self.remote(host).run(f"rm -f {shlex.quote(self.PGPASS)}", check=False)
+                for path in self.SECRET_FILES:
+                    self.remote(host).run(f"rm -f {shlex.quote(path)}", check=False)
             raise
         return {"armed": True, "run_id": run_id, "hosts": roles}
 
@@ -205,6 +208,11 @@ class CutoverOperator(PghaOperator):
         remote.run("install -d -m 0711 /etc/pgha")
         remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
         remote.put_file(self.PGPASS, pgdata.pgpass(*passwords), mode="0600", secret=True)
+        client = self.client_tls()
+        if client is not None:
+            remote.add_secret(client.key_pem)
+            remote.put_file(self.CLIENT_CERT, client.cert_pem, mode="0600")
+            remote.put_file(self.CLIENT_KEY, client.key_pem, mode="0600", secret=True)
         return python
 
     def agent_command(self, run_id: str, python: str) -> list[str]:
@@ -227,7 +235,9 @@ class CutoverOperator(PghaOperator):
             "cluster": {"host": cluster.host, "port": cluster.port, "user": cluster.user,
                         # verified with the CA phase 3 installed on every host (the member's certificate names
                         # HAProxy's address and 127.0.0.1)
-                        **({"sslmode": "verify-full", "sslrootcert": tls.CA_FILE} if inv.tls.enabled else {})},
+                        # and pgha's client certificate shown: the superuser needs one from a host that is no member
+                        **({"sslmode": "verify-full", "sslrootcert": tls.CA_FILE, "sslcert": self.CLIENT_CERT,
+                            "sslkey": self.CLIENT_KEY} if inv.tls.enabled else {})},
             "pgpass": self.PGPASS,
             "log_dir": self.LOG_DIR,
         }

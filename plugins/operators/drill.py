@@ -282,7 +282,7 @@ class StartProbeOperator(DrillOperator):
 
     def _ensure_tables(self, probe_login: str) -> None:
         grant = sql.SQL("GRANT SELECT, INSERT ON public.pgha_drill_probe TO {}").format(sql.Identifier(probe_login))
-        drill_database(self.inventory, self.ca_file()).execute_autocommit(load_sql("drill_tables.sql"), grant)
+        drill_database(self.inventory, self.tls_files()).execute_autocommit(load_sql("drill_tables.sql"), grant)
 
 
 class Seen(Enum):
@@ -434,7 +434,7 @@ class InjectFaultOperator(DrillOperator):
         """The target's data directory and the pid its postmaster.pid names."""
         inv = self.inventory
         data_dir = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(node).address, port=inv.postgres.port,
-                                    database="postgres", sslrootcert=self.ca_file()).scalar("SHOW data_directory")
+                                    database="postgres", tls_files=self.tls_files()).scalar("SHOW data_directory")
         pid = self.remote(node).run(f"head -n1 {shlex.quote(f'{data_dir}/postmaster.pid')}", quiet=True).stdout.strip()
         if not pid.isdigit():
             raise AirflowException(f"[{node}] {data_dir}/postmaster.pid names no pid ({pid!r})")
@@ -573,7 +573,7 @@ class AnalyseDrillOperator(DrillOperator):
         """The probe's rows in the table. No connection through HAProxy fails this try; Airflow's retry is
         the wait (cluster_whole already waited for one, so this only happens when the drill went wrong)."""
         try:
-            rows = drill_database(self.inventory, self.ca_file()).rows("SELECT seq FROM public.pgha_drill_probe WHERE drill_id = %s",
+            rows = drill_database(self.inventory, self.tls_files()).rows("SELECT seq FROM public.pgha_drill_probe WHERE drill_id = %s",
                                                        (drill_id,))
         except psycopg2.OperationalError as exc:
             raise AirflowException(f"the cluster takes no connection through HAProxy: {str(exc).strip()}; "
@@ -584,7 +584,7 @@ class AnalyseDrillOperator(DrillOperator):
         row = {**result, "dag_run_id": context.get("run_id"), "details": json.dumps(result, default=str)}
         prune = sql.SQL("DELETE FROM public.pgha_drill_probe WHERE committed_at < now() - {}::interval").format(
             sql.Literal(f"{HISTORY_DAYS} days"))
-        hook = drill_database(self.inventory, self.ca_file())
+        hook = drill_database(self.inventory, self.tls_files())
         hook.execute_autocommit(load_sql("drill_tables.sql"))
         hook.execute_autocommit(load_sql("drill_record.sql"), parameters=row)
         hook.execute_autocommit(prune)

@@ -16,7 +16,7 @@ from airflow import __version__ as AIRFLOW_VERSION
 from psycopg2 import sql
 
 from pgha.compat import AirflowException, AirflowSkipException
-from pgha import pgdata, pgmajors
+from pgha import pgdata, pgmajors, tls
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
@@ -554,24 +554,37 @@ class StartLogicalReplicationOperator(PghaOperator):
             source_sql(self, "create_publication.sql", database, publication=ident(pgdata.PUBLICATION))
         repl = replication_login(self)
         source = source_endpoint(self)
-        publisher = Endpoint(host=inv.host(inv.source.host).address, port=source.port, user=repl.login,
-                             dbname=database, password=repl.password, sslmode=self._source_sslmode())
+        address = inv.host(inv.source.host).address
+        publisher = Endpoint(host=address, port=source.port, user=repl.login, dbname=database,
+                             password=repl.password, **self._source_tls(address, source.port))
         with pgdata.session(admin.on(database)) as conn:
             pgdata.create_subscription(conn, publisher)
         self.changed(f"publication {pgdata.PUBLICATION} on the source, subscription {pgdata.SUBSCRIPTION} "
                      "on the leader: the initial copy runs")
 
-    def _source_sslmode(self) -> str:
-        """The subscription's sslmode: require where the source offers TLS (its certificate is not the cluster
-        CA's, so it is encrypted but not verified); prefer, with a warning, where the source has ssl off."""
+    def _source_tls(self, address: str, port: int) -> dict[str, str]:
+        """The subscription's libpq TLS settings for the source at ``address``: verify-full against the
+        cluster CA (the file phase 3 put on every member) when the source's certificate is one of that CA
+        naming ``address``; otherwise encrypted but unverified (require) where the source offers TLS, and
+        prefer, with a warning, where it has ssl off. The task log says which and why."""
+        files = self.tls_files()
+        problem = pgdata.certificate_problem(address, port, files.ca) if files else "tls.enabled is false"
+        if problem is None:
+            self.unchanged(f"the subscription connects to the source with sslmode=verify-full: its certificate "
+                           f"is the cluster CA's and names {address}")
+            return {"sslmode": "verify-full", "sslrootcert": tls.CA_FILE}
         if source_sql(self, "show_setting.sql", name=lit("ssl")) == "on":
+            self.log.warning("the source's certificate cannot be verified (%s): the subscription's copy is "
+                             "encrypted (sslmode=require) but a man in the middle could read it. Give the source a "
+                             "certificate of the cluster CA that names %s to have it verified (sslmode=verify-full)",
+                             problem, address)
             self.unchanged("the subscription connects to the source with sslmode=require (source ssl = on)")
-            return "require"
+            return {"sslmode": "require"}
         self.log.warning("the source %s has ssl = off: the subscription's copy of airflow_db crosses the network "
-                         "in plain text (turn ssl on at the source to encrypt it; pgha then uses sslmode=require)",
-                         self.inventory.source.host)
+                         "in plain text (turn ssl on at the source with a certificate of the cluster CA that "
+                         "names %s; pgha then uses sslmode=verify-full)", self.inventory.source.host, address)
         self.unchanged("the subscription connects to the source with sslmode=prefer (source ssl = off)")
-        return "prefer"
+        return {"sslmode": "prefer"}
 
     def on_kill(self) -> None:
         if self._copy is not None:

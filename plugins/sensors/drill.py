@@ -140,7 +140,7 @@ class DrillClusterWholeSensor(DrillSensor):
     def _writable_problems(self) -> list[str]:
         """A postmaster restarted in place answers "starting up" for a moment after HAProxy routes to it."""
         try:
-            drill_database(self.inventory, self.ca_file()).scalar("SELECT 1")
+            drill_database(self.inventory, self.tls_files()).scalar("SELECT 1")
         except psycopg2.OperationalError as exc:
             return [f"no connection through HAProxy: {str(exc).strip()}"]
         return []

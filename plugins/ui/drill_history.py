@@ -10,7 +10,7 @@ import psycopg2
 import psycopg2.errors
 
 from pgha.hooks.drill import drill_database
-from pgha.runtime import cluster_ca_file
+from pgha.runtime import cluster_tls_files
 from pgha.hooks.postgres import load_sql
 from pgha.inventory import Inventory
 
@@ -97,7 +97,7 @@ def rows_from(records: list[tuple[Any, ...]], columns: list[str]) -> list[DrillR
 
 def load_drill_history(inventory: Inventory, limit: int = HISTORY_LIMIT) -> list[DrillRow]:
     """The latest ``limit`` drills, oldest first; [] before the first drill created the table."""
-    conn = drill_database(inventory, cluster_ca_file(inventory)).get_conn()
+    conn = drill_database(inventory, cluster_tls_files(inventory)).get_conn()
     try:
         with conn.cursor() as cur:
             try:

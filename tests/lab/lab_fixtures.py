@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "lab"))
 
 from pghalab import topology  # noqa: E402  (the lab's hosts table: names, addresses, ports)
+from pghalab import cluster_api  # noqa: E402
 from pghalab import lab_airflow  # noqa: E402
 from pghalab.airflow_api import AirflowAPI  # noqa: E402
 from pghalab.settings import LAB_COMMAND as LAB  # noqa: E402
@@ -53,6 +54,13 @@ def lab(*args: str, timeout: float = 3600) -> str:
     if proc.returncode:
         raise RuntimeError(f"lab/lab {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def client_certificate() -> dict[str, str]:
+    """libpq's sslcert/sslkey: a client certificate of the lab's cluster CA, as pgha's own sessions show one
+    (the cluster superuser needs it through HAProxy, whose host is no member)."""
+    cert, key = cluster_api._tls()["cert"]
+    return {"sslcert": cert, "sslkey": key}
 
 
 class Lab:
@@ -122,7 +130,7 @@ class Lab:
         user, password = (("postgres", self.secrets["pg_superuser_password"]) if superuser
                           else ("airflow_user", self.secrets["airflow_db_password"]))
         conn = psycopg2.connect(host=host, port=port, dbname=database, user=user, password=password,
-                                connect_timeout=10)
+                                connect_timeout=10, **client_certificate())
         conn.autocommit = True
         try:
             yield conn
@@ -131,7 +139,8 @@ class Lab:
 
     def cutover_record(self, role: str = "primary") -> dict[str, Any]:
         conn = psycopg2.connect(host=VM1, port=WRITE_PORT, dbname="postgres", user="postgres",
-                                password=self.secrets["pg_superuser_password"], connect_timeout=10)
+                                password=self.secrets["pg_superuser_password"], connect_timeout=10,
+                                **client_certificate())
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT record FROM pgha_cutover_log WHERE role = %s ORDER BY id DESC LIMIT 1", (role,))

@@ -136,6 +136,12 @@ def test_logical_replication_method_moves_identical_data(lab: Lab) -> None:
     steps = [s["step"] for s in record["steps"]]
     assert "catch_up" in steps and "drop_subscription" in steps and "copy" not in steps
     assert lab.source_fingerprints() == record["result"]["fingerprints"]
+    # the source's certificate is the cluster CA's (the lab's vm1, as an operator's CA would sign it): the
+    # subscription verified it, so the copy could not be read by a man in the middle
+    start = next(t for t in lab.api.task_instances(DAG, run_id)
+                 if t["task_id"].endswith("start_logical_replication"))
+    log = "\n".join(lab.api.task_log(DAG, run_id, start["task_id"], start["try_number"], start["map_index"]))
+    assert "the subscription connects to the source with sslmode=verify-full" in log, log[-3000:]
     with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute(HISTORY)
         count, digest = cur.fetchone()

@@ -30,6 +30,7 @@ CONFIG = "/home/airflow/airflow/airflow.cfg"
 STATE_FILE = "/var/lib/pgha/cutover-state.json"  # pgha.cutover.STATE_FILE
 RESUME_UNIT = "pgha-cutover-resume.service"  # pgha.cutover.RESUME_UNIT
 PGPASS = "/etc/pgha/cutover.pgpass"  # pgha.cutover.PGPASS
+CLIENT_KEY = "/etc/pgha/cutover-client.key"  # pgha.cutover.CLIENT_KEY: goes with the pgpass file
 LOG_DIR = "/var/log/pgha"
 UNITS = {  # lab/inventory.yml's airflow hosts
     "vm1": ("airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer"),
@@ -207,7 +208,7 @@ def test_a_worker_host_crashed_in_the_stopped_window_ends_with_the_others_never_
         log = agent_log(lab, "vm4", cutover_run, lines=400)
         assert "resumed on" in log and "after a restart in phase waiting" in log, \
             f"vm4's resume unit did not complete the cutover it was crashed in\n{found}"
-        leftovers = lab.ssh("vm4", f"ls -d {STATE_FILE} {PGPASS} /etc/systemd/system/{RESUME_UNIT} 2>/dev/null; "
+        leftovers = lab.ssh("vm4", f"ls -d {STATE_FILE} {PGPASS} {CLIENT_KEY} /etc/systemd/system/{RESUME_UNIT} 2>/dev/null; "
                                    f"systemctl is-enabled {RESUME_UNIT} 2>/dev/null || true").split()
         assert leftovers in ([], ["not-found"]), f"the resume left on vm4: {leftovers}"
         by_host = {host: (role, result, detail) for host, role, result, detail in records(lab, cutover_run)}

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import requests
-from lab_fixtures import NODES, READ_PORT, VM1, WRITE_PORT, Lab
+import yaml
+from lab_fixtures import LAB_INVENTORY, NODES, READ_PORT, VM1, WRITE_PORT, Lab
 from pghalab import cluster_api
 
 pytestmark = pytest.mark.lab
@@ -214,13 +215,14 @@ def test_clearing_a_phase_reruns_it_cleanly(lab: Lab, migrated: dict[str, Any], 
 
 
 class QuorumWatch(threading.Thread):
-    """Every 0.25 s, a linearizable etcd read through any member; counts the rounds that no member served."""
+    """Every 0.25 s, a linearizable etcd read through any member; counts the rounds that no member served.
+    It reads Patroni's leader key as pgha's etcd user (etcd RBAC: that user may read Patroni's keys only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str) -> None:
         super().__init__(daemon=True)
         self.rounds = self.failed = 0
         self.stopping = threading.Event()
-        self.body = {"key": base64.b64encode(b"pgha-quorum-watch").decode()}
+        self.body = {"key": base64.b64encode(key.encode()).decode()}
 
     def served(self, address: str) -> bool:
         try:
@@ -242,6 +244,13 @@ class QuorumWatch(threading.Thread):
         self.join()
 
 
+def patroni_key_prefix() -> str:
+    """Where Patroni keeps the lab cluster's keys in etcd (lab/inventory.yml's namespace and name)."""
+    from pgha.inventory import parse_inventory
+
+    return parse_inventory(yaml.safe_load(LAB_INVENTORY.read_text())).patroni_key_prefix
+
+
 def patroni_leader() -> str:
     members = cluster_api.patroni(NODES['psg1'], "/cluster", timeout=5).json()["members"]
     return next(m["name"] for m in members if m["role"] == "leader")
@@ -255,7 +264,7 @@ def test_a_changed_etcd_unit_restarts_one_member_at_a_time_without_losing_quorum
     run_id, leader = migrated["run_id"], patroni_leader()
     task_ids = sorted({t["task_id"] for t in lab.api.task_instances(DAG, run_id)
                        if t["task_id"].startswith("phase3_etcd_cluster")})
-    with QuorumWatch() as watch:
+    with QuorumWatch(f"{patroni_key_prefix()}leader") as watch:
         lab.api.clear(DAG, run_id, task_ids)
         assert lab.api.wait(DAG, run_id, timeout=1200) == "success", lab.failure_report(DAG, run_id)
     changed = lab.changed_tasks(DAG, run_id, prefix="phase3_etcd_cluster.configure_etcd")

@@ -39,3 +39,7 @@ def test_no_secret_outside_the_files_that_must_hold_one(lab: Lab, migrated_and_d
     # the scan sees what it must: the files that hold secrets by design are found
     assert any(h.path == "/etc/patroni/patroni.yml" and h.secret == "pg_superuser_password" for h in hits), hits
     assert any(h.path.endswith("/airflow.cfg") and h.secret == "airflow_db_password" for h in hits), hits
+    # pgha's client keys (the superuser's sessions from hosts that are no members) went with their work
+    for host in ("vm1", "vm4"):
+        left = lab.ssh(host, "ls -d /etc/pgha/cutover-client.key /run/pgha/copy-client.key 2>/dev/null || true")
+        assert left.strip() == "", (host, left)

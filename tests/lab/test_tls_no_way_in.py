@@ -15,7 +15,7 @@ import json
 import shlex
 
 import pytest
-from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, POSTGRES_PORT, STATS_PORT, VM1, Lab
+from lab_fixtures import ETCD_PORT, NODES, PATRONI_PORT, POSTGRES_PORT, STATS_PORT, VM1, WRITE_PORT, Lab
 
 pytestmark = pytest.mark.lab
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-nodes, etcd_port, patroni_port, pg_port, password, haproxy, stats_port = json.load(open(sys.argv[1]))
+nodes, etcd_port, patroni_port, pg_port, password, haproxy, stats_port, write_port = json.load(open(sys.argv[1]))
 CA = "/etc/pgha/tls/ca.crt"
 key = ec.generate_private_key(ec.SECP256R1())
 name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgha lab CA")])  # the same name, another key
@@ -48,9 +48,9 @@ def outcome(call):
     status = getattr(response, "status_code", None)
     return f"answered HTTP {status}: {response.text[:200]}" if status is not None else "answered"
 
-def pg(address, **ssl):
+def pg(address, port=pg_port, **ssl):
     try:
-        psycopg2.connect(host=address, port=pg_port, user="postgres", password=password, dbname="postgres",
+        psycopg2.connect(host=address, port=port, user="postgres", password=password, dbname="postgres",
                          connect_timeout=5, **ssl).close()
     except psycopg2.Error as exc:
         return f"refused: {str(exc).strip()[:300]}"
@@ -78,7 +78,13 @@ for node, address in nodes.items():
             lambda: requests.get(f"https://{patroni}/cluster", timeout=5, verify=CA)),
         "postgres plain text": pg(address, sslmode="disable"),
         "postgres trusting another CA": pg(address, sslmode="verify-full", sslrootcert=other_ca.name),
+        # vm4 is an Airflow host, so a superuser source: the right password and the CA, but no client certificate
+        "postgres superuser without a client certificate": pg(address, sslmode="verify-full", sslrootcert=CA),
     }
+results["through haproxy"] = {  # every session through HAProxy comes from vm1's address, a superuser source
+    "postgres superuser without a client certificate": pg(haproxy, write_port, sslmode="verify-full",
+                                                          sslrootcert=CA),
+}
 stats = f"{haproxy}:{stats_port}"
 results["haproxy stats page"] = {
     "plain text": outcome(lambda: requests.get(f"http://{stats}/", timeout=5)),
@@ -97,7 +103,7 @@ def migrated(lab: Lab) -> None:
 def test_vm4_cannot_reach_etcd_patroni_or_postgres_without_the_cluster_credentials(lab: Lab, migrated: None) -> None:
     # the password goes in a file under /root (0700), never on a command line (the secret scan reads them)
     args = json.dumps([NODES, ETCD_PORT, PATRONI_PORT, POSTGRES_PORT, lab.secrets["pg_superuser_password"], VM1,
-                       STATS_PORT])
+                       STATS_PORT, WRITE_PORT])
     lab.put("vm4", "/root/pgha-tls-attempts.py", ATTEMPTS)
     lab.put("vm4", "/root/pgha-tls-attempts.json", args)
     try:
@@ -106,6 +112,8 @@ def test_vm4_cannot_reach_etcd_patroni_or_postgres_without_the_cluster_credentia
         lab.ssh("vm4", "rm -f /root/pgha-tls-attempts.py /root/pgha-tls-attempts.json")
     results = json.loads(out.strip().splitlines()[-1])
     stats = results.pop("haproxy stats page")  # HTTPS with a certificate of the cluster CA, and a login
+    through_haproxy = results.pop("through haproxy")["postgres superuser without a client certificate"]
+    assert through_haproxy.startswith("refused") and "certificate" in through_haproxy, through_haproxy
     assert stats["plain text"].startswith("refused"), stats
     assert "CERTIFICATE_VERIFY_FAILED" in stats["trusting another CA"], stats
     assert stats["the cluster CA, no login"].startswith("answered HTTP 401"), stats
@@ -120,6 +128,8 @@ def test_vm4_cannot_reach_etcd_patroni_or_postgres_without_the_cluster_credentia
                                                                          "answered HTTP 401"))
             assert refused, (node, what, result)
         assert "no encryption" in attempts["postgres plain text"], (node, attempts["postgres plain text"])
+        no_certificate = attempts["postgres superuser without a client certificate"]
+        assert "certificate" in no_certificate, (node, no_certificate)  # the password alone is not enough
         # libpq names the failure by how OpenSSL met it: no issuer, or (another CA of the same name) its signature
         wrong_ca = attempts["postgres trusting another CA"]
         assert "certificate verify failed" in wrong_ca or "signature failure" in wrong_ca, node
