@@ -108,7 +108,9 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
                                                              cluster: PostgresService, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     fill_source(source)
-    add_bulk(source, 400_000)  # its copy runs for seconds: killed mid-way, not after the end
+    # its copy runs for seconds (~1 s per 400 000 rows here), several times what on_kill needs to reach the
+    # host: killed mid-way, not after the end
+    add_bulk(source, 2_000_000)
     ensure_owner(cluster)
     op = MigrateDataOperator(task_id="copy_data", inventory_path=inventory)
     outcome: dict[str, Any] = {}
@@ -134,7 +136,7 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     capsys.readouterr()
     monkeypatch.setattr(RemoteDumpRestore, "PROGRESS_INTERVAL", 0.5)  # 15 s in a task
     again = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
-    assert again["result"]["rows"] == 400_550
+    assert again["result"]["rows"] == 2_000_550
     progress = re.findall(r"pg_dump \| pg_restore: copied [\d.]+ MB of ~[\d.]+ MB \([\d.]+ MB/s\)",
                           capsys.readouterr().out)
     assert progress, "the copy logged how far it got while it ran"
