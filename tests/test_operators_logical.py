@@ -24,6 +24,9 @@ from pgha_testing import set_connection
 from recording_host import DEBIAN_12, ROCKY_9, ClusterApis, FakeFile, Fleet, fleet_inventory
 from services import PostgresService, start_postgres
 
+# /run/pgha/copy.pgpass and /run/pgha/commands are one place per machine: with the other tests that copy
+pytestmark = pytest.mark.xdist_group("run_dir")
+
 BOTH = [pytest.param(DEBIAN_12, id="debian12"), pytest.param(ROCKY_9, id="rocky9")]
 LOGICAL = {"params": {"migration_method": "logical_replication"}}
 

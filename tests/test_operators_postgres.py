@@ -108,9 +108,9 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
                                                              cluster: PostgresService, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     fill_source(source)
-    # its copy runs for seconds (~1 s per 400 000 rows here), several times what on_kill needs to reach the
-    # host: killed mid-way, not after the end
-    add_bulk(source, 2_000_000)
+    # its copy runs for seconds (~1 s per 400 000 rows on an idle machine), several times what on_kill needs
+    # to reach the host: killed mid-way, not after the end
+    add_bulk(source, 1_000_000)
     ensure_owner(cluster)
     op = MigrateDataOperator(task_id="copy_data", inventory_path=inventory)
     outcome: dict[str, Any] = {}
@@ -124,7 +124,8 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 30
-    while not pipelines_of("/run/pgha/copy.pgpass"):
+    # this task's pipeline: started by its own copy (a killable command registered), and running
+    while not (op._copy is not None and op._copy.remote.running and pipelines_of("/run/pgha/copy.pgpass")):
         assert time.monotonic() < deadline and worker.is_alive(), outcome
         time.sleep(0.05)
     op.on_kill()
@@ -136,7 +137,7 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     capsys.readouterr()
     monkeypatch.setattr(RemoteDumpRestore, "PROGRESS_INTERVAL", 0.5)  # 15 s in a task
     again = MigrateDataOperator(task_id="copy_data", inventory_path=inventory).execute(DUMP)
-    assert again["result"]["rows"] == 2_000_550
+    assert again["result"]["rows"] == 1_000_550
     progress = re.findall(r"pg_dump \| pg_restore: copied [\d.]+ MB of ~[\d.]+ MB \([\d.]+ MB/s\)",
                           capsys.readouterr().out)
     assert progress, "the copy logged how far it got while it ran"

@@ -21,6 +21,9 @@ from pgha.compat import AirflowException
 from pgha.hooks.patroni import PatroniHook
 from pgha.operators.postgres import MigrateDataOperator, SourcePreflightOperator
 
+# /run/pgha/copy.pgpass and /run/pgha/commands are one place per machine: with the other tests that copy
+pytestmark = pytest.mark.xdist_group("run_dir")
+
 DUMP = {"params": {"migration_method": "dump_restore"}}
 LOGICAL = {"params": {"migration_method": "logical_replication"}}
 needs_pg13 = pytest.mark.skipif(pg13_missing() is not None, reason=pg13_missing() or "")
