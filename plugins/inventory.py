@@ -554,6 +554,11 @@ def _check_semantics(inv: Inventory) -> list[str]:
     if inv.tls.renew_before_days >= inv.tls.days:
         problems.append(f"tls.renew_before_days: {inv.tls.renew_before_days} is not below tls.days = {inv.tls.days} "
                         "(every run would issue every certificate again)")
+    if inv.tls.enabled and inv.haproxy.host in inv.database_nodes:
+        problems.append(f"haproxy.host: {inv.haproxy.host!r} is a database node; every session through HAProxy would "
+                        "come from a member's address, where the cluster superuser needs no client certificate "
+                        "(a password alone would let it in through HAProxy): put HAProxy on a host of its own or "
+                        "an Airflow host")
     if inv.tls.enabled:
         for key in inv.postgres.parameters:
             if key == "ssl" or key.startswith("ssl_"):

@@ -46,11 +46,15 @@ CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates are valid from a little bef
 
 @dataclass(frozen=True)
 class ServiceFiles:
-    """Where one service user's copy of the node certificate and key lives."""
+    """Where one service user's copy of the node certificate and key lives (one file when ``cert == key``)."""
 
     owner: str
     cert: str
     key: str
+
+    @property
+    def combined(self) -> bool:
+        return self.cert == self.key
 
 
 def service_files(owner: str, directory: str = TLS_DIR) -> ServiceFiles:
@@ -62,9 +66,10 @@ ETCD_FILES = service_files("etcd")
 
 
 def haproxy_files(directory: str = TLS_DIR) -> ServiceFiles:
-    """HAProxy's certificate for its stats page, root's (HAProxy reads it before it drops root). HAProxy
-    finds the key of ``crt <file>`` in ``<file>.key``, hence the names."""
-    return ServiceFiles("root", f"{directory}/haproxy.pem", f"{directory}/haproxy.pem.key")
+    """HAProxy's certificate for its stats page and its key in one PEM file (``cert == key``: every HAProxy
+    release reads that; a separate ``<crt>.key`` only 2.2 and later), root's: HAProxy reads it before it
+    drops root."""
+    return ServiceFiles("root", f"{directory}/haproxy.pem", f"{directory}/haproxy.pem")
 
 
 HAPROXY_FILES = haproxy_files()
@@ -147,11 +152,14 @@ def common_name(cert_pem: str) -> str | None:
 
 
 def issue(ca: CertificateAuthority, name: str, *, dns_names: Sequence[str] = (),
-          ip_addresses: Sequence[str] = (), days: int = 365, now: dt.datetime | None = None) -> IssuedCertificate:
+          ip_addresses: Sequence[str] = (), days: int = 365, now: dt.datetime | None = None,
+          client_auth: bool = True) -> IssuedCertificate:
     """
     A certificate for ``name`` (``subject(name)``, no common name) with these subject alternative
     names, signed by ``ca``, good for both ends of a TLS link (server and client auth: etcd peers
-    and Patroni use one certificate for both).
+    and Patroni use one certificate for both). ``client_auth=False``: a server's only (HAProxy's stats
+    page, a source PostgreSQL): its key, kept where pgha is not the only one who can read it, opens
+    nothing that asks for a client certificate of the CA.
     """
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
@@ -169,7 +177,8 @@ def issue(ca: CertificateAuthority, name: str, *, dns_names: Sequence[str] = (),
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_agreement=True,
                                      content_commitment=False, data_encipherment=False, key_cert_sign=False,
                                      crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]
+                                             + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])),
                        critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
     )
@@ -422,7 +431,8 @@ def _issue_files(args: argparse.Namespace) -> int:
 
     for address in args.ip:
         ipaddress.ip_address(address)  # a clear error before anything is written
-    issued = issue(cluster_ca(args.conn_id), args.name, dns_names=args.dns, ip_addresses=args.ip, days=args.days)
+    issued = issue(cluster_ca(args.conn_id), args.name, dns_names=args.dns, ip_addresses=args.ip, days=args.days,
+                   client_auth=False)  # a server's: the source's key must open nothing of the cluster
     for suffix, text in ((".crt", issued.cert_pem), (".key", issued.key_pem)):
         fd = os.open(args.out + suffix, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:

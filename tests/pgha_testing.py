@@ -80,7 +80,7 @@ def env_has(conn_id: str) -> bool:
 def write_tls_dir(directory: Path, ca: Any, *, common_name: str = "node", dns_names: list[str] = (),  # type: ignore[assignment]
                   ip_addresses: list[str] = ()) -> Path:  # type: ignore[assignment]
     """A directory laid out as pgha.tls.TLS_DIR is on a node: ca.crt, and a certificate of ``ca`` with
-    these names as postgres.crt/.key, etcd.crt/.key and HAProxy's haproxy.pem/.pem.key (keys 0600).
+    these names as postgres.crt/.key, etcd.crt/.key and HAProxy's haproxy.pem (both in one; keys 0600).
     Returns the directory."""
     from pgha import tls
 
@@ -89,8 +89,10 @@ def write_tls_dir(directory: Path, ca: Any, *, common_name: str = "node", dns_na
     (directory / "ca.crt").write_text(ca.cert_pem)
     for files in (tls.service_files("postgres", str(directory)), tls.service_files("etcd", str(directory)),
                   tls.haproxy_files(str(directory))):
-        Path(files.cert).write_text(node.cert_pem)
-        key = Path(files.key)
-        key.write_text(node.key_pem)
-        key.chmod(0o600)
+        if files.combined:
+            Path(files.cert).write_text(node.cert_pem + node.key_pem)
+        else:
+            Path(files.cert).write_text(node.cert_pem)
+            Path(files.key).write_text(node.key_pem)
+        Path(files.key).chmod(0o600)
     return directory

@@ -167,9 +167,11 @@ def test_missing_connections_are_named_before_any_host_is_touched(monkeypatch: p
     from pgha.operators.host import ValidateInventoryOperator
 
     for conn_id in ("ssh_vm1", "ssh_psg1", "ssh_psg2", "pgha_source_db", "pgha_pg_superuser", "pgha_pg_replication",
-                    "pgha_airflow_db", "pgha_patroni_api"):
+                    "pgha_airflow_db", "pgha_patroni_api", "pgha_etcd_root", "pgha_etcd_patroni"):
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", '{"conn_type": "generic", "host": "x"}')
-    with pytest.raises(AirflowException, match=r"missing Airflow connections: ssh_psg3 \(SSH to psg3\)$"):
+    # etcd RBAC is on by default: its users' Connections are named too, before phase 3 would need them
+    with pytest.raises(AirflowException, match=r"missing Airflow connections: ssh_psg3 \(SSH to psg3\), "
+                                               r"pgha_etcd_pgha \(pgha's etcd user\)$"):
         ValidateInventoryOperator(task_id="validate_inventory").execute({"params": {}})
 
 

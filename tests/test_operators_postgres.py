@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,11 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     # to reach the host: killed mid-way, not after the end
     add_bulk(source, 1_000_000)
     ensure_owner(cluster)
+    # a passwords file of this test's own: no other copy on this machine shows up as this one, or removes it
+    pgpass = f"/run/pgha/copy-{uuid.uuid4().hex[:8]}.pgpass"
+    monkeypatch.setattr(RemoteDumpRestore, "PGPASS", pgpass)
+    monkeypatch.setattr(RemoteDumpRestore, "SECRET_FILES",
+                        (pgpass, RemoteDumpRestore.CLIENT_CERT, RemoteDumpRestore.CLIENT_KEY))
     op = MigrateDataOperator(task_id="copy_data", inventory_path=inventory)
     outcome: dict[str, Any] = {}
 
@@ -125,14 +131,14 @@ def test_killed_copy_leaves_no_pipeline_and_a_rerun_succeeds(inventory: str, sou
     worker.start()
     deadline = time.monotonic() + 30
     # this task's pipeline: started by its own copy (a killable command registered), and running
-    while not (op._copy is not None and op._copy.remote.running and pipelines_of("/run/pgha/copy.pgpass")):
+    while not (op._copy is not None and op._copy.remote.running and pipelines_of(pgpass)):
         assert time.monotonic() < deadline and worker.is_alive(), outcome
         time.sleep(0.05)
     op.on_kill()
     worker.join(60)
     assert "error" in outcome, "the killed copy failed its task"
-    assert pipelines_of("/run/pgha/copy.pgpass") == []
-    assert not Path("/run/pgha/copy.pgpass").exists(), "the passwords' file is gone"
+    assert pipelines_of(pgpass) == []
+    assert not Path(pgpass).exists(), "the passwords' file is gone"
     assert not list(Path("/run/pgha/commands").glob("*.pgid")), "no pid file left"
     capsys.readouterr()
     monkeypatch.setattr(RemoteDumpRestore, "PROGRESS_INTERVAL", 0.5)  # 15 s in a task

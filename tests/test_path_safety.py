@@ -307,11 +307,11 @@ def test_haproxy_stats_page_needs_the_login_and_the_socket_is_roots(haproxy_fact
         directory = short_tmp / "tls"
         directory.mkdir()
         (directory / "ca.crt").write_text(TEST_CA.cert_pem)
-        issued = tls.issue(TEST_CA, "node1", dns_names=tls.haproxy_names(inv)[0], ip_addresses=tls.haproxy_names(inv)[1])
+        issued = tls.issue(TEST_CA, "node1", dns_names=tls.haproxy_names(inv)[0], ip_addresses=tls.haproxy_names(inv)[1],
+                           client_auth=False)
         files = tls.haproxy_files(str(directory))
-        Path(files.cert).write_text(issued.cert_pem)
-        Path(files.key).write_text(issued.key_pem)
-        Path(files.key).chmod(0o600)
+        Path(files.cert).write_text(issued.cert_pem + issued.key_pem)  # one PEM, as phase 3 installs it
+        Path(files.cert).chmod(0o600)
         context["tls"] = tls_context(inv, str(directory))
     haproxy_factory(render("haproxy.cfg.j2", **context, stats_auth=haproxy_word(f"stats:{password}")))
     scheme = "https" if tls_on else "http"

@@ -74,6 +74,17 @@ def test_expiry_problems_for_a_precheck() -> None:
     assert "not signed" in tls.expiry_problem("psg1", cert, tls.make_ca("x").cert_pem, warn_days=30)
 
 
+def test_haproxy_on_a_database_node_is_refused_with_tls() -> None:
+    """Sessions through such a HAProxy come from a member's address, where the superuser needs no client
+    certificate: the inventory is refused, naming the field, before anything runs."""
+    raw = shipped_inventory()
+    raw["haproxy"]["host"] = raw["database_nodes"][0]
+    with pytest.raises(ValueError, match=r"haproxy.host: '\w+' is a database node"):
+        parse_inventory(raw)
+    raw["tls"] = {**raw.get("tls", {}), "enabled": False}
+    assert parse_inventory(raw).haproxy.host == raw["database_nodes"][0]
+
+
 def test_node_names_include_haproxy_for_verify_full_through_it() -> None:
     raw = shipped_inventory()
     raw["tls"] = {"haproxy_names": ["db.example.org"]}
@@ -113,6 +124,8 @@ def test_issue_writes_a_server_certificate_of_the_ca_connection(tmp_path: Path, 
     assert tls.main(["issue", "--name", "source", "--dns", "db1", "--ip", "10.0.0.7", "--out", str(out)]) == 0
     cert = Path(f"{out}.crt").read_text()
     assert tls.signed_by(cert, CA.cert_pem) and tls.subject_alt_names(cert) == (["db1"], ["10.0.0.7"])
+    usage = tls.load(cert).extensions.get_extension_for_class(tls.x509.ExtendedKeyUsage).value
+    assert list(usage) == [tls.ExtendedKeyUsageOID.SERVER_AUTH]  # a server's: no way into the cluster with it
     assert all(Path(f"{out}{suffix}").stat().st_mode & 0o777 == 0o600 for suffix in (".crt", ".key"))
     assert "valid until" in capsys.readouterr().out
     with pytest.raises(FileExistsError):  # never over an existing file (nor through a link)
@@ -183,12 +196,13 @@ def test_certificates_are_installed_0600_per_service_user_and_a_rerun_changes_no
     haproxy_cert = vm1.files[tls.HAPROXY_FILES.cert].content
     assert tls.signed_by(haproxy_cert, TEST_CA.cert_pem)
     assert tls.subject_alt_names(haproxy_cert) == (["vm1", "localhost"], ["127.0.0.40", "127.0.0.1"])
-    for path in (tls.HAPROXY_FILES.cert, tls.HAPROXY_FILES.key):
-        entry = vm1.files[path]
-        assert (entry.owner, entry.group, entry.mode) == ("root", "root", "600"), path
-    assert tls.HAPROXY_FILES.key == tls.HAPROXY_FILES.cert + ".key"  # where HAProxy looks for the key of a crt
-    haproxy_key = vm1.files[tls.HAPROXY_FILES.key].content
-    assert not any(haproxy_key in c.command for c in vm1.commands)
+    entry = vm1.files[tls.HAPROXY_FILES.cert]
+    assert (entry.owner, entry.group, entry.mode) == ("root", "root", "600")
+    assert "PRIVATE KEY" in entry.content  # the key in the same file: every HAProxy release reads that
+    haproxy_key = entry.content[entry.content.index("-----BEGIN PRIVATE KEY"):]
+    assert not any(haproxy_key.strip() in c.command for c in vm1.commands)
+    usage = tls.load(haproxy_cert).extensions.get_extension_for_class(tls.x509.ExtendedKeyUsage).value
+    assert list(usage) == [tls.ExtendedKeyUsageOID.SERVER_AUTH]  # its key opens nothing asking a client cert
     vm1.forget()
     assert not issue_on(inventory, "vm1")["changed"] and vm1.mutations() == []
 

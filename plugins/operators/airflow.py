@@ -207,12 +207,17 @@ class CutoverOperator(PghaOperator):
                                    "into the Python of this host's Airflow units")
         remote.run("install -d -m 0711 /etc/pgha")
         remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
-        remote.put_file(self.PGPASS, pgdata.pgpass(*passwords), mode="0600", secret=True)
-        client = self.client_tls()
-        if client is not None:
-            remote.add_secret(client.key_pem)
-            remote.put_file(self.CLIENT_CERT, client.cert_pem, mode="0600")
-            remote.put_file(self.CLIENT_KEY, client.key_pem, mode="0600", secret=True)
+        try:
+            remote.put_file(self.PGPASS, pgdata.pgpass(*passwords), mode="0600", secret=True)
+            client = self.client_tls()
+            if client is not None:
+                remote.add_secret(client.key_pem)
+                remote.put_file(self.CLIENT_CERT, client.cert_pem, mode="0600")
+                remote.put_file(self.CLIENT_KEY, client.key_pem, mode="0600", secret=True)
+        except Exception:  # no agent will run here to remove what was written
+            for path in self.SECRET_FILES:
+                remote.run(f"rm -f {shlex.quote(path)}", check=False)
+            raise
         return python
 
     def agent_command(self, run_id: str, python: str) -> list[str]:

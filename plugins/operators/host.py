@@ -64,6 +64,10 @@ class ValidateInventoryOperator(PghaOperator):
                 inv.patroni.rest_conn_id: "Patroni REST API",
             }
         )
+        if inv.etcd_auth_enabled:  # etcd RBAC (on by default with TLS): phase 3 creates these users
+            auth = inv.etcd.auth
+            needed.update({auth.root_conn_id: "etcd's root (etcd.auth)", auth.patroni_conn_id: "Patroni's etcd user",
+                           auth.pgha_conn_id: "pgha's etcd user"})
         missing = []
         for conn_id, purpose in needed.items():
             try:

@@ -575,9 +575,10 @@ class StartLogicalReplicationOperator(PghaOperator):
             return {"sslmode": "verify-full", "sslrootcert": tls.CA_FILE}
         if source_sql(self, "show_setting.sql", name=lit("ssl")) == "on":
             self.log.warning("the source's certificate cannot be verified (%s): the subscription's copy is "
-                             "encrypted (sslmode=require) but a man in the middle could read it. Give the source a "
-                             "certificate of the cluster CA that names %s to have it verified (sslmode=verify-full)",
-                             problem, address)
+                             "encrypted (sslmode=require) but a man in the middle could read it. %s", problem,
+                             f"Give the source a certificate of the cluster CA that names {address} to have it "
+                             "verified (sslmode=verify-full)" if files else "With tls.enabled pgha verifies it "
+                             "against the cluster CA")
             self.unchanged("the subscription connects to the source with sslmode=require (source ssl = on)")
             return {"sslmode": "require"}
         self.log.warning("the source %s has ssl = off: the subscription's copy of airflow_db crosses the network "

@@ -12,7 +12,7 @@ from pgha.operators.base import HostOperator, PghaOperator
 
 SERVICE_FILES = (tls.POSTGRES_FILES, tls.ETCD_FILES)  # PostgreSQL + Patroni, etcd
 RELOAD_ON_RENEWAL = {"patroni.service": "Patroni reloads its REST API certificate and PostgreSQL's",
-                     "haproxy.service": "HAProxy reloads the CA its checks verify with"}
+                     "haproxy.service": "HAProxy reloads the CA its checks verify with and its stats page's certificate"}
 
 
 class IssueCertificatesOperator(HostOperator):
@@ -23,8 +23,9 @@ class IssueCertificatesOperator(HostOperator):
     worker): one copy per service user, 0600 postgres (PostgreSQL, Patroni) and
     0600 etcd. The certificate names the node, its address, localhost and
     HAProxy (PostgreSQL's TLS passes through HAProxy). The HAProxy host gets a
-    certificate of its own for its HTTPS stats page (``haproxy.pem`` and
-    ``haproxy.pem.key``, 0600 root). A certificate is issued again when it is missing, not signed by the current CA, expires within
+    certificate of its own for its HTTPS stats page, a server's only (no client
+    auth), with its key in one PEM file (``haproxy.pem``, 0600 root). A
+    certificate is issued again when it is missing, not signed by the current CA, expires within
     ``tls.renew_before_days``, lacks a name, or a key file lost its owner or mode;
     otherwise nothing changes. After a renewal a running Patroni and HAProxy are
     reloaded (etcd reads its files at each new connection). Skips when ``tls.enabled`` is false.
@@ -48,16 +49,16 @@ class IssueCertificatesOperator(HostOperator):
             renewed, result["certificate"] = self._certificate(ca, tls.node_names(inv, self.host), SERVICE_FILES)
         if self.host == inv.haproxy.host:
             haproxy_renewed, result["haproxy_certificate"] = self._certificate(ca, tls.haproxy_names(inv),
-                                                                               (tls.HAPROXY_FILES,))
+                                                                               (tls.HAPROXY_FILES,), client_auth=False)
             renewed = renewed or haproxy_renewed
         if ca_changed or renewed:
             self._reload_services()
         return result
 
     def _certificate(self, ca: tls.CertificateAuthority, names: tuple[list[str], list[str]],
-                     copies: tuple[tls.ServiceFiles, ...]) -> tuple[bool, dict[str, Any]]:
+                     copies: tuple[tls.ServiceFiles, ...], client_auth: bool = True) -> tuple[bool, dict[str, Any]]:
         """Issue a certificate with these (DNS names, addresses) into ``copies`` unless the installed one
-        may stay; (renewed, its description)."""
+        may stay; (renewed, its description). ``client_auth=False``: a server's only (HAProxy's)."""
         inv = self.inventory
         host = self.host_hook(self.host)
         dns_names, addresses = names
@@ -69,9 +70,14 @@ class IssueCertificatesOperator(HostOperator):
             self.unchanged(f"{copies[0].cert} on {self.host} (expires {tls.expires(installed or ''):%Y-%m-%d}, "
                            f"names {', '.join(dns_names + addresses)})")
             return False, self._describe(installed or "")
-        issued = tls.issue(ca, self.host, dns_names=dns_names, ip_addresses=addresses, days=inv.tls.days)
+        issued = tls.issue(ca, self.host, dns_names=dns_names, ip_addresses=addresses, days=inv.tls.days,
+                           client_auth=client_auth)
         host.remote.add_secret(issued.key_pem)
         for files in copies:
+            if files.combined:
+                host.put_file(files.cert, issued.cert_pem + issued.key_pem, owner=files.owner, mode="0600",
+                              secret=True)
+                continue
             host.put_file(files.cert, issued.cert_pem, owner=files.owner, mode="0600")
             host.put_file(files.key, issued.key_pem, owner=files.owner, mode="0600", secret=True)
         self.changed(f"certificate {copies[0].cert} of {self.host} issued ({reason}): expires "
@@ -85,7 +91,7 @@ class IssueCertificatesOperator(HostOperator):
         for files in copies:
             if files is not copies[0] and host.read_file(files.cert) != installed:
                 return f"{files.cert} differs from {copies[0].cert}"
-            for path in (files.cert, files.key):
+            for path in dict.fromkeys((files.cert, files.key)):
                 state = host.file_state(path)
                 if state != f"regular file {files.owner}:{files.owner}:600":
                     return f"{path} is {state or 'missing'}, not a 0600 file of {files.owner}"
@@ -106,8 +112,8 @@ class IssueCertificatesOperator(HostOperator):
 
 class CheckCertificatesOperator(PghaOperator):
     """
-    Preflight: the cluster CA (connection ``tls.ca_conn_id``) is usable and it and
-    every database node's certificate are valid for more than
+    Preflight: the cluster CA (connection ``tls.ca_conn_id``) is usable and it,
+    every database node's certificate and HAProxy's are valid for more than
     ``tls.renew_before_days``. A problem fails the run unless phase 3 (which issues
     and renews them) is selected; then it is only logged. Changes nothing.
     """
