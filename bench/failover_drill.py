@@ -39,6 +39,8 @@ for _path in (REPO_ROOT / "tests", REPO_ROOT / "dags", REPO_ROOT / "lab"):
     sys.path.insert(0, str(_path))
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="pgha-bench-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# dag.test() runs the drill DAG from its bundle: this checkout's dags/, as the tests' conftest sets it
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 # Airflow's loggers write task logs to fd 1: they go to stderr, the table alone to stdout.
 TABLE_OUT = os.fdopen(os.dup(1), "w")
@@ -148,6 +150,7 @@ def lab_connections() -> None:
             name, value = line.removeprefix("export ").split("=", 1)
             os.environ[name] = shlex.split(value)[0]
     secrets = json.loads(SECRETS.read_text())
+    ca = json.loads(secrets["cluster_ca"])  # pgha.tls's Connection layout: certificate in extra, key in password
     keys = KEYS
     conns = {
         "pgha_pg_superuser": {"conn_type": "postgres", "login": "postgres", "password": secrets["pg_superuser_password"]},
@@ -155,6 +158,8 @@ def lab_connections() -> None:
                             "password": secrets["airflow_db_password"], "schema": "airflow_db"},
         "pgha_patroni_api": {"conn_type": "http", "login": "patroni", "password": secrets["patroni_api_password"]},
         "pgha_etcd_pgha": {"conn_type": "generic", "login": "pgha", "password": secrets["etcd_pgha_password"]},
+        # the cluster CA (TLS is on in the lab): pgha's clients verify with it and show a certificate it issues
+        "pgha_ca": {"conn_type": "generic", "password": ca["key"], "extra": json.dumps({"certificate": ca["certificate"]})},
         "pgha_fault_injector": {
             "conn_type": "ssh", "host": topology.BRIDGE_IP, "port": topology.FAULT_GATE_PORT, "login": "root",
             "extra": {"key_file": str(keys / "fault_gate_ed25519"), "no_host_key_check": False,
