@@ -268,6 +268,8 @@ def postmaster(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     ]
     monkeypatch.setattr(recording_host, "RULES", [*recording_host.RULES, *rules])
     monkeypatch.setattr(NodePostgresHook, "scalar", lambda self, query: "/var/lib/postgresql/15/main")
+    # through HAProxy: a server that is not the target (None), so the target is asked itself (scalar above)
+    monkeypatch.setattr(NodePostgresHook, "rows", lambda self, query: [("/elsewhere", None)])
     return state
 
 

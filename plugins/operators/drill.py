@@ -431,10 +431,16 @@ class InjectFaultOperator(DrillOperator):
         return f"systemctl stop {PATRONI_UNIT}"
 
     def _postmaster(self, node: str) -> dict[str, Any]:
-        """The target's data directory and the pid its postmaster.pid names."""
+        """The target's data directory and the pid its postmaster.pid names. Asked through HAProxy's write
+        port when the target leads (the way in the superuser has from every host pgha manages), else of the
+        target itself."""
         inv = self.inventory
-        data_dir = NodePostgresHook(inv.postgres.superuser_conn_id, host=inv.host(node).address, port=inv.postgres.port,
-                                    database="postgres", tls_files=self.tls_files()).scalar("SHOW data_directory")
+        address = inv.host(node).address
+        [(data_dir, server)] = drill_database(inv, self.tls_files()).rows(
+            "SELECT current_setting('data_directory'), host(inet_server_addr())")
+        if server != address:  # the target does not lead
+            data_dir = NodePostgresHook(inv.postgres.superuser_conn_id, host=address, port=inv.postgres.port,
+                                        database="postgres", tls_files=self.tls_files()).scalar("SHOW data_directory")
         pid = self.remote(node).run(f"head -n1 {shlex.quote(f'{data_dir}/postmaster.pid')}", quiet=True).stdout.strip()
         if not pid.isdigit():
             raise AirflowException(f"[{node}] {data_dir}/postmaster.pid names no pid ({pid!r})")
