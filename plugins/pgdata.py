@@ -393,11 +393,8 @@ def progress_line(done: int, expected: int, elapsed: float, finishing: str = "al
 
 def conninfo(endpoint: Endpoint) -> str:
     """A libpq connection string for a subscription (values quoted as libpq wants)."""
-    ssl = {"sslmode": endpoint.sslmode} if endpoint.sslmode else {}
-    if endpoint.sslrootcert:
-        ssl["sslrootcert"] = endpoint.sslrootcert
     return secret_formats.conninfo(host=endpoint.host, port=endpoint.port, dbname=endpoint.dbname,
-                                   user=endpoint.user, password=endpoint.password or "", **ssl)
+                                   user=endpoint.user, password=endpoint.password or "", **endpoint.ssl_options())
 
 
 def publication_exists(conn: Connection) -> bool:

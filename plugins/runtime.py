@@ -83,12 +83,6 @@ def cluster_tls_files(inventory: Inventory) -> tls.TlsFiles | None:
     return client_tls(inventory.tls.ca_conn_id).files() if inventory.tls.enabled else None
 
 
-def cluster_ca_file(inventory: Inventory) -> str | None:
-    """The cluster CA as a file of this process, for libpq's sslrootcert (None: tls.enabled is false)."""
-    files = cluster_tls_files(inventory)
-    return files.ca if files else None
-
-
 def client_tls(conn_id: str) -> tls.ClientTLS:
     """pgha's own client credentials for this process: the CA to trust and a one-day client certificate."""
     if conn_id not in _CLIENT_TLS or tls.days_left(_CLIENT_TLS[conn_id].cert_pem) < 0.5:
@@ -264,10 +258,6 @@ class InventoryMixin:
     def tls_files(self) -> tls.TlsFiles | None:
         """The cluster CA, pgha's client certificate and key as files of this process (None without TLS)."""
         return cluster_tls_files(self.inventory)
-
-    def ca_file(self) -> str | None:
-        """The cluster CA as a file of this process (None without TLS), for libpq's sslrootcert."""
-        return cluster_ca_file(self.inventory)
 
 
 class DrillPlanMixin:

@@ -504,12 +504,13 @@ def test_the_pg_hba_rules_are_accepted_by_postgresql(tmp_path: Path, monkeypatch
             connect(sslmode="verify-full", sslrootcert=str(other_ca)).close()
 
         set_connection(monkeypatch, "pgha_tls_check", conn_type="postgres", login=svc.user, password="pw")
+        client = tls.ClientTLS.for_ca(TEST_CA).files()  # pgha's client certificate, as the worker shows it
         hook = NodePostgresHook("pgha_tls_check", host=svc.host, port=svc.port, database="postgres",
-                                sslrootcert=str(ca_file))
+                                tls_files=tls.TlsFiles(ca=str(ca_file), cert=client.cert, key=client.key))
         assert hook.scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
         with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
             NodePostgresHook("pgha_tls_check", host=svc.host, port=svc.port, database="postgres",
-                             sslrootcert=str(other_ca)).scalar("SELECT 1")
+                             tls_files=tls.TlsFiles(ca=str(other_ca), cert=client.cert, key=client.key)).scalar("SELECT 1")
 
         # pg_dump | pg_restore (the copy) verify the server the same way: the endpoint's sslmode and
         # sslrootcert travel in the database's connection string

@@ -53,21 +53,19 @@ class NodePostgresHook(PostgresHook):
     :param host: address to connect to (default: the connection's).
     :param port: port (default: the connection's).
     :param database: database (default: the connection's schema).
-    :param sslrootcert: a CA file: the server's certificate is verified against it and its name against
-        ``host`` (sslmode=verify-full). Default: the connection's own settings.
     :param tls_files: this process's cluster CA, client certificate and key (``runtime.cluster_tls_files``):
-        the server verified as with ``sslrootcert``, and the certificate presented (the cluster superuser
-        needs one from a host that is no member). Wins over ``sslrootcert``.
+        the server's certificate verified against the CA and its name against ``host`` (sslmode=verify-full),
+        and the client certificate presented (the cluster superuser needs one from a host that is no member).
+        Default: the connection's own settings.
     """
 
     def __init__(
         self, postgres_conn_id: str, host: str | None = None, port: int | None = None, database: str | None = None,
-        sslrootcert: str | None = None, tls_files: TlsFiles | None = None,
+        tls_files: TlsFiles | None = None,
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, database=database)
         self.override_host = host
         self.override_port = port
-        self.sslrootcert = sslrootcert
         self.tls_files = tls_files
 
     def _create_connection(self, conn_args: dict[str, Any]) -> Any:
@@ -89,8 +87,7 @@ class NodePostgresHook(PostgresHook):
         return self._connection
 
     def _extra(self, extra: str | None) -> str:
-        """The connection's extra (libpq keywords), with verify-full against ``sslrootcert`` (or ``tls_files``'
-        CA, then with its client certificate) when given."""
+        """The connection's extra (libpq keywords), with ``tls_files``' settings when given."""
         ssl = self.ssl_options()
         if not ssl:
             return extra or '{"connect_timeout": 10}'
@@ -98,9 +95,9 @@ class NodePostgresHook(PostgresHook):
 
     def ssl_options(self) -> dict[str, str]:
         files = self.tls_files
-        if files:
-            return {"sslmode": "verify-full", "sslrootcert": files.ca, "sslcert": files.cert, "sslkey": files.key}
-        return {"sslmode": "verify-full", "sslrootcert": self.sslrootcert} if self.sslrootcert else {}
+        if not files:
+            return {}
+        return {"sslmode": "verify-full", "sslrootcert": files.ca, "sslcert": files.cert, "sslkey": files.key}
 
     @connection.setter
     def connection(self, value: Any) -> None:

@@ -155,7 +155,7 @@ class ClusterRoutingCheckOperator(PghaOperator):
         recovery = {}
         for port, expected in ((inv.haproxy.write_port, False), (inv.haproxy.read_port, True)):
             hook = NodePostgresHook(inv.postgres.app_conn_id, host=address, port=port, database=inv.postgres.database,
-                                    sslrootcert=self.ca_file())
+                                    tls_files=self.tls_files())
             recovery[port] = hook.scalar("SELECT pg_is_in_recovery()")
             if recovery[port] is not expected:
                 raise AirflowException(f"HAProxy :{port}: pg_is_in_recovery() = {recovery[port]}, expected {expected}")
