@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the lab's base root filesystem into DIR (which must not exist yet).
 #
-#   lab/build-image.sh DIR
+#   lab/build-image.sh DIR [SUITE]     (SUITE: bookworm, the default, or trixie)
 #
 # lab/lab keys its image cache on a hash of this file: change anything here and
 # the next `lab/lab up` builds a new image. The image holds nothing specific to
@@ -11,8 +11,8 @@
 # project's DAG configures it from its inventory.
 set -euo pipefail
 
-target=${1:?usage: build-image.sh DIR}
-suite=bookworm
+target=${1:?usage: build-image.sh DIR [SUITE]}
+suite=${2:-bookworm}
 mirror=http://deb.debian.org/debian
 packages=(
   systemd systemd-sysv dbus openssh-server iproute2 python3 python3-venv sudo

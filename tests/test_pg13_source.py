@@ -227,4 +227,31 @@ def test_the_lab_source_major_setting_and_the_deployed_inventory() -> None:
     text = LAB_INVENTORY.read_text()
     deployed = yaml.safe_load(lab_inventory(text, 13))
     assert deployed["source"]["major"] == 13 and deployed["postgres"]["major"] == 15
-    assert yaml.safe_load(lab_inventory(text, 15)) == yaml.safe_load(text)
+    assert lab_inventory(text, 15) == text
+    # a 17 cluster: Debian 13 database hosts, whose own Patroni package runs it
+    deployed = yaml.safe_load(lab_inventory(text, 13, 17))
+    assert (deployed["source"]["major"], deployed["postgres"]["major"]) == (13, 17)
+    assert deployed["patroni"]["install"] == {"method": "package"}
+    assert {k: v for k, v in deployed.items() if k not in ("source", "postgres", "patroni")} == \
+        {k: v for k, v in yaml.safe_load(text).items() if k not in ("source", "postgres", "patroni")}
+
+
+def test_the_lab_cluster_major_and_airflow_release_settings() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lab"))
+    from pghalab import topology
+
+    assert topology.cluster_major({}) == 15
+    assert topology.cluster_major({"PGHA_LAB_CLUSTER_MAJOR": "17"}) == 17
+    with pytest.raises(ValueError, match="cluster of major 15 or 17"):
+        topology.cluster_major({"PGHA_LAB_CLUSTER_MAJOR": "16"})
+    # Airflow 3.2 dropped PostgreSQL 13: a 13 source runs the oldest supported release unless told otherwise
+    assert topology.airflow_release({}) == "3.3.2"
+    assert topology.airflow_release({"PGHA_LAB_SOURCE_MAJOR": "13"}) == "3.0.6"
+    assert topology.airflow_release({"PGHA_LAB_SOURCE_MAJOR": "13", "PGHA_LAB_AIRFLOW": "3.1.8"}) == "3.1.8"
+    with pytest.raises(ValueError, match="PGHA_LAB_AIRFLOW='2.10.5'"):
+        topology.airflow_release({"PGHA_LAB_AIRFLOW": "2.10.5"})
+    from airflow_releases import RELEASE_PINS
+
+    assert topology.AIRFLOW_RELEASE_PINS == RELEASE_PINS, "the lab's releases are the supported ones"

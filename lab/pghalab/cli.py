@@ -34,7 +34,8 @@ import sys
 import time
 
 from .topology import (
-    AIRFLOW_HOST, AIRFLOW_HOSTS, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, HOSTS, PREFIX, WHEEL_PORT, WORKER_HOST,
+    AIRFLOW_HOST, AIRFLOW_HOSTS, AIRFLOW_HOSTS_SUITE, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, HOSTS, PREFIX, WHEEL_PORT,
+    WORKER_HOST, suite_of,
 )
 from .settings import BRIDGE_OWNER, CGROUP_DIR, DEPLOY_ROOT, HOST_DIRS, LOGS, NSPAWN_RUN, PROVISIONED, RECORD, STATE
 from .common import Timer, die, log, parallel, remove_tree, rmdir_quiet, run
@@ -86,7 +87,9 @@ def cmd_up(args):
         rec = load_record()
         rec.setdefault("made_nspawn_run", not NSPAWN_RUN.exists())
         ensure_keys()
-        rec["image"] = rec.get("image") or str(ensure_image())
+        rec["image"] = rec.get("image") or str(ensure_image())  # Debian 12: the Airflow hosts, and snapshots
+        for suite in sorted({suite_of(n) for n in HOSTS} - {AIRFLOW_HOSTS_SUITE}):  # PGHA_LAB_CLUSTER_MAJOR
+            rec.setdefault("images", {})[suite] = rec.get("images", {}).get(suite) or str(ensure_image(suite))
         wheels = ensure_wheelhouse()
         save_record(rec)
         ensure_network(rec)
@@ -140,6 +143,8 @@ def cmd_status(args):
     print(f"     apt proxy http://{BRIDGE_IP}:{APT_PROXY_PORT}  "
           f"wheels http://{BRIDGE_IP}:{WHEEL_PORT}/  ({procs})")
     print(f"     image {rec['image']}")
+    for suite, image in sorted(rec.get("images", {}).items()):
+        print(f"     image ({suite}: {', '.join(n for n in HOSTS if suite_of(n) == suite)}) {image}")
     print(f"{'HOST':6} {'ADDRESS':13} {'STATE':9} {'SYSTEM':9} {'LINK':9} {'PID1':>8}  ROLE")
     for name, h in HOSTS.items():
         hr = rec["hosts"].get(name)

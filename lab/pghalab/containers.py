@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .topology import BRIDGE, HOSTS, PREFIX
+from .topology import BRIDGE, HOSTS, PREFIX, suite_of
 from .settings import BOOT_TIMEOUT, CGROUP_DIR, HOST_DIRS, NSPAWN_RUN, STOP_TIMEOUT
 from .common import Timer, die, is_mounted, log, parallel, remove_tree, rmdir_quiet, run
 from .record import save_record
@@ -22,6 +22,11 @@ def host_dir(name):
     return HOST_DIRS / name
 
 
+def image_of(rec, name):
+    """The base image host ``name`` boots: its Debian release's (PGHA_LAB_CLUSTER_MAJOR)."""
+    return rec.get("images", {}).get(suite_of(name)) or rec["image"]
+
+
 def mount_overlay(rec, name):
     h = rec["hosts"].setdefault(name, {})
     d = host_dir(name)
@@ -31,7 +36,7 @@ def mount_overlay(rec, name):
     if not is_mounted(merged):
         h["mount"] = str(merged)
         save_record(rec)
-        lowers = ":".join(h.get("lowers") or [rec["image"]])  # top first; a snapshot's layers
+        lowers = ":".join(h.get("lowers") or [image_of(rec, name)])  # top first; a snapshot's layers
         run("mount", "-t", "overlay", f"pgha-lab-{name}", "-o",
             f"lowerdir={lowers},upperdir={d / 'upper'},workdir={d / 'work'}", merged)
     if not (d / "seeded").exists():

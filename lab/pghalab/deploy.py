@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 
-from .topology import AIRFLOW_HOST, BRIDGE_IP, SOURCE_MAJOR, WHEEL_PORT
+from .topology import AIRFLOW_HOST, AIRFLOW_HOSTS_SUITE, BRIDGE_IP, CLUSTER_MAJOR, CLUSTER_SUITES, SOURCE_MAJOR, WHEEL_PORT
 from .settings import AIRFLOW_PIP, DEPLOY_ROOT, LAB_DAGS, LAB_DIR, PROVISION_DIR, REPO_DIR
 from .common import die
 from .ssh import ssh_run, tar_bytes
@@ -15,15 +15,29 @@ from .cache import pgha_wheel
 from .containers import running
 
 
-SOURCE_MAJOR_LINE = re.compile(r"^(source:\n(?:[ ]+.*\n)*?[ ]+major:[ ]*)\d+", re.MULTILINE)
+def section_line(section, key):
+    """The value of the first ``key:`` inside the top-level ``section:`` of lab/inventory.yml (group 1: what
+    precedes it; group 2: the value, a word or a flow mapping; a comment after it stays)."""
+    return re.compile(rf"^({section}:\n(?:[ ]+.*\n|\n)*?[ ]+{key}:[ ]*)(\{{[^}}\n]*\}}|[^\s#]+)", re.MULTILINE)
 
 
-def lab_inventory(text, source_major=SOURCE_MAJOR):
-    """lab/inventory.yml's text with ``source.major`` set to the lab's source major (PGHA_LAB_SOURCE_MAJOR)."""
-    new, count = SOURCE_MAJOR_LINE.subn(lambda m: f"{m.group(1)}{source_major}", text, count=1)
-    if count != 1:
-        die("deploy: lab/inventory.yml has no source.major line to set")
-    return new
+# lab/inventory.yml's lines `deploy` sets: the source and cluster majors; Patroni from Debian 13's package
+# where the database hosts run it (the wheelhouse holds Debian 12's Python's wheels only).
+PACKAGE_INSTALL = "{method: package}"
+
+
+def lab_inventory(text, source_major=SOURCE_MAJOR, cluster_major=CLUSTER_MAJOR):
+    """lab/inventory.yml's text with ``source.major`` (PGHA_LAB_SOURCE_MAJOR) and ``postgres.major``
+    (PGHA_LAB_CLUSTER_MAJOR) set to the lab's, and Patroni's install method to Debian's package on
+    database hosts that are not Debian 12."""
+    edits = [("source", "major", str(source_major)), ("postgres", "major", str(cluster_major))]
+    if CLUSTER_SUITES[cluster_major] != AIRFLOW_HOSTS_SUITE:
+        edits.append(("patroni", "install", PACKAGE_INSTALL))
+    for section, key, value in edits:
+        text, count = section_line(section, key).subn(lambda m: f"{m.group(1)}{value}", text, count=1)
+        if count != 1:
+            die(f"deploy: lab/inventory.yml has no {section}.{key} line to set")
+    return text
 
 
 def deploy_files():

@@ -5,7 +5,8 @@ vm4 (its Celery worker), each built once and kept as its `provisioned` snapshot.
 import json
 import sys
 
-from .topology import AIRFLOW_HOST, BRIDGE_IP, FAULT_GATE_PORT, HOSTS, SOURCE_MAJOR, SOURCE_SUITES, WORKER_HOST, api_url
+from .topology import (AIRFLOW_HOST, AIRFLOW_RELEASE, BRIDGE_IP, FAULT_GATE_PORT, HOSTS, SOURCE_MAJOR, SOURCE_SUITES,
+                       WORKER_HOST, api_url)
 from .settings import PROVISIONED, PROVISION_DIR, SECRETS
 from .common import die, log, write_private
 from .record import load_secrets
@@ -49,11 +50,19 @@ def airflow_bundle(secrets):
                                       fault_injector)
     # vm1.sh's source major and the Debian release it comes from (lab/pghalab/topology.py)
     files["source.env"] = (f"SOURCE_MAJOR={SOURCE_MAJOR}\nSOURCE_SUITE={SOURCE_SUITES[SOURCE_MAJOR]}\n".encode(), 0o644)
+    files.update(release_env())
     return files
 
 
 def worker_bundle(secrets):
-    return provision_module().worker_bundle(secrets, HOSTS[AIRFLOW_HOST]["ip"])
+    files = provision_module().worker_bundle(secrets, HOSTS[AIRFLOW_HOST]["ip"])
+    files.update(release_env())
+    return files
+
+
+def release_env():
+    """airflow-host.sh's Airflow release (PGHA_LAB_AIRFLOW, lab/pghalab/topology.py)."""
+    return {"release.env": (f"AIRFLOW_RELEASE={AIRFLOW_RELEASE}\n".encode(), 0o644)}
 
 
 def run_bundle(name, files, script):

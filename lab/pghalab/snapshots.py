@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from .topology import HOSTS, SOURCE_MAJOR
-from .settings import LAB_DAGS, LAB_DIR, PROVISION_DIR, SECRETS, SNAPSHOTS, WHEEL_REQUIREMENTS
+from .cache import wheelhouse_key
+from .settings import LAB_DAGS, LAB_DIR, PROVISION_DIR, SECRETS, SNAPSHOTS
 from .common import Timer, die, log, remove_tree, run, write_private
 from .record import Locked, save_record
 from .ssh import client_key, fault_gate_host_key, fault_gate_key, host_pubkey, pubkey
@@ -23,15 +24,16 @@ def image_key(rec):
 
 
 def snapshot_key(rec):
-    """What a provisioned host depends on: lab/provision/, lab/dags/, the wheelhouse list,
-    the base image and the lab's keys (the layers hold host keys and authorized_keys).
+    """What a provisioned host depends on: lab/provision/, lab/dags/, the wheelhouse list at the
+    lab's Airflow release, the base image, the source major and the lab's keys (the layers hold
+    host keys and authorized_keys).
     Not dags/, plugins/, include/: `deploy` copies those after every restore."""
     h = hashlib.sha256()
     for base in (PROVISION_DIR, LAB_DAGS):
         for path in sorted(base.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 h.update(f"{path.relative_to(LAB_DIR)}\0".encode() + path.read_bytes() + b"\0")
-    h.update(WHEEL_REQUIREMENTS.read_bytes())
+    h.update(wheelhouse_key().encode())  # at the lab's Airflow release (PGHA_LAB_AIRFLOW)
     h.update(f"image {image_key(rec)}\0".encode())
     h.update(f"source major {SOURCE_MAJOR}\0".encode())  # vm1's PostgreSQL (PGHA_LAB_SOURCE_MAJOR)
     h.update(Path(f"{client_key()}.pub").read_bytes())

@@ -44,6 +44,58 @@ def source_major(environ=os.environ):
 
 SOURCE_MAJOR = source_major()
 
+# The cluster: the major the migration builds (lab/inventory.yml's postgres.major, which `deploy`
+# sets) and the Debian release its database hosts run, whose own PostgreSQL it is (no PGDG here).
+# 15: Debian 12, every host on one image. 17 (PGHA_LAB_CLUSTER_MAJOR=17): psg1-3 boot a Debian 13
+# image and Patroni comes from Debian 13's package; vm1 and vm4 stay Debian 12.
+CLUSTER_SUITES = {15: "bookworm", 17: "trixie"}
+DEFAULT_CLUSTER_MAJOR = 15
+AIRFLOW_HOSTS_SUITE = "bookworm"
+
+
+def cluster_major(environ=os.environ):
+    """The lab's cluster major (PGHA_LAB_CLUSTER_MAJOR, default 15); one of CLUSTER_SUITES."""
+    text = environ.get("PGHA_LAB_CLUSTER_MAJOR", "").strip() or str(DEFAULT_CLUSTER_MAJOR)
+    if not text.isdigit() or int(text) not in CLUSTER_SUITES:
+        raise ValueError(f"PGHA_LAB_CLUSTER_MAJOR={text!r}: the lab builds a cluster of major "
+                         f"{' or '.join(map(str, CLUSTER_SUITES))}")
+    return int(text)
+
+
+CLUSTER_MAJOR = cluster_major()
+
+
+def suite_of(name):
+    """The Debian release host ``name`` boots."""
+    return CLUSTER_SUITES[CLUSTER_MAJOR] if name in DATABASE_HOSTS else AIRFLOW_HOSTS_SUITE
+
+
+# The Airflow release vm1 and vm4 run (PGHA_LAB_AIRFLOW), one of pgha's supported releases, with
+# the pins it needs beside it (tests/airflow_releases.py says why). By default the newest, except
+# beside a PostgreSQL 13 source: Airflow 3.2 dropped PostgreSQL 13 as a metadata database, so a
+# 13 source runs the oldest supported release, as such an installation would. lab/wheelhouse.txt
+# names the newest; `cache` builds one wheelhouse per release.
+AIRFLOW_RELEASE_PINS = {
+    "3.0.6": (),
+    "3.1.8": (),
+    "3.2.2": ("cadwyn==7.0.0", "fastapi==0.136.3"),
+    "3.3.2": (),
+}
+DEFAULT_AIRFLOW_RELEASE = {13: "3.0.6", 15: "3.3.2"}  # by source major
+
+
+def airflow_release(environ=os.environ, source=None):
+    """The lab's Airflow release (PGHA_LAB_AIRFLOW, default by the source major)."""
+    default = DEFAULT_AIRFLOW_RELEASE[source or source_major(environ)]
+    text = environ.get("PGHA_LAB_AIRFLOW", "").strip() or default
+    if text not in AIRFLOW_RELEASE_PINS:
+        raise ValueError(f"PGHA_LAB_AIRFLOW={text!r}: the lab runs Airflow "
+                         f"{', '.join(AIRFLOW_RELEASE_PINS)}")
+    return text
+
+
+AIRFLOW_RELEASE = airflow_release()
+
 # The bridge: the outer machine's side of the lab network.
 BRIDGE = "pgha0"
 BRIDGE_IP = "10.83.0.1"

@@ -6,8 +6,10 @@ wheels=http://10.83.0.1:3141/
 venv=/opt/airflow/venv
 home=/home/airflow
 airflow_home=$home/airflow
+AIRFLOW_RELEASE=3.3.2
+[ -f "$here/release.env" ] && . "$here/release.env"  # written by lab/lab: PGHA_LAB_AIRFLOW
 # celery provider + redis: vm1's scheduler runs LocalExecutor,CeleryExecutor, vm4 the worker
-requirements=(apache-airflow==3.3.2 apache-airflow-providers-ssh==7.0.1
+requirements=(apache-airflow==$AIRFLOW_RELEASE apache-airflow-providers-ssh==7.0.1
               apache-airflow-providers-postgres==7.1.1 apache-airflow-providers-celery
               redis psycopg2-binary)
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Makes vm1 the runbook's VM1: Airflow 3.3.2 whose metadata database is a single
+# Makes vm1 the runbook's VM1: Airflow (release.env: PGHA_LAB_AIRFLOW) whose metadata database is a single
 # local PostgreSQL of the lab's source major (source.env: 15 from Debian 12, or 13 from
 # Debian 11's archive, PGHA_LAB_SOURCE_MAJOR), with the Celery broker (Redis) for the worker on vm4. PostgreSQL
 # and Redis listen on vm1's address too. Run as root on vm1 by `lab/lab provision`, from

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Makes vm4 the runbook's VM4: a Celery worker of vm1's Airflow 3.3.2
+# Makes vm4 the runbook's VM4: a Celery worker of vm1's Airflow (release.env: PGHA_LAB_AIRFLOW)
 # (`executor = LocalExecutor,CeleryExecutor` there; broker: Redis on vm1). Its
 # airflow.cfg reaches vm1's PostgreSQL, Redis and Execution API by address, never
 # localhost. Run as root on vm4 by `lab/lab provision`, from

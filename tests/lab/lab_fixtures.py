@@ -21,6 +21,7 @@ from pghalab import topology  # noqa: E402  (the lab's hosts table: names, addre
 from pghalab import cluster_api  # noqa: E402
 from pghalab import lab_airflow  # noqa: E402
 from pghalab.airflow_api import AirflowAPI  # noqa: E402
+from pghalab.deploy import lab_inventory  # noqa: E402
 from pghalab.settings import LAB_COMMAND as LAB  # noqa: E402
 from pghalab.settings import LAB_INVENTORY, SECRETS  # noqa: E402
 
@@ -103,9 +104,8 @@ class Lab:
         """Install the airflow-probe writer unit on vm1 and an inventory listing it; returns that inventory."""
         import yaml
 
-        inventory = yaml.safe_load(LAB_INVENTORY.read_text())
+        inventory = yaml.safe_load(lab_inventory(LAB_INVENTORY.read_text()))  # the lab's majors, as `deploy` writes it
         inventory["airflow"]["hosts"][0]["units"].append("airflow-probe")
-        inventory["source"]["major"] = topology.SOURCE_MAJOR  # as `deploy` writes it (PGHA_LAB_SOURCE_MAJOR)
         self.ssh("vm1", "install -d -o airflow -g airflow /var/lib/pgha-probe && rm -f /var/lib/pgha-probe/acks.log")
         self.put("vm1", "/etc/pgha/inventory-probe.yml", yaml.safe_dump(inventory))
         self.put("vm1", "/etc/systemd/system/airflow-probe.service", PROBE_UNIT)
