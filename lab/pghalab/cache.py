@@ -100,6 +100,7 @@ def ensure_wheelhouse(release=AIRFLOW_RELEASE):
         log(f"building the wheelhouse of Airflow {release} (pip wheel, Debian's python3)")
         new = wheels.with_name(wheels.name + ".new")
         remove_tree(new)
+        constraints = wheelhouse_constraints(release)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="pgha-wheelhouse-") as listed:
             listed.write(requirements)
             listed.flush()
