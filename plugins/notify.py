@@ -147,7 +147,11 @@ def deliver(notify: Notify, alert: Alert, context: Any) -> None:
     """Send ``alert`` through the inventory's notifier; AlertNotSent with the notifier's error."""
     try:
         notifier = notifier_class(notifier_path(notify))(**notifier_kwargs(notify))
-        notifier({**context, ALERT: alert.as_template_value()})
+        # Airflow 3.0's notifiers take their template environment from context["dag"]; an alert raised
+        # outside a task's context has none
+        values = {"dag": None, **context, ALERT: alert.as_template_value()}
+        notifier.render_template_fields(values)
+        notifier.notify(values)  # not notifier(values): on Airflow 3.0 that logs a failed send and returns
     except Exception as exc:
         raise AlertNotSent(f"{notify.notifier}: {type(exc).__name__}: {exc}") from exc
 
@@ -228,10 +232,8 @@ def alert_from_context(context: Any, outcome: str, reason: str) -> Alert:
 
 
 def _masked(text: str) -> str:
-    try:
-        from airflow.sdk.log import redact
-    except ImportError:  # an Airflow without the Task SDK's masker: nothing was registered to mask either
-        return text
+    from pgha.compat import redact
+
     return str(redact(text))
 
 
@@ -241,9 +243,9 @@ def _log_url(ti: Any, dag_id: str, run_id: str, task_id: str, map_index: int | N
     url = getattr(ti, "log_url", None)
     if isinstance(url, str) and url:
         return url
-    from airflow.sdk.configuration import conf
+    from pgha.compat import airflow_conf
 
-    base_url = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+    base_url = airflow_conf().get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
     mapped = f"/mapped/{map_index}" if map_index is not None and map_index >= 0 else ""
     return f"{base_url}/dags/{quote(dag_id)}/runs/{quote(run_id)}/tasks/{quote(task_id)}{mapped}"
 

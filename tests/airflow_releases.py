@@ -26,8 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # release -> pins that release needs beside it, where the newest of a dependency breaks it.
 RELEASE_PINS = {
     # 3.0.6 resolved with today's newest (cadwyn 9, FastAPI 0.165, pydantic 2.14): its Execution API answers
-    # every task start with 422 ("Input should be a valid dictionary"); the versions of its own era.
-    "3.0.6": ("cadwyn==5.4.6", "fastapi==0.116.1", "pydantic==2.11.7"),
+    # every task start with 422 ("Input should be a valid dictionary"), and with PyJWT 2.15 its /auth/token
+    # fails (500: "Issuer (iss) must be a string", no jwt_issuer set): the versions of its own era.
+    "3.0.6": ("cadwyn==5.4.6", "fastapi==0.116.1", "pydantic==2.11.7", "PyJWT==2.10.1"),
     "3.1.8": (),
     # cadwyn 9 (with its fastapi >= 0.137) fails on 3.2.2's execution API models at import
     # ("TITerminalStatePayload needs a discriminator field"): the versions the tests' 3.3.2 uses.

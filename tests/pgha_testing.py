@@ -21,6 +21,15 @@ except ImportError:  # Airflow 3.0 keeps it in airflow.models (README "Supported
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _airflow_release() -> tuple[int, int]:
+    from airflow import __version__
+
+    return tuple(int(part) for part in __version__.split(".")[:2])  # type: ignore[return-value]
+
+
+AIRFLOW_RELEASE = _airflow_release()  # (major, minor) of the Airflow the tests run on
+
+
 def conn_env_name(conn_id: str) -> str:
     return "AIRFLOW_CONN_" + conn_id.upper()
 

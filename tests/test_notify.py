@@ -19,7 +19,7 @@ from pgha.compat import AirflowFailException, AirflowSkipException
 from fixture_secrets import PATRONI_REST_PASSWORD, POSTGRES_PASSWORD
 from pgha.inventory import InventoryError, parse_inventory
 from pgha.operators.drill import DrillPrecheckOperator
-from pgha_testing import set_connection, shipped_inventory, write_inventory
+from pgha_testing import AIRFLOW_RELEASE, set_connection, shipped_inventory, write_inventory
 from recording_host import DEBIAN_12, ClusterApis, Fleet, Unit, fleet_inventory
 from services import free_port
 
@@ -107,6 +107,10 @@ def test_a_failed_task_mails_its_reason_with_the_log_link(mailbox: Mailbox, tmp_
 
     [message] = mailbox.wait_for()
     text = body(message)
+    if AIRFLOW_RELEASE < (3, 2):  # dag.test() before 3.2 gives on_failure_callback no exception (a real task run does)
+        assert message["Subject"] == "pgha: pg_ha_failover_drill precheck failed: unknown"
+        assert "task:   precheck failed (try 1)" in text
+        return
     assert message["Subject"].startswith("pgha: pg_ha_failover_drill precheck failed: AirflowFailException: "
                                          "scenario host_crash needs drill.inject_commands.host_crash")
     assert mailbox.envelopes == [("airflow@example.com", [OPS])]
@@ -281,9 +285,15 @@ BAD_NOTIFY: list[tuple[str, Any, str]] = [
      "notify.kwargs: SmtpNotifier does not take them: TypeError: BaseNotifier.__init__() got an unexpected "
      "keyword argument 'priority'"),
 ]
+# On Airflow 3.0 the SMTP provider's notifier drops the keywords it does not know (it hands them to
+# BaseNotifier only on 3.1+), so nothing can tell such a section from a good one there.
+BAD_ONLY_FROM_3_1 = {"smtp kwargs it does not take"}
 
 
-@pytest.mark.parametrize("section, expected", [pytest.param(s, e, id=i) for i, s, e in BAD_NOTIFY])
+@pytest.mark.parametrize("section, expected", [
+    pytest.param(s, e, id=i, marks=[pytest.mark.skipif(
+        i in BAD_ONLY_FROM_3_1 and AIRFLOW_RELEASE < (3, 1),
+        reason="Airflow 3.0's SmtpNotifier takes (and drops) any keyword")]) for i, s, e in BAD_NOTIFY])
 def test_a_bad_notify_section_is_an_inventory_error_naming_the_field(section: Any, expected: str) -> None:
     with pytest.raises(InventoryError) as err:
         parse_inventory(with_notify(section))

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -757,8 +758,7 @@ def test_apt_proxy_conf_is_read_by_apt_config(family: OsFamily, tmp_path: Path) 
 
 def pip_sees(path: Path) -> dict[str, str]:
     """What pip itself reads from ``path`` (`pip config debug`, the PIP_CONFIG_FILE section)."""
-    pip = Path(__file__).resolve().parent.parent / ".venv/bin/pip"
-    res = run([str(pip), "config", "debug"],
+    res = run([sys.executable, "-m", "pip", "config", "debug"],  # the pip of the Python running the tests
               env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent), "PIP_CONFIG_FILE": str(path)})
     assert res.returncode == 0, output(res)
     section = res.stdout.split(f"  {path}, exists: True\n", 1)[1]

@@ -76,7 +76,7 @@ def suite_of(name):
 # 13 source runs the oldest supported release, as such an installation would. lab/wheelhouse.txt
 # names the newest; `cache` builds one wheelhouse per release.
 AIRFLOW_RELEASE_PINS = {
-    "3.0.6": ("cadwyn==5.4.6", "fastapi==0.116.1", "pydantic==2.11.7"),
+    "3.0.6": ("cadwyn==5.4.6", "fastapi==0.116.1", "pydantic==2.11.7", "PyJWT==2.10.1"),
     "3.1.8": (),
     "3.2.2": ("cadwyn==7.0.0", "fastapi==0.136.3"),
     "3.3.2": (),
