@@ -31,8 +31,9 @@ RELEASE_PINS = {
     "3.0.6": ("cadwyn==5.4.6", "fastapi==0.116.1", "pydantic==2.11.7", "PyJWT==2.10.1"),
     "3.1.8": (),
     # cadwyn 9 (with its fastapi >= 0.137) fails on 3.2.2's execution API models at import
-    # ("TITerminalStatePayload needs a discriminator field"): the versions the tests' 3.3.2 uses.
-    "3.2.2": ("cadwyn==7.0.0", "fastapi==0.136.3"),
+    # ("TITerminalStatePayload needs a discriminator field"): the versions the tests' 3.3.2 uses. svcs 26
+    # leaves its Execution API without a service registry (KeyError 'svcs_registry' at every task start).
+    "3.2.2": ("cadwyn==7.0.0", "fastapi==0.136.3", "svcs==25.1.0"),
     "3.3.2": (),
 }
 SUPPORTED = tuple(RELEASE_PINS)  # oldest first

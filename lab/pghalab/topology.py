@@ -78,7 +78,7 @@ def suite_of(name):
 AIRFLOW_RELEASE_PINS = {
     "3.0.6": ("cadwyn==5.4.6", "fastapi==0.116.1", "pydantic==2.11.7", "PyJWT==2.10.1"),
     "3.1.8": (),
-    "3.2.2": ("cadwyn==7.0.0", "fastapi==0.136.3"),
+    "3.2.2": ("cadwyn==7.0.0", "fastapi==0.136.3", "svcs==25.1.0"),
     "3.3.2": (),
 }
 DEFAULT_AIRFLOW_RELEASE = {13: "3.0.6", 15: "3.3.2"}  # by source major

@@ -513,7 +513,8 @@ class UndoLogicalSourceOperator(PghaOperator):
 
 class StartLogicalReplicationOperator(PghaOperator):
     """
-    Phase 6 (logical replication only): the schema on the cluster, a
+    Phase 6 (logical replication only): the schema on the cluster (copied on
+    the leader with the cluster's pg_dump, as the replication login), a
     publication on the source and a subscription on the leader, which starts
     the initial copy (``LogicalSyncSensor`` waits for it). The cutover agent
     catches up, syncs sequences and drops the subscription inside the stopped
@@ -538,29 +539,44 @@ class StartLogicalReplicationOperator(PghaOperator):
         if subscribed:
             self.unchanged(f"subscription {pgdata.SUBSCRIPTION} on the leader")
         else:
-            self._subscribe(admin)
+            self._subscribe(leader, admin)
         return {"subscription": pgdata.SUBSCRIPTION, "leader": leader.name}
 
-    def _subscribe(self, admin: Endpoint) -> None:
+    def _subscribe(self, leader: Host, admin: Endpoint) -> None:
         inv = self.inventory
         database = inv.postgres.database
         source_sql(self, "drop_replication_slot.sql", slot=lit(pgdata.SUBSCRIPTION))
         with pgdata.session(admin) as conn:
             pgdata.recreate_database(conn, database, inv.postgres.owner)
-        self._copy = source_dump_restore(self, admin.on(database))
-        self._copy.run(schema_only=True)
-        self._copy = None
+        publisher = self._publisher()
+        self._copy_schema(leader, publisher, admin.on(database))
         if source_sql(self, "publication_exists.sql", database, publication=lit(pgdata.PUBLICATION)) != "t":
             source_sql(self, "create_publication.sql", database, publication=ident(pgdata.PUBLICATION))
-        repl = replication_login(self)
-        source = source_endpoint(self)
-        address = inv.host(inv.source.host).address
-        publisher = Endpoint(host=address, port=source.port, user=repl.login, dbname=database,
-                             password=repl.password, **self._source_tls(address, source.port))
         with pgdata.session(admin.on(database)) as conn:
             pgdata.create_subscription(conn, publisher)
         self.changed(f"publication {pgdata.PUBLICATION} on the source, subscription {pgdata.SUBSCRIPTION} "
                      "on the leader: the initial copy runs")
+
+    def _publisher(self) -> Endpoint:
+        """The source as the cluster reaches it: its inventory address, as the replication login."""
+        inv = self.inventory
+        repl = replication_login(self)
+        port = source_endpoint(self).port
+        address = inv.host(inv.source.host).address
+        return Endpoint(host=address, port=port, user=repl.login, dbname=inv.postgres.database,
+                        password=repl.password, **self._source_tls(address, port))
+
+    def _copy_schema(self, leader: Host, publisher: Endpoint, target: Endpoint) -> None:
+        """The source's schema into the leader's empty database, copied on the leader with the cluster's own
+        pg_dump (never older than the source's) over the subscription's own way in (the replication login,
+        the pg_hba rules and TLS of phase 6's source preparation): the source host needs no PostgreSQL
+        client of the cluster's major, which its distribution may not have (Debian 12 has no 17)."""
+        bin_dir = self.os_family(leader.name).postgres_bin(self.inventory.postgres.major)
+        self._copy = RemoteDumpRestore(self.remote(leader.name), publisher, verified_on_host(target),
+                                       bin_dir=bin_dir, owner=self.inventory.postgres.owner)
+        self._copy.run(schema_only=True)
+        self._copy = None
+        self.changed(f"schema of {publisher.dbname} copied on {leader.name} with {bin_dir}/pg_dump")
 
     def _source_tls(self, address: str, port: int) -> dict[str, str]:
         """The subscription's libpq TLS settings for the source at ``address``: verify-full against the
@@ -589,5 +605,5 @@ class StartLogicalReplicationOperator(PghaOperator):
 
     def on_kill(self) -> None:
         if self._copy is not None:
-            self.log.warning("killed: stopping the schema copy on %s: %s", self.inventory.source.host,
+            self.log.warning("killed: stopping the schema copy on %s: %s", self._copy.remote.host_name,
                              self._copy.stop())
