@@ -11,6 +11,8 @@
     lab/lab heal NODE...       put it back
     lab/lab reset [NODE...]    back to the freshly built base (default: all booted hosts)
     lab/lab reset NODE --to NAME   back to snapshot NAME (of this NODE) instead
+    lab/lab reset psg1 psg2 psg3 --cluster-major 17   database hosts on the Debian release of a 17
+                               cluster (Debian 13) from now on; 15 (Debian 12), or PGHA_LAB_CLUSTER_MAJOR without it
     lab/lab snapshot NODE NAME stop NODE cleanly, keep its disk as snapshot NAME, boot it again
     lab/lab provision [--rebuild]  vm1 = Airflow 3.3 on a single local PostgreSQL with history
                                and the Celery broker, vm4 = its Celery worker (each from its
@@ -34,8 +36,8 @@ import sys
 import time
 
 from .topology import (
-    AIRFLOW_HOST, AIRFLOW_HOSTS, AIRFLOW_HOSTS_SUITE, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, HOSTS, PREFIX, WHEEL_PORT,
-    WORKER_HOST, suite_of,
+    AIRFLOW_HOST, AIRFLOW_HOSTS, AIRFLOW_HOSTS_SUITE, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, CLUSTER_MAJOR,
+    CLUSTER_SUITES, DATABASE_HOSTS, HOSTS, PREFIX, WHEEL_PORT, WORKER_HOST, suite_of,
 )
 from .settings import BRIDGE_OWNER, CGROUP_DIR, DEPLOY_ROOT, HOST_DIRS, LOGS, NSPAWN_RUN, PROVISIONED, RECORD, STATE
 from .common import Timer, die, log, parallel, remove_tree, rmdir_quiet, run
@@ -45,7 +47,7 @@ from .ssh import client_key, ensure_keys, host_pubkey, ssh_argv
 from .cache import ensure_image, ensure_wheelhouse
 from .network import ensure_network, ensure_services, link_exists, nft_table_exists, recorded_processes
 from .containers import (
-    cgroup_roots, check_names, in_host, kill_host, running, set_isolated, shutdown_hosts, start_hosts,
+    cgroup_roots, check_names, host_suite, in_host, kill_host, running, set_isolated, shutdown_hosts, start_hosts,
     wipe_host,
 )
 from .snapshots import find_snapshot, restore_host, snapshot_host
@@ -144,7 +146,7 @@ def cmd_status(args):
           f"wheels http://{BRIDGE_IP}:{WHEEL_PORT}/  ({procs})")
     print(f"     image {rec['image']}")
     for suite, image in sorted(rec.get("images", {}).items()):
-        print(f"     image ({suite}: {', '.join(n for n in HOSTS if suite_of(n) == suite)}) {image}")
+        print(f"     image ({suite}: {', '.join(n for n in HOSTS if host_suite(rec, n) == suite)}) {image}")
     print(f"{'HOST':6} {'ADDRESS':13} {'STATE':9} {'SYSTEM':9} {'LINK':9} {'PID1':>8}  ROLE")
     for name, h in HOSTS.items():
         hr = rec["hosts"].get(name)
@@ -216,18 +218,25 @@ def cmd_heal(args):
     cmd_isolate(args, isolated=False)
 
 
+def option(args, name, usage):
+    """(value of ``name VALUE`` in args or None, args without it)."""
+    if name not in args:
+        return None, args
+    i = args.index(name)
+    if i + 1 >= len(args):
+        die(f"usage: {usage}")
+    return args[i + 1], args[:i] + args[i + 2:]
+
+
 def cmd_reset(args):
-    to = None
-    if "--to" in args:
-        i = args.index("--to")
-        if i + 1 >= len(args):
-            die("usage: lab/lab reset NODE... --to NAME")
-        to, args = args[i + 1], args[:i] + args[i + 2:]
+    to, args = option(args, "--to", "lab/lab reset NODE... --to NAME")
+    major, args = option(args, "--cluster-major", "lab/lab reset psg1 psg2 psg3 --cluster-major 15|17")
     with Locked(STATE / "lock"):
         rec = load_record()
         require_up(rec)
         names = check_names(args or [n for n in HOSTS if n in rec["hosts"]])
         t = Timer()
+        set_cluster_suite(rec, [n for n in names if n in DATABASE_HOSTS], major)
         if to:
             metas = {n: find_snapshot(rec, n, to) for n in names}
             for n in names:
@@ -240,6 +249,19 @@ def cmd_reset(args):
             wipe_host(rec, n)
         start_hosts(rec, names)
         log(f"reset {' '.join(names)} in {t}")
+
+
+def set_cluster_suite(rec, names, major):
+    """The Debian release database hosts ``names`` boot from their next reset: the one of cluster major
+    ``major`` (its image built when missing), or PGHA_LAB_CLUSTER_MAJOR's when None."""
+    if major is not None and (not major.isdigit() or int(major) not in CLUSTER_SUITES):
+        die(f"--cluster-major {major}: the lab builds a cluster of major {' or '.join(map(str, CLUSTER_SUITES))}")
+    suite = CLUSTER_SUITES[int(major)] if major else CLUSTER_SUITES[CLUSTER_MAJOR]
+    if suite != AIRFLOW_HOSTS_SUITE:
+        rec.setdefault("images", {})[suite] = rec.get("images", {}).get(suite) or str(ensure_image(suite))
+    for n in names:
+        rec.setdefault("suites", {})[n] = suite
+    save_record(rec)
 
 
 def cmd_snapshot(args):

@@ -22,9 +22,14 @@ def host_dir(name):
     return HOST_DIRS / name
 
 
+def host_suite(rec, name):
+    """The Debian release host ``name`` boots: `reset --cluster-major`'s, else PGHA_LAB_CLUSTER_MAJOR's."""
+    return rec.get("suites", {}).get(name) or suite_of(name)
+
+
 def image_of(rec, name):
-    """The base image host ``name`` boots: its Debian release's (PGHA_LAB_CLUSTER_MAJOR)."""
-    return rec.get("images", {}).get(suite_of(name)) or rec["image"]
+    """The base image host ``name`` boots: its Debian release's."""
+    return rec.get("images", {}).get(host_suite(rec, name)) or rec["image"]
 
 
 def mount_overlay(rec, name):

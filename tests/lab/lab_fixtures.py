@@ -96,15 +96,19 @@ class Lab:
                 raise TimeoutError(f"the scheduler's own runs not done after {timeout}s: {line}")
             time.sleep(5)
 
-    def reset_to_provisioned(self) -> None:
-        lab("reset", "psg1", "psg2", "psg3")
+    def reset_to_provisioned(self, cluster_major: int | None = None) -> None:
+        """Empty database hosts (on the Debian release of a ``cluster_major`` cluster: 17 is Debian 13;
+        default PGHA_LAB_CLUSTER_MAJOR's) and vm1, vm4 as provisioned."""
+        lab("reset", "psg1", "psg2", "psg3", *(["--cluster-major", str(cluster_major)] if cluster_major else []))
         lab("provision")  # restores vm1 from its snapshot when it was changed, deploys the code
 
-    def install_probe(self) -> str:
-        """Install the airflow-probe writer unit on vm1 and an inventory listing it; returns that inventory."""
+    def install_probe(self, cluster_major: int | None = None) -> str:
+        """Install the airflow-probe writer unit on vm1 and an inventory listing it (the lab's majors, as
+        `deploy` writes them, or a ``cluster_major`` cluster); returns that inventory."""
         import yaml
 
-        inventory = yaml.safe_load(lab_inventory(LAB_INVENTORY.read_text()))  # the lab's majors, as `deploy` writes it
+        inventory = yaml.safe_load(lab_inventory(LAB_INVENTORY.read_text(),
+                                                 cluster_major=cluster_major or topology.CLUSTER_MAJOR))
         inventory["airflow"]["hosts"][0]["units"].append("airflow-probe")
         self.ssh("vm1", "install -d -o airflow -g airflow /var/lib/pgha-probe && rm -f /var/lib/pgha-probe/acks.log")
         self.put("vm1", "/etc/pgha/inventory-probe.yml", yaml.safe_dump(inventory))

@@ -1,12 +1,10 @@
 """A PostgreSQL 13 source (Debian 11's postgresql-13 on vm1, under Airflow 3.0.6: the newest Airflow
-whose metadata database may be 13 is 3.1) migrated into the lab's cluster, once with dump_restore
-and once with logical replication, with the lab's hostile passwords and the probe writer committing
-throughout. Runs only on a lab provisioned with PGHA_LAB_SOURCE_MAJOR=13; the cluster is 15 (Debian
-12) or, with PGHA_LAB_CLUSTER_MAJOR=17, 17 on Debian 13 database hosts:
+whose metadata database may be 13 is 3.1) migrated to a newer major, with the lab's hostile passwords
+and the probe writer committing throughout: with dump_restore into a 15 cluster (Debian 12 database
+hosts), with logical replication into a 17 cluster (Debian 13 database hosts, Debian 13's own
+PostgreSQL and Patroni). Runs only on a lab provisioned with PGHA_LAB_SOURCE_MAJOR=13:
 
     PGHA_LAB_SOURCE_MAJOR=13 .venv/bin/python -m pytest -q -m lab tests/lab/test_lab_pg13_source.py
-    PGHA_LAB_SOURCE_MAJOR=13 PGHA_LAB_CLUSTER_MAJOR=17 .venv/bin/python -m pytest -q -m lab \
-        tests/lab/test_lab_pg13_source.py -k logical
 
 Each test starts from the provisioned vm1 and empty database hosts.
 """
@@ -28,11 +26,11 @@ pytestmark = [
 DAG = "pg_ha_migration"
 
 
-def migrate(lab: Lab, method: str) -> dict[str, Any]:
-    lab.reset_to_provisioned()
+def migrate(lab: Lab, method: str, cluster_major: int) -> dict[str, Any]:
+    lab.reset_to_provisioned(cluster_major)
     assert lab.source_sql("SHOW server_version_num").strip().startswith("13"), "vm1 runs PostgreSQL 13"
     assert lab.ssh("vm1", "/opt/airflow/venv/bin/airflow version").strip().splitlines()[-1] == topology.AIRFLOW_RELEASE
-    inventory = lab.install_probe()
+    inventory = lab.install_probe(cluster_major)
     lab.api.unpause(DAG)
     run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "migration_method": method,
                                    "run_failover_test": False})
@@ -40,19 +38,16 @@ def migrate(lab: Lab, method: str) -> dict[str, Any]:
     assert state == "success", lab.failure_report(DAG, run_id)
     record = lab.wait_for_cutover()
     assert record["outcome"] == "success", record
-    return {"run_id": run_id, "record": record}
-
-
-CLUSTER = str(topology.CLUSTER_MAJOR)
+    return {"run_id": run_id, "record": record, "cluster": str(cluster_major)}
 
 
 def assert_moved_to_the_cluster(lab: Lab, run: dict[str, Any]) -> None:
-    record = run["record"]
+    record, cluster = run["record"], run["cluster"]
     assert lab.source_fingerprints() == record["result"]["fingerprints"]
     acks = lab.probe_acks()  # read first: the probe goes on writing, and every ack read must be in what we select
     with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute("SHOW server_version_num")
-        assert cur.fetchone()[0].startswith(CLUSTER), f"Airflow's database is the {CLUSTER} cluster"
+        assert cur.fetchone()[0].startswith(cluster), f"Airflow's database is the {cluster} cluster"
         cur.execute("SELECT seq FROM pgha_probe")
         stored = {row[0] for row in cur.fetchall()}
     assert len(acks) > 100 and set(acks) - stored == set(), "every acknowledged write is in the cluster"
@@ -60,20 +55,28 @@ def assert_moved_to_the_cluster(lab: Lab, run: dict[str, Any]) -> None:
     assert lab.api.wait("lab_smoke", smoke, timeout=600) == "success", "Airflow is healthy on the cluster"
 
 
-def test_dump_restore_from_13_uses_the_clusters_pg_dump(lab: Lab) -> None:
-    run = migrate(lab, "dump_restore")
+def test_dump_restore_from_13_to_15_uses_the_clusters_pg_dump(lab: Lab) -> None:
+    run = migrate(lab, "dump_restore", 15)
     assert_moved_to_the_cluster(lab, run)
     log = "\n".join(lab.api.task_log(DAG, run["run_id"], "phase6_data_migration.copy_data", try_number=1))
-    assert f"/usr/lib/postgresql/{CLUSTER}/bin/pg_dump" in log and "/usr/lib/postgresql/13/bin/pg_dump" not in log, \
-        log[-3000:]
-    assert f"postgresql-client-{CLUSTER}" in log, f"the copy said it installed {CLUSTER}'s client on vm1"
+    assert "/usr/lib/postgresql/15/bin/pg_dump" in log and "/usr/lib/postgresql/13/bin/pg_dump" not in log, log[-3000:]
+    assert "postgresql-client-15" in log, "the copy said it installed 15's client on vm1"
     assert "copy" in [s["step"] for s in run["record"]["steps"]]
 
 
-def test_logical_replication_from_13(lab: Lab) -> None:
-    run = migrate(lab, "logical_replication")
+def test_logical_replication_from_13_to_17_on_debian_13(lab: Lab) -> None:
+    run = migrate(lab, "logical_replication", 17)
     assert_moved_to_the_cluster(lab, run)
     steps = [s["step"] for s in run["record"]["steps"]]
     assert "catch_up" in steps and "drop_subscription" in steps and "copy" not in steps
     # 13 has no pg_read_all_data: the replication role got only the migrated database's grants
     assert lab.source_sql("SELECT count(*) FROM pg_roles WHERE rolname = 'pg_read_all_data'").strip() == "0"
+    for node in ("psg1", "psg2", "psg3"):  # Debian 13, its own PostgreSQL 17 and Patroni
+        assert lab.ssh(node, "cut -d. -f1 /etc/debian_version").strip() == "13", node
+        assert "17" in lab.ssh(node, "dpkg-query -W -f='${Version}' postgresql-17"), node
+        assert lab.ssh(node, "dpkg-query -W -f='${Status}' patroni").strip() == "install ok installed", node
+    # the schema was copied on the leader with 17's pg_dump: vm1 (Debian 12, which has no 17) needed none
+    log = "\n".join(lab.api.task_log(DAG, run["run_id"], "phase6_data_migration.start_logical_replication",
+                                     try_number=1))
+    assert "with /usr/lib/postgresql/17/bin/pg_dump" in log, log[-3000:]
+    assert lab.ssh("vm1", "dpkg-query -W -f='${Status}' postgresql-client-17 2>/dev/null || true").strip() == ""
