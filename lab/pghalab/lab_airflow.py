@@ -129,12 +129,14 @@ def worker_list(name=WORKER_HOST):
         out = ssh_run(name, "pgha-airflow celery list-workers -o json 2>/dev/null", check=False, timeout=60)
     except subprocess.TimeoutExpired:
         return []
-    lines = out.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("[")), None)
-    try:
-        return [w["worker_name"] for w in json.loads("\n".join(lines[start:]))] if start is not None else []
-    except (ValueError, KeyError, TypeError):
-        return []
+    # the JSON list is the last line that parses as one (Airflow 3.0 logs "[<time>] {...} INFO" lines to stdout)
+    for line in reversed(out.splitlines()):
+        try:
+            workers = json.loads(line)
+            return [w["worker_name"] for w in workers]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return []
 
 
 def wait_worker(name=WORKER_HOST, timeout=90):

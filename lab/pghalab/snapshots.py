@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .topology import HOSTS, SOURCE_MAJOR
+from .topology import AIRFLOW_RELEASE, HOSTS, SOURCE_MAJOR
 from .cache import wheelhouse_key
 from .settings import LAB_DAGS, LAB_DIR, PROVISION_DIR, SECRETS, SNAPSHOTS
 from .common import Timer, die, log, remove_tree, run, write_private
@@ -72,12 +72,18 @@ def referenced_layers(rec):
     return refs
 
 
+def profile():
+    """What lab settings a snapshot is made for: its source major and Airflow release. Snapshots of
+    another profile are kept (a lab switched back to it restores them instead of provisioning again)."""
+    return f"source {SOURCE_MAJOR}, airflow {AIRFLOW_RELEASE}"
+
+
 def prune_snapshots(rec, host, name, keep):
-    """Drop HOST's snapshots NAME of other keys (unusable: made from other files), then every
-    layer no snapshot and no host of this lab uses."""
+    """Drop HOST's snapshots NAME of other keys of this profile (unusable: made from other files),
+    then every layer no snapshot and no host of this lab uses."""
     for meta in SNAPSHOTS.glob("*/meta.json"):
         m = json.loads(meta.read_text())
-        if m["name"] == name and m["host"] == host and m["id"] != keep:
+        if m["name"] == name and m["host"] == host and m.get("profile", profile()) == profile() and m["id"] != keep:
             log(f"removing outdated snapshot {m['id']}")
             shutil.rmtree(meta.parent)
     refs = referenced_layers(rec)
@@ -114,6 +120,7 @@ def snapshot_host(rec, name, snap_name, extra=None, boot_after=None):
         layer.chmod(0o755)
         lowers = [str(layer)] + (h.get("lowers") or [rec["image"]])
         meta = {"id": snap_id, "name": snap_name, "key": key, "host": name, "image": rec["image"],
+                "profile": profile(),
                 "layers": lowers[:-1], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
         tmpdir = SNAPSHOTS / f".{snap_id}.{os.getpid()}"
         shutil.rmtree(tmpdir, ignore_errors=True)
