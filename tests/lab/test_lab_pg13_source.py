@@ -11,10 +11,9 @@ Each test starts from the provisioned vm1 and empty database hosts.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from lab_fixtures import VM1, WRITE_PORT, Lab, topology
+from lab_fixtures import Lab, topology
+from one_migration import assert_moved_to_the_cluster, migrate
 
 pytestmark = [
     pytest.mark.lab,
@@ -24,35 +23,6 @@ pytestmark = [
 ]
 
 DAG = "pg_ha_migration"
-
-
-def migrate(lab: Lab, method: str, cluster_major: int) -> dict[str, Any]:
-    lab.reset_to_provisioned(cluster_major)
-    assert lab.source_sql("SHOW server_version_num").strip().startswith("13"), "vm1 runs PostgreSQL 13"
-    assert lab.ssh("vm1", "/opt/airflow/venv/bin/airflow version").strip().splitlines()[-1] == topology.AIRFLOW_RELEASE
-    inventory = lab.install_probe(cluster_major)
-    lab.api.unpause(DAG)
-    run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "migration_method": method,
-                                   "run_failover_test": False})
-    state = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
-    assert state == "success", lab.failure_report(DAG, run_id)
-    record = lab.wait_for_cutover()
-    assert record["outcome"] == "success", record
-    return {"run_id": run_id, "record": record, "cluster": str(cluster_major)}
-
-
-def assert_moved_to_the_cluster(lab: Lab, run: dict[str, Any]) -> None:
-    record, cluster = run["record"], run["cluster"]
-    assert lab.source_fingerprints() == record["result"]["fingerprints"]
-    acks = lab.probe_acks()  # read first: the probe goes on writing, and every ack read must be in what we select
-    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
-        cur.execute("SHOW server_version_num")
-        assert cur.fetchone()[0].startswith(cluster), f"Airflow's database is the {cluster} cluster"
-        cur.execute("SELECT seq FROM pgha_probe")
-        stored = {row[0] for row in cur.fetchall()}
-    assert len(acks) > 100 and set(acks) - stored == set(), "every acknowledged write is in the cluster"
-    smoke = lab.api.trigger("lab_smoke")
-    assert lab.api.wait("lab_smoke", smoke, timeout=600) == "success", "Airflow is healthy on the cluster"
 
 
 def test_dump_restore_from_13_to_15_uses_the_clusters_pg_dump(lab: Lab) -> None:
