@@ -64,7 +64,9 @@ class OsFamily:
     postgres_repo: tuple[str, str] | None = None
     modules_to_disable: tuple[str, ...] = ()  # dnf modules that would shadow the repository's packages
     extras_repo: str = ""  # a disabled repository enabled for the etcd and Patroni packages only
-    patroni_packages: tuple[str, ...] = ("patroni",)
+    # Debian's patroni only recommends its DCS clients (and pgha installs without recommends): without
+    # python3-etcd it finds no etcd ("Available implementations: consul, kubernetes").
+    patroni_packages: tuple[str, ...] = ("patroni", "python3-etcd")
     # Release tarballs are ours, never the package manager's: they go where no package writes.
     etcd_tarball_dir: str = "/usr/local/bin"
     selinux: bool = False  # SELinux may be enforcing: ports get labels, booleans are set

@@ -73,6 +73,7 @@ CATALOGUE: dict[str, dict[str, Package]] = {
         "python3": Package(binaries={"/usr/bin/python3": "Python 3.11.2"}),
         "python3-venv": Package(),
         "patroni": Package(binaries={"/usr/bin/patroni": "patroni 3.0.2"}, units={"patroni.service": (True, False)}),
+        "python3-etcd": Package(),
     },
     ROCKY_9: {
         "postgresql-server": Package(units={"postgresql.service": (False, False)}, users=("postgres",)),  # + stream

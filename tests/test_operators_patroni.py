@@ -176,6 +176,14 @@ def test_a_patroni_of_another_version_is_replaced(fleet: Fleet, tmp_path: Path) 
     assert not fleet["psg1"].ran(r"-m venv")  # the venv is there
 
 
+def test_debians_patroni_package_comes_with_its_etcd_client(fleet: Fleet, tmp_path: Path) -> None:
+    """Debian's patroni only recommends python3-etcd; without it Patroni finds no etcd at all."""
+    inventory = prepared(fleet, tmp_path, DEBIAN_12, patroni={"install": {"method": "package"}})
+    result = on_node(InstallPatroniOperator, inventory)
+    assert fleet["psg1"].ran(r"apt-get install .* --no-install-recommends .* patroni python3-etcd$")
+    assert result["result"] == {"version": "patroni 3.0.2"}
+
+
 def test_the_package_method_checks_the_version(fleet: Fleet, tmp_path: Path) -> None:
     inventory = prepared(fleet, tmp_path, DEBIAN_12, patroni={"install": {"method": "package", "version": "4.1.5"}})
     with pytest.raises(AirflowException,
