@@ -21,10 +21,13 @@ deps:
 demo: deps venv
 	$(PY) lab/demo
 
-## Run every test: unit tests and real services on loopback (two workers), then the lab end-to-end tests.
+## Run every test: unit tests and real services on loopback (two workers), then the lab end-to-end tests:
+## the main session (a PostgreSQL 15 source, Airflow 3.3.2), then a PostgreSQL 13 source on Airflow 3.0.6
+## moved to a 15 and a 17 cluster (its own lab session: the source major is provisioned).
 test: deps venv
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests
 	$(VENV)/bin/pytest -q -m lab tests
+	PGHA_LAB_SOURCE_MAJOR=13 $(VENV)/bin/pytest -q -m lab tests/lab/test_lab_pg13_source.py
 
 unit: deps venv
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests

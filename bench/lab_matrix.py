@@ -5,7 +5,7 @@ lab down), through tests/lab/test_lab_combination.py. Prints a table: combinatio
 
 `make test` runs two of these combinations in CI (13 -> 15 dump_restore and 13 -> 17 logical on
 Airflow 3.0.6, tests/lab/test_lab_pg13_source.py) besides the main lab suite on 15 -> 15 and 3.3.2;
-this script runs the others once, for the record.
+this script runs them all (those two included) side by side, for the record.
 
     .venv/bin/python bench/lab_matrix.py                       # every combination below
     .venv/bin/python bench/lab_matrix.py 13:17:3.0.6:logical_replication   # source:cluster:airflow:method

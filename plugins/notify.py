@@ -150,6 +150,8 @@ def deliver(notify: Notify, alert: Alert, context: Any) -> None:
         # Airflow 3.0's notifiers take their template environment from context["dag"]; an alert raised
         # outside a task's context has none
         values = {"dag": None, **context, ALERT: alert.as_template_value()}
+        if hasattr(notifier, "_update_context"):  # 3.1+: the notifier's own context= values join the template's
+            notifier._update_context(values)
         notifier.render_template_fields(values)
         notifier.notify(values)  # not notifier(values): on Airflow 3.0 that logs a failed send and returns
     except Exception as exc:

@@ -96,7 +96,7 @@ def test_provision_module_uses_the_table_ports() -> None:
 
 
 def python_files() -> list[Path]:
-    skip = {".venv", ".git", "build", "__pycache__"}
+    skip = {".venv", ".git", "build", "__pycache__", ".state"}  # .state: a running lab's host disks
     files = [p for p in REPO_ROOT.rglob("*.py") if not skip & set(p.relative_to(REPO_ROOT).parts)]
     return files + [LAB_DIR / "lab", LAB_DIR / "demo"]  # Python without a suffix
 

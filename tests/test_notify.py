@@ -107,6 +107,7 @@ def test_a_failed_task_mails_its_reason_with_the_log_link(mailbox: Mailbox, tmp_
 
     [message] = mailbox.wait_for()
     text = body(message)
+    assert mailbox.envelopes == [("airflow@example.com", [OPS])]
     if AIRFLOW_RELEASE < (3, 3):  # dag.test() before 3.3 gives on_failure_callback no exception (a real task run does)
         assert message["Subject"] == "pgha: pg_ha_failover_drill precheck failed: unknown"
         assert "task:   precheck failed (try 1)" in text

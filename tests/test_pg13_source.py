@@ -250,6 +250,8 @@ def test_the_lab_cluster_major_and_airflow_release_settings() -> None:
     assert topology.airflow_release({}) == "3.3.2"
     assert topology.airflow_release({"PGHA_LAB_SOURCE_MAJOR": "13"}) == "3.0.6"
     assert topology.airflow_release({"PGHA_LAB_SOURCE_MAJOR": "13", "PGHA_LAB_AIRFLOW": "3.1.8"}) == "3.1.8"
+    with pytest.raises(ValueError, match="do not take PostgreSQL 13"):
+        topology.airflow_release({"PGHA_LAB_SOURCE_MAJOR": "13", "PGHA_LAB_AIRFLOW": "3.3.2"})
     with pytest.raises(ValueError, match="PGHA_LAB_AIRFLOW='2.10.5'"):
         topology.airflow_release({"PGHA_LAB_AIRFLOW": "2.10.5"})
     from airflow_releases import RELEASE_PINS

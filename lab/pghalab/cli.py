@@ -11,10 +11,10 @@
     lab/lab heal NODE...       put it back
     lab/lab reset [NODE...]    back to the freshly built base (default: all booted hosts)
     lab/lab reset NODE --to NAME   back to snapshot NAME (of this NODE) instead
-    lab/lab reset psg1 psg2 psg3 --cluster-major 17   database hosts on the Debian release of a 17
-                               cluster (Debian 13) from now on; 15 (Debian 12), or PGHA_LAB_CLUSTER_MAJOR without it
+    lab/lab reset psg1 psg2 psg3 --cluster-major 17   boot the database hosts on the Debian release of
+                               a 17 cluster (Debian 13); a reset without it: PGHA_LAB_CLUSTER_MAJOR's
     lab/lab snapshot NODE NAME stop NODE cleanly, keep its disk as snapshot NAME, boot it again
-    lab/lab provision [--rebuild]  vm1 = Airflow 3.3 on a single local PostgreSQL with history
+    lab/lab provision [--rebuild]  vm1 = Airflow (PGHA_LAB_AIRFLOW) on a single local PostgreSQL with history
                                and the Celery broker, vm4 = its Celery worker (each from its
                                `provisioned` snapshot when there is one), deployed
     lab/lab deploy             pip-install pgha (a wheel of this checkout) and copy dags/ lab/dags
@@ -36,7 +36,7 @@ import sys
 import time
 
 from .topology import (
-    AIRFLOW_HOST, AIRFLOW_HOSTS, AIRFLOW_HOSTS_SUITE, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, CLUSTER_MAJOR,
+    AIRFLOW_HOST, AIRFLOW_HOSTS, AIRFLOW_HOSTS_SUITE, AIRFLOW_RELEASE, APT_PROXY_PORT, BRIDGE, BRIDGE_IP, CLUSTER_MAJOR,
     CLUSTER_SUITES, DATABASE_HOSTS, HOSTS, PREFIX, WHEEL_PORT, WORKER_HOST, suite_of,
 )
 from .settings import BRIDGE_OWNER, CGROUP_DIR, DEPLOY_ROOT, HOST_DIRS, LOGS, NSPAWN_RUN, PROVISIONED, RECORD, STATE
@@ -44,7 +44,7 @@ from .common import Timer, die, log, parallel, remove_tree, rmdir_quiet, run
 from .record import Locked, load_record, require_up, save_record
 from .procs import alive, stop_proc, wait_reaped
 from .ssh import client_key, ensure_keys, host_pubkey, ssh_argv
-from .cache import ensure_image, ensure_wheelhouse
+from .cache import ensure_image, ensure_wheelhouse, wheelhouse_dir
 from .network import ensure_network, ensure_services, link_exists, nft_table_exists, recorded_processes
 from .containers import (
     cgroup_roots, check_names, host_suite, in_host, kill_host, running, set_isolated, shutdown_hosts, start_hosts,
@@ -288,6 +288,9 @@ def cmd_provision(args):
     with Locked(STATE / "lock"):
         rec = load_record()
         require_up(rec)
+        if rec.get("wheels_dir", str(wheelhouse_dir())) != str(wheelhouse_dir()):
+            die(f"the lab serves the wheelhouse {rec['wheels_dir']}, not Airflow {AIRFLOW_RELEASE}'s "
+                "(PGHA_LAB_AIRFLOW changed since `lab/lab up`): run `lab/lab down` first")
         # 1. vm1 first: restoring it may bring back the secrets of its snapshot, which vm4's
         #    snapshot must match. Everything that changes the record happens in this thread.
         plans = {}

@@ -7,7 +7,8 @@ import os
 import re
 import shlex
 
-from .topology import AIRFLOW_HOST, AIRFLOW_HOSTS_SUITE, BRIDGE_IP, CLUSTER_MAJOR, CLUSTER_SUITES, SOURCE_MAJOR, WHEEL_PORT
+from .topology import (AIRFLOW_HOST, AIRFLOW_HOSTS_SUITE, BRIDGE_IP, CLUSTER_MAJOR, CLUSTER_SUITES, SOURCE_MAJOR,
+                       WHEEL_PORT)
 from .settings import AIRFLOW_PIP, DEPLOY_ROOT, LAB_DAGS, LAB_DIR, PROVISION_DIR, REPO_DIR
 from .common import die
 from .ssh import ssh_run, tar_bytes

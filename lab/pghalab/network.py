@@ -179,6 +179,11 @@ def ensure_services(rec, wheels):
                     "--directory", wheels], WHEEL_PORT),
         "fault-gate": (["/usr/sbin/sshd", "-D", "-e", "-f", fault_gate_config()], FAULT_GATE_PORT),
     }
+    served = rec.get("wheels_dir")
+    if alive(rec["procs"].get("wheels")) and served and served != str(wheels):
+        die(f"the lab's wheel server serves {served}, not {wheels} (PGHA_LAB_AIRFLOW changed since "
+            "`lab/lab up`): run `lab/lab down` first")
+    rec["wheels_dir"] = str(wheels)
     for name, (argv, port) in services.items():
         if alive(rec["procs"].get(name)):
             continue

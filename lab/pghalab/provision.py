@@ -109,7 +109,7 @@ def finish_worker_host(rec, t):
 def provision_plan(rec, name, rebuild, healthy=lambda: True):
     """('keep' | 'restore' | 'build', snapshot meta or None, why) for one host. A worker's
     snapshot is usable only with the secrets vm1 runs on now (its airflow.cfg holds them)."""
-    snap_id = snapshot_id(name, PROVISIONED, snapshot_key(rec))
+    snap_id = snapshot_id(name, PROVISIONED, snapshot_key(rec, name))
     meta = None if rebuild else load_snapshot(snap_id)
     if meta and name != AIRFLOW_HOST and saved_secrets(meta) != load_secrets():
         return "build", None, f"snapshot {snap_id} was made with other secrets than {AIRFLOW_HOST}'s"

@@ -16,14 +16,14 @@ from .settings import LAB_DAGS, LAB_DIR, PROVISION_DIR, SECRETS, SNAPSHOTS
 from .common import Timer, die, log, remove_tree, run, write_private
 from .record import Locked, save_record
 from .ssh import client_key, fault_gate_host_key, fault_gate_key, host_pubkey, pubkey
-from .containers import host_dir, kill_host, running, shutdown_hosts, start_hosts, unmount_host, wipe_host
+from .containers import host_dir, image_of, kill_host, running, shutdown_hosts, start_hosts, unmount_host, wipe_host
 
 
-def image_key(rec):
-    return Path(rec["image"]).parent.name
+def image_key(rec, name):
+    return Path(image_of(rec, name)).parent.name
 
 
-def snapshot_key(rec):
+def snapshot_key(rec, name):
     """What a provisioned host depends on: lab/provision/, lab/dags/, the wheelhouse list at the
     lab's Airflow release, the base image, the source major and the lab's keys (the layers hold
     host keys and authorized_keys).
@@ -34,7 +34,7 @@ def snapshot_key(rec):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 h.update(f"{path.relative_to(LAB_DIR)}\0".encode() + path.read_bytes() + b"\0")
     h.update(wheelhouse_key().encode())  # at the lab's Airflow release (PGHA_LAB_AIRFLOW)
-    h.update(f"image {image_key(rec)}\0".encode())
+    h.update(f"image {image_key(rec, name)}\0".encode())
     h.update(f"source major {SOURCE_MAJOR}\0".encode())  # vm1's PostgreSQL (PGHA_LAB_SOURCE_MAJOR)
     h.update(Path(f"{client_key()}.pub").read_bytes())
     h.update(pubkey(fault_gate_key()).encode() + pubkey(fault_gate_host_key()).encode())
@@ -98,7 +98,7 @@ def snapshot_host(rec, name, snap_name, extra=None, boot_after=None):
     h = rec["hosts"].get(name)
     if not h:
         die(f"{name} has no disk (absent): nothing to snapshot")
-    key = snapshot_key(rec)
+    key = snapshot_key(rec, name)
     snap_id = snapshot_id(name, snap_name, key)
     was_running = running(rec, name)
     t = Timer()
@@ -118,8 +118,8 @@ def snapshot_host(rec, name, snap_name, extra=None, boot_after=None):
             tmp.rename(layer)
             remove_tree(upper)
         layer.chmod(0o755)
-        lowers = [str(layer)] + (h.get("lowers") or [rec["image"]])
-        meta = {"id": snap_id, "name": snap_name, "key": key, "host": name, "image": rec["image"],
+        lowers = [str(layer)] + (h.get("lowers") or [image_of(rec, name)])
+        meta = {"id": snap_id, "name": snap_name, "key": key, "host": name, "image": image_of(rec, name),
                 "profile": profile(),
                 "layers": lowers[:-1], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
         tmpdir = SNAPSHOTS / f".{snap_id}.{os.getpid()}"
@@ -145,14 +145,14 @@ def restore_host(rec, name, meta):
     """Throw the host's disk away and boot the snapshot's layers instead of the bare image."""
     if meta["host"] != name:
         die(f"snapshot {meta['id']} is of {meta['host']}, not {name} (host keys, machine-id)")
-    if meta["image"] != rec["image"]:
-        die(f"snapshot {meta['id']} was made on image {meta['image']}, the lab runs {rec['image']}")
+    if meta["image"] != image_of(rec, name):
+        die(f"snapshot {meta['id']} was made on image {meta['image']}, {name} boots {image_of(rec, name)}")
     if running(rec, name):
         kill_host(rec, name)  # its disk is thrown away: no need to shut down
     wipe_host(rec, name)
     host_dir(name).mkdir(parents=True)
     (host_dir(name) / "seeded").touch()  # the layers hold the host's identity already
-    rec["hosts"][name] = {"lowers": meta["layers"] + [rec["image"]], "snapshot": meta["id"]}
+    rec["hosts"][name] = {"lowers": meta["layers"] + [meta["image"]], "snapshot": meta["id"]}
     save_record(rec)
     saved = snapshot_dir(meta["id"]) / "secrets.json"
     if saved.exists() and (not SECRETS.exists() or SECRETS.read_text() != saved.read_text()):
@@ -162,7 +162,7 @@ def restore_host(rec, name, meta):
 
 
 def find_snapshot(rec, host, name):
-    snap_id = snapshot_id(host, name, snapshot_key(rec))
+    snap_id = snapshot_id(host, name, snapshot_key(rec, host))
     meta = load_snapshot(snap_id)
     if not meta:
         have = sorted(p.parent.name for p in SNAPSHOTS.glob("*/meta.json"))

@@ -91,6 +91,9 @@ def airflow_release(environ=os.environ, source=None):
     if text not in AIRFLOW_RELEASE_PINS:
         raise ValueError(f"PGHA_LAB_AIRFLOW={text!r}: the lab runs Airflow "
                          f"{', '.join(AIRFLOW_RELEASE_PINS)}")
+    if (source or source_major(environ)) < 14 and text >= "3.2":
+        raise ValueError(f"PGHA_LAB_AIRFLOW={text}: Airflow 3.2 and newer do not take PostgreSQL 13 as their "
+                         f"database (PGHA_LAB_SOURCE_MAJOR=13): use {DEFAULT_AIRFLOW_RELEASE[13]} or 3.1.8")
     return text
 
 
