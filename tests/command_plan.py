@@ -90,9 +90,15 @@ def _connections(inventory: Any) -> dict[str, str]:
     if inventory.etcd_auth_enabled:  # etcd RBAC (on by default with TLS): root's, Patroni's and pgha's etcd users
         auth = inventory.etcd.auth
         ids |= {auth.root_conn_id, auth.patroni_conn_id, auth.pgha_conn_id}
-    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
+    connections = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
         {"conn_type": "postgres", "host": "plan.invalid", "port": 5432, "login": f"plan_{conn_id}",
          "password": PLAN_PASSWORD.format(conn_id=conn_id)}) for conn_id in sorted(ids)}
+    if inventory.tls.enabled:  # a throw-away cluster CA (TLS is on by default), as the tests' own
+        from pgha import tls
+
+        connections[f"AIRFLOW_CONN_{inventory.tls.ca_conn_id.upper()}"] = json.dumps(
+            tls.connection_json(tls.make_ca("pgha plan CA")))
+    return connections
 
 
 def migration_plan(inventory_path: str, os_name: str, *, method: str = "dump_restore",
