@@ -63,6 +63,7 @@ from pgha.sensors.etcd import EtcdHealthSensor
 from pgha.sensors.haproxy import HAProxyRoutingSensor
 from pgha.sensors.patroni import PatroniLeaderSensor
 from pgha.sensors.postgres import LogicalSyncSensor
+from pgha.sensors.pgbouncer import AirflowOnPgBouncerSensor
 
 PHASES = [
     "1_prepare_hosts",
@@ -222,8 +223,12 @@ with DAG(
             InstallPgBouncerOperator.partial(task_id="install_pgbouncer", map_index_template=HOST).expand(
                 host=airflow_hosts.output
             ),
-            MoveAirflowOntoPgBouncerOperator.partial(  # its own restart and rollback, one host at a time
-                task_id="move_airflow_onto_pgbouncer", map_index_template=HOST, max_active_tis_per_dagrun=1
+            # arms the agent that restarts the host's Airflow on its PgBouncer (or puts it back) after this task
+            MoveAirflowOntoPgBouncerOperator.partial(
+                task_id="move_airflow_onto_pgbouncer", map_index_template=HOST
+            ).expand(host=airflow_hosts.output),
+            AirflowOnPgBouncerSensor.partial(
+                task_id="airflow_on_pgbouncer", map_index_template=HOST, timeout=SENSOR_TIMEOUT
             ).expand(host=airflow_hosts.output),
         )
 

@@ -56,6 +56,15 @@ primary's outcome and goes forward or back as above; the primary never continues
 a copy: it keeps an outcome it had recorded, else rolls back (and so every
 follower). Whatever the outcome, the agent then removes the unit and the state
 file, and the pgpass file goes only once no state file is left.
+
+Role ``pooler`` (armed by ``MoveAirflowOntoPgBouncerOperator`` on one Airflow host, before the
+migration): the same safe restart onto another database URL, with nothing copied. It waits for
+its arming task's success, stops the host's units, installs the staged airflow.cfg that points
+at the host's own PgBouncer, runs ``airflow db check`` through it, starts the units and (on the
+scheduler's host) waits for a scheduler heartbeat read through PgBouncer. Any failure puts the
+previous airflow.cfg back and restarts the units; a crash of the host rolls back at boot. Its
+"cluster" settings are the local PgBouncer, its record stays in its own log (no cluster exists
+yet), and it has its own settings, state file and resume unit, so it never meets a cutover's.
 """
 
 from __future__ import annotations
@@ -328,10 +337,12 @@ class AirflowUnits:
         self.airflow("db", "check")
 
     def task_state(self, task: dict[str, str]) -> str:
-        """The state Airflow recorded for ``task`` (dag_id, task_id, run_id): what this host's Airflow reads."""
+        """The state Airflow recorded for ``task`` (dag_id, task_id, run_id, map_index of a mapped task): what
+        this host's Airflow reads."""
         if not self.environment:  # read until it is not empty: a restarting unit shows none
             self.environment = self.units_environment()
-        shown = self.airflow("tasks", "state", task["dag_id"], task["task_id"], task["run_id"], timeout=120)
+        mapped = ["--map-index", str(task["map_index"])] if int(task.get("map_index", -1)) >= 0 else []
+        shown = self.airflow("tasks", "state", *mapped, task["dag_id"], task["task_id"], task["run_id"], timeout=120)
         lines = [line.strip() for line in shown.splitlines() if line.strip()]
         return lines[-1] if lines else ""
 
@@ -355,7 +366,7 @@ class Agent:
         self.stop_failed = False
         self.started = time.time()
         self.steps: list[dict[str, Any]] = []
-        self.log_path = Path(settings["log_dir"]) / f"cutover-{settings['run_id']}.log"
+        self.log_path = Path(settings["log_dir"]) / f"{settings.get('log_prefix', 'cutover-')}{settings['run_id']}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.backup: Path | None = None
         self.original: tuple[bytes, int, int, int] | None = None  # the config replaced: content, uid, gid, mode
@@ -594,7 +605,11 @@ class Agent:
 
     @property
     def resume_unit_path(self) -> Path:
-        return Path(self.s.get("unit_dir") or UNIT_DIR) / RESUME_UNIT
+        return Path(self.s.get("unit_dir") or UNIT_DIR) / self.resume_unit_name
+
+    @property
+    def resume_unit_name(self) -> str:
+        return self.s.get("resume_unit_name") or RESUME_UNIT
 
     def save_state(self, phase: str) -> None:
         """What a restart of this host must know to complete the cutover (root 0600, root-only directory)."""
@@ -640,20 +655,20 @@ class Agent:
             write_at(fd, unit.name, text.encode(), uid=0, gid=0, mode=0o644, shown=str(unit))
         finally:
             os.close(fd)
-        self.units.enable_resume(RESUME_UNIT)
+        self.units.enable_resume(self.resume_unit_name)
 
     def disarm_resume(self) -> None:
         """The cutover is over on this host (whatever its outcome): the resume unit goes, the state file last."""
         unit = self.resume_unit_path
         try:
             if unit.exists():
-                self.units.disable_resume(RESUME_UNIT)
+                self.units.disable_resume(self.resume_unit_name)
             unit.unlink(missing_ok=True)
             self.units.daemon_reload()
         except Exception as exc:  # the state file goes anyway: the unit then finds nothing to resume
             self.log(f"could not remove {unit}: {exc}")
         self.state_path.unlink(missing_ok=True)
-        self.log(f"state {self.state_path} and {RESUME_UNIT} removed")
+        self.log(f"state {self.state_path} and {self.resume_unit_name} removed")
 
     def load_original(self, state: dict[str, Any]) -> None:
         """The config the repoint replaced, from the backup the state file names (for a rollback)."""
@@ -688,7 +703,9 @@ class Agent:
 
     def send_record(self, record: dict[str, Any]) -> None:
         """The record into pgha_cutover_log; after a restart (the network maybe just up) retried a while:
-        the followers wait for the primary's, the outcome task for everyone's."""
+        the followers wait for the primary's, the outcome task for everyone's. ``record: log``: the log only."""
+        if self.s.get("record") == "log":
+            return
         deadline = time.time() + (self.timeout("record_timeout", 300) if self.resuming else 0)
         while True:
             try:
@@ -704,6 +721,8 @@ class Agent:
 
     def resend_own_record(self) -> None:
         """After a restart: the record this host's log has, into the cluster if it did not get there."""
+        if self.s.get("record") == "log":
+            return
         lines = [line for line in self.log_path.read_text().splitlines() if " RECORD " in line]
         record = json.loads(lines[-1].split(" RECORD ", 1)[1])
         try:
@@ -837,9 +856,38 @@ class Agent:
         finally:
             self.disarm_resume()
 
+    def run_pooler(self) -> int:
+        """Role pooler: this host's Airflow onto its local PgBouncer (same database), or back as it was."""
+        self.log(f"move onto PgBouncer {self.s['run_id']} begins on {os.uname().nodename}")
+        if not self.began():
+            return 1
+        try:
+            try:
+                self.step("arm_resume", self.arm_resume)
+                self.step("stop", self.units.stop)
+                self.step("repoint", self.repoint)
+                self.save_state("repointed")
+                self.step("db_check", self.units.db_check)
+                self.step("start", self.units.start)
+                self.step("healthy", self.healthy)
+            except Exception as exc:
+                try:
+                    self.rollback(clear_mark=False)
+                finally:
+                    self.record("rolled_back", str(exc))
+                return 1
+            self.record("success", f"Airflow goes through PgBouncer {self.s['cluster']['host']}:"
+                                   f"{self.s['cluster']['port']}")
+            self.log(f"moved onto PgBouncer in {time.time() - self.started:.1f}s")
+            return 0
+        finally:
+            self.disarm_resume()
+
     def run(self) -> int:
         if self.s["role"] == "follower":
             return self.run_follower()
+        if self.s["role"] == "pooler":
+            return self.run_pooler()
         self.log(f"cutover {self.s['run_id']} begins on {os.uname().nodename}")
         if not self.began():
             return 1
@@ -906,10 +954,12 @@ class Agent:
                 return 0 if mine == "success" else 1
             if self.s["role"] == "follower":
                 return self.follow()
+            pooler = self.s["role"] == "pooler"
             try:
-                self.rollback()
+                self.rollback(clear_mark=not pooler)
             finally:
-                self.record("rolled_back", f"the source host restarted during the cutover (phase {self.phase}); "
+                self.record("rolled_back", f"this host restarted during the move onto PgBouncer (phase {self.phase})"
+                            if pooler else f"the source host restarted during the cutover (phase {self.phase}); "
                                            "the copy is not continued")
             return 1
         finally:

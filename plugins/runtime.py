@@ -8,6 +8,8 @@ instead of breaking the DAG.
 from __future__ import annotations
 
 import inspect
+import re
+import shlex
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -120,6 +122,48 @@ def repoint_airflow_config(remote: RemoteHook, inventory: Inventory, host: str, 
     url = airflowcfg.database_url(app.login, app.password, address, port, inventory.postgres.database,
                                   scheme=live_url.split("://")[0], verify_ca=verify_ca)
     return RepointedConfig(current, live_url, airflowcfg.repoint(current, url, "db+" + url))
+
+
+def arming_task(context: Any) -> dict[str, Any] | None:
+    """The task instance an agent waits for (``airflow tasks state`` on its host) before it changes
+    anything; None outside a DAG run (the agent starts at once)."""
+    dag, task, run_id = context.get("dag"), context.get("task"), context.get("run_id")
+    if not (dag and task and run_id):
+        return None
+    armed: dict[str, Any] = {"dag_id": dag.dag_id, "task_id": task.task_id, "run_id": run_id}
+    map_index = getattr(context.get("ti"), "map_index", -1)
+    if isinstance(map_index, int) and map_index >= 0:
+        armed["map_index"] = map_index
+    return armed
+
+
+def airflow_executable(remote: RemoteHook, unit: str) -> str:
+    """The airflow executable an Airflow unit runs (from the unit's ExecStart)."""
+    shown = remote.run(f"systemctl show -P ExecStart {shlex.quote(unit)}").stdout
+    match = re.search(r"path=(\S+)", shown)
+    if not match:
+        raise AirflowException(
+            f"[{remote.host_name}] cannot find the airflow executable in {unit}'s ExecStart: {shown.strip()!r}"
+        )
+    return match.group(1)
+
+
+def agent_airflow_settings(remote: RemoteHook, inventory: Inventory, host: str, staged: str,
+                           backup_dir: str) -> dict[str, Any]:
+    """What an agent (``pgha.cutover``) needs of ``host``'s Airflow: units, config, the staged config it
+    installs, the config's owner, the airflow executable and the units' python (which imports pgha)."""
+    airflow_host = inventory.airflow_host(host)
+    owner = remote.run(f"stat -c %U {shlex.quote(airflow_host.config)}", quiet=True).stdout.strip()
+    airflow_bin = airflow_executable(remote, airflow_host.units[0])
+    return {
+        "units": list(airflow_host.units),
+        "config": airflow_host.config,
+        "staged": staged,
+        "backup_dir": backup_dir,
+        "airflow_user": owner,
+        "airflow_bin": airflow_bin,
+        "python": airflow_bin.rsplit("/", 1)[0] + "/python",
+    }
 
 
 class InventoryMixin:

@@ -613,10 +613,16 @@ PROBE_DAG = """
 import datetime as dt
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 with DAG(dag_id="pgha_arming_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)):
     EmptyOperator(task_id="cutover")
+
+    @task
+    def move(host):  # mapped over the Airflow hosts, as move_airflow_onto_pgbouncer is
+        return host
+
+    move.expand(host=["vm1", "vm4"])
 """
 
 
@@ -649,5 +655,87 @@ def test_the_task_state_comes_from_the_hosts_own_airflow_cli(tmp_path: Path, mon
     units.environment = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW")}
     task = {"dag_id": "pgha_arming_probe", "task_id": "cutover", "run_id": run.run_id}
     assert units.task_state(task) == "success"
+    assert units.task_state({**task, "task_id": "move", "map_index": 1}) == "success"
     with pytest.raises(RuntimeError, match="tasks state pgha_arming_probe cutover no-such-run failed"):
         units.task_state({**task, "run_id": "no-such-run"})
+
+
+# ------------------------------------------------------------------ role pooler: Airflow onto its PgBouncer
+
+
+def pooler(tmp_path: Path, source: PostgresService, cluster: PostgresService, **extra: Any) -> dict[str, Any]:
+    """A move onto PgBouncer: its "cluster" is the database as Airflow reaches it through PgBouncer (here the
+    cluster server itself), its record stays in its log, its state file and resume unit are its own."""
+    s = settings(tmp_path, source, cluster, **extra)
+    s.update(role="pooler", run_id=f"pgha-pgbouncer-move-{tmp_path.name}", record="log", log_prefix="",
+             state_file=str(tmp_path / "state" / "pgbouncer-move-state.json"),
+             resume_unit_name="pgha-pgbouncer-move-resume.service",
+             task={**s["task"], "task_id": "pgbouncer.move_airflow_onto_pgbouncer", "map_index": 0})
+    for key in ("source", "method", "bin_dir"):
+        s.pop(key)
+    return s
+
+
+def records_in_log(s: dict[str, Any]) -> list[dict[str, Any]]:
+    text = (Path(s["log_dir"]) / f"{s['run_id']}.log").read_text()
+    return [json.loads(line.split(" RECORD ", 1)[1]) for line in text.splitlines() if " RECORD " in line]
+
+
+def assert_pooler_disarmed(s: dict[str, Any], units: RecordingUnits) -> None:
+    assert not Path(s["state_file"]).exists()
+    assert not (Path(s["unit_dir"]) / s["resume_unit_name"]).exists()
+    assert units.resume_calls == [f"enable {s['resume_unit_name']}", f"disable {s['resume_unit_name']}",
+                                  "daemon-reload"]
+
+
+def test_the_pooler_move_restarts_airflow_on_the_staged_config_and_records_in_its_log_only(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService) -> None:
+    s = pooler(tmp_path, source, cluster)
+    units = RecordingUnits()
+    assert Agent(s, units=units).run() == 0
+    assert units.task_asked == [s["task"]], "it waited for its own mapped task instance"
+    assert units.calls == ["stop", "db_check", "start", "check_active"]
+    assert Path(s["config"]).read_text() == NEW_CFG and not Path(s["staged"]).exists()
+    backups = list(Path(s["backup_dir"]).iterdir())
+    assert [b.read_text() for b in backups] == [OLD_CFG]
+    [record] = records_in_log(s)
+    assert record["outcome"] == "success" and record["role"] == "pooler"
+    assert [st["step"] for st in record["steps"]] == ["await_task", "arm_resume", "stop", "repoint", "db_check",
+                                                       "start", "healthy"]
+    with pgdata.session(superuser(cluster)) as conn:  # nothing written to a server: no cluster exists yet
+        assert pgdata.cutover_records(conn, s["run_id"]) == []
+    assert_pooler_disarmed(s, units)
+
+
+def test_a_pooler_move_whose_db_check_fails_puts_the_config_back_and_restarts(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService) -> None:
+    s = pooler(tmp_path, source, cluster)
+    units = RecordingUnits(db_check_error="FATAL:  password authentication failed (PgBouncer)")
+    assert Agent(s, units=units).run() == 1
+    assert units.calls == ["stop", "db_check", "restart"]
+    assert Path(s["config"]).read_text() == OLD_CFG
+    [record] = records_in_log(s)
+    assert record["outcome"] == "rolled_back" and "password authentication failed" in record["detail"]
+    assert_pooler_disarmed(s, units)
+
+
+def test_a_pooler_move_that_was_not_a_success_changes_nothing(tmp_path: Path, source: PostgresService,
+                                                              cluster: PostgresService) -> None:
+    s = pooler(tmp_path, source, cluster)
+    units = RecordingUnits(task_states=["running", "failed"])
+    assert Agent(s, units=units).run() == 1
+    assert units.calls == [] and Path(s["config"]).read_text() == OLD_CFG
+    assert records_in_log(s)[-1]["outcome"] == "not_started"
+
+
+def test_a_host_restarted_mid_pooler_move_comes_back_on_the_previous_config(
+        tmp_path: Path, source: PostgresService, cluster: PostgresService) -> None:
+    s = pooler(tmp_path, source, cluster)
+    crash_after_stop(s, repointed=True)
+    assert Path(s["config"]).read_text() == NEW_CFG
+    units = RecordingUnits()
+    assert Agent(s, units=units, resuming=True).resume() == 1
+    assert units.calls == ["restart"] and Path(s["config"]).read_text() == OLD_CFG
+    record = records_in_log(s)[-1]
+    assert record["outcome"] == "rolled_back" and "restarted during the move onto PgBouncer" in record["detail"]
+    assert not Path(s["state_file"]).exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 from typing import Any
@@ -13,9 +12,8 @@ from pgha import airflowenv, pgdata, tls
 from pgha.cutover import BACKUP_DIR, CLIENT_CERT, CLIENT_KEY, PGPASS, STAGED_CONFIG, STATE_DIR
 from pgha.render import render
 from pgha.hooks.postgres import node_endpoint
-from pgha.hooks.remote import RemoteHook
 from pgha.pgdata import Endpoint
-from pgha.runtime import repoint_airflow_config
+from pgha.runtime import agent_airflow_settings, arming_task, repoint_airflow_config
 
 from pgha.operators.base import HostOperator, PghaOperator
 
@@ -266,38 +264,4 @@ class CutoverOperator(PghaOperator):
         """Units, config, owner and executables of ``host``'s Airflow (none if it runs no Airflow)."""
         if host not in {a.host for a in self.inventory.airflow_hosts}:
             return {"units": [], "config": None, "staged": None}
-        airflow_host = self.inventory.airflow_host(host)
-        remote = self.remote(host)
-        owner = remote.run(f"stat -c %U {shlex.quote(airflow_host.config)}", quiet=True).stdout.strip()
-        airflow_bin = self._airflow_bin(host, airflow_host.units[0])
-        return {
-            "units": list(airflow_host.units),
-            "config": airflow_host.config,
-            "staged": STAGED_CONFIG,
-            "backup_dir": BACKUP_DIR,
-            "airflow_user": owner,
-            "airflow_bin": airflow_bin,
-            "python": airflow_bin.rsplit("/", 1)[0] + "/python",
-        }
-
-    def _airflow_bin(self, host: str, unit: str) -> str:
-        return airflow_executable(self.remote(host), unit)
-
-
-def arming_task(context: Any) -> dict[str, str] | None:
-    """This task instance as the agents ask Airflow about it (None outside a DAG run: they start at once)."""
-    dag, task, run_id = context.get("dag"), context.get("task"), context.get("run_id")
-    if not (dag and task and run_id):
-        return None
-    return {"dag_id": dag.dag_id, "task_id": task.task_id, "run_id": run_id}
-
-
-def airflow_executable(remote: RemoteHook, unit: str) -> str:
-    """The airflow executable an Airflow unit runs (from the unit's ExecStart)."""
-    shown = remote.run(f"systemctl show -P ExecStart {shlex.quote(unit)}").stdout
-    match = re.search(r"path=(\S+)", shown)
-    if not match:
-        raise AirflowException(
-            f"[{remote.host_name}] cannot find the airflow executable in {unit}'s ExecStart: {shown.strip()!r}"
-        )
-    return match.group(1)
+        return agent_airflow_settings(self.remote(host), self.inventory, host, STAGED_CONFIG, BACKUP_DIR)

@@ -3,8 +3,9 @@
 Three steps, each with its own restart and its own way back:
 
 - InstallPgBouncerOperator: PgBouncer in front of the source (Airflow does not use it yet);
-- MoveAirflowOntoPgBouncerOperator: Airflow's config points at 127.0.0.1:<port>, its units
-  restarted; any failure puts the previous config back and restarts them again;
+- MoveAirflowOntoPgBouncerOperator: arms the agent that points Airflow's config at 127.0.0.1:<port>
+  and restarts its units, outside the task; any failure puts the previous config back and restarts
+  them again (AirflowOnPgBouncerSensor waits for its outcome);
 - PausedSwitchOperator: PAUSE every PgBouncer, do the work that needs no write in flight
   (catch up, sequences, verify), point each at the cluster behind HAProxy, RESUME. Airflow is
   not restarted: its transactions wait in PgBouncer for the length of the pause.
@@ -14,8 +15,8 @@ Why SCRAM verifiers in auth_file and a peer-only admin console: see ``pgha.pgbou
 
 from __future__ import annotations
 
+import json
 import shlex
-import socket
 import time
 from collections.abc import Callable
 from functools import partial
@@ -32,15 +33,16 @@ from pgha.osfamily import PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut
 from pgha.pgdata import Endpoint
 from pgha.render import render
-from pgha.runtime import credentials, repoint_airflow_config
+from pgha.cutover import BACKUP_DIR
+from pgha.runtime import agent_airflow_settings, arming_task, credentials, repoint_airflow_config
 
 from pgha.operators.base import HostOperator, PghaOperator
 
 DEFAULT_PORT = 6432
-STATE_DIR = "/var/lib/pgha"  # root 0700: the check's pgpass and airflow.cfg's backup
+STATE_DIR = "/var/lib/pgha"  # root 0700: the check's pgpass, the staged airflow.cfg
 CHECK_PGPASS = f"{STATE_DIR}/pgbouncer-check.pgpass"
-CONFIG_BACKUP = f"{STATE_DIR}/airflow.cfg.pre-pgbouncer"
 MODES = ("cutover", "switchover")
+AGENT_MODULE = "pgha.cutover"  # the agent that restarts Airflow with a way back (role "pooler" for the move)
 
 
 def role_verifiers(server: Endpoint, roles: list[str]) -> dict[str, str]:
@@ -218,20 +220,33 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
     """
     Its own step, with its own restart and its own rollback, before the migration: points
     Airflow on one host at its local PgBouncer (which sends to the same server Airflow uses
-    now). Writes ``[database] sql_alchemy_conn`` (and Celery's ``result_backend``) as
-    127.0.0.1:<port>, keeping a root-only copy of the previous airflow.cfg, restarts the
-    host's Airflow units and waits until they are active and their sessions come through
-    PgBouncer. Any failure restores the previous airflow.cfg and restarts the units again.
+    now). The restart is the work of an agent (``pgha.cutover``, role ``pooler``) armed here as
+    a transient systemd unit outside this task (a LocalExecutor task is a child of the scheduler
+    the restart stops)::
 
-    A task cannot watch the restart of the unit it runs in (LocalExecutor: the scheduler): such
-    a host is refused before anything changes (run the step from a worker outside those units;
-    a systemd-run agent as the cutover uses is still to come).
+        systemd-run --quiet --collect --unit=<run id> <python> -m pgha.cutover /etc/pgha/pgbouncer-move.json
+
+    Once Airflow has recorded this task a success, the agent stops the host's units, installs
+    the airflow.cfg staged here (``[database] sql_alchemy_conn`` and Celery's ``result_backend``
+    on 127.0.0.1:<port>; the previous one kept root-only), runs ``airflow db check`` through
+    PgBouncer, starts the units and, on the scheduler's host, waits for a scheduler heartbeat
+    read through PgBouncer. Any failure (a crash of the host included) puts the previous
+    airflow.cfg back and restarts the units. ``AirflowOnPgBouncerSensor`` reports its outcome.
 
     :param listen_port: PgBouncer's port on 127.0.0.1.
-    :param settle_timeout: seconds the units have to come up and connect through PgBouncer.
+    :param settle_timeout: seconds the scheduler has to heartbeat through PgBouncer after its start.
     """
 
-    def __init__(self, *, listen_port: int = DEFAULT_PORT, settle_timeout: int = 120, **kwargs: Any) -> None:
+    SETTINGS = "/etc/pgha/pgbouncer-move.json"
+    PGPASS = "/etc/pgha/pgbouncer-move.pgpass"
+    STAGED = f"{STATE_DIR}/airflow.cfg.pgbouncer-new"
+    STATE_FILE = f"{STATE_DIR}/pgbouncer-move-state.json"
+    RESUME_UNIT = "pgha-pgbouncer-move-resume.service"
+    LOG_DIR = "/var/log/pgha"
+    LOG_PREFIX = ""  # the log is <LOG_DIR>/<run id>.log
+    RUN_PREFIX = "pgha-pgbouncer-move-"
+
+    def __init__(self, *, listen_port: int = DEFAULT_PORT, settle_timeout: int = 180, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.listen_port = listen_port
         self.settle_timeout = settle_timeout
@@ -239,47 +254,70 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
     def run(self, context: Any) -> Any:
         self.skip_unless_pooler(context)
         inv = self.inventory
-        airflow_host = self.inventory.airflow_host(self.host)
+        airflow_host = inv.airflow_host(self.host)
         remote = self.remote(self.host)
         current, live_url, wanted = repoint_airflow_config(remote, inv, self.host, "127.0.0.1", self.listen_port)
         if wanted == current:
             self.unchanged(f"{airflow_host.config} already points at PgBouncer 127.0.0.1:{self.listen_port}")
-            return {"moved": False}
-        self._not_my_own_unit(airflow_host.units)
-        console = self.console(self.host)
-        self._same_server(live_url, console.backend(inv.postgres.database))
+            return {"armed": False}
+        running = self.host_hook(self.host).units_matching(f"{self.RUN_PREFIX}*")
+        if running:
+            self.unchanged(f"a move onto PgBouncer is already armed or running: {running}")
+            return {"armed": False}
+        self._same_server(live_url, self.console(self.host).backend(inv.postgres.database))
+        run_id = f"{self.RUN_PREFIX}{int(time.time())}"
+        settings = self.agent_settings(run_id, arming_task(context))
         self.host_hook(self.host).ensure_directory(STATE_DIR, mode="0700")
-        remote.put_file(CONFIG_BACKUP, current, mode="0600", secret=True)
-        owner, group, mode = remote.run(f"stat -c '%U %G %a' {shlex.quote(airflow_host.config)}",
-                                        quiet=True).stdout.split()
+        python = settings["python"]
+        if not remote.run(f"{shlex.quote(python)} -c 'import {AGENT_MODULE}'", check=False).ok:
+            raise AirflowException(f"[{self.host}] {python} cannot import {AGENT_MODULE}: pip-install pgha into "
+                                   "the Python of this host's Airflow units")
+        app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
+        remote.run("install -d -m 0711 /etc/pgha")
         try:
-            remote.put_file(airflow_host.config, wanted, owner=owner, group=group, mode="0" + mode, secret=True)
-            self.changed(f"{airflow_host.config} points at PgBouncer 127.0.0.1:{self.listen_port} "
-                         f"(previous kept as {CONFIG_BACKUP})")
-            self._restart_and_wait(console, airflow_host.units)
-        except Exception:
-            self.log.error("[%s] moving Airflow onto PgBouncer failed: restoring %s", self.host, airflow_host.config)
-            remote.put_file(airflow_host.config, current, owner=owner, group=group, mode="0" + mode, secret=True)
-            for unit in airflow_host.units:
-                self.host_hook(self.host).restart(unit)
-            self.changed(f"rolled back: {airflow_host.config} restored, units restarted")
+            remote.put_file(self.STAGED, wanted, mode="0600", secret=True)
+            remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
+            remote.put_file(self.PGPASS, pgdata.pgpass(Endpoint("127.0.0.1", self.listen_port, app.login,
+                                                                inv.postgres.database, app.password)),
+                            mode="0600", secret=True)
+            remote.run(shlex.join(["systemd-run", "--quiet", "--collect", f"--unit={run_id}", python, "-m",
+                                   AGENT_MODULE, self.SETTINGS]))
+        except Exception:  # no agent runs to remove them
+            remote.run(f"rm -f {shlex.quote(self.PGPASS)} {shlex.quote(self.STAGED)}", check=False)
             raise
-        return {"moved": True, "units": list(airflow_host.units)}
+        log = f"{self.LOG_DIR}/{self.LOG_PREFIX}{run_id}.log"
+        self.changed(f"agent {run_id} armed: once this task is recorded a success it restarts "
+                     f"{', '.join(airflow_host.units)} on PgBouncer 127.0.0.1:{self.listen_port} (or puts "
+                     f"{airflow_host.config} back); log {log}")
+        return {"armed": True, "run_id": run_id, "log": log}
 
-    def _not_my_own_unit(self, units: tuple[str, ...]) -> None:
-        """Refuse to restart the unit this task's own process runs in (its restart would kill the task
-        before it could check the outcome or roll back)."""
-        try:
-            with open("/proc/self/cgroup") as cgroup:
-                mine = cgroup.read()
-        except OSError:
-            return
-        if self.host_hook(self.host).hostname() != socket.gethostname():
-            return
-        inside = [unit for unit in units if f"/{unit if '.' in unit else unit + '.service'}" in mine]
-        if inside:
-            raise AirflowException(f"[{self.host}] this task runs inside {inside}, which this step restarts: run it "
-                                   "from a worker outside those units; nothing was changed")
+    def agent_settings(self, run_id: str, task: dict[str, Any] | None) -> dict[str, Any]:
+        """The agent's settings (no secret in them): this host's Airflow, and the local PgBouncer as the
+        database it checks (the app login, its password in the pgpass file)."""
+        inv = self.inventory
+        app_login = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}").login
+        settings = {
+            **agent_airflow_settings(self.remote(self.host), inv, self.host, self.STAGED, BACKUP_DIR),
+            "role": "pooler",
+            "run_id": run_id,
+            "database": inv.postgres.database,
+            "owner": inv.postgres.owner,
+            "cluster": {"host": "127.0.0.1", "port": self.listen_port, "user": app_login},
+            "pgpass": self.PGPASS,
+            "record": "log",
+            "log_dir": self.LOG_DIR,
+            "log_prefix": self.LOG_PREFIX,
+            "state_file": self.STATE_FILE,
+            "resume_unit_name": self.RESUME_UNIT,
+            "health_timeout": self.settle_timeout,
+        }
+        settings["resume_unit"] = render("pgha-cutover-resume.service.j2", python=settings["python"],
+                                         module=AGENT_MODULE, settings=self.SETTINGS,
+                                         what="a move of Airflow onto PgBouncer",
+                                         units=[u if "." in u else f"{u}.service" for u in settings["units"]])
+        if task:
+            settings["task"] = task
+        return settings
 
     def _same_server(self, live_url: str, backend: Backend | None) -> None:
         """PgBouncer must send where Airflow goes now: moving Airflow must not move its data."""
@@ -291,24 +329,6 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         if (host, parts.port or 5432) != (backend.host, backend.port):
             raise AirflowException(f"[{self.host}] Airflow uses {host}:{parts.port or 5432} but PgBouncer sends to "
                                    f"{backend}: nothing was changed")
-
-    def _restart_and_wait(self, console: PgBouncerAdminHook, units: tuple[str, ...]) -> None:
-        host = self.host_hook(self.host)
-        for unit in units:
-            host.restart(unit)
-            self.changed(f"{unit} restarted")
-        deadline = time.monotonic() + self.settle_timeout
-        database = self.inventory.postgres.database
-        while True:
-            down = [unit for unit in units if not host.unit_active(unit)]
-            clients = sum(row.get("database") == database for row in console.show("CLIENTS"))
-            if not down and clients:
-                self.log.info("[%s] Airflow is up and connects through PgBouncer", self.host)
-                return
-            if time.monotonic() > deadline:
-                raise AirflowException(f"[{self.host}] after {self.settle_timeout}s: units not active {down}, "
-                                       f"Airflow sessions through PgBouncer: {clients}")
-            time.sleep(2)
 
 
 class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
