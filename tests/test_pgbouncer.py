@@ -4,6 +4,7 @@ real PostgreSQL 15 servers (the migration's source and cluster), reached over a 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import threading
@@ -537,41 +538,71 @@ def airflow_cfg(port: int) -> str:
             f"sql_alchemy_conn = postgresql+psycopg2://airflow_user:old@127.0.0.1:{port}/airflow_db\n")
 
 
-def test_moving_airflow_onto_pgbouncer_restarts_it_there_and_a_rerun_changes_nothing(
+AIRFLOW_PYTHON = "/opt/airflow/bin/python"
+MOVE_SETTINGS = MoveAirflowOntoPgBouncerOperator.SETTINGS
+MOVE_PGPASS = MoveAirflowOntoPgBouncerOperator.PGPASS
+MOVE_STAGED = MoveAirflowOntoPgBouncerOperator.STAGED
+
+
+def scheduler_on(vm1: FakeHost, port: int) -> None:
+    """Airflow's scheduler unit on vm1 (LocalExecutor: the move's own task runs inside it), pgha beside it."""
+    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(port), "airflow", "airflow", "600")
+    vm1.files["/etc/systemd/system/airflow-scheduler.service"] = FakeFile(
+        "[Service]\nUser=airflow\nExecStart=/opt/airflow/bin/airflow scheduler\n")
+    vm1.binaries.update({AIRFLOW_PYTHON: "Python 3.11.2", "/opt/airflow/bin/airflow": "3.3.2"})
+    vm1.python_modules.add("pgha.cutover")
+    vm1.units["airflow-scheduler.service"] = Unit(enabled=True, active=True)
+
+
+def test_moving_airflow_onto_pgbouncer_arms_an_agent_outside_the_task_and_a_rerun_changes_nothing(
         airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
     vm1, inventory = airflow_host
     source = pair[0]
     InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
-    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
-    vm1.units["airflow-scheduler.service"] = Unit(enabled=True, active=True)
-    vm1.on_start["airflow-scheduler.service"] = lambda: vm1.pgbouncer.update(clients=2)
+    scheduler_on(vm1, source.port)
     vm1.forget()
     moved = MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
-    assert moved["result"] == {"moved": True, "units": ["airflow-scheduler"]}
-    cfg = vm1.files[AIRFLOW_CFG]
-    assert (cfg.owner, cfg.group, cfg.mode) == ("airflow", "airflow", "600")
-    url = get_option(cfg.content, "database", "sql_alchemy_conn")
-    assert make_url(url).password == AIRFLOW_DB_PASSWORD and (make_url(url).host, make_url(url).port) == (
-        "127.0.0.1", 6432)
-    assert vm1.files["/var/lib/pgha/airflow.cfg.pre-pgbouncer"].content == airflow_cfg(source.port)
-    assert "systemctl restart airflow-scheduler" in vm1.mutations()
+    run_id = moved["result"]["run_id"]
+    assert moved["result"] == {"armed": True, "run_id": run_id, "log": f"/var/log/pgha/{run_id}.log"}
+    assert vm1.mutations() == [
+        "install -d -m 0711 /etc/pgha",
+        f"put_file {MOVE_STAGED} (root:root 0600)",
+        f"put_file {MOVE_SETTINGS} (root:root 0600)",
+        f"put_file {MOVE_PGPASS} (root:root 0600)",
+        f"systemd-run --quiet --collect --unit={run_id} {AIRFLOW_PYTHON} -m pgha.cutover {MOVE_SETTINGS}",
+    ]
+    assert vm1.files[AIRFLOW_CFG].content == airflow_cfg(source.port), "the agent changes it, not the task"
+    staged = make_url(get_option(vm1.files[MOVE_STAGED].content, "database", "sql_alchemy_conn"))
+    assert (staged.host, staged.port, staged.password) == ("127.0.0.1", 6432, AIRFLOW_DB_PASSWORD)
+    settings = json.loads(vm1.files[MOVE_SETTINGS].content)
+    assert settings["role"] == "pooler" and settings["record"] == "log" and settings["run_id"] == run_id
+    assert settings["cluster"] == {"host": "127.0.0.1", "port": 6432, "user": OWNER}
+    assert settings["units"] == ["airflow-scheduler"] and settings["staged"] == MOVE_STAGED
+    assert settings["resume_unit_name"] == "pgha-pgbouncer-move-resume.service"
+    assert "Before=airflow-scheduler.service" in settings["resume_unit"]
+    assert AIRFLOW_DB_PASSWORD not in vm1.files[MOVE_SETTINGS].content
+    assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)
+
+    vm1.forget()  # the agent still runs: armed once only
     again = MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
-    assert again["result"] == {"moved": False}
+    assert again["result"] == {"armed": False} and vm1.mutations() == []
+    vm1.files[AIRFLOW_CFG].content = vm1.files[MOVE_STAGED].content  # what the agent installs
+    del vm1.units[f"{run_id}.service"]
+    done = MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert done["result"] == {"armed": False} and vm1.mutations() == []
 
 
-def test_airflow_that_does_not_come_back_through_pgbouncer_is_put_back_as_it_was(
+def test_a_move_that_cannot_start_its_agent_leaves_no_password_behind(
         airflow_host: tuple[FakeHost, str], pair: tuple[PostgresService, PostgresService]) -> None:
     vm1, inventory = airflow_host
-    source = pair[0]
     InstallPgBouncerOperator(task_id="install_pgbouncer", inventory_path=inventory, host="vm1").execute({})
-    vm1.files[AIRFLOW_CFG] = FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
-    vm1.units["airflow-scheduler.service"] = Unit(enabled=True, active=True)
-    vm1.forget()
-    with pytest.raises(AirflowException, match="Airflow sessions through PgBouncer: 0"):
-        MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1",
-                                         settle_timeout=0).execute({})
-    assert vm1.files[AIRFLOW_CFG] == FakeFile(airflow_cfg(source.port), "airflow", "airflow", "600")
-    assert vm1.mutations().count("systemctl restart airflow-scheduler") == 2  # onto PgBouncer, and back
+    scheduler_on(vm1, pair[0].port)
+    del vm1.binaries[AIRFLOW_PYTHON]  # systemd-run finds no such executable
+    vm1.python_modules.discard("pgha.cutover")
+    with pytest.raises(AirflowException, match=r"cannot import pgha.cutover"):
+        MoveAirflowOntoPgBouncerOperator(task_id="move", inventory_path=inventory, host="vm1").execute({})
+    assert MOVE_PGPASS not in vm1.files and MOVE_STAGED not in vm1.files
+    assert vm1.files[AIRFLOW_CFG].content == airflow_cfg(pair[0].port)
 
 
 def test_moving_airflow_refuses_a_pgbouncer_that_sends_elsewhere(

@@ -44,6 +44,12 @@ class CheckSensor(InventoryMixin, BaseSensorOperator):
         self.phase = phase
         self.deferrable = deferrable
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """A mapped sensor shows its docstring too (``__init__`` runs only when it is unmapped)."""
+        kwargs.setdefault("doc_md", inspect.getdoc(cls))
+        return super().partial(**kwargs)
+
     @abstractmethod
     def make_trigger(self) -> PollingTrigger:
         """The trigger (and so the check) for this sensor."""
