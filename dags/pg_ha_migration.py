@@ -182,7 +182,9 @@ OLD_LEADER = (
 # The cutover run the `cutover` task armed ("" when it armed nothing: the sensor reads the one armed last).
 CUTOVER_RUN_ID = "{{ ((ti.xcom_pull(task_ids='cutover') or {}).get('result') or {}).get('run_id', '') }}"
 # What cutover_outcome judged ("success" once Airflow runs on the cluster).
-CUTOVER_OUTCOME = "{{ (ti.xcom_pull(task_ids='cutover_outcome') or {}).get('outcome', '') }}"
+# the restart-based cutover's outcome, or (pooler pgbouncer) the paused cutover's
+CUTOVER_OUTCOME = ("{{ (ti.xcom_pull(task_ids='cutover_outcome') or (ti.xcom_pull(task_ids='paused_cutover') or {})"
+                   ".get('result') or {}).get('outcome', '') }}")
 
 with DAG(
     dag_id="pg_ha_migration",
@@ -353,3 +355,4 @@ with DAG(
     chain(preflight, bouncer, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9,
           approval, [cutover, paused_cutover])
     chain(cutover, cutover_outcome, undo_logical_source)
+    paused_cutover >> undo_logical_source  # none_failed: after whichever of the two cutovers ran

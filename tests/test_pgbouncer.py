@@ -402,6 +402,12 @@ def test_paused_switch_operator_cuts_over_without_a_failed_commit(
     assert sql(owner(cluster), "SELECT count(*), max(n) FROM ticks")[0] == (len(ports), len(ports))
     assert sql(owner(source), "SELECT count(*) FROM ticks")[0][0] == switched_at
     assert sql(owner(cluster), "SELECT last_value FROM dag_run_id_seq")[0][0] == 500  # sequences copied
+    # after the switch: no subscription (its slot on the source went with it), the database marked live
+    assert sql(superuser(cluster, DATABASE), "SELECT count(*) FROM pg_subscription")[0][0] == 0
+    assert sql(superuser(source), "SELECT count(*) FROM pg_replication_slots")[0][0] == 0
+    with pgdata.session(superuser(cluster)) as conn:
+        assert pgdata.is_live(conn, DATABASE)
+    assert summary["result"]["outcome"] == "success" and again["result"]["outcome"] == "success"
     assert again["changed"] is False  # re-run after success: nothing to do
 
 

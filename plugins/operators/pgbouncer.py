@@ -392,7 +392,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             targets = {host: self.cluster_backend(host) for host in hosts}
             if all(current[h] == targets[h] for h in hosts):
                 self.unchanged("every PgBouncer already sends to the cluster")
-                return {"switched": False}
+                self._after_cutover(context)
+                return {"switched": False, "outcome": "success"}
             self._same_verifier()
             work = self._catch_up
         else:
@@ -415,12 +416,32 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                     self.log.warning("attempt %d/%d: %s", attempt, self.attempts, exc)
                 else:
                     self.changed(f"{self.mode} done through the pause: Airflow waited {paused_for:.2f}s")
+                    if self.mode == "cutover":
+                        self._after_cutover(context)
                     return {"mode": self.mode, "paused_s": round(paused_for, 2), "attempt": attempt,
-                            "backends": {h: str(b) for h, b in targets.items()}}
+                            "backends": {h: str(b) for h, b in targets.items()}, "outcome": "success"}
             if attempt < self.attempts:
                 time.sleep(self.pause_retry_delay)
         raise AirflowException(f"no PAUSE within {self.pause_timeout:g}s in {self.attempts} attempts: every "
                                "PgBouncer sends where it did and runs (nothing was changed)")
+
+    def _after_cutover(self, context: Any) -> None:
+        """Airflow writes to the cluster now: the subscription goes (and its slot on the source with it), and
+        the cluster's database is marked live (nothing may overwrite it; the drill and a re-run read it).
+        Both outside the pause; a re-run does what is left."""
+        inv = self.inventory
+        with pgdata.session(self.cluster_admin().on(inv.postgres.database)) as conn:
+            had = pgdata.subscription_exists(conn)
+            if had:
+                pgdata.drop_subscription(conn)
+        self.note(f"subscription {pgdata.SUBSCRIPTION} dropped (its slot on the source with it)" if had
+                  else f"no subscription {pgdata.SUBSCRIPTION} left", had)
+        with pgdata.session(self.cluster_admin()) as conn:
+            live = pgdata.is_live(conn, inv.postgres.database)
+            if not live:
+                mark = pgdata.mark_live(conn, inv.postgres.database, context.get("run_id") or "paused_cutover")
+        self.note(f"{inv.postgres.database} on the cluster marked: {mark}" if not live
+                  else f"{inv.postgres.database} on the cluster already marked live", not live)
 
     def _airflow_goes_through_pgbouncer(self, hosts: list[str]) -> None:
         """Every Airflow host's config points at its local PgBouncer: one that went to the server directly
