@@ -119,6 +119,10 @@ class Settings:
     backend: Backend
     pool_size: int = 20
     max_client_conn: int = 500
+    # the server leg: "prefer" for a source that may not speak TLS; the cluster with TLS on refuses a plain
+    # client, so to it: "verify-full" against the cluster CA (HAProxy passes TLS through to the member, whose
+    # certificate names HAProxy's address and 127.0.0.1)
+    server_tls_ca_file: str | None = None
 
 
 def ini_context(settings: Settings) -> dict[str, Any]:
@@ -135,6 +139,8 @@ def ini_context(settings: Settings) -> dict[str, Any]:
         "admin_user": _plain_name(settings.os_user),
         "pool_size": int(settings.pool_size),
         "max_client_conn": int(settings.max_client_conn),
+        "server_tls_sslmode": "verify-full" if settings.server_tls_ca_file else "prefer",
+        "server_tls_ca_file": _plain_path(settings.server_tls_ca_file) if settings.server_tls_ca_file else None,
     }
 
 

@@ -23,7 +23,7 @@ from pgha_testing import loopback_inventory, set_connection, ssh_connection, wri
 from recording_host import CATALOGUE, DEBIAN_12, FakeFile, FakeHost, Fleet, Package, Unit, fleet_inventory, rule
 from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
 
-from pgha import pgbouncer, pgdata
+from pgha import pgbouncer, pgdata, tls
 from pgha.hooks.pgbouncer import PgBouncerAdminHook
 from pgha.hooks.remote import RemoteHook
 from pgha.airflowcfg import get_option
@@ -153,6 +153,32 @@ def server_port(conn: psycopg2.extensions.connection) -> int:
         port = cur.fetchone()[0]
     conn.commit()
     return port
+
+
+def test_to_a_cluster_with_tls_pgbouncer_verifies_it_and_never_falls_back_to_plain_text(
+        pair: tuple[PostgresService, PostgresService], tmp_path: Path) -> None:
+    """The ini for the cluster (TLS on) says verify-full against the cluster CA; PgBouncer 1.18 takes it, and
+    a server that offers no TLS (these test servers) is refused, not spoken to in plain text."""
+    source, _ = pair
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(tls.make_ca("pgha test CA").cert_pem)
+
+    def files(base: Path, port: int) -> dict[str, str]:
+        with_tls = replace(settings(base, port, source), server_tls_ca_file=str(ca_file))
+        return {"pgbouncer.ini": render("pgbouncer.ini.j2", **pgbouncer.ini_context(with_tls)),
+                "userlist.txt": pgbouncer.auth_file({OWNER: verifier(source)}, admin_user="postgres"),
+                "pgbouncer_hba.conf": pgbouncer.hba(with_tls)}
+
+    svc = start_pgbouncer(tmp_path, files)
+    try:
+        text = svc.config_path.read_text()
+        assert "server_tls_sslmode = verify-full" in text and f"server_tls_ca_file = {ca_file}" in text
+        with pytest.raises(psycopg2.OperationalError):
+            through(svc).close()
+    finally:
+        svc.stop()
+    plain = ini(tmp_path, 6432, source)  # to the source: TLS when it offers it, no CA to verify against
+    assert "server_tls_sslmode = prefer" in plain and "server_tls_ca_file" not in plain
 
 
 def test_airflow_logs_in_with_a_hostile_password_and_no_file_holds_it(

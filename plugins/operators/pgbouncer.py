@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pgha.compat import AirflowException, AirflowSkipException
-from pgha import airflowcfg, pgbouncer, pgdata
+from pgha import airflowcfg, pgbouncer, pgdata, tls
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.pgbouncer import PgBouncerAdminHook
@@ -52,10 +52,11 @@ def role_verifiers(server: Endpoint, roles: list[str]) -> dict[str, str]:
     return {role: verifier for role, verifier in found}
 
 
-def host_settings(paths: PgBouncerOs, database: str, owner: str, backend: Backend, port: int) -> pgbouncer.Settings:
+def host_settings(paths: PgBouncerOs, database: str, owner: str, backend: Backend, port: int,
+                  server_tls_ca_file: str | None = None) -> pgbouncer.Settings:
     return pgbouncer.Settings(config=paths.config, auth_file=paths.auth_file, hba_file=paths.hba_file,
                               socket_dir=paths.socket_dir, os_user=paths.user, listen_port=port,
-                              database=database, owner=owner, backend=backend)
+                              database=database, owner=owner, backend=backend, server_tls_ca_file=server_tls_ca_file)
 
 
 def ini_text(settings: pgbouncer.Settings) -> str:
@@ -95,6 +96,15 @@ class _PgBouncerTask:
         inv = self.inventory
         address = "127.0.0.1" if airflow_host == inv.haproxy.host else inv.host(inv.haproxy.host).address
         return Backend(address, inv.haproxy.write_port)
+
+    def settings_for(self, host: str, backend: Backend) -> pgbouncer.Settings:
+        """``host``'s PgBouncer sending to ``backend``: TLS verified against the cluster CA when that is the
+        cluster with TLS on (phase 3 installed the CA on every managed host)."""
+        inv = self.inventory
+        to_cluster = backend == self.cluster_backend(host) and backend != self.source_backend(host)
+        ca_file = tls.CA_FILE if to_cluster and inv.tls.enabled else None
+        return host_settings(self.os_family(host).pgbouncer, inv.postgres.database, inv.postgres.owner, backend,
+                             self.listen_port, ca_file)
 
     def source_app(self) -> Endpoint:
         """The source as the app role (its connection): it sees its own sessions, the ones behind PgBouncer."""
@@ -155,7 +165,7 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
         verifiers = self.source_verifiers([inv.postgres.owner])
         if inv.postgres.owner not in verifiers:
             raise AirflowException(f"role {inv.postgres.owner!r} does not exist on the source")
-        settings = host_settings(paths, inv.postgres.database, inv.postgres.owner, backend, self.listen_port)
+        settings = self.settings_for(self.host, backend)
         files = [
             (paths.auth_file, pgbouncer.auth_file(verifiers, admin_user=paths.user), True),
             (paths.hba_file, pgbouncer.hba(settings), False),
@@ -560,11 +570,10 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
 
     def _stage(self, host: str, backend: Backend) -> str:
         """``host``'s pgbouncer.ini sending to ``backend``, written beside the live one (before the PAUSE)."""
-        inv = self.inventory
         paths = self.os_family(host).pgbouncer
-        settings = host_settings(paths, inv.postgres.database, inv.postgres.owner, backend, self.listen_port)
         staged = f"{paths.config}.pgha-new"
-        self.remote(host).put_file(staged, ini_text(settings), owner=paths.user, group=paths.user, mode="0640")
+        self.remote(host).put_file(staged, ini_text(self.settings_for(host, backend)), owner=paths.user,
+                                   group=paths.user, mode="0640")
         return staged
 
     def _point(self, host: str, backend: Backend, staged: str | None = None) -> None:
