@@ -246,9 +246,23 @@ def after_exit(rec, name, how):
 def unmount_host(rec, name):
     h = rec["hosts"].get(name, {})
     if h.get("mount") and is_mounted(h["mount"]):
-        run("umount", h["mount"])
+        unmount(h["mount"])
     h["mount"] = None
     save_record(rec)
+
+
+def unmount(mount, tries=50):
+    """umount, retried a while: a host just stopped can hold its root a moment longer ("target is busy"
+    when a process that entered it is still exiting); then detached lazily (released when the last
+    holder exits), with the holders logged."""
+    for _ in range(tries):
+        if run("umount", mount, check=False, capture=True).returncode == 0 or not is_mounted(mount):
+            return
+        time.sleep(0.2)
+    holders = run("fuser", "-vm", mount, check=False, capture=True) if shutil.which("fuser") else None
+    log(f"{mount} still busy after {tries * 0.2:.0f}s, detaching it lazily; held by: "
+        f"{(holders.stdout + holders.stderr).strip() if holders else 'fuser is not installed'}")
+    run("umount", "--lazy", mount)
 
 
 def wipe_host(rec, name):

@@ -1,11 +1,16 @@
 """The cutover through PgBouncer's pause on the lab (pooler pgbouncer, logical replication): a PgBouncer
 on vm1 and vm4, Airflow moved onto it by its own step (the agent restarts the units, the scheduler's
 own included), then the cutover done under PAUSE while the probe writer, an Airflow-like unit, commits
-every 100 ms through vm1's PgBouncer: no Airflow unit restarts during the cutover, the probe never
-fails a transaction, and every acknowledged write is in the cluster."""
+every 100 ms through vm1's PgBouncer.
+
+First a forced failure inside the pause: a row only the cluster has (written there after the initial
+sync) makes the comparison fail, every try resumes on the source, and the run fails with nothing
+lost. Then the row goes, the cutover is cleared and succeeds. Throughout: no Airflow unit restarts
+after the move, the probe never fails a transaction, and every acknowledged write is kept."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +37,36 @@ def units_state(lab: Lab) -> dict[str, tuple[int, int]]:
     return found
 
 
+DRIFT_SEQ = 10**12  # a probe row the source never has
+
+
+def pgbouncer_backends(lab: Lab) -> dict[str, tuple[str, int]]:
+    found = {}
+    for host in UNITS:
+        shown = lab.ssh(host, "cd / && runuser -u postgres -- psql -X -At -h /var/run/postgresql "
+                              f"-p {PGBOUNCER_PORT} -U postgres -d pgbouncer -c 'SHOW DATABASES' | grep '^airflow_db|'")
+        fields = shown.strip().split("|")
+        found[host] = (fields[1], int(fields[2]))
+    return found
+
+
+def wait_for_task(lab: Lab, run_id: str, task_id: str, timeout: float = 1800) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {t["task_id"]: t["state"] for t in lab.api.task_instances(DAG, run_id)}
+        if states.get(task_id) == "success":
+            return
+        if lab.api.run_state(DAG, run_id) in ("failed", "success") or time.monotonic() > deadline:
+            raise AssertionError(f"{task_id} did not succeed: {states.get(task_id)}\n"
+                                 + lab.failure_report(DAG, run_id))
+        time.sleep(5)
+
+
+def cluster_sql(lab: Lab, statement: str, *args: Any) -> None:
+    with lab.connect(host=VM1, port=WRITE_PORT, superuser=True) as conn, conn.cursor() as cur:
+        cur.execute(statement, args)
+
+
 @pytest.fixture(scope="module")
 def paused(lab: Lab) -> dict[str, Any]:
     lab.reset_to_provisioned()
@@ -39,10 +74,35 @@ def paused(lab: Lab) -> dict[str, Any]:
     lab.api.unpause(DAG)
     run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "migration_method": "logical_replication",
                                    "pooler": "pgbouncer", "run_failover_test": False})
-    state = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
+    wait_for_task(lab, run_id, "phase6_data_migration.logical_initial_sync")
+    drifted_at = time.time()
+    cluster_sql(lab, "INSERT INTO pgha_probe (seq) VALUES (%s)", DRIFT_SEQ)
+    failed = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
+    after_failure = {"state": failed, "backends": pgbouncer_backends(lab), "units": units_state(lab),
+                     "acks": lab.probe_acks(), "source_seqs": {int(x) for x in lab.source_sql(
+                         "SELECT seq FROM pgha_probe").split()}}
+    cluster_sql(lab, "DELETE FROM pgha_probe WHERE seq = %s", DRIFT_SEQ)
+    lab.api.clear(DAG, run_id, ["paused_cutover", "undo_logical_source"])
+    state = lab.api.wait(DAG, run_id, timeout=1200, progress=lab.progress(DAG, run_id))
     tasks = {(t["task_id"], t["map_index"]): t for t in lab.api.task_instances(DAG, run_id)}
-    return {"run_id": run_id, "state": state, "tasks": tasks, "units": units_state(lab),
+    return {"run_id": run_id, "state": state, "tasks": tasks, "units": units_state(lab), "drifted_at": drifted_at,
+            "after_failure": after_failure,
             "result": (lab.api.xcom(DAG, run_id, "paused_cutover") or {}).get("result") or {}}
+
+
+def test_a_failure_inside_the_pause_resumed_on_the_source_with_nothing_lost(
+        lab: Lab, paused: dict[str, Any]) -> None:
+    seen = paused["after_failure"]
+    assert seen["state"] == "failed", "the cluster differed: the cutover must not have gone through"
+    log = "\n".join(lab.api.task_log(DAG, paused["run_id"], "paused_cutover", try_number=1))
+    assert "the cluster differs from the source" in log and "undone" in log, log[-3000:]
+    source_port = topology.POSTGRES_PORT
+    assert seen["backends"] == {topology.AIRFLOW_HOST: ("127.0.0.1", source_port),
+                                topology.WORKER_HOST: (VM1, source_port)}, "every PgBouncer back on the source"
+    assert set(seen["acks"]) - seen["source_seqs"] == set(), "every acknowledged write is in the source"
+    assert DRIFT_SEQ not in seen["source_seqs"]
+    restarted = {u: t for u, (t, _) in seen["units"].items() if t >= paused["drifted_at"]}
+    assert restarted == {}, f"Airflow units started while the cutover failed: {restarted}"
 
 
 def test_the_run_cut_over_through_the_pause(lab: Lab, paused: dict[str, Any]) -> None:
@@ -60,9 +120,9 @@ def test_the_run_cut_over_through_the_pause(lab: Lab, paused: dict[str, Any]) ->
 def test_no_airflow_unit_restarted_during_the_cutover_and_the_probe_never_failed(
         lab: Lab, paused: dict[str, Any]) -> None:
     assert paused["state"] == "success", lab.failure_report(DAG, paused["run_id"])
-    began = datetime.fromisoformat(paused["tasks"][("paused_cutover", -1)]["start_date"]).timestamp()
+    began = paused["drifted_at"]  # before the first try of paused_cutover; the move was long done
     restarted = {unit: started for unit, (started, _) in paused["units"].items() if started >= began}
-    assert restarted == {}, f"started after the cutover began at {began}: {restarted}"
+    assert restarted == {}, f"started after the cutover's first try at {began}: {restarted}"
     failed = {unit: count for unit, (_, count) in paused["units"].items() if count}
     assert failed == {}, f"units that died and were restarted by systemd (a failed transaction): {failed}"
 
@@ -73,9 +133,8 @@ def test_airflow_goes_through_pgbouncer_to_the_cluster_with_every_write_kept(
     for host in UNITS:
         config = lab.ssh(host, "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg")
         assert f"@127.0.0.1:{PGBOUNCER_PORT}/" in config, (host, config.split("@")[-1])
-        shown = lab.ssh(host, "cd / && runuser -u postgres -- psql -X -At -h /var/run/postgresql "
-                              f"-p {PGBOUNCER_PORT} -U postgres -d pgbouncer -c 'SHOW DATABASES' | grep '^airflow_db|'")
-        assert shown.split("|")[2] == str(WRITE_PORT), shown  # HAProxy's write port
+    assert pgbouncer_backends(lab) == {topology.AIRFLOW_HOST: ("127.0.0.1", WRITE_PORT),
+                                       topology.WORKER_HOST: (VM1, WRITE_PORT)}, "HAProxy's write port"
     acks = lab.probe_acks()
     with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
         cur.execute("SELECT seq FROM pgha_probe")
