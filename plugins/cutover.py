@@ -322,6 +322,8 @@ class AirflowUnits:
 
     def disable_resume(self, unit: str) -> None:
         self.sh(["systemctl", "disable", unit])
+        # a resume that ended failed (a rollback at boot) would stay loaded as "failed" and look armed
+        subprocess.run(["systemctl", "reset-failed", unit], capture_output=True)
 
     def daemon_reload(self) -> None:
         self.sh(["systemctl", "daemon-reload"])
@@ -419,12 +421,19 @@ class Agent:
             self.log("no Airflow unit on this host: nothing of this host's can cut the task")
             return
         shown = f"task {task['task_id']} of {task['dag_id']} run {task['run_id']}"
+        # A mapped arming task: every instance (one per host) must be a success before any host stops its
+        # units, whose restart would cut a sibling still running (LocalExecutor: the scheduler's children).
+        instances = [{**task, "map_index": i} for i in task.get("map_indexes") or []] or [task]
+        if len(instances) > 1:
+            shown += f" (map indexes {', '.join(str(i['map_index']) for i in instances)})"
         timeout = self.timeout("task_timeout", TASK_TIMEOUT)
         interval = self.timeout("task_poll_seconds", 2)
         deadline, seen = time.time() + timeout, None
         while True:
             try:
-                state = self.units.task_state(task)
+                states = [self.units.task_state(instance) for instance in instances]
+                ended = [s for s in states if s in TASK_ENDED]
+                state = ended[0] if ended else ("success" if set(states) == {"success"} else ", ".join(states))
             except Exception as exc:  # an Airflow that cannot answer yet: asked again until the deadline
                 state = f"unknown ({str(exc).strip()[-300:]})"
             if state != seen:
@@ -873,8 +882,11 @@ class Agent:
             except Exception as exc:
                 try:
                     self.rollback(clear_mark=False)
-                finally:
-                    self.record("rolled_back", str(exc))
+                except Exception as undo:
+                    self.record("rollback_failed", f"{exc}; then the way back failed too: {undo} (the previous "
+                                                   f"airflow.cfg is kept as {self.backup})")
+                    raise
+                self.record("rolled_back", str(exc))
                 return 1
             self.record("success", f"Airflow goes through PgBouncer {self.s['cluster']['host']}:"
                                    f"{self.s['cluster']['port']}")
@@ -977,8 +989,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = json.loads(Path(args[0]).read_text())
         cluster = settings.get("cluster") or {}
-        secret_files = [settings.get("pgpass") or PGPASS, cluster.get("sslcert") or CLIENT_CERT,
-                        cluster.get("sslkey") or CLIENT_KEY]
+        if settings.get("role") == "pooler":  # its own passwords and staged airflow.cfg, never a cutover's files
+            secret_files = [p for p in (settings.get("pgpass"), settings.get("staged")) if p]
+        else:
+            secret_files = [settings.get("pgpass") or PGPASS, cluster.get("sslcert") or CLIENT_CERT,
+                            cluster.get("sslkey") or CLIENT_KEY]
         state = Path(settings.get("state_file") or STATE_FILE)
         agent = Agent(settings, settings_path=args[0], resuming=resuming)
         return agent.resume() if resuming else agent.run()

@@ -392,6 +392,7 @@ def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPat
     set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
                    login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
     set_connection(monkeypatch, "pgha_pg_superuser", conn_type="postgres", login="postgres", password=POSTGRES_PASSWORD)
+    set_connection(monkeypatch, "pgha_airflow_db", conn_type="postgres", login=OWNER, password=AIRFLOW_DB_PASSWORD)
     try:
         yield bouncer, inventory
     finally:

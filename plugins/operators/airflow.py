@@ -9,7 +9,7 @@ from typing import Any
 
 from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowenv, pgdata, tls
-from pgha.cutover import BACKUP_DIR, CLIENT_CERT, CLIENT_KEY, PGPASS, STAGED_CONFIG, STATE_DIR
+from pgha.cutover import BACKUP_DIR, CLIENT_CERT, CLIENT_KEY, PGPASS, RESUME_UNIT, STAGED_CONFIG, STATE_DIR
 from pgha.render import render
 from pgha.hooks.postgres import node_endpoint
 from pgha.pgdata import Endpoint
@@ -148,7 +148,8 @@ class CutoverOperator(PghaOperator):
                 return {"armed": False}
             raise AirflowException(f"no staged airflow.cfg on {missing}: run phase 8 first")
         roles = {inv.source.host: "primary", **{a.host: "follower" for a in inv.airflow_hosts if a.host != inv.source.host}}
-        armed = {host: units for host in roles if (units := self.host_hook(host).units_matching("pgha-cutover-*"))}
+        armed = {host: units for host in roles
+                 if (units := [u for u in self.host_hook(host).units_matching("pgha-cutover-*") if u != RESUME_UNIT])}
         if armed:
             self.unchanged("a cutover agent is already armed or running")
             self.log.info("cutover units found: %s", armed)

@@ -106,6 +106,26 @@ class _PgBouncerTask:
         return host_settings(self.os_family(host).pgbouncer, inv.postgres.database, inv.postgres.owner, backend,
                              self.listen_port, ca_file)
 
+    def app_login(self, host: str, address: str, port: int, ca_file: str | None = None) -> Any:
+        """psql on ``host`` to ``address:port`` as the app login (its password in a root 0600 file for that one
+        command; with ``ca_file``, TLS verified against it: verify-full); the result of the command."""
+        inv = self.inventory
+        app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
+        remote = self.remote(host)
+        remote.add_secret(app.password)
+        self.host_hook(host).ensure_directory(STATE_DIR, mode="0700")
+        remote.put_file(CHECK_PGPASS, pgdata.pgpass(Endpoint(address, port, app.login, inv.postgres.database,
+                                                             app.password)), mode="0600", secret=True)
+        tls_env = f"PGSSLMODE=verify-full PGSSLROOTCERT={shlex.quote(ca_file)} " if ca_file else ""
+        argv = [self.os_family(host).pgbouncer.psql, "-X", "-At", "-h", address, "-p", str(port),
+                "-U", app.login, "-d", inv.postgres.database, "-c",
+                "SELECT coalesce(inet_server_addr()::text, 'socket') || ':' || current_setting('port')"]
+        try:
+            return remote.run(f"PGPASSFILE={shlex.quote(CHECK_PGPASS)} {tls_env}PGCONNECT_TIMEOUT=10 timeout 30 "
+                              + shlex.join(argv), check=False)
+        finally:
+            remote.run(f"rm -f {shlex.quote(CHECK_PGPASS)}")
+
     def source_app(self) -> Endpoint:
         """The source as the app role (its connection): it sees its own sessions, the ones behind PgBouncer."""
         return node_endpoint(self.inventory.source.conn_id, database=self.inventory.postgres.database)
@@ -199,28 +219,12 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
         return current
 
     def _check_login(self, backend: Backend) -> str:
-        """The app login through PgBouncer on the host (its password in a 0600 file for that one command)."""
-        inv = self.inventory
-        app = credentials(inv.postgres.app_conn_id, f"login of {inv.postgres.owner}")
-        remote = self.remote(self.host)
-        remote.add_secret(app.password)
-        host = self.host_hook(self.host)
-        host.ensure_directory(STATE_DIR, mode="0700")
-        remote.put_file(CHECK_PGPASS, pgdata.pgpass(Endpoint("127.0.0.1", self.listen_port, app.login,
-                                                             inv.postgres.database, app.password)),
-                        mode="0600", secret=True)
-        argv = [host.family.pgbouncer.psql, "-X", "-At", "-h", "127.0.0.1", "-p", str(self.listen_port),
-                "-U", app.login, "-d", inv.postgres.database, "-c",
-                "SELECT coalesce(inet_server_addr()::text, 'socket') || ':' || current_setting('port')"]
-        try:
-            result = remote.run(f"PGPASSFILE={shlex.quote(CHECK_PGPASS)} PGCONNECT_TIMEOUT=10 timeout 30 "
-                                + shlex.join(argv), check=False)
-        finally:
-            remote.run(f"rm -f {shlex.quote(CHECK_PGPASS)}")
+        """The app login through PgBouncer on the host."""
+        result = self.app_login(self.host, "127.0.0.1", self.listen_port)
         if not result.ok:
-            raise AirflowException(f"[{self.host}] {app.login} cannot log in through PgBouncer to {backend}: "
-                                   f"{(result.stderr or result.stdout).strip()} (does the server's pg_hba.conf "
-                                   f"admit {app.login} from this host over TCP with scram-sha-256?)")
+            raise AirflowException(f"[{self.host}] {self.inventory.postgres.owner} cannot log in through PgBouncer "
+                                   f"to {backend}: {(result.stderr or result.stdout).strip()} (does the server's "
+                                   "pg_hba.conf admit it from this host over TCP with scram-sha-256?)")
         reached = result.stdout.strip()
         self.log.info("[%s] through PgBouncer 127.0.0.1:%d -> %s", self.host, self.listen_port, reached)
         return reached
@@ -270,7 +274,8 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         if wanted == current:
             self.unchanged(f"{airflow_host.config} already points at PgBouncer 127.0.0.1:{self.listen_port}")
             return {"armed": False}
-        running = self.host_hook(self.host).units_matching(f"{self.RUN_PREFIX}*")
+        running = [u for u in self.host_hook(self.host).units_matching(f"{self.RUN_PREFIX}*")
+                   if u != self.RESUME_UNIT]
         if running:
             self.unchanged(f"a move onto PgBouncer is already armed or running: {running}")
             return {"armed": False}
@@ -325,6 +330,8 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
                                          module=AGENT_MODULE, settings=self.SETTINGS,
                                          what="a move of Airflow onto PgBouncer",
                                          units=[u if "." in u else f"{u}.service" for u in settings["units"]])
+        if task and "map_index" in task:  # mapped over the Airflow hosts: the agent waits for every one
+            task["map_indexes"] = list(range(len(inv.airflow_hosts)))
         if task:
             settings["task"] = task
         return settings
@@ -402,9 +409,12 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             targets = {host: self.cluster_backend(host) for host in hosts}
             if all(current[h] == targets[h] for h in hosts):
                 self.unchanged("every PgBouncer already sends to the cluster")
+                self._resume_all(consoles, hosts)  # a RESUME an earlier try could not send; a no-op otherwise
                 self._after_cutover(context)
                 return {"switched": False, "outcome": "success"}
             self._same_verifier()
+            for host in hosts:
+                self._cluster_reachable(host, targets[host])
             work = self._catch_up
         else:
             targets = {host: self.cluster_backend(host) for host in hosts}
@@ -435,23 +445,42 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         raise AirflowException(f"no PAUSE within {self.pause_timeout:g}s in {self.attempts} attempts: every "
                                "PgBouncer sends where it did and runs (nothing was changed)")
 
+    def _cluster_reachable(self, host: str, backend: Backend) -> None:
+        """Before any PAUSE: from ``host``, the app login reaches the cluster where its PgBouncer will send it, with
+        the TLS PgBouncer will use, and PgBouncer's OS user can read the CA (a RELOAD that cannot load it keeps
+        the old TLS settings and says so only in its log). Nothing is changed when not."""
+        ca_file = self.settings_for(host, backend).server_tls_ca_file
+        if ca_file:
+            user = self.os_family(host).pgbouncer.user
+            if not self.remote(host).run(f"runuser -u {shlex.quote(user)} -- test -r {shlex.quote(ca_file)}",
+                                         check=False).ok:
+                raise AirflowException(f"[{host}] PgBouncer's user {user} cannot read {ca_file}: it could not verify "
+                                       "the cluster; nothing was changed")
+        result = self.app_login(host, backend.host, backend.port, ca_file)
+        if not result.ok:
+            raise AirflowException(f"[{host}] the app login cannot reach the cluster at {backend}"
+                                   f"{' (verify-full)' if ca_file else ''}: {(result.stderr or result.stdout).strip()}; "
+                                   "nothing was changed")
+        self.log.info("[%s] the cluster answers the app login at %s%s: %s", host, backend,
+                      " over verified TLS" if ca_file else "", result.stdout.strip())
+
     def _after_cutover(self, context: Any) -> None:
         """Airflow writes to the cluster now: the subscription goes (and its slot on the source with it), and
         the cluster's database is marked live (nothing may overwrite it; the drill and a re-run read it).
         Both outside the pause; a re-run does what is left."""
         inv = self.inventory
+        with pgdata.session(self.cluster_admin()) as conn:  # first: whatever fails next, nothing overwrites it
+            live = pgdata.is_live(conn, inv.postgres.database)
+            if not live:
+                mark = pgdata.mark_live(conn, inv.postgres.database, context.get("run_id") or "paused_cutover")
+        self.note(f"{inv.postgres.database} on the cluster marked: {mark}" if not live
+                  else f"{inv.postgres.database} on the cluster already marked live", not live)
         with pgdata.session(self.cluster_admin().on(inv.postgres.database)) as conn:
             had = pgdata.subscription_exists(conn)
             if had:
                 pgdata.drop_subscription(conn)
         self.note(f"subscription {pgdata.SUBSCRIPTION} dropped (its slot on the source with it)" if had
                   else f"no subscription {pgdata.SUBSCRIPTION} left", had)
-        with pgdata.session(self.cluster_admin()) as conn:
-            live = pgdata.is_live(conn, inv.postgres.database)
-            if not live:
-                mark = pgdata.mark_live(conn, inv.postgres.database, context.get("run_id") or "paused_cutover")
-        self.note(f"{inv.postgres.database} on the cluster marked: {mark}" if not live
-                  else f"{inv.postgres.database} on the cluster already marked live", not live)
 
     def _airflow_goes_through_pgbouncer(self, hosts: list[str]) -> None:
         """Every Airflow host's config points at its local PgBouncer: one that went to the server directly
@@ -528,9 +557,21 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         except BaseException:
             self._undo(consoles, switched, paused, current)
             raise
-        for host in paused:
-            consoles[host].resume(database)
+        self._resume_all(consoles, paused)
         return time.monotonic() - started
+
+    def _resume_all(self, consoles: dict[str, PgBouncerAdminHook], hosts: list[str]) -> None:
+        """RESUME on every one of ``hosts`` (one that fails does not leave the others paused); then raise."""
+        failed = []
+        for host in hosts:
+            try:
+                consoles[host].resume(self.inventory.postgres.database)
+            except Exception as exc:
+                self.log.exception("[%s] RESUME failed", host)
+                failed.append(f"{host}: {exc}")
+        if failed:
+            raise AirflowException("RESUME failed on " + "; ".join(failed) + ": Airflow's transactions wait there "
+                                   "(a re-run resumes every PgBouncer)")
 
     def _undo(self, consoles: dict[str, PgBouncerAdminHook], switched: list[str], paused: list[str],
               current: dict[str, Backend | None]) -> None:

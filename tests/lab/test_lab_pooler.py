@@ -3,8 +3,8 @@ on vm1 and vm4, Airflow moved onto it by its own step (the agent restarts the un
 own included), then the cutover done under PAUSE while the probe writer, an Airflow-like unit, commits
 every 100 ms through vm1's PgBouncer.
 
-First a forced failure inside the pause: a row only the cluster has (written there after the initial
-sync) makes the comparison fail, every try resumes on the source, and the run fails with nothing
+First a forced failure inside the pause: a row only the cluster has (written there through HAProxy
+once phase 7 set it up) makes the comparison fail, every try resumes on the source, and the run fails with nothing
 lost. Then the row goes, the cutover is cleared and succeeds. Throughout: no Airflow unit restarts
 after the move, the probe never fails a transaction, and every acknowledged write is kept."""
 
@@ -27,13 +27,15 @@ UNITS = {topology.AIRFLOW_HOST: ["airflow-scheduler", "airflow-api-server", "air
 
 
 def units_state(lab: Lab) -> dict[str, tuple[int, int]]:
-    """Each Airflow unit's (start time in epoch seconds, automatic restarts)."""
+    """Each Airflow unit's (start time in epoch seconds, automatic restarts); every one must be active."""
     found = {}
     for host, units in UNITS.items():
         for unit in units:
-            shown = lab.ssh(host, f"systemctl show --timestamp=unix -P ActiveEnterTimestamp {unit}; "
-                                  f"systemctl show -P NRestarts {unit}").split()
-            found[f"{host}/{unit}"] = (int(shown[0].lstrip("@")), int(shown[1]))
+            shown = dict(line.split("=", 1) for line in lab.ssh(
+                host, f"systemctl show --timestamp=unix -p ActiveState -p ActiveEnterTimestamp -p NRestarts {unit}"
+            ).splitlines() if "=" in line)
+            assert shown.get("ActiveState") == "active", f"{host}/{unit}: {shown}"
+            found[f"{host}/{unit}"] = (int(shown["ActiveEnterTimestamp"].lstrip("@")), int(shown["NRestarts"]))
     return found
 
 
@@ -74,7 +76,7 @@ def paused(lab: Lab) -> dict[str, Any]:
     lab.api.unpause(DAG)
     run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "migration_method": "logical_replication",
                                    "pooler": "pgbouncer", "run_failover_test": False})
-    wait_for_task(lab, run_id, "phase6_data_migration.logical_initial_sync")
+    wait_for_task(lab, run_id, "phase7_haproxy.haproxy_routes_like_patroni")  # HAProxy's write port exists
     drifted_at = time.time()
     cluster_sql(lab, "INSERT INTO pgha_probe (seq) VALUES (%s)", DRIFT_SEQ)
     failed = lab.api.wait(DAG, run_id, timeout=2400, progress=lab.progress(DAG, run_id))
@@ -110,8 +112,8 @@ def test_the_run_cut_over_through_the_pause(lab: Lab, paused: dict[str, Any]) ->
     states = {f"{task_id}[{index}]": t["state"] for (task_id, index), t in paused["tasks"].items()}
     assert states["paused_cutover[-1]"] == "success" and states["cutover[-1]"] == "skipped", states
     assert states["undo_logical_source[-1]"] == "success", states
-    for host in UNITS:  # every Airflow host moved by its agent, reported by its sensor
-        assert any(k.startswith("pgbouncer.airflow_on_pgbouncer[") and v == "success" for k, v in states.items())
+    moved = [k for k, v in states.items() if k.startswith("pgbouncer.airflow_on_pgbouncer[") and v == "success"]
+    assert len(moved) == len(UNITS), states  # every Airflow host moved by its agent, reported by its sensor
     print(f"paused cutover: Airflow waited {paused['result'].get('paused_s')}s, attempt "
           f"{paused['result'].get('attempt')}")
     assert paused["result"]["outcome"] == "success" and paused["result"]["paused_s"] < 30
