@@ -719,6 +719,22 @@ def test_a_pooler_move_whose_db_check_fails_puts_the_config_back_and_restarts(
     assert_pooler_disarmed(s, units)
 
 
+def test_a_pooler_move_begins_only_once_every_mapped_move_succeeded(tmp_path: Path, source: PostgresService,
+                                                                    cluster: PostgresService) -> None:
+    """Its host's restart would cut a sibling move task still running in the same scheduler."""
+    s = pooler(tmp_path, source, cluster)
+    s["task"]["map_indexes"] = [0, 1]
+    units = RecordingUnits(task_states=["success", "running", "success", "success"])
+    assert Agent(s, units=units).run() == 0
+    assert [t["map_index"] for t in units.task_asked] == [0, 1, 0, 1]
+    units = RecordingUnits(task_states=["success", "failed"])
+    (tmp_path / "again").mkdir()
+    s = pooler(tmp_path / "again", source, cluster)
+    s["task"]["map_indexes"] = [0, 1]
+    assert Agent(s, units=units).run() == 1
+    assert units.calls == [] and records_in_log(s)[-1]["outcome"] == "not_started"
+
+
 def test_a_pooler_move_that_was_not_a_success_changes_nothing(tmp_path: Path, source: PostgresService,
                                                               cluster: PostgresService) -> None:
     s = pooler(tmp_path, source, cluster)
@@ -726,6 +742,21 @@ def test_a_pooler_move_that_was_not_a_success_changes_nothing(tmp_path: Path, so
     assert Agent(s, units=units).run() == 1
     assert units.calls == [] and Path(s["config"]).read_text() == OLD_CFG
     assert records_in_log(s)[-1]["outcome"] == "not_started"
+
+
+def test_the_pooler_agent_removes_its_own_secrets_and_never_a_cutovers(tmp_path: Path, source: PostgresService,
+                                                                       cluster: PostgresService,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    s = pooler(tmp_path, source, cluster)
+    settings_file = tmp_path / "pgbouncer-move.json"
+    settings_file.write_text(json.dumps(s))
+    cutover_key = tmp_path / "cutover-client.key"
+    cutover_key.write_text("key")
+    monkeypatch.setattr(cutover, "CLIENT_KEY", str(cutover_key))
+    monkeypatch.setattr(cutover, "Agent", lambda settings, **kw: type("NotStarted", (), {"run": lambda self: 1})())
+    assert cutover.main([str(settings_file)]) == 1
+    assert not Path(s["pgpass"]).exists() and not Path(s["staged"]).exists(), "the staged config holds a password"
+    assert cutover_key.exists()
 
 
 def test_a_host_restarted_mid_pooler_move_comes_back_on_the_previous_config(

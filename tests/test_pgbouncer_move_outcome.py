@@ -36,9 +36,14 @@ def sensor(host: dict[str, Path]) -> AirflowOnPgBouncerSensor:
                                     host="lb", settings_path=str(host["settings"]))
 
 
-def armed(host: dict[str, Path], *records: dict) -> None:
+def armed(host: dict[str, Path], *records: dict, running: bool = True) -> None:
+    """The agent's settings and log; ``running``: its state file exists (it is at work, or a restart
+    interrupted it). No unit of that name runs on this test machine."""
+    state_file = host["log"].parent / "pgbouncer-move-state.json"
+    if running:
+        state_file.write_text("{}")
     host["settings"].write_text(json.dumps({"role": "pooler", "run_id": RUN, "log_dir": str(host["log"].parent),
-                                            "log_prefix": ""}))
+                                            "log_prefix": "", "state_file": str(state_file)}))
     host["log"].write_text("2026-12-05T16:00:00.000+00:00 move onto PgBouncer begins on lb\n" + "".join(
         f"2026-12-05T16:00:30.000+00:00 RECORD {json.dumps({'run_id': RUN, 'host': 'lb', 'role': 'pooler', **r})}\n"
         for r in records))
@@ -57,6 +62,13 @@ def test_the_agents_success_carries_its_steps(host: dict[str, Path]) -> None:
 def test_no_record_yet_keeps_the_sensor_waiting(host: dict[str, Path]) -> None:
     armed(host)
     assert sensor(host).poke({}).is_done is False
+
+
+def test_an_agent_gone_without_a_record_fails_the_task_naming_its_journal(host: dict[str, Path]) -> None:
+    armed(host, running=False)
+    with pytest.raises(AirflowFailException, match=rf"ended_without_outcome: agent {RUN} is gone and recorded "
+                                                   rf"nothing: see `journalctl -u {RUN}`"):
+        sensor(host).poke({})
 
 
 def test_a_rollback_fails_the_task_with_its_reason(host: dict[str, Path]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import PokeReturnValue
-from pgha.compat import AirflowException, AirflowFailException, AirflowSkipException
+from pgha.compat import AirflowFailException, AirflowSkipException
 from pgha.triggers.pgbouncer import SUCCESS, PgBouncerMoveTrigger
 
 from pgha.sensors.base import CheckSensor
@@ -33,7 +33,6 @@ class AirflowOnPgBouncerSensor(CheckSensor):
                  settings_path: str = "/etc/pgha/pgbouncer-move.json", **kwargs: Any) -> None:
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("poke_interval", 10)
-        kwargs.setdefault("retries", 3)
         super().__init__(**kwargs)
         self.host = host
         self.listen_port = listen_port
@@ -53,9 +52,9 @@ class AirflowOnPgBouncerSensor(CheckSensor):
     def poke(self, context: Any) -> PokeReturnValue:
         try:
             problems, value = self.make_trigger().check()
-        except AirflowException:
+        except (AirflowFailException, AirflowSkipException):
             raise
-        except Exception as exc:  # the host restarting its units or rebooting: wait, as the trigger does
+        except Exception as exc:  # SSH to a host restarting its units or rebooting: wait, as the trigger does
             problems, value = [f"{type(exc).__name__}: {str(exc).strip()[:300]}"], None
         if problems:
             self.log.info("waiting: %s", "; ".join(problems))

@@ -62,9 +62,14 @@ class PgBouncerMoveTrigger(InventoryMixin, PollingTrigger):
                         "reason": f"no move onto PgBouncer was armed ({self.settings_path} missing)"}
         settings = json.loads(text)
         log = f"{settings['log_dir']}/{settings.get('log_prefix', '')}{settings['run_id']}.log"
-        found = remote.run(f"grep -h ' RECORD ' {shlex.quote(log)}", check=False, quiet=True)
-        records = [json.loads(line.split(" RECORD ", 1)[1]) for line in found.stdout.splitlines()]
+        records = self.records(log)
         summary = {"run_id": settings["run_id"], "host": self.host, "log": log}
+        if not records and not self.agent_alive(settings):
+            records = self.records(log)  # it may have recorded and ended between the two reads
+            if not records:
+                return [], {**summary, "outcome": "ended_without_outcome",
+                            "reason": f"agent {settings['run_id']} is gone and recorded nothing: see "
+                                      f"`journalctl -u {settings['run_id']}` and {log} on {self.host}"}
         if not records:
             return [f"{self.host}: no outcome recorded yet by agent {settings['run_id']} (its log: {log})"], None
         last = records[-1]
@@ -77,6 +82,21 @@ class PgBouncerMoveTrigger(InventoryMixin, PollingTrigger):
             return [], {**summary, "outcome": "reverted",
                         "reason": "the agent recorded success, but airflow.cfg no longer points at PgBouncer"}
         return [], summary
+
+    def records(self, log: str) -> list[dict[str, Any]]:
+        found = self.remote(self.host).run(f"grep -h ' RECORD ' {shlex.quote(log)}", check=False, quiet=True)
+        return [json.loads(line.split(" RECORD ", 1)[1]) for line in found.stdout.splitlines()]
+
+    def agent_alive(self, settings: dict[str, Any]) -> bool:
+        """The agent's unit runs (or is starting), or its state file says a restart interrupted it (its resume
+        unit completes it at boot)."""
+        remote = self.remote(self.host)
+        unit = remote.run(f"systemctl is-active {shlex.quote(settings['run_id'] + '.service')}", check=False,
+                          quiet=True).stdout.strip()
+        if unit in ("active", "activating", "reloading"):
+            return True
+        state_file = settings.get("state_file")
+        return bool(state_file) and remote.run(f"test -e {shlex.quote(state_file)}", check=False, quiet=True).ok
 
     def goes_through_pgbouncer(self) -> bool:
         config = self.inventory.airflow_host(self.host).config
