@@ -352,7 +352,8 @@ with DAG(
     # pooler pgbouncer: the cutover under PgBouncer's PAUSE instead (Airflow keeps running); else it skips
     paused_cutover = PausedSwitchOperator(task_id="paused_cutover", phase=PHASES[7], mode="cutover")
 
-    chain(preflight, bouncer, phase1, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9,
+    # PgBouncer after phase 1, whose prepared hosts (the package proxy among them) its install needs
+    chain(preflight, phase1, bouncer, phase2, phase3, phase4, phase5, phase6, phase7, phase8, phase9,
           approval, [cutover, paused_cutover])
     chain(cutover, cutover_outcome, undo_logical_source)
     paused_cutover >> undo_logical_source  # none_failed: after whichever of the two cutovers ran
