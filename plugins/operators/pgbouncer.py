@@ -181,7 +181,8 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
         paths = host.family.pgbouncer
         self.note(f"packages {' '.join(paths.packages)}", host.ensure_packages(list(paths.packages)))
         running = host.unit_active(paths.service)
-        backend = self._current_backend(running) or self.source_backend(self.host)
+        console_answers, current = self._current_backend(running)
+        backend = current or self.source_backend(self.host)
         verifiers = self.source_verifiers([inv.postgres.owner])
         if inv.postgres.owner not in verifiers:
             raise AirflowException(f"role {inv.postgres.owner!r} does not exist on the source")
@@ -200,23 +201,28 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
         if not running:
             host.start(paths.service)
             self.changed(f"{paths.service} started")
+        elif not console_answers:  # running, but not as pgha set it up (the package starts it with its own
+            # config, whose console admits no peer login): nothing uses it yet, so a restart reads pgha's files
+            host.restart(paths.service)
+            self.changed(f"{paths.service} restarted on pgha's files (it ran with a configuration pgha did not write)")
         elif changed:
             self.console(self.host).reload()
             self.changed("pgbouncer reloaded (RELOAD)")
         reached = self._check_login(backend)
         return {"backend": str(backend), "listen": f"127.0.0.1:{self.listen_port}", "reached": reached}
 
-    def _current_backend(self, running: bool) -> Backend | None:
+    def _current_backend(self, running: bool) -> tuple[bool, Backend | None]:
+        """(its admin console answers pgha, where it sends the database now)."""
         if not running:
-            return None
+            return False, None
         try:
             current = self.console(self.host).backend(self.inventory.postgres.database)
         except Exception as exc:  # noqa: BLE001 - a PgBouncer not set up by pgha yet
             self.log.info("[%s] no current PgBouncer backend read (%s): the source", self.host, exc)
-            return None
+            return False, None
         if current:
             self.log.info("[%s] PgBouncer already sends to %s: kept", self.host, current)
-        return current
+        return True, current
 
     def _check_login(self, backend: Backend) -> str:
         """The app login through PgBouncer on the host."""
