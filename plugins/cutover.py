@@ -244,6 +244,11 @@ def root_only_directory(path: str, *, create: bool = False) -> int:
     return fd
 
 
+def log_path(settings: dict[str, Any]) -> Path:
+    """The agent's log: <log_dir>/<log_prefix><run id>.log (prefix "cutover-" unless the settings say)."""
+    return Path(settings["log_dir"]) / f"{settings.get('log_prefix', 'cutover-')}{settings['run_id']}.log"
+
+
 def endpoint(settings: dict[str, Any], side: str, dbname: str) -> Endpoint:
     """The ``source`` or ``cluster`` endpoint of the settings; the password is in the pgpass file."""
     where = settings[side]
@@ -368,7 +373,7 @@ class Agent:
         self.stop_failed = False
         self.started = time.time()
         self.steps: list[dict[str, Any]] = []
-        self.log_path = Path(settings["log_dir"]) / f"{settings.get('log_prefix', 'cutover-')}{settings['run_id']}.log"
+        self.log_path = log_path(settings)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.backup: Path | None = None
         self.original: tuple[bytes, int, int, int] | None = None  # the config replaced: content, uid, gid, mode

@@ -33,7 +33,7 @@ from pgha.osfamily import PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut
 from pgha.pgdata import Endpoint
 from pgha.render import render
-from pgha.cutover import BACKUP_DIR
+from pgha.cutover import BACKUP_DIR, log_path
 from pgha.runtime import agent_airflow_settings, arming_task, credentials, repoint_airflow_config
 
 from pgha.operators.base import HostOperator, PghaOperator
@@ -306,7 +306,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         except Exception:  # no agent runs to remove them
             remote.run(f"rm -f {shlex.quote(self.PGPASS)} {shlex.quote(self.STAGED)}", check=False)
             raise
-        log = f"{self.LOG_DIR}/{self.LOG_PREFIX}{run_id}.log"
+        log = str(log_path(settings))
         self.changed(f"agent {run_id} armed: once this task is recorded a success it restarts "
                      f"{', '.join(airflow_host.units)} on PgBouncer 127.0.0.1:{self.listen_port} (or puts "
                      f"{airflow_host.config} back); log {log}")

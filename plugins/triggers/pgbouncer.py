@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pgha import airflowcfg
+from pgha.cutover import log_path
 from pgha.runtime import InventoryMixin
 
 from pgha.triggers.base import PollingTrigger
@@ -61,7 +62,7 @@ class PgBouncerMoveTrigger(InventoryMixin, PollingTrigger):
             return [], {"outcome": "not_armed", "run_id": None, "host": self.host,
                         "reason": f"no move onto PgBouncer was armed ({self.settings_path} missing)"}
         settings = json.loads(text)
-        log = f"{settings['log_dir']}/{settings.get('log_prefix', '')}{settings['run_id']}.log"
+        log = str(log_path(settings))
         records = self.records(log)
         summary = {"run_id": settings["run_id"], "host": self.host, "log": log}
         if not records and not self.agent_alive(settings):
