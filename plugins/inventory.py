@@ -307,6 +307,16 @@ class AirflowHost:
 
 
 @dataclass(frozen=True)
+class PgBouncer:
+    """Airflow's own PgBouncer on every Airflow host (pgha.pgbouncer). ``enabled`` once Airflow goes through it
+    (the migration's pooler pgbouncer): the drill's switchover then holds Airflow's transactions in it (PAUSE)."""
+
+    enabled: bool = False
+    port: int = 6432
+    pause_timeout: float = 10  # seconds a PAUSE may wait for Airflow's open transactions
+
+
+@dataclass(frozen=True)
 class Packages:
     apt_proxy: str | None = None
     pip_index_url: str | None = None
@@ -384,6 +394,7 @@ class Inventory:
     etcd: Etcd = field(default_factory=Etcd)
     patroni: Patroni = field(default_factory=Patroni)
     packages: Packages = field(default_factory=Packages)
+    pgbouncer: PgBouncer = field(default_factory=PgBouncer)
     tls: Tls = field(default_factory=Tls)
     drill: Drill = field(default_factory=Drill)
     notify: Notify | None = None
@@ -635,6 +646,7 @@ def _build(raw: dict[str, Any], source: str) -> Inventory:
         etcd=section(Etcd, "etcd"),
         patroni=section(Patroni, "patroni"),
         packages=section(Packages, "packages"),
+        pgbouncer=section(PgBouncer, "pgbouncer"),
         tls=_tls(raw.get("tls")),
         drill=_drill(raw.get("drill")),
         notify=_notify(raw.get("notify")),

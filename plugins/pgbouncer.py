@@ -38,6 +38,7 @@ from pgha.secret_formats import hba_word
 __all__ = ["hba_word"]
 
 ADMIN_DATABASE = "pgbouncer"
+DEFAULT_PORT = 6432  # where Airflow on each host reaches its PgBouncer (127.0.0.1)
 LISTEN_ADDRESS = "127.0.0.1"
 SCRAM_VERIFIER = re.compile(r"SCRAM-SHA-256\$\d+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 
@@ -218,3 +219,12 @@ class PauseTimedOut(Exception):
         held = "; ".join(map(str, blockers)) or "no open transaction seen any more (it ended in the meantime)"
         super().__init__(f"PAUSE {database} did not finish within {timeout:g}s and was undone (RESUME); "
                          f"held by: {held}")
+
+
+class ResumeFailed(Exception):
+    """RESUME failed on some PgBouncers: Airflow's transactions wait there until one is sent."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        super().__init__("RESUME failed on " + "; ".join(f"{host}: {why}" for host, why in failures.items())
+                         + ": Airflow's transactions wait there (a re-run resumes every PgBouncer)")

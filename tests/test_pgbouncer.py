@@ -5,6 +5,7 @@ real PostgreSQL 15 servers (the migration's source and cluster), reached over a 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import threading
@@ -24,7 +25,7 @@ from recording_host import CATALOGUE, DEBIAN_12, FakeFile, FakeHost, Fleet, Pack
 from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
 
 from pgha import pgbouncer, pgdata, tls
-from pgha.hooks.pgbouncer import PgBouncerAdminHook
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
 from pgha.hooks.remote import RemoteHook
 from pgha.airflowcfg import get_option
 from pgha.operators.airflow import CutoverOperator
@@ -321,6 +322,60 @@ def test_a_transaction_held_open_times_the_pause_out_which_resumes_names_it_and_
         assert admin.blocking_transactions(DATABASE) == []
     finally:
         holder.close()
+
+
+def test_a_server_restart_held_back_by_pause_fails_no_commit_and_a_restart_without_it_does(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService, pair: tuple[PostgresService, PostgresService]) -> None:
+    """Phase 6 restarts the source for wal_level: under held_back Airflow's commits wait, none fails; the same
+    restart without the pause costs the writer failed transactions (what held_back is for)."""
+    source = pair[0]
+    log = logging.getLogger("test")
+    writer = Writer(bouncer)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        with held_back({"airflow-1": admin}, DATABASE, 5, log) as took:
+            assert admin.paused(DATABASE) and took < 5
+            restart_with(source)
+        assert not admin.paused(DATABASE)
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    assert writer.failures == [] and len(writer.commits) > 10
+    assert max(took for _, _, took in writer.commits) < 10  # a wait, not an error
+
+    unheld = Writer(bouncer)
+    unheld.start()
+    try:
+        time.sleep(0.5)
+        restart_with(source)
+        time.sleep(1.0)
+    finally:
+        unheld.stop()
+    assert unheld.failures, "a restart PgBouncer does not hold back breaks the writer's transaction"
+
+
+def test_held_back_never_runs_its_block_while_a_pause_timed_out_and_resumes_what_it_paused(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService) -> None:
+    holder = through(bouncer, application_name="airflow-long-task")
+    ran = []
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1")  # a transaction is now open and holds its server connection
+        with pytest.raises(PauseTimedOut):
+            with held_back({"airflow-1": admin}, DATABASE, 2, logging.getLogger("test")):
+                ran.append(True)
+        assert ran == [] and not admin.paused(DATABASE)
+    finally:
+        holder.close()
+
+
+def test_held_back_resumes_every_pgbouncer_when_its_block_fails(admin: PgBouncerAdminHook) -> None:
+    with pytest.raises(RuntimeError, match="the restart failed"):
+        with held_back({"airflow-1": admin}, DATABASE, 5, logging.getLogger("test")):
+            assert admin.paused(DATABASE)
+            raise RuntimeError("the restart failed")
+    assert not admin.paused(DATABASE)
 
 
 # ----------------------------------------------------------------------------- PausedSwitchOperator

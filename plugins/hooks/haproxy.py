@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import shlex
+import time
 from dataclasses import dataclass
 from functools import cached_property
 
 from pgha.compat import BaseHook
 
-from pgha.hooks.patroni import PatroniCluster
+from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.remote import RemoteHook
 
 WRITE_BACKEND = "postgres_write"
@@ -98,3 +99,18 @@ class HAProxyHook(BaseHook):
         leader = cluster.leaders[0] if len(cluster.leaders) == 1 else None
         write_up, read_up = self.up_servers(WRITE_BACKEND), self.up_servers(READ_BACKEND)
         return Routing(write_up, read_up, routing_problems(write_up, read_up, leader, cluster.streaming_replicas))
+
+    def wait_for_writes_off(self, patroni: PatroniHook, old_leader: str, timeout: float, poll: float = 0.2) -> str:
+        """After a switchover: until Patroni names one leader other than ``old_leader`` and HAProxy's write
+        backend has exactly that one UP; returns it. The read backend is not waited for (the old leader
+        rejoins as a replica later). TimeoutError naming what was seen when not within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cluster = patroni.cluster()
+            write_up = self.up_servers(WRITE_BACKEND)
+            if len(cluster.leaders) == 1 and cluster.leaders != [old_leader] and write_up == cluster.leaders:
+                return cluster.leaders[0]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{timeout:g}s after the switchover from {old_leader}: Patroni's leaders "
+                                   f"{cluster.leaders}, {WRITE_BACKEND} has UP {write_up}")
+            time.sleep(poll)

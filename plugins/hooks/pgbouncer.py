@@ -9,14 +9,19 @@ and must never hang the task (or Airflow behind it).
 
 from __future__ import annotations
 
+import logging
 import shlex
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from pgha.compat import BaseHook
 
 from pgha import pgdata
 from pgha.hooks.remote import CommandFailed, CommandResult, RemoteHook
-from pgha.pgbouncer import ADMIN_DATABASE, Backend, Blocker, PauseTimedOut, backend_of, ini_key, parse_csv
+from pgha.osfamily import PgBouncerOs
+from pgha.pgbouncer import (ADMIN_DATABASE, Backend, Blocker, PauseTimedOut, ResumeFailed, backend_of, ini_key,
+                            parse_csv)
 from pgha.pgdata import Endpoint
 
 TIMED_OUT = 124  # timeout(1)'s exit code
@@ -50,6 +55,12 @@ class PgBouncerAdminHook(BaseHook):
         self.port = port
         self.server = server
         self.psql = psql
+
+    @classmethod
+    def on_host(cls, remote: RemoteHook, paths: PgBouncerOs, port: int,
+                server: Endpoint | None = None) -> PgBouncerAdminHook:
+        """The console of the PgBouncer the OS family's package installs on ``remote``'s host."""
+        return cls(remote, os_user=paths.user, socket_dir=paths.socket_dir, port=port, server=server, psql=paths.psql)
 
     def get_conn(self) -> RemoteHook:
         return self.remote
@@ -136,3 +147,41 @@ class PgBouncerAdminHook(BaseHook):
         for blocker in blockers:
             self.log.warning("[%s] open transaction on %s: %s", self.remote.host_name, self.server.host, blocker)
         return blockers
+
+
+def resume_every(consoles: Mapping[str, PgBouncerAdminHook], database: str, log: logging.Logger) -> None:
+    """RESUME ``database`` on every console; one that fails does not leave the others paused (ResumeFailed
+    after trying all)."""
+    failures = {}
+    for host, console in consoles.items():
+        try:
+            console.resume(database)
+        except Exception as exc:
+            log.exception("[%s] RESUME %s failed", host, database)
+            failures[host] = str(exc)
+    if failures:
+        raise ResumeFailed(failures)
+
+
+@contextmanager
+def held_back(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeout: float,
+              log: logging.Logger) -> Iterator[float]:
+    """
+    PAUSE ``database`` on every console, in order, each bounded by ``timeout``; the block runs once all
+    are paused (given the seconds that took) and every paused one is RESUMEd when it ends, however it
+    ends. A PAUSE that times out raises PauseTimedOut (what held it) after resuming the ones before it:
+    the block never runs with a PgBouncer that still lets transactions through.
+    """
+    paused: dict[str, PgBouncerAdminHook] = {}
+    started = time.monotonic()
+    try:
+        for host, console in consoles.items():
+            took = console.pause(database, timeout)
+            paused[host] = console
+            log.info("[%s] PAUSE %s done in %.2fs: Airflow's transactions wait in PgBouncer", host, database, took)
+        yield time.monotonic() - started
+    finally:
+        resume_every(paused, database, log)
+        if paused:
+            log.info("RESUME %s on %s: Airflow's transactions held %.2fs", database, ", ".join(paused),
+                     time.monotonic() - started)

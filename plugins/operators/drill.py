@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Callable, NoReturn
@@ -40,7 +41,8 @@ from pgha.hooks.drill import drill_database, probe_tls, python_beside_unit, pyth
 from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
-from pgha.hooks.postgres import NodePostgresHook, load_sql
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
+from pgha.hooks.postgres import NodePostgresHook, load_sql, node_endpoint
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.notify import AlertNotSent, alert_skip
@@ -419,12 +421,37 @@ class InjectFaultOperator(DrillOperator):
         return Seen.NO, f"the Patroni REST API on {target} answers (HTTP {status})"
 
     def _switchover(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
-        response = self.patroni().switchover(plan["leader"], plan["candidate"])
-        text = response.text.strip()
-        if response.status_code >= 400:
-            raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
-                                   f"HTTP {response.status_code} {text}")
-        return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"
+        """With pgbouncer.enabled, under a PAUSE of Airflow's PgBouncers until HAProxy sends writes to the new
+        leader: Airflow's transactions wait instead of failing (the drill's probe, direct to HAProxy, still
+        measures the cluster's own gap)."""
+        with self._airflow_held_back() as held:
+            response = self.patroni().switchover(plan["leader"], plan["candidate"])
+            text = response.text.strip()
+            if response.status_code >= 400:
+                raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
+                                       f"HTTP {response.status_code} {text}")
+            detail = f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"
+            if held is not None:
+                inv = self.inventory
+                haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
+                try:
+                    new = haproxy.wait_for_writes_off(self.patroni(), plan["leader"], CONFIRM_TIMEOUT_S)
+                except TimeoutError as exc:
+                    raise AirflowException(f"HAProxy does not send writes to the new leader: {exc}") from exc
+                detail += f"; Airflow's PgBouncers paused until HAProxy sent writes to {new}"
+        return detail
+
+    def _airflow_held_back(self) -> AbstractContextManager[float | None]:
+        """pgbouncer.enabled: PAUSE on every Airflow host's PgBouncer for the block (RESUME however it ends;
+        a PAUSE that times out fails the attempt before anything is injected, naming what held it)."""
+        inv = self.inventory
+        if not inv.pgbouncer.enabled:
+            return nullcontext(None)
+        server = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                             port=inv.haproxy.write_port, database=inv.postgres.database))
+        consoles = {a.host: PgBouncerAdminHook.on_host(self.remote(a.host), self.os_family(a.host).pgbouncer,
+                                                       inv.pgbouncer.port, server) for a in inv.airflow_hosts}
+        return held_back(consoles, inv.postgres.database, inv.pgbouncer.pause_timeout, self.log)
 
     def _patroni_stop(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
         self.host_hook(plan["target"]).stop(PATRONI_UNIT)

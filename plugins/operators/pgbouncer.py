@@ -27,10 +27,10 @@ from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowcfg, pgbouncer, pgdata, tls
 from pgha.hooks.haproxy import HAProxyHook
 from pgha.hooks.patroni import PatroniHook
-from pgha.hooks.pgbouncer import PgBouncerAdminHook
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, resume_every
 from pgha.hooks.postgres import node_endpoint
 from pgha.osfamily import PgBouncerOs
-from pgha.pgbouncer import Backend, PauseTimedOut
+from pgha.pgbouncer import Backend, PauseTimedOut, ResumeFailed
 from pgha.pgdata import Endpoint
 from pgha.render import render
 from pgha.cutover import BACKUP_DIR, log_path
@@ -38,7 +38,7 @@ from pgha.runtime import agent_airflow_settings, arming_task, credentials, repoi
 
 from pgha.operators.base import HostOperator, PghaOperator
 
-DEFAULT_PORT = 6432
+DEFAULT_PORT = pgbouncer.DEFAULT_PORT
 STATE_DIR = "/var/lib/pgha"  # root 0700: the check's pgpass, the staged airflow.cfg
 CHECK_PGPASS = f"{STATE_DIR}/pgbouncer-check.pgpass"
 MODES = ("cutover", "switchover")
@@ -152,9 +152,7 @@ class _PgBouncerTask:
 
     def console(self, host: str, server: Endpoint | None = None) -> PgBouncerAdminHook:
         """The admin console of ``host``'s PgBouncer; ``server``: where to read blocking transactions."""
-        paths = self.os_family(host).pgbouncer
-        return PgBouncerAdminHook(self.remote(host), os_user=paths.user, socket_dir=paths.socket_dir,
-                                  port=self.listen_port, server=server, psql=paths.psql)
+        return PgBouncerAdminHook.on_host(self.remote(host), self.os_family(host).pgbouncer, self.listen_port, server)
 
 
 class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
@@ -517,18 +515,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         if response.status_code != 200:
             raise AirflowException(f"Patroni refused the switchover ({response.status_code}): {response.text[:500]}")
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
-        deadline = time.monotonic() + self.switchover_timeout
-        while True:
-            cluster = patroni.cluster()
-            routing = haproxy.routing(cluster)
-            if cluster.leaders and cluster.leaders != [leader] and not routing.problems:
-                self.log.info("switched over from %s to %s; HAProxy routes writes to %s", leader,
-                              cluster.leaders[0], routing.write)
-                return
-            if time.monotonic() > deadline:
-                raise AirflowException(f"after {self.switchover_timeout:g}s HAProxy does not route like Patroni: "
-                                       + "; ".join(routing.problems or [f"leader still {cluster.leaders}"]))
-            time.sleep(0.2)
+        try:
+            new = haproxy.wait_for_writes_off(patroni, leader, self.switchover_timeout)
+        except TimeoutError as exc:
+            raise AirflowException(f"HAProxy does not send writes to the new leader: {exc}") from exc
+        self.log.info("switched over from %s to %s; HAProxy routes writes to it", leader, new)
 
     def _same_verifier(self) -> None:
         owner = self.inventory.postgres.owner
@@ -568,16 +559,10 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
 
     def _resume_all(self, consoles: dict[str, PgBouncerAdminHook], hosts: list[str]) -> None:
         """RESUME on every one of ``hosts`` (one that fails does not leave the others paused); then raise."""
-        failed = []
-        for host in hosts:
-            try:
-                consoles[host].resume(self.inventory.postgres.database)
-            except Exception as exc:
-                self.log.exception("[%s] RESUME failed", host)
-                failed.append(f"{host}: {exc}")
-        if failed:
-            raise AirflowException("RESUME failed on " + "; ".join(failed) + ": Airflow's transactions wait there "
-                                   "(a re-run resumes every PgBouncer)")
+        try:
+            resume_every({host: consoles[host] for host in hosts}, self.inventory.postgres.database, self.log)
+        except ResumeFailed as exc:
+            raise AirflowException(str(exc)) from exc
 
     def _undo(self, consoles: dict[str, PgBouncerAdminHook], switched: list[str], paused: list[str],
               current: dict[str, Backend | None]) -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from airflow import __version__ as AIRFLOW_VERSION
 from psycopg2 import sql
 
 from pgha.compat import AirflowException, AirflowSkipException
-from pgha import pgdata, pgmajors, tls
+from pgha import pgbouncer, pgdata, pgmajors, tls
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
@@ -304,12 +307,20 @@ class PrepareLogicalSourceOperator(PghaOperator):
     node and a replication role for the cluster (password from its connection,
     sent as a SCRAM verifier over stdin) that may enter only the migrated
     database and read only its tables (what a subscription's initial copy
-    needs), then one restart of the source PostgreSQL if a setting needs it
-    (Airflow reconnects on its own). Before its first change it records what
-    it found (root-only /var/lib/pgha/logical-source.json on the source
-    host), which ``UndoLogicalSourceOperator`` restores after the cutover.
-    Fails, changing nothing, when a table has no primary key or replica identity.
+    needs), then one restart of the source PostgreSQL if a setting needs it:
+    with pooler pgbouncer, under a PAUSE of every Airflow host's PgBouncer (no
+    Airflow transaction fails), else Airflow reconnects on its own. Before its
+    first change it records what it found (root-only
+    /var/lib/pgha/logical-source.json on the source host), which
+    ``UndoLogicalSourceOperator`` restores after the cutover. Fails, changing
+    nothing, when a table has no primary key or replica identity.
+
+    :param pause_timeout: seconds each PgBouncer's PAUSE may wait for Airflow's open transactions.
     """
+
+    def __init__(self, *, pause_timeout: float = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pause_timeout = pause_timeout
 
     def run(self, context: Any) -> Any:
         if method_of(context) != LOGICAL:
@@ -326,9 +337,36 @@ class PrepareLogicalSourceOperator(PghaOperator):
         self._role()
         if restart:
             service = self.os_family(inv.source.host).postgres_service
-            self.host_hook(inv.source.host).restart(service, timeout=300)
+            with self._airflow_held_back(context):
+                self.host_hook(inv.source.host).restart(service, timeout=300)
+                self._wait_until_source_answers()
             self.changed(f"source PostgreSQL restarted ({service}) to apply wal_level/listen_addresses")
         return {"restarted": restart}
+
+    def _airflow_held_back(self, context: Any) -> AbstractContextManager[Any]:
+        """Pooler pgbouncer (Airflow already on its PgBouncers): Airflow's transactions wait in them (PAUSE)
+        while the source restarts, so none fails and no Airflow process dies; RESUME once the source answers.
+        A PAUSE that times out fails the task before the restart (the settings wait for a re-run's restart).
+        Without a pooler, Airflow's connections break and its processes reconnect or restart on their own."""
+        if (context.get("params") or {}).get("pooler") != "pgbouncer":
+            return nullcontext()
+        inv = self.inventory
+        consoles = {a.host: PgBouncerAdminHook.on_host(self.remote(a.host), self.os_family(a.host).pgbouncer,
+                                                       pgbouncer.DEFAULT_PORT, server=source_endpoint(self))
+                    for a in inv.airflow_hosts}
+        return held_back(consoles, inv.postgres.database, self.pause_timeout, self.log)
+
+    def _wait_until_source_answers(self, timeout: float = 120) -> None:
+        """A login on the source succeeds (systemd may report the unit started before PostgreSQL accepts)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with pgdata.session(source_endpoint(self)):
+                    return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise AirflowException(f"the source does not answer {timeout:g}s after its restart: {exc}") from exc
+                time.sleep(0.5)
 
     def _setting(self, name: str) -> str:
         return source_sql(self, "show_setting.sql", name=lit(name))
