@@ -200,3 +200,47 @@ def test_clients_through_haproxy_reach_the_leader_and_a_missing_replica_is_named
     read_port = load_inventory(inventory).haproxy.read_port
     with pytest.raises(Exception, match=rf"{read_port}|no replica|server closed|could not connect"):
         ClusterRoutingCheckOperator(task_id="routing_through_haproxy", inventory_path=inventory).execute({})
+
+
+class _Cluster:
+    def __init__(self, leaders: list[str]) -> None:
+        self.leaders = leaders
+
+
+class _Patroni:
+    """Patroni's answers in turn (a unit test of the wait's logic; the lab drills the real thing)."""
+
+    def __init__(self, *leaders: list[str]) -> None:
+        self.answers = list(leaders)
+
+    def cluster(self) -> _Cluster:
+        return _Cluster(self.answers.pop(0) if len(self.answers) > 1 else self.answers[0])
+
+
+def _hook_with_write_up(monkeypatch: pytest.MonkeyPatch, *write_up: list[str]) -> HAProxyHook:
+    hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), "/run/haproxy/admin.sock")
+    answers = list(write_up)
+    monkeypatch.setattr(hook, "up_servers", lambda backend: answers.pop(0) if len(answers) > 1 else answers[0])
+    return hook
+
+
+def test_writes_are_off_the_old_leader_once_haproxy_has_exactly_the_new_one_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg1", "psg2"], ["psg2"])
+    patroni = _Patroni([], ["psg2"])
+    assert hook.wait_for_writes_off(patroni, "psg1", timeout=5, poll=0) == "psg2"
+
+
+def test_the_wait_for_the_new_leader_times_out_naming_what_it_saw(monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = _hook_with_write_up(monkeypatch, ["psg1"])
+    with pytest.raises(TimeoutError, match=r"leaders \['psg1'\], postgres_write has UP \['psg1'\]"):
+        hook.wait_for_writes_off(_Patroni(["psg1"]), "psg1", timeout=0.05, poll=0.01)
+
+
+def test_a_refused_switchover_ends_the_wait_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = _hook_with_write_up(monkeypatch, ["psg1"])
+
+    def refused() -> None:
+        raise AirflowException("POST /switchover refused: HTTP 412")
+
+    with pytest.raises(AirflowException, match="refused"):
+        hook.wait_for_writes_off(_Patroni(["psg1"]), "psg1", timeout=60, poll=0.01, give_up=refused)

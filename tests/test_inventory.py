@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from pgha.inventory import InventoryError, load_inventory, parse_inventory
+from pgha.inventory import InventoryError, PgBouncer, load_inventory, parse_inventory
 from pgha_testing import shipped_inventory
 
 
@@ -86,6 +86,9 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("unit name starting with a dash", lambda r: r["airflow"]["hosts"][0]["units"].__setitem__(0, "-x"),
      "airflow.hosts[0].units[0]"),
     ("upper-case host name", lambda r: r["hosts"][0].update(name="VM1"), "hosts[0].name: 'VM1' is not a name"),
+    ("pgbouncer port out of range", lambda r: r.update(pgbouncer={"enabled": True, "port": 70000}), "pgbouncer.port"),
+    ("pgbouncer pause of no time", lambda r: r.update(pgbouncer={"pause_timeout": 0}), "pgbouncer.pause_timeout"),
+    ("pgbouncer unknown key", lambda r: r.update(pgbouncer={"enable": True}), "pgbouncer"),
 ]
 
 
@@ -97,6 +100,7 @@ ACCEPTED: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("setting with spaces", lambda r: r["postgres"]["parameters"].update(log_line_prefix="%m [%p] %q%u@%d ")),
     ("templated unit", lambda r: r["airflow"]["hosts"][0]["units"].append("airflow-worker@1.service")),
     ("hook-style conn id", lambda r: r["source"].update(conn_id="pgha.source-db_1")),
+    ("Airflow through PgBouncer", lambda r: r.update(pgbouncer={"enabled": True, "port": 6433, "pause_timeout": 2.5})),
 ]
 
 
@@ -134,3 +138,9 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(InventoryError) as caught:
         parse_inventory(raw)
     assert len(caught.value.problems) == 2
+
+
+def test_pgbouncer_is_off_unless_the_inventory_says_airflow_goes_through_it() -> None:
+    assert parse_inventory(_mutate(lambda r: None), "test.yml").pgbouncer == PgBouncer(False, 6432, 10)
+    on = parse_inventory(_mutate(lambda r: r.update(pgbouncer={"enabled": True})), "test.yml").pgbouncer
+    assert (on.enabled, on.port) == (True, 6432)

@@ -6,6 +6,7 @@ import csv
 import io
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -100,12 +101,15 @@ class HAProxyHook(BaseHook):
         write_up, read_up = self.up_servers(WRITE_BACKEND), self.up_servers(READ_BACKEND)
         return Routing(write_up, read_up, routing_problems(write_up, read_up, leader, cluster.streaming_replicas))
 
-    def wait_for_writes_off(self, patroni: PatroniHook, old_leader: str, timeout: float, poll: float = 0.2) -> str:
+    def wait_for_writes_off(self, patroni: PatroniHook, old_leader: str, timeout: float, poll: float = 0.2,
+                            give_up: Callable[[], None] = lambda: None) -> str:
         """After a switchover: until Patroni names one leader other than ``old_leader`` and HAProxy's write
         backend has exactly that one UP; returns it. The read backend is not waited for (the old leader
-        rejoins as a replica later). TimeoutError naming what was seen when not within ``timeout`` seconds."""
+        rejoins as a replica later). TimeoutError naming what was seen when not within ``timeout`` seconds;
+        ``give_up`` is called each round and may raise to end the wait sooner (a refused switchover)."""
         deadline = time.monotonic() + timeout
         while True:
+            give_up()
             cluster = patroni.cluster()
             write_up = self.up_servers(WRITE_BACKEND)
             if len(cluster.leaders) == 1 and cluster.leaders != [old_leader] and write_up == cluster.leaders:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,3 +226,12 @@ class PatroniHook(BaseHook):
             except requests.RequestException as exc:
                 errors.append(f"{api_url}: {exc}")
         raise AirflowException("no Patroni member accepted POST /switchover: " + "; ".join(errors))
+
+    def switchover_in_background(self, leader: str, candidate: str | None = None) -> Future[requests.Response]:
+        """``switchover`` in a thread of its own. Patroni answers POST /switchover only after polling the DCS in
+        whole seconds: whoever waits for the new leader itself (HAProxy routing to it) need not wait for that."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patroni-switchover")
+        try:
+            return executor.submit(self.switchover, leader, candidate)
+        finally:
+            executor.shutdown(wait=False)

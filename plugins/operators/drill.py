@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from enum import Enum
@@ -46,7 +47,7 @@ from pgha.hooks.postgres import NodePostgresHook, load_sql, node_endpoint
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.notify import AlertNotSent, alert_skip
-from pgha import tls
+from pgha import pgdata, tls
 from pgha.runtime import DrillPlanMixin, cluster_ca, credentials
 import psycopg2
 from psycopg2 import sql
@@ -423,23 +424,36 @@ class InjectFaultOperator(DrillOperator):
     def _switchover(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
         """With pgbouncer.enabled, under a PAUSE of Airflow's PgBouncers until HAProxy sends writes to the new
         leader: Airflow's transactions wait instead of failing (the drill's probe, direct to HAProxy, still
-        measures the cluster's own gap)."""
+        measures the cluster's own gap). RESUME does not wait for Patroni's answer, which comes in whole seconds."""
         with self._airflow_held_back() as held:
-            response = self.patroni().switchover(plan["leader"], plan["candidate"])
-            text = response.text.strip()
-            if response.status_code >= 400:
-                raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
-                                       f"HTTP {response.status_code} {text}")
-            detail = f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {text}"
+            started = time.monotonic()
+            answer = self.patroni().switchover_in_background(plan["leader"], plan["candidate"])
             if held is not None:
                 inv = self.inventory
                 haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
                 try:
-                    new = haproxy.wait_for_writes_off(self.patroni(), plan["leader"], CONFIRM_TIMEOUT_S)
+                    new = haproxy.wait_for_writes_off(self.patroni(), plan["leader"], CONFIRM_TIMEOUT_S,
+                                                      give_up=lambda: self._refused(plan, answer))
                 except TimeoutError as exc:
                     raise AirflowException(f"HAProxy does not send writes to the new leader: {exc}") from exc
-                detail += f"; Airflow's PgBouncers paused until HAProxy sent writes to {new}"
-        return detail
+                self.log.info("HAProxy sends writes to %s %.2fs after the switchover began", new,
+                              time.monotonic() - started)
+        response = answer.result()
+        self.log.info("POST /switchover answered in %.2fs", time.monotonic() - started)
+        self._refused(plan, answer)
+        detail = f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}"
+        return detail + (f"; Airflow's PgBouncers paused until HAProxy sent writes to {new}" if held is not None
+                         else "")
+
+    @staticmethod
+    def _refused(plan: dict[str, Any], answer: Future[Any]) -> None:
+        """Raises once Patroni refused the switchover (a running POST is not waited for)."""
+        if not answer.done():
+            return
+        response = answer.result()
+        if response.status_code >= 400:
+            raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
+                                   f"HTTP {response.status_code} {response.text.strip()}")
 
     def _airflow_held_back(self) -> AbstractContextManager[float | None]:
         """pgbouncer.enabled: PAUSE on every Airflow host's PgBouncer for the block (RESUME however it ends;
@@ -451,6 +465,11 @@ class InjectFaultOperator(DrillOperator):
                                              port=inv.haproxy.write_port, database=inv.postgres.database))
         consoles = {a.host: PgBouncerAdminHook.on_host(self.remote(a.host), self.os_family(a.host).pgbouncer,
                                                        inv.pgbouncer.port, server) for a in inv.airflow_hosts}
+        # the old leader's shutdown checkpoint, inside the pause, then has little left to write
+        started = time.monotonic()
+        with pgdata.session(server) as conn:
+            pgdata.execute(conn, sql.SQL("CHECKPOINT"))
+        self.log.info("CHECKPOINT on the leader before the pause: %.2fs", time.monotonic() - started)
         return held_back(consoles, inv.postgres.database, inv.pgbouncer.pause_timeout, self.log)
 
     def _patroni_stop(self, plan: dict[str, Any], record: dict[str, Any]) -> str:

@@ -511,12 +511,17 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         """While paused: Patroni switchover, then HAProxy's write port on the new leader."""
         inv = self.inventory
         patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=inv.patroni.rest_conn_id)
-        response = patroni.switchover(leader)
-        if response.status_code != 200:
-            raise AirflowException(f"Patroni refused the switchover ({response.status_code}): {response.text[:500]}")
+        answer = patroni.switchover_in_background(leader)  # Patroni answers in whole seconds: HAProxy tells sooner
+
+        def refused() -> None:
+            if answer.done() and answer.result().status_code != 200:
+                response = answer.result()
+                raise AirflowException(f"Patroni refused the switchover ({response.status_code}): "
+                                       f"{response.text[:500]}")
+
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
         try:
-            new = haproxy.wait_for_writes_off(patroni, leader, self.switchover_timeout)
+            new = haproxy.wait_for_writes_off(patroni, leader, self.switchover_timeout, give_up=refused)
         except TimeoutError as exc:
             raise AirflowException(f"HAProxy does not send writes to the new leader: {exc}") from exc
         self.log.info("switched over from %s to %s; HAProxy routes writes to it", leader, new)

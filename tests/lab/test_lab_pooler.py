@@ -1,16 +1,17 @@
 """The cutover through PgBouncer's pause on the lab (pooler pgbouncer, logical replication): a PgBouncer
 on vm1 and vm4, Airflow moved onto it by its own step (the agent restarts the units, the scheduler's
 own included), then the cutover done under PAUSE while the probe writer, an Airflow-like unit, commits
-every 100 ms through vm1's PgBouncer.
+every 100 ms through vm1's PgBouncer. Phase 6 restarts the source (wal_level = logical) under PAUSE too.
 
 First a forced failure inside the pause: a row only the cluster has (written there through HAProxy
 once phase 7 set it up) makes the comparison fail, every try resumes on the source, and the run fails with nothing
 lost. Then the row goes, the cutover is cleared and succeeds. Throughout: no Airflow unit restarts
-after the move, the probe never fails a transaction, and every acknowledged write is kept."""
+after the move, the probe never fails a transaction, and every acknowledged write is kept. Last, the
+nightly drill's switchover with pgbouncer.enabled: Airflow's PgBouncers paused until HAProxy sends
+writes to the new leader, no Airflow transaction failed."""
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import datetime
 from typing import Any
@@ -18,15 +19,10 @@ from typing import Any
 import pytest
 from lab_fixtures import VM1, WRITE_PORT, Lab, topology
 
-# TODO(issue 14): not in `make test` yet. Its first lab run passed the forced failure and the paused cutover
-# (Airflow waited 0.53 s); its second stalled: after phase 6 restarted the source (wal_level), vm1's scheduler,
-# connected through PgBouncer, logged nothing more for 30 min (units active, NRestarts 0). Until that is
-# understood, run it by hand: PGHA_LAB_POOLER=1 .venv/bin/python -m pytest -q -m lab tests/lab/test_lab_pooler.py
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(os.environ.get("PGHA_LAB_POOLER") != "1",
-                       reason="PGHA_LAB_POOLER=1 runs it (a scheduler stall through PgBouncer is open, see the TODO)"),
-]
+VM1_NAME = topology.AIRFLOW_HOST
+INVENTORY = "/etc/pgha/inventory-probe.yml"  # Lab.install_probe's
+
+pytestmark = pytest.mark.lab
 
 DAG = "pg_ha_migration"
 PGBOUNCER_PORT = 6432
@@ -167,3 +163,54 @@ def test_airflow_goes_through_pgbouncer_to_the_cluster_with_every_write_kept(
     assert len(acks) > 100 and set(acks) - stored == set(), "every acknowledged write is in the cluster"
     smoke = lab.api.trigger("lab_smoke")
     assert lab.api.wait("lab_smoke", smoke, timeout=600) == "success", "Airflow is healthy on the cluster"
+
+
+DRILL = "pg_ha_failover_drill"
+
+
+def drill_switchover_through_the_pause(lab: Lab, inventory: str) -> dict[str, Any]:
+    """The nightly drill's switchover with pgbouncer.enabled in its inventory (a copy of ``inventory``)."""
+    import yaml
+
+    raw = yaml.safe_load(lab.ssh(VM1_NAME, f"cat {inventory}"))
+    raw["pgbouncer"] = {"enabled": True, "port": PGBOUNCER_PORT}
+    with_pgbouncer = "/etc/pgha/inventory-pgbouncer.yml"
+    lab.put(VM1_NAME, with_pgbouncer, yaml.safe_dump(raw))
+    lab.ssh(VM1_NAME, f"chmod 0644 {with_pgbouncer}")
+    lab.unpause_settled(DRILL)  # the scheduled drill that unpausing starts runs (and ends) first
+    before = units_state(lab)
+    try:
+        run_id = lab.api.trigger(DRILL, {"scenario": "switchover", "inventory_path": with_pgbouncer,
+                                         "rto_slo_s": 120})
+        state = lab.api.wait(DRILL, run_id, timeout=1200, progress=lab.progress(DRILL, run_id))
+    finally:
+        lab.api.pause(DRILL)
+    inject = (lab.api.xcom(DRILL, run_id, "inject") or {}).get("result") or {}
+    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(max(gap), 0) FROM (SELECT extract(epoch FROM at - lag(at) OVER (ORDER BY seq)) "
+                    "AS gap FROM pgha_probe WHERE at >= to_timestamp(%s)) g", (inject.get("t_inject", 0),))
+        longest = float(cur.fetchone()[0])
+    return {"run_id": run_id, "state": state, "inject": inject, "before": before, "after": units_state(lab),
+            "longest_gap": longest, "log": "\n".join(lab.api.task_log(DRILL, run_id, "inject", try_number=1))}
+
+
+def test_the_drills_switchover_through_the_pause_fails_no_airflow_transaction(
+        lab: Lab, paused: dict[str, Any]) -> None:
+    assert paused["state"] == "success", lab.failure_report(DAG, paused["run_id"])
+    drilled = drill_switchover_through_the_pause(lab, INVENTORY)
+    assert drilled["state"] == "success", lab.failure_report(DRILL, drilled["run_id"])
+    print(f"drill switchover through the pause: {drilled['inject'].get('detail')}; the probe's longest gap "
+          f"between two commits {drilled['longest_gap']:.2f}s")
+    assert "Airflow's PgBouncers paused until HAProxy sent writes to" in drilled["inject"].get("detail", "")
+    assert "PAUSE airflow_db done" in drilled["log"] and "RESUME airflow_db on" in drilled["log"], drilled["log"][-3000:]
+    assert drilled["after"] == drilled["before"], "no Airflow unit (the probe among them) failed and restarted"
+
+
+def test_no_secret_left_outside_the_files_that_must_hold_one(lab: Lab, paused: dict[str, Any]) -> None:
+    """The move's and the cutover's pgpass files and the staged airflow.cfg are gone; PgBouncer's files hold
+    verifiers, never a password."""
+    import secret_scan
+
+    hits = secret_scan.scan(lab.secrets)
+    problems = secret_scan.problems(hits)
+    assert not problems, "secrets where they must not be:\n  " + "\n  ".join(problems)

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Benchmark: what an Airflow-like client sees with PgBouncer's PAUSE and without, side by side.
+
+An independent client (bench/pooler_writer.py, on vm1) commits one INSERT every 50 ms and records
+failed transactions, the longest commit latency and the longest gap between two commits. Events:
+
+- switchover (the nightly drill's planned switchover, on a cluster Airflow reaches through its
+  PgBouncer): "today" = the drill without pgbouncer.enabled, its writer straight to HAProxy's write
+  port; "pause" = the drill with pgbouncer.enabled, its writer through vm1's PgBouncer. Both writers
+  run in every drill, so the table also shows PgBouncer without the pause.
+- cutover (logical, --sizes MB of airflow_db): "today" = the restart-based cutover, Airflow's stopped
+  window from the cutover agent's record (bench/cutover_window.py's measure); "pause" = pooler
+  pgbouncer, the writer through vm1's PgBouncer from the move onto it to the end of the run, and the
+  paused cutover's own figure (how long Airflow's transactions waited).
+
+Prints min / median / max over --runs per cell. Needs the lab (lab/lab up); the switchover event
+migrates with pooler pgbouncer first when Airflow does not go through PgBouncer yet.
+
+    .venv/bin/python bench/pooler_window.py [--events switchover,cutover] [--runs 5] [--sizes 50,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "lab"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cutover_window import drop_cluster_copy, grow, one_run  # noqa: E402
+from lab_fixtures import VM1, WRITE_PORT, Lab, topology  # noqa: E402
+from lab_fixtures import lab as lab_cli  # noqa: E402
+
+MIGRATION, DRILL = "pg_ha_migration", "pg_ha_failover_drill"
+HOST = topology.AIRFLOW_HOST
+WRITER = "/var/lib/pgha-probe/pooler_writer.py"
+CA_FILE = "/etc/pgha/tls/ca.crt"
+INVENTORY = "/opt/pgha/lab/inventory.yml"  # PGHA_INVENTORY of the lab's Airflow units
+WITH_PGBOUNCER = "/etc/pgha/inventory-bench-pgbouncer.yml"
+POOLER = {"migration_method": "logical_replication", "pooler": "pgbouncer", "run_failover_test": False}
+
+
+def start_writer(lab: Lab, via: str) -> None:
+    lab.put(HOST, WRITER, (REPO / "bench" / "pooler_writer.py").read_text())
+    lab.ssh(HOST, f"install -d -o airflow -g airflow /var/lib/pgha-probe && chmod 0755 {WRITER} && "
+                  f"rm -f /var/lib/pgha-probe/bench-{via}.json && "
+                  f"systemd-run --quiet --unit pgha-bench-writer-{via} --uid airflow "
+                  f"--setenv AIRFLOW_HOME=/home/airflow/airflow /opt/airflow/venv/bin/python {WRITER} --via {via} "
+                  f"--out /var/lib/pgha-probe/bench-{via}.json --haproxy {VM1}:{WRITE_PORT} --ca {CA_FILE}")
+
+
+def stop_writer(lab: Lab, via: str) -> dict[str, Any]:
+    lab.ssh(HOST, f"systemctl stop pgha-bench-writer-{via}; systemctl reset-failed pgha-bench-writer-{via} "
+                  "2>/dev/null || true")
+    return json.loads(lab.ssh(HOST, f"cat /var/lib/pgha-probe/bench-{via}.json"))
+
+
+def airflow_through_pgbouncer(lab: Lab) -> bool:
+    config = lab.ssh(HOST, "grep -E '^sql_alchemy_conn' /home/airflow/airflow/airflow.cfg || true")
+    return "@127.0.0.1:6432/" in config and lab.api.runs(MIGRATION, ("success",)) != []
+
+
+def migrate_with_pooler(lab: Lab) -> str:
+    lab.reset_to_provisioned()
+    lab.api.unpause(MIGRATION)
+    run_id = lab.api.trigger(MIGRATION, POOLER)
+    if lab.api.wait(MIGRATION, run_id, timeout=3600, poll=10) != "success":
+        raise RuntimeError(lab.failure_report(MIGRATION, run_id))
+    return run_id
+
+
+def drill_switchover(lab: Lab, inventory: str) -> dict[str, Any]:
+    for via in ("haproxy", "pgbouncer"):
+        start_writer(lab, via)
+    time.sleep(3)
+    try:
+        run_id = lab.api.trigger(DRILL, {"scenario": "switchover", "inventory_path": inventory, "rto_slo_s": 120})
+        state = lab.api.wait(DRILL, run_id, timeout=1200, poll=3)
+        time.sleep(3)
+    finally:
+        seen = {via: stop_writer(lab, via) for via in ("haproxy", "pgbouncer")}
+    if state != "success":
+        raise RuntimeError(lab.failure_report(DRILL, run_id))
+    inject = (lab.api.xcom(DRILL, run_id, "inject") or {}).get("result") or {}
+    return {"writers": seen, "detail": inject.get("detail")}
+
+
+def switchovers(lab: Lab, runs: int) -> list[dict[str, Any]]:
+    if not airflow_through_pgbouncer(lab):
+        print("migrating with pooler pgbouncer first", file=sys.stderr, flush=True)
+        migrate_with_pooler(lab)
+    raw = yaml.safe_load(lab.ssh(HOST, f"cat {INVENTORY}"))
+    raw["pgbouncer"] = {"enabled": True}
+    lab.put(HOST, WITH_PGBOUNCER, yaml.safe_dump(raw))
+    lab.ssh(HOST, f"chmod 0644 {WITH_PGBOUNCER}")
+    lab.unpause_settled(DRILL)
+    results = []
+    try:
+        for run in range(1, runs + 1):
+            for variant, inventory in (("today", INVENTORY), ("pause", WITH_PGBOUNCER)):
+                seen = drill_switchover(lab, inventory)
+                results.append({"event": "switchover", "variant": variant, "run": run, **seen})
+                print(f"switchover {variant} run {run}: {json.dumps(seen['writers'])}", file=sys.stderr, flush=True)
+    finally:
+        lab.api.pause(DRILL)
+    return results
+
+
+def paused_cutover(lab: Lab, megabytes: int) -> dict[str, Any]:
+    lab_cli("provision")
+    drop_cluster_copy(lab)
+    size = grow(lab, megabytes)
+    lab.api.unpause(MIGRATION)
+    run_id = lab.api.trigger(MIGRATION, POOLER)
+    lab.wait_for_task(MIGRATION, run_id, "phase3_etcd_cluster.etcd_healthy", timeout=3600)  # Airflow moved
+    start_writer(lab, "pgbouncer")
+    try:
+        state = lab.api.wait(MIGRATION, run_id, timeout=7200, poll=10)
+    finally:
+        seen = stop_writer(lab, "pgbouncer")
+    if state != "success":
+        raise RuntimeError(lab.failure_report(MIGRATION, run_id))
+    result = (lab.api.xcom(MIGRATION, run_id, "paused_cutover") or {}).get("result") or {}
+    return {"size": size, "writer": seen, "paused_s": result.get("paused_s")}
+
+
+def cutovers(lab: Lab, runs: int, sizes: list[int]) -> list[dict[str, Any]]:
+    results = []
+    for megabytes in sizes:
+        for run in range(1, runs + 1):
+            today = one_run(lab, "logical_replication", megabytes, fresh=False)
+            results.append({"event": f"cutover {megabytes} MB", "variant": "today", "run": run,
+                            "window": today["window"], "size": today["size"]})
+            pause = paused_cutover(lab, megabytes)
+            results.append({"event": f"cutover {megabytes} MB", "variant": "pause", "run": run, **pause})
+            print(f"cutover {megabytes} MB run {run}: stopped {today['window']}s / paused {pause}",
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| event | variant | client path | runs | failed transactions (min / median / max) | "
+             "longest commit latency s | longest gap between commits s | Airflow stopped or held s |",
+             "|---|---|---|---|---|---|---|---|"]
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        writers = r.get("writers") or ({"pgbouncer": r["writer"]} if r.get("writer") else {"-": {}})
+        for via, seen in writers.items():
+            cells.setdefault((r["event"], r["variant"], via), []).append({**seen, **r})
+    for (event, variant, via), rows in cells.items():
+        path = {"haproxy": "direct to HAProxy", "pgbouncer": "vm1's PgBouncer", "-": "(Airflow restarted)"}[via]
+        held = [float(x["window"]) for x in rows if x.get("window") is not None] + \
+               [float(x["paused_s"]) for x in rows if x.get("paused_s") is not None]
+        lines.append(f"| {event} | {variant} | {path} | {len(rows)} | "
+                     f"{spread([x['failed'] for x in rows if 'failed' in x])} | "
+                     f"{spread([x['longest_latency_s'] for x in rows if 'longest_latency_s' in x])} | "
+                     f"{spread([x['longest_gap_s'] for x in rows if 'longest_gap_s' in x])} | {spread(held)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", default="switchover,cutover")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", default="50,1024", help="airflow_db sizes in MB for the cutover")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "pooler_window_lab.jsonl")
+    args = parser.parse_args()
+    lab = Lab()
+    events = args.events.split(",")
+    results: list[dict[str, Any]] = []
+    if "cutover" in events:
+        results += cutovers(lab, args.runs, [int(s) for s in args.sizes.split(",")])
+    if "switchover" in events:
+        results += switchovers(lab, args.runs)
+    with args.results.open("a") as out:
+        for r in results:
+            out.write(json.dumps(r) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
