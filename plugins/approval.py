@@ -17,6 +17,7 @@ GB = 1024**3
 FIXED_WINDOW_S = 25.0
 WINDOW_S_PER_GB = {"dump_restore": 80.0, "logical_replication": 32.0}
 SLOWER_MACHINE_FACTOR = 2.0
+PAUSE_FIXED_S = 1.0  # PAUSE, the subscription's catch-up, the sequences, RELOAD and RESUME (0.5-0.6 s on the lab)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,31 @@ def stopped_window(method: str, size_bytes: int | None) -> WindowEstimate | None
     return WindowEstimate(round(seconds), round(seconds * SLOWER_MACHINE_FACTOR))
 
 
+def paused_wait(size_bytes: int | None) -> WindowEstimate | None:
+    """How long Airflow's transactions wait in PgBouncer during the cutover through the pause (pooler
+    pgbouncer, logical method): the catch-up (sub-second on the lab) and the verify of every table."""
+    if size_bytes is None:
+        return None
+    seconds = PAUSE_FIXED_S + WINDOW_S_PER_GB["logical_replication"] * size_bytes / GB
+    return WindowEstimate(round(seconds, 1), round(seconds * SLOWER_MACHINE_FACTOR, 1))
+
+
+def window_estimates(size_bytes: int | None) -> dict[str, str]:
+    """Every way to cut over, with what Airflow goes through (preflight logs them side by side)."""
+    def text(estimate: WindowEstimate | None) -> str:
+        return estimate.text() if estimate else "unknown (no size)"
+
+    return {
+        "dump_restore (Airflow stopped)": text(stopped_window("dump_restore", size_bytes)),
+        "logical_replication (Airflow stopped)": text(stopped_window("logical_replication", size_bytes)),
+        "logical_replication + pooler pgbouncer (Airflow running, its transactions held)": text(
+            paused_wait(size_bytes)),
+    }
+
+
 def duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     seconds = int(round(seconds))
     if seconds < 120:
         return f"{seconds} s"
@@ -73,9 +98,10 @@ def cutover_summary(inventory: Inventory, *, method: str, pooler: str, size_byte
         f"- **Method:** {METHOD_TEXT.get(method, method)}",
     ]
     if pooler == "pgbouncer":
+        wait = paused_wait(size_bytes)
         lines += [
             "- **Expected stopped window:** none: Airflow keeps running; PgBouncer holds its queries (PAUSE) "
-            "while the database is switched",
+            f"while the database is switched, {wait.text() if wait else 'for an unknown time (no size)'}",
             "- **Hosts to restart:** none (Airflow already runs on PgBouncer)",
         ]
     else:

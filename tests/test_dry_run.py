@@ -209,8 +209,22 @@ def test_the_approval_says_size_method_window_and_hosts_to_restart(dry_fleet: tu
     assert "about 62 s" in logical  # the lab measured 63 s at this size
     _, pooled = approval_text(path, pooler="pgbouncer")
     assert "Hosts to restart:** none" in pooled and "PAUSE" in pooled
+    assert "about 38 s (up to 76 s on a slower machine)" in pooled  # the pause verifies every table
     _, unknown = approval_text(path, size_bytes=None, size_pretty=None)
     assert "unknown" in unknown
+
+
+def test_preflight_estimates_every_way_to_cut_over_from_the_size() -> None:
+    from pgha.approval import window_estimates
+
+    small = window_estimates(54 * 1024**2)
+    assert small == {
+        "dump_restore (Airflow stopped)": "about 29 s (up to 58 s on a slower machine)",
+        "logical_replication (Airflow stopped)": "about 27 s (up to 53 s on a slower machine)",
+        "logical_replication + pooler pgbouncer (Airflow running, its transactions held)":
+            "about 2.7 s (up to 5.4 s on a slower machine)",
+    }
+    assert set(window_estimates(None).values()) == {"unknown (no size)"}
 
 
 def test_the_approval_skips_unless_asked_for(dry_fleet: tuple[Fleet, str]) -> None:

@@ -19,6 +19,7 @@ from psycopg2 import sql
 
 from pgha.compat import AirflowException, AirflowSkipException
 from pgha import pgbouncer, pgdata, pgmajors, tls
+from pgha.approval import window_estimates
 from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
@@ -152,8 +153,11 @@ class SourcePreflightOperator(PghaOperator):
                                    "refused (nothing was changed):\n  - " + "\n  - ".join(refusals))
         if method == LOGICAL and any(p.startswith("wal_level") for p in logical):
             self.log.info("the logical method will set wal_level = logical on the source and restart it once")
+        windows = window_estimates(size_bytes)
+        for way, estimate in windows.items():
+            self.log.info("cutover window, %s: %s", way, estimate)
         return {"major": major, "size": size, "size_bytes": size_bytes, "tables": tables,
-                "logical_replication_needs": logical}
+                "logical_replication_needs": logical, "windows": windows}
 
 
 class InstallPostgresOperator(HostOperator):
