@@ -252,6 +252,14 @@ class InventoryMixin:
         """The host's OS family: the inventory's ``os_family``, else detected (once) from /etc/os-release."""
         return self.host_hook(host).family
 
+    def pgbouncer_consoles(self, port: int, server: Any = None) -> dict[str, Any]:
+        """Host -> PgBouncerAdminHook of every Airflow host's PgBouncer on ``port``; ``server``: where
+        blocking transactions are read (pg_stat_activity)."""
+        from pgha.hooks.pgbouncer import PgBouncerAdminHook
+
+        return {a.host: PgBouncerAdminHook.on_host(self.remote(a.host), self.os_family(a.host).pgbouncer, port, server)
+                for a in self.inventory.airflow_hosts}
+
     def close_remotes(self) -> None:
         for remote in self._remotes.values():
             remote.close()

@@ -7,8 +7,10 @@ import io
 import shlex
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from pgha.compat import BaseHook
 
@@ -118,3 +120,26 @@ class HAProxyHook(BaseHook):
                 raise TimeoutError(f"{timeout:g}s after the switchover from {old_leader}: Patroni's leaders "
                                    f"{cluster.leaders}, {WRITE_BACKEND} has UP {write_up}")
             time.sleep(poll)
+
+
+class SwitchoverRefused(Exception):
+    """Patroni answered POST /switchover with an error."""
+
+
+def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, candidate: str | None,
+                      timeout: float) -> tuple[str, Future[Any]]:
+    """
+    A planned switchover away from ``leader``, done once HAProxy sends writes to the new leader: returns it
+    and Patroni's answer (a Future: Patroni answers POST /switchover only after polling its DCS in whole
+    seconds, HAProxy's routing shows the change sooner). SwitchoverRefused as soon as Patroni refuses;
+    TimeoutError when HAProxy does not route to a new leader within ``timeout`` seconds.
+    """
+    answer = patroni.switchover_in_background(leader, candidate)
+
+    def refused() -> None:
+        if answer.done() and answer.result().status_code >= 400:
+            response = answer.result()
+            raise SwitchoverRefused(f"POST /switchover {leader} -> {candidate or 'any'} refused: "
+                                    f"HTTP {response.status_code} {response.text.strip()[:500]}")
+
+    return haproxy.wait_for_writes_off(patroni, leader, timeout, give_up=refused), answer

@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Callable, NoReturn
@@ -40,9 +39,9 @@ from pgha.drill import (
 )
 from pgha.hooks.drill import drill_database, probe_tls, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
-from pgha.hooks.haproxy import HAProxyHook
+from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, switchover_routed
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
-from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
+from pgha.hooks.pgbouncer import held_back
 from pgha.hooks.postgres import NodePostgresHook, load_sql, node_endpoint
 from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
@@ -424,53 +423,42 @@ class InjectFaultOperator(DrillOperator):
     def _switchover(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
         """With pgbouncer.enabled, under a PAUSE of Airflow's PgBouncers until HAProxy sends writes to the new
         leader: Airflow's transactions wait instead of failing (the drill's probe, direct to HAProxy, still
-        measures the cluster's own gap). RESUME does not wait for Patroni's answer, which comes in whole seconds."""
-        with self._airflow_held_back() as held:
-            started = time.monotonic()
-            answer = self.patroni().switchover_in_background(plan["leader"], plan["candidate"])
-            if held is not None:
-                inv = self.inventory
-                haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
-                try:
-                    new = haproxy.wait_for_writes_off(self.patroni(), plan["leader"], CONFIRM_TIMEOUT_S,
-                                                      give_up=lambda: self._refused(plan, answer))
-                except TimeoutError as exc:
-                    raise AirflowException(f"HAProxy does not send writes to the new leader: {exc}") from exc
-                self.log.info("HAProxy sends writes to %s %.2fs after the switchover began", new,
-                              time.monotonic() - started)
-        response = answer.result()
-        self.log.info("POST /switchover answered in %.2fs", time.monotonic() - started)
-        self._refused(plan, answer)
-        detail = f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}"
-        return detail + (f"; Airflow's PgBouncers paused until HAProxy sent writes to {new}" if held is not None
-                         else "")
-
-    @staticmethod
-    def _refused(plan: dict[str, Any], answer: Future[Any]) -> None:
-        """Raises once Patroni refused the switchover (a running POST is not waited for)."""
-        if not answer.done():
-            return
-        response = answer.result()
-        if response.status_code >= 400:
-            raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
-                                   f"HTTP {response.status_code} {response.text.strip()}")
-
-    def _airflow_held_back(self) -> AbstractContextManager[float | None]:
-        """pgbouncer.enabled: PAUSE on every Airflow host's PgBouncer for the block (RESUME however it ends;
-        a PAUSE that times out fails the attempt before anything is injected, naming what held it)."""
+        measures the cluster's own gap)."""
         inv = self.inventory
         if not inv.pgbouncer.enabled:
-            return nullcontext(None)
+            response = self.patroni().switchover(plan["leader"], plan["candidate"])
+            if response.status_code >= 400:
+                raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
+                                       f"HTTP {response.status_code} {response.text.strip()}")
+            return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}"
+        haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
+        with self._airflow_held_back():
+            started = time.monotonic()
+            try:
+                new, answer = switchover_routed(self.patroni(), haproxy, plan["leader"], plan["candidate"],
+                                                CONFIRM_TIMEOUT_S)
+            except (SwitchoverRefused, TimeoutError) as exc:
+                raise AirflowException(str(exc)) from exc
+            self.log.info("HAProxy sends writes to %s %.2fs after the switchover began", new,
+                          time.monotonic() - started)
+        response = answer.result()
+        self.log.info("POST /switchover answered in %.2fs", time.monotonic() - started)
+        return (f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}; "
+                f"Airflow's PgBouncers paused until HAProxy sent writes to {new}")
+
+    def _airflow_held_back(self) -> AbstractContextManager[float]:
+        """PAUSE on every Airflow host's PgBouncer for the block (RESUME however it ends; a PAUSE that times
+        out fails the attempt before anything is injected, naming what held it)."""
+        inv = self.inventory
         server = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
                                              port=inv.haproxy.write_port, database=inv.postgres.database))
-        consoles = {a.host: PgBouncerAdminHook.on_host(self.remote(a.host), self.os_family(a.host).pgbouncer,
-                                                       inv.pgbouncer.port, server) for a in inv.airflow_hosts}
         # the old leader's shutdown checkpoint, inside the pause, then has little left to write
         started = time.monotonic()
         with pgdata.session(server) as conn:
             pgdata.execute(conn, sql.SQL("CHECKPOINT"))
         self.log.info("CHECKPOINT on the leader before the pause: %.2fs", time.monotonic() - started)
-        return held_back(consoles, inv.postgres.database, inv.pgbouncer.pause_timeout, self.log)
+        return held_back(self.pgbouncer_consoles(inv.pgbouncer.port, server), inv.postgres.database,
+                         inv.pgbouncer.pause_timeout, self.log)
 
     def _patroni_stop(self, plan: dict[str, Any], record: dict[str, Any]) -> str:
         self.host_hook(plan["target"]).stop(PATRONI_UNIT)

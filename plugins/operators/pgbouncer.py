@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowcfg, pgbouncer, pgdata, tls
-from pgha.hooks.haproxy import HAProxyHook
+from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, switchover_routed
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.pgbouncer import PgBouncerAdminHook, resume_every
 from pgha.hooks.postgres import node_endpoint
@@ -511,19 +511,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         """While paused: Patroni switchover, then HAProxy's write port on the new leader."""
         inv = self.inventory
         patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=inv.patroni.rest_conn_id)
-        answer = patroni.switchover_in_background(leader)  # Patroni answers in whole seconds: HAProxy tells sooner
-
-        def refused() -> None:
-            if answer.done() and answer.result().status_code != 200:
-                response = answer.result()
-                raise AirflowException(f"Patroni refused the switchover ({response.status_code}): "
-                                       f"{response.text[:500]}")
-
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
         try:
-            new = haproxy.wait_for_writes_off(patroni, leader, self.switchover_timeout, give_up=refused)
-        except TimeoutError as exc:
-            raise AirflowException(f"HAProxy does not send writes to the new leader: {exc}") from exc
+            new, _ = switchover_routed(patroni, haproxy, leader, None, self.switchover_timeout)
+        except (SwitchoverRefused, TimeoutError) as exc:
+            raise AirflowException(str(exc)) from exc
         self.log.info("switched over from %s to %s; HAProxy routes writes to it", leader, new)
 
     def _same_verifier(self) -> None:

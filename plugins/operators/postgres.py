@@ -18,9 +18,9 @@ from airflow import __version__ as AIRFLOW_VERSION
 from psycopg2 import sql
 
 from pgha.compat import AirflowException, AirflowSkipException
-from pgha import pgbouncer, pgdata, pgmajors, tls
+from pgha import pgdata, pgmajors, tls
 from pgha.approval import window_estimates
-from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
+from pgha.hooks.pgbouncer import held_back
 from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
@@ -355,10 +355,8 @@ class PrepareLogicalSourceOperator(PghaOperator):
         if (context.get("params") or {}).get("pooler") != "pgbouncer":
             return nullcontext()
         inv = self.inventory
-        consoles = {a.host: PgBouncerAdminHook.on_host(self.remote(a.host), self.os_family(a.host).pgbouncer,
-                                                       pgbouncer.DEFAULT_PORT, server=source_endpoint(self))
-                    for a in inv.airflow_hosts}
-        return held_back(consoles, inv.postgres.database, self.pause_timeout, self.log)
+        return held_back(self.pgbouncer_consoles(inv.pgbouncer.port, source_endpoint(self)), inv.postgres.database,
+                         self.pause_timeout, self.log)
 
     def _wait_until_source_answers(self, timeout: float = 120) -> None:
         """A login on the source succeeds (systemd may report the unit started before PostgreSQL accepts)."""
