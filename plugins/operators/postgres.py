@@ -317,14 +317,10 @@ class PrepareLogicalSourceOperator(PghaOperator):
     first change it records what it found (root-only
     /var/lib/pgha/logical-source.json on the source host), which
     ``UndoLogicalSourceOperator`` restores after the cutover. Fails, changing
-    nothing, when a table has no primary key or replica identity.
-
-    :param pause_timeout: seconds each PgBouncer's PAUSE may wait for Airflow's open transactions.
+    nothing, when a table has no primary key or replica identity. The PAUSE
+    waits at most the inventory's ``pgbouncer.pause_timeout`` for Airflow's
+    open transactions.
     """
-
-    def __init__(self, *, pause_timeout: float = 10, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pause_timeout = pause_timeout
 
     def run(self, context: Any) -> Any:
         if method_of(context) != LOGICAL:
@@ -356,7 +352,7 @@ class PrepareLogicalSourceOperator(PghaOperator):
             return nullcontext()
         inv = self.inventory
         return held_back(self.pgbouncer_consoles(inv.pgbouncer.port, source_endpoint(self)), inv.postgres.database,
-                         self.pause_timeout, self.log)
+                         inv.pgbouncer.pause_timeout, self.log)
 
     def _wait_until_source_answers(self, timeout: float = 120) -> None:
         """A login on the source succeeds (systemd may report the unit started before PostgreSQL accepts)."""
