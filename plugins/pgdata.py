@@ -36,6 +36,7 @@ LIVE_MARK = "pgha: live"  # comment on the cluster's database once Airflow runs 
 RESTORED_MARK = "pgha: restored"
 PUBLICATION = "pgha_pub"
 SUBSCRIPTION = "pgha_sub"  # also the name of its slot on the source
+VERIFY_SLOT = "pgha_verify"  # the cutover's change slot on the source (test_decoding), dropped after it
 
 Fingerprints = dict[str, tuple[int, str]]
 
@@ -214,14 +215,38 @@ def list_tables(conn: Connection) -> list[tuple[str, str]]:
     return [(schema, table) for schema, table in rows(conn, statement("list_tables.sql"))]
 
 
-def fingerprints(conn: Connection) -> Fingerprints:
-    """Row count and content checksum of every user table, in ``conn``'s snapshot."""
+VERIFIED_BEFORE = (-1, "identical before the pause, unchanged since")  # a table skipped on both sides
+
+
+def fingerprints(conn: Connection, skip: frozenset[str] = frozenset()) -> Fingerprints:
+    """Row count and content checksum of every user table, in ``conn``'s snapshot; a table in ``skip``
+    (verified earlier, unchanged since) is listed with ``VERIFIED_BEFORE`` instead of read."""
     execute(conn, statement("fingerprint_session.sql"))
     result = {}
     for schema, table in list_tables(conn):
+        name = f"{schema}.{table}"
+        if name in skip:
+            result[name] = VERIFIED_BEFORE
+            continue
         count, digest = rows(conn, statement("table_fingerprint.sql", table=sql.Identifier(schema, table)))[0]
-        result[f"{schema}.{table}"] = (int(count), digest)
+        result[name] = (int(count), digest)
     return result
+
+
+def snapshot_fingerprints(conn: Connection) -> tuple[str, Fingerprints]:
+    """(the WAL position every commit it saw is before, fingerprints) in one repeatable-read snapshot of
+    ``conn`` (its transaction rolled back afterwards)."""
+    conn.autocommit = False
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    try:
+        position = str(scalar(conn, statement("current_insert_lsn.sql")))
+        return position, fingerprints(conn)
+    finally:
+        conn.rollback()
+
+
+def identical_tables(source: Fingerprints, target: Fingerprints) -> frozenset[str]:
+    return frozenset(table for table, print_ in source.items() if target.get(table) == print_)
 
 
 def compare_fingerprints(source: Fingerprints, target: Fingerprints) -> list[str]:
@@ -470,6 +495,36 @@ def initial_sync_state(conn: Connection) -> tuple[int, int]:
 def slot_caught_up(conn: Connection) -> bool:
     """On the source: the subscription confirmed everything written so far."""
     return bool(scalar(conn, statement("slot_caught_up.sql", slot=lit(SUBSCRIPTION))))
+
+
+def slot_confirmed(conn: Connection, position: str) -> bool:
+    """On the source: the subscription confirmed ``position`` (an LSN as text) or later."""
+    return bool(scalar(conn, statement("slot_confirmed.sql", slot=lit(SUBSCRIPTION), lsn=lit(position))))
+
+
+@dataclass(frozen=True)
+class TableChanges:
+    """What the change slot saw since it was made: tables a change named, tables with children (a child's
+    change is theirs), and changes that named no table we know (then nothing can be skipped)."""
+
+    changed: frozenset[str]
+    parents: frozenset[str]
+    unknown: tuple[str, ...]
+
+    def may_skip(self, identical: frozenset[str]) -> frozenset[str]:
+        """Of the tables found identical earlier, those no change can have touched since."""
+        if self.unknown:
+            return frozenset()
+        return identical - self.changed - self.parents
+
+
+def table_changes(lines: list[str]) -> TableChanges:
+    """``verify_slot_changes.sql``'s rows ("kind|hex") as a TableChanges."""
+    found: dict[str, list[str]] = {"changed": [], "parent": [], "unknown": []}
+    for line in lines:
+        kind, _, hexed = line.partition("|")
+        found[kind].append(bytes.fromhex(hexed).decode())
+    return TableChanges(frozenset(found["changed"]), frozenset(found["parent"]), tuple(found["unknown"]))
 
 
 def sequence_values(conn: Connection) -> list[tuple[str, int]]:

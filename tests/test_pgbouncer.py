@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -26,7 +27,7 @@ from services import PgBouncerService, PostgresService, SshdService, start_pgbou
 
 from pgha import pgbouncer, pgdata, tls
 from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
-from pgha.hooks.remote import RemoteHook
+from pgha.hooks.remote import CommandResult, RemoteHook
 from pgha.airflowcfg import get_option
 from pgha.operators.airflow import CutoverOperator
 from pgha.operators.pgbouncer import (
@@ -416,6 +417,19 @@ SCHEMA = [
 ]
 
 
+def psql_as_superuser(svc: PostgresService, file: str, database: str, check: bool, **parts: Any) -> CommandResult:
+    """What ``peer_psql`` returns for include/sql/<file>, from a superuser session: rows as ``a|b`` lines."""
+    try:
+        with pgdata.session(superuser(svc, database)) as conn:
+            found = pgdata.rows(conn, pgdata.statement(file, **parts))
+    except psycopg2.Error as exc:
+        if check:
+            raise
+        return CommandResult(host="lb", command=file, exit_code=1, stdout="", stderr=str(exc), duration=0.0)
+    out = "".join("|".join(map(str, row)) + "\n" for row in found)
+    return CommandResult(host="lb", command=file, exit_code=0, stdout=out, stderr="", duration=0.0)
+
+
 @pytest.fixture
 def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPatch,
                 logical_pair: tuple[PostgresService, PostgresService]) -> Iterator[tuple[PgBouncerService, str]]:
@@ -435,8 +449,10 @@ def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPat
                         user="postgres", psql="/usr/bin/psql")
     monkeypatch.setattr(_PgBouncerTask, "os_family", lambda self, host: replace(DEBIAN, pgbouncer=paths),
                         raising=False)
-    # the one seam: the test source's socket is not where psql on "the source host" looks for it
-    monkeypatch.setattr(_PgBouncerTask, "source_verifiers", lambda self, roles: role_verifiers(superuser(source), roles))
+    # the one seam: the test source's socket is not where psql on "the source host" looks for it, so the
+    # same SQL goes to it as its superuser from here
+    monkeypatch.setattr(_PgBouncerTask, "source_psql", lambda self, file, database, /, check=True, **parts:
+                        psql_as_superuser(source, file, database, check, **parts))
     config = tmp_path / "airflow.cfg"  # Airflow here already goes through PgBouncer
     config.write_text(f"[database]\nsql_alchemy_conn = postgresql://airflow_user:x@127.0.0.1:{bouncer.port}/airflow_db\n")
     inventory = write_inventory(tmp_path, loopback_inventory(
@@ -455,7 +471,8 @@ def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPat
 
 
 def test_paused_switch_operator_cuts_over_without_a_failed_commit(
-        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService]) -> None:
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        capsys: pytest.CaptureFixture[str]) -> None:
     """The cutover core end to end: a writer commits every 50 ms through PgBouncer while the operator
     pauses it, waits for the subscription, copies the sequences, compares the tables, points PgBouncer
     at the cluster (HAProxy's write port, here the cluster itself) and resumes it."""
@@ -469,12 +486,18 @@ def test_paused_switch_operator_cuts_over_without_a_failed_commit(
         time.sleep(1.0)
         summary = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
                                        pause_timeout=5, pause_retry_delay=1).execute({})
+        logged = capsys.readouterr().out
         time.sleep(1.0)
     finally:
         writer.stop()
     again = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory,
                                  listen_port=bouncer.port).execute({})
     assert writer.failures == []
+    # verified outside the pause: inside it only the table the writer changed is read again
+    # ticks (the writer's table) may already differ there: the cluster applies on while the source's snapshot is read
+    assert re.search(r"before the pause: [23] of 3 tables identical on the cluster", logged)
+    assert "changed since the check before the pause: public.ticks;" in logged
+    assert "3 tables identical (1 compared in the pause, 2 identical before it and unchanged since)" in logged
     assert summary["result"]["mode"] == "cutover" and summary["result"]["paused_s"] < 30
     assert any("SCRAM verifier" in change for change in summary["changes"])
     assert verifier(cluster) == verifier(source) == verifier_before
@@ -491,6 +514,81 @@ def test_paused_switch_operator_cuts_over_without_a_failed_commit(
         assert pgdata.is_live(conn, DATABASE)
     assert summary["result"]["outcome"] == "success" and again["result"]["outcome"] == "success"
     assert again["changed"] is False  # re-run after success: nothing to do
+
+
+def test_the_change_slot_names_every_table_a_commit_touched_however_it_is_named(
+        logical_pair: tuple[PostgresService, PostgresService]) -> None:
+    """verify_slot_changes.sql on a real source: what test_decoding says changed since the slot was made,
+    table names any character long, a TRUNCATE of two tables, a partition's parent, nothing consumed."""
+    source, _ = logical_pair
+    hostile = 'we,ird: INSERT: "x"'
+    admin = superuser(source, DATABASE)
+    sql(admin, f'CREATE TABLE "{hostile.replace(chr(34), chr(34) * 2)}" (id int PRIMARY KEY, v text)',
+        'CREATE SCHEMA "Odd Schema"', 'CREATE TABLE "Odd Schema".t (id int PRIMARY KEY)',
+        'CREATE TABLE plain (id int PRIMARY KEY)', 'CREATE TABLE untouched (id int PRIMARY KEY)',
+        'CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id)',
+        'CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000)',
+        f'INSERT INTO "{hostile.replace(chr(34), chr(34) * 2)}" VALUES (1, \'a\')',
+        'INSERT INTO "Odd Schema".t VALUES (1)', 'INSERT INTO untouched VALUES (1)')
+    slot = pgdata.lit(pgdata.VERIFY_SLOT)
+    with pgdata.session(admin) as conn:
+        pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))
+    try:
+        sql(admin, f'UPDATE "{hostile.replace(chr(34), chr(34) * 2)}" SET v = \'table public.untouched: INSERT:\'',
+            'INSERT INTO plain VALUES (1)', 'TRUNCATE "Odd Schema".t, plain', 'INSERT INTO parted VALUES (5)')
+        wal_flushed(admin)  # decoding reads only flushed WAL (the test server commits asynchronously)
+        with pgdata.session(admin) as conn:
+            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot))]
+            again = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot))]
+    finally:
+        with pgdata.session(admin) as conn:
+            pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
+    changes = pgdata.table_changes(lines)
+    assert changes.changed == {f"public.{hostile}", "Odd Schema.t", "public.plain", "public.parted_1"}
+    assert changes.parents == {"public.parted"} and changes.unknown == ()
+    everything = frozenset({f"public.{hostile}", "Odd Schema.t", "public.plain", "public.parted_1", "public.parted",
+                            "public.untouched", "public.dag_run", "public.log"})
+    assert changes.may_skip(everything) == {"public.untouched", "public.dag_run", "public.log"}
+    assert sorted(again) == sorted(lines)  # peeked, not consumed
+    assert sql(admin, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_verify'")[0][0] == 0
+
+
+def test_without_a_change_slot_the_cutover_compares_every_table_inside_the_pause(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A source without test_decoding (RHEL without its -contrib package): the cutover still verifies all."""
+    source, cluster = logical_pair
+    bouncer, inventory = cutover_env
+
+    def no_decoding(self: Any, file: str, database: str, /, check: bool = True, **parts: Any) -> CommandResult:
+        if file == "verify_slot_create.sql":
+            return CommandResult(host="lb", command=file, exit_code=3, stdout="", duration=0.0,
+                                 stderr='ERROR:  could not access file "test_decoding": No such file or directory')
+        return psql_as_superuser(source, file, database, check, **parts)
+
+    monkeypatch.setattr(_PgBouncerTask, "source_psql", no_decoding)
+    summary = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
+                                   pause_timeout=5, pause_retry_delay=1).execute({})
+    logged = capsys.readouterr().out
+    assert summary["result"]["outcome"] == "success"
+    assert 'no change slot on the source (ERROR:  could not access file "test_decoding"' in logged
+    assert "3 tables identical (3 compared in the pause, 0 identical before it and unchanged since)" in logged
+    assert sql(superuser(source), "SELECT count(*) FROM pg_replication_slots")[0][0] == 0
+
+
+def wal_flushed(endpoint: pgdata.Endpoint, timeout: float = 10) -> None:
+    written = sql(endpoint, "SELECT pg_current_wal_insert_lsn()")[0][0]
+    deadline = time.monotonic() + timeout
+    while not sql(endpoint, "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", params=(written,))[0][0]:
+        assert time.monotonic() < deadline, "WAL not flushed"
+        time.sleep(0.05)
+
+
+def test_a_change_the_slot_cannot_place_leaves_nothing_to_skip() -> None:
+    changes = pgdata.table_changes(["changed|" + b"public.a".hex(), "unknown|" + b"public.gone".hex()])
+    assert changes.unknown == ("public.gone",)
+    assert changes.may_skip(frozenset({"public.a", "public.b"})) == frozenset()
+    assert pgdata.table_changes([]).may_skip(frozenset({"public.b"})) == {"public.b"}
 
 
 def test_paused_switch_operator_refuses_while_airflow_goes_to_the_server_directly(

@@ -26,7 +26,7 @@ from pgha.pgdata import Endpoint, load_sql
 from pgha.tls import ClientTLS, TlsFiles
 from psycopg2 import sql
 
-__all__ = ["NodePostgresHook", "RemoteDumpRestore", "leader_host", "load_sql", "node_endpoint"]
+__all__ = ["NodePostgresHook", "RemoteDumpRestore", "leader_host", "load_sql", "node_endpoint", "peer_psql"]
 
 RUN_DIR = "/run/pgha"
 
@@ -35,6 +35,14 @@ def node_endpoint(conn_id: str, host: str | None = None, port: int | None = None
                   database: str | None = None) -> Endpoint:
     """Login and password of an Airflow connection, at ``host``:``port`` (default: the connection's)."""
     return NodePostgresHook(conn_id, host=host, port=port, database=database).endpoint()
+
+
+def peer_psql(remote: RemoteHook, port: int, database: str, text: str, *, log_as: str, check: bool = True) -> Any:
+    """``text`` (SQL, quoted already) run by psql on ``remote``'s host as the postgres OS user (peer: no
+    password, and the server's own superuser whatever the connections hold); the SQL goes over stdin, so
+    no value reaches a command line. The command's result (rows as ``a|b`` lines in its stdout)."""
+    return remote.run(f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {int(port)} "
+                      f"-d {shlex.quote(database)} -f -", stdin=text, log_as=log_as, check=check)
 
 
 def leader_host(inventory: Inventory, api_urls: list[str], tls: ClientTLS | None = None) -> Host:

@@ -28,7 +28,7 @@ from pgha import airflowcfg, pgbouncer, pgdata, tls
 from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, switchover_routed
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.pgbouncer import PgBouncerAdminHook, resume_every
-from pgha.hooks.postgres import node_endpoint
+from pgha.hooks.postgres import node_endpoint, peer_psql
 from pgha.osfamily import PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut, ResumeFailed
 from pgha.pgdata import Endpoint
@@ -133,17 +133,20 @@ class _PgBouncerTask:
     def source_verifiers(self, roles: list[str]) -> dict[str, str]:
         """The roles' SCRAM verifiers on the source, read by psql on the source host as the postgres OS user
         (peer: the source connection need not be a superuser); the statement goes over stdin."""
-        inv = self.inventory
-        source = self.source_app()
-        with pgdata.session(source) as conn:
-            text = pgdata.statement("pgbouncer_role_verifiers.sql", roles=pgdata.lit(roles)).as_string(conn)
-        remote = self.remote(inv.source.host)
-        result = remote.run(f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {int(source.port)} "
-                            "-d postgres -f -", stdin=text, log_as="psql -d postgres -f pgbouncer_role_verifiers.sql")
+        result = self.source_psql("pgbouncer_role_verifiers.sql", "postgres", roles=pgdata.lit(roles))
         # role|verifier: a verifier holds no "|", a role name may
         # Not added to the remote's secrets: it would mask them in the next read. They are never logged
         # (the command's output only on failure, the auth_file as a secret file: no diff).
         return dict(line.rsplit("|", 1) for line in result.stdout.splitlines() if "|" in line)
+
+    def source_psql(self, file: str, database: str, /, check: bool = True, **parts: Any) -> Any:
+        """include/sql/<file> (values quoted by psycopg2) run on the source host by psql as the postgres OS
+        user (peer: the source connection need not be a superuser)."""
+        source = self.source_app()
+        with pgdata.session(source) as conn:
+            text = pgdata.statement(file, **parts).as_string(conn)
+        return peer_psql(self.remote(self.inventory.source.host), source.port, database, text,
+                         log_as=f"psql -d {database} -f {file}", check=check)
 
     def cluster_admin(self) -> Endpoint:
         inv = self.inventory
@@ -419,7 +422,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             self._same_verifier()
             for host in hosts:
                 self._cluster_reachable(host, targets[host])
-            work = self._catch_up
+            try:
+                work = partial(self._catch_up, self._verified_before_pause())
+                return self._through_the_pause(context, consoles, current, targets, work)
+            finally:
+                self._drop_change_slot()
         else:
             targets = {host: self.cluster_backend(host) for host in hosts}
             off = [h for h in hosts if current[h] != targets[h]]
@@ -427,7 +434,14 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 raise AirflowException(f"PgBouncer on {off} does not send to the cluster: a switchover through "
                                        "the pause needs the cutover done")
             leader = self._leader()
-            work = partial(self._switchover, leader)
+            return self._through_the_pause(context, consoles, current, targets, partial(self._switchover, leader))
+
+    def _through_the_pause(self, context: Any, consoles: dict[str, PgBouncerAdminHook],
+                           current: dict[str, Backend | None], targets: dict[str, Backend],
+                           work: Callable[[], None]) -> dict[str, Any]:
+        """Up to ``attempts`` tries of PAUSE, ``work``, switch, RESUME; a long transaction postpones a try."""
+        hosts = list(consoles)
+        database = self.inventory.postgres.database
         for attempt in range(1, self.attempts + 1):
             old = consoles[hosts[0]].blocking_transactions(database, self.max_transaction_age)
             if old:
@@ -574,28 +588,85 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             except Exception:
                 self.log.exception("could NOT undo %s: do it by hand (see the README, PgBouncer)", what)
 
-    def _catch_up(self) -> None:
-        """While paused (logical method): the subscription has all, sequences copied, every table compared."""
-        inv = self.inventory
-        source_db = self.source_app()
-        cluster_db = self.cluster_admin().on(inv.postgres.database)
+    def _verified_before_pause(self) -> frozenset[str] | None:
+        """Outside the pause (Airflow runs on): a change slot on the source first, then every table of one
+        snapshot of the source compared with the cluster once the subscription has applied that snapshot.
+        The tables found identical; None without a change slot (every table is then compared in the pause)."""
+        database = self.inventory.postgres.database
+        slot = pgdata.lit(pgdata.VERIFY_SLOT)
+        self.source_psql("verify_slot_drop.sql", database, slot=slot)  # a killed earlier try's
+        made = self.source_psql("verify_slot_create.sql", database, check=False, slot=slot)
+        if not made.ok:
+            self.log.warning("no change slot on the source (%s): every table is compared inside the pause",
+                             (made.stderr or made.stdout).strip())
+            return None
+        started = time.monotonic()
+        with pgdata.session(self.source_app(), autocommit=False) as conn:
+            position, source_prints = pgdata.snapshot_fingerprints(conn)
+        self._wait_for_subscription(position)
+        with pgdata.session(self.cluster_admin().on(database)) as conn:
+            identical = pgdata.identical_tables(source_prints, pgdata.fingerprints(conn))
+        self.log.info("before the pause: %d of %d tables identical on the cluster at the source's position %s "
+                      "(%.1fs); inside the pause only the ones changed since are compared again", len(identical),
+                      len(source_prints), position, time.monotonic() - started)
+        return identical
+
+    def _unchanged_since(self, identical: frozenset[str]) -> frozenset[str]:
+        """Of the tables identical before the pause, those the change slot saw no change to (none when the
+        slot cannot be read or saw a change it cannot place)."""
+        found = self.source_psql("verify_slot_changes.sql", self.inventory.postgres.database, check=False,
+                                 slot=pgdata.lit(pgdata.VERIFY_SLOT))
+        if not found.ok:
+            self.log.warning("the change slot could not be read (%s): every table is compared",
+                             (found.stderr or found.stdout).strip())
+            return frozenset()
+        changes = pgdata.table_changes(found.stdout.splitlines())
+        if changes.unknown:
+            self.log.warning("changes that name no known table (%s): every table is compared",
+                             ", ".join(changes.unknown[:5]))
+        skip = changes.may_skip(identical)
+        self.log.info("changed since the check before the pause: %s; with children: %s",
+                      ", ".join(sorted(changes.changed)) or "no table", ", ".join(sorted(changes.parents)) or "none")
+        return skip
+
+    def _drop_change_slot(self) -> None:
+        """The change slot goes whatever happened (it holds WAL on the source while it exists)."""
+        dropped = self.source_psql("verify_slot_drop.sql", self.inventory.postgres.database, check=False,
+                                   slot=pgdata.lit(pgdata.VERIFY_SLOT))
+        if not dropped.ok:
+            self.log.warning("could not drop the change slot %s on the source: drop it by hand (README, PgBouncer): "
+                             "%s", pgdata.VERIFY_SLOT, (dropped.stderr or dropped.stdout).strip())
+
+    def _wait_for_subscription(self, position: str | None = None) -> None:
+        """Until the subscription confirmed ``position`` on the source (default: the source's last position)."""
         deadline = time.monotonic() + self.catch_up_timeout
-        with pgdata.session(source_db) as conn:
-            while not pgdata.slot_caught_up(conn):
+        with pgdata.session(self.source_app()) as conn:
+            while not (pgdata.slot_confirmed(conn, position) if position else pgdata.slot_caught_up(conn)):
                 if time.monotonic() > deadline:
-                    raise AirflowException(f"the subscription did not confirm the source's position in "
-                                           f"{self.catch_up_timeout:g}s")
+                    raise AirflowException(f"the subscription did not confirm the source's position "
+                                           f"{position or 'now'} in {self.catch_up_timeout:g}s")
                 time.sleep(0.1)
+
+    def _catch_up(self, identical: frozenset[str] | None) -> None:
+        """While paused (logical method): the subscription has all, sequences copied, and every table compared
+        but the ones identical before the pause and unchanged since."""
+        cluster_db = self.cluster_admin().on(self.inventory.postgres.database)
+        self._wait_for_subscription()
+        with pgdata.session(self.source_app()) as conn:
             values = pgdata.sequence_values(conn)
         with pgdata.session(cluster_db) as conn:
             pgdata.set_sequences(conn, values)
-        with pgdata.session(source_db) as conn:
-            source_prints = pgdata.fingerprints(conn)
+        skip = self._unchanged_since(identical) if identical else frozenset()
+        with pgdata.session(self.source_app()) as conn:
+            source_prints = pgdata.fingerprints(conn, skip)
         with pgdata.session(cluster_db) as conn:
-            differences = pgdata.compare_fingerprints(source_prints, pgdata.fingerprints(conn))
+            differences = pgdata.compare_fingerprints(source_prints, pgdata.fingerprints(conn, skip))
         if differences:
             raise AirflowException("the cluster differs from the source: " + "; ".join(differences[:20]))
-        self.log.info("caught up; %d sequences copied; %d tables identical", len(values), len(source_prints))
+        skipped = sum(1 for p in source_prints.values() if p == pgdata.VERIFIED_BEFORE)
+        self.log.info("caught up; %d sequences copied; %d tables identical (%d compared in the pause, %d identical "
+                      "before it and unchanged since)", len(values), len(source_prints),
+                      len(source_prints) - skipped, skipped)
 
     def _stage(self, host: str, backend: Backend) -> str:
         """``host``'s pgbouncer.ini sending to ``backend``, written beside the live one (before the PAUSE)."""

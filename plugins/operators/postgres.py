@@ -21,7 +21,7 @@ from pgha.compat import AirflowException, AirflowSkipException
 from pgha import pgdata, pgmajors, tls
 from pgha.approval import window_estimates
 from pgha.hooks.pgbouncer import held_back
-from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint
+from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint, peer_psql
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
 from pgha.runtime import credentials, verified_on_host
@@ -275,10 +275,8 @@ def source_sql(op: PghaOperator, file: str, database: str = "postgres", /, **par
     source = source_endpoint(op)
     with pgdata.session(source) as conn:
         text = pgdata.statement(file, **parts).as_string(conn)
-    return op.remote(inv.source.host).run(
-        f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {source.port} -d {shlex.quote(database)} -f -",
-        stdin=text, log_as=f"psql -d {database} -f {file}",
-    ).stdout.strip()
+    return peer_psql(op.remote(inv.source.host), source.port, database, text,
+                     log_as=f"psql -d {database} -f {file}").stdout.strip()
 
 
 def source_rows(op: PghaOperator, file: str, database: str = "postgres", /, **parts: Any) -> list[str]:
