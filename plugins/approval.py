@@ -37,18 +37,32 @@ def stopped_window(method: str, size_bytes: int | None) -> WindowEstimate | None
     return WindowEstimate(round(seconds), round(seconds * SLOWER_MACHINE_FACTOR))
 
 
-def paused_wait(size_bytes: int | None) -> WindowEstimate | None:
-    """How long Airflow's transactions wait in PgBouncer during the cutover through the pause (pooler
-    pgbouncer, logical method): the catch-up (sub-second on the lab) and the verify of every table."""
+@dataclass(frozen=True)
+class PausedWait:
+    """How long Airflow's transactions wait in PgBouncer during the cutover through the pause. Every table is
+    compared before the PAUSE; inside it only the tables changed since: ``least`` when those are small
+    (the catch-up, the sequences, RELOAD, RESUME), ``most`` when every table changed and is read again."""
+
+    least: float
+    most: float
+
+    def text(self) -> str:
+        return (f"about {duration(self.least)} plus the compare of the tables Airflow writes meanwhile (at most "
+                f"about {duration(self.most)} if every table changed, up to {duration(self.most * SLOWER_MACHINE_FACTOR)}"
+                " on a slower machine)")
+
+
+def paused_wait(size_bytes: int | None) -> PausedWait | None:
+    """The cutover through the pause (pooler pgbouncer, logical method): its least and most wait."""
     if size_bytes is None:
         return None
-    seconds = PAUSE_FIXED_S + WINDOW_S_PER_GB["logical_replication"] * size_bytes / GB
-    return WindowEstimate(round(seconds, 1), round(seconds * SLOWER_MACHINE_FACTOR, 1))
+    verify_all = WINDOW_S_PER_GB["logical_replication"] * size_bytes / GB
+    return PausedWait(PAUSE_FIXED_S, round(PAUSE_FIXED_S + verify_all, 1))
 
 
 def window_estimates(size_bytes: int | None) -> dict[str, str]:
     """Every way to cut over, with what Airflow goes through (preflight logs them side by side)."""
-    def text(estimate: WindowEstimate | None) -> str:
+    def text(estimate: WindowEstimate | PausedWait | None) -> str:
         return estimate.text() if estimate else "unknown (no size)"
 
     return {

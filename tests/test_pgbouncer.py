@@ -35,7 +35,6 @@ from pgha.operators.pgbouncer import (
     MoveAirflowOntoPgBouncerOperator,
     PausedSwitchOperator,
     _PgBouncerTask,
-    role_verifiers,
 )
 from pgha.osfamily import DEBIAN, PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut

@@ -363,10 +363,13 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     ``mode="cutover"`` (logical method). Before anything changes: every
     Airflow host's PgBouncer answers, the cluster's app role carries the source's SCRAM
     verifier (set when not: the same password; pass-through needs the same salt), and no
-    transaction on the source is older than ``max_transaction_age`` seconds. Then PAUSE on
-    every PgBouncer, each bounded by ``pause_timeout`` (a PAUSE that times out is undone
-    and names the sessions that held it); while paused: wait until the subscription confirmed
-    the source's last position, copy the sequences, compare every table; then point each
+    transaction on the source is older than ``max_transaction_age`` seconds. Still outside the
+    pause, every table is compared on one snapshot of the source, and a change slot on the source
+    (test_decoding) records what changes from then on. Then PAUSE on every PgBouncer, each
+    bounded by ``pause_timeout`` (a PAUSE that times out is undone and names the sessions that
+    held it); while paused: wait until the subscription confirmed the source's last position,
+    copy the sequences, compare the tables that changed since or differed before (every table
+    without a slot); the slot is dropped however the task ends. Then point each
     PgBouncer at HAProxy's write port (pgbouncer.ini rewritten, RELOAD, checked with SHOW
     DATABASES) and RESUME. A failed attempt puts every PgBouncer back on the source and
     resumes it; after ``attempts`` the task fails with nothing changed.
