@@ -79,7 +79,6 @@ import stat
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -517,16 +516,8 @@ class Agent:
         except Exception as exc:  # the publication holds no WAL; only a superuser may drop one FOR ALL TABLES
             self.log(f"publication {pgdata.PUBLICATION} left on the source: {str(exc).strip()}")
 
-    def side_fingerprints(self, where: Endpoint) -> pgdata.Fingerprints:
-        with pgdata.session(where) as conn:
-            return pgdata.fingerprints(conn)
-
     def verify(self) -> dict[str, Any]:
-        # both sides at once: the stopped window pays for the slower one, not for the sum
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            source_side = pool.submit(self.side_fingerprints, self.source_db)
-            cluster_side = pool.submit(self.side_fingerprints, self.cluster_db)
-            source, cluster = source_side.result(), cluster_side.result()
+        source, cluster = pgdata.both_sides(self.source_db, self.cluster_db)
         problems = pgdata.compare_fingerprints(source, cluster)
         if problems:
             raise RuntimeError("tables differ after the copy: " + "; ".join(problems[:10]))

@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
@@ -231,6 +232,20 @@ def fingerprints(conn: Connection, skip: frozenset[str] = frozenset()) -> Finger
         count, digest = rows(conn, statement("table_fingerprint.sql", table=sql.Identifier(schema, table)))[0]
         result[name] = (int(count), digest)
     return result
+
+
+def fingerprints_at(endpoint: Endpoint, skip: frozenset[str] = frozenset()) -> Fingerprints:
+    with session(endpoint) as conn:
+        return fingerprints(conn, skip)
+
+
+def both_sides(source: Endpoint, cluster: Endpoint,
+               skip: frozenset[str] = frozenset()) -> tuple[Fingerprints, Fingerprints]:
+    """The fingerprints of source and cluster, read at once: a wait for them is the slower side's, not the sum."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        source_side = pool.submit(fingerprints_at, source, skip)
+        cluster_side = pool.submit(fingerprints_at, cluster, skip)
+        return source_side.result(), cluster_side.result()
 
 
 def snapshot_fingerprints(conn: Connection) -> tuple[str, Fingerprints]:

@@ -660,10 +660,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         with pgdata.session(cluster_db) as conn:
             pgdata.set_sequences(conn, values)
         skip = self._unchanged_since(identical) if identical else frozenset()
-        with pgdata.session(self.source_app()) as conn:
-            source_prints = pgdata.fingerprints(conn, skip)
-        with pgdata.session(cluster_db) as conn:
-            differences = pgdata.compare_fingerprints(source_prints, pgdata.fingerprints(conn, skip))
+        source_prints, cluster_prints = pgdata.both_sides(self.source_app(), cluster_db, skip)
+        differences = pgdata.compare_fingerprints(source_prints, cluster_prints)
         if differences:
             raise AirflowException("the cluster differs from the source: " + "; ".join(differences[:20]))
         skipped = sum(1 for p in source_prints.values() if p == pgdata.VERIFIED_BEFORE)
