@@ -353,6 +353,11 @@ def test_db_check_runs_with_the_environment_of_the_running_unit(tmp_path: Path) 
 
     unit_process = subprocess.Popen(["sleep", "60"], env={"PATH": "/usr/bin:/bin", "PGHA_UNIT_ONLY": "a b%c",
                                                           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"})
+    # until the child has exec'd, /proc/<pid>/environ is still this process's (seen under load)
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{unit_process.pid}/cmdline").read_bytes().startswith(b"sleep") \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
     seen, fake_airflow = tmp_path / "env", tmp_path / "airflow"
     fake_airflow.write_text(f"#!/bin/sh\nenv > {seen}\n")
     fake_airflow.chmod(0o755)
