@@ -58,9 +58,20 @@ def start_writer(lab: Lab, via: str) -> None:
 
 
 def stop_writer(lab: Lab, via: str) -> dict[str, Any]:
+    """The writer's result, with ``lost``: how many of its acknowledged rows the cluster lacks (None if
+    the cluster could not be read)."""
     lab.ssh(HOST, f"systemctl stop pgha-bench-writer-{via}; systemctl reset-failed pgha-bench-writer-{via} "
                   "2>/dev/null || true")
-    return json.loads(lab.ssh(HOST, f"cat /var/lib/pgha-probe/bench-{via}.json"))
+    seen = json.loads(lab.ssh(HOST, f"cat /var/lib/pgha-probe/bench-{via}.json"))
+    acked = seen.pop("acked_ids", [])
+    try:
+        with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pgha_bench_writes WHERE id = ANY(%s)", (acked,))
+            seen["lost"] = len(acked) - int(cur.fetchone()[0])
+    except Exception as exc:  # noqa: BLE001 - the figure is reported missing, the run goes on
+        print(f"lost writes not counted: {exc}", file=sys.stderr, flush=True)
+        seen["lost"] = None
+    return seen
 
 
 def airflow_through_pgbouncer(lab: Lab) -> bool:
@@ -153,9 +164,9 @@ def spread(values: list[float]) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| event | variant | client path | runs | failed transactions (min / median / max) | "
+    lines = ["| event | variant | client path | runs | failed transactions (min / median / max) | lost writes | "
              "longest commit latency s | longest gap between commits s | Airflow stopped or held s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in results:
         writers = r.get("writers") or ({"pgbouncer": r["writer"]} if r.get("writer") else {"-": {}})
@@ -167,6 +178,7 @@ def table(results: list[dict[str, Any]]) -> str:
                [float(x["paused_s"]) for x in rows if x.get("paused_s") is not None]
         lines.append(f"| {event} | {variant} | {path} | {len(rows)} | "
                      f"{spread([x['failed'] for x in rows if 'failed' in x])} | "
+                     f"{spread([x['lost'] for x in rows if x.get('lost') is not None])} | "
                      f"{spread([x['longest_latency_s'] for x in rows if 'longest_latency_s' in x])} | "
                      f"{spread([x['longest_gap_s'] for x in rows if 'longest_gap_s' in x])} | {spread(held)} |")
     return "\n".join(lines)

@@ -7,8 +7,9 @@ Reads Airflow's own login from airflow.cfg (AIRFLOW_HOME), so no secret is ever 
 pgbouncer connects where Airflow does (its local PgBouncer), --via haproxy to HAProxy's write port
 directly (TLS verified against --ca), as a client without a pooler would. A failed transaction is
 counted and the connection opened again. On SIGTERM it writes RESULT.json: commits, failed
-transactions, the longest commit latency (start of the attempt that succeeded to its commit) and the
-longest gap between two successful commits. Run with Airflow's Python (psycopg2 is there).
+transactions, the longest commit latency (start of the attempt that succeeded to its commit), the
+longest gap between two successful commits, and the id of every acknowledged row (the benchmark
+counts the ones the cluster lacks: lost writes). Run with Airflow's Python (psycopg2 is there).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def main() -> int:
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS pgha_bench_writes (id bigserial PRIMARY KEY, via text, "
                     "at timestamptz DEFAULT clock_timestamp())")
-    commits, failures, errors = 0, 0, []
+    commits, failures, errors, acked = 0, 0, [], []
     longest_latency, longest_gap, last_commit = 0.0, 0.0, time.monotonic()
     while running:
         started = time.monotonic()
@@ -75,7 +76,8 @@ def main() -> int:
             if conn is None or conn.closed:
                 conn = connect(target)
             with conn.cursor() as cur:
-                cur.execute("INSERT INTO pgha_bench_writes (via) VALUES (%s)", (args.via,))
+                cur.execute("INSERT INTO pgha_bench_writes (via) VALUES (%s) RETURNING id", (args.via,))
+                acked.append(cur.fetchone()[0])
             now = time.monotonic()
             commits += 1
             longest_latency = max(longest_latency, now - started)
@@ -92,7 +94,8 @@ def main() -> int:
         time.sleep(max(0.0, INTERVAL - (time.monotonic() - started)))
     Path(args.out).write_text(json.dumps({"via": args.via, "commits": commits, "failed": failures,
                                           "longest_latency_s": round(longest_latency, 3),
-                                          "longest_gap_s": round(longest_gap, 3), "errors": errors[:20]}))
+                                          "longest_gap_s": round(longest_gap, 3), "errors": errors[:20],
+                                          "acked_ids": acked}))
     return 0
 
 
