@@ -519,27 +519,45 @@ def slot_confirmed(conn: Connection, position: str) -> bool:
 
 @dataclass(frozen=True)
 class TableChanges:
-    """What the change slot saw since it was made: tables a change named, tables with children (a child's
-    change is theirs), and changes that named no table we know (then nothing can be skipped)."""
+    """What the change slot saw since it was made: tables a change named, tables compared whatever it saw
+    (with children: a child's change is theirs; unlogged: not in the WAL), and changes that named no table we
+    know or lines we cannot read (then nothing can be skipped)."""
 
     changed: frozenset[str]
-    parents: frozenset[str]
+    always: frozenset[str]
     unknown: tuple[str, ...]
 
     def may_skip(self, identical: frozenset[str]) -> frozenset[str]:
         """Of the tables found identical earlier, those no change can have touched since."""
         if self.unknown:
             return frozenset()
-        return identical - self.changed - self.parents
+        return identical - self.changed - self.always
 
 
 def table_changes(lines: list[str]) -> TableChanges:
     """``verify_slot_changes.sql``'s rows ("kind|hex") as a TableChanges."""
-    found: dict[str, list[str]] = {"changed": [], "parent": [], "unknown": []}
+    found: dict[str, list[str]] = {"changed": [], "always": [], "unknown": []}
     for line in lines:
         kind, _, hexed = line.partition("|")
-        found[kind].append(bytes.fromhex(hexed).decode())
-    return TableChanges(frozenset(found["changed"]), frozenset(found["parent"]), tuple(found["unknown"]))
+        try:
+            found[kind].append(bytes.fromhex(hexed).decode())
+        except (KeyError, ValueError):
+            found["unknown"].append(line)
+    return TableChanges(frozenset(found["changed"]), frozenset(found["always"]), tuple(found["unknown"]))
+
+
+def table_shapes(conn: Connection) -> dict[str, str]:
+    """Each user table's persistence and columns, as an md5."""
+    return dict(rows(conn, statement("table_shapes.sql")))
+
+
+def reshaped_tables(source: Endpoint, cluster: Endpoint) -> frozenset[str]:
+    """Tables whose columns or persistence differ between the two sides (or that one side lacks)."""
+    with session(source) as conn:
+        ours = table_shapes(conn)
+    with session(cluster) as conn:
+        theirs = table_shapes(conn)
+    return frozenset(table for table in set(ours) | set(theirs) if ours.get(table) != theirs.get(table))
 
 
 def sequence_values(conn: Connection) -> list[tuple[str, int]]:

@@ -5,4 +5,5 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%'
+  AND c.relpersistence <> 't'  -- another session's temporary table cannot be read
 ORDER BY 1, 2;

@@ -495,11 +495,14 @@ class UndoLogicalSourceOperator(PghaOperator):
             source_sql(self, "drop_publication.sql", database, publication=ident(publication))
         self.note(f"publication {publication} dropped from {database}" if exists
                   else f"no publication {publication} in {database}", exists)
-        slot = pgdata.SUBSCRIPTION in source_rows(self, "logical_slots.sql")
-        if slot:  # DROP SUBSCRIPTION on the cluster normally took it along
-            source_sql(self, "drop_replication_slot.sql", slot=lit(pgdata.SUBSCRIPTION))
-        self.note(f"replication slot {pgdata.SUBSCRIPTION} dropped" if slot
-                  else f"no replication slot {pgdata.SUBSCRIPTION}", slot)
+        slots = source_rows(self, "logical_slots.sql")
+        # the subscription's (DROP SUBSCRIPTION on the cluster normally took it along) and the paused
+        # cutover's change slot (dropped by it unless it was killed)
+        for name in (pgdata.SUBSCRIPTION, pgdata.VERIFY_SLOT):
+            slot = name in slots
+            if slot:
+                source_sql(self, "drop_replication_slot.sql", slot=lit(name))
+            self.note(f"replication slot {name} dropped" if slot else f"no replication slot {name}", slot)
 
     def _role(self, record: dict[str, Any]) -> None:
         role = record["role"]
