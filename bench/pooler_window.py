@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from cutover_window import drop_cluster_copy, grow, one_run  # noqa: E402
+from cutover_window import cluster_exists, drop_cluster_copy, grow, one_run  # noqa: E402
 from lab_fixtures import VM1, WRITE_PORT, Lab, topology  # noqa: E402
 from lab_fixtures import lab as lab_cli  # noqa: E402
 
@@ -147,7 +147,7 @@ def cutovers(lab: Lab, runs: int, sizes: list[int]) -> list[dict[str, Any]]:
     results = []
     for megabytes in sizes:
         for run in range(1, runs + 1):
-            today = one_run(lab, "logical_replication", megabytes, fresh=False)
+            today = one_run(lab, "logical_replication", megabytes, fresh=not cluster_exists())  # a fresh lab has none
             results.append({"event": f"cutover {megabytes} MB", "variant": "today", "run": run,
                             "window": today["window"], "size": today["size"]})
             pause = paused_cutover(lab, megabytes)
