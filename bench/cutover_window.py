@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
 from lab_fixtures import NODES as NODE_ADDRESSES  # noqa: E402  (the lab's hosts table, lab/pghalab/topology.py)
-from lab_fixtures import POSTGRES_PORT, VM1, WRITE_PORT, Lab  # noqa: E402
+from lab_fixtures import VM1, WRITE_PORT, Lab  # noqa: E402
 from pghalab import cluster_api  # noqa: E402
 from lab_fixtures import lab as lab_cli  # noqa: E402
 
@@ -70,14 +70,11 @@ def cluster_exists() -> bool:
 
 
 def drop_cluster_copy(lab: Lab) -> None:
-    """DROP the cluster's airflow_db (the previous run's copy), on the Patroni leader."""
-    for address in NODES:
-        with lab.connect(address, POSTGRES_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_is_in_recovery()")
-            if not cur.fetchone()[0]:
-                cur.execute("DROP DATABASE IF EXISTS airflow_db WITH (FORCE)")
-                return
-    raise RuntimeError("no Patroni leader to drop airflow_db on")
+    """DROP the cluster's airflow_db (the previous run's copy) on the Patroni leader, through HAProxy's write
+    port: the cluster admits its superuser only from a member or HAProxy's host, with a client certificate
+    (a session from this machine straight to a node is refused by pg_hba)."""
+    with lab.connect(VM1, WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS airflow_db WITH (FORCE)")
 
 
 def wait_for_record(lab: Lab, cutover_id: str, role: str = "primary", timeout: float = 900) -> dict:
