@@ -70,11 +70,15 @@ def cluster_exists() -> bool:
 
 
 def drop_cluster_copy(lab: Lab) -> None:
-    """DROP the cluster's airflow_db (the previous run's copy) on the Patroni leader, through HAProxy's write
-    port: the cluster admits its superuser only from a member or HAProxy's host, with a client certificate
-    (a session from this machine straight to a node is refused by pg_hba)."""
-    with lab.connect(VM1, WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS airflow_db WITH (FORCE)")
+    """DROP the cluster's airflow_db (the previous run's copy) on the Patroni leader, by psql as the postgres OS
+    user on that node: pg_hba refuses the superuser from this machine, and `lab provision` took HAProxy away."""
+    for node in NODE_ADDRESSES:
+        recovery = lab.ssh(node, "runuser -u postgres -- psql -X -At -c 'SELECT pg_is_in_recovery()' || true").strip()
+        if recovery == "f":
+            lab.ssh(node, "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "
+                          "-c 'DROP DATABASE IF EXISTS airflow_db WITH (FORCE)'")
+            return
+    raise RuntimeError("no Patroni leader to drop airflow_db on")
 
 
 def wait_for_record(lab: Lab, cutover_id: str, role: str = "primary", timeout: float = 900) -> dict:
