@@ -26,7 +26,7 @@ from pgha.pgdata import Endpoint, load_sql
 from pgha.tls import ClientTLS, TlsFiles
 from psycopg2 import sql
 
-__all__ = ["NodePostgresHook", "RemoteDumpRestore", "leader_host", "load_sql", "node_endpoint", "peer_psql"]
+__all__ = ["NodePostgresHook", "RemoteDumpRestore", "leader_host", "load_sql", "node_endpoint", "peer_psql", "peer_sql"]
 
 RUN_DIR = "/run/pgha"
 
@@ -43,6 +43,15 @@ def peer_psql(remote: RemoteHook, port: int, database: str, text: str, *, log_as
     no value reaches a command line. The command's result (rows as ``a|b`` lines in its stdout)."""
     return remote.run(f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p {int(port)} "
                       f"-d {shlex.quote(database)} -f -", stdin=text, log_as=log_as, check=check)
+
+
+def peer_sql(remote: RemoteHook, source: Endpoint, file: str, database: str, /, check: bool = True,
+             **parts: sql.Composable) -> Any:
+    """include/sql/<file> (values quoted by psycopg2 through a session of ``source``) run by ``peer_psql`` on
+    ``remote``'s host, at ``source``'s port: the source connection need not be a superuser."""
+    with pgdata.session(source) as conn:
+        text = pgdata.statement(file, **parts).as_string(conn)
+    return peer_psql(remote, source.port, database, text, log_as=f"psql -d {database} -f {file}", check=check)
 
 
 def leader_host(inventory: Inventory, api_urls: list[str], tls: ClientTLS | None = None) -> Host:

@@ -29,7 +29,7 @@ from pgha import airflowcfg, pgbouncer, pgdata, tls
 from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, switchover_routed
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.pgbouncer import PgBouncerAdminHook, resume_every
-from pgha.hooks.postgres import node_endpoint, peer_psql
+from pgha.hooks.postgres import node_endpoint, peer_sql
 from pgha.osfamily import PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut, ResumeFailed
 from pgha.pgdata import Endpoint
@@ -144,11 +144,12 @@ class _PgBouncerTask:
     def source_psql(self, file: str, database: str, /, check: bool = True, **parts: Any) -> Any:
         """include/sql/<file> (values quoted by psycopg2) run on the source host by psql as the postgres OS
         user (peer: the source connection need not be a superuser)."""
-        source = self.source_app()
-        with pgdata.session(source) as conn:
-            text = pgdata.statement(file, **parts).as_string(conn)
-        return peer_psql(self.remote(self.inventory.source.host), source.port, database, text,
-                         log_as=f"psql -d {database} -f {file}", check=check)
+        return peer_sql(self.remote(self.inventory.source.host), self.source_app(), file, database, check=check,
+                        **parts)
+
+    def cluster_database(self) -> Endpoint:
+        """The cluster's copy of Airflow's database, as the superuser through HAProxy."""
+        return self.cluster_admin().on(self.inventory.postgres.database)
 
     def cluster_admin(self) -> Endpoint:
         inv = self.inventory
@@ -410,7 +411,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         inv = self.inventory
         hosts = [a.host for a in inv.airflow_hosts]
         database = inv.postgres.database
-        server = self.source_app() if self.mode == "cutover" else self.cluster_admin().on(database)
+        server = self.source_app() if self.mode == "cutover" else self.cluster_database()
         consoles = {host: self.console(host, server) for host in hosts}
         current = {host: consoles[host].backend(database) for host in hosts}
         missing = [h for h in hosts if current[h] is None]
@@ -499,7 +500,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 mark = pgdata.mark_live(conn, inv.postgres.database, context.get("run_id") or "paused_cutover")
         self.note(f"{inv.postgres.database} on the cluster marked: {mark}" if not live
                   else f"{inv.postgres.database} on the cluster already marked live", not live)
-        with pgdata.session(self.cluster_admin().on(inv.postgres.database)) as conn:
+        with pgdata.session(self.cluster_database()) as conn:
             had = pgdata.subscription_exists(conn)
             if had:
                 pgdata.drop_subscription(conn)
@@ -610,7 +611,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         with pgdata.session(self.source_app(), autocommit=False) as conn:
             position, source_prints = pgdata.snapshot_fingerprints(conn)
         self._wait_for_subscription(position)
-        with pgdata.session(self.cluster_admin().on(database)) as conn:
+        with pgdata.session(self.cluster_database()) as conn:
             identical = pgdata.identical_tables(source_prints, pgdata.fingerprints(conn))
         self.log.info("before the pause: %d of %d tables identical on the cluster at the source's position %s "
                       "(%.1fs); inside the pause only the others and the ones changed since are compared", len(identical),
@@ -630,7 +631,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         if changes.unknown:
             self.log.warning("changes that name no known table (%s): every table is compared",
                              ", ".join(changes.unknown[:5]))
-        reshaped = pgdata.reshaped_tables(self.source_app(), self.cluster_admin().on(self.inventory.postgres.database))
+        reshaped = pgdata.reshaped_tables(self.source_app(), self.cluster_database())
         if reshaped:
             self.log.warning("columns differ between source and cluster (compared in full): %s",
                              ", ".join(sorted(reshaped)))
@@ -664,7 +665,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     def _catch_up(self, identical: frozenset[str] | None) -> None:
         """While paused (logical method): the subscription has all, sequences copied, and every table compared
         but the ones identical before the pause and unchanged since."""
-        cluster_db = self.cluster_admin().on(self.inventory.postgres.database)
+        cluster_db = self.cluster_database()
         self._wait_for_subscription()
         with pgdata.session(self.source_app()) as conn:
             values = pgdata.sequence_values(conn)

@@ -21,7 +21,7 @@ from pgha.compat import AirflowException, AirflowSkipException
 from pgha import pgdata, pgmajors, tls
 from pgha.approval import window_estimates
 from pgha.hooks.pgbouncer import held_back
-from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint, peer_psql
+from pgha.hooks.postgres import RemoteDumpRestore, leader_host, node_endpoint, peer_sql
 from pgha.inventory import Host
 from pgha.pgdata import Endpoint, ident, lit
 from pgha.runtime import credentials, verified_on_host
@@ -271,12 +271,7 @@ class MigrateDataOperator(PghaOperator):
 def source_sql(op: PghaOperator, file: str, database: str = "postgres", /, **parts: Any) -> str:
     """include/sql/<file> run on the source host as the postgres OS user (peer: the source connection
     need not be a superuser); the statement, quoted by psycopg2, goes over stdin."""
-    inv = op.inventory
-    source = source_endpoint(op)
-    with pgdata.session(source) as conn:
-        text = pgdata.statement(file, **parts).as_string(conn)
-    return peer_psql(op.remote(inv.source.host), source.port, database, text,
-                     log_as=f"psql -d {database} -f {file}").stdout.strip()
+    return peer_sql(op.remote(op.inventory.source.host), source_endpoint(op), file, database, **parts).stdout.strip()
 
 
 def source_rows(op: PghaOperator, file: str, database: str = "postgres", /, **parts: Any) -> list[str]:
