@@ -104,7 +104,7 @@ def drill_switchover(lab: Lab, inventory: str) -> dict[str, Any]:
     return {"writers": seen, "detail": inject.get("detail")}
 
 
-def switchovers(lab: Lab, runs: int) -> list[dict[str, Any]]:
+def switchovers(lab: Lab, runs: int, keep) -> list[dict[str, Any]]:
     if not airflow_through_pgbouncer(lab):
         print("migrating with pooler pgbouncer first", file=sys.stderr, flush=True)
         migrate_with_pooler(lab)
@@ -119,6 +119,7 @@ def switchovers(lab: Lab, runs: int) -> list[dict[str, Any]]:
             for variant, inventory in (("today", INVENTORY), ("pause", WITH_PGBOUNCER)):
                 seen = drill_switchover(lab, inventory)
                 results.append({"event": "switchover", "variant": variant, "run": run, **seen})
+                keep(results[-1:])
                 print(f"switchover {variant} run {run}: {json.dumps(seen['writers'])}", file=sys.stderr, flush=True)
     finally:
         lab.api.pause(DRILL)
@@ -143,15 +144,17 @@ def paused_cutover(lab: Lab, megabytes: int) -> dict[str, Any]:
     return {"size": size, "writer": seen, "paused_s": result.get("paused_s")}
 
 
-def cutovers(lab: Lab, runs: int, sizes: list[int]) -> list[dict[str, Any]]:
+def cutovers(lab: Lab, runs: int, sizes: list[int], keep) -> list[dict[str, Any]]:
     results = []
     for megabytes in sizes:
         for run in range(1, runs + 1):
             today = one_run(lab, "logical_replication", megabytes, fresh=not cluster_exists())  # a fresh lab has none
-            results.append({"event": f"cutover {megabytes} MB", "variant": "today", "run": run,
-                            "window": today["window"], "size": today["size"]})
             pause = paused_cutover(lab, megabytes)
-            results.append({"event": f"cutover {megabytes} MB", "variant": "pause", "run": run, **pause})
+            pair = [{"event": f"cutover {megabytes} MB", "variant": "today", "run": run,
+                     "window": today["window"], "size": today["size"]},
+                    {"event": f"cutover {megabytes} MB", "variant": "pause", "run": run, **pause}]
+            keep(pair)
+            results += pair
             print(f"cutover {megabytes} MB run {run}: stopped {today['window']}s / paused {pause}",
                   file=sys.stderr, flush=True)
     return results
@@ -190,17 +193,25 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="50,1024", help="airflow_db sizes in MB for the cutover")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "pooler_window_lab.jsonl")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the runs in --results")
     args = parser.parse_args()
+    if args.table_only:
+        print(table([json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]))
+        return 0
     lab = Lab()
     events = args.events.split(",")
     results: list[dict[str, Any]] = []
+
+    def keep(rows: list[dict[str, Any]]) -> None:
+        """Append finished runs at once: an interrupted invocation keeps what it measured."""
+        with args.results.open("a") as out:
+            for r in rows:
+                out.write(json.dumps(r) + "\n")
+
     if "cutover" in events:
-        results += cutovers(lab, args.runs, [int(s) for s in args.sizes.split(",")])
+        results += cutovers(lab, args.runs, [int(s) for s in args.sizes.split(",")], keep)
     if "switchover" in events:
-        results += switchovers(lab, args.runs)
-    with args.results.open("a") as out:
-        for r in results:
-            out.write(json.dumps(r) + "\n")
+        results += switchovers(lab, args.runs, keep)
     print(table(results))
     return 0
 
