@@ -314,6 +314,8 @@ class PgBouncer:
     enabled: bool = False
     port: int = 6432
     pause_timeout: float = 10  # seconds a PAUSE may wait for Airflow's open transactions
+    pool_size: int = 20  # server connections per Airflow host (transaction pooling: one per open transaction)
+    max_client_conn: int = 500  # Airflow's client connections to it per host
 
 
 @dataclass(frozen=True)
@@ -579,7 +581,29 @@ def _check_semantics(inv: Inventory) -> list[str]:
         if key in {"wal_keep_segments", "synchronous_standby_names"}:
             why = "removed in PostgreSQL 13, use wal_keep_size" if key == "wal_keep_segments" else "owned by Patroni"
             problems.append(f"postgres.parameters.{key}: not allowed ({why})")
-    return problems + _check_drill(inv.drill) + _check_notify(inv.notify)
+    return problems + _check_pool(inv) + _check_drill(inv.drill) + _check_notify(inv.notify)
+
+
+def _check_pool(inv: Inventory) -> list[str]:
+    """Every Airflow host's PgBouncer may open pool_size server connections: together they must fit in the
+    cluster's max_connections less the slots kept for superusers (Patroni, pgha), or Airflow's transactions
+    would fail with "too many clients" once the pools fill."""
+    params = inv.postgres.parameters
+    try:
+        limit = int(str(params.get("max_connections", 100)))
+        reserved = int(str(params.get("superuser_reserved_connections", 3)))
+    except ValueError:
+        return []  # not a number: PostgreSQL itself names it
+    wanted = inv.pgbouncer.pool_size * len(inv.airflow_hosts)
+    if wanted > limit - reserved:
+        return [f"pgbouncer.pool_size: {inv.pgbouncer.pool_size} server connections on each of "
+                f"{len(inv.airflow_hosts)} Airflow host(s) = {wanted}, more than the cluster's max_connections "
+                f"{limit} less {reserved} superuser_reserved_connections: lower it or raise "
+                "postgres.parameters.max_connections"]
+    if inv.pgbouncer.max_client_conn < inv.pgbouncer.pool_size:
+        return [f"pgbouncer.max_client_conn: {inv.pgbouncer.max_client_conn} is below pgbouncer.pool_size "
+                f"{inv.pgbouncer.pool_size} (the pool could never fill)"]
+    return []
 
 
 def _check_notify(notify: Notify | None) -> list[str]:

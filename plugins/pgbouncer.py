@@ -38,7 +38,6 @@ from pgha.secret_formats import hba_word
 __all__ = ["hba_word"]
 
 ADMIN_DATABASE = "pgbouncer"
-DEFAULT_PORT = 6432  # where Airflow on each host reaches its PgBouncer (127.0.0.1)
 LISTEN_ADDRESS = "127.0.0.1"
 SCRAM_VERIFIER = re.compile(r"SCRAM-SHA-256\$\d+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 

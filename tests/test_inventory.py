@@ -89,6 +89,14 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("pgbouncer port out of range", lambda r: r.update(pgbouncer={"enabled": True, "port": 70000}), "pgbouncer.port"),
     ("pgbouncer pause of no time", lambda r: r.update(pgbouncer={"pause_timeout": 0}), "pgbouncer.pause_timeout"),
     ("pgbouncer unknown key", lambda r: r.update(pgbouncer={"enable": True}), "pgbouncer"),
+    ("pgbouncer pool of none", lambda r: r.update(pgbouncer={"pool_size": 0}), "pgbouncer.pool_size"),
+    ("pgbouncer pools above max_connections",
+     lambda r: (r.update(pgbouncer={"pool_size": 60}), r["postgres"].setdefault("parameters", {}).update(
+         max_connections=100), r["airflow"]["hosts"].append(dict(r["airflow"]["hosts"][0], host=r["hosts"][1]["name"]))),
+     "pgbouncer.pool_size: 60 server connections on each of 2 Airflow host(s) = 120, more than the cluster's "
+     "max_connections 100 less 3 superuser_reserved_connections"),
+    ("pgbouncer clients below its pool", lambda r: r.update(pgbouncer={"pool_size": 30, "max_client_conn": 10}),
+     "pgbouncer.max_client_conn: 10 is below pgbouncer.pool_size 30"),
 ]
 
 
@@ -101,6 +109,8 @@ ACCEPTED: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("templated unit", lambda r: r["airflow"]["hosts"][0]["units"].append("airflow-worker@1.service")),
     ("hook-style conn id", lambda r: r["source"].update(conn_id="pgha.source-db_1")),
     ("Airflow through PgBouncer", lambda r: r.update(pgbouncer={"enabled": True, "port": 6433, "pause_timeout": 2.5})),
+    ("PgBouncer pools that fit exactly", lambda r: (r.update(pgbouncer={"pool_size": 97}), r["postgres"].setdefault(
+        "parameters", {}).update(max_connections=100))),
 ]
 
 
@@ -141,6 +151,6 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_pgbouncer_is_off_unless_the_inventory_says_airflow_goes_through_it() -> None:
-    assert parse_inventory(_mutate(lambda r: None), "test.yml").pgbouncer == PgBouncer(False, 6432, 10)
+    assert parse_inventory(_mutate(lambda r: None), "test.yml").pgbouncer == PgBouncer(False, 6432, 10, 20, 500)
     on = parse_inventory(_mutate(lambda r: r.update(pgbouncer={"enabled": True})), "test.yml").pgbouncer
     assert (on.enabled, on.port) == (True, 6432)

@@ -457,7 +457,8 @@ def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPat
     inventory = write_inventory(tmp_path, loopback_inventory(
         [("pg-1", "127.0.0.41"), ("pg-2", "127.0.0.42"), ("pg-3", "127.0.0.43")],
         haproxy={"host": "lb", "write_port": cluster.port}, source={"host": "lb", "major": 15},
-        airflow={"hosts": [{"host": "lb", "config": str(config), "units": ["airflow-scheduler"]}]}))
+        airflow={"hosts": [{"host": "lb", "config": str(config), "units": ["airflow-scheduler"]}]},
+        pgbouncer={"port": bouncer.port, "pause_timeout": 5}))
     set_connection(monkeypatch, "ssh_lb", **ssh_connection(sshd))
     set_connection(monkeypatch, "pgha_source_db", conn_type="postgres", host=source.host, port=source.port,
                    login=OWNER, password=AIRFLOW_DB_PASSWORD, schema=DATABASE)
@@ -483,14 +484,14 @@ def test_paused_switch_operator_cuts_over_without_a_failed_commit(
     writer.start()
     try:
         time.sleep(1.0)
-        summary = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, listen_port=bouncer.port,
-                                       pause_timeout=5, pause_retry_delay=1).execute({})
+        # port and pause timeout from the inventory's pgbouncer section, as the migration DAG runs it
+        summary = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory,
+                                       pause_retry_delay=1).execute({})
         logged = capsys.readouterr().out
         time.sleep(1.0)
     finally:
         writer.stop()
-    again = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory,
-                                 listen_port=bouncer.port).execute({})
+    again = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory).execute({})
     assert writer.failures == []
     # verified outside the pause: inside it only the table the writer changed is read again
     # ticks (the writer's table) may already differ there: the cluster applies on while the source's snapshot is read
@@ -720,6 +721,7 @@ def test_install_writes_no_password_starts_proves_a_login_and_keeps_a_switched_b
         assert AIRFLOW_DB_PASSWORD not in vm1.files[path].content
     assert "local  pgbouncer  postgres  peer" in vm1.files["/etc/pgbouncer/pgbouncer_hba.conf"].content
     assert "pool_mode = transaction" in vm1.files[PGB_INI].content
+    assert "default_pool_size = 20\nmax_client_conn = 500\n" in vm1.files[PGB_INI].content  # inventory defaults
     assert not [f for f in vm1.files if "pgbouncer-check" in f]  # the check's password file is gone
     assert not any(AIRFLOW_DB_PASSWORD in c.command for c in vm1.commands)
 

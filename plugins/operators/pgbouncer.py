@@ -39,7 +39,6 @@ from pgha.runtime import agent_airflow_settings, arming_task, credentials, repoi
 
 from pgha.operators.base import HostOperator, PghaOperator
 
-DEFAULT_PORT = pgbouncer.DEFAULT_PORT
 STATE_DIR = "/var/lib/pgha"  # root 0700: the check's pgpass, the staged airflow.cfg
 CHECK_PGPASS = STATE_DIR + "/pgbouncer-check-{}.pgpass"  # one per check: two tasks on a host never share it
 MODES = ("cutover", "switchover")
@@ -53,11 +52,13 @@ def role_verifiers(server: Endpoint, roles: list[str]) -> dict[str, str]:
     return {role: verifier for role, verifier in found}
 
 
-def host_settings(paths: PgBouncerOs, database: str, owner: str, backend: Backend, port: int,
+def host_settings(paths: PgBouncerOs, inv: Any, backend: Backend, port: int,
                   server_tls_ca_file: str | None = None) -> pgbouncer.Settings:
     return pgbouncer.Settings(config=paths.config, auth_file=paths.auth_file, hba_file=paths.hba_file,
                               socket_dir=paths.socket_dir, os_user=paths.user, listen_port=port,
-                              database=database, owner=owner, backend=backend, server_tls_ca_file=server_tls_ca_file)
+                              database=inv.postgres.database, owner=inv.postgres.owner, backend=backend,
+                              pool_size=inv.pgbouncer.pool_size, max_client_conn=inv.pgbouncer.max_client_conn,
+                              server_tls_ca_file=server_tls_ca_file)
 
 
 def ini_text(settings: pgbouncer.Settings) -> str:
@@ -69,9 +70,15 @@ class _PgBouncerTask:
     another operator)."""
 
     inventory: Any
-    listen_port: int
+    listen_port: int | None
     os_family: Any
     remote: Any
+
+    @property
+    def port(self) -> int:
+        """PgBouncer's port on 127.0.0.1: the operator's ``listen_port``, else the inventory's ``pgbouncer.port``
+        (the drill and the logical method's held-back work read the same)."""
+        return self.listen_port if self.listen_port is not None else self.inventory.pgbouncer.port
 
     def skip_unless_pooler(self, context: Any) -> None:
         """In the migration DAG (its ``pooler`` param present): skip unless it is "pgbouncer", which needs
@@ -104,8 +111,7 @@ class _PgBouncerTask:
         inv = self.inventory
         to_cluster = backend == self.cluster_backend(host) and backend != self.source_backend(host)
         ca_file = tls.CA_FILE if to_cluster and inv.tls.enabled else None
-        return host_settings(self.os_family(host).pgbouncer, inv.postgres.database, inv.postgres.owner, backend,
-                             self.listen_port, ca_file)
+        return host_settings(self.os_family(host).pgbouncer, inv, backend, self.port, ca_file)
 
     def app_login(self, host: str, address: str, port: int, ca_file: str | None = None) -> Any:
         """psql on ``host`` to ``address:port`` as the app login (its password in a root 0600 file for that one
@@ -158,7 +164,7 @@ class _PgBouncerTask:
 
     def console(self, host: str, server: Endpoint | None = None) -> PgBouncerAdminHook:
         """The admin console of ``host``'s PgBouncer; ``server``: where to read blocking transactions."""
-        return PgBouncerAdminHook.on_host(self.remote(host), self.os_family(host).pgbouncer, self.listen_port, server)
+        return PgBouncerAdminHook.on_host(self.remote(host), self.os_family(host).pgbouncer, self.port, server)
 
 
 class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
@@ -171,10 +177,10 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
     starts it (reloads it when a file changed), and proves that the app login reaches the
     source through it. A re-run after the cutover keeps the server PgBouncer uses now.
 
-    :param listen_port: PgBouncer's port on 127.0.0.1.
+    :param listen_port: PgBouncer's port on 127.0.0.1 (default: the inventory's ``pgbouncer.port``).
     """
 
-    def __init__(self, *, listen_port: int = DEFAULT_PORT, **kwargs: Any) -> None:
+    def __init__(self, *, listen_port: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.listen_port = listen_port
 
@@ -213,7 +219,7 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
             self.console(self.host).reload()
             self.changed("pgbouncer reloaded (RELOAD)")
         reached = self._check_login(backend)
-        return {"backend": str(backend), "listen": f"127.0.0.1:{self.listen_port}", "reached": reached}
+        return {"backend": str(backend), "listen": f"127.0.0.1:{self.port}", "reached": reached}
 
     def _current_backend(self, running: bool) -> tuple[bool, Backend | None]:
         """(its admin console answers pgha, where it sends the database now)."""
@@ -230,13 +236,13 @@ class InstallPgBouncerOperator(_PgBouncerTask, HostOperator):
 
     def _check_login(self, backend: Backend) -> str:
         """The app login through PgBouncer on the host."""
-        result = self.app_login(self.host, "127.0.0.1", self.listen_port)
+        result = self.app_login(self.host, "127.0.0.1", self.port)
         if not result.ok:
             raise AirflowException(f"[{self.host}] {self.inventory.postgres.owner} cannot log in through PgBouncer "
                                    f"to {backend}: {(result.stderr or result.stdout).strip()} (does the server's "
                                    "pg_hba.conf admit it from this host over TCP with scram-sha-256?)")
         reached = result.stdout.strip()
-        self.log.info("[%s] through PgBouncer 127.0.0.1:%d -> %s", self.host, self.listen_port, reached)
+        self.log.info("[%s] through PgBouncer 127.0.0.1:%d -> %s", self.host, self.port, reached)
         return reached
 
 
@@ -257,7 +263,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
     read through PgBouncer. Any failure (a crash of the host included) puts the previous
     airflow.cfg back and restarts the units. ``AirflowOnPgBouncerSensor`` reports its outcome.
 
-    :param listen_port: PgBouncer's port on 127.0.0.1.
+    :param listen_port: PgBouncer's port on 127.0.0.1 (default: the inventory's ``pgbouncer.port``).
     :param settle_timeout: seconds the scheduler has to heartbeat through PgBouncer after its start.
     """
 
@@ -270,7 +276,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
     LOG_PREFIX = ""  # the log is <LOG_DIR>/<run id>.log
     RUN_PREFIX = "pgha-pgbouncer-move-"
 
-    def __init__(self, *, listen_port: int = DEFAULT_PORT, settle_timeout: int = 180, **kwargs: Any) -> None:
+    def __init__(self, *, listen_port: int | None = None, settle_timeout: int = 180, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.listen_port = listen_port
         self.settle_timeout = settle_timeout
@@ -280,9 +286,9 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         inv = self.inventory
         airflow_host = inv.airflow_host(self.host)
         remote = self.remote(self.host)
-        current, live_url, wanted = repoint_airflow_config(remote, inv, self.host, "127.0.0.1", self.listen_port)
+        current, live_url, wanted = repoint_airflow_config(remote, inv, self.host, "127.0.0.1", self.port)
         if wanted == current:
-            self.unchanged(f"{airflow_host.config} already points at PgBouncer 127.0.0.1:{self.listen_port}")
+            self.unchanged(f"{airflow_host.config} already points at PgBouncer 127.0.0.1:{self.port}")
             return {"armed": False}
         running = [u for u in self.host_hook(self.host).units_matching(f"{self.RUN_PREFIX}*")
                    if u != self.RESUME_UNIT]
@@ -302,7 +308,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
         try:
             remote.put_file(self.STAGED, wanted, mode="0600", secret=True)
             remote.put_file(self.SETTINGS, json.dumps(settings, indent=2), mode="0600")
-            remote.put_file(self.PGPASS, pgdata.pgpass(Endpoint("127.0.0.1", self.listen_port, app.login,
+            remote.put_file(self.PGPASS, pgdata.pgpass(Endpoint("127.0.0.1", self.port, app.login,
                                                                 inv.postgres.database, app.password)),
                             mode="0600", secret=True)
             remote.run(shlex.join(["systemd-run", "--quiet", "--collect", f"--unit={run_id}", python, "-m",
@@ -312,7 +318,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
             raise
         log = str(log_path(settings))
         self.changed(f"agent {run_id} armed: once this task is recorded a success it restarts "
-                     f"{', '.join(airflow_host.units)} on PgBouncer 127.0.0.1:{self.listen_port} (or puts "
+                     f"{', '.join(airflow_host.units)} on PgBouncer 127.0.0.1:{self.port} (or puts "
                      f"{airflow_host.config} back); log {log}")
         return {"armed": True, "run_id": run_id, "log": log}
 
@@ -327,7 +333,7 @@ class MoveAirflowOntoPgBouncerOperator(_PgBouncerTask, HostOperator):
             "run_id": run_id,
             "database": inv.postgres.database,
             "owner": inv.postgres.owner,
-            "cluster": {"host": "127.0.0.1", "port": self.listen_port, "user": app_login},
+            "cluster": {"host": "127.0.0.1", "port": self.port, "user": app_login},
             "pgpass": self.PGPASS,
             "record": "log",
             "log_dir": self.LOG_DIR,
@@ -382,8 +388,9 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     until HAProxy routes writes to the new leader; RESUME.
 
     :param mode: "cutover" or "switchover".
-    :param listen_port: PgBouncer's port on 127.0.0.1.
-    :param pause_timeout: seconds a PAUSE may wait for open transactions.
+    :param listen_port: PgBouncer's port on 127.0.0.1 (default: the inventory's ``pgbouncer.port``).
+    :param pause_timeout: seconds a PAUSE may wait for open transactions (default: the inventory's
+        ``pgbouncer.pause_timeout``).
     :param max_transaction_age: a transaction older than this on the source postpones the attempt.
     :param attempts: PAUSE attempts before the task fails.
     :param pause_retry_delay: seconds between attempts.
@@ -391,7 +398,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     :param switchover_timeout: seconds the new leader has to take HAProxy's write port.
     """
 
-    def __init__(self, *, mode: str = "cutover", listen_port: int = DEFAULT_PORT, pause_timeout: float = 10,
+    def __init__(self, *, mode: str = "cutover", listen_port: int | None = None, pause_timeout: float | None = None,
                  max_transaction_age: float = 5, attempts: int = 3, pause_retry_delay: float = 15,
                  catch_up_timeout: float = 60, switchover_timeout: float = 60, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -405,6 +412,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         self.pause_retry_delay = pause_retry_delay
         self.catch_up_timeout = catch_up_timeout
         self.switchover_timeout = switchover_timeout
+
+    @property
+    def paused_at_most(self) -> float:
+        """Seconds a PAUSE may wait: the operator's ``pause_timeout``, else the inventory's."""
+        return self.pause_timeout if self.pause_timeout is not None else self.inventory.pgbouncer.pause_timeout
 
     def run(self, context: Any) -> Any:
         self.skip_unless_pooler(context)
@@ -467,7 +479,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                             "backends": {h: str(b) for h, b in targets.items()}, "outcome": "success"}
             if attempt < self.attempts:
                 time.sleep(self.pause_retry_delay)
-        raise AirflowException(f"no PAUSE within {self.pause_timeout:g}s in {self.attempts} attempts: every "
+        raise AirflowException(f"no PAUSE within {self.paused_at_most:g}s in {self.attempts} attempts: every "
                                "PgBouncer sends where it did and runs (nothing was changed)")
 
     def _cluster_reachable(self, host: str, backend: Backend) -> None:
@@ -515,7 +527,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             config = self.inventory.airflow_host(host).config
             url = airflowcfg.get_option(self.remote(host).read_file(config) or "", "database", "sql_alchemy_conn")
             parts = urlsplit(url or "")
-            if (parts.hostname, parts.port) != ("127.0.0.1", self.listen_port):
+            if (parts.hostname, parts.port) != ("127.0.0.1", self.port):
                 direct.append(f"{host} ({config}: {parts.hostname}:{parts.port})")
         if direct:
             raise AirflowException("Airflow does not go through its local PgBouncer on " + ", ".join(direct)
@@ -562,7 +574,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         started = time.monotonic()
         try:
             for host, console in consoles.items():
-                took = console.pause(database, self.pause_timeout)
+                took = console.pause(database, self.paused_at_most)
                 paused.append(host)
                 self.log.info("[%s] PAUSE %s done in %.2fs", host, database, took)
             work()

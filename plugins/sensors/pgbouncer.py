@@ -23,13 +23,13 @@ class AirflowOnPgBouncerSensor(CheckSensor):
     In the migration DAG (its ``pooler`` param present) it skips unless the pooler is "pgbouncer".
 
     :param host: the Airflow host (mapped over the inventory's Airflow hosts).
-    :param listen_port: PgBouncer's port on 127.0.0.1.
+    :param listen_port: PgBouncer's port on 127.0.0.1 (default: the inventory's ``pgbouncer.port``).
     :param settings_path: the agent's settings on the host (MoveAirflowOntoPgBouncerOperator.SETTINGS).
     """
 
     template_fields = (*CheckSensor.template_fields, "host")
 
-    def __init__(self, *, host: str, listen_port: int = 6432,
+    def __init__(self, *, host: str, listen_port: int | None = None,
                  settings_path: str = "/etc/pgha/pgbouncer-move.json", **kwargs: Any) -> None:
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("poke_interval", 10)

@@ -27,7 +27,7 @@ class PgBouncerMoveTrigger(InventoryMixin, PollingTrigger):
     (blocking: the triggerer runs the check in a thread).
     """
 
-    def __init__(self, inventory_path: str | None, host: str, settings_path: str, listen_port: int,
+    def __init__(self, inventory_path: str | None, host: str, settings_path: str, listen_port: int | None,
                  poll_interval: float, timeout: float, deadline: float | None = None) -> None:
         super().__init__(poll_interval, timeout, deadline)
         self.inventory_path = inventory_path
@@ -103,4 +103,5 @@ class PgBouncerMoveTrigger(InventoryMixin, PollingTrigger):
         config = self.inventory.airflow_host(self.host).config
         url = airflowcfg.get_option(self.remote(self.host).read_file(config) or "", "database", "sql_alchemy_conn")
         parts = urlsplit(url or "")
-        return (parts.hostname, parts.port) == ("127.0.0.1", int(self.listen_port))
+        port = self.listen_port if self.listen_port is not None else self.inventory.pgbouncer.port
+        return (parts.hostname, parts.port) == ("127.0.0.1", int(port))
