@@ -5,7 +5,8 @@
 --   always|<hex of schema.name>   compared whatever the slot says: it has inheritance children or partitions
 --                                 (their rows are its rows, their changes logged under their names), or it
 --                                 is unlogged (its changes are not in the WAL);
---   unknown|<hex of head>         a change names no table we know (the caller then compares every table).
+--   unknown|<hex of head>         a change names a table we do not know, alone or in a TRUNCATE's list (the
+--                                 caller then compares every table).
 -- Hex: a name may hold any character, psql's output is one line per row. Only what the WAL flushed so far is
 -- read (the caller waits for the subscription first, which implies it). {slot}: a literal.
 WITH heads AS (
@@ -23,13 +24,16 @@ WITH heads AS (
       AND n.nspname NOT LIKE 'pg_toast%'
       AND c.relpersistence <> 't'
 ), named AS (
-    SELECT h.head, t.name
+    SELECT h.head, t.name, t.quoted
     FROM heads h JOIN tables t
       ON h.head = t.quoted OR starts_with(h.head, t.quoted || ', ') OR right(h.head, length(t.quoted) + 2) = ', ' || t.quoted
          OR position(', ' || t.quoted || ', ' IN h.head) > 0
+), placed AS (
+    -- every name of the head known: the names found, with their ", " separators, make up the whole head
+    SELECT head FROM named GROUP BY head HAVING sum(length(quoted)) + 2 * (count(*) - 1) = length(head)
 )
 SELECT DISTINCT 'changed', encode(convert_to(name, 'UTF8'), 'hex') FROM named
 UNION ALL
 SELECT 'always', encode(convert_to(name, 'UTF8'), 'hex') FROM tables WHERE always
 UNION ALL
-SELECT 'unknown', encode(convert_to(coalesce(head, ''), 'UTF8'), 'hex') FROM heads WHERE head IS NULL OR head NOT IN (SELECT head FROM named);
+SELECT 'unknown', encode(convert_to(coalesce(head, ''), 'UTF8'), 'hex') FROM heads WHERE head IS NULL OR head NOT IN (SELECT head FROM placed);
