@@ -1,7 +1,10 @@
-"""The cutover on the lab: automatic rollback, and the logical-replication method.
+"""The cutover on the lab: what preflight refuses before any change, and the automatic rollback.
 
 Each test starts from the provisioned lab (Airflow on vm1's single PostgreSQL,
-empty database hosts) and runs the whole migration.
+empty database hosts). The logical-replication method is migrated whole by
+test_lab_pooler.py (through the pause, PostgreSQL 15 source) and by
+test_lab_pg13_source.py (the restart-based cutover, PostgreSQL 13 source): one
+migration per path, not a third here.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from lab_fixtures import VM1, WRITE_PORT, Lab, wait_for_mail
 pytestmark = pytest.mark.lab
 
 DAG = "pg_ha_migration"
-HISTORY = ("SELECT count(*), md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) FROM task_instance t "
-           "WHERE dag_id = 'lab_history'")
 
 
 def wait_for_record(lab: Lab, since_id: str | None, timeout: float = 600) -> dict:
@@ -30,10 +31,6 @@ def wait_for_record(lab: Lab, since_id: str | None, timeout: float = 600) -> dic
             pass
         time.sleep(3)
     raise TimeoutError("no cutover record")
-
-
-def source_history(lab: Lab) -> str:
-    return lab.source_sql(HISTORY).strip()
 
 
 DROP_IN = "/etc/systemd/system/airflow-dag-processor.service.d/pgha-test-database.conf"
@@ -123,29 +120,3 @@ def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
     with lab.connect(host=VM1, port=WRITE_PORT, database="postgres", superuser=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'airflow_db'")
         assert cur.fetchone()[0] is None, "the cluster database is not marked live"
-
-
-def test_logical_replication_method_moves_identical_data(lab: Lab) -> None:
-    lab.reset_to_provisioned()
-    history_before = source_history(lab)
-    lab.api.unpause(DAG)
-    run_id = lab.api.trigger(DAG, {"migration_method": "logical_replication", "run_failover_test": False})
-    assert lab.api.wait(DAG, run_id, timeout=2400) == "success", lab.failure_report(DAG, run_id)
-    record = wait_for_record(lab, None)
-    assert record["outcome"] == "success", record
-    steps = [s["step"] for s in record["steps"]]
-    assert "catch_up" in steps and "drop_subscription" in steps and "copy" not in steps
-    assert lab.source_fingerprints() == record["result"]["fingerprints"]
-    # the source's certificate is the cluster CA's (the lab's vm1, as an operator's CA would sign it): the
-    # subscription verified it, so the copy could not be read by a man in the middle
-    start = next(t for t in lab.api.task_instances(DAG, run_id)
-                 if t["task_id"].endswith("start_logical_replication"))
-    log = "\n".join(lab.api.task_log(DAG, run_id, start["task_id"], start["try_number"], start["map_index"]))
-    assert "the subscription connects to the source with sslmode=verify-full" in log, log[-3000:]
-    with lab.connect(host=VM1, port=WRITE_PORT) as conn, conn.cursor() as cur:
-        cur.execute(HISTORY)
-        count, digest = cur.fetchone()
-        cur.execute("SELECT count(*) FROM pg_subscription")
-        assert cur.fetchone()[0] == 0, "the subscription is gone"
-    # the same history as the source had, which the dump_restore method is checked against too
-    assert f"{count}|{digest}" == history_before

@@ -6,7 +6,9 @@ every 100 ms through vm1's PgBouncer. Phase 6 restarts the source (wal_level = l
 First a forced failure inside the pause: a row only the cluster has (written there through HAProxy
 once phase 7 set it up) makes the comparison fail, every try resumes on the source, and the run fails with nothing
 lost. Then the row goes, the cutover is cleared and succeeds. Throughout: no Airflow unit restarts
-after the move, the probe never fails a transaction, and every acknowledged write is kept. Last, the
+after the move, the probe never fails a transaction, and every acknowledged write is kept; the cluster
+holds the source's history of Airflow runs row for row, copied over a subscription that verified the
+source's certificate (this is the main session's logical-replication migration). Last, the
 nightly drill's switchover with pgbouncer.enabled: Airflow's PgBouncers paused until HAProxy sends
 writes to the new leader, no Airflow transaction failed."""
 
@@ -45,6 +47,8 @@ def units_state(lab: Lab) -> dict[str, tuple[int, int]]:
 
 
 DRIFT_SEQ = 10**12  # a probe row the source never has
+HISTORY = ("SELECT count(*), md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) FROM task_instance t "
+           "WHERE dag_id = 'lab_history'")  # the lab's provisioned history of Airflow runs
 
 
 def pgbouncer_backends(lab: Lab) -> dict[str, tuple[str, int]]:
@@ -77,6 +81,7 @@ def cluster_sql(lab: Lab, statement: str, *args: Any) -> None:
 @pytest.fixture(scope="module")
 def paused(lab: Lab) -> dict[str, Any]:
     lab.reset_to_provisioned()
+    history_before = lab.source_sql(HISTORY).strip()
     inventory = lab.install_probe()
     lab.api.unpause(DAG)
     run_id = lab.api.trigger(DAG, {"inventory_path": inventory, "migration_method": "logical_replication",
@@ -97,7 +102,7 @@ def paused(lab: Lab) -> dict[str, Any]:
     state = lab.api.wait(DAG, run_id, timeout=1200, progress=lab.progress(DAG, run_id))
     tasks = {(t["task_id"], t["map_index"]): t for t in lab.api.task_instances(DAG, run_id)}
     return {"run_id": run_id, "state": state, "tasks": tasks, "units": units_state(lab), "drifted_at": drifted_at,
-            "moved_at": moved_at, "units_before": before,
+            "moved_at": moved_at, "units_before": before, "history_before": history_before,
             "after_failure": after_failure,
             "result": (lab.api.xcom(DAG, run_id, "paused_cutover") or {}).get("result") or {}}
 
@@ -159,6 +164,15 @@ def test_airflow_goes_through_pgbouncer_to_the_cluster_with_every_write_kept(
         longest = float(cur.fetchone()[0])
         cur.execute("SELECT count(*) FROM pg_subscription")
         assert cur.fetchone()[0] == 0, "the subscription is gone after the cutover"
+        cur.execute(HISTORY)
+        count, digest = cur.fetchone()
+    # the same history of Airflow runs as the source had, row for row
+    assert f"{count}|{digest}" == paused["history_before"]
+    # the source's certificate is the cluster CA's (the lab's vm1, as an operator's CA would sign it): the
+    # subscription verified it, so the copy could not be read by a man in the middle
+    start = paused["tasks"][("phase6_data_migration.start_logical_replication", -1)]
+    log = "\n".join(lab.api.task_log(DAG, paused["run_id"], start["task_id"], start["try_number"], start["map_index"]))
+    assert "the subscription connects to the source with sslmode=verify-full" in log, log[-3000:]
     print(f"probe: {len(acks)} acknowledged commits, longest gap between two commits {longest:.2f}s")
     assert len(acks) > 100 and set(acks) - stored == set(), "every acknowledged write is in the cluster"
     smoke = lab.api.trigger("lab_smoke")
