@@ -533,14 +533,15 @@ def test_the_change_slot_names_every_table_a_commit_touched_however_it_is_named(
         'INSERT INTO "Odd Schema".t VALUES (1)', 'INSERT INTO untouched VALUES (1)')
     slot = pgdata.lit(pgdata.VERIFY_SLOT)
     with pgdata.session(admin) as conn:
-        pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))
+        made_at = pgdata.lit(pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0])
     try:
         sql(admin, f'UPDATE "{hostile.replace(chr(34), chr(34) * 2)}" SET v = \'table public.untouched: INSERT:\'',
             'INSERT INTO plain VALUES (1)', 'TRUNCATE "Odd Schema".t, plain', 'INSERT INTO parted VALUES (5)')
         wal_flushed(admin)  # decoding reads only flushed WAL (the test server commits asynchronously)
         with pgdata.session(admin) as conn:
-            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot))]
-            again = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot))]
+            peek = pgdata.statement("verify_slot_changes.sql", slot=slot, made_at=made_at)
+            lines = ["|".join(row) for row in pgdata.rows(conn, peek)]
+            again = ["|".join(row) for row in pgdata.rows(conn, peek)]
     finally:
         with pgdata.session(admin) as conn:
             pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
@@ -563,12 +564,13 @@ def test_a_truncate_that_names_a_table_no_longer_there_is_a_change_the_slot_cann
     sql(admin, "CREATE TABLE kept (id int)", "CREATE TABLE gone (id int)")
     slot = pgdata.lit(pgdata.VERIFY_SLOT)
     with pgdata.session(admin) as conn:
-        pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))
+        made_at = pgdata.lit(pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0])
     try:
         sql(admin, "TRUNCATE kept, gone", "DROP TABLE gone")
         wal_flushed(admin)
         with pgdata.session(admin) as conn:
-            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot))]
+            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot,
+                                                                                 made_at=made_at))]
     finally:
         with pgdata.session(admin) as conn:
             pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
@@ -576,6 +578,32 @@ def test_a_truncate_that_names_a_table_no_longer_there_is_a_change_the_slot_cann
     assert "public.kept" in changes.changed
     assert changes.unknown == ("public.kept, public.gone",)
     assert changes.may_skip(frozenset({"public.kept", "public.dag_run"})) == frozenset()
+
+
+def test_a_slot_made_again_since_vouches_for_nothing(logical_pair: tuple[PostgresService, PostgresService]) -> None:
+    """Another try dropped the slot and made its own after a change this try must see: the peek with this
+    try's position says so, and nothing is skipped."""
+    source, _ = logical_pair
+    admin = superuser(source, DATABASE)
+    sql(admin, "CREATE TABLE quiet (id int)")
+    slot = pgdata.lit(pgdata.VERIFY_SLOT)
+    with pgdata.session(admin) as conn:
+        ours = pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0]
+    try:
+        with pgdata.session(admin) as conn:
+            pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
+        sql(admin, "INSERT INTO quiet VALUES (1)")  # between the two slots: neither one decodes it
+        wal_flushed(admin)
+        with pgdata.session(admin) as conn:
+            theirs = pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0]
+            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement(
+                "verify_slot_changes.sql", slot=slot, made_at=pgdata.lit(ours)))]
+    finally:
+        with pgdata.session(admin) as conn:
+            pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
+    changes = pgdata.table_changes(lines)
+    assert theirs != ours and changes.unknown == (f"slot made again at {theirs}",)
+    assert changes.may_skip(frozenset({"public.quiet"})) == frozenset()
 
 
 def test_without_a_change_slot_the_cutover_compares_every_table_inside_the_pause(

@@ -8,7 +8,9 @@
 --   unknown|<hex of head>         a change names a table we do not know, alone or in a TRUNCATE's list (the
 --                                 caller then compares every table).
 -- Hex: a name may hold any character, psql's output is one line per row. Only what the WAL flushed so far is
--- read (the caller waits for the subscription first, which implies it). {slot}: a literal.
+-- read (the caller waits for the subscription first, which implies it). {slot}: a literal; {made_at}: the
+-- position the caller's pg_create_logical_replication_slot returned. A slot whose position differs was made
+-- again since (another try of the task): it cannot vouch for what changed before, an unknown row says so.
 WITH heads AS (
     -- a name: "quoted" (doubled quotes inside) or bare, twice with a dot between; a list of them, comma-separated
     SELECT DISTINCT substring(data FROM '^table ((?:(?:"(?:[^"]|"")*"|[^",:. ]+)[.](?:"(?:[^"]|"")*"|[^",:. ]+)(?:, )?)+): (?:INSERT|UPDATE|DELETE|TRUNCATE):') AS head
@@ -36,4 +38,7 @@ SELECT DISTINCT 'changed', encode(convert_to(name, 'UTF8'), 'hex') FROM named
 UNION ALL
 SELECT 'always', encode(convert_to(name, 'UTF8'), 'hex') FROM tables WHERE always
 UNION ALL
-SELECT 'unknown', encode(convert_to(coalesce(head, ''), 'UTF8'), 'hex') FROM heads WHERE head IS NULL OR head NOT IN (SELECT head FROM placed);
+SELECT 'unknown', encode(convert_to(coalesce(head, ''), 'UTF8'), 'hex') FROM heads WHERE head IS NULL OR head NOT IN (SELECT head FROM placed)
+UNION ALL
+SELECT 'unknown', encode(convert_to('slot made again at ' || coalesce(confirmed_flush_lsn::text, '?'), 'UTF8'), 'hex')
+FROM pg_replication_slots WHERE slot_name = {slot} AND confirmed_flush_lsn IS DISTINCT FROM {made_at}::pg_lsn;

@@ -16,6 +16,7 @@ Why SCRAM verifiers in auth_file and a peer-only admin console: see ``pgha.pgbou
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 import uuid
@@ -607,10 +608,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             except Exception:
                 self.log.exception("could NOT undo %s: do it by hand (see the README, PgBouncer)", what)
 
-    def _verified_before_pause(self) -> frozenset[str] | None:
+    def _verified_before_pause(self) -> tuple[frozenset[str], str] | None:
         """Outside the pause (Airflow runs on): a change slot on the source first, then every table of one
         snapshot of the source compared with the cluster once the subscription has applied that snapshot.
-        The tables found identical; None without a change slot (every table is then compared in the pause)."""
+        The tables found identical and the slot's position; None without a change slot (every table is then
+        compared in the pause)."""
         database = self.inventory.postgres.database
         slot = pgdata.lit(pgdata.VERIFY_SLOT)
         self.source_psql("verify_slot_drop.sql", database, slot=slot)  # a killed earlier try's
@@ -618,6 +620,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         if not made.ok:
             self.log.warning("no change slot on the source (%s): every table is compared inside the pause",
                              (made.stderr or made.stdout).strip())
+            return None
+        made_at = (made.stdout.strip().splitlines() or [""])[-1]
+        if not re.fullmatch(r"[0-9A-F]+/[0-9A-F]+", made_at):
+            self.log.warning("the change slot gave no position (%r): every table is compared inside the pause",
+                             made.stdout[-200:])
             return None
         started = time.monotonic()
         with pgdata.session(self.source_app(), autocommit=False) as conn:
@@ -628,20 +635,20 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         self.log.info("before the pause: %d of %d tables identical on the cluster at the source's position %s "
                       "(%.1fs); inside the pause only the others and the ones changed since are compared", len(identical),
                       len(source_prints), position, time.monotonic() - started)
-        return identical
+        return identical, made_at
 
-    def _unchanged_since(self, identical: frozenset[str]) -> frozenset[str]:
-        """Of the tables identical before the pause, those the change slot saw no change to (none when the
-        slot cannot be read or saw a change it cannot place)."""
+    def _unchanged_since(self, identical: frozenset[str], made_at: str) -> frozenset[str]:
+        """Of the tables identical before the pause, those the change slot (made at ``made_at``) saw no change
+        to (none when the slot cannot be read, was made again since, or saw a change it cannot place)."""
         found = self.source_psql("verify_slot_changes.sql", self.inventory.postgres.database, check=False,
-                                 slot=pgdata.lit(pgdata.VERIFY_SLOT))
+                                 slot=pgdata.lit(pgdata.VERIFY_SLOT), made_at=pgdata.lit(made_at))
         if not found.ok:
             self.log.warning("the change slot could not be read (%s): every table is compared",
                              (found.stderr or found.stdout).strip())
             return frozenset()
         changes = pgdata.table_changes(found.stdout.splitlines())
         if changes.unknown:
-            self.log.warning("changes that name no known table (%s): every table is compared",
+            self.log.warning("changes the slot cannot place (%s): every table is compared",
                              ", ".join(changes.unknown[:5]))
         reshaped = pgdata.reshaped_tables(self.source_app(), self.cluster_database())
         if reshaped:
@@ -674,7 +681,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                                            f"{position or 'now'} in {self.catch_up_timeout:g}s")
                 time.sleep(0.1)
 
-    def _catch_up(self, identical: frozenset[str] | None) -> None:
+    def _catch_up(self, before: tuple[frozenset[str], str] | None) -> None:
         """While paused (logical method): the subscription has all, sequences copied, and every table compared
         but the ones identical before the pause and unchanged since."""
         cluster_db = self.cluster_database()
@@ -683,7 +690,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             values = pgdata.sequence_values(conn)
         with pgdata.session(cluster_db) as conn:
             pgdata.set_sequences(conn, values)
-        skip = self._unchanged_since(identical) if identical else frozenset()
+        skip = self._unchanged_since(*before) if before and before[0] else frozenset()
         source_prints, cluster_prints = pgdata.both_sides(self.source_app(), cluster_db, skip)
         differences = pgdata.compare_fingerprints(source_prints, cluster_prints)
         if differences:
