@@ -8,8 +8,9 @@ pgbouncer connects where Airflow does (its local PgBouncer), --via haproxy to HA
 directly (TLS verified against --ca), as a client without a pooler would. A failed transaction is
 counted and the connection opened again. On SIGTERM it writes RESULT.json: commits, failed
 transactions, the longest commit latency (start of the attempt that succeeded to its commit), the
-longest gap between two successful commits, and the id of every acknowledged row (the benchmark
-counts the ones the cluster lacks: lost writes). Run with Airflow's Python (psycopg2 is there).
+longest gap between two successful commits, every commit slower than SLOW seconds (its start, epoch
+seconds, and its latency: the benchmark picks the ones inside a task's window), and the id of every
+acknowledged row (the benchmark counts the ones the cluster lacks: lost writes). Run with Airflow's Python (psycopg2 is there).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 
 INTERVAL = 0.05
+SLOW = 0.25
 running = True
 
 
@@ -68,7 +70,7 @@ def main() -> int:
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS pgha_bench_writes (id bigserial PRIMARY KEY, via text, "
                     "at timestamptz DEFAULT clock_timestamp())")
-    commits, failures, errors, acked = 0, 0, [], []
+    commits, failures, errors, acked, slow = 0, 0, [], [], []
     longest_latency, longest_gap, last_commit = 0.0, 0.0, time.monotonic()
     while running:
         started = time.monotonic()
@@ -81,6 +83,8 @@ def main() -> int:
             now = time.monotonic()
             commits += 1
             longest_latency = max(longest_latency, now - started)
+            if now - started > SLOW:
+                slow.append([round(time.time() - (now - started), 3), round(now - started, 3)])
             longest_gap = max(longest_gap, now - last_commit)
             last_commit = now
         except psycopg2.Error as exc:
@@ -94,7 +98,7 @@ def main() -> int:
         time.sleep(max(0.0, INTERVAL - (time.monotonic() - started)))
     Path(args.out).write_text(json.dumps({"via": args.via, "commits": commits, "failed": failures,
                                           "longest_latency_s": round(longest_latency, 3),
-                                          "longest_gap_s": round(longest_gap, 3), "errors": errors[:20],
+                                          "longest_gap_s": round(longest_gap, 3), "errors": errors[:20], "slow": slow[:1000],
                                           "acked_ids": acked}))
     return 0
 
