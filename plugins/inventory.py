@@ -521,7 +521,9 @@ def _check_drill(drill: Drill) -> list[str]:
     return problems
 
 
-def _check_ports(inv: Inventory) -> list[str]:
+def _check_ports(inv: Inventory, pgbouncer_set: bool = False) -> list[str]:
+    """No two services on one host share a port; ``pgbouncer_set``: the inventory has a ``pgbouncer:`` section,
+    and every Airflow host's PgBouncer (127.0.0.1 on ``pgbouncer.port``) is one of them."""
     db_ports = {
         "postgres.port": inv.postgres.port,
         "patroni.rest_port": inv.patroni.rest_port,
@@ -542,11 +544,20 @@ def _check_ports(inv: Inventory) -> list[str]:
             if port in seen and seen[port] != name:
                 problems.append(f"{name}: port {port} is already used by {seen[port]}")
             seen.setdefault(port, name)
+    if pgbouncer_set:
+        for host in dict.fromkeys(a.host for a in inv.airflow_hosts):
+            on_host = dict(lb_ports) if host == inv.haproxy.host else {}
+            if host in inv.database_nodes:
+                on_host.update(db_ports)
+            problems += [f"pgbouncer.port: port {port} is already used by {name} on {host} (an Airflow host, "
+                         "where PgBouncer listens)" for name, port in on_host.items() if port == inv.pgbouncer.port]
     return sorted(set(problems))
 
 
-def _check_semantics(inv: Inventory) -> list[str]:
-    problems = _check_ports(inv)
+def _check_semantics(inv: Inventory, pgbouncer_set: bool = False) -> list[str]:
+    """``pgbouncer_set``: the inventory has a ``pgbouncer:`` section (PgBouncer's pools and port are checked
+    only then: a site that runs no PgBouncer opens no pool)."""
+    problems = _check_ports(inv, pgbouncer_set)
     p = inv.patroni
     if p.loop_wait + 2 * p.retry_timeout > p.ttl:
         problems.append(
@@ -581,29 +592,46 @@ def _check_semantics(inv: Inventory) -> list[str]:
         if key in {"wal_keep_segments", "synchronous_standby_names"}:
             why = "removed in PostgreSQL 13, use wal_keep_size" if key == "wal_keep_segments" else "owned by Patroni"
             problems.append(f"postgres.parameters.{key}: not allowed ({why})")
-    return problems + _check_pool(inv) + _check_drill(inv.drill) + _check_notify(inv.notify)
+    pool = _check_pool(inv) if pgbouncer_set else []
+    return problems + pool + _check_drill(inv.drill) + _check_notify(inv.notify)
+
+
+# PostgreSQL's defaults for the settings the pools must fit in (reserved_connections: PostgreSQL 16+)
+POOL_LIMITS = {"max_connections": 100, "superuser_reserved_connections": 3, "reserved_connections": 0}
 
 
 def _check_pool(inv: Inventory) -> list[str]:
     """Every Airflow host's PgBouncer may open pool_size server connections: together they must fit in the
-    cluster's max_connections less the slots kept for superusers (Patroni, pgha), or Airflow's transactions
-    would fail with "too many clients" once the pools fill."""
+    cluster's max_connections less the slots kept for superusers (Patroni, pgha) and, on PostgreSQL 16+,
+    for roles with pg_use_reserved_connections, or Airflow's transactions would fail with "too many clients"
+    once the pools fill. Every problem is named."""
+    problems: list[str] = []
     params = inv.postgres.parameters
-    try:
-        limit = int(str(params.get("max_connections", 100)))
-        reserved = int(str(params.get("superuser_reserved_connections", 3)))
-    except ValueError:
-        return []  # not a number: PostgreSQL itself names it
-    wanted = inv.pgbouncer.pool_size * len(inv.airflow_hosts)
-    if wanted > limit - reserved:
-        return [f"pgbouncer.pool_size: {inv.pgbouncer.pool_size} server connections on each of "
-                f"{len(inv.airflow_hosts)} Airflow host(s) = {wanted}, more than the cluster's max_connections "
-                f"{limit} less {reserved} superuser_reserved_connections: lower it or raise "
-                "postgres.parameters.max_connections"]
-    if inv.pgbouncer.max_client_conn < inv.pgbouncer.pool_size:
-        return [f"pgbouncer.max_client_conn: {inv.pgbouncer.max_client_conn} is below pgbouncer.pool_size "
-                f"{inv.pgbouncer.pool_size} (the pool could never fill)"]
-    return []
+    limits: dict[str, int] = {}
+    for key, default in POOL_LIMITS.items():
+        value = params.get(key, default)
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            limits[key] = int(float(value))  # 200, "200" and "200.0" alike
+        except (TypeError, ValueError, OverflowError):
+            problems.append(f"postgres.parameters.{key}: {value!r} is not a number (pgbouncer.pool_size must fit "
+                            "in max_connections less the reserved connections)")
+    pool_size, hosts = inv.pgbouncer.pool_size, len(inv.airflow_hosts)
+    if len(limits) == len(POOL_LIMITS):
+        superuser, reserved = limits["superuser_reserved_connections"], limits["reserved_connections"]
+        less = f"{superuser} superuser_reserved_connections"
+        if "reserved_connections" in params:
+            less += f" and {reserved} reserved_connections"
+        if pool_size * hosts > limits["max_connections"] - superuser - reserved:
+            problems.append(f"pgbouncer.pool_size: {pool_size} server connections on each of {hosts} Airflow "
+                            f"host(s) = {pool_size * hosts}, more than the cluster's max_connections "
+                            f"{limits['max_connections']} less {less}: lower it or raise "
+                            "postgres.parameters.max_connections")
+    if inv.pgbouncer.max_client_conn < pool_size:
+        problems.append(f"pgbouncer.max_client_conn: {inv.pgbouncer.max_client_conn} is below pgbouncer.pool_size "
+                        f"{pool_size} (the pool could never fill)")
+    return problems
 
 
 def _check_notify(notify: Notify | None) -> list[str]:
@@ -689,7 +717,7 @@ def parse_inventory(raw: Any, source: str = "<inline>") -> Inventory:
     if problems:
         raise InventoryError(source, problems)
     inventory = _build(raw, source)
-    problems = _check_semantics(inventory)
+    problems = _check_semantics(inventory, pgbouncer_set="pgbouncer" in raw)
     if problems:
         raise InventoryError(source, problems)
     return inventory

@@ -97,6 +97,30 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
      "max_connections 100 less 3 superuser_reserved_connections"),
     ("pgbouncer clients below its pool", lambda r: r.update(pgbouncer={"pool_size": 30, "max_client_conn": 10}),
      "pgbouncer.max_client_conn: 10 is below pgbouncer.pool_size 30"),
+    ("pgbouncer pools above max_connections less reserved_connections (PostgreSQL 16+)",
+     lambda r: (r.update(pgbouncer={"pool_size": 90}), r["postgres"]["parameters"].update(
+         max_connections=100, reserved_connections=10)),
+     "pgbouncer.pool_size: 90 server connections on each of 1 Airflow host(s) = 90, more than the cluster's "
+     "max_connections 100 less 3 superuser_reserved_connections and 10 reserved_connections"),
+    ("pgbouncer pools above max_connections given as a string",
+     lambda r: (r.update(pgbouncer={"pool_size": 198}), r["postgres"]["parameters"].update(max_connections="200")),
+     "= 198, more than the cluster's max_connections 200 less 3"),
+    ("pgbouncer pools above max_connections given as a decimal string",
+     lambda r: (r.update(pgbouncer={"pool_size": 198}), r["postgres"]["parameters"].update(max_connections="200.0")),
+     "= 198, more than the cluster's max_connections 200 less 3"),
+    ("pgbouncer pools above superuser_reserved_connections given as a string",
+     lambda r: (r.update(pgbouncer={"pool_size": 191}), r["postgres"]["parameters"].update(
+         superuser_reserved_connections="10")), "max_connections 200 less 10 superuser_reserved_connections"),
+    ("max_connections not a number", lambda r: (r.update(pgbouncer={}), r["postgres"]["parameters"].update(
+        max_connections="lots")), "postgres.parameters.max_connections: 'lots' is not a number"),
+    ("reserved_connections not a number", lambda r: (r.update(pgbouncer={}), r["postgres"]["parameters"].update(
+        reserved_connections=True)), "postgres.parameters.reserved_connections: True is not a number"),
+    ("pgbouncer port on HAProxy's write port", lambda r: r.update(pgbouncer={"port": 5433}),
+     "pgbouncer.port: port 5433 is already used by haproxy.write_port on vm1"),
+    ("pgbouncer port on Patroni's on an Airflow host that is a database node",
+     lambda r: (r.update(pgbouncer={"port": 8008}), r["airflow"]["hosts"].append(
+         dict(r["airflow"]["hosts"][0], host="psg1"))),
+     "pgbouncer.port: port 8008 is already used by patroni.rest_port on psg1"),
 ]
 
 
@@ -111,6 +135,13 @@ ACCEPTED: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("Airflow through PgBouncer", lambda r: r.update(pgbouncer={"enabled": True, "port": 6433, "pause_timeout": 2.5})),
     ("PgBouncer pools that fit exactly", lambda r: (r.update(pgbouncer={"pool_size": 97}), r["postgres"].setdefault(
         "parameters", {}).update(max_connections=100))),
+    ("PgBouncer pools that fit exactly beside reserved_connections", lambda r: (
+        r.update(pgbouncer={"pool_size": 87}), r["postgres"]["parameters"].update(
+            max_connections="100.0", reserved_connections="10"))),
+    ("PgBouncer port that another host's service uses", lambda r: r.update(pgbouncer={"port": 5432})),
+    ("no PgBouncer: max_connections PostgreSQL names", lambda r: r["postgres"]["parameters"].update(
+        max_connections="lots")),
+    ("no PgBouncer: its default port on HAProxy's", lambda r: r["haproxy"].update(stats_port=6432)),
 ]
 
 
@@ -154,3 +185,41 @@ def test_pgbouncer_is_off_unless_the_inventory_says_airflow_goes_through_it() ->
     assert parse_inventory(_mutate(lambda r: None), "test.yml").pgbouncer == PgBouncer(False, 6432, 10, 20, 500)
     on = parse_inventory(_mutate(lambda r: r.update(pgbouncer={"enabled": True})), "test.yml").pgbouncer
     assert (on.enabled, on.port) == (True, 6432)
+
+
+def _six_airflow_hosts(raw: dict[str, Any]) -> None:
+    """Airflow on vm1 and on five more hosts; max_connections left at PostgreSQL's default (100)."""
+    raw["postgres"]["parameters"].pop("max_connections")
+    for i in range(2, 7):
+        raw["hosts"].append({"name": f"vm{i}", "address": f"192.168.83.{10 + i}", "ssh_conn_id": f"ssh_vm{i}"})
+        raw["airflow"]["hosts"].append(dict(raw["airflow"]["hosts"][0], host=f"vm{i}"))
+
+
+def test_the_pools_are_sized_only_when_the_inventory_has_a_pgbouncer_section() -> None:
+    without = _mutate(_six_airflow_hosts)
+    assert "pgbouncer" not in without
+    assert len(parse_inventory(without, "test.yml").airflow_hosts) == 6  # no PgBouncer: no pool to fit
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(_mutate(lambda r: (_six_airflow_hosts(r), r.update(pgbouncer={"port": 6432}))), "test.yml")
+    assert caught.value.problems == [
+        "pgbouncer.pool_size: 20 server connections on each of 6 Airflow host(s) = 120, more than the cluster's "
+        "max_connections 100 less 3 superuser_reserved_connections: lower it or raise "
+        "postgres.parameters.max_connections"]
+
+
+def test_every_pool_problem_is_reported_at_once() -> None:
+    raw = _mutate(lambda r: (r.update(pgbouncer={"pool_size": 60, "max_client_conn": 10}),
+                             r["postgres"]["parameters"].update(max_connections="lots",
+                                                                superuser_reserved_connections="3.5.1")))
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(raw, "test.yml")
+    problems = caught.value.problems
+    assert [p.split(":")[0] for p in problems] == ["postgres.parameters.max_connections",
+                                                   "postgres.parameters.superuser_reserved_connections",
+                                                   "pgbouncer.max_client_conn"], problems
+    raw = _mutate(lambda r: (r.update(pgbouncer={"pool_size": 60, "max_client_conn": 10}),
+                             r["airflow"]["hosts"].append(dict(r["airflow"]["hosts"][0], host="psg1")),
+                             r["postgres"]["parameters"].update(max_connections=100)))
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(raw, "test.yml")
+    assert [p.split(":")[0] for p in caught.value.problems] == ["pgbouncer.pool_size", "pgbouncer.max_client_conn"]
