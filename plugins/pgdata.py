@@ -219,32 +219,47 @@ def list_tables(conn: Connection) -> list[tuple[str, str]]:
 VERIFIED_BEFORE = (-1, "identical before the pause, unchanged since")  # a table skipped on both sides
 
 
-def fingerprints(conn: Connection, skip: frozenset[str] = frozenset()) -> Fingerprints:
+def fingerprints(conn: Connection, skip: frozenset[str] = frozenset(),
+                 by_rows: dict[str, RowKeys] | None = None) -> Fingerprints:
     """Row count and content checksum of every user table, in ``conn``'s snapshot; a table in ``skip``
-    (verified earlier, unchanged since) is listed with ``VERIFIED_BEFORE`` instead of read."""
+    (verified earlier, unchanged since) is listed with ``VERIFIED_BEFORE`` instead of read, one in ``by_rows``
+    (verified earlier, changed since in these rows only) by those rows alone."""
     execute(conn, statement("fingerprint_session.sql"))
+    by_rows = by_rows or {}
     result = {}
     for schema, table in list_tables(conn):
         name = f"{schema}.{table}"
         if name in skip:
             result[name] = VERIFIED_BEFORE
             continue
-        count, digest = rows(conn, statement("table_fingerprint.sql", table=sql.Identifier(schema, table)))[0]
+        if name in by_rows:
+            query = rows_fingerprint(sql.Identifier(schema, table), by_rows[name])
+        else:
+            query = statement("table_fingerprint.sql", table=sql.Identifier(schema, table))
+        count, digest = rows(conn, query)[0]
         result[name] = (int(count), digest)
     return result
 
 
-def fingerprints_at(endpoint: Endpoint, skip: frozenset[str] = frozenset()) -> Fingerprints:
+def rows_fingerprint(table: sql.Identifier, keys: RowKeys) -> sql.Composed:
+    if keys.type not in KEY_TYPES:  # spliced in as a type name: only the few the change slot reads
+        raise ValueError(f"not a key type the change slot reads: {keys.type!r}")
+    return statement("table_rows_fingerprint.sql", table=table, column=sql.Identifier(keys.column),
+                     keys=sql.Literal(sorted(keys.values)), type=sql.Identifier(keys.type))
+
+
+def fingerprints_at(endpoint: Endpoint, skip: frozenset[str] = frozenset(),
+                    by_rows: dict[str, RowKeys] | None = None) -> Fingerprints:
     with session(endpoint) as conn:
-        return fingerprints(conn, skip)
+        return fingerprints(conn, skip, by_rows)
 
 
-def both_sides(source: Endpoint, cluster: Endpoint,
-               skip: frozenset[str] = frozenset()) -> tuple[Fingerprints, Fingerprints]:
+def both_sides(source: Endpoint, cluster: Endpoint, skip: frozenset[str] = frozenset(),
+               by_rows: dict[str, RowKeys] | None = None) -> tuple[Fingerprints, Fingerprints]:
     """The fingerprints of source and cluster, read at once: a wait for them is the slower side's, not the sum."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        source_side = pool.submit(fingerprints_at, source, skip)
-        cluster_side = pool.submit(fingerprints_at, cluster, skip)
+        source_side = pool.submit(fingerprints_at, source, skip, by_rows)
+        cluster_side = pool.submit(fingerprints_at, cluster, skip, by_rows)
         return source_side.result(), cluster_side.result()
 
 
@@ -517,33 +532,67 @@ def slot_confirmed(conn: Connection, position: str) -> bool:
     return bool(scalar(conn, statement("slot_confirmed.sql", slot=lit(SUBSCRIPTION), lsn=lit(position))))
 
 
+KEY_TYPES = ("int2", "int4", "int8", "uuid")  # a key column the change slot reads, by pg_type's name
+
+
+@dataclass(frozen=True)
+class RowKeys:
+    """The rows of one table a change named since the slot was made: its one-column key and the values."""
+
+    column: str
+    type: str
+    values: frozenset[str]
+
+
 @dataclass(frozen=True)
 class TableChanges:
-    """What the change slot saw since it was made: tables a change named, tables compared whatever it saw
-    (with children: a child's change is theirs; unlogged: not in the WAL), and changes that named no table we
-    know or lines we cannot read (then nothing can be skipped)."""
+    """What the change slot saw since it was made: tables a change named (compared in full), tables whose every
+    change named its row (only those rows compared), tables compared whatever it saw (with children: a child's
+    change is theirs; unlogged: not in the WAL), and changes that named no table we know or lines we cannot
+    read (then nothing can be skipped)."""
 
     changed: frozenset[str]
     always: frozenset[str]
     unknown: tuple[str, ...]
+    rows: dict[str, RowKeys] = field(default_factory=dict)
 
     def may_skip(self, identical: frozenset[str]) -> frozenset[str]:
         """Of the tables found identical earlier, those no change can have touched since."""
         if self.unknown:
             return frozenset()
-        return identical - self.changed - self.always
+        return identical - self.changed - self.always - set(self.rows)
+
+    def by_rows(self, identical: frozenset[str]) -> dict[str, RowKeys]:
+        """Of the tables found identical earlier, those only the named rows of which can differ since."""
+        if self.unknown:
+            return {}
+        return {table: keys for table, keys in self.rows.items() if table in identical and table not in self.always}
 
 
 def table_changes(lines: list[str]) -> TableChanges:
-    """``verify_slot_changes.sql``'s rows ("kind|hex") as a TableChanges."""
+    """``verify_slot_changes.sql``'s rows ("kind|hex", "rows|hex:hex", "key|hex:hex:type") as a TableChanges."""
     found: dict[str, list[str]] = {"changed": [], "always": [], "unknown": []}
+    values: dict[str, set[str]] = {}
+    columns: dict[str, tuple[str, str]] = {}
     for line in lines:
-        kind, _, hexed = line.partition("|")
+        kind, _, payload = line.partition("|")
         try:
-            found[kind].append(bytes.fromhex(hexed).decode())
+            if kind == "rows":
+                table, key = (bytes.fromhex(part).decode() for part in payload.split(":"))
+                values.setdefault(table, set()).add(key)
+            elif kind == "key":
+                table, column, type_ = payload.split(":")
+                if type_ not in KEY_TYPES:
+                    raise ValueError(type_)
+                columns[bytes.fromhex(table).decode()] = (bytes.fromhex(column).decode(), type_)
+            else:
+                found[kind].append(bytes.fromhex(payload).decode())
         except (KeyError, ValueError):
             found["unknown"].append(line)
-    return TableChanges(frozenset(found["changed"]), frozenset(found["always"]), tuple(found["unknown"]))
+    for table in set(values) - set(columns):  # rows without their key column: compared in full
+        found["changed"].append(table)
+    rows = {table: RowKeys(*columns[table], frozenset(keys)) for table, keys in values.items() if table in columns}
+    return TableChanges(frozenset(found["changed"]), frozenset(found["always"]), tuple(found["unknown"]), rows)
 
 
 def table_shapes(conn: Connection) -> dict[str, str]:

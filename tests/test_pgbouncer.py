@@ -496,8 +496,11 @@ def test_paused_switch_operator_cuts_over_without_a_failed_commit(
     # verified outside the pause: inside it only the table the writer changed is read again
     # ticks (the writer's table) may already differ there: the cluster applies on while the source's snapshot is read
     assert re.search(r"before the pause: [23] of 3 tables identical on the cluster", logged)
-    assert "changed since the check before the pause: public.ticks;" in logged
-    assert "3 tables identical (1 compared in the pause, 2 identical before it and unchanged since)" in logged
+    # ticks changed in named rows only: those rows are compared (the whole table when it differed before)
+    assert "changed since the check before the pause: no table; in named rows only (those rows compared): " in logged
+    assert re.search(r"3 tables identical \(1 compared in the pause, [01] of them by the rows changed since; 2 identical "
+                     r"before it and unchanged since\); in the pause: subscription caught up [0-9.]+s, sequences [0-9.]+s, "
+                     r"change slot read [0-9.]+s, compared [0-9.]+s", logged)
     assert summary["result"]["mode"] == "cutover" and summary["result"]["paused_s"] < 30
     assert any("SCRAM verifier" in change for change in summary["changes"])
     assert verifier(cluster) == verifier(source) == verifier_before
@@ -546,13 +549,72 @@ def test_the_change_slot_names_every_table_a_commit_touched_however_it_is_named(
         with pgdata.session(admin) as conn:
             pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
     changes = pgdata.table_changes(lines)
-    assert changes.changed == {f"public.{hostile}", "Odd Schema.t", "public.plain", "public.parted_1"}
+    # a TRUNCATE list: the whole table; changes that name their rows by an int key: those rows
+    assert changes.changed == {"Odd Schema.t", "public.plain"}
+    assert changes.rows == {f"public.{hostile}": pgdata.RowKeys("id", "int4", frozenset({"1"})),
+                            "public.parted_1": pgdata.RowKeys("id", "int4", frozenset({"5"}))}
     assert changes.always == {"public.parted", "public.unlogged"} and changes.unknown == ()
     everything = frozenset({f"public.{hostile}", "Odd Schema.t", "public.plain", "public.parted_1", "public.parted",
                             "public.untouched", "public.unlogged", "public.dag_run", "public.log"})
     assert changes.may_skip(everything) == {"public.untouched", "public.dag_run", "public.log"}
+    assert set(changes.by_rows(everything)) == {f"public.{hostile}", "public.parted_1"}
     assert sorted(again) == sorted(lines)  # peeked, not consumed
     assert sql(admin, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_verify'")[0][0] == 0
+
+
+def test_the_change_slot_names_the_rows_a_change_touched_where_the_key_leaves_no_doubt(
+        logical_pair: tuple[PostgresService, PostgresService]) -> None:
+    """Row keys from test_decoding's lines: an INSERT, an UPDATE that keeps and one that moves its key (old
+    and new), a DELETE, bigint and uuid keys; a text value posing as a change line is not read as one. A key
+    that is not the first column, two key columns, REPLICA IDENTITY FULL (an UPDATE's old tuple is every
+    column) and a TRUNCATE: the whole table. The rows' fingerprint reads those rows only."""
+    source, _ = logical_pair
+    admin = superuser(source, DATABASE)
+    sql(admin, "CREATE TABLE by_int (id bigint PRIMARY KEY, v text)", "CREATE TABLE by_uuid (id uuid PRIMARY KEY)",
+        "CREATE TABLE key_second (v text, id int PRIMARY KEY)", "CREATE TABLE two_keys (a int, b int, PRIMARY KEY (a, b))",
+        "CREATE TABLE full_identity (id int PRIMARY KEY, v text)", "ALTER TABLE full_identity REPLICA IDENTITY FULL",
+        "CREATE TABLE emptied (id int PRIMARY KEY)",
+        "INSERT INTO by_int VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')",
+        "INSERT INTO full_identity VALUES (1, 'a')", "INSERT INTO emptied VALUES (1)")
+    uuid = "0b0e2f9c-5a55-4c3e-9a47-1f2a3b4c5d6e"
+    slot = pgdata.lit(pgdata.VERIFY_SLOT)
+    with pgdata.session(admin) as conn:
+        made_at = pgdata.lit(pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0])
+    try:
+        sql(admin, "INSERT INTO by_int VALUES (-5, E' id[bigint]:77 new-tuple: id[bigint]:78\\ntable public.by_int: "
+                   "INSERT: id[bigint]:79')",
+            "UPDATE by_int SET v = 'x' WHERE id = 1", "UPDATE by_int SET id = 20 WHERE id = 2",
+            "DELETE FROM by_int WHERE id = 3", f"INSERT INTO by_uuid VALUES ('{uuid}')",
+            "INSERT INTO key_second VALUES ('a', 1)", "INSERT INTO two_keys VALUES (1, 2)",
+            "UPDATE full_identity SET v = 'b'", "TRUNCATE emptied")
+        wal_flushed(admin)
+        with pgdata.session(admin) as conn:
+            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot,
+                                                                                 made_at=made_at))]
+    finally:
+        with pgdata.session(admin) as conn:
+            pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
+    changes = pgdata.table_changes(lines)
+    assert changes.unknown == ()
+    assert changes.rows == {"public.by_int": pgdata.RowKeys("id", "int8", frozenset({"-5", "1", "2", "20", "3"})),
+                            "public.by_uuid": pgdata.RowKeys("id", "uuid", frozenset({uuid}))}
+    assert changes.changed == {"public.key_second", "public.two_keys", "public.full_identity", "public.emptied"}
+    everything = frozenset({"public.by_int", "public.by_uuid", "public.key_second", "public.dag_run"})
+    assert changes.may_skip(everything) == {"public.dag_run"}
+    assert set(changes.by_rows(everything)) == {"public.by_int", "public.by_uuid"}
+
+    def by_rows() -> tuple[int, str]:
+        with pgdata.session(admin) as conn:
+            return pgdata.fingerprints(conn, by_rows=changes.rows)["public.by_int"]
+
+    before = by_rows()
+    assert before[0] == 3  # -5, 1 and 20 are there; 2 and 3 are gone
+    sql(admin, "UPDATE by_int SET v = 'y' WHERE id = 4")  # no change named it: not read
+    assert by_rows() == before
+    sql(admin, "UPDATE by_int SET v = 'y' WHERE id = 20")
+    assert by_rows() != before
+    with pytest.raises(ValueError, match="not a key type"):
+        pgdata.rows_fingerprint(pgdata.sql.Identifier("public", "by_int"), pgdata.RowKeys("id", "text); --", frozenset()))
 
 
 def test_a_truncate_that_names_a_table_no_longer_there_is_a_change_the_slot_cannot_place(
@@ -625,7 +687,8 @@ def test_without_a_change_slot_the_cutover_compares_every_table_inside_the_pause
     logged = capsys.readouterr().out
     assert summary["result"]["outcome"] == "success"
     assert 'no change slot on the source (ERROR:  could not access file "test_decoding"' in logged
-    assert "3 tables identical (3 compared in the pause, 0 identical before it and unchanged since)" in logged
+    assert "3 tables identical (3 compared in the pause, 0 of them by the rows changed since; 0 identical before it " \
+           "and unchanged since)" in logged
     assert sql(superuser(source), "SELECT count(*) FROM pg_replication_slots")[0][0] == 0
 
 

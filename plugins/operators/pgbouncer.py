@@ -637,15 +637,16 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                       len(source_prints), position, time.monotonic() - started)
         return identical, made_at
 
-    def _unchanged_since(self, identical: frozenset[str], made_at: str) -> frozenset[str]:
+    def _unchanged_since(self, identical: frozenset[str], made_at: str) -> tuple[frozenset[str], dict[str, Any]]:
         """Of the tables identical before the pause, those the change slot (made at ``made_at``) saw no change
-        to (none when the slot cannot be read, was made again since, or saw a change it cannot place)."""
+        to, and those it saw changes to in named rows only (with the rows' keys); none of either when the slot
+        cannot be read, was made again since, or saw a change it cannot place."""
         found = self.source_psql("verify_slot_changes.sql", self.inventory.postgres.database, check=False,
                                  slot=pgdata.lit(pgdata.VERIFY_SLOT), made_at=pgdata.lit(made_at))
         if not found.ok:
             self.log.warning("the change slot could not be read (%s): every table is compared",
                              (found.stderr or found.stdout).strip())
-            return frozenset()
+            return frozenset(), {}
         changes = pgdata.table_changes(found.stdout.splitlines())
         if changes.unknown:
             self.log.warning("changes the slot cannot place (%s): every table is compared",
@@ -654,10 +655,13 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         if reshaped:
             self.log.warning("columns differ between source and cluster (compared in full): %s",
                              ", ".join(sorted(reshaped)))
-        self.log.info("changed since the check before the pause: %s; compared whatever changed (children, "
-                      "unlogged): %s", ", ".join(sorted(changes.changed)) or "no table",
+        by_rows = {t: keys for t, keys in changes.by_rows(identical).items() if t not in reshaped}
+        self.log.info("changed since the check before the pause: %s; in named rows only (those rows compared): %s; "
+                      "compared whatever changed (children, unlogged): %s",
+                      ", ".join(sorted(changes.changed)) or "no table",
+                      ", ".join(f"{t} ({len(k.values)} rows)" for t, k in sorted(by_rows.items())) or "none",
                       ", ".join(sorted(changes.always)) or "none")
-        return changes.may_skip(identical) - reshaped
+        return changes.may_skip(identical) - reshaped, by_rows
 
     def _drop_change_slot(self) -> None:
         """The change slot goes whatever happened (it holds WAL on the source while it exists). A failure here
@@ -683,22 +687,36 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
 
     def _catch_up(self, before: tuple[frozenset[str], str] | None) -> None:
         """While paused (logical method): the subscription has all, sequences copied, and every table compared
-        but the ones identical before the pause and unchanged since."""
+        but the ones identical before the pause and unchanged since (of those changed since in named rows
+        only, those rows). Each step's time is logged: together they are how long Airflow waits."""
         cluster_db = self.cluster_database()
+        step = time.monotonic()
+        took: list[str] = []
+
+        def lap(what: str) -> None:
+            nonlocal step
+            took.append(f"{what} {time.monotonic() - step:.2f}s")
+            step = time.monotonic()
+
         self._wait_for_subscription()
+        lap("subscription caught up")
         with pgdata.session(self.source_app()) as conn:
             values = pgdata.sequence_values(conn)
         with pgdata.session(cluster_db) as conn:
             pgdata.set_sequences(conn, values)
-        skip = self._unchanged_since(*before) if before and before[0] else frozenset()
-        source_prints, cluster_prints = pgdata.both_sides(self.source_app(), cluster_db, skip)
+        lap("sequences")
+        skip, by_rows = self._unchanged_since(*before) if before and before[0] else (frozenset(), {})
+        lap("change slot read")
+        source_prints, cluster_prints = pgdata.both_sides(self.source_app(), cluster_db, skip, by_rows)
+        lap("compared")
         differences = pgdata.compare_fingerprints(source_prints, cluster_prints)
         if differences:
             raise AirflowException("the cluster differs from the source: " + "; ".join(differences[:20]))
         skipped = sum(1 for p in source_prints.values() if p == pgdata.VERIFIED_BEFORE)
-        self.log.info("caught up; %d sequences copied; %d tables identical (%d compared in the pause, %d identical "
-                      "before it and unchanged since)", len(values), len(source_prints),
-                      len(source_prints) - skipped, skipped)
+        self.log.info("caught up; %d sequences copied; %d tables identical (%d compared in the pause, %d of them by "
+                      "the rows changed since; %d identical before it and unchanged since); in the pause: %s",
+                      len(values), len(source_prints), len(source_prints) - skipped, len(by_rows), skipped,
+                      ", ".join(took))
 
     def _stage(self, host: str, backend: Backend) -> str:
         """``host``'s pgbouncer.ini sending to ``backend``, written beside the live one (before the PAUSE)."""
