@@ -566,7 +566,8 @@ class TableChanges:
         """Of the tables found identical earlier, those only the named rows of which can differ since."""
         if self.unknown:
             return {}
-        return {table: keys for table, keys in self.rows.items() if table in identical and table not in self.always}
+        return {table: keys for table, keys in self.rows.items()
+                if table in identical and table not in self.always and table not in self.changed}
 
 
 def table_changes(lines: list[str]) -> TableChanges:

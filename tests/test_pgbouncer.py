@@ -567,13 +567,16 @@ def test_the_change_slot_names_the_rows_a_change_touched_where_the_key_leaves_no
     """Row keys from test_decoding's lines: an INSERT, an UPDATE that keeps and one that moves its key (old
     and new), a DELETE, bigint and uuid keys; a text value posing as a change line is not read as one. A key
     that is not the first column, two key columns, REPLICA IDENTITY FULL (an UPDATE's old tuple is every
-    column) and a TRUNCATE: the whole table. The rows' fingerprint reads those rows only."""
+    column), another index as the replica identity (a moved key logs no old key) and a TRUNCATE: the whole table. The rows' fingerprint reads those rows only."""
     source, _ = logical_pair
     admin = superuser(source, DATABASE)
     sql(admin, "CREATE TABLE by_int (id bigint PRIMARY KEY, v text)", "CREATE TABLE by_uuid (id uuid PRIMARY KEY)",
         "CREATE TABLE key_second (v text, id int PRIMARY KEY)", "CREATE TABLE two_keys (a int, b int, PRIMARY KEY (a, b))",
         "CREATE TABLE full_identity (id int PRIMARY KEY, v text)", "ALTER TABLE full_identity REPLICA IDENTITY FULL",
         "CREATE TABLE emptied (id int PRIMARY KEY)",
+        "CREATE TABLE other_identity (id int PRIMARY KEY, code int NOT NULL UNIQUE)",
+        "ALTER TABLE other_identity REPLICA IDENTITY USING INDEX other_identity_code_key",
+        "INSERT INTO other_identity VALUES (2, 2)",
         "INSERT INTO by_int VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')",
         "INSERT INTO full_identity VALUES (1, 'a')", "INSERT INTO emptied VALUES (1)")
     uuid = "0b0e2f9c-5a55-4c3e-9a47-1f2a3b4c5d6e"
@@ -586,7 +589,8 @@ def test_the_change_slot_names_the_rows_a_change_touched_where_the_key_leaves_no
             "UPDATE by_int SET v = 'x' WHERE id = 1", "UPDATE by_int SET id = 20 WHERE id = 2",
             "DELETE FROM by_int WHERE id = 3", f"INSERT INTO by_uuid VALUES ('{uuid}')",
             "INSERT INTO key_second VALUES ('a', 1)", "INSERT INTO two_keys VALUES (1, 2)",
-            "UPDATE full_identity SET v = 'b'", "TRUNCATE emptied")
+            "UPDATE full_identity SET v = 'b'", "TRUNCATE emptied",
+            "UPDATE other_identity SET id = 20 WHERE id = 2")  # logged as the new key only: row 2 would go unnamed
         wal_flushed(admin)
         with pgdata.session(admin) as conn:
             lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot,
@@ -598,7 +602,8 @@ def test_the_change_slot_names_the_rows_a_change_touched_where_the_key_leaves_no
     assert changes.unknown == ()
     assert changes.rows == {"public.by_int": pgdata.RowKeys("id", "int8", frozenset({"-5", "1", "2", "20", "3"})),
                             "public.by_uuid": pgdata.RowKeys("id", "uuid", frozenset({uuid}))}
-    assert changes.changed == {"public.key_second", "public.two_keys", "public.full_identity", "public.emptied"}
+    assert changes.changed == {"public.key_second", "public.two_keys", "public.full_identity", "public.emptied",
+                               "public.other_identity"}
     everything = frozenset({"public.by_int", "public.by_uuid", "public.key_second", "public.dag_run"})
     assert changes.may_skip(everything) == {"public.dag_run"}
     assert set(changes.by_rows(everything)) == {"public.by_int", "public.by_uuid"}

@@ -3,7 +3,7 @@
 -- (names quoted as quote_ident does; a TRUNCATE lists every table it emptied, comma-separated). Rows:
 --   changed|<hex of schema.name>          a change names it: the table is compared in full;
 --   rows|<hex of schema.name>:<hex key>   a table whose primary key is one integer or uuid column, its first,
---                                         and every change to which named its row (old and new key of an
+--                                         and its replica identity, and every change to which named its row (old and new key of an
 --                                         UPDATE that moved it; no TRUNCATE): only these rows are compared;
 --   key|<hex of schema.name>:<hex column>:<type>   that table's key column and type (pg_type's name);
 --   always|<hex of schema.name>           compared whatever the slot says: it has inheritance children or
@@ -27,7 +27,7 @@ WITH changes AS MATERIALIZED (
     FROM changes
 ), tables AS (
     SELECT c.oid, n.nspname || '.' || c.relname AS name, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS quoted,
-           c.relhassubclass OR c.relpersistence = 'u' AS always
+           c.relhassubclass OR c.relpersistence = 'u' AS always, c.relreplident
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p')
@@ -51,6 +51,9 @@ WITH changes AS MATERIALIZED (
     JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]
     JOIN pg_type ty ON ty.oid = a.atttypid
     WHERE NOT t.always
+      -- the key is the replica identity (an UPDATE that moves it logs the old key; with another index as the
+      -- identity it would log only the new one, and the row it left would go unnamed)
+      AND (t.relreplident = 'd' OR (t.relreplident = 'i' AND i.indisreplident))
       AND ty.typname IN ('int2', 'int4', 'int8', 'uuid')
       AND a.attnum = (SELECT min(f.attnum) FROM pg_attribute f WHERE f.attrelid = t.oid AND f.attnum > 0 AND NOT f.attisdropped)
 ), keyed_lines AS (
