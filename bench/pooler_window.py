@@ -146,7 +146,26 @@ def paused_cutover(lab: Lab, megabytes: int) -> dict[str, Any]:
     task = next(t for t in lab.api.task_instances(MIGRATION, run_id) if t["task_id"] == "paused_cutover")
     window = (datetime.fromisoformat(task["start_date"]).timestamp(), datetime.fromisoformat(task["end_date"]).timestamp())
     return {"size": size, "writer": seen, "paused_s": result.get("paused_s"),
-            "cutover_latency_s": slowest_within(seen.get("slow") or [], window)}
+            "cutover_latency_s": slowest_within(seen.get("slow") or [], window),
+            "log": pause_log_lines(lab, run_id)}
+
+
+PAUSE_TASKS = ("phase6_data_migration.prepare_logical_source", "paused_cutover")
+PAUSE_WORDS = ("PAUSE", "RESUME", "in the pause", "before the pause", "changed since", "restart", "postponed")
+
+
+def pause_log_lines(lab: Lab, run_id: str) -> dict[str, list[str]]:
+    """The lines of the tasks that pause Airflow that say how long each step took, kept with the run's figures
+    (a slow run is explained from them after the lab has moved on)."""
+    kept: dict[str, list[str]] = {}
+    for ti in lab.api.task_instances(MIGRATION, run_id):
+        if ti["task_id"] in PAUSE_TASKS:
+            try:
+                lines = lab.api.task_log(MIGRATION, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+            except Exception as exc:  # noqa: BLE001 - the figures matter more than their explanation
+                lines = [f"no log: {exc}"]
+            kept[ti["task_id"]] = [line for line in lines if any(word in line for word in PAUSE_WORDS)][-60:]
+    return kept
 
 
 def slowest_within(slow: list[list[float]], window: tuple[float, float]) -> float:
