@@ -191,7 +191,7 @@ def _six_airflow_hosts(raw: dict[str, Any]) -> None:
     """Airflow on vm1 and on five more hosts; max_connections left at PostgreSQL's default (100)."""
     raw["postgres"]["parameters"].pop("max_connections")
     for i in range(2, 7):
-        raw["hosts"].append({"name": f"vm{i}", "address": f"192.168.83.{10 + i}", "ssh_conn_id": f"ssh_vm{i}"})
+        raw["hosts"].append({"name": f"vm{i}", "address": f"10.83.0.{200 + i}", "ssh_conn_id": f"ssh_vm{i}"})
         raw["airflow"]["hosts"].append(dict(raw["airflow"]["hosts"][0], host=f"vm{i}"))
 
 

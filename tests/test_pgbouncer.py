@@ -580,24 +580,14 @@ def test_the_change_slot_names_the_rows_a_change_touched_where_the_key_leaves_no
         "INSERT INTO by_int VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')",
         "INSERT INTO full_identity VALUES (1, 'a')", "INSERT INTO emptied VALUES (1)")
     uuid = "0b0e2f9c-5a55-4c3e-9a47-1f2a3b4c5d6e"
-    slot = pgdata.lit(pgdata.VERIFY_SLOT)
-    with pgdata.session(admin) as conn:
-        made_at = pgdata.lit(pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0])
-    try:
-        sql(admin, "INSERT INTO by_int VALUES (-5, E' id[bigint]:77 new-tuple: id[bigint]:78\\ntable public.by_int: "
-                   "INSERT: id[bigint]:79')",
-            "UPDATE by_int SET v = 'x' WHERE id = 1", "UPDATE by_int SET id = 20 WHERE id = 2",
-            "DELETE FROM by_int WHERE id = 3", f"INSERT INTO by_uuid VALUES ('{uuid}')",
-            "INSERT INTO key_second VALUES ('a', 1)", "INSERT INTO two_keys VALUES (1, 2)",
-            "UPDATE full_identity SET v = 'b'", "TRUNCATE emptied",
-            "UPDATE other_identity SET id = 20 WHERE id = 2")  # logged as the new key only: row 2 would go unnamed
-        wal_flushed(admin)
-        with pgdata.session(admin) as conn:
-            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot,
-                                                                                 made_at=made_at))]
-    finally:
-        with pgdata.session(admin) as conn:
-            pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
+    lines = slot_lines_after(
+        admin, "INSERT INTO by_int VALUES (-5, E' id[bigint]:77 new-tuple: id[bigint]:78\\ntable public.by_int: "
+               "INSERT: id[bigint]:79')",
+        "UPDATE by_int SET v = 'x' WHERE id = 1", "UPDATE by_int SET id = 20 WHERE id = 2",
+        "DELETE FROM by_int WHERE id = 3", f"INSERT INTO by_uuid VALUES ('{uuid}')",
+        "INSERT INTO key_second VALUES ('a', 1)", "INSERT INTO two_keys VALUES (1, 2)",
+        "UPDATE full_identity SET v = 'b'", "TRUNCATE emptied",
+        "UPDATE other_identity SET id = 20 WHERE id = 2")  # logged as the new key only: row 2 would go unnamed
     changes = pgdata.table_changes(lines)
     assert changes.unknown == ()
     assert changes.rows == {"public.by_int": pgdata.RowKeys("id", "int8", frozenset({"-5", "1", "2", "20", "3"})),
@@ -629,18 +619,7 @@ def test_a_truncate_that_names_a_table_no_longer_there_is_a_change_the_slot_cann
     source, _ = logical_pair
     admin = superuser(source, DATABASE)
     sql(admin, "CREATE TABLE kept (id int)", "CREATE TABLE gone (id int)")
-    slot = pgdata.lit(pgdata.VERIFY_SLOT)
-    with pgdata.session(admin) as conn:
-        made_at = pgdata.lit(pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0])
-    try:
-        sql(admin, "TRUNCATE kept, gone", "DROP TABLE gone")
-        wal_flushed(admin)
-        with pgdata.session(admin) as conn:
-            lines = ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot,
-                                                                                 made_at=made_at))]
-    finally:
-        with pgdata.session(admin) as conn:
-            pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
+    lines = slot_lines_after(admin, "TRUNCATE kept, gone", "DROP TABLE gone")
     changes = pgdata.table_changes(lines)
     assert "public.kept" in changes.changed
     assert changes.unknown == ("public.kept, public.gone",)
@@ -695,6 +674,22 @@ def test_without_a_change_slot_the_cutover_compares_every_table_inside_the_pause
     assert "3 tables identical (3 compared in the pause, 0 of them by the rows changed since; 0 identical before it " \
            "and unchanged since)" in logged
     assert sql(superuser(source), "SELECT count(*) FROM pg_replication_slots")[0][0] == 0
+
+
+def slot_lines_after(admin: pgdata.Endpoint, *statements: str) -> list[str]:
+    """verify_slot_changes.sql's rows ("kind|payload") for a change slot made before ``statements`` ran."""
+    slot = pgdata.lit(pgdata.VERIFY_SLOT)
+    with pgdata.session(admin) as conn:
+        made_at = pgdata.lit(pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0])
+    try:
+        sql(admin, *statements)
+        wal_flushed(admin)  # decoding reads only flushed WAL (the test server commits asynchronously)
+        with pgdata.session(admin) as conn:
+            return ["|".join(row) for row in pgdata.rows(conn, pgdata.statement("verify_slot_changes.sql", slot=slot,
+                                                                                made_at=made_at))]
+    finally:
+        with pgdata.session(admin) as conn:
+            pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
 
 
 def wal_flushed(endpoint: pgdata.Endpoint, timeout: float = 10) -> None:
