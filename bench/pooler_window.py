@@ -17,6 +17,7 @@ Prints min / median / max over --runs per cell. Needs the lab (lab/lab up); the 
 migrates with pooler pgbouncer first when Airflow does not go through PgBouncer yet.
 
     .venv/bin/python bench/pooler_window.py [--events switchover,cutover] [--runs 5] [--sizes 50,1024]
+        [--variants today,pause]
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ def switchovers(lab: Lab, runs: int, keep) -> list[dict[str, Any]]:
 
 
 def paused_cutover(lab: Lab, megabytes: int) -> dict[str, Any]:
-    lab_cli("provision")
-    drop_cluster_copy(lab)
+    if cluster_exists():
+        lab_cli("provision")
+        drop_cluster_copy(lab)
+    else:  # a fresh lab, or a pause-only invocation's first run
+        lab.reset_to_provisioned()
     size = grow(lab, megabytes)
     lab.api.unpause(MIGRATION)
     run_id = lab.api.trigger(MIGRATION, POOLER)
@@ -176,18 +180,21 @@ def slowest_within(slow: list[list[float]], window: tuple[float, float]) -> floa
     return max(inside, default=0.0)
 
 
-def cutovers(lab: Lab, runs: int, sizes: list[int], keep) -> list[dict[str, Any]]:
+def cutovers(lab: Lab, runs: int, sizes: list[int], variants: list[str], keep) -> list[dict[str, Any]]:
     results = []
     for megabytes in sizes:
         for run in range(1, runs + 1):
-            today = one_run(lab, "logical_replication", megabytes, fresh=not cluster_exists())  # a fresh lab has none
-            pause = paused_cutover(lab, megabytes)
-            pair = [{"event": f"cutover {megabytes} MB", "variant": "today", "run": run,
-                     "window": today["window"], "size": today["size"]},
-                    {"event": f"cutover {megabytes} MB", "variant": "pause", "run": run, **pause}]
+            pair = []
+            if "today" in variants:
+                today = one_run(lab, "logical_replication", megabytes, fresh=not cluster_exists())  # a fresh lab has none
+                pair.append({"event": f"cutover {megabytes} MB", "variant": "today", "run": run,
+                             "window": today["window"], "size": today["size"]})
+            if "pause" in variants:
+                pair.append({"event": f"cutover {megabytes} MB", "variant": "pause", "run": run,
+                             **paused_cutover(lab, megabytes)})
             keep(pair)
             results += pair
-            print(f"cutover {megabytes} MB run {run}: stopped {today['window']}s / paused {pause}",
+            print(f"cutover {megabytes} MB run {run}: {json.dumps([{k: v for k, v in r.items() if k != 'log'} for r in pair])}",
                   file=sys.stderr, flush=True)
     return results
 
@@ -226,6 +233,8 @@ def main() -> int:
     parser.add_argument("--events", default="switchover,cutover")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="50,1024", help="airflow_db sizes in MB for the cutover")
+    parser.add_argument("--variants", default="today,pause",
+                        help="cutover variants to run: today (restart-based), pause (pooler pgbouncer)")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "pooler_window_lab.jsonl")
     parser.add_argument("--table-only", action="store_true", help="print the table of the runs in --results")
     args = parser.parse_args()
@@ -243,7 +252,7 @@ def main() -> int:
                 out.write(json.dumps(r) + "\n")
 
     if "cutover" in events:
-        results += cutovers(lab, args.runs, [int(s) for s in args.sizes.split(",")], keep)
+        results += cutovers(lab, args.runs, [int(s) for s in args.sizes.split(",")], args.variants.split(","), keep)
     if "switchover" in events:
         results += switchovers(lab, args.runs, keep)
     print(table(results))
