@@ -213,7 +213,7 @@ def export_snapshot(conn: Connection) -> str:
 
 
 def list_tables(conn: Connection) -> list[tuple[str, str]]:
-    return [(schema, table) for schema, table in rows(conn, statement("list_tables.sql"))]
+    return [(schema, table) for schema, table, _ in rows(conn, statement("list_tables.sql"))]
 
 
 VERIFIED_BEFORE = (-1, "identical before the pause, unchanged since")  # a table skipped on both sides
@@ -227,8 +227,7 @@ def fingerprints(conn: Connection, skip: frozenset[str] = frozenset(),
     execute(conn, statement("fingerprint_session.sql"))
     by_rows = by_rows or {}
     result = {}
-    for schema, table in list_tables(conn):
-        name = f"{schema}.{table}"
+    for schema, table, name in rows(conn, statement("list_tables.sql")):
         if name in skip:
             result[name] = VERIFIED_BEFORE
             continue

@@ -39,3 +39,25 @@ def test_fingerprints_detect_a_changed_row(postgres: PostgresService, monkeypatc
         after = pgdata.fingerprints(conn)
     assert pgdata.compare_fingerprints(before, after) == ["public.fp: source 2 rows vs cluster 2 rows, checksums differ"]
     assert pgdata.compare_fingerprints(after, after) == []
+
+
+def test_tables_whose_dotted_names_read_alike_are_two_tables(postgres: PostgresService,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """"a.b".c and a."b.c" are both a.b.c as plain schema.name: keyed that way, one table's fingerprint would
+    hide the other's. As quote_ident writes them they stay two, and a change in either is seen."""
+    set_connection(monkeypatch, "pg_test", conn_type="postgres", host=postgres.host, port=postgres.port,
+                   login="postgres", password=POSTGRES_PASSWORD, schema="postgres")
+    hook = NodePostgresHook("pg_test")
+    hook.execute_autocommit('DROP SCHEMA IF EXISTS "a.b" CASCADE', "DROP SCHEMA IF EXISTS a CASCADE",
+                            'CREATE SCHEMA "a.b"', "CREATE SCHEMA a", 'CREATE TABLE "a.b".c (id int)',
+                            'CREATE TABLE a."b.c" (id int)', 'INSERT INTO "a.b".c VALUES (1)')
+    try:
+        with pgdata.session(hook.endpoint()) as conn:
+            before = pgdata.fingerprints(conn)
+        assert before['"a.b".c'][0] == 1 and before['a."b.c"'][0] == 0
+        hook.execute_autocommit('INSERT INTO a."b.c" VALUES (1)')
+        with pgdata.session(hook.endpoint()) as conn:
+            after = pgdata.fingerprints(conn)
+        assert pgdata.compare_fingerprints(before, after) == ['a."b.c": source 0 rows vs cluster 1 rows, checksums differ']
+    finally:
+        hook.execute_autocommit('DROP SCHEMA "a.b" CASCADE', "DROP SCHEMA a CASCADE")

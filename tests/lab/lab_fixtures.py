@@ -176,11 +176,11 @@ class Lab:
     def source_fingerprints(self) -> dict[str, str]:
         """Per table 'count|md5' on vm1's old database, computed like the cutover agent does."""
         out = {}
-        for row in self.source_sql(LIST_TABLES).split():
-            schema, table = row.split("|")
+        for row in self.source_sql(LIST_TABLES).splitlines():
+            schema, table, name = row.split("|")  # name: as quote_ident writes it, the agent's key
             query = ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD';\n"
                      + TABLE_FINGERPRINT.replace("{table}", f'"{schema}"."{table}"'))
-            out[f"{schema}.{table}"] = self.source_sql(query).strip().splitlines()[-1]
+            out[name] = self.source_sql(query).strip().splitlines()[-1]
         return out
 
     def changed_tasks(self, dag_id: str, run_id: str, prefix: str = "") -> dict[str, list[str]]:
