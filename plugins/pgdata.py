@@ -595,6 +595,23 @@ def table_changes(lines: list[str]) -> TableChanges:
     return TableChanges(frozenset(found["changed"]), frozenset(found["always"]), tuple(found["unknown"]), rows)
 
 
+def insert_position(conn: Connection) -> str:
+    """The source's WAL insert position, as text."""
+    return str(scalar(conn, statement("current_insert_lsn.sql")))
+
+
+def written_tables(lines: list[str]) -> list[str]:
+    """``verify_slot_written_since.sql``'s rows (hex of a table's name) as names; a row that is not hex stays
+    as it came (it still says something was written)."""
+    names = []
+    for line in lines:
+        try:
+            names.append(bytes.fromhex(line.strip()).decode())
+        except ValueError:
+            names.append(line.strip())
+    return sorted(name for name in names if name)
+
+
 def table_shapes(conn: Connection) -> dict[str, str]:
     """Each user table's persistence and columns, as an md5."""
     return dict(rows(conn, statement("table_shapes.sql")))

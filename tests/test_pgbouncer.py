@@ -677,6 +677,40 @@ def test_without_a_change_slot_the_cutover_compares_every_table_inside_the_pause
     assert sql(superuser(source), "SELECT count(*) FROM pg_replication_slots")[0][0] == 0
 
 
+def test_a_client_writing_to_the_source_past_pgbouncer_inside_the_pause_stops_the_cutover(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A client that goes to the source directly would go on writing there after the cutover: one that commits
+    while every PgBouncer is paused (here: after the change slot was read, into a table it vouched for) stops
+    the cutover, named; PgBouncer is back on the source and running, and a retry once it stopped succeeds."""
+    source, cluster = logical_pair
+    bouncer, inventory = cutover_env
+    compare = pgdata.both_sides
+
+    def bypass_then_compare(*args: Any, **kwargs: Any) -> Any:
+        sql(owner(source), "INSERT INTO log (event) VALUES ('written past PgBouncer')")
+        wal_flushed(superuser(source, DATABASE))
+        return compare(*args, **kwargs)
+
+    monkeypatch.setattr(pgdata, "both_sides", bypass_then_compare)
+    with pytest.raises(AirflowException, match=r"while every PgBouncer was paused, transactions committed on the "
+                                               r"source's airflow_db \(after [0-9A-F]+/[0-9A-F]+\) wrote to public\.log: "
+                                               r"a client writes to the source without going through PgBouncer"):
+        PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, pause_retry_delay=1).execute({})
+    assert "RESUME" in capsys.readouterr().out
+    other = through(bouncer)
+    try:
+        assert server_port(other) == source.port  # resumed, on the source
+    finally:
+        other.close()
+    assert sql(superuser(source), "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_verify'")[0][0] == 0
+    monkeypatch.setattr(pgdata, "both_sides", compare)
+    summary = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, pause_retry_delay=1).execute({})
+    assert summary["result"]["outcome"] == "success"
+    assert "no write since the pause checked" in capsys.readouterr().out
+    assert sql(owner(cluster), "SELECT count(*) FROM log WHERE event = 'written past PgBouncer'")[0][0] == 1
+
+
 def slot_lines_after(admin: pgdata.Endpoint, *statements: str) -> list[str]:
     """verify_slot_changes.sql's rows ("kind|payload") for a change slot made before ``statements`` ran."""
     slot = pgdata.lit(pgdata.VERIFY_SLOT)
