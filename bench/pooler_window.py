@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -149,7 +150,8 @@ def paused_cutover(lab: Lab, megabytes: int) -> dict[str, Any]:
     result = (lab.api.xcom(MIGRATION, run_id, "paused_cutover") or {}).get("result") or {}
     task = next(t for t in lab.api.task_instances(MIGRATION, run_id) if t["task_id"] == "paused_cutover")
     window = (datetime.fromisoformat(task["start_date"]).timestamp(), datetime.fromisoformat(task["end_date"]).timestamp())
-    return {"size": size, "writer": seen, "paused_s": result.get("paused_s"),
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return {"size": size, "commit": commit.stdout.strip(), "writer": seen, "paused_s": result.get("paused_s"),
             "cutover_latency_s": slowest_within(seen.get("slow") or [], window),
             "log": pause_log_lines(lab, run_id)}
 
