@@ -26,8 +26,8 @@ demo: deps venv
 ## moved to a 15 and a 17 cluster (its own lab session: the source major is provisioned).
 test: deps venv
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests
-	$(VENV)/bin/pytest -q -m lab tests
-	PGHA_LAB_SOURCE_MAJOR=13 $(VENV)/bin/pytest -q -m lab tests/lab/test_lab_pg13_source.py
+	$(VENV)/bin/pytest -q --durations=15 -m lab tests
+	PGHA_LAB_SOURCE_MAJOR=13 $(VENV)/bin/pytest -q --durations=5 -m lab tests/lab/test_lab_pg13_source.py
 
 unit: deps venv
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests
