@@ -8,6 +8,9 @@ failed transactions, the longest commit latency and the longest gap between two 
   PgBouncer): "today" = the drill without pgbouncer.enabled, its writer straight to HAProxy's write
   port; "pause" = the drill with pgbouncer.enabled, its writer through vm1's PgBouncer. Both writers
   run in every drill, so the table also shows PgBouncer without the pause.
+- host_crash, host_isolate, postmaster_kill, patroni_stop (unplanned, nothing to pause for): the drill of that
+  scenario with Airflow on its PgBouncers; its two writers side by side, straight to HAProxy (the cluster's
+  own RTO) and through vm1's PgBouncer (Airflow's path), to show the pooler does not make a failure worse.
 - cutover (logical, --sizes MB of airflow_db): "today" = the restart-based cutover, Airflow's stopped
   window from the cutover agent's record (bench/cutover_window.py's measure); "pause" = pooler
   pgbouncer, the writer through vm1's PgBouncer from the move onto it to the end of the run, and the
@@ -48,6 +51,7 @@ WRITER = "/var/lib/pgha-probe/pooler_writer.py"
 CA_FILE = "/etc/pgha/tls/ca.crt"
 INVENTORY = "/opt/pgha/lab/inventory.yml"  # PGHA_INVENTORY of the lab's Airflow units
 WITH_PGBOUNCER = "/etc/pgha/inventory-bench-pgbouncer.yml"
+UNPLANNED = ("host_crash", "host_isolate", "postmaster_kill", "patroni_stop")
 POOLER = {"migration_method": "logical_replication", "pooler": "pgbouncer", "run_failover_test": False}
 
 
@@ -92,12 +96,12 @@ def migrate_with_pooler(lab: Lab) -> str:
     return run_id
 
 
-def drill_switchover(lab: Lab, inventory: str) -> dict[str, Any]:
+def drill_once(lab: Lab, inventory: str, scenario: str = "switchover") -> dict[str, Any]:
     for via in ("haproxy", "pgbouncer"):
         start_writer(lab, via)
     time.sleep(3)
     try:
-        run_id = lab.api.trigger(DRILL, {"scenario": "switchover", "inventory_path": inventory, "rto_slo_s": 120})
+        run_id = lab.api.trigger(DRILL, {"scenario": scenario, "inventory_path": inventory, "rto_slo_s": 300})
         state = lab.api.wait(DRILL, run_id, timeout=1200, poll=3)
         time.sleep(3)
     finally:
@@ -108,7 +112,9 @@ def drill_switchover(lab: Lab, inventory: str) -> dict[str, Any]:
     return {"writers": seen, "detail": inject.get("detail")}
 
 
-def switchovers(lab: Lab, runs: int, keep) -> list[dict[str, Any]]:
+def drills_through_pgbouncer(lab: Lab) -> None:
+    """Airflow on its PgBouncers (a migration with pooler pgbouncer first if not), the drill unpaused and settled,
+    and WITH_PGBOUNCER: the lab's inventory with ``pgbouncer.enabled``."""
     if not airflow_through_pgbouncer(lab):
         print("migrating with pooler pgbouncer first", file=sys.stderr, flush=True)
         migrate_with_pooler(lab)
@@ -117,11 +123,32 @@ def switchovers(lab: Lab, runs: int, keep) -> list[dict[str, Any]]:
     lab.put(HOST, WITH_PGBOUNCER, yaml.safe_dump(raw))
     lab.ssh(HOST, f"chmod 0644 {WITH_PGBOUNCER}")
     lab.unpause_settled(DRILL)
+
+
+def unplanned(lab: Lab, runs: int, scenarios: list[str], keep) -> list[dict[str, Any]]:
+    """Unplanned failures (no pause: nothing announces them), Airflow on its PgBouncers: each drill's two writers
+    side by side, straight to HAProxy (the cluster's own RTO, last turn's table) and through vm1's PgBouncer."""
+    drills_through_pgbouncer(lab)
+    results = []
+    try:
+        for run in range(1, runs + 1):
+            for scenario in scenarios:
+                seen = drill_once(lab, WITH_PGBOUNCER, scenario)
+                results.append({"event": scenario, "variant": "unplanned", "run": run, **seen})
+                keep(results[-1:])
+                print(f"{scenario} run {run}: {json.dumps(seen['writers'])}", file=sys.stderr, flush=True)
+    finally:
+        lab.api.pause(DRILL)
+    return results
+
+
+def switchovers(lab: Lab, runs: int, keep) -> list[dict[str, Any]]:
+    drills_through_pgbouncer(lab)
     results = []
     try:
         for run in range(1, runs + 1):
             for variant, inventory in (("today", INVENTORY), ("pause", WITH_PGBOUNCER)):
-                seen = drill_switchover(lab, inventory)
+                seen = drill_once(lab, inventory)
                 results.append({"event": "switchover", "variant": variant, "run": run, **seen})
                 keep(results[-1:])
                 print(f"switchover {variant} run {run}: {json.dumps(seen['writers'])}", file=sys.stderr, flush=True)
@@ -232,7 +259,8 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", default="switchover,cutover")
+    parser.add_argument("--events", default="switchover,cutover",
+                        help=f"switchover, cutover and any unplanned drill scenario: {','.join(UNPLANNED)}")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="50,1024", help="airflow_db sizes in MB for the cutover")
     parser.add_argument("--variants", default="today,pause",
@@ -257,6 +285,9 @@ def main() -> int:
         results += cutovers(lab, args.runs, [int(s) for s in args.sizes.split(",")], args.variants.split(","), keep)
     if "switchover" in events:
         results += switchovers(lab, args.runs, keep)
+    faults = [e for e in events if e in UNPLANNED]
+    if faults:
+        results += unplanned(lab, args.runs, faults, keep)
     print(table(results))
     return 0
 
