@@ -529,6 +529,7 @@ def test_the_change_slot_names_every_table_a_commit_touched_however_it_is_named(
     sql(admin, f'CREATE TABLE "{hostile.replace(chr(34), chr(34) * 2)}" (id int PRIMARY KEY, v text)',
         'CREATE SCHEMA "Odd Schema"', 'CREATE TABLE "Odd Schema".t (id int PRIMARY KEY)',
         'CREATE TABLE plain (id int PRIMARY KEY)', 'CREATE TABLE untouched (id int PRIMARY KEY)',
+        'CREATE TABLE "select" (id int PRIMARY KEY)',
         'CREATE UNLOGGED TABLE unlogged (id int)',
         'CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id)',
         'CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000)',
@@ -539,7 +540,8 @@ def test_the_change_slot_names_every_table_a_commit_touched_however_it_is_named(
         made_at = pgdata.lit(pgdata.rows(conn, pgdata.statement("verify_slot_create.sql", slot=slot))[0][0])
     try:
         sql(admin, f'UPDATE "{hostile.replace(chr(34), chr(34) * 2)}" SET v = \'table public.untouched: INSERT:\'',
-            'INSERT INTO plain VALUES (1)', 'TRUNCATE "Odd Schema".t, plain', 'INSERT INTO parted VALUES (5)')
+            'INSERT INTO plain VALUES (1)', 'TRUNCATE "Odd Schema".t, plain', 'INSERT INTO parted VALUES (5)',
+            'INSERT INTO "select" VALUES (7)')
         wal_flushed(admin)  # decoding reads only flushed WAL (the test server commits asynchronously)
         with pgdata.session(admin) as conn:
             peek = pgdata.statement("verify_slot_changes.sql", slot=slot, made_at=made_at)
@@ -549,16 +551,17 @@ def test_the_change_slot_names_every_table_a_commit_touched_however_it_is_named(
         with pgdata.session(admin) as conn:
             pgdata.rows(conn, pgdata.statement("verify_slot_drop.sql", slot=slot))
     changes = pgdata.table_changes(lines)
-    quoted = 'public."we,ird: INSERT: ""x"""'  # as quote_ident writes it, the key of every comparison
+    quoted = 'public."we,ird: INSERT: ""x"""'  # the key of every comparison; a keyword is not quoted in it
     # a TRUNCATE list: the whole table; changes that name their rows by an int key: those rows
     assert changes.changed == {'"Odd Schema".t', "public.plain"}
     assert changes.rows == {quoted: pgdata.RowKeys("id", "int4", frozenset({"1"})),
-                            "public.parted_1": pgdata.RowKeys("id", "int4", frozenset({"5"}))}
+                            "public.parted_1": pgdata.RowKeys("id", "int4", frozenset({"5"})),
+                            "public.select": pgdata.RowKeys("id", "int4", frozenset({"7"}))}
     assert changes.always == {"public.parted", "public.unlogged"} and changes.unknown == ()
     everything = frozenset({quoted, '"Odd Schema".t', "public.plain", "public.parted_1", "public.parted",
                             "public.untouched", "public.unlogged", "public.dag_run", "public.log"})
     assert changes.may_skip(everything) == {"public.untouched", "public.dag_run", "public.log"}
-    assert set(changes.by_rows(everything)) == {quoted, "public.parted_1"}
+    assert set(changes.by_rows(everything | {"public.select"})) == {quoted, "public.parted_1", "public.select"}
     assert sorted(again) == sorted(lines)  # peeked, not consumed
     assert sql(admin, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_verify'")[0][0] == 0
 

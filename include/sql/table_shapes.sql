@@ -1,7 +1,7 @@
 -- Every user table's shape: its persistence and its columns (name and type, in order), one md5 a table. A
 -- schema change is not in the WAL the change slot decodes: a table whose shape differs between source and
 -- cluster is compared in full whatever the slot says. Names as list_tables.sql keys them.
-SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+SELECT CASE WHEN n.nspname ~ '^[a-z_][a-z0-9_]*$' THEN n.nspname ELSE '"' || replace(n.nspname, '"', '""') || '"' END || '.' || CASE WHEN c.relname ~ '^[a-z_][a-z0-9_]*$' THEN c.relname ELSE '"' || replace(c.relname, '"', '""') || '"' END,
        md5(c.relpersistence::text || ':' || coalesce(string_agg(quote_ident(a.attname) || ' '
                                                           || format_type(a.atttypid, a.atttypmod), ', '
                                                           ORDER BY a.attnum), ''))

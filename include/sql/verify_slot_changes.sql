@@ -1,7 +1,7 @@
 -- On the source: the user tables a transaction committed since the change slot was made changed, read
 -- without consuming the slot. test_decoding writes "table <schema>.<name>: INSERT: <column>[<type>]:<value> ..."
 -- (names quoted as quote_ident does; a TRUNCATE lists every table it emptied, comma-separated). Rows:
---   changed|<hex of schema.name>          (names as quote_ident writes them) a change names it: the table is compared in full;
+--   changed|<hex of schema.name>          (names keyed as list_tables.sql keys them) a change names it: the table is compared in full;
 --   rows|<hex of schema.name>:<hex key>   a table whose primary key is one integer or uuid column, its first,
 --                                         and its replica identity, and every change to which named its row (old and new key of an
 --                                         UPDATE that moved it; no TRUNCATE): only these rows are compared;
@@ -26,7 +26,8 @@ WITH changes AS MATERIALIZED (
     SELECT DISTINCT substring(data FROM '^table ((?:(?:"(?:[^"]|"")*"|[^",:. ]+)[.](?:"(?:[^"]|"")*"|[^",:. ]+)(?:, )?)+): (?:INSERT|UPDATE|DELETE|TRUNCATE):') AS head
     FROM changes
 ), tables AS (
-    SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name,
+    -- name: the key list_tables.sql gives it; quoted: as test_decoding writes it (keywords quoted too)
+    SELECT c.oid, CASE WHEN n.nspname ~ '^[a-z_][a-z0-9_]*$' THEN n.nspname ELSE '"' || replace(n.nspname, '"', '""') || '"' END || '.' || CASE WHEN c.relname ~ '^[a-z_][a-z0-9_]*$' THEN c.relname ELSE '"' || replace(c.relname, '"', '""') || '"' END AS name,
            quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS quoted,
            c.relhassubclass OR c.relpersistence = 'u' AS always, c.relreplident
     FROM pg_class c

@@ -1,8 +1,9 @@
 -- On the source, inside the PAUSE: the tables written by transactions that committed after {since} (the
 -- position read once every PgBouncer was paused, so no client of PgBouncer commits after it). A row means a
 -- client that does not go through PgBouncer writes to the database: it would go on writing to the source
--- after the cutover. Read from the change slot without consuming it; the transaction of each change is the
--- one whose COMMIT row follows it (peek rows carry their transaction id even without 'include-xids').
+-- after the cutover. Read from the change slot without consuming it; a change row and its transaction's COMMIT
+-- row carry the same transaction id (even without 'include-xids'), a COMMIT row's position is the end of the
+-- commit record. Only flushed WAL is decoded: a commit not yet flushed (synchronous_commit = off) is not seen.
 -- {slot}: a literal; {since}: an LSN literal. Hex: a name may hold any character.
 WITH changes AS MATERIALIZED (
     SELECT lsn, xid, data

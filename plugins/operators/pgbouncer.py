@@ -712,21 +712,22 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         source_prints, cluster_prints = pgdata.both_sides(self.source_app(), cluster_db, skip, by_rows)
         lap("compared")
         differences = pgdata.compare_fingerprints(source_prints, cluster_prints)
-        if differences:
-            raise AirflowException("the cluster differs from the source: " + "; ".join(differences[:20]))
         if before:
-            self._nothing_written_since(paused_at)
+            # first: a client past PgBouncer is why a compared table differs, if there is one
+            self._nothing_written_since(paused_at, differences)
             lap("no write since the pause checked")
         else:
             self.log.warning("without the change slot, writes to the source by a client that does not go through "
                              "PgBouncer cannot be seen: make sure there is none (pg_stat_activity on the source)")
+        if differences:
+            raise AirflowException("the cluster differs from the source: " + "; ".join(differences[:20]))
         skipped = sum(1 for p in source_prints.values() if p == pgdata.VERIFIED_BEFORE)
         self.log.info("caught up; %d sequences copied; %d tables identical (%d compared in the pause, %d of them by "
                       "the rows changed since; %d identical before it and unchanged since); in the pause: %s",
                       len(values), len(source_prints), len(source_prints) - skipped, len(by_rows), skipped,
                       ", ".join(took))
 
-    def _nothing_written_since(self, paused_at: str) -> None:
+    def _nothing_written_since(self, paused_at: str, differences: list[str]) -> None:
         """Inside the pause, last before the switch: no transaction committed on the source's database after
         ``paused_at`` (the change slot says). One did: a client goes to the source without PgBouncer, and it would
         go on writing there after the cutover, so the cutover is not done (undone: resumed on the source)."""
@@ -734,12 +735,13 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                                  slot=pgdata.lit(pgdata.VERIFY_SLOT), since=pgdata.lit(paused_at))
         written = pgdata.written_tables(found.stdout.splitlines())
         if written:
+            differ = f" (and so: {'; '.join(differences[:5])})" if differences else ""
             raise AirflowException(
                 f"while every PgBouncer was paused, transactions committed on the source's "
-                f"{self.inventory.postgres.database} (after {paused_at}) wrote to {', '.join(written[:20])}: a client "
-                "writes to the source without going through PgBouncer, and it would go on writing there after the "
-                "cutover. Find it in pg_stat_activity on the source and point it at its local PgBouncer (README, "
-                "PgBouncer); nothing was switched")
+                f"{self.inventory.postgres.database} (after {paused_at}) wrote to {', '.join(written[:20])}{differ}: "
+                "a client writes to the source without going through PgBouncer, and it would go on writing there "
+                "after the cutover. Find it in pg_stat_activity on the source and point it at its local PgBouncer "
+                "(README, PgBouncer); nothing was switched")
 
     def _stage(self, host: str, backend: Backend) -> str:
         """``host``'s pgbouncer.ini sending to ``backend``, written beside the live one (before the PAUSE)."""

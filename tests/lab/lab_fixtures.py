@@ -179,7 +179,8 @@ class Lab:
         for row in self.source_sql(LIST_TABLES).splitlines():
             schema, table, name = row.split("|")  # name: as quote_ident writes it, the agent's key
             query = ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD';\n"
-                     + TABLE_FINGERPRINT.replace("{table}", f'"{schema}"."{table}"'))
+                     + TABLE_FINGERPRINT.replace("{table}", '"{}"."{}"'.format(*(part.replace('"', '""')
+                                                                                    for part in (schema, table)))))
             out[name] = self.source_sql(query).strip().splitlines()[-1]
         return out
 
