@@ -378,6 +378,44 @@ def test_held_back_resumes_every_pgbouncer_when_its_block_fails(admin: PgBouncer
     assert not admin.paused(DATABASE)
 
 
+def wait_until(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_an_armed_resume_ends_a_pause_its_task_died_in_unless_disarmed_or_switched(
+        admin: PgBouncerAdminHook, bouncer: PgBouncerService) -> None:
+    """The host RESUMEs on its own when nothing ended the pause in time (the task died without on_kill); not
+    once disarmed, and not a PgBouncer whose pgbouncer.ini changed meanwhile (switched: it stays paused)."""
+    config = str(bouncer.config_path)
+    admin.arm_resume(DATABASE, 1.5, config)
+    admin.pause(DATABASE, 5)
+    assert admin.paused(DATABASE)
+    assert wait_until(lambda: not admin.paused(DATABASE), 10), "the armed RESUME ended the pause"
+    admin.arm_resume(DATABASE, 1.5, config)
+    admin.pause(DATABASE, 5)
+    admin.disarm_resume()
+    time.sleep(3)
+    assert admin.paused(DATABASE), "disarmed: no RESUME"
+    admin.resume(DATABASE)
+    original = bouncer.config_path.read_text()
+    try:
+        admin.arm_resume(DATABASE, 1.5, config)
+        admin.arm_resume(DATABASE, 1.5, config)  # again (another try): the first is disarmed, one RESUME left
+        admin.pause(DATABASE, 5)
+        bouncer.config_path.write_text(original + "; switched\n")
+        time.sleep(3)
+        assert admin.paused(DATABASE), "switched meanwhile: stays paused"
+    finally:
+        bouncer.config_path.write_text(original)
+        admin.resume(DATABASE)
+        admin.disarm_resume()
+
+
 # ----------------------------------------------------------------------------- PausedSwitchOperator
 
 
@@ -712,6 +750,49 @@ def test_a_client_writing_to_the_source_past_pgbouncer_inside_the_pause_stops_th
     assert summary["result"]["outcome"] == "success"
     assert "no write since the pause checked" in capsys.readouterr().out
     assert sql(owner(cluster), "SELECT count(*) FROM log WHERE event = 'written past PgBouncer'")[0][0] == 1
+
+
+def test_a_task_killed_inside_the_pause_resumes_every_pgbouncer_on_the_source(
+        cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """on_kill (the task marked failed or timed out while Airflow waits in the pause): every PgBouncer back on
+    the source and RESUMEd at once, not when the armed RESUME would come."""
+    source, _ = logical_pair
+    bouncer, inventory = cutover_env
+    inside, released = threading.Event(), threading.Event()
+
+    def blocked(self: Any, before: Any) -> None:
+        inside.set()
+        released.wait(30)
+        raise RuntimeError("the task is gone")
+
+    monkeypatch.setattr(PausedSwitchOperator, "_catch_up", blocked)
+    operator = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, pause_retry_delay=1)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            operator.execute({})
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            failed.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert inside.wait(60), "the operator reached the pause"
+        console = operator.console("lb")
+        assert console.paused(DATABASE)
+        operator.on_kill()
+        assert not console.paused(DATABASE)
+        probe = through(bouncer)
+        try:
+            assert server_port(probe) == source.port  # answers, on the source
+        finally:
+            probe.close()
+    finally:
+        released.set()
+        worker.join(60)
+    assert failed and "the task is gone" in str(failed[0])
 
 
 def slot_lines_after(admin: pgdata.Endpoint, *statements: str) -> list[str]:

@@ -25,6 +25,7 @@ from pgha.pgbouncer import (ADMIN_DATABASE, Backend, Blocker, PauseTimedOut, Res
 from pgha.pgdata import Endpoint
 
 TIMED_OUT = 124  # timeout(1)'s exit code
+ARMED_RESUME = "pgha-resume-after-pause"  # the name ($0) of the shell that RESUMEs if the task dies in the pause
 
 
 def _paused(databases: list[dict[str, str]], database: str) -> bool:
@@ -96,6 +97,29 @@ class PgBouncerAdminHook(BaseHook):
     def paused(self, database: str) -> bool:
         return _paused(self.show_databases(), database)
 
+    def arm_resume(self, database: str, after: float, config: str | None = None) -> None:
+        """A RESUME of ``database`` the host sends on its own after ``after`` seconds unless disarmed, so that a
+        task that dies inside the pause (worker lost, SIGKILL: no on_kill runs) cannot leave Airflow waiting
+        forever. Given a ``config``, it resumes only while that file is as it is now: a PgBouncer switched
+        meanwhile stays paused (with several Airflow hosts, resuming one switched and one not would split
+        Airflow's writes). One armed at a time: an earlier try's is disarmed first (it must not RESUME in the
+        middle of this one)."""
+        self.disarm_resume()
+        resume = self._psql((f"RESUME {ini_key(database)}",), 10)
+        if config is None:
+            script = f"sleep {float(after):g}; {resume}"
+        else:
+            config = shlex.quote(config)
+            script = (f'was="$(sha256sum < {config})"; sleep {float(after):g}; '
+                      f'[ "$(sha256sum < {config})" = "$was" ] && {resume}')
+        self.remote.run(f"setsid sh -c {shlex.quote(script)} {ARMED_RESUME} </dev/null >/dev/null 2>&1 &",
+                        timeout=30, quiet=True)
+
+    def disarm_resume(self) -> None:
+        """Stop the RESUME ``arm_resume`` left on the host (none: nothing to do). The pattern's brackets keep
+        pkill from matching the shell that runs it."""
+        self.remote.run(f"pkill -f -- '[{ARMED_RESUME[0]}]{ARMED_RESUME[1:]}' || true", timeout=30, quiet=True)
+
     def reload(self) -> None:
         """RELOAD: re-read pgbouncer.ini and the auth files (a changed [databases] host applies to new
         server connections; during a PAUSE no old one is left in use)."""
@@ -165,14 +189,17 @@ def resume_every(consoles: Mapping[str, PgBouncerAdminHook], database: str, log:
 
 @contextmanager
 def held_back(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeout: float,
-              log: logging.Logger) -> Iterator[float]:
+              log: logging.Logger, resume_after: float = 600) -> Iterator[float]:
     """
     PAUSE ``database`` on every console, in order, each bounded by ``timeout``; the block runs once all
     are paused (given the seconds that took) and every paused one is RESUMEd when it ends, however it
     ends. A PAUSE that times out raises PauseTimedOut (what held it) after resuming the ones before it:
-    the block never runs with a PgBouncer that still lets transactions through.
+    the block never runs with a PgBouncer that still lets transactions through. Each host RESUMEs on its
+    own after ``resume_after`` seconds when the task died in the block (``arm_resume``).
     """
     paused: dict[str, PgBouncerAdminHook] = {}
+    for console in consoles.values():  # before the PAUSE: not time Airflow waits
+        console.arm_resume(database, resume_after)
     started = time.monotonic()
     try:
         for host, console in consoles.items():
@@ -181,7 +208,14 @@ def held_back(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeout
             log.info("[%s] PAUSE %s done in %.2fs: Airflow's transactions wait in PgBouncer", host, database, took)
         yield time.monotonic() - started
     finally:
-        resume_every(paused, database, log)
-        if paused:
-            log.info("RESUME %s on %s: Airflow's transactions held %.2fs", database, ", ".join(paused),
-                     time.monotonic() - started)
+        try:
+            resume_every(paused, database, log)
+            if paused:
+                log.info("RESUME %s on %s: Airflow's transactions held %.2fs", database, ", ".join(paused),
+                         time.monotonic() - started)
+        finally:
+            for host, console in consoles.items():
+                try:
+                    console.disarm_resume()
+                except Exception:  # noqa: BLE001 - it only RESUMEs; the next arm stops it
+                    log.exception("[%s] could not stop the armed RESUME", host)

@@ -397,11 +397,16 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     :param pause_retry_delay: seconds between attempts.
     :param catch_up_timeout: seconds the subscription has to confirm the source's last position.
     :param switchover_timeout: seconds the new leader has to take HAProxy's write port.
+    :param resume_after: seconds after which each Airflow host RESUMEs its PgBouncer on its own when the
+        task died inside the pause without undoing it (SIGKILL, worker lost); killed by SIGTERM (marked
+        failed, timeout) the task undoes the pause itself (``on_kill``). A pause that would outlast it is
+        undone before any switch.
     """
 
     def __init__(self, *, mode: str = "cutover", listen_port: int | None = None, pause_timeout: float | None = None,
                  max_transaction_age: float = 5, attempts: int = 3, pause_retry_delay: float = 15,
-                 catch_up_timeout: float = 60, switchover_timeout: float = 60, **kwargs: Any) -> None:
+                 catch_up_timeout: float = 60, switchover_timeout: float = 60, resume_after: float = 300,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -413,6 +418,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         self.pause_retry_delay = pause_retry_delay
         self.catch_up_timeout = catch_up_timeout
         self.switchover_timeout = switchover_timeout
+        self.resume_after = resume_after
+        self._undo_on_kill: Callable[[], None] | None = None
 
     @property
     def paused_at_most(self) -> float:
@@ -572,21 +579,51 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         staged = {host: self._stage(host, targets[host]) for host in consoles if current[host] != targets[host]}
         paused: list[str] = []
         switched: list[str] = []
+        self._undo_on_kill = partial(self._undo, consoles, switched, paused, current)
         started = time.monotonic()
         try:
+            for host, console in consoles.items():  # before the PAUSE: not time Airflow waits
+                console.arm_resume(database, self.resume_after, self.os_family(host).pgbouncer.config)
+            self.log.info("each PgBouncer RESUMEs on its own in %gs unless this task ends the pause first (a task "
+                          "that dies inside it cannot leave Airflow waiting)", self.resume_after)
+            started = time.monotonic()
             for host, console in consoles.items():
                 took = console.pause(database, self.paused_at_most)
                 paused.append(host)
                 self.log.info("[%s] PAUSE %s done in %.2fs", host, database, took)
             work()
+            if time.monotonic() - started > self.resume_after - 30:  # its own RESUME could come mid-switch
+                raise AirflowException(f"the pause lasted {time.monotonic() - started:.0f}s, too close to the "
+                                       f"PgBouncers' own RESUME after {self.resume_after:g}s: not switched")
             for host in staged:
                 self._point(host, targets[host], staged[host])
                 switched.append(host)
         except BaseException:
+            self._undo_on_kill = None
             self._undo(consoles, switched, paused, current)
+            self._disarm(consoles)
             raise
-        self._resume_all(consoles, paused)
-        return time.monotonic() - started
+        self._undo_on_kill = None
+        try:
+            self._resume_all(consoles, paused)
+            return time.monotonic() - started
+        finally:
+            self._disarm(consoles)  # after the RESUME: not time Airflow waits
+
+    def _disarm(self, consoles: dict[str, PgBouncerAdminHook]) -> None:
+        for host, console in consoles.items():
+            try:
+                console.disarm_resume()
+            except Exception:  # noqa: BLE001 - it only RESUMEs an unchanged PgBouncer; the next arm stops it
+                self.log.exception("[%s] could not stop the armed RESUME", host)
+
+    def on_kill(self) -> None:
+        """Killed inside the pause (marked failed, a timeout): every PgBouncer back on the source, RESUMEd."""
+        undo = self._undo_on_kill
+        if undo is not None:
+            self.log.warning("on_kill inside the pause: undoing it")
+            undo()
+        super().on_kill()
 
     def _resume_all(self, consoles: dict[str, PgBouncerAdminHook], hosts: list[str]) -> None:
         """RESUME on every one of ``hosts`` (one that fails does not leave the others paused); then raise."""
