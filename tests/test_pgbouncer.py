@@ -18,7 +18,7 @@ from typing import Any
 import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
-from pgha.compat import AirflowException, AirflowSkipException
+from pgha.compat import AirflowException, AirflowSkipException, BaseHook
 from fixture_secrets import AIRFLOW_DB_PASSWORD, POSTGRES_PASSWORD
 from pg_pair import DATABASE, OWNER, ensure_owner, fill_source, owner, restart_with, sql, superuser
 from pgha_testing import loopback_inventory, set_connection, ssh_connection, write_inventory
@@ -510,12 +510,34 @@ def cutover_env(tmp_path: Path, sshd: SshdService, monkeypatch: pytest.MonkeyPat
 
 def test_paused_switch_operator_cuts_over_without_a_failed_commit(
         cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The cutover core end to end: a writer commits every 50 ms through PgBouncer while the operator
     pauses it, waits for the subscription, copies the sequences, compares the tables, points PgBouncer
-    at the cluster (HAProxy's write port, here the cluster itself) and resumes it."""
+    at the cluster (HAProxy's write port, here the cluster itself) and resumes it. No connection is looked
+    up while paused: in a worker that is a round trip to the task's supervisor, whose heartbeat waits in the
+    paused PgBouncer (on the lab: a 106 s stall, then the supervisor killed the task)."""
     source, cluster = logical_pair
     bouncer, inventory = cutover_env
+    paused, looked_up_inside = [False], []
+    lookup, pause, resume = BaseHook.get_connection.__func__, PgBouncerAdminHook.pause, PgBouncerAdminHook.resume
+
+    def recorded_lookup(cls: Any, conn_id: str, *args: Any, **kwargs: Any) -> Any:
+        if paused[0]:
+            looked_up_inside.append(conn_id)
+        return lookup(cls, conn_id, *args, **kwargs)
+
+    def recorded_pause(self: PgBouncerAdminHook, *args: Any, **kwargs: Any) -> float:
+        took = pause(self, *args, **kwargs)
+        paused[0] = True
+        return took
+
+    def recorded_resume(self: PgBouncerAdminHook, *args: Any, **kwargs: Any) -> None:
+        paused[0] = False
+        resume(self, *args, **kwargs)
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(recorded_lookup))
+    monkeypatch.setattr(PgBouncerAdminHook, "pause", recorded_pause)
+    monkeypatch.setattr(PgBouncerAdminHook, "resume", recorded_resume)
     verifier_before = verifier(source)
     assert verifier(cluster) != verifier_before
     writer = Writer(bouncer)
@@ -531,6 +553,7 @@ def test_paused_switch_operator_cuts_over_without_a_failed_commit(
         writer.stop()
     again = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory).execute({})
     assert writer.failures == []
+    assert looked_up_inside == [], "a connection looked up while Airflow was paused"
     # verified outside the pause: inside it only the table the writer changed is read again
     # ticks (the writer's table) may already differ there: the cluster applies on while the source's snapshot is read
     assert re.search(r"before the pause: [23] of 3 tables identical on the cluster", logged)

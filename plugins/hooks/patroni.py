@@ -131,15 +131,19 @@ class PatroniHook(BaseHook):
         self.conn_id = conn_id
         self.timeout = timeout
         self.tls = tls
+        self._login: tuple[str, str] | None = None
 
     def get_conn(self) -> tuple[str, str]:
-        """The (login, password) for unsafe endpoints, from the Airflow connection."""
-        if not self.conn_id:
-            raise AirflowException("PatroniHook needs conn_id for authenticated calls")
-        conn = self.get_connection(self.conn_id)
-        if not conn.login or not conn.password:
-            raise AirflowException(f"connection {self.conn_id!r} must have login and password (Patroni REST auth)")
-        return conn.login, conn.password
+        """The (login, password) for unsafe endpoints, from the Airflow connection; read once per hook (a
+        lookup is a round trip to the task's supervisor, which must not happen while Airflow is paused)."""
+        if self._login is None:
+            if not self.conn_id:
+                raise AirflowException("PatroniHook needs conn_id for authenticated calls")
+            conn = self.get_connection(self.conn_id)
+            if not conn.login or not conn.password:
+                raise AirflowException(f"connection {self.conn_id!r} must have login and password (Patroni REST auth)")
+            self._login = (conn.login, conn.password)
+        return self._login
 
     def status_code(self, api_url: str, path: str) -> int | None:
         """HTTP status of GET ``path`` (e.g. /primary, /replica), or None if unreachable."""

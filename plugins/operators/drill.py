@@ -432,10 +432,12 @@ class InjectFaultOperator(DrillOperator):
                                        f"HTTP {response.status_code} {response.text.strip()}")
             return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}"
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
+        patroni = self.patroni()
+        patroni.get_conn()  # its login now: inside the pause a connection lookup could wait on Airflow itself
         with self._airflow_held_back():
             started = time.monotonic()
             try:
-                new, answer = switchover_routed(self.patroni(), haproxy, plan["leader"], plan["candidate"],
+                new, answer = switchover_routed(patroni, haproxy, plan["leader"], plan["candidate"],
                                                 CONFIRM_TIMEOUT_S)
             except (SwitchoverRefused, TimeoutError) as exc:
                 raise AirflowException(str(exc)) from exc

@@ -93,10 +93,20 @@ class _PgBouncerTask:
             raise AirflowException("pooler pgbouncer needs migration_method logical_replication (the cutover "
                                    "through PgBouncer's pause catches up instead of copying); nothing was changed")
 
+    def once(self, key: str, read: Callable[[], Any]) -> Any:
+        """``read()`` the first time, the same value after: a connection lookup is a round trip to the task's
+        supervisor, whose heartbeat goes through the very PgBouncers a pause holds; one made inside the pause
+        can wait for that heartbeat's timeout (about 36 s, seen on the lab), and the supervisor kills a task
+        whose heartbeat failed three times. So every login is read before the PAUSE and reused inside it."""
+        cache = self.__dict__.setdefault("_read_once", {})
+        if key not in cache:
+            cache[key] = read()
+        return cache[key]
+
     def source_backend(self, airflow_host: str) -> Backend:
         """The source as PgBouncer on ``airflow_host`` reaches it."""
         inv = self.inventory
-        port = node_endpoint(inv.source.conn_id).port
+        port = self.source_app().port
         address = "127.0.0.1" if airflow_host == inv.source.host else inv.host(inv.source.host).address
         return Backend(address, port)
 
@@ -137,7 +147,8 @@ class _PgBouncerTask:
 
     def source_app(self) -> Endpoint:
         """The source as the app role (its connection): it sees its own sessions, the ones behind PgBouncer."""
-        return node_endpoint(self.inventory.source.conn_id, database=self.inventory.postgres.database)
+        return self.once("source_app", lambda: node_endpoint(self.inventory.source.conn_id,
+                                                              database=self.inventory.postgres.database))
 
     def source_verifiers(self, roles: list[str]) -> dict[str, str]:
         """The roles' SCRAM verifiers on the source, read by psql on the source host as the postgres OS user
@@ -160,8 +171,9 @@ class _PgBouncerTask:
 
     def cluster_admin(self) -> Endpoint:
         inv = self.inventory
-        return self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                                           port=inv.haproxy.write_port, database="postgres"))
+        return self.once("cluster_admin", lambda: self.verified(node_endpoint(
+            inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address, port=inv.haproxy.write_port,
+            database="postgres")))
 
     def console(self, host: str, server: Endpoint | None = None) -> PgBouncerAdminHook:
         """The admin console of ``host``'s PgBouncer; ``server``: where to read blocking transactions."""
@@ -439,6 +451,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             raise AirflowException(f"PgBouncer on {missing} does not serve {database}: run InstallPgBouncerOperator")
         self._airflow_goes_through_pgbouncer(hosts)
         if self.mode == "cutover":
+            self.source_app(), self.cluster_admin()  # every login read before any pause (``once``)
             targets = {host: self.cluster_backend(host) for host in hosts}
             if all(current[h] == targets[h] for h in hosts):
                 self.unchanged("every PgBouncer already sends to the cluster")
@@ -461,7 +474,10 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 raise AirflowException(f"PgBouncer on {off} does not send to the cluster: a switchover through "
                                        "the pause needs the cutover done")
             leader = self._leader()
-            return self._through_the_pause(context, consoles, current, targets, partial(self._switchover, leader))
+            patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
+            patroni.get_conn()  # its login now, not inside the pause
+            return self._through_the_pause(context, consoles, current, targets,
+                                           partial(self._switchover, patroni, leader))
 
     def _through_the_pause(self, context: Any, consoles: dict[str, PgBouncerAdminHook],
                            current: dict[str, Backend | None], targets: dict[str, Backend],
@@ -548,10 +564,9 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         credentials(self.inventory.patroni.rest_conn_id, "Patroni REST API (POST /switchover)")
         return leader
 
-    def _switchover(self, leader: str) -> None:
+    def _switchover(self, patroni: PatroniHook, leader: str) -> None:
         """While paused: Patroni switchover, then HAProxy's write port on the new leader."""
         inv = self.inventory
-        patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=inv.patroni.rest_conn_id)
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
         try:
             new, _ = switchover_routed(patroni, haproxy, leader, None, self.switchover_timeout)

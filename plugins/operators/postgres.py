@@ -330,9 +330,10 @@ class PrepareLogicalSourceOperator(PghaOperator):
         self._role()
         if restart:
             service = self.os_family(inv.source.host).postgres_service
+            source = source_endpoint(self)  # now: inside the pause a connection lookup could wait on Airflow
             with self._airflow_held_back(context):
                 self.host_hook(inv.source.host).restart(service, timeout=300)
-                self._wait_until_source_answers()
+                self._wait_until_source_answers(source)
             self.changed(f"source PostgreSQL restarted ({service}) to apply wal_level/listen_addresses")
         return {"restarted": restart}
 
@@ -347,12 +348,12 @@ class PrepareLogicalSourceOperator(PghaOperator):
         return held_back(self.pgbouncer_consoles(inv.pgbouncer.port, source_endpoint(self)), inv.postgres.database,
                          inv.pgbouncer.pause_timeout, self.log)
 
-    def _wait_until_source_answers(self, timeout: float = 120) -> None:
+    def _wait_until_source_answers(self, source: Endpoint, timeout: float = 120) -> None:
         """A login on the source succeeds (systemd may report the unit started before PostgreSQL accepts)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with pgdata.session(source_endpoint(self)):
+                with pgdata.session(source):
                     return
             except Exception as exc:
                 if time.monotonic() > deadline:
