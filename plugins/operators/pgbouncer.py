@@ -685,8 +685,10 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         with pgdata.session(self.cluster_database()) as conn:
             identical = pgdata.identical_tables(source_prints, pgdata.fingerprints(conn))
         self.log.info("before the pause: %d of %d tables identical on the cluster at the source's position %s "
-                      "(%.1fs); inside the pause only the others and the ones changed since are compared", len(identical),
-                      len(source_prints), position, time.monotonic() - started)
+                      "(%.1fs); inside the pause only the others and the ones changed since are compared; the others "
+                      "(the cluster applies on while it is read: a table written meanwhile differs): %s", len(identical),
+                      len(source_prints), position, time.monotonic() - started,
+                      ", ".join(sorted(set(source_prints) - identical)) or "none")
         return identical, made_at
 
     def _unchanged_since(self, identical: frozenset[str], made_at: str) -> tuple[frozenset[str], dict[str, Any]]:
