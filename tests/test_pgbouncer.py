@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -392,8 +394,11 @@ def test_an_armed_resume_ends_a_pause_its_task_died_in_unless_disarmed_or_switch
     """The host RESUMEs on its own when nothing ended the pause in time (the task died without on_kill); not
     once disarmed, and not a PgBouncer whose pgbouncer.ini changed meanwhile (switched: it stays paused)."""
     config = str(bouncer.config_path)
+    other = PgBouncerAdminHook(admin.remote, os_user="postgres", socket_dir=str(bouncer.socket_dir),
+                               port=bouncer.port + 1, psql="/usr/bin/psql")  # another PgBouncer on the host
     admin.arm_resume(DATABASE, 1.5, config)
     admin.pause(DATABASE, 5)
+    other.disarm_resume()  # disarms its own only
     assert admin.paused(DATABASE)
     assert wait_until(lambda: not admin.paused(DATABASE), 10), "the armed RESUME ended the pause"
     admin.arm_resume(DATABASE, 1.5, config)
@@ -775,47 +780,42 @@ def test_a_client_writing_to_the_source_past_pgbouncer_inside_the_pause_stops_th
     assert sql(owner(cluster), "SELECT count(*) FROM log WHERE event = 'written past PgBouncer'")[0][0] == 1
 
 
-def test_a_task_killed_inside_the_pause_resumes_every_pgbouncer_on_the_source(
+def test_a_task_stopped_inside_the_pause_undoes_it_and_switches_nothing(
         cutover_env: tuple[PgBouncerService, str], logical_pair: tuple[PostgresService, PostgresService],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """on_kill (the task marked failed or timed out while Airflow waits in the pause): every PgBouncer back on
-    the source and RESUMEd at once, not when the armed RESUME would come."""
+    """SIGTERM inside the pause (the task marked failed, its heartbeat lost): Airflow's handler calls on_kill and
+    then lets the task's code go on. on_kill raises into that code, whose undo puts PgBouncer back on the source
+    and RESUMEs it; the work that would have finished and switched never does."""
     source, _ = logical_pair
     bouncer, inventory = cutover_env
-    inside, released = threading.Event(), threading.Event()
+    inside = threading.Event()
+    finished: list[str] = []
 
-    def blocked(self: Any, before: Any) -> None:
+    def slow_work(self: Any, before: Any) -> None:
         inside.set()
-        released.wait(30)
-        raise RuntimeError("the task is gone")
+        for _ in range(300):
+            time.sleep(0.1)
+        finished.append("the work went on to the switch")
 
-    monkeypatch.setattr(PausedSwitchOperator, "_catch_up", blocked)
+    monkeypatch.setattr(PausedSwitchOperator, "_catch_up", slow_work)
     operator = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory, pause_retry_delay=1)
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            operator.execute({})
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
-            failed.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: operator.on_kill())  # as Airflow's task runner does
+    stopper = threading.Thread(target=lambda: inside.wait(60) and os.kill(os.getpid(), signal.SIGTERM))
+    stopper.start()
     try:
-        assert inside.wait(60), "the operator reached the pause"
-        console = operator.console("lb")
-        assert console.paused(DATABASE)
-        operator.on_kill()
-        assert not console.paused(DATABASE)
-        probe = through(bouncer)
-        try:
-            assert server_port(probe) == source.port  # answers, on the source
-        finally:
-            probe.close()
+        with pytest.raises(AirflowException, match="stopped inside the pause: undoing it"):
+            operator.execute({})
     finally:
-        released.set()
-        worker.join(60)
-    assert failed and "the task is gone" in str(failed[0])
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        stopper.join(60)
+    assert finished == []
+    console = operator.console("lb")
+    assert not console.paused(DATABASE)
+    probe = through(bouncer)
+    try:
+        assert server_port(probe) == source.port  # answers, on the source
+    finally:
+        probe.close()
 
 
 def slot_lines_after(admin: pgdata.Endpoint, *statements: str) -> list[str]:

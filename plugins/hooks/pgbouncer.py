@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from pgha.compat import BaseHook
+from pgha.compat import AirflowException, BaseHook
 
 from pgha import pgdata
 from pgha.hooks.remote import CommandFailed, CommandResult, RemoteHook
@@ -25,7 +25,8 @@ from pgha.pgbouncer import (ADMIN_DATABASE, Backend, Blocker, PauseTimedOut, Res
 from pgha.pgdata import Endpoint
 
 TIMED_OUT = 124  # timeout(1)'s exit code
-ARMED_RESUME = "pgha-resume-after-pause"  # the name ($0) of the shell that RESUMEs if the task dies in the pause
+ARMED_RESUME = "pgha-resume-after-pause"  # the name ($0) of the shell that RESUMEs if the task dies in the pause,
+# followed by the PgBouncer's port
 
 
 def _paused(databases: list[dict[str, str]], database: str) -> bool:
@@ -108,17 +109,32 @@ class PgBouncerAdminHook(BaseHook):
         resume = self._psql((f"RESUME {ini_key(database)}",), 10)
         if config is None:
             script = f"sleep {float(after):g}; {resume}"
-        else:
+        else:  # fails closed: no hash (no sha256sum, an unreadable file) means no RESUME
             config = shlex.quote(config)
-            script = (f'was="$(sha256sum < {config})"; sleep {float(after):g}; '
-                      f'[ "$(sha256sum < {config})" = "$was" ] && {resume}')
-        self.remote.run(f"setsid sh -c {shlex.quote(script)} {ARMED_RESUME} </dev/null >/dev/null 2>&1 &",
-                        timeout=30, quiet=True)
+            script = (f'was="$(sha256sum < {config})" && [ -n "$was" ] || exit 1; sleep {float(after):g}; '
+                      f'now="$(sha256sum < {config})" && [ "$now" = "$was" ] && {resume}')
+        # the name is put together by the shell: this command's own line must not match disarm_resume's pattern
+        head, tail = self.armed_name.split("-", 1)
+        result = self.remote.run(f"command -v setsid pkill sha256sum runuser timeout >/dev/null || exit 127; "
+                                 f"n={head}; setsid sh -c {shlex.quote(script)} \"$n-{tail}\" "
+                                 "</dev/null >/dev/null 2>&1 &", timeout=30, quiet=True, check=False)
+        if result.exit_code == 127:
+            raise AirflowException(f"[{self.remote.host_name}] cannot arm the RESUME that ends a pause its task died in: "
+                                   "setsid, pkill, sha256sum, runuser or timeout is missing (packages util-linux, "
+                                   "procps, coreutils); nothing was paused")
+        if not result.ok:
+            raise CommandFailed(result)
+
+    @property
+    def armed_name(self) -> str:
+        """The name ($0) of the shell ``arm_resume`` leaves: one per PgBouncer (its port)."""
+        return f"{ARMED_RESUME}-{int(self.port)}"
 
     def disarm_resume(self) -> None:
-        """Stop the RESUME ``arm_resume`` left on the host (none: nothing to do). The pattern's brackets keep
-        pkill from matching the shell that runs it."""
-        self.remote.run(f"pkill -f -- '[{ARMED_RESUME[0]}]{ARMED_RESUME[1:]}' || true", timeout=30, quiet=True)
+        """Stop the RESUME ``arm_resume`` left for this PgBouncer (none: nothing to do). The pattern's brackets
+        keep pkill from matching the shell that runs it; the end anchor, another PgBouncer's."""
+        name = self.armed_name
+        self.remote.run(f"pkill -f -- '[{name[0]}]{name[1:]}$'; [ $? -le 1 ]", timeout=30, quiet=True)
 
     def reload(self) -> None:
         """RELOAD: re-read pgbouncer.ini and the auth files (a changed [databases] host applies to new

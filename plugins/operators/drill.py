@@ -434,6 +434,7 @@ class InjectFaultOperator(DrillOperator):
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
         patroni = self.patroni()
         patroni.get_conn()  # its login now: inside the pause a connection lookup could wait on Airflow itself
+        haproxy.remote.run("true", quiet=True)  # the HAProxy host's SSH login too
         with self._airflow_held_back():
             started = time.monotonic()
             try:

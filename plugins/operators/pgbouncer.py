@@ -431,7 +431,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         self.catch_up_timeout = catch_up_timeout
         self.switchover_timeout = switchover_timeout
         self.resume_after = resume_after
-        self._undo_on_kill: Callable[[], None] | None = None
+        self._in_pause = False
 
     @property
     def paused_at_most(self) -> float:
@@ -476,6 +476,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             leader = self._leader()
             patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
             patroni.get_conn()  # its login now, not inside the pause
+            self.remote(self.inventory.haproxy.host).run("true", quiet=True)  # its SSH login too
             return self._through_the_pause(context, consoles, current, targets,
                                            partial(self._switchover, patroni, leader))
 
@@ -589,36 +590,41 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     def _paused(self, consoles: dict[str, PgBouncerAdminHook], current: dict[str, Backend | None],
                 targets: dict[str, Backend], work: Callable[[], None]) -> float:
         """PAUSE all, ``work``, point each at its target, RESUME all; on any failure every PgBouncer is
-        back as it was (a switchover already done stays done: Patroni's cluster is consistent)."""
+        back as it was (a switchover already done stays done: Patroni's cluster is consistent). A cutover's
+        undo sends every PgBouncer to the source, also one an earlier try left on the cluster: resuming one
+        on the cluster and another on the source would split Airflow's writes."""
         database = self.inventory.postgres.database
         staged = {host: self._stage(host, targets[host]) for host in consoles if current[host] != targets[host]}
         paused: list[str] = []
+        back = {host: self.source_backend(host) if self.mode == "cutover" else current[host] for host in consoles}
         switched: list[str] = []
-        self._undo_on_kill = partial(self._undo, consoles, switched, paused, current)
-        started = time.monotonic()
+        elsewhere = [host for host in consoles if back[host] is not None and current[host] != back[host]]
+        armed_at = started = time.monotonic()
         try:
             for host, console in consoles.items():  # before the PAUSE: not time Airflow waits
                 console.arm_resume(database, self.resume_after, self.os_family(host).pgbouncer.config)
             self.log.info("each PgBouncer RESUMEs on its own in %gs unless this task ends the pause first (a task "
                           "that dies inside it cannot leave Airflow waiting)", self.resume_after)
+            self._in_pause = True  # from here a SIGTERM (on_kill) raises into this block: the undo below runs
             started = time.monotonic()
             for host, console in consoles.items():
+                paused.append(host)  # before: a PAUSE that failed half-way may still hold, RESUME tolerates none
                 took = console.pause(database, self.paused_at_most)
-                paused.append(host)
                 self.log.info("[%s] PAUSE %s done in %.2fs", host, database, took)
+            switched += elsewhere  # an earlier try's switch: undone with the rest, now that all are paused
             work()
-            if time.monotonic() - started > self.resume_after - 30:  # its own RESUME could come mid-switch
-                raise AirflowException(f"the pause lasted {time.monotonic() - started:.0f}s, too close to the "
-                                       f"PgBouncers' own RESUME after {self.resume_after:g}s: not switched")
             for host in staged:
+                if time.monotonic() - armed_at > self.resume_after - 30:  # its own RESUME could come mid-switch
+                    raise AirflowException(f"the pause lasted {time.monotonic() - started:.0f}s, too close to the "
+                                           f"PgBouncers' own RESUME after {self.resume_after:g}s: undone")
+                switched.append(host)  # before: a RELOAD sent when the task is stopped must be undone too
                 self._point(host, targets[host], staged[host])
-                switched.append(host)
+            self._in_pause = False
         except BaseException:
-            self._undo_on_kill = None
-            self._undo(consoles, switched, paused, current)
+            self._in_pause = False
+            self._undo(consoles, switched, paused, back)
             self._disarm(consoles)
             raise
-        self._undo_on_kill = None
         try:
             self._resume_all(consoles, paused)
             return time.monotonic() - started
@@ -633,12 +639,14 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 self.log.exception("[%s] could not stop the armed RESUME", host)
 
     def on_kill(self) -> None:
-        """Killed inside the pause (marked failed, a timeout): every PgBouncer back on the source, RESUMEd."""
-        undo = self._undo_on_kill
-        if undo is not None:
-            self.log.warning("on_kill inside the pause: undoing it")
-            undo()
+        """Killed inside the pause (marked failed, a timeout): raise into the interrupted work, whose undo then
+        puts every PgBouncer back on the source and RESUMEs it. Airflow calls on_kill from its SIGTERM handler
+        and then lets the task's code go on: undoing here and returning would let the task switch afterwards."""
         super().on_kill()
+        if getattr(self, "_in_pause", False):
+            self._in_pause = False
+            raise AirflowException("the task was stopped inside the pause: undoing it (every PgBouncer back on "
+                                   "the source, RESUMEd)")
 
     def _resume_all(self, consoles: dict[str, PgBouncerAdminHook], hosts: list[str]) -> None:
         """RESUME on every one of ``hosts`` (one that fails does not leave the others paused); then raise."""
@@ -648,10 +656,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             raise AirflowException(str(exc)) from exc
 
     def _undo(self, consoles: dict[str, PgBouncerAdminHook], switched: list[str], paused: list[str],
-              current: dict[str, Backend | None]) -> None:
-        """Every PgBouncer back on the server it had, and resumed; one that fails does not stop the others."""
-        steps = [(f"[{h}] back to {current[h] or self.source_backend(h)}",
-                  lambda h=h: self._point(h, current[h] or self.source_backend(h))) for h in switched]
+              back: dict[str, Backend | None]) -> None:
+        """Every PgBouncer in ``switched`` back on ``back`` (the source, in a cutover), then every one paused
+        resumed; one that fails does not stop the others."""
+        steps = [(f"[{h}] back to {back[h] or self.source_backend(h)}",
+                  lambda h=h: self._point(h, back[h] or self.source_backend(h))) for h in dict.fromkeys(switched)]
         steps += [(f"[{h}] RESUME", lambda h=h: consoles[h].resume(self.inventory.postgres.database)) for h in paused]
         for what, step in steps:
             try:
@@ -688,7 +697,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                       "(%.1fs); inside the pause only the others and the ones changed since are compared; the others "
                       "(the cluster applies on while it is read: a table written meanwhile differs): %s", len(identical),
                       len(source_prints), position, time.monotonic() - started,
-                      ", ".join(sorted(set(source_prints) - identical)) or "none")
+                      ", ".join(sorted(set(source_prints) - identical)[:50]) or "none")
         return identical, made_at
 
     def _unchanged_since(self, identical: frozenset[str], made_at: str) -> tuple[frozenset[str], dict[str, Any]]:
