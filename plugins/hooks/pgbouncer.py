@@ -203,6 +203,16 @@ def resume_every(consoles: Mapping[str, PgBouncerAdminHook], database: str, log:
         raise ResumeFailed(failures)
 
 
+def disarm_every(consoles: Mapping[str, PgBouncerAdminHook], log: logging.Logger) -> None:
+    """Stop every console's armed RESUME; one that fails is logged (it RESUMEs only an unchanged PgBouncer, and
+    the next arm stops it)."""
+    for host, console in consoles.items():
+        try:
+            console.disarm_resume()
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("[%s] could not stop the armed RESUME", host)
+
+
 @contextmanager
 def held_back(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeout: float,
               log: logging.Logger, resume_after: float = 600) -> Iterator[float]:
@@ -230,8 +240,4 @@ def held_back(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeout
                 log.info("RESUME %s on %s: Airflow's transactions held %.2fs", database, ", ".join(paused),
                          time.monotonic() - started)
         finally:
-            for host, console in consoles.items():
-                try:
-                    console.disarm_resume()
-                except Exception:  # noqa: BLE001 - it only RESUMEs; the next arm stops it
-                    log.exception("[%s] could not stop the armed RESUME", host)
+            disarm_every(consoles, log)

@@ -29,7 +29,7 @@ from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowcfg, pgbouncer, pgdata, tls
 from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, switchover_routed
 from pgha.hooks.patroni import PatroniHook
-from pgha.hooks.pgbouncer import PgBouncerAdminHook, resume_every
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, disarm_every, resume_every
 from pgha.hooks.postgres import node_endpoint, peer_sql
 from pgha.osfamily import PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut, ResumeFailed
@@ -623,20 +623,13 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         except BaseException:
             self._in_pause = False
             self._undo(consoles, switched, paused, back)
-            self._disarm(consoles)
+            disarm_every(consoles, self.log)
             raise
         try:
             self._resume_all(consoles, paused)
             return time.monotonic() - started
         finally:
-            self._disarm(consoles)  # after the RESUME: not time Airflow waits
-
-    def _disarm(self, consoles: dict[str, PgBouncerAdminHook]) -> None:
-        for host, console in consoles.items():
-            try:
-                console.disarm_resume()
-            except Exception:  # noqa: BLE001 - it only RESUMEs an unchanged PgBouncer; the next arm stops it
-                self.log.exception("[%s] could not stop the armed RESUME", host)
+            disarm_every(consoles, self.log)  # after the RESUME: not time Airflow waits
 
     def on_kill(self) -> None:
         """Killed inside the pause (marked failed, a timeout): raise into the interrupted work, whose undo then
