@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
@@ -240,26 +240,48 @@ def fingerprints(conn: Connection, skip: frozenset[str] = frozenset(),
     return result
 
 
-def rows_fingerprint(table: sql.Identifier, keys: RowKeys) -> sql.Composed:
+def rows_fingerprint(table: sql.Identifier, keys: RowKeys, file: str = "table_rows_fingerprint.sql") -> sql.Composed:
+    """The fingerprint of the rows ``keys`` names (or, with table_fingerprint_but_rows.sql, of all others)."""
     if keys.type not in KEY_TYPES:  # spliced in as a type name: only the few the change slot reads
         raise ValueError(f"not a key type the change slot reads: {keys.type!r}")
-    return statement("table_rows_fingerprint.sql", table=table, column=sql.Identifier(keys.column),
+    return statement(file, table=table, column=sql.Identifier(keys.column),
                      keys=sql.Literal(sorted(keys.values)), type=sql.Identifier(keys.type))
 
 
-def fingerprints_at(endpoint: Endpoint, skip: frozenset[str] = frozenset(),
-                    by_rows: dict[str, RowKeys] | None = None) -> Fingerprints:
-    with session(endpoint) as conn:
-        return fingerprints(conn, skip, by_rows)
+def fingerprints_but_rows(conn: Connection, tables: dict[str, RowKeys]) -> Fingerprints:
+    """Row count and content checksum of each of ``tables`` without the rows its keys name."""
+    execute(conn, statement("fingerprint_session.sql"))
+    result = {}
+    for schema, table, name in rows(conn, statement("list_tables.sql")):
+        if name in tables:
+            query = rows_fingerprint(sql.Identifier(schema, table), tables[name], "table_fingerprint_but_rows.sql")
+            count, digest = rows(conn, query)[0]
+            result[name] = (int(count), digest)
+    return result
+
+
+def at_once(source: Endpoint, cluster: Endpoint,
+            read: Callable[[Connection], Fingerprints]) -> tuple[Fingerprints, Fingerprints]:
+    """``read`` on source and cluster at the same time: a wait for them is the slower side's, not the sum."""
+    def at(endpoint: Endpoint) -> Fingerprints:
+        with session(endpoint) as conn:
+            return read(conn)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        source_side, cluster_side = pool.submit(at, source), pool.submit(at, cluster)
+        return source_side.result(), cluster_side.result()
 
 
 def both_sides(source: Endpoint, cluster: Endpoint, skip: frozenset[str] = frozenset(),
                by_rows: dict[str, RowKeys] | None = None) -> tuple[Fingerprints, Fingerprints]:
-    """The fingerprints of source and cluster, read at once: a wait for them is the slower side's, not the sum."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        source_side = pool.submit(fingerprints_at, source, skip, by_rows)
-        cluster_side = pool.submit(fingerprints_at, cluster, skip, by_rows)
-        return source_side.result(), cluster_side.result()
+    """The fingerprints of source and cluster, read at once."""
+    return at_once(source, cluster, lambda conn: fingerprints(conn, skip, by_rows))
+
+
+def both_sides_but_rows(source: Endpoint, cluster: Endpoint,
+                        tables: dict[str, RowKeys]) -> tuple[Fingerprints, Fingerprints]:
+    """The fingerprints of ``tables`` without the rows named, on source and cluster, read at once."""
+    return at_once(source, cluster, lambda conn: fingerprints_but_rows(conn, tables))
 
 
 def snapshot_fingerprints(conn: Connection) -> tuple[str, Fingerprints]:

@@ -415,6 +415,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         undone before any switch.
     """
 
+    RECHECK_TRIES = 3  # reads of a table that differed at the check, without the rows changed since
+
     def __init__(self, *, mode: str = "cutover", listen_port: int | None = None, pause_timeout: float | None = None,
                  max_transaction_age: float = 5, attempts: int = 3, pause_retry_delay: float = 15,
                  catch_up_timeout: float = 60, switchover_timeout: float = 60, resume_after: float = 300,
@@ -691,19 +693,50 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                       "(the cluster applies on while it is read: a table written meanwhile differs): %s", len(identical),
                       len(source_prints), position, time.monotonic() - started,
                       ", ".join(sorted(set(source_prints) - identical)[:50]) or "none")
-        return identical, made_at
+        return identical | self._identical_but_changed_rows(frozenset(source_prints) - identical, made_at), made_at
 
-    def _unchanged_since(self, identical: frozenset[str], made_at: str) -> tuple[frozenset[str], dict[str, Any]]:
-        """Of the tables identical before the pause, those the change slot (made at ``made_at``) saw no change
-        to, and those it saw changes to in named rows only (with the rows' keys); none of either when the slot
-        cannot be read, was made again since, or saw a change it cannot place."""
+    def _identical_but_changed_rows(self, differing: frozenset[str], made_at: str) -> frozenset[str]:
+        """Of the tables that differed at the check, those identical on source and cluster (read at once) but
+        for the rows the change slot names as changed since it was made. Their other rows are unchanged since
+        and stay so until the pause, or the slot names them then; so inside the pause only the rows named by then
+        are compared, not the whole table. A row changed between the slot's read and the tables' makes a table
+        differ again: read again, a few times."""
+        found: frozenset[str] = frozenset()
+        for attempt in range(1, self.RECHECK_TRIES + 1):
+            changes = self._slot_changes(made_at)
+            keyed = changes.by_rows(differing - found) if changes else {}
+            if not keyed:
+                break
+            started = time.monotonic()
+            source_prints, cluster_prints = pgdata.both_sides_but_rows(self.source_app(), self.cluster_database(),
+                                                                       keyed)
+            now = pgdata.identical_tables(source_prints, cluster_prints)
+            found |= now
+            self.log.info("before the pause, read again (try %d, %.1fs) without the rows changed since the change "
+                          "slot was made: identical %s; still differing %s", attempt, time.monotonic() - started,
+                          ", ".join(f"{t} (but {len(keyed[t].values)} rows)" for t in sorted(now)) or "none",
+                          ", ".join(sorted(set(keyed) - now)) or "none")
+            if now == set(keyed):
+                break
+        return found
+
+    def _slot_changes(self, made_at: str) -> pgdata.TableChanges | None:
+        """What the change slot (made at ``made_at``) saw since; None when it cannot be read."""
         found = self.source_psql("verify_slot_changes.sql", self.inventory.postgres.database, check=False,
                                  slot=pgdata.lit(pgdata.VERIFY_SLOT), made_at=pgdata.lit(made_at))
         if not found.ok:
             self.log.warning("the change slot could not be read (%s): every table is compared",
                              (found.stderr or found.stdout).strip())
+            return None
+        return pgdata.table_changes(found.stdout.splitlines())
+
+    def _unchanged_since(self, identical: frozenset[str], made_at: str) -> tuple[frozenset[str], dict[str, Any]]:
+        """Of the tables identical before the pause, those the change slot (made at ``made_at``) saw no change
+        to, and those it saw changes to in named rows only (with the rows' keys); none of either when the slot
+        cannot be read, was made again since, or saw a change it cannot place."""
+        changes = self._slot_changes(made_at)
+        if changes is None:
             return frozenset(), {}
-        changes = pgdata.table_changes(found.stdout.splitlines())
         if changes.unknown:
             self.log.warning("changes the slot cannot place (%s): every table is compared",
                              ", ".join(changes.unknown[:5]))
