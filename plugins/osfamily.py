@@ -154,7 +154,7 @@ DEBIAN = OsFamily(
     python="/usr/bin/python3",
     firewall="none",
     pgbouncer=PgBouncerOs(
-        packages=("pgbouncer", "postgresql-client"), service="pgbouncer.service",
+        packages=("pgbouncer", "postgresql-client", "procps"), service="pgbouncer.service",  # procps: pkill
         config="/etc/pgbouncer/pgbouncer.ini", auth_file="/etc/pgbouncer/userlist.txt",
         hba_file="/etc/pgbouncer/pgbouncer_hba.conf", socket_dir="/var/run/postgresql", user="postgres",
         psql="/usr/bin/psql",
@@ -207,7 +207,7 @@ def rhel(release: int) -> OsFamily:
         selinux_packages=("policycoreutils-python-utils",),
         haproxy_socket_dir="/var/lib/haproxy",
         pgbouncer=PgBouncerOs(  # the PGDG/EPEL package: its unit runs PgBouncer as user pgbouncer
-            packages=("pgbouncer", "postgresql"), service="pgbouncer.service",
+            packages=("pgbouncer", "postgresql", "procps-ng"), service="pgbouncer.service",
             config="/etc/pgbouncer/pgbouncer.ini", auth_file="/etc/pgbouncer/userlist.txt",
             hba_file="/etc/pgbouncer/pgbouncer_hba.conf", socket_dir="/run/pgbouncer", user="pgbouncer",
             psql="/usr/bin/psql",

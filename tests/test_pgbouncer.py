@@ -39,7 +39,7 @@ from pgha.operators.pgbouncer import (
     _PgBouncerTask,
 )
 from pgha.osfamily import DEBIAN, PgBouncerOs
-from pgha.pgbouncer import Backend, PauseTimedOut
+from pgha.pgbouncer import Backend, PauseTimedOut, ResumeFailed
 from pgha.render import render
 
 HOSTILE = "app %40pw@h:1/'\"\\ $x#;%s\\ end"
@@ -378,6 +378,40 @@ def test_held_back_resumes_every_pgbouncer_when_its_block_fails(admin: PgBouncer
             assert admin.paused(DATABASE)
             raise RuntimeError("the restart failed")
     assert not admin.paused(DATABASE)
+
+
+class Console:
+    """A PgBouncer console whose RESUME may fail (an error path: the host unreachable), recording calls."""
+
+    def __init__(self, resume_fails: bool = False) -> None:
+        self.resume_fails, self.calls = resume_fails, []
+
+    def arm_resume(self, database: str, after: float, config: str | None = None) -> None:
+        self.calls.append("arm")
+
+    def pause(self, database: str, timeout: float) -> float:
+        self.calls.append("pause")
+        return 0.0
+
+    def resume(self, database: str) -> None:
+        self.calls.append("resume")
+        if self.resume_fails:
+            raise OSError("ssh: connect to host airflow-2 port 22: No route to host")
+
+    def disarm_resume(self) -> None:
+        self.calls.append("disarm")
+
+
+def test_a_pgbouncer_whose_resume_failed_keeps_its_armed_resume(caplog: pytest.LogCaptureFixture) -> None:
+    """Disarmed after the pause: only the hosts RESUMEd; the one whose RESUME failed keeps its armed RESUME, the
+    only thing that may still end its pause without an operator."""
+    ok, unreachable = Console(), Console(resume_fails=True)
+    with pytest.raises(ResumeFailed, match="airflow-2: ssh: connect"):
+        with held_back({"airflow-1": ok, "airflow-2": unreachable}, DATABASE, 5, logging.getLogger("test")):
+            pass
+    assert ok.calls == ["arm", "pause", "resume", "disarm"]
+    assert unreachable.calls == ["arm", "pause", "resume"]
+    assert "[airflow-2] its RESUME failed: its armed RESUME stays" in caplog.text
 
 
 def wait_until(condition: Any, timeout: float) -> bool:
@@ -984,6 +1018,7 @@ def airflow_host(fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         binaries={"/usr/sbin/pgbouncer": "PgBouncer 1.18.0"}, units={"pgbouncer.service": (True, True)},
         files={PGB_INI: "[databases]\n[pgbouncer]\n"}, users=("postgres",)))
     monkeypatch.setitem(CATALOGUE[DEBIAN_12], "postgresql-client", Package(binaries={"/usr/bin/psql": "psql 15"}))
+    monkeypatch.setitem(CATALOGUE[DEBIAN_12], "procps", Package(binaries={"/usr/bin/pkill": "pkill from procps-ng 4.0.2"}))
     inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, lb_address="127.0.0.1")
     vm1 = fleet["vm1"]
     vm1.users.update({"postgres", "airflow"})

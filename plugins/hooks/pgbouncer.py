@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 
 from pgha.compat import AirflowException, BaseHook
@@ -203,10 +203,16 @@ def resume_every(consoles: Mapping[str, PgBouncerAdminHook], database: str, log:
         raise ResumeFailed(failures)
 
 
-def disarm_every(consoles: Mapping[str, PgBouncerAdminHook], log: logging.Logger) -> None:
-    """Stop every console's armed RESUME; one that fails is logged (it RESUMEs only an unchanged PgBouncer, and
-    the next arm stops it)."""
+def disarm_every(consoles: Mapping[str, PgBouncerAdminHook], log: logging.Logger,
+                 keep: Collection[str] = ()) -> None:
+    """Stop every console's armed RESUME but those of ``keep`` (hosts whose RESUME failed: their armed one may
+    still end the pause); one that fails is logged (it RESUMEs only an unchanged PgBouncer, and the next arm
+    stops it)."""
     for host, console in consoles.items():
+        if host in keep:
+            log.warning("[%s] its RESUME failed: its armed RESUME stays, and RESUMEs it on its own if its "
+                        "pgbouncer.ini is as it was", host)
+            continue
         try:
             console.disarm_resume()
         except Exception:  # noqa: BLE001 - see above
@@ -234,10 +240,14 @@ def held_back(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeout
             log.info("[%s] PAUSE %s done in %.2fs: Airflow's transactions wait in PgBouncer", host, database, took)
         yield time.monotonic() - started
     finally:
+        failed: Collection[str] = ()
         try:
             resume_every(paused, database, log)
             if paused:
                 log.info("RESUME %s on %s: Airflow's transactions held %.2fs", database, ", ".join(paused),
                          time.monotonic() - started)
+        except ResumeFailed as exc:
+            failed = exc.failures
+            raise
         finally:
-            disarm_every(consoles, log)
+            disarm_every(consoles, log, keep=failed)

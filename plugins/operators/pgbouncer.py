@@ -20,7 +20,7 @@ import re
 import shlex
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -624,14 +624,17 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             self._in_pause = False
         except BaseException:
             self._in_pause = False
-            self._undo(consoles, switched, paused, back)
-            disarm_every(consoles, self.log)
+            disarm_every(consoles, self.log, keep=self._undo(consoles, switched, paused, back))
             raise
+        failed: Collection[str] = ()
         try:
-            self._resume_all(consoles, paused)
+            resume_every({host: consoles[host] for host in paused}, database, self.log)
             return time.monotonic() - started
+        except ResumeFailed as exc:
+            failed = exc.failures
+            raise AirflowException(str(exc)) from exc
         finally:
-            disarm_every(consoles, self.log)  # after the RESUME: not time Airflow waits
+            disarm_every(consoles, self.log, keep=failed)  # after the RESUME: not time Airflow waits
 
     def on_kill(self) -> None:
         """Killed inside the pause (marked failed, a timeout): raise into the interrupted work, whose undo then
@@ -651,18 +654,22 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             raise AirflowException(str(exc)) from exc
 
     def _undo(self, consoles: dict[str, PgBouncerAdminHook], switched: list[str], paused: list[str],
-              back: dict[str, Backend | None]) -> None:
+              back: dict[str, Backend | None]) -> set[str]:
         """Every PgBouncer in ``switched`` back on ``back`` (the source, in a cutover), then every one paused
-        resumed; one that fails does not stop the others."""
-        steps = [(f"[{h}] back to {back[h] or self.source_backend(h)}",
+        resumed; one that fails does not stop the others. The hosts where a step failed."""
+        steps = [(h, f"[{h}] back to {back[h] or self.source_backend(h)}",
                   lambda h=h: self._point(h, back[h] or self.source_backend(h))) for h in dict.fromkeys(switched)]
-        steps += [(f"[{h}] RESUME", lambda h=h: consoles[h].resume(self.inventory.postgres.database)) for h in paused]
-        for what, step in steps:
+        steps += [(h, f"[{h}] RESUME", lambda h=h: consoles[h].resume(self.inventory.postgres.database))
+                  for h in paused]
+        failed = set()
+        for host, what, step in steps:
             try:
                 step()
                 self.log.warning("undone: %s", what)
             except Exception:
+                failed.add(host)
                 self.log.exception("could NOT undo %s: do it by hand (see the README, PgBouncer)", what)
+        return failed
 
     def _verified_before_pause(self) -> tuple[frozenset[str], str] | None:
         """Outside the pause (Airflow runs on): a change slot on the source first, then every table of one

@@ -36,57 +36,58 @@ def wait_for_record(lab: Lab, since_id: str | None, timeout: float = 600) -> dic
 DROP_IN = "/etc/systemd/system/airflow-dag-processor.service.d/pgha-test-database.conf"
 
 
-def test_a_database_url_in_a_units_environment_is_refused_before_any_change(lab: Lab) -> None:
-    """A unit that takes sql_alchemy_conn from its environment would come back on the source
-    after the cutover: preflight refuses it, naming the unit and the variable, and nothing runs."""
-    lab.reset_to_provisioned()
+def plant_a_database_url_in_a_units_environment(lab: Lab) -> None:
+    """vm1's dag processor gets sql_alchemy_conn from a drop-in's Environment=: after the cutover it would
+    come back on the source."""
     url = lab.ssh("vm1", "sed -n 's/^sql_alchemy_conn *= *//p' /home/airflow/airflow/airflow.cfg").strip()
     url = url.replace("%%", "%")  # as Airflow's config parser reads it
     # systemd's Environment= quoting: the URL (any password) inside double quotes, \\ and " escaped
     quoted = url.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
     lab.ssh("vm1", f"install -d {DROP_IN.rsplit('/', 1)[0]}")
     lab.put("vm1", DROP_IN, f'[Service]\nEnvironment="AIRFLOW__DATABASE__SQL_ALCHEMY_CONN={quoted}"\n')
-    try:
-        lab.ssh("vm1", f"chmod 0600 {DROP_IN} && systemctl daemon-reload && systemctl restart airflow-dag-processor")
-        lab.api.unpause(DAG)
-        run_id = lab.api.trigger(DAG, {"run_failover_test": False})
-        assert lab.api.wait(DAG, run_id, timeout=900) == "failed"
-        states = {(t["task_id"], t["map_index"]): t for t in lab.api.task_instances(DAG, run_id)}
-        check = states[("preflight.check_airflow_host", 0)]
-        assert check["state"] == "failed"
-        log = "\n".join(lab.api.task_log(DAG, run_id, check["task_id"], check["try_number"], 0))
-        assert "airflow-dag-processor takes [database] sql_alchemy_conn from environment " \
-               "(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)" in log, log[-3000:]
-        changed = [k for k, t in states.items() if not k[0].startswith("preflight.") and t["state"] == "success"]
-        assert changed == [], "nothing after preflight ran"
-    finally:
-        lab.ssh("vm1", f"rm -f {DROP_IN} && systemctl daemon-reload && systemctl restart airflow-dag-processor")
+    lab.ssh("vm1", f"chmod 0600 {DROP_IN} && systemctl daemon-reload && systemctl restart airflow-dag-processor")
 
 
-def test_an_airflow_cfg_swapped_for_a_link_is_refused_before_any_change(lab: Lab) -> None:
-    """The airflow user replaces vm4's airflow.cfg with a link to a root-only file: preflight (root, over
-    SSH) refuses to read through it, names the path, and no task after preflight runs; the file is intact."""
+BAIT, CONFIG = "/root/pgha-bait-cfg", "/home/airflow/airflow/airflow.cfg"
+
+
+def plant_an_airflow_cfg_link_to_a_root_only_file(lab: Lab) -> str:
+    """The airflow user replaces vm4's airflow.cfg with a link to a root-only file; the file's hash and owner."""
+    lab.ssh("vm4", f"umask 077 && echo 'root only: not for the airflow user' > {BAIT} && cp -p {CONFIG} {CONFIG}.saved")
+    before = lab.ssh("vm4", f"sha256sum {BAIT} && stat -c '%U:%G %a' {BAIT}")
+    lab.ssh("vm4", f"runuser -u airflow -- ln -sfn {BAIT} {CONFIG}")
+    return before
+
+
+def test_a_database_url_in_an_environment_and_a_linked_airflow_cfg_are_refused_before_any_change(lab: Lab) -> None:
+    """Two Airflow hosts, each with a problem preflight must find (both planted, one run: each host's check
+    is its own mapped task). vm1: a unit takes sql_alchemy_conn from its environment, named with the unit and
+    the variable. vm4: airflow.cfg is a link the airflow user made to a root-only file; preflight (root, over
+    SSH) refuses to read through it, names the path, and the file is intact. No task after preflight runs."""
     lab.reset_to_provisioned()
-    bait, config = "/root/pgha-bait-cfg", "/home/airflow/airflow/airflow.cfg"
-    lab.ssh("vm4", f"umask 077 && echo 'root only: not for the airflow user' > {bait} && cp -p {config} {config}.saved")
-    before = lab.ssh("vm4", f"sha256sum {bait} && stat -c '%U:%G %a' {bait}")
-    lab.ssh("vm4", f"runuser -u airflow -- ln -sfn {bait} {config}")
     try:
+        plant_a_database_url_in_a_units_environment(lab)
+        bait_before = plant_an_airflow_cfg_link_to_a_root_only_file(lab)
         lab.api.unpause(DAG)
         run_id = lab.api.trigger(DAG, {"run_failover_test": False})
         assert lab.api.wait(DAG, run_id, timeout=900) == "failed"
         states = {(t["task_id"], t["map_index"]): t for t in lab.api.task_instances(DAG, run_id)}
         failed = [t for k, t in states.items() if k[0] == "preflight.check_airflow_host" and t["state"] == "failed"]
-        assert len(failed) == 1, states
-        log = "\n".join(lab.api.task_log(DAG, run_id, failed[0]["task_id"], failed[0]["try_number"],
-                                         failed[0]["map_index"]))
-        assert f"refusing {config}: it is a symbolic link; nothing was read" in log, log[-3000:]
-        assert "root only" not in log  # nothing of the bait reached the log
+        assert len(failed) == 2, states
+        logs = ["\n".join(lab.api.task_log(DAG, run_id, t["task_id"], t["try_number"], t["map_index"]))
+                for t in failed]
+        environment = "airflow-dag-processor takes [database] sql_alchemy_conn from environment " \
+                      "(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)"
+        link = f"refusing {CONFIG}: it is a symbolic link; nothing was read"
+        assert sum(environment in log for log in logs) == 1, logs[0][-3000:] + logs[1][-3000:]
+        assert sum(link in log for log in logs) == 1, logs[0][-3000:] + logs[1][-3000:]
+        assert not any("root only" in log for log in logs)  # nothing of the bait reached a log
         changed = [k for k, t in states.items() if not k[0].startswith("preflight.") and t["state"] == "success"]
         assert changed == [], "nothing after preflight ran"
-        assert lab.ssh("vm4", f"sha256sum {bait} && stat -c '%U:%G %a' {bait}") == before
+        assert lab.ssh("vm4", f"sha256sum {BAIT} && stat -c '%U:%G %a' {BAIT}") == bait_before
     finally:
-        lab.ssh("vm4", f"rm -f {config} && mv {config}.saved {config} && rm -f {bait}")
+        lab.ssh("vm1", f"rm -f {DROP_IN} && systemctl daemon-reload && systemctl restart airflow-dag-processor")
+        lab.ssh("vm4", f"if [ -L {CONFIG} ]; then rm -f {CONFIG} && mv {CONFIG}.saved {CONFIG}; fi; rm -f {BAIT}")
 
 
 def test_a_failure_after_the_stop_rolls_back_to_the_source(lab: Lab) -> None:
