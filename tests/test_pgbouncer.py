@@ -28,7 +28,7 @@ from recording_host import CATALOGUE, DEBIAN_12, FakeFile, FakeHost, Fleet, Pack
 from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
 
 from pgha import pgbouncer, pgdata, tls
-from pgha.hooks.pgbouncer import PgBouncerAdminHook, held_back
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, disarm_every, held_back
 from pgha.hooks.remote import CommandResult, RemoteHook
 from pgha.airflowcfg import get_option
 from pgha.operators.airflow import CutoverOperator
@@ -412,6 +412,34 @@ def test_a_pgbouncer_whose_resume_failed_keeps_its_armed_resume(caplog: pytest.L
     assert ok.calls == ["arm", "pause", "resume", "disarm"]
     assert unreachable.calls == ["arm", "pause", "resume"]
     assert "[airflow-2] its RESUME failed: its armed RESUME stays" in caplog.text
+
+
+def test_an_undo_leaves_paused_a_pgbouncer_it_could_not_put_back_and_keeps_armed_only_a_failed_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The undo of a failed cutover: airflow-1 (switched) cannot be put back on the source, so it is not
+    RESUMEd (on the cluster while the others run on the source, Airflow's writes would split) and its armed
+    RESUME is stopped; airflow-2's RESUME fails, so its armed RESUME stays; airflow-3 is back and resumed."""
+    inventory = write_inventory(tmp_path, loopback_inventory([("pg-1", "127.0.0.41"), ("pg-2", "127.0.0.42"),
+                                                              ("pg-3", "127.0.0.43")]))
+    operator = PausedSwitchOperator(task_id="paused_switch", inventory_path=inventory)
+    source = Backend(host="10.0.0.5", port=5432)
+    pointed = []
+
+    def point(host: str, backend: Backend, staged: str | None = None) -> None:
+        if host == "airflow-1":
+            raise OSError("RELOAD: ssh: connect to host airflow-1 port 22: Connection timed out")
+        pointed.append((host, backend))
+
+    monkeypatch.setattr(operator, "_point", point)
+    consoles = {"airflow-1": Console(), "airflow-2": Console(resume_fails=True), "airflow-3": Console()}
+    hosts = list(consoles)
+    not_resumed = operator._undo(consoles, ["airflow-1", "airflow-3"], hosts, dict.fromkeys(hosts, source))
+    assert not_resumed == {"airflow-2"} and pointed == [("airflow-3", source)]
+    assert consoles["airflow-1"].calls == [] and consoles["airflow-3"].calls == ["resume"]
+    logged = capsys.readouterr().out
+    assert "could NOT put [airflow-1] back on 10.0.0.5:5432: it stays PAUSED" in logged
+    disarm_every(consoles, logging.getLogger("test"), keep=not_resumed)
+    assert [c.calls[-1] for c in consoles.values()] == ["disarm", "resume", "disarm"]
 
 
 def wait_until(condition: Any, timeout: float) -> bool:

@@ -599,8 +599,9 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         staged = {host: self._stage(host, targets[host]) for host in consoles if current[host] != targets[host]}
         paused: list[str] = []
         back = {host: self.source_backend(host) if self.mode == "cutover" else current[host] for host in consoles}
-        switched: list[str] = []
-        elsewhere = [host for host in consoles if back[host] is not None and current[host] != back[host]]
+        # an earlier try's switch: undone with the rest whenever this try fails (resumed on the cluster while the
+        # others resume on the source, it would split Airflow's writes)
+        switched = [host for host in consoles if back[host] is not None and current[host] != back[host]]
         armed_at = started = time.monotonic()
         try:
             for host, console in consoles.items():  # before the PAUSE: not time Airflow waits
@@ -613,7 +614,6 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 paused.append(host)  # before: a PAUSE that failed half-way may still hold, RESUME tolerates none
                 took = console.pause(database, self.paused_at_most)
                 self.log.info("[%s] PAUSE %s done in %.2fs", host, database, took)
-            switched += elsewhere  # an earlier try's switch: undone with the rest, now that all are paused
             work()
             for host in staged:
                 if time.monotonic() - armed_at > self.resume_after - 30:  # its own RESUME could come mid-switch
@@ -656,20 +656,30 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     def _undo(self, consoles: dict[str, PgBouncerAdminHook], switched: list[str], paused: list[str],
               back: dict[str, Backend | None]) -> set[str]:
         """Every PgBouncer in ``switched`` back on ``back`` (the source, in a cutover), then every one paused
-        resumed; one that fails does not stop the others. The hosts where a step failed."""
-        steps = [(h, f"[{h}] back to {back[h] or self.source_backend(h)}",
-                  lambda h=h: self._point(h, back[h] or self.source_backend(h))) for h in dict.fromkeys(switched)]
-        steps += [(h, f"[{h}] RESUME", lambda h=h: consoles[h].resume(self.inventory.postgres.database))
-                  for h in paused]
-        failed = set()
-        for host, what, step in steps:
+        RESUMEd but one whose way back failed: it may still send elsewhere than the others, and resumed it would
+        split Airflow's writes (it stays paused, its armed RESUME disarmed, until someone points it). One that
+        fails does not stop the others. The hosts whose RESUME failed (their armed RESUME may still end it)."""
+        not_back = set()
+        for host in dict.fromkeys(switched):
+            to = back[host] or self.source_backend(host)
             try:
-                step()
-                self.log.warning("undone: %s", what)
+                self._point(host, to)
+                self.log.warning("undone: [%s] back to %s", host, to)
             except Exception:
-                failed.add(host)
-                self.log.exception("could NOT undo %s: do it by hand (see the README, PgBouncer)", what)
-        return failed
+                not_back.add(host)
+                self.log.exception("could NOT put [%s] back on %s: it stays PAUSED (resumed, it could split "
+                                   "Airflow's writes); point it by hand (see the README, PgBouncer)", host, to)
+        not_resumed = set()
+        for host in paused:
+            if host in not_back:
+                continue
+            try:
+                consoles[host].resume(self.inventory.postgres.database)
+                self.log.warning("undone: [%s] RESUME", host)
+            except Exception:
+                not_resumed.add(host)
+                self.log.exception("could NOT RESUME [%s]: do it by hand (see the README, PgBouncer)", host)
+        return not_resumed
 
     def _verified_before_pause(self) -> tuple[frozenset[str], str] | None:
         """Outside the pause (Airflow runs on): a change slot on the source first, then every table of one
@@ -715,8 +725,13 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             if not keyed:
                 break
             started = time.monotonic()
-            source_prints, cluster_prints = pgdata.both_sides_but_rows(self.source_app(), self.cluster_database(),
-                                                                       keyed)
+            try:
+                source_prints, cluster_prints = pgdata.both_sides_but_rows(self.source_app(),
+                                                                           self.cluster_database(), keyed)
+            except Exception:  # noqa: BLE001 - only a shortcut: those tables are compared in full in the pause
+                self.log.exception("before the pause, the read without the changed rows failed: %s compared in "
+                                   "full inside the pause", ", ".join(sorted(keyed)))
+                break
             now = pgdata.identical_tables(source_prints, cluster_prints)
             found |= now
             self.log.info("before the pause, read again (try %d, %.1fs) without the rows changed since the change "
