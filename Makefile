@@ -21,18 +21,13 @@ deps:
 demo: deps venv
 	$(PY) lab/demo
 
-## Run every test: the lab end-to-end tests, the main session (a PostgreSQL 15 source, Airflow 3.3.2), then
-## a PostgreSQL 13 source on Airflow 3.0.6 moved to a 15 and a 17 cluster (its own lab session: the source
-## major is provisioned) and, beside it, the unit tests and real services on loopback (two workers, niced:
-## the PostgreSQL 13 session is two migrations that mostly wait on their hosts). Its output follows theirs.
+## Run every test: unit tests and real services on loopback (two workers), then the lab end-to-end tests:
+## the main session (a PostgreSQL 15 source, Airflow 3.3.2), then a PostgreSQL 13 source on Airflow 3.0.6
+## moved to a 15 and a 17 cluster (its own lab session: the source major is provisioned).
 test: deps venv
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests
 	$(VENV)/bin/pytest -q --durations=15 -m lab tests
-	@rm -f .pg13-session.log; \
-	( PGHA_LAB_SOURCE_MAJOR=13 $(VENV)/bin/pytest -q --durations=5 -m lab tests/lab/test_lab_pg13_source.py \
-	  > .pg13-session.log 2>&1 ) & pg13=$$!; \
-	nice -n 10 $(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests; unit=$$?; \
-	wait $$pg13; lab13=$$?; echo "--- PostgreSQL 13 source lab session (rc $$lab13):"; cat .pg13-session.log; \
-	[ $$unit -eq 0 ] && [ $$lab13 -eq 0 ]
+	PGHA_LAB_SOURCE_MAJOR=13 $(VENV)/bin/pytest -q --durations=5 -m lab tests/lab/test_lab_pg13_source.py
 
 unit: deps venv
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not lab" tests

@@ -458,24 +458,25 @@ def test_an_armed_resume_ends_a_pause_its_task_died_in_unless_disarmed_or_switch
     config = str(bouncer.config_path)
     other = PgBouncerAdminHook(admin.remote, os_user="postgres", socket_dir=str(bouncer.socket_dir),
                                port=bouncer.port + 1, psql="/usr/bin/psql")  # another PgBouncer on the host
-    admin.arm_resume(DATABASE, 1.5, config)
+    after = 4  # seconds: the steps before the timer's end are SSH round trips, slow on a loaded machine
+    admin.arm_resume(DATABASE, after, config)
     admin.pause(DATABASE, 5)
     other.disarm_resume()  # disarms its own only
     assert admin.paused(DATABASE)
-    assert wait_until(lambda: not admin.paused(DATABASE), 10), "the armed RESUME ended the pause"
-    admin.arm_resume(DATABASE, 1.5, config)
+    assert wait_until(lambda: not admin.paused(DATABASE), after + 10), "the armed RESUME ended the pause"
+    admin.arm_resume(DATABASE, after, config)
     admin.pause(DATABASE, 5)
     admin.disarm_resume()
-    time.sleep(3)
+    time.sleep(after + 1.5)
     assert admin.paused(DATABASE), "disarmed: no RESUME"
     admin.resume(DATABASE)
     original = bouncer.config_path.read_text()
     try:
-        admin.arm_resume(DATABASE, 1.5, config)
-        admin.arm_resume(DATABASE, 1.5, config)  # again (another try): the first is disarmed, one RESUME left
+        admin.arm_resume(DATABASE, after, config)
+        admin.arm_resume(DATABASE, after, config)  # again (another try): the first is disarmed, one RESUME left
+        bouncer.config_path.write_text(original + "; switched\n")  # since the arming: the timer sees it
         admin.pause(DATABASE, 5)
-        bouncer.config_path.write_text(original + "; switched\n")
-        time.sleep(3)
+        time.sleep(after + 1.5)
         assert admin.paused(DATABASE), "switched meanwhile: stays paused"
     finally:
         bouncer.config_path.write_text(original)
