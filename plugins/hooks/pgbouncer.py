@@ -108,15 +108,15 @@ class PgBouncerAdminHook(BaseHook):
         self.disarm_resume()
         resume = self._psql((f"RESUME {ini_key(database)}",), 10)
         if config is None:
-            script = f"sleep {float(after):g}; {resume}"
-        else:  # fails closed: no hash (no sha256sum, an unreadable file) means no RESUME
+            hashed, script = "", f"sleep {float(after):g}; {resume}"
+        else:  # the hash taken now, before this returns (an unreadable file fails the arming: nothing paused)
             config = shlex.quote(config)
-            script = (f'was="$(sha256sum < {config})" && [ -n "$was" ] || exit 1; sleep {float(after):g}; '
-                      f'now="$(sha256sum < {config})" && [ "$now" = "$was" ] && {resume}')
+            hashed = f'was="$(sha256sum < {config})" && [ -n "$was" ] || exit 1; export was; '
+            script = f'sleep {float(after):g}; now="$(sha256sum < {config})" && [ "$now" = "$was" ] && {resume}'
         # the name is put together by the shell: this command's own line must not match disarm_resume's pattern
         head, tail = self.armed_name.split("-", 1)
         result = self.remote.run(f"command -v setsid pkill sha256sum runuser timeout >/dev/null || exit 127; "
-                                 f"n={head}; setsid sh -c {shlex.quote(script)} \"$n-{tail}\" "
+                                 f"{hashed}n={head}; setsid sh -c {shlex.quote(script)} \"$n-{tail}\" "
                                  "</dev/null >/dev/null 2>&1 &", timeout=30, quiet=True, check=False)
         if result.exit_code == 127:
             raise AirflowException(f"[{self.remote.host_name}] cannot arm the RESUME that ends a pause its task died in: "
