@@ -220,18 +220,24 @@ VERIFIED_BEFORE = (-1, "identical before the pause, unchanged since")  # a table
 
 
 def fingerprints(conn: Connection, skip: frozenset[str] = frozenset(),
-                 by_rows: dict[str, RowKeys] | None = None) -> Fingerprints:
+                 by_rows: dict[str, RowKeys] | None = None,
+                 but_rows: dict[str, RowKeys] | None = None) -> Fingerprints:
     """Row count and content checksum of every user table, in ``conn``'s snapshot; a table in ``skip``
     (verified earlier, unchanged since) is listed with ``VERIFIED_BEFORE`` instead of read, one in ``by_rows``
-    (verified earlier, changed since in these rows only) by those rows alone."""
+    (verified earlier, changed since in these rows only) by those rows alone. With ``but_rows``, only those
+    tables, each without the rows its keys name."""
     execute(conn, statement("fingerprint_session.sql"))
     by_rows = by_rows or {}
     result = {}
     for schema, table, name in rows(conn, statement("list_tables.sql")):
-        if name in skip:
+        if but_rows is not None and name not in but_rows:
+            continue
+        if but_rows is not None:
+            query = rows_fingerprint(sql.Identifier(schema, table), but_rows[name], "table_fingerprint_but_rows.sql")
+        elif name in skip:
             result[name] = VERIFIED_BEFORE
             continue
-        if name in by_rows:
+        elif name in by_rows:
             query = rows_fingerprint(sql.Identifier(schema, table), by_rows[name])
         else:
             query = statement("table_fingerprint.sql", table=sql.Identifier(schema, table))
@@ -248,18 +254,6 @@ def rows_fingerprint(table: sql.Identifier, keys: RowKeys, file: str = "table_ro
                      keys=sql.Literal(sorted(keys.values)), type=sql.Identifier(keys.type))
 
 
-def fingerprints_but_rows(conn: Connection, tables: dict[str, RowKeys]) -> Fingerprints:
-    """Row count and content checksum of each of ``tables`` without the rows its keys name."""
-    execute(conn, statement("fingerprint_session.sql"))
-    result = {}
-    for schema, table, name in rows(conn, statement("list_tables.sql")):
-        if name in tables:
-            query = rows_fingerprint(sql.Identifier(schema, table), tables[name], "table_fingerprint_but_rows.sql")
-            count, digest = rows(conn, query)[0]
-            result[name] = (int(count), digest)
-    return result
-
-
 def at_once(source: Endpoint, cluster: Endpoint,
             read: Callable[[Connection], Fingerprints]) -> tuple[Fingerprints, Fingerprints]:
     """``read`` on source and cluster at the same time: a wait for them is the slower side's, not the sum."""
@@ -273,15 +267,10 @@ def at_once(source: Endpoint, cluster: Endpoint,
 
 
 def both_sides(source: Endpoint, cluster: Endpoint, skip: frozenset[str] = frozenset(),
-               by_rows: dict[str, RowKeys] | None = None) -> tuple[Fingerprints, Fingerprints]:
-    """The fingerprints of source and cluster, read at once."""
-    return at_once(source, cluster, lambda conn: fingerprints(conn, skip, by_rows))
-
-
-def both_sides_but_rows(source: Endpoint, cluster: Endpoint,
-                        tables: dict[str, RowKeys]) -> tuple[Fingerprints, Fingerprints]:
-    """The fingerprints of ``tables`` without the rows named, on source and cluster, read at once."""
-    return at_once(source, cluster, lambda conn: fingerprints_but_rows(conn, tables))
+               by_rows: dict[str, RowKeys] | None = None,
+               but_rows: dict[str, RowKeys] | None = None) -> tuple[Fingerprints, Fingerprints]:
+    """The fingerprints of source and cluster (``fingerprints``' arguments), read at once."""
+    return at_once(source, cluster, lambda conn: fingerprints(conn, skip, by_rows, but_rows))
 
 
 def snapshot_fingerprints(conn: Connection) -> tuple[str, Fingerprints]:

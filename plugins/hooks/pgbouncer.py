@@ -189,9 +189,10 @@ class PgBouncerAdminHook(BaseHook):
         return blockers
 
 
-def resume_every(consoles: Mapping[str, PgBouncerAdminHook], database: str, log: logging.Logger) -> None:
-    """RESUME ``database`` on every console; one that fails does not leave the others paused (ResumeFailed
-    after trying all)."""
+def resume_every(consoles: Mapping[str, PgBouncerAdminHook], database: str,
+                 log: logging.Logger) -> dict[str, str]:
+    """RESUME ``database`` on every console; one that fails does not leave the others paused. The hosts whose
+    RESUME failed, with why (ResumeFailed's argument)."""
     failures = {}
     for host, console in consoles.items():
         try:
@@ -199,8 +200,7 @@ def resume_every(consoles: Mapping[str, PgBouncerAdminHook], database: str, log:
         except Exception as exc:
             log.exception("[%s] RESUME %s failed", host, database)
             failures[host] = str(exc)
-    if failures:
-        raise ResumeFailed(failures)
+    return failures
 
 
 def disarm_every(consoles: Mapping[str, PgBouncerAdminHook], log: logging.Logger,
@@ -240,14 +240,10 @@ def held_back(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeout
             log.info("[%s] PAUSE %s done in %.2fs: Airflow's transactions wait in PgBouncer", host, database, took)
         yield time.monotonic() - started
     finally:
-        failed: Collection[str] = ()
-        try:
-            resume_every(paused, database, log)
-            if paused:
-                log.info("RESUME %s on %s: Airflow's transactions held %.2fs", database, ", ".join(paused),
-                         time.monotonic() - started)
-        except ResumeFailed as exc:
-            failed = exc.failures
-            raise
-        finally:
-            disarm_every(consoles, log, keep=failed)
+        failed = resume_every(paused, database, log)
+        if paused and not failed:
+            log.info("RESUME %s on %s: Airflow's transactions held %.2fs", database, ", ".join(paused),
+                     time.monotonic() - started)
+        disarm_every(consoles, log, keep=failed)
+        if failed:
+            raise ResumeFailed(failed)

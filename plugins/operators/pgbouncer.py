@@ -20,7 +20,7 @@ import re
 import shlex
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -457,7 +457,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             targets = {host: self.cluster_backend(host) for host in hosts}
             if all(current[h] == targets[h] for h in hosts):
                 self.unchanged("every PgBouncer already sends to the cluster")
-                self._resume_all(consoles, hosts)  # a RESUME an earlier try could not send; a no-op otherwise
+                # a RESUME an earlier try could not send; a no-op otherwise
+                _fail_unless_resumed(resume_every(consoles, database, self.log))
                 self._drop_change_slot()  # a killed earlier try's
                 self._after_cutover(context)
                 return {"switched": False, "outcome": "success"}
@@ -626,15 +627,11 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             self._in_pause = False
             disarm_every(consoles, self.log, keep=self._undo(consoles, switched, paused, back))
             raise
-        failed: Collection[str] = ()
-        try:
-            resume_every({host: consoles[host] for host in paused}, database, self.log)
-            return time.monotonic() - started
-        except ResumeFailed as exc:
-            failed = exc.failures
-            raise AirflowException(str(exc)) from exc
-        finally:
-            disarm_every(consoles, self.log, keep=failed)  # after the RESUME: not time Airflow waits
+        failed = resume_every({host: consoles[host] for host in paused}, database, self.log)
+        held = time.monotonic() - started
+        disarm_every(consoles, self.log, keep=failed)  # after the RESUME: not time Airflow waits
+        _fail_unless_resumed(failed)
+        return held
 
     def on_kill(self) -> None:
         """Killed inside the pause (marked failed, a timeout): raise into the interrupted work, whose undo then
@@ -645,13 +642,6 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             self._in_pause = False
             raise AirflowException("the task was stopped inside the pause: undoing it (every PgBouncer back on "
                                    "the source, RESUMEd)")
-
-    def _resume_all(self, consoles: dict[str, PgBouncerAdminHook], hosts: list[str]) -> None:
-        """RESUME on every one of ``hosts`` (one that fails does not leave the others paused); then raise."""
-        try:
-            resume_every({host: consoles[host] for host in hosts}, self.inventory.postgres.database, self.log)
-        except ResumeFailed as exc:
-            raise AirflowException(str(exc)) from exc
 
     def _undo(self, consoles: dict[str, PgBouncerAdminHook], switched: list[str], paused: list[str],
               back: dict[str, Backend | None]) -> set[str]:
@@ -726,8 +716,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                 break
             started = time.monotonic()
             try:
-                source_prints, cluster_prints = pgdata.both_sides_but_rows(self.source_app(),
-                                                                           self.cluster_database(), keyed)
+                source_prints, cluster_prints = pgdata.both_sides(self.source_app(), self.cluster_database(),
+                                                                  but_rows=keyed)
             except Exception:  # noqa: BLE001 - only a shortcut: those tables are compared in full in the pause
                 self.log.exception("before the pause, the read without the changed rows failed: %s compared in "
                                    "full inside the pause", ", ".join(sorted(keyed)))
@@ -872,3 +862,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
         if now != backend:
             raise AirflowException(f"[{host}] after RELOAD PgBouncer sends to {now}, not {backend}")
         self.log.info("[%s] PgBouncer now sends %s to %s", host, inv.postgres.database, backend)
+
+
+def _fail_unless_resumed(failed: dict[str, str]) -> None:
+    if failed:
+        raise AirflowException(str(ResumeFailed(failed)))
