@@ -100,6 +100,16 @@ def test_switchover_is_authenticated(patroni: PatroniService, monkeypatch: pytes
         PatroniHook([patroni.rest_url], conn_id="missing_conn").switchover(patroni.name)
 
 
+def test_a_switchover_goes_to_the_leaders_own_api_first(patroni: PatroniService) -> None:
+    """The member that takes POST /switchover wakes its own HA loop: the leader's own URL goes first, whatever
+    the configured order; an unknown leader or an unreachable cluster keeps the configured order."""
+    other = f"http://127.0.0.1:{free_port()}"
+    hook = PatroniHook([other, patroni.rest_url])
+    assert hook.leader_first(patroni.name) == [patroni.rest_url, other]
+    assert hook.leader_first("not-a-member") == [other, patroni.rest_url]
+    assert PatroniHook([other]).leader_first(patroni.name) == [other]
+
+
 def test_dcs_config_follows_the_inventory_once(
     patroni: PatroniService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

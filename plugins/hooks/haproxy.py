@@ -126,6 +126,15 @@ class SwitchoverRefused(Exception):
     """Patroni answered POST /switchover with an error."""
 
 
+def ready_to_switch_over(patroni: PatroniHook, haproxy: HAProxyHook, leader: str) -> None:
+    """Before a pause: what ``switchover_routed`` inside it would otherwise do while Airflow waits. Patroni's
+    login (a connection lookup is a round trip to the task's supervisor, which could wait on Airflow itself),
+    the leader's own REST URL (``PatroniHook.leader_first``) and the HAProxy host's SSH login."""
+    patroni.get_conn()
+    patroni.leader_first(leader)
+    haproxy.remote.run("true", quiet=True)
+
+
 def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, candidate: str | None,
                       timeout: float) -> tuple[str, Future[Any]]:
     """
@@ -142,4 +151,5 @@ def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, c
             raise SwitchoverRefused(f"POST /switchover {leader} -> {candidate or 'any'} refused: "
                                     f"HTTP {response.status_code} {response.text.strip()[:500]}")
 
-    return haproxy.wait_for_writes_off(patroni, leader, timeout, give_up=refused), answer
+    # polled often: under a pause every round HAProxy already routes is time Airflow waits
+    return haproxy.wait_for_writes_off(patroni, leader, timeout, poll=0.05, give_up=refused), answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import requests
@@ -132,6 +133,7 @@ class PatroniHook(BaseHook):
         self.timeout = timeout
         self.tls = tls
         self._login: tuple[str, str] | None = None
+        self._member_netlocs: dict[str, str] = {}  # member name -> host:port of its REST API, as /cluster names it
 
     def get_conn(self) -> tuple[str, str]:
         """The (login, password) for unsafe endpoints, from the Airflow connection; read once per hook (a
@@ -172,7 +174,9 @@ class PatroniHook(BaseHook):
 
     def cluster(self) -> PatroniCluster:
         """GET /cluster from the first member that answers."""
-        return cluster_from(*self._get_json("/cluster"))
+        cluster = cluster_from(*self._get_json("/cluster"))
+        self._member_netlocs.update({m["name"]: urlsplit(m.get("api_url") or "").netloc for m in cluster.members})
+        return cluster
 
     async def acluster(self) -> PatroniCluster:
         """``cluster()`` without blocking the event loop (for triggers in the triggerer)."""
@@ -223,13 +227,26 @@ class PatroniHook(BaseHook):
             body["candidate"] = candidate
         auth = self.get_conn()
         errors = []
-        for api_url in self.api_urls:
+        for api_url in self.leader_first(leader):
             try:
                 return requests.post(f"{api_url}/switchover", json=body, auth=auth, timeout=30,
                                      **client_options(self.tls))
             except requests.RequestException as exc:
                 errors.append(f"{api_url}: {exc}")
         raise AirflowException("no Patroni member accepted POST /switchover: " + "; ".join(errors))
+
+    def leader_first(self, leader: str) -> list[str]:
+        """``api_urls`` with ``leader``'s own first. The member that takes POST /switchover wakes its own HA loop;
+        the leader, when another member took it, sees the request only at its next loop, up to ``loop_wait``
+        seconds later (measured on the lab: 1.7 s of a 3.7 s pause). Only the configured URLs are used: a
+        member's api_url (from the DCS) only picks which one goes first."""
+        if leader not in self._member_netlocs:
+            try:
+                self.cluster()
+            except AirflowException:
+                return list(self.api_urls)
+        own = self._member_netlocs.get(leader)
+        return sorted(self.api_urls, key=lambda url: urlsplit(url).netloc != own)
 
     def switchover_in_background(self, leader: str, candidate: str | None = None) -> Future[requests.Response]:
         """``switchover`` in a thread of its own. Patroni answers POST /switchover only after polling the DCS in

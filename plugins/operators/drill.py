@@ -39,7 +39,7 @@ from pgha.drill import (
 )
 from pgha.hooks.drill import drill_database, probe_tls, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
-from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, switchover_routed
+from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, ready_to_switch_over, switchover_routed
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.pgbouncer import held_back
 from pgha.hooks.postgres import NodePostgresHook, load_sql, node_endpoint
@@ -433,8 +433,7 @@ class InjectFaultOperator(DrillOperator):
             return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}"
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
         patroni = self.patroni()
-        patroni.get_conn()  # its login now: inside the pause a connection lookup could wait on Airflow itself
-        haproxy.remote.run("true", quiet=True)  # the HAProxy host's SSH login too
+        ready_to_switch_over(patroni, haproxy, plan["leader"])
         with self._airflow_held_back():
             started = time.monotonic()
             try:
@@ -458,7 +457,7 @@ class InjectFaultOperator(DrillOperator):
         # the old leader's shutdown checkpoint, inside the pause, then has little left to write
         started = time.monotonic()
         with pgdata.session(server) as conn:
-            pgdata.execute(conn, sql.SQL("CHECKPOINT"))
+            pgdata.execute(conn, pgdata.statement("checkpoint.sql"))
         self.log.info("CHECKPOINT on the leader before the pause: %.2fs", time.monotonic() - started)
         return held_back(self.pgbouncer_consoles(inv.pgbouncer.port, server), inv.postgres.database,
                          inv.pgbouncer.pause_timeout, self.log)
