@@ -225,9 +225,33 @@ def _hook_with_write_up(monkeypatch: pytest.MonkeyPatch, *write_up: list[str]) -
 
 
 def test_writes_are_off_the_old_leader_once_haproxy_has_exactly_the_new_one_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg1", "psg2"], ["psg2"])
-    patroni = _Patroni([], ["psg2"])
+    """The old leader still UP once another member leads is forced DOWN, once; until the key moves it is not."""
+    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg1", "psg2"], ["psg1", "psg2"], ["psg2"])
+    forced: list[tuple[str, str]] = []
+    monkeypatch.setattr(hook, "force_down", lambda backend, server: forced.append((backend, server)))
+    patroni = _Patroni(["psg1"], ["psg2"])
     assert hook.wait_for_writes_off(patroni, "psg1", timeout=5, poll=0) == "psg2"
+    assert forced == [("postgres_write", "psg1")]
+
+
+def test_a_server_forced_down_comes_back_up_on_its_own_checks(lb: dict[str, Any], conns: None,
+                                                               patroni: PatroniService) -> None:
+    """Against a real HAProxy: ``force_down`` marks the leader DOWN at once; its next check (Patroni answers
+    200 on /primary) brings it back UP. A name the runtime API could take for two commands is refused."""
+    inventory = make_inventory(lb, patroni)
+    HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
+    routed(inventory)
+    hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), str(lb["dir"] / "admin.sock"))
+    server = f"postgres_write/{patroni.name}"
+    hook.command(f"disable health {server}")  # its next check cannot race the look below
+    hook.force_down("postgres_write", patroni.name)
+    assert hook.server_states("postgres_write")[patroni.name] == "DOWN"
+    hook.command(f"enable health {server}")
+    assert routed(inventory) == {"write": [patroni.name], "read": []}
+    with pytest.raises(ValueError, match="not a HAProxy backend or server name"):
+        hook.force_down("postgres_write", f"{patroni.name}; shutdown sessions server postgres_write/x")
+    with pytest.raises(AirflowException, match="refused to mark postgres_write/no-such-server DOWN"):
+        hook.force_down("postgres_write", "no-such-server")
 
 
 def test_the_wait_for_the_new_leader_times_out_naming_what_it_saw(monkeypatch: pytest.MonkeyPatch) -> None:
