@@ -226,11 +226,16 @@ def _hook_with_write_up(monkeypatch: pytest.MonkeyPatch, *write_up: list[str]) -
 
 def test_writes_are_off_the_old_leader_once_haproxy_has_exactly_the_new_one_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """The old leader still UP once another member leads is forced DOWN, once; until the key moves it is not."""
-    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg1", "psg2"], ["psg1", "psg2"], ["psg2"])
     forced: list[tuple[str, str]] = []
+    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg1"], ["psg1"], ["psg2"])
     monkeypatch.setattr(hook, "force_down", lambda backend, server: forced.append((backend, server)))
-    patroni = _Patroni(["psg1"], ["psg2"])
-    assert hook.wait_for_writes_off(patroni, "psg1", timeout=5, poll=0) == "psg2"
+    assert hook.wait_for_writes_off(_Patroni(["psg1"], ["psg2"]), "psg1", timeout=5, poll=0) == "psg2"
+    assert forced == [("postgres_write", "psg1")]
+
+    forced.clear()  # the new leader already UP beside the old one: forced DOWN, done without another look
+    hook = _hook_with_write_up(monkeypatch, ["psg1", "psg2"], ["psg2", "psg3"])
+    monkeypatch.setattr(hook, "force_down", lambda backend, server: forced.append((backend, server)))
+    assert hook.wait_for_writes_off(_Patroni(["psg2"]), "psg1", timeout=5, poll=0) == "psg2"
     assert forced == [("postgres_write", "psg1")]
 
 

@@ -134,14 +134,14 @@ class HAProxyHook(BaseHook):
             cluster = patroni.cluster()
             write_up = self.up_servers(WRITE_BACKEND)
             moved = len(cluster.leaders) == 1 and cluster.leaders != [old_leader]
-            if moved and write_up == cluster.leaders:
-                return cluster.leaders[0]
             if moved and old_leader in write_up and not forced:
                 self.log.info("%s leads; %s, shut down before Patroni let the key go, is still UP in %s: "
                               "forced DOWN", cluster.leaders[0], old_leader, WRITE_BACKEND)
-                self.force_down(WRITE_BACKEND, old_leader)
+                self.force_down(WRITE_BACKEND, old_leader)  # raises unless HAProxy took it
                 forced = True
-                continue
+                write_up = [server for server in write_up if server != old_leader]
+            if moved and write_up == cluster.leaders:
+                return cluster.leaders[0]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{timeout:g}s after the switchover from {old_leader}: Patroni's leaders "
                                    f"{cluster.leaders}, {WRITE_BACKEND} has UP {write_up}")
