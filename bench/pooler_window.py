@@ -96,20 +96,49 @@ def migrate_with_pooler(lab: Lab) -> str:
     return run_id
 
 
+def scheduler(lab: Lab) -> dict[str, str]:
+    """systemd's MainPID and NRestarts of vm1's Airflow scheduler."""
+    out = lab.ssh(HOST, "systemctl show airflow-scheduler -p MainPID -p NRestarts")
+    return dict(line.split("=", 1) for line in out.split())
+
+
+def wait_through_a_hung_scheduler(lab: Lab, run_id: str, since: str) -> tuple[str, int]:
+    """The drill's end state, and how often vm1's scheduler had to be restarted by hand on the way: a scheduler
+    whose query the switchover cut shuts down, and Airflow's LocalExecutor may then wait for an idle worker
+    forever (seen on the lab; systemd restarts only a scheduler that exits)."""
+    hung = 0
+    for _ in range(5):
+        try:
+            return lab.api.wait(DRILL, run_id, timeout=240, poll=3), hung
+        except Exception:  # noqa: BLE001 - not done in time: a hung scheduler is restarted, anything else raised
+            stuck = lab.ssh(HOST, f"journalctl -u airflow-scheduler --since {since!r} --no-pager "
+                                  "| grep -c 'Shutting down LocalExecutor' || true").strip()
+            if stuck == "0":
+                raise
+            print(f"vm1's scheduler hung in its shutdown since {since}: restarted", file=sys.stderr, flush=True)
+            lab.ssh(HOST, "systemctl restart airflow-scheduler")
+            since, hung = datetime.utcnow().strftime("%Y-%m-%d %H:%M:%S"), hung + 1
+    raise RuntimeError(f"drill {run_id} did not end")
+
+
 def drill_once(lab: Lab, inventory: str, scenario: str = "switchover") -> dict[str, Any]:
     for via in ("haproxy", "pgbouncer"):
         start_writer(lab, via)
     time.sleep(3)
+    before, since = scheduler(lab), datetime.utcnow().strftime("%Y-%m-%d %H:%M:%S")
     try:
         run_id = lab.api.trigger(DRILL, {"scenario": scenario, "inventory_path": inventory, "rto_slo_s": 300})
-        state = lab.api.wait(DRILL, run_id, timeout=1200, poll=3)
+        state, hung = wait_through_a_hung_scheduler(lab, run_id, since)
         time.sleep(3)
     finally:
         seen = {via: stop_writer(lab, via) for via in ("haproxy", "pgbouncer")}
     if state != "success":
         raise RuntimeError(lab.failure_report(DRILL, run_id))
+    after = scheduler(lab)
     inject = (lab.api.xcom(DRILL, run_id, "inject") or {}).get("result") or {}
-    return {"writers": seen, "detail": inject.get("detail")}
+    # the scheduler's own deaths: systemd's restarts of it and the hung ones restarted above
+    died = int(after["NRestarts"]) - int(before["NRestarts"]) + hung
+    return {"writers": seen, "detail": inject.get("detail"), "scheduler_died": died, "scheduler_hung": hung}
 
 
 def drills_through_pgbouncer(lab: Lab) -> None:
@@ -234,11 +263,20 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
+def died(rows: list[dict[str, Any]]) -> str:
+    """In how many runs vm1's scheduler died (of which hung until restarted by hand), or - when not counted."""
+    counted = [x for x in rows if "scheduler_died" in x]
+    if not counted:
+        return "-"
+    hung = sum(1 for x in counted if x.get("scheduler_hung"))
+    return f"{sum(1 for x in counted if x['scheduler_died'])} of {len(counted)}" + (f" ({hung} hung)" if hung else "")
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| event | variant | client path | runs | failed transactions (min / median / max) | lost writes | "
              "longest commit latency s | ... within the cutover task s | longest gap between commits s | "
-             "Airflow stopped or held s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Airflow stopped or held s | Airflow's scheduler died |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in results:
         writers = r.get("writers") or ({"pgbouncer": r["writer"]} if r.get("writer") else {"-": {}})
@@ -253,7 +291,8 @@ def table(results: list[dict[str, Any]]) -> str:
                      f"{spread([x['lost'] for x in rows if x.get('lost') is not None])} | "
                      f"{spread([x['longest_latency_s'] for x in rows if 'longest_latency_s' in x])} | "
                      f"{spread([x['cutover_latency_s'] for x in rows if x.get('cutover_latency_s') is not None])} | "
-                     f"{spread([x['longest_gap_s'] for x in rows if 'longest_gap_s' in x])} | {spread(held)} |")
+                     f"{spread([x['longest_gap_s'] for x in rows if 'longest_gap_s' in x])} | {spread(held)} | "
+                     f"{died(rows)} |")
     return "\n".join(lines)
 
 
