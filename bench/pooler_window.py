@@ -59,6 +59,8 @@ def start_writer(lab: Lab, via: str) -> None:
     lab.ssh(HOST, "install -d -o airflow -g airflow /var/lib/pgha-probe")  # not on a freshly provisioned vm1
     lab.put(HOST, WRITER, (REPO / "bench" / "pooler_writer.py").read_text())
     lab.ssh(HOST, f"chmod 0755 {WRITER} && "
+                  f"{{ systemctl stop pgha-bench-writer-{via}; systemctl reset-failed pgha-bench-writer-{via}; }} "
+                  "2>/dev/null; "  # an interrupted invocation's
                   f"rm -f /var/lib/pgha-probe/bench-{via}.json && "
                   f"systemd-run --quiet --unit pgha-bench-writer-{via} --uid airflow "
                   f"--setenv AIRFLOW_HOME=/home/airflow/airflow /opt/airflow/venv/bin/python {WRITER} --via {via} "
