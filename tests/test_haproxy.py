@@ -210,11 +210,20 @@ class _Cluster:
 class _Patroni:
     """Patroni's answers in turn (a unit test of the wait's logic; the lab drills the real thing)."""
 
-    def __init__(self, *leaders: list[str]) -> None:
+    def __init__(self, *leaders: list[str], primary_answers: list[bool] | None = None) -> None:
         self.answers = list(leaders)
+        self.primary_answers = primary_answers or [False]
+        self.asked: list[str] = []
 
     def cluster(self) -> _Cluster:
         return _Cluster(self.answers.pop(0) if len(self.answers) > 1 else self.answers[0])
+
+    def api_url_of(self, member: str) -> str:
+        return f"https://{member}:8008"
+
+    def is_primary(self, api_url: str) -> bool:
+        self.asked.append(api_url)
+        return self.primary_answers.pop(0) if len(self.primary_answers) > 1 else self.primary_answers[0]
 
 
 def _hook_with_write_up(monkeypatch: pytest.MonkeyPatch, *write_up: list[str]) -> HAProxyHook:
@@ -226,37 +235,53 @@ def _hook_with_write_up(monkeypatch: pytest.MonkeyPatch, *write_up: list[str]) -
 
 def test_writes_are_off_the_old_leader_once_haproxy_has_exactly_the_new_one_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """The old leader still UP once another member leads is forced DOWN, once; until the key moves it is not."""
-    forced: list[tuple[str, str]] = []
+    forced: list[tuple[str, str, str]] = []
     hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg1"], ["psg1"], ["psg2"])
-    monkeypatch.setattr(hook, "force_down", lambda backend, server: forced.append((backend, server)))
+    monkeypatch.setattr(hook, "force_health", lambda *args: forced.append(args))
     assert hook.wait_for_writes_off(_Patroni(["psg1"], ["psg2"]), "psg1", timeout=5, poll=0) == "psg2"
-    assert forced == [("postgres_write", "psg1")]
+    assert forced == [("postgres_write", "psg1", "down")]
 
     forced.clear()  # the new leader already UP beside the old one: forced DOWN, done without another look
     hook = _hook_with_write_up(monkeypatch, ["psg1", "psg2"], ["psg2", "psg3"])
-    monkeypatch.setattr(hook, "force_down", lambda backend, server: forced.append((backend, server)))
+    monkeypatch.setattr(hook, "force_health", lambda *args: forced.append(args))
     assert hook.wait_for_writes_off(_Patroni(["psg2"]), "psg1", timeout=5, poll=0) == "psg2"
-    assert forced == [("postgres_write", "psg1")]
+    assert forced == [("postgres_write", "psg1", "down")]
 
 
-def test_a_server_forced_down_comes_back_up_on_its_own_checks(lb: dict[str, Any], conns: None,
-                                                               patroni: PatroniService) -> None:
-    """Against a real HAProxy: ``force_down`` marks the leader DOWN at once; its next check (Patroni answers
-    200 on /primary) brings it back UP. A name the runtime API could take for two commands is refused."""
+def test_a_new_leader_that_answers_200_on_primary_is_forced_up_without_waiting_for_haproxy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HAProxy's own check, asked by the wait: not UP yet, and /primary not 200 yet, it waits; then forced UP."""
+    forced: list[tuple[str, str, str]] = []
+    hook = _hook_with_write_up(monkeypatch, ["psg1"], [], [], ["psg3"])
+    monkeypatch.setattr(hook, "force_health", lambda *args: forced.append(args))
+    patroni = _Patroni(["psg2"], primary_answers=[False, True])
+    assert hook.wait_for_writes_off(patroni, "psg1", timeout=5, poll=0) == "psg2"
+    assert forced == [("postgres_write", "psg1", "down"), ("postgres_write", "psg2", "up")]
+    assert patroni.asked == ["https://psg2:8008", "https://psg2:8008"]
+
+
+def test_a_server_forced_down_or_up_is_so_at_once(lb: dict[str, Any], conns: None, patroni: PatroniService) -> None:
+    """Against a real HAProxy: ``force_health`` marks the leader DOWN at once (its checks off meanwhile, so none
+    can race the look), then UP, and its checks go on. A name the runtime API could take for two commands is
+    refused before anything is sent."""
     inventory = make_inventory(lb, patroni)
     HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
     routed(inventory)
     hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), str(lb["dir"] / "admin.sock"))
     server = f"postgres_write/{patroni.name}"
-    hook.command(f"disable health {server}")  # its next check cannot race the look below
-    hook.force_down("postgres_write", patroni.name)
+    hook.command(f"disable health {server}")  # its own checks cannot race the looks below
+    hook.force_health("postgres_write", patroni.name, "down")
     assert hook.server_states("postgres_write")[patroni.name] == "DOWN"
-    hook.command(f"enable health {server}")
+    hook.command(f"enable health {server}")  # (with checks off HAProxy shows a server's state as "no check")
+    hook.force_health("postgres_write", patroni.name, "up")
+    assert hook.server_states("postgres_write")[patroni.name] == "UP"
     assert routed(inventory) == {"write": [patroni.name], "read": []}
     with pytest.raises(ValueError, match="not a HAProxy backend or server name"):
-        hook.force_down("postgres_write", f"{patroni.name}; shutdown sessions server postgres_write/x")
+        hook.force_health("postgres_write", f"{patroni.name}; shutdown sessions server postgres_write/x", "down")
+    with pytest.raises(ValueError, match="health is up or down"):
+        hook.force_health("postgres_write", patroni.name, "maint")
     with pytest.raises(AirflowException, match="refused to mark postgres_write/no-such-server DOWN"):
-        hook.force_down("postgres_write", "no-such-server")
+        hook.force_health("postgres_write", "no-such-server", "down")
 
 
 def test_the_wait_for_the_new_leader_times_out_naming_what_it_saw(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,9 +105,10 @@ def test_a_switchover_goes_to_the_leaders_own_api_first(patroni: PatroniService)
     the configured order; an unknown leader or an unreachable cluster keeps the configured order."""
     other = f"http://127.0.0.1:{free_port()}"
     hook = PatroniHook([other, patroni.rest_url])
-    assert hook.leader_first(patroni.name) == [patroni.rest_url, other]
-    assert hook.leader_first("not-a-member") == [other, patroni.rest_url]
-    assert PatroniHook([other]).leader_first(patroni.name) == [other]
+    assert hook.member_first(patroni.name) == [patroni.rest_url, other]
+    assert hook.member_first("not-a-member") == [other, patroni.rest_url]
+    assert PatroniHook([other]).member_first(patroni.name) == [other]
+    assert hook.api_url_of(patroni.name) == patroni.rest_url and hook.api_url_of("not-a-member") is None
 
 
 def test_dcs_config_follows_the_inventory_once(

@@ -101,15 +101,17 @@ class HAProxyHook(BaseHook):
     def up_servers(self, backend: str) -> list[str]:
         return sorted(name for name, status in self.server_states(backend).items() if status == "UP")
 
-    def force_down(self, backend: str, server: str) -> None:
-        """``set server <backend>/<server> health down``: DOWN now, not at HAProxy's next checks. Its checks
-        go on and bring it back UP (``rise``) as soon as it answers 200 again."""
+    def force_health(self, backend: str, server: str, health: str) -> None:
+        """``set server <backend>/<server> health up|down``: UP or DOWN now, not at HAProxy's next checks.
+        Its checks go on and change it again (``fall``, ``rise``) when what Patroni answers changes."""
+        if health not in ("up", "down"):
+            raise ValueError(f"health is up or down, not {health!r}")
         for name in (backend, server):
             if not RUNTIME_NAME.fullmatch(name):
                 raise ValueError(f"not a HAProxy backend or server name pgha writes: {name!r}")
-        answer = self.command(f"set server {backend}/{server} health down", quiet=False).strip()
+        answer = self.command(f"set server {backend}/{server} health {health}", quiet=False).strip()
         if answer:
-            raise AirflowException(f"HAProxy refused to mark {backend}/{server} DOWN: {answer}")
+            raise AirflowException(f"HAProxy refused to mark {backend}/{server} {health.upper()}: {answer}")
 
     def routing(self, cluster: PatroniCluster) -> Routing:
         """HAProxy's UP servers per backend, held against Patroni's ``cluster``."""
@@ -121,25 +123,33 @@ class HAProxyHook(BaseHook):
                             give_up: Callable[[], None] = lambda: None) -> str:
         """After a switchover: until Patroni names one leader other than ``old_leader`` and HAProxy's write
         backend has exactly that one UP; returns it. The read backend is not waited for (the old leader
-        rejoins as a replica later). Once another member leads while ``old_leader`` is still UP in the write
-        backend, it is forced DOWN: Patroni releases the leader key only after the old leader's PostgreSQL
-        shut down, and HAProxy, checking an UP server every ``inter`` and needing ``fall`` failures, would
-        see that up to ``inter`` + ``fastinter`` later (measured on the lab: 0.85 s of a 3 s pause).
-        TimeoutError naming what was seen when not within ``timeout`` seconds; ``give_up`` is called each
-        round and may raise to end the wait sooner (a refused switchover)."""
+        rejoins as a replica later). HAProxy's own checks are not waited for where pgha knows better, all of
+        it time Airflow waits in a pause: once another member leads, ``old_leader`` still UP in the write
+        backend is forced DOWN (Patroni releases the leader key only after the old leader's PostgreSQL shut
+        down; HAProxy, checking an UP server every ``inter`` and needing ``fall`` failures, saw it up to
+        ``inter`` + ``fastinter`` later: 0.85 s of a 3 s pause on the lab), and the new leader is forced UP
+        as soon as its Patroni answers 200 on /primary, HAProxy's own check, asked every round instead of
+        every ``downinter``. TimeoutError naming what was seen when not within ``timeout`` seconds;
+        ``give_up`` is called each round and may raise to end the wait sooner (a refused switchover)."""
         deadline = time.monotonic() + timeout
-        forced = False
+        forced_down = False
         while True:
             give_up()
             cluster = patroni.cluster()
             write_up = self.up_servers(WRITE_BACKEND)
             moved = len(cluster.leaders) == 1 and cluster.leaders != [old_leader]
-            if moved and old_leader in write_up and not forced:
+            if moved and old_leader in write_up and not forced_down:
                 self.log.info("%s leads; %s, shut down before Patroni let the key go, is still UP in %s: "
                               "forced DOWN", cluster.leaders[0], old_leader, WRITE_BACKEND)
-                self.force_down(WRITE_BACKEND, old_leader)  # raises unless HAProxy took it
-                forced = True
+                self.force_health(WRITE_BACKEND, old_leader, "down")  # raises unless HAProxy took it
+                forced_down = True
                 write_up = [server for server in write_up if server != old_leader]
+            new = cluster.leaders[0] if moved else None
+            new_url = patroni.api_url_of(new) if new and new not in write_up else None
+            if new and new_url and patroni.is_primary(new_url):
+                self.log.info("%s answers 200 on /primary, not yet UP in %s: forced UP", new, WRITE_BACKEND)
+                self.force_health(WRITE_BACKEND, new, "up")
+                write_up = sorted([*write_up, new])
             if moved and write_up == cluster.leaders:
                 return cluster.leaders[0]
             if time.monotonic() > deadline:
@@ -155,9 +165,9 @@ class SwitchoverRefused(Exception):
 def ready_to_switch_over(patroni: PatroniHook, haproxy: HAProxyHook, leader: str) -> None:
     """Before a pause: what ``switchover_routed`` inside it would otherwise do while Airflow waits. Patroni's
     login (a connection lookup is a round trip to the task's supervisor, which could wait on Airflow itself),
-    the leader's own REST URL (``PatroniHook.leader_first``) and the HAProxy host's SSH login."""
+    the leader's own REST URL (``PatroniHook.member_first``) and the HAProxy host's SSH login."""
     patroni.get_conn()
-    patroni.leader_first(leader)
+    patroni.member_first(leader)
     haproxy.remote.run("true", quiet=True)
 
 

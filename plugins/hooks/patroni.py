@@ -227,7 +227,7 @@ class PatroniHook(BaseHook):
             body["candidate"] = candidate
         auth = self.get_conn()
         errors = []
-        for api_url in self.leader_first(leader):
+        for api_url in self.member_first(leader):
             try:
                 return requests.post(f"{api_url}/switchover", json=body, auth=auth, timeout=30,
                                      **client_options(self.tls))
@@ -235,18 +235,24 @@ class PatroniHook(BaseHook):
                 errors.append(f"{api_url}: {exc}")
         raise AirflowException("no Patroni member accepted POST /switchover: " + "; ".join(errors))
 
-    def leader_first(self, leader: str) -> list[str]:
-        """``api_urls`` with ``leader``'s own first. The member that takes POST /switchover wakes its own HA loop;
-        the leader, when another member took it, sees the request only at its next loop, up to ``loop_wait``
-        seconds later (measured on the lab: 1.7 s of a 3.7 s pause). Only the configured URLs are used: a
-        member's api_url (from the DCS) only picks which one goes first."""
-        if leader not in self._member_netlocs:
+    def member_first(self, member: str) -> list[str]:
+        """``api_urls`` with ``member``'s own first, as /cluster names it. POST /switchover goes to the leader's:
+        the member that takes it wakes its own HA loop, and the leader, when another member took it, saw the
+        request only at its next loop, up to ``loop_wait`` seconds later (1.7 s of a 3.7 s pause on the lab).
+        Only the configured URLs are used: a member's api_url (from the DCS) only picks which one goes first."""
+        if member not in self._member_netlocs:
             try:
                 self.cluster()
             except AirflowException:
                 return list(self.api_urls)
-        own = self._member_netlocs.get(leader)
+        own = self._member_netlocs.get(member)
         return sorted(self.api_urls, key=lambda url: urlsplit(url).netloc != own)
+
+    def api_url_of(self, member: str) -> str | None:
+        """``member``'s own URL among ``api_urls``; None when /cluster does not name one of them."""
+        first = self.member_first(member)[0]
+        own = self._member_netlocs.get(member)
+        return first if own and urlsplit(first).netloc == own else None
 
     def switchover_in_background(self, leader: str, candidate: str | None = None) -> Future[requests.Response]:
         """``switchover`` in a thread of its own. Patroni answers POST /switchover only after polling the DCS in
