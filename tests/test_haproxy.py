@@ -234,30 +234,37 @@ def _hook_with_write_up(monkeypatch: pytest.MonkeyPatch, *write_up: list[str]) -
 
 
 def test_writes_are_off_the_old_leader_once_haproxy_has_exactly_the_new_one_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The old leader still UP once another member leads is forced DOWN, once; until the key moves it is not."""
-    forced: list[tuple[str, str, str]] = []
-    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg1"], ["psg1"], ["psg2"])
-    monkeypatch.setattr(hook, "force_health", lambda *args: forced.append(args))
+    """HAProxy is read once another member leads; the old leader still UP then is forced DOWN."""
+    forced: list[dict[str, str]] = []
+    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg2"])
+    monkeypatch.setattr(hook, "force_health", lambda backend, states: forced.append(states))
     assert hook.wait_for_writes_off(_Patroni(["psg1"], ["psg2"]), "psg1", timeout=5, poll=0) == "psg2"
-    assert forced == [("postgres_write", "psg1", "down")]
+    assert forced == [{"psg1": "down"}]
 
     forced.clear()  # the new leader already UP beside the old one: forced DOWN, done without another look
     hook = _hook_with_write_up(monkeypatch, ["psg1", "psg2"], ["psg2", "psg3"])
-    monkeypatch.setattr(hook, "force_health", lambda *args: forced.append(args))
+    monkeypatch.setattr(hook, "force_health", lambda backend, states: forced.append(states))
     assert hook.wait_for_writes_off(_Patroni(["psg2"]), "psg1", timeout=5, poll=0) == "psg2"
-    assert forced == [("postgres_write", "psg1", "down")]
+    assert forced == [{"psg1": "down"}]
 
 
 def test_a_new_leader_that_answers_200_on_primary_is_forced_up_without_waiting_for_haproxy(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """HAProxy's own check, asked by the wait: not UP yet, and /primary not 200 yet, it waits; then forced UP."""
-    forced: list[tuple[str, str, str]] = []
-    hook = _hook_with_write_up(monkeypatch, ["psg1"], [], [], ["psg3"])
-    monkeypatch.setattr(hook, "force_health", lambda *args: forced.append(args))
+    """HAProxy's own check, asked by the wait: /primary not 200 yet, it waits; then forced UP. Both changes
+    due in one round go in one runtime API call."""
+    forced: list[dict[str, str]] = []
+    hook = _hook_with_write_up(monkeypatch, ["psg1"], [], ["psg3"])
+    monkeypatch.setattr(hook, "force_health", lambda backend, states: forced.append(states))
     patroni = _Patroni(["psg2"], primary_answers=[False, True])
     assert hook.wait_for_writes_off(patroni, "psg1", timeout=5, poll=0) == "psg2"
-    assert forced == [("postgres_write", "psg1", "down"), ("postgres_write", "psg2", "up")]
+    assert forced == [{"psg1": "down"}, {"psg2": "up"}]
     assert patroni.asked == ["https://psg2:8008", "https://psg2:8008"]
+
+    forced.clear()
+    hook = _hook_with_write_up(monkeypatch, ["psg1"], ["psg3"])
+    monkeypatch.setattr(hook, "force_health", lambda backend, states: forced.append(states))
+    assert hook.wait_for_writes_off(_Patroni(["psg2"], primary_answers=[True]), "psg1", timeout=5, poll=0) == "psg2"
+    assert forced == [{"psg1": "down", "psg2": "up"}]
 
 
 def test_a_server_forced_down_or_up_is_so_at_once(lb: dict[str, Any], conns: None, patroni: PatroniService) -> None:
@@ -270,18 +277,19 @@ def test_a_server_forced_down_or_up_is_so_at_once(lb: dict[str, Any], conns: Non
     hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), str(lb["dir"] / "admin.sock"))
     server = f"postgres_write/{patroni.name}"
     hook.command(f"disable health {server}")  # its own checks cannot race the looks below
-    hook.force_health("postgres_write", patroni.name, "down")
-    assert hook.server_states("postgres_write")[patroni.name] == "DOWN"
+    hook.force_health("postgres_write", {patroni.name: "down", "ghost-b": "down"})  # one call, two commands
+    states = hook.server_states("postgres_write")
+    assert states[patroni.name] == "DOWN" and states["ghost-b"] == "DOWN"
     hook.command(f"enable health {server}")  # (with checks off HAProxy shows a server's state as "no check")
-    hook.force_health("postgres_write", patroni.name, "up")
+    hook.force_health("postgres_write", {patroni.name: "up"})
     assert hook.server_states("postgres_write")[patroni.name] == "UP"
     assert routed(inventory) == {"write": [patroni.name], "read": []}
     with pytest.raises(ValueError, match="not a HAProxy backend or server name"):
-        hook.force_health("postgres_write", f"{patroni.name}; shutdown sessions server postgres_write/x", "down")
+        hook.force_health("postgres_write", {f"{patroni.name}; shutdown sessions server postgres_write/x": "down"})
     with pytest.raises(ValueError, match="health is up or down"):
-        hook.force_health("postgres_write", patroni.name, "maint")
+        hook.force_health("postgres_write", {patroni.name: "maint"})
     with pytest.raises(AirflowException, match="refused to mark postgres_write/no-such-server DOWN"):
-        hook.force_health("postgres_write", "no-such-server", "down")
+        hook.force_health("postgres_write", {"no-such-server": "down"})
 
 
 def test_the_wait_for_the_new_leader_times_out_naming_what_it_saw(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,17 +101,21 @@ class HAProxyHook(BaseHook):
     def up_servers(self, backend: str) -> list[str]:
         return sorted(name for name, status in self.server_states(backend).items() if status == "UP")
 
-    def force_health(self, backend: str, server: str, health: str) -> None:
-        """``set server <backend>/<server> health up|down``: UP or DOWN now, not at HAProxy's next checks.
-        Its checks go on and change it again (``fall``, ``rise``) when what Patroni answers changes."""
-        if health not in ("up", "down"):
-            raise ValueError(f"health is up or down, not {health!r}")
-        for name in (backend, server):
-            if not RUNTIME_NAME.fullmatch(name):
-                raise ValueError(f"not a HAProxy backend or server name pgha writes: {name!r}")
-        answer = self.command(f"set server {backend}/{server} health {health}", quiet=False).strip()
+    def force_health(self, backend: str, states: dict[str, str]) -> None:
+        """``set server <backend>/<server> health up|down`` for each of ``states`` (server -> "up" or "down"),
+        in one call: UP or DOWN now, not at HAProxy's next checks. Its checks go on and change it again
+        (``fall``, ``rise``) when what Patroni answers changes."""
+        for server, health in states.items():
+            if health not in ("up", "down"):
+                raise ValueError(f"health is up or down, not {health!r}")
+            for name in (backend, server):
+                if not RUNTIME_NAME.fullmatch(name):
+                    raise ValueError(f"not a HAProxy backend or server name pgha writes: {name!r}")
+        commands = "; ".join(f"set server {backend}/{server} health {health}" for server, health in states.items())
+        answer = self.command(commands, quiet=False).strip()
         if answer:
-            raise AirflowException(f"HAProxy refused to mark {backend}/{server} {health.upper()}: {answer}")
+            marked = ", ".join(f"{backend}/{server} {health.upper()}" for server, health in states.items())
+            raise AirflowException(f"HAProxy refused to mark {marked}: {answer}")
 
     def routing(self, cluster: PatroniCluster) -> Routing:
         """HAProxy's UP servers per backend, held against Patroni's ``cluster``."""
@@ -132,30 +136,35 @@ class HAProxyHook(BaseHook):
         every ``downinter``. TimeoutError naming what was seen when not within ``timeout`` seconds;
         ``give_up`` is called each round and may raise to end the wait sooner (a refused switchover)."""
         deadline = time.monotonic() + timeout
-        forced_down = False
         while True:
             give_up()
             cluster = patroni.cluster()
-            write_up = self.up_servers(WRITE_BACKEND)
-            moved = len(cluster.leaders) == 1 and cluster.leaders != [old_leader]
-            if moved and old_leader in write_up and not forced_down:
-                self.log.info("%s leads; %s, shut down before Patroni let the key go, is still UP in %s: "
-                              "forced DOWN", cluster.leaders[0], old_leader, WRITE_BACKEND)
-                self.force_health(WRITE_BACKEND, old_leader, "down")  # raises unless HAProxy took it
-                forced_down = True
-                write_up = [server for server in write_up if server != old_leader]
-            new = cluster.leaders[0] if moved else None
-            new_url = patroni.api_url_of(new) if new and new not in write_up else None
-            if new and new_url and patroni.is_primary(new_url):
-                self.log.info("%s answers 200 on /primary, not yet UP in %s: forced UP", new, WRITE_BACKEND)
-                self.force_health(WRITE_BACKEND, new, "up")
-                write_up = sorted([*write_up, new])
-            if moved and write_up == cluster.leaders:
-                return cluster.leaders[0]
+            if len(cluster.leaders) == 1 and cluster.leaders != [old_leader]:  # HAProxy is read once this holds
+                new = cluster.leaders[0]
+                write_up = self._route_writes_to(patroni, new, old_leader)
+                if write_up == [new]:
+                    return new
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{timeout:g}s after the switchover from {old_leader}: Patroni's leaders "
-                                   f"{cluster.leaders}, {WRITE_BACKEND} has UP {write_up}")
+                                   f"{cluster.leaders}, {WRITE_BACKEND} has UP {self.up_servers(WRITE_BACKEND)}")
             time.sleep(poll)
+
+    def _route_writes_to(self, patroni: PatroniHook, new: str, old: str) -> list[str]:
+        """The write backend's UP servers once ``old`` (if UP) is forced DOWN and ``new`` (if not UP, but its
+        Patroni answers 200 on /primary) forced UP, both in one runtime API call."""
+        write_up = self.up_servers(WRITE_BACKEND)
+        states = {}
+        if old in write_up:
+            self.log.info("%s leads; %s, shut down before Patroni let the key go, is still UP in %s: forced DOWN",
+                          new, old, WRITE_BACKEND)
+            states[old] = "down"
+        url = patroni.api_url_of(new) if new not in write_up else None
+        if url and patroni.is_primary(url):
+            self.log.info("%s answers 200 on /primary, not yet UP in %s: forced UP", new, WRITE_BACKEND)
+            states[new] = "up"
+        if states:
+            self.force_health(WRITE_BACKEND, states)  # raises unless HAProxy took every one
+        return sorted((set(write_up) - {old}) | ({new} if new in states else set()))
 
 
 class SwitchoverRefused(Exception):
