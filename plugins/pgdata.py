@@ -254,6 +254,15 @@ def rows_fingerprint(table: sql.Identifier, keys: RowKeys, file: str = "table_ro
                      keys=sql.Literal(sorted(keys.values)), type=sql.Identifier(keys.type))
 
 
+def takes_writes(endpoint: Endpoint) -> bool:
+    """Whether ``endpoint`` reaches a server out of recovery; False when it cannot be reached at all."""
+    try:
+        with session(endpoint) as conn:
+            return not scalar(conn, statement("in_recovery.sql"))
+    except psycopg2.Error:
+        return False
+
+
 def at_once(source: Endpoint, cluster: Endpoint,
             read: Callable[[Connection], Fingerprints]) -> tuple[Fingerprints, Fingerprints]:
     """``read`` on source and cluster at the same time: a wait for them is the slower side's, not the sum."""

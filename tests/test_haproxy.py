@@ -21,7 +21,7 @@ import pytest
 from pgha.compat import AirflowException
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
 from pgha.compat import AirflowSensorTimeout
-from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv, routing_problems
+from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv, routing_problems, switchover_routed
 from pgha.hooks.remote import RemoteHook
 from pgha.operators.haproxy import ClusterRoutingCheckOperator, HAProxySwitchOperator
 from pgha.sensors.haproxy import HAProxyRoutingSensor
@@ -265,6 +265,23 @@ def test_a_new_leader_that_answers_200_on_primary_is_forced_up_without_waiting_f
     monkeypatch.setattr(hook, "force_health", lambda backend, states: forced.append(states))
     assert hook.wait_for_writes_off(_Patroni(["psg2"], primary_answers=[True]), "psg1", timeout=5, poll=0) == "psg2"
     assert forced == [{"psg1": "down", "psg2": "up"}]
+
+
+def test_a_switchover_is_routed_only_once_the_new_leader_takes_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patroni says 200 on /primary (and HAProxy routes) once it asked PostgreSQL to promote: the switchover is
+    done only when a write through HAProxy would be taken; never within the timeout: TimeoutError naming it."""
+    from concurrent.futures import Future
+
+    answered: Future[Any] = Future()
+    answered.set_result(type("Answer", (), {"status_code": 200})())
+    patroni = _Patroni(["psg2"])
+    monkeypatch.setattr(patroni, "switchover_in_background", lambda leader, candidate: answered, raising=False)
+    hook = _hook_with_write_up(monkeypatch, ["psg2"])
+    recovering = [True, True, False]
+    assert switchover_routed(patroni, hook, "psg1", None, 5, lambda: not recovering.pop(0)) == ("psg2", answered)
+    assert recovering == []
+    with pytest.raises(TimeoutError, match="routes writes to psg2, which does not take them"):
+        switchover_routed(patroni, hook, "psg1", None, 0.1, lambda: False)
 
 
 def test_a_server_forced_down_or_up_is_so_at_once(lb: dict[str, Any], conns: None, patroni: PatroniService) -> None:

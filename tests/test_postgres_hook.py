@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import psycopg2
 import pytest
 
@@ -9,7 +11,7 @@ from fixture_secrets import POSTGRES_PASSWORD
 from pgha.hooks.postgres import NodePostgresHook
 from pgha import pgdata
 from pgha_testing import set_connection
-from services import PostgresService
+from services import PostgresService, free_port
 
 
 def test_overrides_host_and_port_and_uses_psycopg2(postgres: PostgresService, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,3 +67,13 @@ def test_tables_whose_dotted_names_read_alike_are_two_tables(postgres: PostgresS
         assert pgdata.compare_fingerprints(before, after) == ['a."b.c": source 0 rows vs cluster 1 rows, checksums differ']
     finally:
         hook.execute_autocommit('DROP SCHEMA "a.b" CASCADE', "DROP SCHEMA a CASCADE")
+
+
+def test_takes_writes_on_a_primary_and_not_where_nothing_answers(postgres: PostgresService,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A primary takes writes; an address where no server listens does not (no exception)."""
+    set_connection(monkeypatch, "pg_test", conn_type="postgres", host=postgres.host, port=postgres.port,
+                   login="postgres", password=POSTGRES_PASSWORD, schema="postgres")
+    endpoint = NodePostgresHook("pg_test").endpoint()
+    assert pgdata.takes_writes(endpoint)
+    assert not pgdata.takes_writes(dataclasses.replace(endpoint, port=free_port()))

@@ -181,9 +181,10 @@ def ready_to_switch_over(patroni: PatroniHook, haproxy: HAProxyHook, leader: str
 
 
 def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, candidate: str | None,
-                      timeout: float) -> tuple[str, Future[Any]]:
+                      timeout: float, takes_writes: Callable[[], bool] = lambda: True) -> tuple[str, Future[Any]]:
     """
-    A planned switchover away from ``leader``, done once HAProxy sends writes to the new leader: returns it
+    A planned switchover away from ``leader``, done once HAProxy sends writes to the new leader and
+    ``takes_writes`` (through HAProxy's write port: out of recovery) holds: returns it
     and Patroni's answer (a Future: Patroni answers POST /switchover only after polling its DCS in whole
     seconds, HAProxy's routing shows the change sooner). SwitchoverRefused as soon as Patroni refuses;
     TimeoutError when HAProxy does not route to a new leader within ``timeout`` seconds.
@@ -197,4 +198,14 @@ def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, c
                                     f"HTTP {response.status_code} {response.text.strip()[:500]}")
 
     # polled often: under a pause every round HAProxy already routes is time Airflow waits
-    return haproxy.wait_for_writes_off(patroni, leader, timeout, poll=0.05, give_up=refused), answer
+    deadline = time.monotonic() + timeout
+    new = haproxy.wait_for_writes_off(patroni, leader, timeout, poll=0.05, give_up=refused)
+    # Patroni answers 200 on /primary once it asked PostgreSQL to promote, HAProxy's check with it: PostgreSQL
+    # may still be read-only for a few tens of ms (a paused client resumed then got "cannot execute INSERT in
+    # a read-only transaction" on the lab)
+    while not takes_writes():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{timeout:g}s after the switchover from {leader}: HAProxy routes writes to {new}, "
+                               "which does not take them (still in recovery)")
+        time.sleep(0.02)
+    return new, answer

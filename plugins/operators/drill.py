@@ -14,6 +14,7 @@ import json
 import shlex
 import time
 from contextlib import AbstractContextManager
+from functools import partial
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Callable, NoReturn
@@ -47,6 +48,7 @@ from pgha.hooks.remote import RemoteHook
 from pgha.inventory import DRILL_SCENARIOS, INCLUDE_DIR
 from pgha.notify import AlertNotSent, alert_skip
 from pgha import pgdata, tls
+from pgha.pgdata import Endpoint
 from pgha.runtime import DrillPlanMixin, cluster_ca, credentials
 import psycopg2
 from psycopg2 import sql
@@ -434,11 +436,13 @@ class InjectFaultOperator(DrillOperator):
         haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
         patroni = self.patroni()
         ready_to_switch_over(patroni, haproxy, plan["leader"])
-        with self._airflow_held_back():
+        server = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
+                                             port=inv.haproxy.write_port, database=inv.postgres.database))
+        with self._airflow_held_back(server):
             started = time.monotonic()
             try:
                 new, answer = switchover_routed(patroni, haproxy, plan["leader"], plan["candidate"],
-                                                CONFIRM_TIMEOUT_S)
+                                                CONFIRM_TIMEOUT_S, partial(pgdata.takes_writes, server))
             except (SwitchoverRefused, TimeoutError) as exc:
                 raise AirflowException(str(exc)) from exc
             self.log.info("HAProxy sends writes to %s %.2fs after the switchover began", new,
@@ -448,12 +452,11 @@ class InjectFaultOperator(DrillOperator):
         return (f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}; "
                 f"Airflow's PgBouncers paused until HAProxy sent writes to {new}")
 
-    def _airflow_held_back(self) -> AbstractContextManager[float]:
+    def _airflow_held_back(self, server: Endpoint) -> AbstractContextManager[float]:
         """PAUSE on every Airflow host's PgBouncer for the block (RESUME however it ends; a PAUSE that times
-        out fails the attempt before anything is injected, naming what held it)."""
+        out fails the attempt before anything is injected, naming what held it). ``server``: HAProxy's write
+        port, as the superuser."""
         inv = self.inventory
-        server = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
-                                             port=inv.haproxy.write_port, database=inv.postgres.database))
         # the old leader's shutdown checkpoint, inside the pause, then has little left to write
         started = time.monotonic()
         with pgdata.session(server) as conn:

@@ -579,7 +579,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
     def _switchover(self, patroni: PatroniHook, haproxy: HAProxyHook, leader: str) -> None:
         """While paused: Patroni switchover, then HAProxy's write port on the new leader."""
         try:
-            new, _ = switchover_routed(patroni, haproxy, leader, None, self.switchover_timeout)
+            new, _ = switchover_routed(patroni, haproxy, leader, None, self.switchover_timeout,
+                                       partial(pgdata.takes_writes, self.cluster_admin()))
         except (SwitchoverRefused, TimeoutError) as exc:
             raise AirflowException(str(exc)) from exc
         self.log.info("switched over from %s to %s; HAProxy routes writes to it", leader, new)
