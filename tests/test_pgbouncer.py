@@ -381,16 +381,23 @@ def test_held_back_resumes_every_pgbouncer_when_its_block_fails(admin: PgBouncer
 
 
 class Console:
-    """A PgBouncer console whose RESUME may fail (an error path: the host unreachable), recording calls."""
+    """A PgBouncer console whose RESUME may fail (an error path: the host unreachable), recording calls; its
+    PAUSE may wait at ``barrier`` (for the other hosts' PAUSE) or time out."""
 
-    def __init__(self, resume_fails: bool = False) -> None:
+    def __init__(self, resume_fails: bool = False, barrier: threading.Barrier | None = None,
+                 pause_times_out: bool = False) -> None:
         self.resume_fails, self.calls = resume_fails, []
+        self.barrier, self.pause_times_out = barrier, pause_times_out
 
     def arm_resume(self, database: str, after: float, config: str | None = None) -> None:
         self.calls.append("arm")
 
     def pause(self, database: str, timeout: float) -> float:
         self.calls.append("pause")
+        if self.barrier:
+            self.barrier.wait()  # BrokenBarrierError unless every host's PAUSE is under way at once
+        if self.pause_times_out:
+            raise PauseTimedOut(database, timeout, [])
         return 0.0
 
     def resume(self, database: str) -> None:
@@ -400,6 +407,23 @@ class Console:
 
     def disarm_resume(self) -> None:
         self.calls.append("disarm")
+
+
+def test_every_pgbouncer_is_paused_at_once_and_all_resumed_when_one_pause_times_out() -> None:
+    """held_back PAUSEs all hosts at once (each waits at a barrier for the others: in turn, none would get
+    past it); one PAUSE timing out fails the block before it runs, and every host is RESUMEd."""
+    barrier = threading.Barrier(3, timeout=10)
+    consoles = {f"airflow-{i}": Console(barrier=barrier) for i in (1, 2, 3)}
+    with held_back(consoles, DATABASE, 5, logging.getLogger("test")):
+        assert all(c.calls == ["arm", "pause"] for c in consoles.values())
+    assert all(c.calls == ["arm", "pause", "resume", "disarm"] for c in consoles.values())
+
+    ran = []
+    consoles = {"airflow-1": Console(), "airflow-2": Console(pause_times_out=True)}
+    with pytest.raises(PauseTimedOut):
+        with held_back(consoles, DATABASE, 5, logging.getLogger("test")):
+            ran.append(True)
+    assert ran == [] and all(c.calls == ["arm", "pause", "resume", "disarm"] for c in consoles.values())
 
 
 def test_a_pgbouncer_whose_resume_failed_keeps_its_armed_resume(caplog: pytest.LogCaptureFixture) -> None:

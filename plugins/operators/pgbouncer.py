@@ -29,7 +29,7 @@ from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowcfg, pgbouncer, pgdata, tls
 from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, ready_to_switch_over, switchover_routed
 from pgha.hooks.patroni import PatroniHook
-from pgha.hooks.pgbouncer import PgBouncerAdminHook, disarm_every, resume_every
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, disarm_every, pause_every, resume_every
 from pgha.hooks.postgres import node_endpoint, peer_sql
 from pgha.osfamily import PgBouncerOs
 from pgha.pgbouncer import Backend, PauseTimedOut, ResumeFailed
@@ -618,10 +618,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
                           "that dies inside it cannot leave Airflow waiting)", self.resume_after)
             self._in_pause = True  # from here a SIGTERM (on_kill) raises into this block: the undo below runs
             started = time.monotonic()
-            for host, console in consoles.items():
-                paused.append(host)  # before: a PAUSE that failed half-way may still hold, RESUME tolerates none
-                took = console.pause(database, self.paused_at_most)
-                self.log.info("[%s] PAUSE %s done in %.2fs", host, database, took)
+            paused.extend(consoles)  # before: a PAUSE that failed half-way may still hold, RESUME tolerates none
+            pause_every(consoles, database, self.paused_at_most, self.log)
             work()
             for host in staged:
                 if time.monotonic() - armed_at > self.resume_after - 30:  # its own RESUME could come mid-switch
