@@ -254,10 +254,11 @@ def rows_fingerprint(table: sql.Identifier, keys: RowKeys, file: str = "table_ro
                      keys=sql.Literal(sorted(keys.values)), type=sql.Identifier(keys.type))
 
 
-def takes_writes(endpoint: Endpoint) -> bool:
-    """Whether ``endpoint`` reaches a server out of recovery; False when it cannot be reached at all."""
+def takes_writes(endpoint: Endpoint, connect_timeout: int = 2) -> bool:
+    """Whether ``endpoint`` reaches a server out of recovery; False when it cannot be reached at all (asked
+    over and over while Airflow waits: one try never blocks longer than ``connect_timeout``)."""
     try:
-        with session(endpoint) as conn:
+        with session(replace(endpoint, connect_timeout=connect_timeout)) as conn:
             return not scalar(conn, statement("in_recovery.sql"))
     except psycopg2.Error:
         return False

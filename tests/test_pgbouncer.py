@@ -28,7 +28,7 @@ from recording_host import CATALOGUE, DEBIAN_12, FakeFile, FakeHost, Fleet, Pack
 from services import PgBouncerService, PostgresService, SshdService, start_pgbouncer, start_postgres
 
 from pgha import pgbouncer, pgdata, tls
-from pgha.hooks.pgbouncer import PgBouncerAdminHook, disarm_every, held_back
+from pgha.hooks.pgbouncer import PgBouncerAdminHook, disarm_every, held_back, pause_every
 from pgha.hooks.remote import CommandResult, RemoteHook
 from pgha.airflowcfg import get_option
 from pgha.operators.airflow import CutoverOperator
@@ -424,6 +424,34 @@ def test_every_pgbouncer_is_paused_at_once_and_all_resumed_when_one_pause_times_
         with held_back(consoles, DATABASE, 5, logging.getLogger("test")):
             ran.append(True)
     assert ran == [] and all(c.calls == ["arm", "pause", "resume", "disarm"] for c in consoles.values())
+
+
+def test_an_interrupted_pause_waits_for_every_pause_before_it_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped task's on_kill raises into the wait for the PAUSEs: pause_every still lets every PAUSE answer
+    before it raises (one landing after the caller's RESUME would leave that PgBouncer paused for good)."""
+    import pgha.hooks.pgbouncer as hooks_pgbouncer
+
+    release = threading.Event()
+
+    class SlowConsole(Console):
+        def pause(self, database: str, timeout: float) -> float:
+            release.wait(10)
+            self.calls.append("paused")
+            return 0.0
+
+    slow, real_wait, waits = SlowConsole(), hooks_pgbouncer.wait, []
+
+    def interrupted_wait(futures: Any, *args: Any, **kwargs: Any) -> Any:
+        waits.append(futures)
+        if len(waits) == 1:
+            threading.Timer(0.3, release.set).start()
+            raise KeyboardInterrupt  # what the SIGTERM handler raises in the main thread
+        return real_wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(hooks_pgbouncer, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        pause_every({"airflow-1": slow}, DATABASE, 5, logging.getLogger("test"))
+    assert slow.calls == ["paused"] and len(waits) == 2
 
 
 def test_a_pgbouncer_whose_resume_failed_keeps_its_armed_resume(caplog: pytest.LogCaptureFixture) -> None:

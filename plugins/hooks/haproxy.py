@@ -206,6 +206,7 @@ def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, c
     while not takes_writes():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{timeout:g}s after the switchover from {leader}: HAProxy routes writes to {new}, "
-                               "which does not take them (still in recovery)")
+                               "which does not take them (still in recovery, or "
+                               "not reachable as the superuser through HAProxy's write port)")
         time.sleep(0.02)
     return new, answer

@@ -13,7 +13,7 @@ import logging
 import shlex
 import time
 from collections.abc import Collection, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 from pgha.compat import AirflowException, BaseHook
@@ -194,15 +194,24 @@ def pause_every(consoles: Mapping[str, PgBouncerAdminHook], database: str, timeo
                 log: logging.Logger) -> None:
     """PAUSE ``database`` on every console at once, each bounded by ``timeout`` (one host's PAUSE does not
     lengthen the others' wait, 0.05 s each on the lab); once all have answered, the first failure is raised
-    (PauseTimedOut names what held it). The caller RESUMEs every one either way."""
+    (PauseTimedOut names what held it). The caller RESUMEs every one either way. Interrupted (a stopped task's
+    on_kill raises into the wait), it still waits for every PAUSE to answer before it raises: a PAUSE that
+    landed after the caller's RESUME would leave that PgBouncer paused with its armed RESUME disarmed."""
     def pause(host: str) -> None:
         took = consoles[host].pause(database, timeout)
         log.info("[%s] PAUSE %s done in %.2fs: Airflow's transactions wait in PgBouncer", host, database, took)
 
     if not consoles:
         return
-    with ThreadPoolExecutor(max_workers=len(consoles), thread_name_prefix="pgbouncer-pause") as pool:
-        answers = [pool.submit(pause, host) for host in consoles]
+    pool = ThreadPoolExecutor(max_workers=len(consoles), thread_name_prefix="pgbouncer-pause")
+    answers = [pool.submit(pause, host) for host in consoles]
+    try:
+        wait(answers)
+    except BaseException:
+        wait(answers)  # each PAUSE is bounded by ``timeout`` on the host
+        raise
+    finally:
+        pool.shutdown(wait=False)
     for answer in answers:
         answer.result()
 
