@@ -21,7 +21,7 @@ import pytest
 from pgha.compat import AirflowException
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
 from pgha.compat import AirflowSensorTimeout
-from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv, routing_problems, switchover_routed
+from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv, ready_to_switch_over, routing_problems, switchover_routed
 from pgha.hooks.remote import RemoteHook
 from pgha.operators.haproxy import ClusterRoutingCheckOperator, HAProxySwitchOperator
 from pgha.sensors.haproxy import HAProxyRoutingSensor
@@ -307,6 +307,56 @@ def test_a_server_forced_down_or_up_is_so_at_once(lb: dict[str, Any], conns: Non
         hook.force_health("postgres_write", {patroni.name: "maint"})
     with pytest.raises(AirflowException, match="refused to mark postgres_write/no-such-server DOWN"):
         hook.force_health("postgres_write", {"no-such-server": "down"})
+
+
+class _PatroniReady:
+    """Patroni as ``ready_to_switch_over`` uses it before the pause (its login, the leader's own URL)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def get_conn(self) -> None:
+        self.asked.append("login")
+
+    def member_first(self, member: str) -> None:
+        self.asked.append(member)
+
+
+def test_a_switchover_is_refused_before_the_pause_while_a_server_is_held_out_of_haproxys_checks(
+        lb: dict[str, Any], conns: None, patroni: PatroniService) -> None:
+    """Against a real HAProxy: a write-backend server an operator put in MAINT or DRAIN, or whose checks are
+    off, would accept ``health up`` and stay out of rotation (Airflow paused until the switchover's timeout):
+    refused before the pause, naming it and HAProxy's status; ready again once put back."""
+    inventory = make_inventory(lb, patroni)
+    HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
+    routed(inventory)
+    hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), str(lb["dir"] / "admin.sock"))
+    ready_to_switch_over(_PatroniReady(), hook, patroni.name)  # DOWN (ghost) and UP servers are the checks'
+    for held, undo, why in (("set server {} state maint", "set server {} state ready", "MAINT"),
+                            ("set server {} state drain", "set server {} state ready", "DRAIN"),
+                            ("disable health {}", "enable health {}", "health checks disabled")):
+        hook.command(held.format("postgres_write/ghost-b"))  # (`show stat` shows a DOWN server so held as DOWN)
+        with pytest.raises(AirflowException, match=fr"not govern: ghost-b \({why}\)\. A switchover could not"):
+            ready_to_switch_over(_PatroniReady(), hook, patroni.name)
+        hook.command(undo.format("postgres_write/ghost-b"))
+    ready_to_switch_over(_PatroniReady(), hook, patroni.name)
+    assert routed(inventory) == {"write": [patroni.name], "read": []}
+
+
+def test_servers_state_flags_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the lab's HAProxy cannot show without a config change: a server with no ``check`` at all, a
+    backend HAProxy does not have."""
+    hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), "/run/haproxy/admin.sock")
+    answer = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+              "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state\n"
+              "2 postgres_write 1 psg1 10.0.0.1 2 0 1 1 5 6 3 4 6\n"
+              "2 postgres_write 2 psg2 10.0.0.2 0 0 1 1 5 1 0 0 0\n"
+              "2 postgres_write 3 psg3 10.0.0.3 0 9 1 1 5 6 3 4 14\n")
+    monkeypatch.setattr(hook, "command", lambda command, quiet=True: answer)
+    assert hook.servers_held_out_of_checks("postgres_write") == {"psg2": "no health check", "psg3": "MAINT and DRAIN"}
+    monkeypatch.setattr(hook, "command", lambda command, quiet=True: "Can't find backend.\n")
+    with pytest.raises(AirflowException, match="HAProxy has no backend postgres_write: Can't find backend."):
+        hook.servers_held_out_of_checks("postgres_write")
 
 
 def test_the_wait_for_the_new_leader_times_out_naming_what_it_saw(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,19 @@ READ_BACKEND = "postgres_read"
 # a backend or server name as pgha's template writes them; anything else never reaches the runtime API,
 # where ";" would start another command
 RUNTIME_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# ``show servers state`` flags (HAProxy's srv_admin_state and srv_check_state)
+ADMIN_MAINT, ADMIN_DRAIN = 0x01 | 0x02 | 0x04 | 0x20 | 0x40, 0x08 | 0x10
+CHECK_CONFIGURED, CHECK_ENABLED = 0x02, 0x04
+
+
+def admin_state_words(admin_state: int) -> list[str]:
+    return (["MAINT"] if admin_state & ADMIN_MAINT else []) + (["DRAIN"] if admin_state & ADMIN_DRAIN else [])
+
+
+def check_state_words(check_state: int) -> list[str]:
+    if not check_state & CHECK_CONFIGURED:
+        return ["no health check"]
+    return [] if check_state & CHECK_ENABLED else ["health checks disabled"]
 
 
 def routing_problems(write_up: list[str], read_up: list[str], leader: str | None, replicas: list[str]) -> list[str]:
@@ -97,6 +110,25 @@ class HAProxyHook(BaseHook):
             for row in self.stats()
             if row["pxname"] == backend and row["svname"] not in {"FRONTEND", "BACKEND"}
         }
+
+    def servers_held_out_of_checks(self, backend: str) -> dict[str, str]:
+        """Servers of ``backend`` whose state HAProxy's health checks do not decide alone: put in MAINT or
+        DRAIN, or with checks off, by an operator (server -> what holds it). ``show stat`` cannot tell: a DOWN
+        server in DRAIN or with checks off shows DOWN there; ``show servers state`` has the flags."""
+        answer = self.command(f"show servers state {backend}")
+        lines = [line for line in answer.splitlines() if line.strip()]
+        header = next((line[1:].split() for line in lines if line.startswith("#")), None)
+        if header is None:
+            raise AirflowException(f"HAProxy has no backend {backend}: {answer.strip()[:200]}")
+        held = {}
+        for line in lines:
+            row = dict(zip(header, line.split()))
+            if line.startswith("#") or row.get("be_name") != backend:
+                continue
+            reasons = admin_state_words(int(row["srv_admin_state"])) + check_state_words(int(row["srv_check_state"]))
+            if reasons:
+                held[row["srv_name"]] = " and ".join(reasons)
+        return held
 
     def up_servers(self, backend: str) -> list[str]:
         return sorted(name for name, status in self.server_states(backend).items() if status == "UP")
@@ -174,10 +206,18 @@ class SwitchoverRefused(Exception):
 def ready_to_switch_over(patroni: PatroniHook, haproxy: HAProxyHook, leader: str) -> None:
     """Before a pause: what ``switchover_routed`` inside it would otherwise do while Airflow waits. Patroni's
     login (a connection lookup is a round trip to the task's supervisor, which could wait on Airflow itself),
-    the leader's own REST URL (``PatroniHook.member_first``) and the HAProxy host's SSH login."""
+    the leader's own REST URL (``PatroniHook.member_first``) and the HAProxy host's SSH login. Refuses, before
+    anything changed, when a server of the write backend is held out of HAProxy's checks (MAINT, DRAIN, checks
+    off): forced UP it would stay out of rotation, and the pause would last until the switchover's timeout."""
     patroni.get_conn()
     patroni.member_first(leader)
-    haproxy.remote.run("true", quiet=True)
+    held = haproxy.servers_held_out_of_checks(WRITE_BACKEND)
+    if held:
+        listed = ", ".join(f"{server} ({why})" for server, why in sorted(held.items()))
+        raise AirflowException(
+            f"HAProxy's {WRITE_BACKEND} has servers its checks do not govern: {listed}. A switchover could not "
+            f"route writes to such a server; put it back first (set server {WRITE_BACKEND}/<server> state ready; "
+            f"enable health {WRITE_BACKEND}/<server>)")
 
 
 def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, candidate: str | None,
