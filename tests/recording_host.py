@@ -179,6 +179,7 @@ class FakeHost:
         self.listeners = ""  # `ss -Htlnp` output
         self.haproxy_valid: Callable[[str], bool] = lambda text: "INVALID" not in text
         self.haproxy_stat = ""  # `show stat` CSV answered on the stats socket
+        self.haproxy_servers_state = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n"  # `show servers state`
         self.downloads = {ETCD_TARBALL_URL: (ETCD_TARBALL_SHA256, {"etcd": etcd_version("3.5.9"),
                                                                    "etcdctl": "etcdctl version: 3.5.9"})}
         self.python_modules: set[str] = set()  # what `<python> -c 'import X'` finds, for every interpreter
@@ -740,8 +741,8 @@ def _stats_socket(h: FakeHost, m: re.Match[str], stdin: str | None) -> tuple[int
     command = args(m[1])[0]
     if not any(u.active for n, u in h.units.items() if n.startswith("haproxy")):
         return 1, "", "socat: connect(5, AF=1 ...): No such file or directory\n"
-    if command == "show servers state":
-        return 0, "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n", ""
+    if command.split()[:3] == ["show", "servers", "state"]:
+        return 0, h.haproxy_servers_state, ""
     if command == "show stat":
         return 0, h.haproxy_stat, ""
     return 0, "Unknown command.\n", ""

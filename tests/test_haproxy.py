@@ -21,7 +21,15 @@ import pytest
 from pgha.compat import AirflowException
 from fixture_secrets import PATRONI_SUPERUSER_PASSWORD
 from pgha.compat import AirflowSensorTimeout
-from pgha.hooks.haproxy import HAProxyHook, parse_stat_csv, ready_to_switch_over, routing_problems, switchover_routed
+from pgha.compat import AirflowFailException
+from pgha.hooks.haproxy import (
+    HAProxyHook,
+    parse_stat_csv,
+    ready_to_switch_over,
+    refuse_switchover_to_servers_set_aside,
+    routing_problems,
+    switchover_routed,
+)
 from pgha.hooks.remote import RemoteHook
 from pgha.operators.haproxy import ClusterRoutingCheckOperator, HAProxySwitchOperator
 from pgha.sensors.haproxy import HAProxyRoutingSensor
@@ -322,41 +330,60 @@ class _PatroniReady:
         self.asked.append(member)
 
 
-def test_a_switchover_is_refused_before_the_pause_while_a_server_is_held_out_of_haproxys_checks(
+def test_a_switchover_is_refused_before_the_pause_to_a_server_set_aside_in_haproxy(
         lb: dict[str, Any], conns: None, patroni: PatroniService) -> None:
-    """Against a real HAProxy: a write-backend server an operator put in MAINT or DRAIN, or whose checks are
-    off, would accept ``health up`` and stay out of rotation (Airflow paused until the switchover's timeout):
-    refused before the pause, naming it and HAProxy's status; ready again once put back."""
+    """Against a real HAProxy: a write-backend server an operator set aside (MAINT, DRAIN, weight 0, checks
+    off) could not be seen to take the writes a switchover sends it (Airflow paused until the timeout): a
+    switchover that may make it the leader is refused before the pause, naming it, why, and the command that
+    puts it back; one to another candidate goes on; put back, it is ready again."""
     inventory = make_inventory(lb, patroni)
     HAProxySwitchOperator(task_id="switch", inventory_path=inventory).execute({})
     routed(inventory)
-    hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), str(lb["dir"] / "admin.sock"))
-    ready_to_switch_over(_PatroniReady(), hook, patroni.name)  # DOWN (ghost) and UP servers are the checks'
-    for held, undo, why in (("set server {} state maint", "set server {} state ready", "MAINT"),
-                            ("set server {} state drain", "set server {} state ready", "DRAIN"),
-                            ("disable health {}", "enable health {}", "health checks disabled")):
-        hook.command(held.format("postgres_write/ghost-b"))  # (`show stat` shows a DOWN server so held as DOWN)
-        with pytest.raises(AirflowException, match=fr"not govern: ghost-b \({why}\)\. A switchover could not"):
-            ready_to_switch_over(_PatroniReady(), hook, patroni.name)
-        hook.command(undo.format("postgres_write/ghost-b"))
-    ready_to_switch_over(_PatroniReady(), hook, patroni.name)
+    socket = str(lb["dir"] / "admin.sock")
+    hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), socket)
+    ready_to_switch_over(_PatroniReady(), hook, patroni.name, None)  # DOWN (ghost) and UP servers are the checks'
+    for set_aside, put_back, why in (
+            ("set server {} state maint", "set server {} state ready", "MAINT"),
+            ("set server {} state drain", "set server {} state ready", "DRAIN"),
+            ("set weight {} 0", "set weight {} 100%", "weight 0"),
+            ("disable health {}", "enable health {}", "health checks disabled")):
+        hook.command(set_aside.format("postgres_write/ghost-b"))  # (`show stat` shows a DOWN server so set as DOWN)
+        with pytest.raises(AirflowFailException) as refused:
+            ready_to_switch_over(_PatroniReady(), hook, patroni.name, None)
+        message = str(refused.value)
+        assert f"not switching over from {patroni.name}: HAProxy on lb (stats socket {socket})" in message
+        assert f"(ghost-b: {why}): a switchover to it could not be seen routed" in message
+        assert "Nothing was changed, Airflow was not paused" in message
+        assert f"echo '{put_back.format('postgres_write/ghost-b')}' | socat stdio {socket}" in message
+        refuse_switchover_to_servers_set_aside(hook, patroni.name, "ghost-c")  # ghost-b cannot become the leader
+        hook.command(put_back.format("postgres_write/ghost-b"))
+        ready_to_switch_over(_PatroniReady(), hook, patroni.name, None)
     assert routed(inventory) == {"write": [patroni.name], "read": []}
 
 
-def test_servers_state_flags_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the lab's HAProxy cannot show without a config change: a server with no ``check`` at all, a
-    backend HAProxy does not have."""
+def test_servers_set_aside_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the lab's HAProxy cannot show without a config change: a server with no ``check`` at all, flags
+    that do not keep a server from traffic (0x04: the ``disabled`` keyword's, kept after ``state ready``; 0x40:
+    an FQDN set at runtime), a malformed row, a backend HAProxy does not have."""
     hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), "/run/haproxy/admin.sock")
-    answer = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
-              "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state\n"
-              "2 postgres_write 1 psg1 10.0.0.1 2 0 1 1 5 6 3 4 6\n"
-              "2 postgres_write 2 psg2 10.0.0.2 0 0 1 1 5 1 0 0 0\n"
-              "2 postgres_write 3 psg3 10.0.0.3 0 9 1 1 5 6 3 4 14\n")
+    header = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+              "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state\n")
+    answer = header + ("2 postgres_write 1 psg1 10.0.0.1 2 0 1 1 5 6 3 4 6\n"
+                       "2 postgres_write 2 psg2 10.0.0.2 0 0 1 1 5 1 0 0 0\n"
+                       "2 postgres_write 3 psg3 10.0.0.3 0 9 1 1 5 6 3 4 14\n"
+                       "2 postgres_write 4 psg4 10.0.0.4 2 68 1 1 5 6 3 4 7\n"
+                       "3 postgres_write_2 1 psg5 10.0.0.5 0 1 1 1 5 6 3 4 14\n")
     monkeypatch.setattr(hook, "command", lambda command, quiet=True: answer)
-    assert hook.servers_held_out_of_checks("postgres_write") == {"psg2": "no health check", "psg3": "MAINT and DRAIN"}
+    assert hook.servers_set_aside("postgres_write") == {"psg2": ["no health check"], "psg3": ["MAINT", "DRAIN"]}
+    with pytest.raises(AirflowFailException, match=r"\(psg2: no health check\).*psg2 has no health check: render "
+                                                   r"pgha's HAProxy config again"):
+        refuse_switchover_to_servers_set_aside(hook, "psg1", "psg2")
+    answer = header + "2 postgres_write 1 psg1 10.0.0.1 2\n"
+    with pytest.raises(AirflowException, match="unexpected row in `show servers state postgres_write`"):
+        hook.servers_set_aside("postgres_write")
     monkeypatch.setattr(hook, "command", lambda command, quiet=True: "Can't find backend.\n")
-    with pytest.raises(AirflowException, match="HAProxy has no backend postgres_write: Can't find backend."):
-        hook.servers_held_out_of_checks("postgres_write")
+    with pytest.raises(AirflowException, match="unexpected answer to `show servers state postgres_write`"):
+        hook.servers_set_aside("postgres_write")
 
 
 def test_the_wait_for_the_new_leader_times_out_naming_what_it_saw(monkeypatch: pytest.MonkeyPatch) -> None:

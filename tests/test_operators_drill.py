@@ -143,6 +143,26 @@ def test_switchover_is_asked_of_patroni_with_the_planned_candidate(fleet: Fleet,
     assert apis.changes() == []
 
 
+def test_a_switchover_through_the_pause_to_a_server_set_aside_in_haproxy_is_refused_before_the_attempt(
+        fleet: Fleet, tmp_path: Path, apis: ClusterApis, logins: None) -> None:
+    """The planned candidate is in MAINT in HAProxy's write backend: refused before the attempt is recorded
+    (not a failed attempt, no retry spent on it), nothing paused, nothing asked of Patroni."""
+    inventory = fleet_inventory(fleet, tmp_path, DEBIAN_12, edit=lambda raw: raw.update(pgbouncer={"enabled": True}),
+                                **apis.sections())
+    for node in ("psg1", "psg2", "psg3"):
+        fleet[node].units["patroni.service"] = Unit(enabled=True, active=True)
+    lb = fleet["vm1"]
+    lb.units["haproxy.service"] = Unit(enabled=True, active=True)
+    lb.haproxy_servers_state = (
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+        "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state\n"
+        "2 postgres_write 1 psg1 10.0.0.1 2 0 1 1 5 6 3 4 6\n2 postgres_write 2 psg2 10.0.0.2 0 1 1 1 5 6 3 4 14\n")
+    switchover_answers(apis)
+    with pytest.raises(AirflowFailException, match=r"not switching over from psg1: HAProxy on vm1 .*\(psg2: MAINT\)"):
+        step(InjectFaultOperator, inventory, plan("switchover"))
+    assert apis.changes() == [] and FAULT_RECORD not in lb.files and lb.mutations() == []
+
+
 def test_a_refused_switchover_is_asked_again_on_retry_not_taken_as_injected(fleet: Fleet, tmp_path: Path,
                                                                            apis: ClusterApis, logins: None) -> None:
     inventory = drill_inventory(fleet, tmp_path, apis)

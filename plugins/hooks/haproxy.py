@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from pgha.compat import AirflowException, BaseHook
+from pgha.compat import AirflowException, AirflowFailException, BaseHook
 
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.remote import RemoteHook
@@ -23,19 +23,33 @@ READ_BACKEND = "postgres_read"
 # a backend or server name as pgha's template writes them; anything else never reaches the runtime API,
 # where ";" would start another command
 RUNTIME_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-# ``show servers state`` flags (HAProxy's srv_admin_state and srv_check_state)
-ADMIN_MAINT, ADMIN_DRAIN = 0x01 | 0x02 | 0x04 | 0x20 | 0x40, 0x08 | 0x10
+# ``show servers state`` flags: srv_admin_state's maintenance bits (forced, inherited from a tracked server, a
+# failed DNS resolution: HAProxy's own mask; the ``disabled`` keyword sets the forced one too) and drain bits
+# (forced, inherited); srv_check_state's "configured" and "enabled"
+ADMIN_MAINT, ADMIN_DRAIN = 0x01 | 0x02 | 0x20, 0x08 | 0x10
 CHECK_CONFIGURED, CHECK_ENABLED = 0x02, 0x04
+# why a server set aside by hand does not take the writes a switchover sends it -> the runtime command that
+# puts it back (None: a config change)
+PUT_BACK = {
+    "MAINT": "set server {backend}/{server} state ready",
+    "DRAIN": "set server {backend}/{server} state ready",
+    "weight 0": "set weight {backend}/{server} 100%",
+    "health checks disabled": "enable health {backend}/{server}",
+    "no health check": None,
+}
 
 
-def admin_state_words(admin_state: int) -> list[str]:
-    return (["MAINT"] if admin_state & ADMIN_MAINT else []) + (["DRAIN"] if admin_state & ADMIN_DRAIN else [])
-
-
-def check_state_words(check_state: int) -> list[str]:
-    if not check_state & CHECK_CONFIGURED:
-        return ["no health check"]
-    return [] if check_state & CHECK_ENABLED else ["health checks disabled"]
+def set_aside_reasons(row: dict[str, str]) -> list[str]:
+    """Why the server of one ``show servers state`` row is set aside (keys of PUT_BACK), or []."""
+    admin, check = int(row["srv_admin_state"]), int(row["srv_check_state"])
+    reasons = [word for word, bits in (("MAINT", ADMIN_MAINT), ("DRAIN", ADMIN_DRAIN)) if admin & bits]
+    if int(row["srv_uweight"]) == 0:
+        reasons.append("weight 0")
+    if not check & CHECK_CONFIGURED:
+        reasons.append("no health check")
+    elif not check & CHECK_ENABLED:
+        reasons.append("health checks disabled")
+    return reasons
 
 
 def routing_problems(write_up: list[str], read_up: list[str], leader: str | None, replicas: list[str]) -> list[str]:
@@ -111,24 +125,31 @@ class HAProxyHook(BaseHook):
             if row["pxname"] == backend and row["svname"] not in {"FRONTEND", "BACKEND"}
         }
 
-    def servers_held_out_of_checks(self, backend: str) -> dict[str, str]:
-        """Servers of ``backend`` whose state HAProxy's health checks do not decide alone: put in MAINT or
-        DRAIN, or with checks off, by an operator (server -> what holds it). ``show stat`` cannot tell: a DOWN
-        server in DRAIN or with checks off shows DOWN there; ``show servers state`` has the flags."""
+    def servers_set_aside(self, backend: str) -> dict[str, list[str]]:
+        """Servers of ``backend`` an operator set aside (server -> why, keys of PUT_BACK): MAINT or DRAIN
+        (``health up`` is then taken and ignored), weight 0 (UP, never chosen), health checks off or none (a
+        server forced UP then takes traffic, but ``show stat`` calls it "no check", never UP, and no check ever
+        corrects the forced state). Read from ``show servers state``: ``show stat`` shows a DOWN server in
+        DRAIN or with checks off as plain DOWN."""
         answer = self.command(f"show servers state {backend}")
         lines = [line for line in answer.splitlines() if line.strip()]
-        header = next((line[1:].split() for line in lines if line.startswith("#")), None)
-        if header is None:
-            raise AirflowException(f"HAProxy has no backend {backend}: {answer.strip()[:200]}")
-        held = {}
-        for line in lines:
+        header_at = next((i for i, line in enumerate(lines) if line.startswith("#")), None)
+        if header_at is None:
+            raise AirflowException(f"unexpected answer to `show servers state {backend}` (a backend HAProxy does "
+                                   f"not have?): {answer.strip()[:200]!r}")
+        header = lines[header_at][1:].split()
+        set_aside = {}
+        for line in lines[header_at + 1:]:
             row = dict(zip(header, line.split()))
-            if line.startswith("#") or row.get("be_name") != backend:
+            if row.get("be_name") != backend:
                 continue
-            reasons = admin_state_words(int(row["srv_admin_state"])) + check_state_words(int(row["srv_check_state"]))
+            try:
+                reasons = set_aside_reasons(row)
+            except (KeyError, ValueError) as exc:
+                raise AirflowException(f"unexpected row in `show servers state {backend}`: {line!r}") from exc
             if reasons:
-                held[row["srv_name"]] = " and ".join(reasons)
-        return held
+                set_aside[row["srv_name"]] = reasons
+        return set_aside
 
     def up_servers(self, backend: str) -> list[str]:
         return sorted(name for name, status in self.server_states(backend).items() if status == "UP")
@@ -203,21 +224,41 @@ class SwitchoverRefused(Exception):
     """Patroni answered POST /switchover with an error."""
 
 
-def ready_to_switch_over(patroni: PatroniHook, haproxy: HAProxyHook, leader: str) -> None:
+def ready_to_switch_over(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, candidate: str | None) -> None:
     """Before a pause: what ``switchover_routed`` inside it would otherwise do while Airflow waits. Patroni's
     login (a connection lookup is a round trip to the task's supervisor, which could wait on Airflow itself),
-    the leader's own REST URL (``PatroniHook.member_first``) and the HAProxy host's SSH login. Refuses, before
-    anything changed, when a server of the write backend is held out of HAProxy's checks (MAINT, DRAIN, checks
-    off): forced UP it would stay out of rotation, and the pause would last until the switchover's timeout."""
+    the leader's own REST URL (``PatroniHook.member_first``) and the HAProxy host's SSH login, which
+    ``refuse_switchover_to_servers_set_aside`` makes."""
     patroni.get_conn()
     patroni.member_first(leader)
-    held = haproxy.servers_held_out_of_checks(WRITE_BACKEND)
-    if held:
-        listed = ", ".join(f"{server} ({why})" for server, why in sorted(held.items()))
-        raise AirflowException(
-            f"HAProxy's {WRITE_BACKEND} has servers its checks do not govern: {listed}. A switchover could not "
-            f"route writes to such a server; put it back first (set server {WRITE_BACKEND}/<server> state ready; "
-            f"enable health {WRITE_BACKEND}/<server>)")
+    refuse_switchover_to_servers_set_aside(haproxy, leader, candidate)
+
+
+def refuse_switchover_to_servers_set_aside(haproxy: HAProxyHook, leader: str, candidate: str | None) -> None:
+    """AirflowFailException, before anything is changed, when the server that may become the leader (the
+    candidate, or with none every other member) is set aside in HAProxy's write backend by hand: inside the pause
+    the new leader is forced UP and waited for until it takes writes, which such a server never does, or not in
+    a way pgha can see; Airflow would stay paused until the switchover's timeout."""
+    set_aside = haproxy.servers_set_aside(WRITE_BACKEND)
+    at_stake = {candidate} if candidate else set(set_aside) - {leader}
+    refused = {server: reasons for server, reasons in sorted(set_aside.items()) if server in at_stake}
+    if not refused:
+        return
+    where = f"HAProxy on {haproxy.remote.host_name} (stats socket {haproxy.stats_socket})"
+    listed = "; ".join(f"{server}: {', '.join(reasons)}" for server, reasons in refused.items())
+    remedies = []
+    for server, reasons in refused.items():
+        for reason in reasons:
+            command = PUT_BACK[reason]
+            remedies.append(f"echo {shlex.quote(command.format(backend=WRITE_BACKEND, server=server))} | socat "
+                            f"stdio {shlex.quote(haproxy.stats_socket)}" if command else
+                            f"{server} has no health check: render pgha's HAProxy config again (phase 7's switch)")
+    raise AirflowFailException(
+        f"not switching over from {leader}: {where} has set aside, in {WRITE_BACKEND}, the server(s) that may "
+        f"become the leader ({listed}): a switchover to it could not be seen routed (in MAINT, DRAIN or at weight 0 it "
+        f"gets no writes; with health checks off or none HAProxy never reports it UP) and Airflow would stay "
+        f"paused until the switchover's timeout. Nothing was changed, Airflow was not paused. Put them back, "
+        f"then clear this task: " + "; ".join(dict.fromkeys(remedies)))
 
 
 def switchover_routed(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, candidate: str | None,

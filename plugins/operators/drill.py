@@ -40,7 +40,13 @@ from pgha.drill import (
 )
 from pgha.hooks.drill import drill_database, probe_tls, python_beside_unit, python_with_driver
 from pgha.hooks.etcd import EtcdHook
-from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, ready_to_switch_over, switchover_routed
+from pgha.hooks.haproxy import (
+    HAProxyHook,
+    SwitchoverRefused,
+    ready_to_switch_over,
+    refuse_switchover_to_servers_set_aside,
+    switchover_routed,
+)
 from pgha.hooks.patroni import PatroniCluster, PatroniHook
 from pgha.hooks.pgbouncer import held_back
 from pgha.hooks.postgres import NodePostgresHook, load_sql, node_endpoint
@@ -86,6 +92,9 @@ class DrillOperator(DrillPlanMixin, PghaOperator):
 
     def patroni(self) -> PatroniHook:
         return PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
+
+    def haproxy(self) -> HAProxyHook:
+        return HAProxyHook(self.remote(self.inventory.haproxy.host), self.inventory.haproxy.stats_socket)
 
     def api_url(self, name: str) -> str:
         return f"{self.scheme}://{self.inventory.host(name).address}:{self.inventory.patroni.rest_port}"
@@ -387,7 +396,11 @@ class InjectFaultOperator(DrillOperator):
     # ------------------------------------------------------------ per scenario: prepare, inject, observe
 
     def _prepare(self, plan: dict[str, Any]) -> dict[str, Any]:
-        """What the injection and its observation need, read before the attempt is recorded (reads only)."""
+        """What the injection and its observation need, read before the attempt is recorded (reads only); a
+        switchover through the pause is refused here, not counted as a failed attempt, when HAProxy could not
+        route it."""
+        if plan["scenario"] == "switchover" and self.inventory.pgbouncer.enabled:
+            refuse_switchover_to_servers_set_aside(self.haproxy(), plan["leader"], plan["candidate"])
         return self._postmaster(plan["target"]) if plan["scenario"] == "postmaster_kill" else {}
 
     def _injections(self) -> dict[str, Callable[[dict[str, Any], dict[str, Any]], str]]:
@@ -433,9 +446,8 @@ class InjectFaultOperator(DrillOperator):
                 raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
                                        f"HTTP {response.status_code} {response.text.strip()}")
             return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}"
-        haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
-        patroni = self.patroni()
-        ready_to_switch_over(patroni, haproxy, plan["leader"])
+        haproxy, patroni = self.haproxy(), self.patroni()
+        ready_to_switch_over(patroni, haproxy, plan["leader"], plan["candidate"])
         server = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
                                              port=inv.haproxy.write_port, database=inv.postgres.database))
         with self._airflow_held_back(server):

@@ -479,7 +479,7 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             leader = self._leader()
             patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
             haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
-            ready_to_switch_over(patroni, haproxy, leader)
+            ready_to_switch_over(patroni, haproxy, leader, None)
             self._checkpoint_on_leader()
             return self._through_the_pause(context, consoles, current, targets,
                                            partial(self._switchover, patroni, haproxy, leader))
