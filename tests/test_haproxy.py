@@ -25,7 +25,6 @@ from pgha.compat import AirflowFailException
 from pgha.hooks.haproxy import (
     HAProxyHook,
     parse_stat_csv,
-    ready_to_switch_over,
     refuse_switchover_to_servers_set_aside,
     routing_problems,
     switchover_routed,
@@ -317,19 +316,6 @@ def test_a_server_forced_down_or_up_is_so_at_once(lb: dict[str, Any], conns: Non
         hook.force_health("postgres_write", {"no-such-server": "down"})
 
 
-class _PatroniReady:
-    """Patroni as ``ready_to_switch_over`` uses it before the pause (its login, the leader's own URL)."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    def get_conn(self) -> None:
-        self.asked.append("login")
-
-    def member_first(self, member: str) -> None:
-        self.asked.append(member)
-
-
 def test_a_switchover_is_refused_before_the_pause_to_a_server_set_aside_in_haproxy(
         lb: dict[str, Any], conns: None, patroni: PatroniService) -> None:
     """Against a real HAProxy: a write-backend server an operator set aside (MAINT, DRAIN, weight 0, checks
@@ -341,7 +327,7 @@ def test_a_switchover_is_refused_before_the_pause_to_a_server_set_aside_in_hapro
     routed(inventory)
     socket = str(lb["dir"] / "admin.sock")
     hook = HAProxyHook(RemoteHook("ssh_lb", host_name="lb"), socket)
-    ready_to_switch_over(_PatroniReady(), hook, patroni.name, None)  # DOWN (ghost) and UP servers are the checks'
+    refuse_switchover_to_servers_set_aside(hook, patroni.name, None)  # DOWN (ghost) and UP servers are the checks'
     for set_aside, put_back, why in (
             ("set server {} state maint", "set server {} state ready", "MAINT"),
             ("set server {} state drain", "set server {} state ready", "DRAIN"),
@@ -349,7 +335,7 @@ def test_a_switchover_is_refused_before_the_pause_to_a_server_set_aside_in_hapro
             ("disable health {}", "enable health {}", "health checks disabled")):
         hook.command(set_aside.format("postgres_write/ghost-b"))  # (`show stat` shows a DOWN server so set as DOWN)
         with pytest.raises(AirflowFailException) as refused:
-            ready_to_switch_over(_PatroniReady(), hook, patroni.name, None)
+            refuse_switchover_to_servers_set_aside(hook, patroni.name, None)
         message = str(refused.value)
         assert f"not switching over from {patroni.name}: HAProxy on lb (stats socket {socket})" in message
         assert f"(ghost-b: {why}): a switchover to it could not be seen routed" in message
@@ -357,7 +343,7 @@ def test_a_switchover_is_refused_before_the_pause_to_a_server_set_aside_in_hapro
         assert f"echo '{put_back.format('postgres_write/ghost-b')}' | socat stdio {socket}" in message
         refuse_switchover_to_servers_set_aside(hook, patroni.name, "ghost-c")  # ghost-b cannot become the leader
         hook.command(put_back.format("postgres_write/ghost-b"))
-        ready_to_switch_over(_PatroniReady(), hook, patroni.name, None)
+        refuse_switchover_to_servers_set_aside(hook, patroni.name, None)
     assert routed(inventory) == {"write": [patroni.name], "read": []}
 
 

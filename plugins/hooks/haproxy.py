@@ -224,21 +224,12 @@ class SwitchoverRefused(Exception):
     """Patroni answered POST /switchover with an error."""
 
 
-def ready_to_switch_over(patroni: PatroniHook, haproxy: HAProxyHook, leader: str, candidate: str | None) -> None:
-    """Before a pause: what ``switchover_routed`` inside it would otherwise do while Airflow waits. Patroni's
-    login (a connection lookup is a round trip to the task's supervisor, which could wait on Airflow itself),
-    the leader's own REST URL (``PatroniHook.member_first``) and the HAProxy host's SSH login, which
-    ``refuse_switchover_to_servers_set_aside`` makes."""
-    patroni.get_conn()
-    patroni.member_first(leader)
-    refuse_switchover_to_servers_set_aside(haproxy, leader, candidate)
-
-
 def refuse_switchover_to_servers_set_aside(haproxy: HAProxyHook, leader: str, candidate: str | None) -> None:
     """AirflowFailException, before anything is changed, when the server that may become the leader (the
     candidate, or with none every other member) is set aside in HAProxy's write backend by hand: inside the pause
     the new leader is forced UP and waited for until it takes writes, which such a server never does, or not in
-    a way pgha can see; Airflow would stay paused until the switchover's timeout."""
+    a way pgha can see; Airflow would stay paused until the switchover's timeout. Run before the pause, it also
+    makes the HAProxy host's SSH login, which ``switchover_routed`` inside it would otherwise wait for."""
     set_aside = haproxy.servers_set_aside(WRITE_BACKEND)
     at_stake = {candidate} if candidate else set(set_aside) - {leader}
     refused = {server: reasons for server, reasons in sorted(set_aside.items()) if server in at_stake}

@@ -248,6 +248,13 @@ class PatroniHook(BaseHook):
         own = self._member_netlocs.get(member)
         return sorted(self.api_urls, key=lambda url: urlsplit(url).netloc != own)
 
+    def ready_to_switch_over(self, leader: str) -> None:
+        """Before a pause: what a switchover inside it would otherwise do while Airflow waits: the login (a
+        connection lookup is a round trip to the task's supervisor, which could wait on Airflow itself) and the
+        leader's own REST URL (``member_first``)."""
+        self.get_conn()
+        self.member_first(leader)
+
     def api_url_of(self, member: str) -> str | None:
         """``member``'s own URL among ``api_urls``; None when /cluster does not name one of them."""
         first = self.member_first(member)[0]

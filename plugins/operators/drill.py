@@ -43,7 +43,6 @@ from pgha.hooks.etcd import EtcdHook
 from pgha.hooks.haproxy import (
     HAProxyHook,
     SwitchoverRefused,
-    ready_to_switch_over,
     refuse_switchover_to_servers_set_aside,
     switchover_routed,
 )
@@ -446,8 +445,8 @@ class InjectFaultOperator(DrillOperator):
                 raise AirflowException(f"POST /switchover {plan['leader']} -> {plan['candidate']} refused: "
                                        f"HTTP {response.status_code} {response.text.strip()}")
             return f"POST /switchover -> {plan['candidate']}: HTTP {response.status_code} {response.text.strip()}"
-        haproxy, patroni = self.haproxy(), self.patroni()
-        ready_to_switch_over(patroni, haproxy, plan["leader"], plan["candidate"])
+        haproxy, patroni = self.haproxy(), self.patroni()  # HAProxy's refusal in _prepare made its SSH login
+        patroni.ready_to_switch_over(plan["leader"])
         server = self.verified(node_endpoint(inv.postgres.superuser_conn_id, host=inv.host(inv.haproxy.host).address,
                                              port=inv.haproxy.write_port, database=inv.postgres.database))
         with self._airflow_held_back(server):

@@ -27,7 +27,12 @@ from urllib.parse import urlsplit
 
 from pgha.compat import AirflowException, AirflowSkipException
 from pgha import airflowcfg, pgbouncer, pgdata, tls
-from pgha.hooks.haproxy import HAProxyHook, SwitchoverRefused, ready_to_switch_over, switchover_routed
+from pgha.hooks.haproxy import (
+    HAProxyHook,
+    SwitchoverRefused,
+    refuse_switchover_to_servers_set_aside,
+    switchover_routed,
+)
 from pgha.hooks.patroni import PatroniHook
 from pgha.hooks.pgbouncer import PgBouncerAdminHook, disarm_every, pause_every, resume_every
 from pgha.hooks.postgres import node_endpoint, peer_sql
@@ -479,7 +484,8 @@ class PausedSwitchOperator(_PgBouncerTask, PghaOperator):
             leader = self._leader()
             patroni = PatroniHook(self.patroni_api_urls(), tls=self.client_tls(), conn_id=self.inventory.patroni.rest_conn_id)
             haproxy = HAProxyHook(self.remote(inv.haproxy.host), inv.haproxy.stats_socket)
-            ready_to_switch_over(patroni, haproxy, leader, None)
+            refuse_switchover_to_servers_set_aside(haproxy, leader, None)
+            patroni.ready_to_switch_over(leader)
             self._checkpoint_on_leader()
             return self._through_the_pause(context, consoles, current, targets,
                                            partial(self._switchover, patroni, haproxy, leader))
